@@ -1,0 +1,417 @@
+//! The image manifest: every piece of process state a restore needs, except page contents,
+//! which live in `pages.bin`. `docs/image-format.md` documents each field.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the on-disk layout, independent of the program version. Readers refuse any
+/// other value, so a format change must bump it.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const PAGES_FILE: &str = "pages.bin";
+pub const CHECKSUMS_FILE: &str = "CHECKSUMS";
+
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Storage level an image was written to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TierKind {
+    Local,
+    Partner,
+    Global,
+}
+
+impl TierKind {
+    pub const ALL: [TierKind; 3] = [TierKind::Local, TierKind::Partner, TierKind::Global];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TierKind::Local => "local",
+            TierKind::Partner => "partner",
+            TierKind::Global => "global",
+        }
+    }
+}
+
+impl std::fmt::Display for TierKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TierKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(TierKind::Local),
+            "partner" => Ok(TierKind::Partner),
+            "global" => Ok(TierKind::Global),
+            other => Err(format!("unknown tier '{other}' (expected local, partner or global)")),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub mlckpt_version: String,
+    pub job: String,
+    pub rank: u32,
+    pub seq: u64,
+    /// Wall-clock time of the freeze, milliseconds since the Unix epoch.
+    pub time_unix_ms: u64,
+    pub tier: TierKind,
+    /// `uname -r` of the machine that took the image: the vDSO is only movable between
+    /// identical kernels.
+    pub kernel: String,
+    pub cpu: CpuFeatures,
+    pub process: ProcessState,
+    pub threads: Vec<ThreadState>,
+    pub regions: Vec<MemoryRegion>,
+    pub fds: Vec<FdState>,
+    pub signals: Vec<SignalAction>,
+    /// Size of `pages.bin`; a shorter file is an incomplete image.
+    pub pages_bytes: u64,
+}
+
+/// The xsave features of the CPU that took the image.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CpuFeatures {
+    /// XCR0: the state components the kernel saves for every thread.
+    pub xfeatures: u64,
+    /// Bytes of the kernel's xstate buffer (`NT_X86_XSTATE`).
+    pub xstate_size: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessState {
+    pub pid: i32,
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub cwd: String,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmFields,
+    /// The auxiliary vector as the kernel keeps it (`/proc/PID/auxv`), in 64-bit words.
+    pub auxv: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The `mm_struct` fields `prctl(PR_SET_MM_MAP)` restores.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// x86-64 `user_regs_struct`, field for field.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Registers {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadState {
+    pub tid: i32,
+    /// Registers the thread resumes with; a syscall it was blocked in is already rewound
+    /// (see `syscall`).
+    pub regs: Registers,
+    /// The kernel's `NT_X86_XSTATE` buffer (x87, SSE, AVX, AVX-512 ...), base64.
+    #[serde(with = "base64_bytes")]
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    pub rseq: Option<RseqState>,
+    pub robust_list: Option<RobustList>,
+    /// `set_tid_address` value: cleared and futex-woken at thread exit (`pthread_join`).
+    pub clear_child_tid: u64,
+    pub sigaltstack: Option<AltStack>,
+    /// The syscall the thread was blocked in at freeze time, and how it resumes.
+    pub syscall: Option<InterruptedSyscall>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RseqState {
+    pub addr: u64,
+    pub len: u32,
+    pub signature: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RobustList {
+    pub head: u64,
+    pub len: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InterruptedSyscall {
+    pub nr: u64,
+    pub resume: SyscallResume,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyscallResume {
+    /// `rip` points back at the `syscall` instruction: it runs again after restore.
+    Restart,
+    /// The kernel's restart block is not restorable: the call returns `-EINTR`.
+    Eintr,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Prot {
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+}
+
+impl Prot {
+    pub fn bits(self) -> i32 {
+        let mut p = 0;
+        if self.read {
+            p |= libc::PROT_READ;
+        }
+        if self.write {
+            p |= libc::PROT_WRITE;
+        }
+        if self.exec {
+            p |= libc::PROT_EXEC;
+        }
+        p
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryRegion {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    pub shared: bool,
+    pub backing: Backing,
+    /// Name shown in `/proc/PID/maps` (path, `[heap]`, `[stack]` ...), for people.
+    pub name: String,
+    /// `MAP_GROWSDOWN` (the main stack).
+    #[serde(default)]
+    pub grows_down: bool,
+    /// `MADV_HUGEPAGE` / `MADV_NOHUGEPAGE` / `MADV_DONTFORK` / `MADV_WIPEONFORK` / `MADV_DONTDUMP`
+    /// advice in force, re-applied on restore.
+    #[serde(default)]
+    pub advice: Vec<Advice>,
+    /// Pages whose contents are stored in `pages.bin`; every other page is either the
+    /// backing file's own or was never touched (zero).
+    pub runs: Vec<PageRun>,
+}
+
+impl MemoryRegion {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    pub fn dumped_bytes(&self) -> u64 {
+        self.runs.iter().map(|r| r.len).sum()
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Advice {
+    HugePage,
+    NoHugePage,
+    DontFork,
+    WipeOnFork,
+    DontDump,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Backing {
+    /// Private anonymous memory, including `[heap]` and `[stack]`.
+    Anonymous,
+    /// `MAP_SHARED | MAP_ANONYMOUS`: all of it is stored.
+    SharedAnonymous,
+    /// A file mapping. Private mappings store only the pages the process changed; shared
+    /// mappings store none (the file holds them).
+    File(FileIdentity),
+    /// `[vdso]`, `[vvar]`, `[vvar_vclock]`: not stored, the restoring kernel's own are moved
+    /// to this address.
+    Vdso,
+}
+
+/// A file as it was at checkpoint time: a restore refuses a file that changed under a
+/// mapping, because unmodified pages are read back from it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentity {
+    pub path: String,
+    /// Offset in the file of the region's first byte.
+    pub offset: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub inode: u64,
+}
+
+/// Pages `[addr, addr+len)` are stored at `[offset, offset+len)` of `pages.bin`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PageRun {
+    pub addr: u64,
+    pub len: u64,
+    pub offset: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FdState {
+    pub fd: i32,
+    pub kind: FdKind,
+    /// What `/proc/PID/fd/N` points at.
+    pub path: String,
+    /// Open flags from `fdinfo` (`O_APPEND`, `O_RDWR`, ...), without `O_CLOEXEC`.
+    pub flags: i32,
+    pub cloexec: bool,
+    pub offset: u64,
+    /// Size of a regular file open for writing: restore truncates a file that grew after
+    /// the checkpoint back to it, and refuses one that shrank.
+    pub size: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    /// Regular file, reopened by path at its offset.
+    File,
+    /// Directory, reopened by path.
+    Directory,
+    /// A character device such as `/dev/null` or `/dev/urandom`, reopened by path.
+    CharDevice,
+    /// A terminal or pipe on fd 0-2: the restore command's own stdio takes its place.
+    Stdio,
+}
+
+/// `struct sigaction` as the kernel keeps it (`rt_sigaction`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignalAction {
+    pub signo: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xstate_round_trips_as_base64() {
+        let t = ThreadState {
+            tid: 7,
+            regs: Registers::default(),
+            xstate: vec![0, 1, 2, 255],
+            sigmask: 0,
+            rseq: None,
+            robust_list: None,
+            clear_child_tid: 0,
+            sigaltstack: None,
+            syscall: None,
+        };
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains("\"AAEC/w==\""), "{json}");
+        let back: ThreadState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn backing_is_tagged() {
+        let b = Backing::File(FileIdentity {
+            path: "/lib/x.so".into(),
+            offset: 4096,
+            size: 10,
+            mtime_ns: 1,
+            inode: 2,
+        });
+        let json = serde_json::to_string(&b).unwrap();
+        assert!(json.starts_with("{\"kind\":\"file\""), "{json}");
+    }
+}

@@ -1,0 +1,9 @@
+//! mlckpt: checkpoint and restore running Linux x86-64 processes from the outside, with
+//! ptrace, and keep the images on several storage tiers.
+//!
+//! The modules follow the pipeline: [`tracer`] touches the target process, [`image`] is the
+//! on-disk format, [`tiers`] decides where images go and which one a restore uses.
+
+pub mod image;
+pub mod tiers;
+pub mod tracer;

@@ -1,0 +1,1 @@
+//! Where images go: configuration, and later topology, schedule, placement and recovery.

@@ -1,0 +1,1 @@
+//! Everything that touches another process: ptrace, remote syscalls, dump and restore.
