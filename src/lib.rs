@@ -5,5 +5,6 @@
 //! on-disk format, [`tiers`] decides where images go and which one a restore uses.
 
 pub mod image;
+pub mod supervisor;
 pub mod tiers;
 pub mod tracer;

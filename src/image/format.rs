@@ -47,7 +47,9 @@ impl std::str::FromStr for TierKind {
             "local" => Ok(TierKind::Local),
             "partner" => Ok(TierKind::Partner),
             "global" => Ok(TierKind::Global),
-            other => Err(format!("unknown tier '{other}' (expected local, partner or global)")),
+            other => Err(format!(
+                "unknown tier '{other}' (expected local, partner or global)"
+            )),
         }
     }
 }
@@ -311,7 +313,7 @@ pub struct FileIdentity {
     /// Offset in the file of the region's first byte.
     pub offset: u64,
     pub size: u64,
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
     pub inode: u64,
 }
 

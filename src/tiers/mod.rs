@@ -1,1 +1,3 @@
 //! Where images go: configuration, and later topology, schedule, placement and recovery.
+
+pub mod config;

@@ -1,0 +1,191 @@
+//! Command-line parsing and wiring; each verb lives in its own file.
+
+mod checkpoint;
+mod list;
+mod restore;
+mod run;
+mod verify;
+
+use clap::{Args, Parser, Subcommand};
+use mlckpt::image::format::TierKind;
+use mlckpt::tiers::config::{Config, ConfigError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mlckpt",
+    version,
+    about = "Checkpoint and restore running Linux processes, on several storage tiers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct JobArgs {
+    /// Config file (default: ./mlckpt.toml, then ~/.config/mlckpt/mlckpt.toml, then built-in defaults)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Job name (default: [job] name in the config, else the program's file name)
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Rank of this process (default: MLCKPT_RANK, SLURM_PROCID, OMPI_COMM_WORLD_RANK, else 0)
+    #[arg(long, value_name = "R")]
+    pub rank: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start PROG under supervision and checkpoint it on the configured intervals
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Program and its arguments
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PROG"
+        )]
+        argv: Vec<String>,
+    },
+    /// Supervise a running process that mlckpt did not start
+    Attach {
+        #[command(flatten)]
+        job: JobArgs,
+        pid: i32,
+    },
+    /// Checkpoint PID now and print the image path
+    Checkpoint {
+        pid: i32,
+        /// Storage tier to write to
+        #[arg(long, value_name = "T")]
+        tier: Option<TierKind>,
+        /// Keep the target frozen until the image is committed, then kill it
+        #[arg(long)]
+        kill: bool,
+        /// Print {"path","seq","tier","bytes","freeze_ms","total_ms"}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Rebuild a process from an image and supervise it
+    Restore {
+        /// Image directory (ckpt-NNNNNN)
+        #[arg(required_unless_present = "auto", conflicts_with = "auto")]
+        path: Option<PathBuf>,
+        /// Restore the newest valid image of the job
+        #[arg(long)]
+        auto: bool,
+        /// Leave the restored process running unsupervised
+        #[arg(long)]
+        detach: bool,
+        /// Let the kernel choose a new PID if the original one is taken
+        #[arg(long)]
+        new_pid: bool,
+        /// Do not truncate files that grew after the checkpoint back to their checkpoint size
+        #[arg(long)]
+        keep_files: bool,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// List images of the job(s)
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Recompute checksums; non-zero exit on any mismatch
+    Verify {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        path: Option<PathBuf>,
+        /// Every image of every job under the configured tiers
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Exit codes of design.md §2.
+const EXIT_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { job, argv } => run::run(&job, &argv),
+        Command::Attach { job, pid } => run::attach(&job, pid),
+        Command::Checkpoint {
+            pid,
+            tier,
+            kill,
+            json,
+            job,
+        } => checkpoint::checkpoint(&job, pid, tier, kill, json),
+        Command::Restore {
+            path,
+            auto,
+            detach,
+            new_pid,
+            keep_files,
+            job,
+        } => restore::restore(
+            &job,
+            path,
+            auto,
+            detach,
+            restore::Flags {
+                new_pid,
+                keep_files,
+            },
+        ),
+        Command::List { json, job } => list::list(&job, json),
+        Command::Verify { path, all, config } => verify::verify(path, all, config),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),
+        Err(e) => {
+            eprintln!("mlckpt: error: {e:#}");
+            let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some());
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_ERROR })
+        }
+    }
+}
+
+pub fn load_config(args: &JobArgs) -> anyhow::Result<Config> {
+    Ok(Config::load(args.config.as_deref())?)
+}
+
+/// Rank from the command line or the launcher's environment.
+pub fn rank(args: &JobArgs) -> u32 {
+    args.rank
+        .or_else(|| {
+            [
+                "MLCKPT_RANK",
+                "SLURM_PROCID",
+                "OMPI_COMM_WORLD_RANK",
+                "PMI_RANK",
+            ]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Job name: --job, then the config, then the program's file name.
+pub fn job_name(args: &JobArgs, config: &Config, program: &str) -> String {
+    args.job
+        .clone()
+        .or_else(|| config.job.name.clone())
+        .unwrap_or_else(|| {
+            std::path::Path::new(program)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "job".into())
+        })
+}

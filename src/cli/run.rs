@@ -1,0 +1,50 @@
+//! `mlckpt run` and `mlckpt attach`.
+
+use super::{JobArgs, job_name, load_config, rank};
+use anyhow::Context;
+use mlckpt::supervisor::{self, JobContext};
+use nix::unistd::Pid;
+use std::process::Command;
+
+pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
+    let config = load_config(args)?;
+    let ctx = JobContext {
+        job: job_name(args, &config, &argv[0]),
+        rank: rank(args),
+        config,
+    };
+    // Blocked before the child exists; std resets the mask for the program it starts.
+    let signals = supervisor::block_supervisor_signals()?;
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .spawn()
+        .with_context(|| format!("cannot start {}", argv[0]))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    eprintln!(
+        "mlckpt: started {} as PID {pid} (job {}, rank {})",
+        argv[0], ctx.job, ctx.rank
+    );
+    Ok(supervisor::supervise(&ctx, pid, true, signals)?)
+}
+
+pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
+    let config = load_config(args)?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("process {pid} does not exist"))?;
+    let ctx = JobContext {
+        job: job_name(args, &config, &exe.to_string_lossy()),
+        rank: rank(args),
+        config,
+    };
+    let signals = supervisor::block_supervisor_signals()?;
+    eprintln!(
+        "mlckpt: supervising PID {pid} (job {}, rank {})",
+        ctx.job, ctx.rank
+    );
+    Ok(supervisor::supervise(
+        &ctx,
+        Pid::from_raw(pid),
+        false,
+        signals,
+    )?)
+}

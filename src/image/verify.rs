@@ -1,0 +1,113 @@
+//! Checking an image against its CHECKSUMS file (the `b3sum` format: `b3sum -c` agrees).
+
+use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, PAGES_FILE};
+use super::reader::{ReadError, io_or_missing};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{path}: checksum mismatch (expected {expected}, found {found}); the file is corrupt")]
+    Mismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("{path}: malformed line {line}; expected '<blake3 hex>  <file>'")]
+    BadChecksums { path: PathBuf, line: usize },
+    #[error("{path} does not list {file}")]
+    NotListed { path: PathBuf, file: &'static str },
+    #[error("{path} is {found} bytes but the manifest says {expected}: the image is truncated")]
+    Size {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+}
+
+impl VerifyError {
+    /// One word for `restore --auto` and `list`: what is wrong with the candidate.
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            VerifyError::Read(ReadError::Missing { .. }) | VerifyError::Size { .. } => "incomplete",
+            VerifyError::Read(_)
+            | VerifyError::BadChecksums { .. }
+            | VerifyError::NotListed { .. } => "unreadable",
+            VerifyError::Mismatch { .. } => "checksum mismatch",
+        }
+    }
+}
+
+/// Parses CHECKSUMS into (file, hex) pairs.
+fn read_checksums(dir: &Path) -> Result<Vec<(String, String)>, VerifyError> {
+    let path = dir.join(CHECKSUMS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_or_missing(&path, e))?;
+    let mut sums = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = || VerifyError::BadChecksums {
+            path: path.clone(),
+            line: i + 1,
+        };
+        let (hex, file) = line.split_once("  ").ok_or_else(bad)?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        sums.push((file.to_string(), hex.to_ascii_lowercase()));
+    }
+    Ok(sums)
+}
+
+fn hash_file(path: &Path) -> Result<(blake3::Hash, u64), ReadError> {
+    let mut file = std::fs::File::open(path).map_err(|e| io_or_missing(path, e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| io_or_missing(path, e))?;
+        if n == 0 {
+            return Ok((hasher.finalize(), total));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Verifies every file of the image at `dir`; `pages_bytes` (from the manifest, if it could
+/// be read) turns a short pages.bin into a clear "truncated" error.
+pub fn verify_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<(), VerifyError> {
+    let sums = read_checksums(dir)?;
+    let checksums_path = dir.join(CHECKSUMS_FILE);
+    for file in [MANIFEST_FILE, PAGES_FILE] {
+        let expected = sums
+            .iter()
+            .find(|(f, _)| f == file)
+            .map(|(_, h)| h.clone())
+            .ok_or(VerifyError::NotListed {
+                path: checksums_path.clone(),
+                file,
+            })?;
+        let path = dir.join(file);
+        let (hash, size) = hash_file(&path)?;
+        if file == PAGES_FILE
+            && let Some(want) = pages_bytes
+            && want != size
+        {
+            return Err(VerifyError::Size {
+                path,
+                expected: want,
+                found: size,
+            });
+        }
+        let found = hash.to_hex().to_string();
+        if found != expected {
+            return Err(VerifyError::Mismatch {
+                path,
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
+}

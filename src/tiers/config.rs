@@ -1,0 +1,1157 @@
+//! The TOML configuration (design §3): where each tier keeps its images, how often each tier
+//! checkpoints, and the topology that picks a partner node.
+//!
+//! Every mistake in a file is reported as `file:line:column: key: what is wrong`, including
+//! mistakes only found after deserialising (a negative interval), because all values are read
+//! as [`toml::Spanned`]. The commented reference is `templates/mlckpt.toml`, the user page
+//! `docs/configuration.md`.
+
+use std::fmt;
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{AccessFlags, access, getuid};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// The file name searched for in the working directory and in `~/.config/mlckpt/`.
+pub const FILE_NAME: &str = "mlckpt.toml";
+
+const DEFAULT_KEEP: u32 = 2;
+const DEFAULT_LOCAL_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_FULL_EVERY: u32 = 10;
+const SECTIONS: &str = "[job], [storage], [interval], [image] and [topology]";
+const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was loaded from (absolute); `None` for the built-in defaults.
+    pub source: Option<PathBuf>,
+    pub job: JobConfig,
+    pub storage: StorageConfig,
+    pub interval: IntervalConfig,
+    pub image: ImageConfig,
+    pub topology: TopologyConfig,
+}
+
+/// `[job]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobConfig {
+    /// `None`: the caller uses the program's file name. Never empty, never contains `/`.
+    pub name: Option<String>,
+}
+
+/// `[storage]`. Paths are absolute: relative ones were resolved against the file's directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    pub local: PathBuf,
+    /// `None`: no global tier. Never equal to `local`.
+    pub global: Option<PathBuf>,
+    /// Images kept per tier and rank, >= 1.
+    pub keep: u32,
+}
+
+/// `[interval]`: time between checkpoints of each tier, [`Duration::ZERO`] = tier off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalConfig {
+    pub local: Duration,
+    pub partner: Duration,
+    /// Non-zero only if `storage.global` is set.
+    pub global: Duration,
+}
+
+/// `[image]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageConfig {
+    /// A full image every N checkpoints, >= 1 (incremental images come later).
+    pub full_every: u32,
+}
+
+/// `[topology]`: only parsed here; the paths it implies belong to the topology module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopologyConfig {
+    pub test_mode: bool,
+    pub nodes: u32,
+    pub ranks_per_node: u32,
+    /// Shell command template; contains `{src}` and `{dst}`, no unknown `{…}` placeholder.
+    pub partner_copy: Option<String>,
+}
+
+/// Why a configuration could not be loaded. `Display` is the complete message for the user
+/// (it already contains the OS error, so none is exposed as `source()`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config file: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+
+    /// A syntax error or a bad value; `key` is dotted (`interval.local`), empty if unknown.
+    #[error("{}:{line}:{column}: {}{message}", file.display(), key_prefix(key))]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+
+    /// An explicit `--config` path that does not exist.
+    #[error(
+        "config file {} does not exist; check the --config path, or leave --config out to use \
+         ./{FILE_NAME}, ~/.config/mlckpt/{FILE_NAME} or the built-in defaults",
+        path.display()
+    )]
+    NotFound { path: PathBuf },
+
+    /// A storage directory that cannot be created or written to. `line` is known when the
+    /// key was written in `file`.
+    #[error(
+        "{}: cannot use directory {}: {error}; fix the path or its permissions, or choose \
+         another directory",
+        dir_location(file.as_deref(), *line, key),
+        path.display()
+    )]
+    CreateDir {
+        file: Option<PathBuf>,
+        line: Option<usize>,
+        key: String,
+        path: PathBuf,
+        error: io::Error,
+    },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+fn dir_location(file: Option<&Path>, line: Option<usize>, key: &str) -> String {
+    match (file, line) {
+        (Some(file), Some(line)) => format!("{}:{line}: {key}", file.display()),
+        (Some(file), None) => format!("{}: {key} (default)", file.display()),
+        (None, _) => format!("{key} (built-in default, no config file)"),
+    }
+}
+
+impl Config {
+    /// Local checkpoints every 60 s into [`default_local_root`], no partner or global tier.
+    pub fn defaults() -> Config {
+        Config {
+            source: None,
+            job: JobConfig { name: None },
+            storage: StorageConfig {
+                local: default_local_root(),
+                global: None,
+                keep: DEFAULT_KEEP,
+            },
+            interval: IntervalConfig {
+                local: DEFAULT_LOCAL_INTERVAL,
+                partner: Duration::ZERO,
+                global: Duration::ZERO,
+            },
+            image: ImageConfig {
+                full_every: DEFAULT_FULL_EVERY,
+            },
+            topology: TopologyConfig {
+                test_mode: false,
+                nodes: 1,
+                ranks_per_node: 1,
+                partner_copy: None,
+            },
+        }
+    }
+
+    /// Parses and validates `text`, read from `origin`. Touches no file: relative storage
+    /// paths are resolved against `origin`'s directory but not created.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let file = std::path::absolute(origin).unwrap_or_else(|_| origin.to_path_buf());
+        let src = Source { file: &file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+        let base = file.parent().unwrap_or(Path::new("/"));
+        let global_interval_span = raw.interval.global.as_ref().map(Spanned::span);
+        let config = Config {
+            source: Some(file.clone()),
+            job: JobConfig {
+                name: job_name(&src, raw.job.name)?,
+            },
+            storage: storage(&src, raw.storage, base)?,
+            interval: intervals(&src, raw.interval)?,
+            image: ImageConfig {
+                full_every: count(
+                    &src,
+                    raw.image.full_every,
+                    "image.full_every",
+                    DEFAULT_FULL_EVERY,
+                )?,
+            },
+            topology: topology(&src, raw.topology)?,
+        };
+        check_global_tier(&src, &config, global_interval_span)?;
+        Ok(config)
+    }
+
+    /// Reads `path`, parses it and creates the storage directories.
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|error| ConfigError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let config = Config::parse(&text, path)?;
+        config.ensure_dirs().map_err(|e| with_line(e, &text))?;
+        Ok(config)
+    }
+
+    /// The explicit `--config` path if given (it must exist); else the first existing file of
+    /// [`candidate_paths`]; else [`Config::defaults`]. Storage directories are created.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            if !path.exists() {
+                return Err(ConfigError::NotFound {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Config::load_file(path);
+        }
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from);
+        match first_existing(candidate_paths(&cwd, home.as_deref())) {
+            Some(path) => Config::load_file(&path),
+            None => {
+                let config = Config::defaults();
+                config.ensure_dirs()?;
+                Ok(config)
+            }
+        }
+    }
+
+    /// Creates `storage.local` (and `storage.global` if set) with mode 0700 if missing, and
+    /// checks that we can write into them.
+    pub fn ensure_dirs(&self) -> Result<(), ConfigError> {
+        self.ensure_dir("storage.local", &self.storage.local)?;
+        if let Some(global) = &self.storage.global {
+            self.ensure_dir("storage.global", global)?;
+        }
+        self.check_default_root_owner()
+    }
+
+    fn ensure_dir(&self, key: &str, path: &Path) -> Result<(), ConfigError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|error| self.dir_error(key, path, error))?;
+        access(path, AccessFlags::W_OK | AccessFlags::X_OK)
+            .map_err(|errno| self.dir_error(key, path, errno.into()))
+    }
+
+    /// The default root has a predictable name in a shared /tmp: if another user created it
+    /// first, they could swap our images (which restore runs as code), so refuse it.
+    fn check_default_root_owner(&self) -> Result<(), ConfigError> {
+        let root = &self.storage.local;
+        if *root != default_local_root() {
+            return Ok(());
+        }
+        let meta = fs::metadata(root).map_err(|e| self.dir_error("storage.local", root, e))?;
+        let me = getuid().as_raw();
+        if meta.uid() == me {
+            return Ok(());
+        }
+        let error = io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "it belongs to uid {}, not to you (uid {me}); remove it or set storage.local",
+                meta.uid()
+            ),
+        );
+        Err(self.dir_error("storage.local", root, error))
+    }
+
+    fn dir_error(&self, key: &str, path: &Path, error: io::Error) -> ConfigError {
+        ConfigError::CreateDir {
+            file: self.source.clone(),
+            line: None,
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+}
+
+/// `$TMPDIR` (or `/tmp` if unset or relative) joined with `mlckpt-<uid>`.
+pub fn default_local_root() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    let tmp = if tmp.is_absolute() {
+        tmp
+    } else {
+        PathBuf::from("/tmp")
+    };
+    tmp.join(format!("mlckpt-{}", getuid()))
+}
+
+/// Where supervisors put their control sockets: `$XDG_RUNTIME_DIR/mlckpt` if that directory
+/// exists, else `/tmp/mlckpt-<uid>-run` (not `$TMPDIR`: socket paths must stay short; and
+/// not inside the image root, where a job could be called `run`).
+pub fn runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() && dir.is_dir() => dir.join("mlckpt"),
+        _ => PathBuf::from(format!("/tmp/mlckpt-{}-run", getuid())),
+    }
+}
+
+/// The files [`Config::load`] tries without `--config`, in order.
+pub fn candidate_paths(cwd: &Path, home: Option<&Path>) -> Vec<PathBuf> {
+    let mut paths = vec![cwd.join(FILE_NAME)];
+    if let Some(home) = home {
+        paths.push(home.join(".config/mlckpt").join(FILE_NAME));
+    }
+    paths
+}
+
+fn first_existing(candidates: Vec<PathBuf>) -> Option<PathBuf> {
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A `CreateDir` error from `ensure_dirs` does not know the line; the file text does.
+fn with_line(error: ConfigError, text: &str) -> ConfigError {
+    match error {
+        ConfigError::CreateDir {
+            file,
+            line: None,
+            key,
+            path,
+            error,
+        } => ConfigError::CreateDir {
+            line: key_span(text, &key).map(|span| line_col(text, span.start).0),
+            file,
+            key,
+            path,
+            error,
+        },
+        other => other,
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    job: RawJob,
+    storage: RawStorage,
+    interval: RawInterval,
+    image: RawImage,
+    topology: RawTopology,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [job]")]
+struct RawJob {
+    name: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [storage]")]
+struct RawStorage {
+    local: Option<Spanned<String>>,
+    global: Option<Spanned<String>>,
+    keep: Option<Spanned<Count>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [interval]")]
+struct RawInterval {
+    local: Option<Spanned<Seconds>>,
+    partner: Option<Spanned<Seconds>>,
+    global: Option<Spanned<Seconds>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [image]")]
+struct RawImage {
+    full_every: Option<Spanned<Count>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [topology]")]
+struct RawTopology {
+    test_mode: Option<bool>,
+    nodes: Option<Spanned<Count>>,
+    ranks_per_node: Option<Spanned<Count>>,
+    partner_copy: Option<Spanned<String>>,
+}
+
+/// Seconds as written: TOML integers and floats both count; range is checked later, where
+/// the span is at hand.
+#[derive(Clone, Copy)]
+struct Seconds(f64);
+
+/// A whole number as written; range is checked later, where the span is at hand.
+#[derive(Clone, Copy)]
+struct Count(i64);
+
+struct SecondsVisitor;
+struct CountVisitor;
+
+impl Visitor<'_> for SecondsVisitor {
+    type Value = Seconds;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number of seconds, e.g. 60 or 0.5")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+        Ok(Seconds(v as f64))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+        Ok(Seconds(v as f64))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+        Ok(Seconds(v))
+    }
+}
+
+impl Visitor<'_> for CountVisitor {
+    type Value = Count;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a whole number, e.g. 2")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+        Ok(Count(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+        Ok(Count(i64::try_from(v).unwrap_or(i64::MAX)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecondsVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CountVisitor)
+    }
+}
+
+// ---- validation ------------------------------------------------------------------------
+
+/// The file being parsed, to turn spans into `file:line:column` errors.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn invalid(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or(0..0);
+        let written = self.text.get(span.clone()).unwrap_or_default();
+        let hit = key_at(self.text, span.start)
+            .or_else(|| earlier_key_named(self.text, written, span.start));
+        let (key, is_table) = hit.unwrap_or_default();
+        let message = explain_toml_error(error.message(), &key, is_table);
+        self.invalid(span, &key, message)
+    }
+}
+
+/// toml says "unknown field"; a user thinks in sections and keys.
+fn explain_toml_error(message: &str, key: &str, is_table: bool) -> String {
+    if message == "duplicate key" {
+        return "is set twice; remove one of the two".to_string();
+    }
+    if !message.starts_with("unknown field") {
+        return message.replace("expected a boolean", "expected true or false");
+    }
+    match (key.contains('.'), is_table) {
+        (true, _) => format!(
+            "{}; check the spelling",
+            message.replacen("field", "key", 1)
+        ),
+        (false, true) => format!("unknown section [{key}]; the sections are {SECTIONS}"),
+        (false, false) => {
+            format!("key `{key}` outside any section; put it under one of {SECTIONS}")
+        }
+    }
+}
+
+fn seconds(
+    src: &Source<'_>,
+    raw: Option<Spanned<Seconds>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    let (span, Seconds(secs)) = (raw.span(), raw.into_inner());
+    let off_hint = "use 0 to turn this tier off";
+    if !secs.is_finite() {
+        return Err(src.invalid(
+            span,
+            key,
+            format!("must be a finite number of seconds, got {secs}; {off_hint}"),
+        ));
+    }
+    if secs < 0.0 {
+        return Err(src.invalid(
+            span,
+            key,
+            format!("must be >= 0 seconds, got {secs}; {off_hint}"),
+        ));
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d.is_zero() && secs > 0.0 => Err(src.invalid(
+            span,
+            key,
+            format!("{secs} seconds is below the 1 ns resolution; {off_hint}"),
+        )),
+        Ok(d) => Ok(d),
+        Err(_) => Err(src.invalid(span, key, format!("{secs} seconds is too long; {off_hint}"))),
+    }
+}
+
+fn intervals(src: &Source<'_>, raw: RawInterval) -> Result<IntervalConfig, ConfigError> {
+    Ok(IntervalConfig {
+        local: seconds(src, raw.local, "interval.local", DEFAULT_LOCAL_INTERVAL)?,
+        partner: seconds(src, raw.partner, "interval.partner", Duration::ZERO)?,
+        global: seconds(src, raw.global, "interval.global", Duration::ZERO)?,
+    })
+}
+
+/// A count that must be >= 1 and fit in a `u32`.
+fn count(
+    src: &Source<'_>,
+    raw: Option<Spanned<Count>>,
+    key: &str,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    let (span, Count(n)) = (raw.span(), raw.into_inner());
+    if n < 1 {
+        return Err(src.invalid(
+            span,
+            key,
+            format!("must be >= 1, got {n}; remove the key to use the default, {default}"),
+        ));
+    }
+    u32::try_from(n)
+        .map_err(|_| src.invalid(span, key, format!("must be at most {}, got {n}", u32::MAX)))
+}
+
+/// The job name becomes a directory name (`<root>/<job>/rank<R>`).
+fn job_name(src: &Source<'_>, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let (span, name) = (raw.span(), raw.into_inner());
+    let bad = name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']);
+    if bad {
+        let msg = format!(
+            "{name:?} cannot be a directory name; use letters, digits, `-`, `_` or `.`, no `/`"
+        );
+        return Err(src.invalid(span, "job.name", msg));
+    }
+    Ok(Some(name))
+}
+
+fn storage(src: &Source<'_>, raw: RawStorage, base: &Path) -> Result<StorageConfig, ConfigError> {
+    let local = storage_dir(src, raw.local, "storage.local", base)?;
+    let global_span = raw.global.as_ref().map(Spanned::span);
+    let global = storage_dir(src, raw.global, "storage.global", base)?;
+    let local = local.unwrap_or_else(default_local_root);
+    if let (Some(global), Some(span)) = (&global, global_span)
+        && same_path(global, &local)
+    {
+        let msg = format!(
+            "is the same directory as storage.local ({}); the global tier must be shared \
+             storage apart from the node-local one: change it, or remove it",
+            local.display()
+        );
+        return Err(src.invalid(span, "storage.global", msg));
+    }
+    Ok(StorageConfig {
+        local,
+        global,
+        keep: count(src, raw.keep, "storage.keep", DEFAULT_KEEP)?,
+    })
+}
+
+/// A path as written, made absolute against the config file's directory.
+fn storage_dir(
+    src: &Source<'_>,
+    raw: Option<Spanned<String>>,
+    key: &str,
+    base: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let (span, text) = (raw.span(), raw.into_inner());
+    let problem = if text.is_empty() {
+        "must not be empty; remove the key to use the default"
+    } else if text.starts_with('~') {
+        "`~` is not expanded; write the full path, e.g. \"/home/you/ckpt\""
+    } else if text.contains('\0') {
+        "must not contain a NUL character"
+    } else {
+        return Ok(Some(base.join(text)));
+    };
+    Err(src.invalid(span, key, problem))
+}
+
+/// Compares paths lexically (`/a/b/` = `/a//b` = `/a/./b`); symlinks are not followed.
+fn same_path(a: &Path, b: &Path) -> bool {
+    a.components().eq(b.components())
+}
+
+fn topology(src: &Source<'_>, raw: RawTopology) -> Result<TopologyConfig, ConfigError> {
+    Ok(TopologyConfig {
+        test_mode: raw.test_mode.unwrap_or(false),
+        nodes: count(src, raw.nodes, "topology.nodes", 1)?,
+        ranks_per_node: count(src, raw.ranks_per_node, "topology.ranks_per_node", 1)?,
+        partner_copy: partner_copy(src, raw.partner_copy)?,
+    })
+}
+
+fn partner_copy(
+    src: &Source<'_>,
+    raw: Option<Spanned<String>>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let (span, cmd) = (raw.span(), raw.into_inner());
+    let key = "topology.partner_copy";
+    if let Some(unknown) = placeholders(&cmd).find(|p| !PLACEHOLDERS.contains(p)) {
+        let msg = format!(
+            "unknown placeholder {unknown}; the placeholders are {{src}}, {{host}} and {{dst}}"
+        );
+        return Err(src.invalid(span, key, msg));
+    }
+    if !cmd.contains("{src}") || !cmd.contains("{dst}") {
+        let msg = "must contain {src} and {dst} (and usually {host}), e.g. \"rsync -a {src}/ {host}:{dst}/\"";
+        return Err(src.invalid(span, key, msg));
+    }
+    Ok(Some(cmd))
+}
+
+/// `{word}` placeholders in a command; `${word}` is the shell's and is left alone.
+fn placeholders(cmd: &str) -> impl Iterator<Item = &str> {
+    cmd.match_indices('{').filter_map(move |(i, _)| {
+        if cmd[..i].ends_with('$') {
+            return None;
+        }
+        let len = cmd[i + 1..].find('}')?;
+        let word = &cmd[i + 1..i + 1 + len];
+        let is_word =
+            !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        is_word.then(|| &cmd[i..i + len + 2])
+    })
+}
+
+/// A global interval without a global directory would fail at the first global checkpoint,
+/// possibly hours into the job; say so now.
+fn check_global_tier(
+    src: &Source<'_>,
+    config: &Config,
+    span: Option<Range<usize>>,
+) -> Result<(), ConfigError> {
+    match span {
+        Some(span) if !config.interval.global.is_zero() && config.storage.global.is_none() => {
+            let msg = "is set but storage.global is not: set storage.global to a shared \
+                       directory, or set interval.global = 0";
+            Err(src.invalid(span, "interval.global", msg))
+        }
+        _ => Ok(()),
+    }
+}
+
+// ---- spans -------------------------------------------------------------------------------
+
+/// 1-based line and column (in characters) of byte offset `pos`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let before = text.get(..pos).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The dotted key whose name or value covers byte `pos`, and whether its value is a table.
+fn key_at(text: &str, pos: usize) -> Option<(String, bool)> {
+    let (doc, _) = DeTable::parse_recoverable(text);
+    find_key(doc.get_ref(), pos, &mut Vec::new())
+}
+
+fn find_key(table: &DeTable<'_>, pos: usize, path: &mut Vec<String>) -> Option<(String, bool)> {
+    for (key, value) in table {
+        path.push(key.get_ref().to_string());
+        // Children first: a [section]'s own span is its header, an inline table's span
+        // covers its keys, and the innermost key is the one to name.
+        if let DeValue::Table(inner) = value.get_ref()
+            && let Some(hit) = find_key(inner, pos, path)
+        {
+            return Some(hit);
+        }
+        if covers(&key.span(), pos) || covers(&value.span(), pos) {
+            return Some((path.join("."), value.get_ref().is_table()));
+        }
+        path.pop();
+    }
+    None
+}
+
+/// A duplicate key is not in the parsed tree; the first key of that name before it is.
+fn earlier_key_named(text: &str, name: &str, pos: usize) -> Option<(String, bool)> {
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let mut best = None;
+    find_named(doc.get_ref(), name, pos, &mut Vec::new(), &mut best);
+    best.map(|(_, key, is_table)| (key, is_table))
+}
+
+fn find_named(
+    table: &DeTable<'_>,
+    name: &str,
+    pos: usize,
+    path: &mut Vec<String>,
+    best: &mut Option<(usize, String, bool)>,
+) {
+    for (key, value) in table {
+        path.push(key.get_ref().to_string());
+        let start = key.span().start;
+        let closer = best.as_ref().is_none_or(|(b, _, _)| start > *b);
+        if key.get_ref() == name && start < pos && closer {
+            *best = Some((start, path.join("."), value.get_ref().is_table()));
+        }
+        if let DeValue::Table(inner) = value.get_ref() {
+            find_named(inner, name, pos, path, best);
+        }
+        path.pop();
+    }
+}
+
+fn covers(span: &Range<usize>, pos: usize) -> bool {
+    span.contains(&pos) || span.start == pos
+}
+
+/// The span of the value of dotted `key`, if the file sets it.
+fn key_span(text: &str, key: &str) -> Option<Range<usize>> {
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let mut table = doc.get_ref();
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let value = table.get(part)?;
+        if parts.peek().is_none() {
+            return Some(value.span());
+        }
+        table = value.get_ref().as_table()?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const ORIGIN: &str = "/x/mlckpt.toml";
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, Path::new(ORIGIN)).unwrap()
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new(ORIGIN))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Asserts the message starts with `file:line:` and names `key`.
+    fn assert_at(message: &str, line: usize, key: &str) {
+        let prefix = format!("{ORIGIN}:{line}:");
+        assert!(
+            message.starts_with(&prefix),
+            "{message:?} should start with {prefix:?}"
+        );
+        assert!(
+            message.contains(&format!(": {key}: ")),
+            "{message:?} should name {key}"
+        );
+    }
+
+    fn with_source(mut config: Config) -> Config {
+        config.source = Some(PathBuf::from(ORIGIN));
+        config
+    }
+
+    #[test]
+    fn full_valid_file() {
+        let text = r#"
+[job]
+name = "sim"
+[storage]
+local = "/tmp/ckpt"
+global = "/scratch/ckpt"
+keep = 3
+[interval]
+local = 30
+partner = 300
+global = 1800
+[image]
+full_every = 5
+[topology]
+test_mode = true
+nodes = 4
+ranks_per_node = 2
+partner_copy = "rsync -a {src}/ {host}:{dst}/"
+"#;
+        let c = parse(text);
+        assert_eq!(c.source.as_deref(), Some(Path::new(ORIGIN)));
+        assert_eq!(c.job.name.as_deref(), Some("sim"));
+        assert_eq!(c.storage.local, Path::new("/tmp/ckpt"));
+        assert_eq!(
+            c.storage.global.as_deref(),
+            Some(Path::new("/scratch/ckpt"))
+        );
+        assert_eq!(c.storage.keep, 3);
+        assert_eq!(c.interval.local, Duration::from_secs(30));
+        assert_eq!(c.interval.partner, Duration::from_secs(300));
+        assert_eq!(c.interval.global, Duration::from_secs(1800));
+        assert_eq!(c.image.full_every, 5);
+        assert!(c.topology.test_mode);
+        assert_eq!((c.topology.nodes, c.topology.ranks_per_node), (4, 2));
+        assert_eq!(
+            c.topology.partner_copy.as_deref(),
+            Some("rsync -a {src}/ {host}:{dst}/")
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse(""), with_source(Config::defaults()));
+        assert_eq!(
+            parse("# nothing\n\n[job]\n"),
+            with_source(Config::defaults())
+        );
+    }
+
+    #[test]
+    fn defaults_are_local_only() {
+        let c = Config::defaults();
+        assert_eq!(c.source, None);
+        assert_eq!(c.storage.local, default_local_root());
+        assert_eq!(c.storage.keep, 2);
+        assert_eq!(c.interval.local, Duration::from_secs(60));
+        assert!(c.interval.partner.is_zero() && c.interval.global.is_zero());
+        assert_eq!(c.image.full_every, 10);
+    }
+
+    #[test]
+    fn template_parses_and_states_the_defaults() {
+        let text = include_str!("../../templates/mlckpt.toml");
+        assert_eq!(parse(text), with_source(Config::defaults()));
+    }
+
+    #[test]
+    fn template_examples_parse_when_uncommented() {
+        // Lines like `# key = value` are the template's examples: they must be valid too.
+        let text: String = include_str!("../../templates/mlckpt.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_example(rest) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&text);
+        assert!(c.job.name.is_some() && c.storage.global.is_some());
+        assert!(c.topology.partner_copy.is_some());
+    }
+
+    /// `key = value`, as opposed to prose.
+    fn is_example(line: &str) -> bool {
+        line.split_once(" = ").is_some_and(|(key, _)| {
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+    }
+
+    #[test]
+    fn float_and_integer_seconds() {
+        let c = parse("[interval]\nlocal = 0.5\npartner = 1\nglobal = 0\n");
+        assert_eq!(c.interval.local, Duration::from_millis(500));
+        assert_eq!(c.interval.partner, Duration::from_secs(1));
+        assert_eq!(c.interval.global, Duration::ZERO);
+    }
+
+    #[test]
+    fn negative_interval_names_line_and_key() {
+        let text = "# c\n\n[storage]\nkeep = 2\n\n[interval]\nlocal = -5\n";
+        let message = err(text);
+        assert_eq!(
+            message,
+            "/x/mlckpt.toml:7:9: interval.local: must be >= 0 seconds, got -5; \
+             use 0 to turn this tier off"
+        );
+    }
+
+    #[test]
+    fn non_finite_interval() {
+        assert_at(&err("[interval]\npartner = inf\n"), 2, "interval.partner");
+        assert_at(&err("[interval]\n\nglobal = nan\n"), 3, "interval.global");
+        assert_at(&err("[interval]\nlocal = 1e300\n"), 2, "interval.local");
+    }
+
+    #[test]
+    fn unknown_key() {
+        let message = err("[storage]\nkeep = 2\nkepe = 3\n");
+        assert_at(&message, 3, "storage.kepe");
+        assert!(message.contains("unknown key `kepe`"), "{message}");
+        assert!(message.contains("keep"), "{message}");
+    }
+
+    #[test]
+    fn unknown_section() {
+        let message = err("[job]\nname = \"a\"\n[storag]\nlocal = \"/a\"\n");
+        assert_at(&message, 3, "storag");
+        assert!(message.contains("unknown section [storag]"), "{message}");
+        assert!(message.contains("[storage]"), "{message}");
+    }
+
+    #[test]
+    fn key_outside_section() {
+        let message = err("keep = 2\n");
+        assert_at(&message, 1, "keep");
+        assert!(message.contains("outside any section"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types() {
+        let message = err("[interval]\nlocal = \"60\"\n");
+        assert_at(&message, 2, "interval.local");
+        assert!(message.contains("a number of seconds"), "{message}");
+        assert_at(&err("[storage]\nkeep = 1.5\n"), 2, "storage.keep");
+        assert_at(&err("[storage]\n\nlocal = 5\n"), 3, "storage.local");
+        assert_at(
+            &err("[topology]\ntest_mode = \"yes\"\n"),
+            2,
+            "topology.test_mode",
+        );
+        assert_at(&err("storage = 5\n"), 1, "storage");
+        assert_at(&err("storage = { keep = \"x\" }\n"), 1, "storage.keep");
+    }
+
+    #[test]
+    fn counts_must_be_positive() {
+        assert_at(&err("[storage]\nkeep = 0\n"), 2, "storage.keep");
+        assert_at(&err("[topology]\nnodes = 0\n"), 2, "topology.nodes");
+        assert_at(
+            &err("[topology]\nnodes = 2\nranks_per_node = 0\n"),
+            3,
+            "topology.ranks_per_node",
+        );
+        assert_at(&err("[image]\nfull_every = -1\n"), 2, "image.full_every");
+        assert_at(&err("[storage]\nkeep = 4294967296\n"), 2, "storage.keep");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let message = err("[job]\nname = \"a\"\n[storage\n");
+        assert!(message.starts_with("/x/mlckpt.toml:3:"), "{message}");
+        assert_at(&err("[storage]\nkeep = 1\nkeep = 2\n"), 3, "storage.keep");
+        let twice = err("[job]\nname = \"a\"\n[storage]\nkeep = 1\n[job]\n");
+        assert!(twice.starts_with("/x/mlckpt.toml:5:"), "{twice}");
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_file() {
+        let c = Config::parse(
+            "[storage]\nlocal = \"ckpt\"\nglobal = \"../shared/ckpt\"\n",
+            Path::new("/etc/mlckpt/mlckpt.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.storage.local, Path::new("/etc/mlckpt/ckpt"));
+        assert_eq!(
+            c.storage.global.as_deref(),
+            Some(Path::new("/etc/mlckpt/../shared/ckpt"))
+        );
+        assert_eq!(
+            parse("[storage]\nlocal = \"/abs\"\n").storage.local,
+            Path::new("/abs")
+        );
+    }
+
+    #[test]
+    fn bad_storage_paths() {
+        assert_at(&err("[storage]\nlocal = \"\"\n"), 2, "storage.local");
+        assert_at(
+            &err("[storage]\nglobal = \"~/ckpt\"\n"),
+            2,
+            "storage.global",
+        );
+        let message = err("[storage]\nlocal = \"/a/b\"\nglobal = \"/a/./b/\"\n");
+        assert_at(&message, 3, "storage.global");
+        assert!(
+            message.contains("same directory as storage.local"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn global_interval_needs_global_storage() {
+        let message = err("[interval]\nglobal = 600\n");
+        assert_at(&message, 2, "interval.global");
+        assert!(message.contains("storage.global"), "{message}");
+        let c = parse("[interval]\nglobal = 600\n[storage]\nglobal = \"/g\"\n");
+        assert_eq!(c.interval.global, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn job_name_must_be_a_directory_name() {
+        assert_at(&err("[job]\nname = \"a/b\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"..\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"\"\n"), 2, "job.name");
+    }
+
+    #[test]
+    fn partner_copy_placeholders() {
+        let message = err("[topology]\npartner_copy = \"scp {src} {hots}:{dst}\"\n");
+        assert_at(&message, 2, "topology.partner_copy");
+        assert!(message.contains("{hots}"), "{message}");
+        assert_at(
+            &err("[topology]\npartner_copy = \"cp {src} /x\"\n"),
+            2,
+            "topology.partner_copy",
+        );
+        let ok = parse("[topology]\npartner_copy = \"cp -r {src} ${HOME}/{dst}\"\n");
+        assert!(ok.topology.partner_copy.is_some());
+    }
+
+    #[test]
+    fn uncreatable_dir_names_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("file"), "").unwrap();
+        let file = dir.path().join(FILE_NAME);
+        fs::write(&file, "[job]\n\n[storage]\nlocal = \"file/sub\"\n").unwrap();
+        let message = Config::load_file(&file).unwrap_err().to_string();
+        let prefix = format!("{}:4: storage.local: ", file.display());
+        assert!(
+            message.starts_with(&prefix),
+            "{message:?} should start with {prefix:?}"
+        );
+        assert!(message.contains("file/sub"), "{message}");
+    }
+
+    #[test]
+    fn load_file_creates_private_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        fs::write(&file, "[storage]\nlocal = \"l/x\"\nglobal = \"g\"\n").unwrap();
+        let c = Config::load_file(&file).unwrap();
+        for path in [c.storage.local, c.storage.global.unwrap()] {
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn unreadable_file_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Config::load_file(dir.path()).unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }), "{e}");
+    }
+
+    #[test]
+    fn create_dir_error_without_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("file"), "").unwrap();
+        let mut c = Config::defaults();
+        c.storage.local = dir.path().join("file/sub");
+        let message = c.ensure_dirs().unwrap_err().to_string();
+        assert!(
+            message.starts_with("storage.local (built-in default"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn explicit_missing_config_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(Some(&missing)).unwrap_err();
+        assert!(matches!(e, ConfigError::NotFound { .. }), "{e}");
+        assert!(e.to_string().contains("nope.toml"));
+    }
+
+    #[test]
+    fn explicit_config_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("other.toml");
+        fs::write(&file, "[storage]\nlocal = \"ckpt\"\nkeep = 5\n").unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.storage.keep, 5);
+        assert!(dir.path().join("ckpt").is_dir());
+    }
+
+    #[test]
+    fn candidate_order() {
+        let cwd = Path::new("/work/job");
+        let home = Path::new("/home/u");
+        assert_eq!(
+            candidate_paths(cwd, Some(home)),
+            [
+                PathBuf::from("/work/job/mlckpt.toml"),
+                PathBuf::from("/home/u/.config/mlckpt/mlckpt.toml")
+            ]
+        );
+        assert_eq!(
+            candidate_paths(cwd, None),
+            [PathBuf::from("/work/job/mlckpt.toml")]
+        );
+    }
+
+    #[test]
+    fn first_existing_candidate_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cwd, home) = (dir.path().join("cwd"), dir.path().join("home"));
+        fs::create_dir_all(&cwd).unwrap();
+        fs::create_dir_all(home.join(".config/mlckpt")).unwrap();
+        let candidates = || candidate_paths(&cwd, Some(&home));
+        assert_eq!(first_existing(candidates()), None);
+        let in_home = home.join(".config/mlckpt").join(FILE_NAME);
+        fs::write(&in_home, "").unwrap();
+        assert_eq!(first_existing(candidates()), Some(in_home));
+        fs::write(cwd.join(FILE_NAME), "").unwrap();
+        assert_eq!(first_existing(candidates()), Some(cwd.join(FILE_NAME)));
+    }
+
+    #[test]
+    fn a_directory_named_like_the_file_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(first_existing(candidate_paths(dir.path(), None)), None);
+    }
+
+    #[test]
+    fn default_roots_are_per_user() {
+        let uid = getuid().to_string();
+        let local = default_local_root();
+        assert!(local.is_absolute());
+        assert_eq!(
+            local.file_name().unwrap().to_str().unwrap(),
+            format!("mlckpt-{uid}")
+        );
+        assert!(runtime_dir().is_absolute());
+    }
+}

@@ -1,0 +1,247 @@
+//! The first moments of a process being restored. It is a fresh `clone3` child of the
+//! restorer: it waits until the restorer has seized it, sets up the image's files, cwd,
+//! signal actions and limits with raw syscalls only (everything it needs was prepared
+//! before the clone: no allocation, no locks), then jumps into the restorer stub, which
+//! replaces its memory with the image's.
+
+use super::sys::{self, jump_to_stub, raw_syscall};
+use nix::errno::Errno;
+use std::ffi::CString;
+
+/// A file the child opens and puts at `fd`.
+#[derive(Debug)]
+pub struct PlannedFile {
+    pub fd: i32,
+    pub path: CString,
+    pub flags: i32,
+    pub offset: u64,
+    pub cloexec: bool,
+}
+
+/// Everything the child does before the stub, decided by the restorer.
+#[derive(Debug)]
+pub struct ChildPlan {
+    pub sync_fd: i32,
+    /// Where the child reports why it failed (a page shared with the restorer).
+    pub report: *mut ChildFailure,
+    /// Fds 0-2 that are neither inherited stdio nor reopened: closed.
+    pub close_stdio: Vec<i32>,
+    /// The image's fds, then the stub's helpers (pages.bin, exe, mapped files).
+    pub files: Vec<PlannedFile>,
+    pub cwd: CString,
+    pub umask: u32,
+    /// (signo, handler, flags, restorer, mask) for every signal 1..=64 but KILL/STOP.
+    pub signals: Vec<(i32, [u64; 4])>,
+    pub rlimits: Vec<(u32, u64, u64)>,
+    pub stub_entry: u64,
+    pub stub_stack_top: u64,
+}
+
+/// What went wrong in the child, written to the shared report page.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChildFailure {
+    pub step: u32,
+    pub errno: i32,
+    pub index: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    Sync = 1,
+    Rseq,
+    CloseRange,
+    OpenFile,
+    MoveFile,
+    Seek,
+    SetCloexec,
+    Chdir,
+    Signal,
+    Rlimit,
+    BlockSignals,
+}
+
+impl Step {
+    pub fn from_raw(raw: u32) -> Option<Step> {
+        use Step::*;
+        [
+            Sync,
+            Rseq,
+            CloseRange,
+            OpenFile,
+            MoveFile,
+            Seek,
+            SetCloexec,
+            Chdir,
+            Signal,
+            Rlimit,
+            BlockSignals,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == raw)
+    }
+}
+
+/// RSEQ_FLAG_UNREGISTER and glibc's x86 signature (RSEQ_SIG).
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const RSEQ_SIG: u64 = 0x5305_3053;
+
+fn fail(plan: &ChildPlan, step: Step, errno: Errno, index: usize) -> ! {
+    let report = ChildFailure {
+        step: step as u32,
+        errno: errno as i32,
+        index: index as u32,
+    };
+    // SAFETY: `report` points into a MAP_SHARED page the restorer mapped before the clone
+    // and keeps until it has reaped this child.
+    unsafe { plan.report.write_volatile(report) };
+    let _ = raw_syscall(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+    unreachable!("exit_group returned")
+}
+
+/// Runs in the child; never returns.
+pub fn child_main(plan: &ChildPlan) -> ! {
+    let all: u64 = u64::MAX;
+    let check = |r: Result<i64, Errno>, step, i| r.unwrap_or_else(|e| fail(plan, step, e, i));
+    // No signal handler may run between now and the final registers: none is mapped yet.
+    check(
+        raw_syscall(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as u64,
+                (&raw const all) as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        ),
+        Step::BlockSignals,
+        0,
+    );
+    wait_for_restorer(plan);
+    unregister_rseq(plan);
+    check(
+        raw_syscall(libc::SYS_close_range, [3, u32::MAX as u64, 0, 0, 0, 0]),
+        Step::CloseRange,
+        0,
+    );
+    for &fd in &plan.close_stdio {
+        let _ = raw_syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+    }
+    for (i, file) in plan.files.iter().enumerate() {
+        open_at(plan, i, file);
+    }
+    check(
+        raw_syscall(libc::SYS_chdir, [plan.cwd.as_ptr() as u64, 0, 0, 0, 0, 0]),
+        Step::Chdir,
+        0,
+    );
+    let _ = raw_syscall(libc::SYS_umask, [u64::from(plan.umask), 0, 0, 0, 0, 0]);
+    for (i, (signo, action)) in plan.signals.iter().enumerate() {
+        let r = raw_syscall(
+            libc::SYS_rt_sigaction,
+            [*signo as u64, action.as_ptr() as u64, 0, 8, 0, 0],
+        );
+        check(r, Step::Signal, i);
+    }
+    for (i, &(resource, soft, hard)) in plan.rlimits.iter().enumerate() {
+        let limit = [soft, hard];
+        let r = raw_syscall(
+            libc::SYS_prlimit64,
+            [0, u64::from(resource), limit.as_ptr() as u64, 0, 0, 0],
+        );
+        check(r, Step::Rlimit, i);
+    }
+    jump_to_stub(plan.stub_entry, plan.stub_stack_top)
+}
+
+/// Blocks until the restorer has seized us (it writes one byte); EOF means it died.
+fn wait_for_restorer(plan: &ChildPlan) {
+    let mut byte = 0u8;
+    loop {
+        match raw_syscall(
+            libc::SYS_read,
+            [plan.sync_fd as u64, (&raw mut byte) as u64, 1, 0, 0, 0],
+        ) {
+            Ok(1) => return,
+            Err(Errno::EINTR) => continue,
+            Ok(_) => fail(plan, Step::Sync, Errno::EPIPE, 0),
+            Err(e) => fail(plan, Step::Sync, e, 0),
+        }
+    }
+}
+
+/// glibc registered rseq for the restorer's thread and fork kept it: the kernel would
+/// write into that area after the stub unmaps it, and kill the process.
+fn unregister_rseq(plan: &ChildPlan) {
+    let Some((area, size)) = sys::own_rseq_area() else {
+        return;
+    };
+    // Newer glibc reports a feature size smaller than the 32 bytes it registers.
+    let mut last = Errno::UnknownErrno;
+    for len in [u64::from(size), 32] {
+        match raw_syscall(
+            libc::SYS_rseq,
+            [area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, 0, 0],
+        ) {
+            Ok(_) => return,
+            Err(e) => last = e,
+        }
+    }
+    fail(plan, Step::Rseq, last, 0)
+}
+
+fn open_at(plan: &ChildPlan, index: usize, file: &PlannedFile) {
+    let check = |r: Result<i64, Errno>, step| r.unwrap_or_else(|e| fail(plan, step, e, index));
+    let opened = check(
+        raw_syscall(
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                file.path.as_ptr() as u64,
+                (file.flags | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        ),
+        Step::OpenFile,
+    );
+    if opened != i64::from(file.fd) {
+        check(
+            raw_syscall(
+                libc::SYS_dup3,
+                [
+                    opened as u64,
+                    file.fd as u64,
+                    libc::O_CLOEXEC as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            ),
+            Step::MoveFile,
+        );
+        let _ = raw_syscall(libc::SYS_close, [opened as u64, 0, 0, 0, 0, 0]);
+    }
+    if !file.cloexec {
+        check(
+            raw_syscall(
+                libc::SYS_fcntl,
+                [file.fd as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
+            ),
+            Step::SetCloexec,
+        );
+    }
+    if file.offset != 0 {
+        check(
+            raw_syscall(
+                libc::SYS_lseek,
+                [file.fd as u64, file.offset, libc::SEEK_SET as u64, 0, 0, 0],
+            ),
+            Step::Seek,
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! A checkpoint: freeze, capture, stream memory into an image, let go (or kill).
+
+use super::freeze::{FreezeError, Frozen};
+use super::inspect::{self, InspectError, RegionPlan, StorePolicy};
+use super::memory::{MemoryError, PageMap, ProcessMemory};
+use super::remote::{RemoteError, RemoteThread, find_gadget};
+use super::sys;
+use super::threads::{self, ThreadError};
+use crate::image::format::{
+    Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PageRun, ProcessState, SignalAction,
+    ThreadState, TierKind,
+};
+use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// What to checkpoint and where.
+pub struct CheckpointRequest<'a> {
+    pub pid: Pid,
+    pub job: &'a str,
+    pub rank: u32,
+    pub tier: TierKind,
+    /// `<tier root>/<job>/rank<R>`.
+    pub rank_dir: &'a Path,
+    pub seq: u64,
+    /// End the target after the image is committed, without letting it run in between.
+    pub kill: bool,
+}
+
+/// The result printed by `mlckpt checkpoint --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointStats {
+    pub path: PathBuf,
+    pub seq: u64,
+    pub tier: TierKind,
+    pub bytes: u64,
+    /// Time the target was not running.
+    pub freeze_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Memory is read and written in batches of this size: the supervisor's memory stays
+/// small whatever the target's size.
+const BATCH_BYTES: usize = 8 << 20;
+
+pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError> {
+    let started = Instant::now();
+    let time_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut frozen = Frozen::freeze(req.pid)?;
+    // Files first: an unsupported fd fails before any work (the target runs on untouched).
+    let fds = inspect::read_fds(req.pid)?;
+    let mem = ProcessMemory::open(req.pid)?;
+    let captured = capture_threads(&mut frozen, &mem)?;
+    let facts = inspect::read_process(req.pid)?;
+    let mut plans = inspect::read_regions(req.pid)?;
+
+    let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
+    dump_memory(req.pid, &mem, &mut plans, &mut writer)?;
+    let frozen_for = started.elapsed();
+    let keep_frozen = req.kill;
+    if !keep_frozen {
+        // Every byte of the image's state is read: the target may go on while it is
+        // made durable.
+        frozen.release().map_err(FreezeError::from)?;
+    }
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        mlckpt_version: env!("CARGO_PKG_VERSION").to_string(),
+        job: req.job.to_string(),
+        rank: req.rank,
+        seq: req.seq,
+        time_unix_ms,
+        tier: req.tier,
+        kernel: sys::kernel_release(),
+        cpu: CpuFeatures {
+            xfeatures: sys::xcr0(),
+            xstate_size: captured.threads[0].xstate.len() as u32,
+        },
+        process: ProcessState {
+            pid: req.pid.as_raw(),
+            exe: facts.exe,
+            cmdline: facts.cmdline,
+            cwd: facts.cwd,
+            umask: facts.umask,
+            rlimits: facts.rlimits,
+            mm: crate::image::format::MmFields {
+                brk: captured.brk,
+                ..facts.mm
+            },
+            auxv: facts.auxv,
+        },
+        threads: captured.threads,
+        regions: plans.into_iter().map(|p| p.region).collect(),
+        fds,
+        signals: captured.signals,
+        pages_bytes: writer.pages_written(),
+    };
+    let committed: CommittedImage = writer.commit(&manifest)?;
+    let freeze = if keep_frozen {
+        frozen.kill();
+        started.elapsed()
+    } else {
+        frozen_for
+    };
+    Ok(CheckpointStats {
+        path: committed.path,
+        seq: req.seq,
+        tier: req.tier,
+        bytes: committed.bytes,
+        freeze_ms: freeze.as_secs_f64() * 1e3,
+        total_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+struct Captured {
+    threads: Vec<ThreadState>,
+    signals: Vec<SignalAction>,
+    brk: u64,
+}
+
+/// Runs the remote queries: the leader lends a scratch page for results, every thread
+/// reports its own state; the scratch page is gone again before the map is read.
+fn capture_threads(frozen: &mut Frozen, mem: &ProcessMemory) -> Result<Captured, DumpError> {
+    let leader = frozen.leader();
+    let gadget = find_gadget(mem, &executable_regions(leader)?)?;
+    let mut lead = RemoteThread::new(leader, gadget)?;
+    let scratch = lead.checked(
+        "mmap(scratch)",
+        libc::SYS_mmap,
+        &[
+            0,
+            PAGE_SIZE,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    let result = capture_with_scratch(frozen, &mut lead, mem, gadget, scratch);
+    let unmapped = lead.checked("munmap(scratch)", libc::SYS_munmap, &[scratch, PAGE_SIZE]);
+    hold(frozen, leader, lead.finish()?);
+    unmapped?;
+    result
+}
+
+fn capture_with_scratch(
+    frozen: &mut Frozen,
+    lead: &mut RemoteThread,
+    mem: &ProcessMemory,
+    gadget: u64,
+    scratch: u64,
+) -> Result<Captured, DumpError> {
+    let leader = frozen.leader();
+    let brk = lead.checked("brk(0)", libc::SYS_brk, &[0])?;
+    let signals = signal_actions(lead, mem, scratch)?;
+    let mut threads = vec![threads::capture(lead, leader, mem, scratch)?];
+    for tid in frozen.tids().into_iter().filter(|&t| t != leader) {
+        let mut remote = RemoteThread::new(tid, gadget)?;
+        let state = threads::capture(&mut remote, tid, mem, scratch);
+        hold(frozen, tid, remote.finish()?);
+        threads.push(state?);
+    }
+    Ok(Captured {
+        threads,
+        signals,
+        brk,
+    })
+}
+
+fn hold(frozen: &mut Frozen, tid: Pid, sig: Option<Signal>) {
+    if let Some(sig) = sig {
+        frozen.hold_signal(tid, sig);
+    }
+}
+
+fn executable_regions(pid: Pid) -> Result<Vec<(u64, u64)>, DumpError> {
+    let mut plans: Vec<RegionPlan> = inspect::read_regions(pid)?
+        .into_iter()
+        .filter(|p| p.region.prot.exec)
+        .collect();
+    // The vDSO first: it is small and always has a `syscall` in its fallback paths.
+    plans.sort_by_key(|p| (p.region.backing != Backing::Vdso, p.region.len()));
+    Ok(plans
+        .iter()
+        .map(|p| (p.region.start, p.region.end))
+        .collect())
+}
+
+/// Every signal whose action is not the default, via `rt_sigaction(sig, NULL, &old)`.
+fn signal_actions(
+    remote: &mut RemoteThread,
+    mem: &ProcessMemory,
+    scratch: u64,
+) -> Result<Vec<SignalAction>, DumpError> {
+    let mut actions = Vec::new();
+    for signo in 1..=64i32 {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        remote.checked(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            &[signo as u64, 0, scratch, 8],
+        )?;
+        // struct kernel_sigaction { handler; flags; restorer; mask }
+        let raw = mem.read(scratch, 32)?;
+        let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8"));
+        let action = SignalAction {
+            signo,
+            handler: word(0),
+            flags: word(1),
+            restorer: word(2),
+            mask: word(3),
+        };
+        if action.handler != 0 || action.flags != 0 || action.mask != 0 {
+            actions.push(action);
+        }
+    }
+    Ok(actions)
+}
+
+/// Decides which pages each region stores and streams them into `pages.bin`.
+fn dump_memory(
+    pid: Pid,
+    mem: &ProcessMemory,
+    plans: &mut [RegionPlan],
+    writer: &mut ImageWriter,
+) -> Result<(), DumpError> {
+    let pagemap = PageMap::open(pid)?;
+    let mut batch = Batch::default();
+    for plan in plans.iter_mut() {
+        let runs = stored_runs(&pagemap, plan)?;
+        for (addr, len) in runs {
+            let offset = writer.pages_written() + batch.bytes as u64;
+            plan.region.runs.push(PageRun { addr, len, offset });
+            batch.add(addr, len, mem, writer)?;
+        }
+    }
+    batch.flush(mem, writer)
+}
+
+/// Page runs `(addr, len)` of a region whose contents go into the image.
+fn stored_runs(pagemap: &PageMap, plan: &RegionPlan) -> Result<Vec<(u64, u64)>, DumpError> {
+    let (start, end) = (plan.region.start, plan.region.end);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut push = |addr: u64| match runs.last_mut() {
+        Some((s, l)) if *s + *l == addr => *l += PAGE_SIZE,
+        _ => runs.push((addr, PAGE_SIZE)),
+    };
+    match plan.store {
+        StorePolicy::Nothing => {}
+        StorePolicy::Everything => (start..end).step_by(PAGE_SIZE as usize).for_each(&mut push),
+        StorePolicy::PrivateData => pagemap.scan(start, end, |addr, flags| {
+            if flags.private_data() {
+                push(addr);
+            }
+        })?,
+    }
+    Ok(runs)
+}
+
+/// Memory ranges gathered until a batch is worth one read and one write.
+#[derive(Default)]
+struct Batch {
+    ranges: Vec<(u64, usize)>,
+    bytes: usize,
+    buf: Vec<u8>,
+}
+
+impl Batch {
+    fn add(
+        &mut self,
+        mut addr: u64,
+        mut len: u64,
+        mem: &ProcessMemory,
+        writer: &mut ImageWriter,
+    ) -> Result<(), DumpError> {
+        while len > 0 {
+            let room = (BATCH_BYTES - self.bytes) as u64;
+            let take = len.min(room);
+            self.ranges.push((addr, take as usize));
+            self.bytes += take as usize;
+            addr += take;
+            len -= take;
+            if self.bytes == BATCH_BYTES {
+                self.flush(mem, writer)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, mem: &ProcessMemory, writer: &mut ImageWriter) -> Result<(), DumpError> {
+        if self.bytes == 0 {
+            return Ok(());
+        }
+        self.buf.resize(self.bytes, 0);
+        mem.read_ranges(&self.ranges, &mut self.buf)?;
+        writer.append_pages(&self.buf)?;
+        self.ranges.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Stopping every thread of a target, and letting them all go again.
+
+use super::ptrace::{self, PtraceError, Stop};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    #[error("process {pid} does not exist (or already exited)")]
+    NoProcess { pid: i32 },
+    #[error(
+        "cannot seize process {pid}: {source}. Another tracer (gdb, strace, a second mlckpt) \
+         may hold it, or /proc/sys/kernel/yama/ptrace_scope forbids it"
+    )]
+    Seize {
+        pid: i32,
+        #[source]
+        source: PtraceError,
+    },
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
+    #[error("cannot list threads of process {pid}: {source}")]
+    ListThreads {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A thread held in a ptrace stop.
+#[derive(Debug)]
+pub struct FrozenThread {
+    pub tid: Pid,
+    /// A signal that arrived while freezing; it is handed back on detach, so the target
+    /// sees it as if nothing happened.
+    pub pending: Option<Signal>,
+}
+
+/// Every thread of a process, stopped. Dropping it lets them all run again.
+#[derive(Debug)]
+pub struct Frozen {
+    pub pid: Pid,
+    threads: BTreeMap<i32, FrozenThread>,
+    released: bool,
+}
+
+/// Thread ids in `/proc/PID/task`.
+pub fn list_threads(pid: Pid) -> Result<Vec<Pid>, FreezeError> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            FreezeError::NoProcess { pid: pid.as_raw() }
+        } else {
+            FreezeError::ListThreads {
+                pid: pid.as_raw(),
+                source,
+            }
+        }
+    })?;
+    let mut tids: Vec<Pid> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .map(Pid::from_raw)
+        .collect();
+    tids.sort();
+    Ok(tids)
+}
+
+impl Frozen {
+    /// Seizes and interrupts every thread, listing `/proc/PID/task` again until no new
+    /// thread appears: threads may be born while the first ones are being stopped.
+    pub fn freeze(pid: Pid) -> Result<Frozen, FreezeError> {
+        let mut frozen = Frozen {
+            pid,
+            threads: BTreeMap::new(),
+            released: false,
+        };
+        loop {
+            let fresh: Vec<Pid> = list_threads(pid)?
+                .into_iter()
+                .filter(|t| !frozen.threads.contains_key(&t.as_raw()))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let seized = frozen.seize_all(&fresh)?;
+            for tid in seized {
+                frozen.wait_interrupted(tid)?;
+            }
+        }
+        if !frozen.threads.contains_key(&pid.as_raw()) {
+            return Err(FreezeError::NoProcess { pid: pid.as_raw() });
+        }
+        Ok(frozen)
+    }
+
+    fn seize_all(&mut self, tids: &[Pid]) -> Result<Vec<Pid>, FreezeError> {
+        let mut seized = Vec::new();
+        for &tid in tids {
+            match ptrace::seize(tid, ptrace::checkpoint_options()) {
+                Ok(()) => {}
+                // Exited between listing and seizing: nothing to checkpoint.
+                Err(PtraceError::Gone { .. }) => continue,
+                Err(source) => {
+                    return Err(FreezeError::Seize {
+                        pid: self.pid.as_raw(),
+                        source,
+                    });
+                }
+            }
+            self.threads
+                .insert(tid.as_raw(), FrozenThread { tid, pending: None });
+            match ptrace::interrupt(tid) {
+                Ok(()) => seized.push(tid),
+                Err(PtraceError::Gone { .. }) => {
+                    self.threads.remove(&tid.as_raw());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(seized)
+    }
+
+    /// Waits for the interrupt stop; a signal that gets in first is held back for detach.
+    fn wait_interrupted(&mut self, tid: Pid) -> Result<(), FreezeError> {
+        loop {
+            match ptrace::wait_stop(tid, "freeze")? {
+                Stop::Interrupted => return Ok(()),
+                Stop::Signal(sig) => {
+                    if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
+                        t.pending = Some(sig);
+                    }
+                    ptrace::cont(tid, None)?;
+                }
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    self.threads.remove(&tid.as_raw());
+                    return Ok(());
+                }
+                Stop::Syscall | Stop::Event(_) => ptrace::cont(tid, None)?,
+            }
+        }
+    }
+
+    pub fn leader(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn tids(&self) -> Vec<Pid> {
+        self.threads.values().map(|t| t.tid).collect()
+    }
+
+    /// Remembers a signal that a thread received while mlckpt drove it.
+    pub fn hold_signal(&mut self, tid: Pid, sig: Signal) {
+        if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
+            t.pending = Some(sig);
+        }
+    }
+
+    /// Lets every thread run on, handing back signals that arrived meanwhile.
+    pub fn release(&mut self) -> Result<(), PtraceError> {
+        self.detach_all()
+    }
+
+    /// Ends the target while it is still frozen, so it does nothing after the image's state.
+    pub fn kill(&mut self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        self.released = true;
+    }
+
+    fn detach_all(&mut self) -> Result<(), PtraceError> {
+        self.released = true;
+        let mut first_error = None;
+        for t in self.threads.values() {
+            match ptrace::detach(t.tid, t.pending) {
+                Ok(()) | Err(PtraceError::Gone { .. }) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.detach_all();
+        }
+    }
+}

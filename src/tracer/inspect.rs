@@ -1,0 +1,408 @@
+//! Reading a frozen process's state from `/proc`: memory map, files, mm fields, limits.
+
+use super::sys;
+use crate::image::format::{
+    Advice, Backing, FdKind, FdState, FileIdentity, MemoryRegion, MmFields, Prot, Rlimit,
+};
+use nix::unistd::Pid;
+use procfs::process::{MMPermissions, MMapPath, Process, VmFlags};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("cannot read {what} of process {pid}: {message}")]
+    Proc {
+        pid: i32,
+        what: &'static str,
+        message: String,
+    },
+    #[error("fd {fd} of process {pid} is {what} ({target}): {hint}")]
+    UnsupportedFd {
+        pid: i32,
+        fd: i32,
+        what: &'static str,
+        target: String,
+        hint: &'static str,
+    },
+    #[error("process {pid} maps {what} at {start:#x}: mlckpt cannot checkpoint it yet")]
+    UnsupportedMapping { pid: i32, what: String, start: u64 },
+}
+
+fn proc_err(pid: Pid, what: &'static str) -> impl FnOnce(String) -> InspectError {
+    move |message| InspectError::Proc {
+        pid: pid.as_raw(),
+        what,
+        message,
+    }
+}
+
+/// Which pages of a region the dump stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorePolicy {
+    /// Private memory: only pages holding data of the process's own (written or anonymous).
+    PrivateData,
+    /// Every page (shared anonymous memory, mappings of deleted files).
+    Everything,
+    /// Nothing: a shared file mapping (the file holds it) or the vDSO.
+    Nothing,
+}
+
+/// A region of the map and how to store it.
+#[derive(Debug, Clone)]
+pub struct RegionPlan {
+    pub region: MemoryRegion,
+    pub store: StorePolicy,
+}
+
+/// The memory map, classified. `[vsyscall]` is left out: every process has the same one.
+pub fn read_regions(pid: Pid) -> Result<Vec<RegionPlan>, InspectError> {
+    let process = Process::new(pid.as_raw()).map_err(|e| proc_err(pid, "maps")(e.to_string()))?;
+    let maps = process
+        .smaps()
+        .map_err(|e| proc_err(pid, "smaps")(e.to_string()))?;
+    let mut plans = Vec::new();
+    for map in maps {
+        let (start, end) = map.address;
+        let Some((backing, store)) = classify(pid, &map.pathname, &map, start)? else {
+            continue;
+        };
+        let flags = map.extension.vm_flags;
+        plans.push(RegionPlan {
+            region: MemoryRegion {
+                start,
+                end,
+                prot: Prot {
+                    read: map.perms.contains(MMPermissions::READ),
+                    write: map.perms.contains(MMPermissions::WRITE),
+                    exec: map.perms.contains(MMPermissions::EXECUTE),
+                },
+                shared: map.perms.contains(MMPermissions::SHARED),
+                backing,
+                name: display_name(&map.pathname),
+                grows_down: flags.contains(VmFlags::GD),
+                advice: advice_of(flags),
+                runs: Vec::new(),
+            },
+            store,
+        });
+    }
+    Ok(plans)
+}
+
+fn advice_of(flags: VmFlags) -> Vec<Advice> {
+    [
+        (VmFlags::HG, Advice::HugePage),
+        (VmFlags::NH, Advice::NoHugePage),
+        (VmFlags::DC, Advice::DontFork),
+        (VmFlags::WF, Advice::WipeOnFork),
+        (VmFlags::DD, Advice::DontDump),
+    ]
+    .into_iter()
+    .filter(|(f, _)| flags.contains(*f))
+    .map(|(_, a)| a)
+    .collect()
+}
+
+fn display_name(path: &MMapPath) -> String {
+    match path {
+        MMapPath::Path(p) => p.to_string_lossy().into_owned(),
+        MMapPath::Heap => "[heap]".into(),
+        MMapPath::Stack => "[stack]".into(),
+        MMapPath::TStack(t) => format!("[stack:{t}]"),
+        MMapPath::Vdso => "[vdso]".into(),
+        MMapPath::Vvar => "[vvar]".into(),
+        MMapPath::Vsyscall => "[vsyscall]".into(),
+        MMapPath::Anonymous => String::new(),
+        MMapPath::Vsys(key) => format!("SYSV{key:08x}"),
+        MMapPath::Other(s) => format!("[{s}]"),
+        _ => "?".into(),
+    }
+}
+
+type Classified = Option<(Backing, StorePolicy)>;
+
+fn classify(
+    pid: Pid,
+    path: &MMapPath,
+    map: &procfs::process::MemoryMap,
+    start: u64,
+) -> Result<Classified, InspectError> {
+    let shared = map.perms.contains(MMPermissions::SHARED);
+    let anon = if shared {
+        (Backing::SharedAnonymous, StorePolicy::Everything)
+    } else {
+        (Backing::Anonymous, StorePolicy::PrivateData)
+    };
+    Ok(Some(match path {
+        MMapPath::Vsyscall => return Ok(None),
+        MMapPath::Vdso | MMapPath::Vvar => (Backing::Vdso, StorePolicy::Nothing),
+        MMapPath::Other(s) if s.starts_with("vvar") || s == "vdso" => {
+            (Backing::Vdso, StorePolicy::Nothing)
+        }
+        MMapPath::Other(s) if s.starts_with("anon:") || s.starts_with("anon_shmem:") => anon,
+        MMapPath::Heap | MMapPath::Stack | MMapPath::TStack(_) | MMapPath::Anonymous => anon,
+        MMapPath::Path(p) => classify_file(p, map, shared),
+        other => {
+            return Err(InspectError::UnsupportedMapping {
+                pid: pid.as_raw(),
+                what: display_name(other),
+                start,
+            });
+        }
+    }))
+}
+
+const DELETED: &str = " (deleted)";
+
+/// A file mapping whose file is still where maps says keeps the file as backing; one whose
+/// file is gone or replaced (deleted, memfd, `/dev/zero` shared memory) is stored in full.
+fn classify_file(
+    path: &Path,
+    map: &procfs::process::MemoryMap,
+    shared: bool,
+) -> (Backing, StorePolicy) {
+    let whole = if shared {
+        (Backing::SharedAnonymous, StorePolicy::Everything)
+    } else {
+        (Backing::Anonymous, StorePolicy::Everything)
+    };
+    let text = path.to_string_lossy();
+    if text.ends_with(DELETED) {
+        return whole;
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return whole;
+    };
+    if meta.ino() != map.inode || !meta.is_file() {
+        return whole;
+    }
+    let identity = FileIdentity {
+        path: text.into_owned(),
+        offset: map.offset,
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        inode: meta.ino(),
+    };
+    let store = if shared {
+        StorePolicy::Nothing
+    } else {
+        StorePolicy::PrivateData
+    };
+    (Backing::File(identity), store)
+}
+
+/// Everything about the process but its threads and memory contents.
+pub struct ProcessFacts {
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub cwd: String,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    /// All but `brk`, which only the process itself can tell (`brk(0)`).
+    pub mm: MmFields,
+    pub auxv: Vec<u64>,
+}
+
+pub fn read_process(pid: Pid) -> Result<ProcessFacts, InspectError> {
+    let process = Process::new(pid.as_raw()).map_err(|e| proc_err(pid, "status")(e.to_string()))?;
+    let io = |what: &'static str| move |e: procfs::ProcError| proc_err(pid, what)(e.to_string());
+    let stat = process.stat().map_err(io("stat"))?;
+    let status = process.status().map_err(io("status"))?;
+    let link = |name: &'static str| {
+        std::fs::read_link(format!("/proc/{pid}/{name}"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| proc_err(pid, name)(e.to_string()))
+    };
+    let mm = MmFields {
+        start_code: stat.startcode,
+        end_code: stat.endcode,
+        start_data: stat.start_data.unwrap_or(0),
+        end_data: stat.end_data.unwrap_or(0),
+        start_brk: stat.start_brk.unwrap_or(0),
+        brk: 0,
+        start_stack: stat.startstack,
+        arg_start: stat.arg_start.unwrap_or(0),
+        arg_end: stat.arg_end.unwrap_or(0),
+        env_start: stat.env_start.unwrap_or(0),
+        env_end: stat.env_end.unwrap_or(0),
+    };
+    Ok(ProcessFacts {
+        exe: link("exe")?,
+        cmdline: process.cmdline().map_err(io("cmdline"))?,
+        cwd: link("cwd")?,
+        umask: status.umask.unwrap_or(0o022),
+        rlimits: read_rlimits(pid)?,
+        mm,
+        auxv: read_auxv(pid)?,
+    })
+}
+
+fn read_rlimits(pid: Pid) -> Result<Vec<Rlimit>, InspectError> {
+    (0..sys::RLIMIT_COUNT)
+        .map(|r| sys::get_rlimit(pid, r).map_err(|e| proc_err(pid, "rlimits")(e.to_string())))
+        .collect()
+}
+
+fn read_auxv(pid: Pid) -> Result<Vec<u64>, InspectError> {
+    let raw = std::fs::read(format!("/proc/{pid}/auxv"))
+        .map_err(|e| proc_err(pid, "auxv")(e.to_string()))?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+/// Open files, refusing kinds a restore could not recreate.
+pub fn read_fds(pid: Pid) -> Result<Vec<FdState>, InspectError> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut fds: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(|e| proc_err(pid, "fd list")(e.to_string()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    fds.into_iter().map(|fd| read_fd(pid, fd)).collect()
+}
+
+fn read_fd(pid: Pid, fd: i32) -> Result<FdState, InspectError> {
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let target = std::fs::read_link(&link)
+        .map_err(|e| proc_err(pid, "fd link")(e.to_string()))?
+        .to_string_lossy()
+        .into_owned();
+    let (pos, flags) = read_fdinfo(pid, fd)?;
+    let meta = std::fs::metadata(&link).ok();
+    let kind = fd_kind(pid, fd, &target, meta.as_ref())?;
+    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+    let size = match (kind, &meta) {
+        (FdKind::File, Some(m)) if writable => Some(m.size()),
+        _ => None,
+    };
+    Ok(FdState {
+        fd,
+        kind,
+        path: target,
+        flags: flags & !libc::O_CLOEXEC,
+        cloexec: flags & libc::O_CLOEXEC != 0,
+        offset: pos,
+        size,
+    })
+}
+
+/// `pos` and `flags` from `/proc/PID/fdinfo/N` (flags are octal there).
+fn read_fdinfo(pid: Pid, fd: i32) -> Result<(u64, i32), InspectError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .map_err(|e| proc_err(pid, "fdinfo")(e.to_string()))?;
+    parse_fdinfo(&text)
+        .ok_or_else(|| proc_err(pid, "fdinfo")(format!("unexpected content: {text}")))
+}
+
+fn parse_fdinfo(text: &str) -> Option<(u64, i32)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let pos = field("pos:")?.parse().ok()?;
+    let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
+    Some((pos, flags))
+}
+
+fn fd_kind(
+    pid: Pid,
+    fd: i32,
+    target: &str,
+    meta: Option<&std::fs::Metadata>,
+) -> Result<FdKind, InspectError> {
+    let unsupported = |what, hint| InspectError::UnsupportedFd {
+        pid: pid.as_raw(),
+        fd,
+        what,
+        target: target.to_string(),
+        hint,
+    };
+    const CLOSE_IT: &str = "close it before the checkpoint, or run the job without it";
+    let stdio = (0..=2).contains(&fd);
+    if target.starts_with("socket:") {
+        return Err(unsupported(
+            "a socket",
+            "mlckpt cannot checkpoint sockets yet; close it before the checkpoint, or run the job without it",
+        ));
+    }
+    if target.starts_with("pipe:") {
+        return if stdio {
+            Ok(FdKind::Stdio)
+        } else {
+            Err(unsupported("a pipe", CLOSE_IT))
+        };
+    }
+    if target.starts_with("anon_inode:") {
+        return Err(unsupported(
+            "an anonymous inode (eventfd, epoll, timerfd, signalfd ...)",
+            CLOSE_IT,
+        ));
+    }
+    if target.ends_with(DELETED) {
+        return Err(unsupported(
+            "a deleted file",
+            "a deleted file cannot be reopened at restore; keep the file until the checkpoint is done",
+        ));
+    }
+    let Some(meta) = meta else {
+        return Err(unsupported("an unreadable file", CLOSE_IT));
+    };
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    Ok(if ft.is_file() {
+        FdKind::File
+    } else if ft.is_dir() {
+        FdKind::Directory
+    } else if stdio && (is_terminal(meta) || ft.is_fifo()) {
+        FdKind::Stdio
+    } else if ft.is_char_device() {
+        FdKind::CharDevice
+    } else {
+        return Err(unsupported(
+            "a special file (FIFO, socket file or block device)",
+            CLOSE_IT,
+        ));
+    })
+}
+
+/// Terminals: the pty slaves (major 136-143), the console and virtual terminals (4, 5).
+fn is_terminal(meta: &std::fs::Metadata) -> bool {
+    let major = libc::major(meta.rdev());
+    (136..=143).contains(&major) || major == 4 || major == 5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_flags_are_octal() {
+        let text = "pos:\t42\nflags:\t02102001\nmnt_id:\t27\nino:\t1\n";
+        let (pos, flags) = parse_fdinfo(text).unwrap();
+        assert_eq!(pos, 42);
+        assert_ne!(flags & libc::O_APPEND, 0);
+        assert_ne!(flags & libc::O_CLOEXEC, 0);
+        assert_eq!(flags & libc::O_ACCMODE, libc::O_WRONLY);
+    }
+
+    #[test]
+    fn own_process_map_has_heap_stack_and_vdso() {
+        let plans = read_regions(nix::unistd::getpid()).unwrap();
+        assert!(
+            plans
+                .iter()
+                .any(|p| p.region.name == "[stack]" && p.region.grows_down)
+        );
+        assert!(plans.iter().any(|p| p.region.backing == Backing::Vdso));
+        assert!(
+            plans
+                .iter()
+                .any(|p| matches!(p.region.backing, Backing::File(_)))
+        );
+        assert!(!plans.iter().any(|p| p.region.name == "[vsyscall]"));
+    }
+}

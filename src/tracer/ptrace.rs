@@ -1,0 +1,336 @@
+//! The one place that calls ptrace: typed, safe wrappers over the requests mlckpt uses.
+//!
+//! nix covers the common requests; the x86 xstate regset, the signal mask and the rseq
+//! configuration are not in nix, so they are wrapped here once around a single raw call.
+
+use crate::image::format::{Registers, RseqState};
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// `NT_X86_XSTATE`: the full XSAVE area (not exported by libc or nix).
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Not in nix's `Options`: lets remote syscalls pass a seccomp filter.
+const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
+/// Large enough for every xsave layout shipped so far (AMX tiles included); the kernel
+/// reports the length it really wrote.
+const XSTATE_BUFFER: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PtraceError {
+    /// ESRCH: the thread exited (or was killed) while mlckpt worked on it.
+    #[error("thread {tid} vanished during {op}")]
+    Gone { tid: i32, op: &'static str },
+    #[error("ptrace {op} on thread {tid} failed: {source}")]
+    Failed {
+        tid: i32,
+        op: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("thread {tid} exited with status {status} during {op}")]
+    Exited {
+        tid: i32,
+        op: &'static str,
+        status: i32,
+    },
+    #[error("thread {tid} was killed by signal {signal} during {op}")]
+    Killed {
+        tid: i32,
+        op: &'static str,
+        signal: i32,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, PtraceError>;
+
+fn check(tid: Pid, op: &'static str, res: nix::Result<()>) -> Result<()> {
+    res.map_err(|e| map_err(tid, op, e))
+}
+
+pub fn map_err(tid: Pid, op: &'static str, e: Errno) -> PtraceError {
+    if e == Errno::ESRCH {
+        PtraceError::Gone {
+            tid: tid.as_raw(),
+            op,
+        }
+    } else {
+        PtraceError::Failed {
+            tid: tid.as_raw(),
+            op,
+            source: e,
+        }
+    }
+}
+
+/// Options for a checkpoint: the target must survive anything that goes wrong, so no
+/// EXITKILL; seccomp filters must not veto our remote syscalls.
+pub fn checkpoint_options() -> Options {
+    Options::PTRACE_O_TRACESYSGOOD | Options::from_bits_retain(PTRACE_O_SUSPEND_SECCOMP)
+}
+
+/// Options for a process under restore: a half-built process must die with its restorer.
+pub fn restore_options() -> Options {
+    Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACECLONE
+}
+
+pub fn seize(tid: Pid, options: Options) -> Result<()> {
+    check(tid, "seize", ptrace::seize(tid, options))
+}
+
+pub fn interrupt(tid: Pid) -> Result<()> {
+    check(tid, "interrupt", ptrace::interrupt(tid))
+}
+
+pub fn detach(tid: Pid, sig: Option<Signal>) -> Result<()> {
+    check(tid, "detach", ptrace::detach(tid, sig))
+}
+
+pub fn cont(tid: Pid, sig: Option<Signal>) -> Result<()> {
+    check(tid, "cont", ptrace::cont(tid, sig))
+}
+
+pub fn resume_to_syscall(tid: Pid, sig: Option<Signal>) -> Result<()> {
+    check(tid, "syscall", ptrace::syscall(tid, sig))
+}
+
+/// Why a traced thread stopped (or that it ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `PTRACE_EVENT_STOP` (after `PTRACE_INTERRUPT`, or a group stop under SEIZE).
+    Interrupted,
+    /// A syscall-enter or syscall-exit stop (`PTRACE_O_TRACESYSGOOD`).
+    Syscall,
+    /// Another ptrace event (clone, exec, exit ...), with its number.
+    Event(i32),
+    /// A signal is about to be delivered; the tracer decides whether it is.
+    Signal(Signal),
+    Exited(i32),
+    Killed(Signal),
+}
+
+/// Waits for the next stop of one thread (`__WALL`: threads are not children).
+pub fn wait_stop(tid: Pid, op: &'static str) -> Result<Stop> {
+    loop {
+        let status = match waitpid(tid, Some(WaitPidFlag::__WALL)) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(map_err(tid, op, e)),
+            Ok(s) => s,
+        };
+        return Ok(match status {
+            WaitStatus::Exited(_, code) => Stop::Exited(code),
+            WaitStatus::Signaled(_, sig, _) => Stop::Killed(sig),
+            WaitStatus::Stopped(_, sig) => Stop::Signal(sig),
+            WaitStatus::PtraceSyscall(_) => Stop::Syscall,
+            WaitStatus::PtraceEvent(_, _, event) if event == libc::PTRACE_EVENT_STOP => {
+                Stop::Interrupted
+            }
+            WaitStatus::PtraceEvent(_, _, event) => Stop::Event(event),
+            WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
+        });
+    }
+}
+
+/// Turns an exit seen where a stop was expected into an error.
+pub fn ended(tid: Pid, op: &'static str, stop: Stop) -> Option<PtraceError> {
+    match stop {
+        Stop::Exited(status) => Some(PtraceError::Exited {
+            tid: tid.as_raw(),
+            op,
+            status,
+        }),
+        Stop::Killed(sig) => Some(PtraceError::Killed {
+            tid: tid.as_raw(),
+            op,
+            signal: sig as i32,
+        }),
+        _ => None,
+    }
+}
+
+pub fn get_regs(tid: Pid) -> Result<Registers> {
+    ptrace::getregs(tid)
+        .map(Registers::from)
+        .map_err(|e| map_err(tid, "getregs", e))
+}
+
+pub fn set_regs(tid: Pid, regs: &Registers) -> Result<()> {
+    check(tid, "setregs", ptrace::setregs(tid, (*regs).into()))
+}
+
+/// One raw ptrace request; every other function here goes through the typed nix API or
+/// through this.
+fn raw_request(
+    tid: Pid,
+    op: &'static str,
+    request: libc::c_uint,
+    addr: usize,
+    data: *mut libc::c_void,
+) -> Result<libc::c_long> {
+    Errno::clear();
+    // SAFETY: callers pass `data` pointing at a live buffer of the size the request
+    // writes or reads (documented at each call); the kernel touches nothing else.
+    let ret = unsafe { libc::ptrace(request, tid.as_raw(), addr, data) };
+    if ret == -1 && Errno::last() != Errno::UnknownErrno {
+        return Err(map_err(tid, op, Errno::last()));
+    }
+    Ok(ret)
+}
+
+/// The thread's full XSAVE area (x87, SSE, AVX, AVX-512, ...), as many bytes as the kernel
+/// writes.
+pub fn get_xstate(tid: Pid) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; XSTATE_BUFFER];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // The iovec points at `buf`, which outlives the call; the kernel shrinks iov_len.
+    raw_request(
+        tid,
+        "getregset(NT_X86_XSTATE)",
+        libc::PTRACE_GETREGSET,
+        NT_X86_XSTATE as usize,
+        (&raw mut iov).cast(),
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(tid: Pid, xstate: &[u8]) -> Result<()> {
+    let mut copy = xstate.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: copy.as_mut_ptr().cast(),
+        iov_len: copy.len(),
+    };
+    raw_request(
+        tid,
+        "setregset(NT_X86_XSTATE)",
+        libc::PTRACE_SETREGSET,
+        NT_X86_XSTATE as usize,
+        (&raw mut iov).cast(),
+    )?;
+    Ok(())
+}
+
+pub fn get_sigmask(tid: Pid) -> Result<u64> {
+    let mut mask: u64 = 0;
+    raw_request(
+        tid,
+        "getsigmask",
+        libc::PTRACE_GETSIGMASK,
+        std::mem::size_of::<u64>(),
+        (&raw mut mask).cast(),
+    )?;
+    Ok(mask)
+}
+
+pub fn set_sigmask(tid: Pid, mask: u64) -> Result<()> {
+    let mut mask = mask;
+    raw_request(
+        tid,
+        "setsigmask",
+        libc::PTRACE_SETSIGMASK,
+        std::mem::size_of::<u64>(),
+        (&raw mut mask).cast(),
+    )?;
+    Ok(())
+}
+
+/// `struct ptrace_rseq_configuration` (linux/ptrace.h).
+#[repr(C)]
+#[derive(Default)]
+struct RseqConfiguration {
+    rseq_abi_pointer: u64,
+    rseq_abi_size: u32,
+    signature: u32,
+    flags: u32,
+    pad: u32,
+}
+
+/// The thread's rseq registration, if it has one.
+pub fn get_rseq(tid: Pid) -> Result<Option<RseqState>> {
+    let mut conf = RseqConfiguration::default();
+    raw_request(
+        tid,
+        "get_rseq_configuration",
+        libc::PTRACE_GET_RSEQ_CONFIGURATION,
+        std::mem::size_of::<RseqConfiguration>(),
+        (&raw mut conf).cast(),
+    )?;
+    Ok((conf.rseq_abi_pointer != 0).then_some(RseqState {
+        addr: conf.rseq_abi_pointer,
+        len: conf.rseq_abi_size,
+        signature: conf.signature,
+    }))
+}
+
+impl From<libc::user_regs_struct> for Registers {
+    fn from(r: libc::user_regs_struct) -> Self {
+        Registers {
+            r15: r.r15,
+            r14: r.r14,
+            r13: r.r13,
+            r12: r.r12,
+            rbp: r.rbp,
+            rbx: r.rbx,
+            r11: r.r11,
+            r10: r.r10,
+            r9: r.r9,
+            r8: r.r8,
+            rax: r.rax,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            orig_rax: r.orig_rax,
+            rip: r.rip,
+            cs: r.cs,
+            eflags: r.eflags,
+            rsp: r.rsp,
+            ss: r.ss,
+            fs_base: r.fs_base,
+            gs_base: r.gs_base,
+            ds: r.ds,
+            es: r.es,
+            fs: r.fs,
+            gs: r.gs,
+        }
+    }
+}
+
+impl From<Registers> for libc::user_regs_struct {
+    fn from(r: Registers) -> Self {
+        libc::user_regs_struct {
+            r15: r.r15,
+            r14: r.r14,
+            r13: r.r13,
+            r12: r.r12,
+            rbp: r.rbp,
+            rbx: r.rbx,
+            r11: r.r11,
+            r10: r.r10,
+            r9: r.r9,
+            r8: r.r8,
+            rax: r.rax,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            orig_rax: r.orig_rax,
+            rip: r.rip,
+            cs: r.cs,
+            eflags: r.eflags,
+            rsp: r.rsp,
+            ss: r.ss,
+            fs_base: r.fs_base,
+            gs_base: r.gs_base,
+            ds: r.ds,
+            es: r.es,
+            fs: r.fs,
+            gs: r.gs,
+        }
+    }
+}

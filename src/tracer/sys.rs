@@ -1,0 +1,215 @@
+//! Raw syscalls mlckpt itself makes that neither libc's safe surface nor nix wrap; each is
+//! wrapped here once and used through a safe function.
+
+use crate::image::format::{Rlimit, RobustList};
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// Number of `RLIMIT_*` resources (RLIMIT_NLIMITS).
+pub const RLIMIT_COUNT: u32 = 16;
+
+/// Another process's limit for `resource` (`prlimit(pid, resource, NULL, &old)`).
+pub fn get_rlimit(pid: Pid, resource: u32) -> Result<Rlimit, Errno> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a NULL new limit only reads; `old` is a live rlimit64 the kernel fills.
+    let ret = unsafe {
+        libc::prlimit64(
+            pid.as_raw(),
+            resource as libc::__rlimit_resource_t,
+            std::ptr::null(),
+            &raw mut old,
+        )
+    };
+    Errno::result(ret)?;
+    Ok(Rlimit {
+        resource,
+        soft: old.rlim_cur,
+        hard: old.rlim_max,
+    })
+}
+
+/// A thread's robust futex list head (`get_robust_list(tid, &head, &len)`).
+pub fn get_robust_list(tid: Pid) -> Result<Option<RobustList>, Errno> {
+    let mut head: u64 = 0;
+    let mut len: libc::size_t = 0;
+    // SAFETY: both out-pointers reference live locals of the sizes the kernel writes
+    // (a pointer and a size_t).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid.as_raw(),
+            &raw mut head,
+            &raw mut len,
+        )
+    };
+    Errno::result(ret)?;
+    Ok((head != 0).then_some(RobustList {
+        head,
+        len: len as u64,
+    }))
+}
+
+/// XCR0: the xsave state components this CPU and kernel enable.
+pub fn xcr0() -> u64 {
+    // SAFETY: CPUID leaf 1 exists on every x86-64 CPU; XGETBV runs only when CPUID says
+    // the OS enabled XSAVE (OSXSAVE), the one case in which it cannot fault.
+    unsafe {
+        let osxsave = std::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0;
+        if !osxsave {
+            return 0x3; // x87 + SSE, saved with FXSAVE.
+        }
+        std::arch::x86_64::_xgetbv(0)
+    }
+}
+
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `clone3` as a plain fork (`exit_signal = SIGCHLD`), optionally with the child's PID
+/// chosen (`set_tid`, needs CAP_CHECKPOINT_RESTORE). Returns 0 in the child.
+pub fn clone3_fork(pid: Option<i32>) -> Result<i32, Errno> {
+    let mut wanted: libc::pid_t = pid.unwrap_or(0);
+    // SAFETY: clone_args is plain data; zeroed is its documented "no options" value.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.exit_signal = libc::SIGCHLD as u64;
+    if pid.is_some() {
+        args.set_tid = (&raw mut wanted) as u64;
+        args.set_tid_size = 1;
+    }
+    // SAFETY: without CLONE_VM the child gets a copy of this address space and returns
+    // here like fork(); `args` and `wanted` are live for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw mut args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    Errno::result(ret).map(|r| r as i32)
+}
+
+/// A system call with integer arguments whose result is only checked for -1/errno.
+/// Used by the restore child, which must make raw calls only (no allocation, no locks).
+pub fn raw_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
+    // SAFETY: callers pass calls whose pointer arguments (if any) point at memory that
+    // stays valid for the call; see each use in `tracer::child`.
+    let ret = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
+    Errno::result(ret).map(|r| r as i64)
+}
+
+/// Maps `len` bytes of fresh memory exactly at `addr`, failing if anything is there.
+pub fn map_fixed_noreplace(addr: u64, len: usize, shared: bool) -> Result<*mut u8, Errno> {
+    let flags = libc::MAP_ANONYMOUS
+        | libc::MAP_FIXED_NOREPLACE
+        | if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no live Rust
+    // object can be affected; the result is checked.
+    let ret = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if ret == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    if ret as u64 != addr {
+        // Old kernels ignore the flag and treat the address as a hint.
+        unmap(ret.cast(), len);
+        return Err(Errno::EEXIST);
+    }
+    Ok(ret.cast())
+}
+
+/// Maps a fresh shared page anywhere (the restore child's error report).
+pub fn map_shared_page() -> Result<*mut u8, Errno> {
+    // SAFETY: a new anonymous mapping at a kernel-chosen address touches nothing else.
+    let ret = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ret == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    Ok(ret.cast())
+}
+
+/// Unmaps a mapping this module created.
+pub fn unmap(addr: *mut u8, len: usize) {
+    // SAFETY: only called on mappings created by the functions above, which no Rust
+    // reference points into any more.
+    unsafe {
+        libc::munmap(addr.cast(), len);
+    }
+}
+
+/// Jumps to the restorer stub on its own stack. The process's old memory, including this
+/// function's stack, is about to be unmapped by the stub, so there is no way back.
+pub fn jump_to_stub(entry: u64, stack_top: u64) -> ! {
+    // SAFETY: `entry` is the stub's first instruction and `stack_top` the top of its
+    // stack, both inside the stub mapping that the stub itself never unmaps.
+    unsafe {
+        std::arch::asm!(
+            "mov rsp, {stack}",
+            "jmp {entry}",
+            stack = in(reg) stack_top,
+            entry = in(reg) entry,
+            options(noreturn)
+        )
+    }
+}
+
+unsafe extern "C" {
+    /// glibc ≥ 2.35: offset of this thread's rseq area from the thread pointer, and the
+    /// size registered (0 when glibc did not register rseq).
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+/// The calling thread's glibc rseq registration: (address, size), or None.
+pub fn own_rseq_area() -> Option<(u64, u32)> {
+    // SAFETY: both are plain constants glibc sets before main and never changes.
+    let (offset, size) = unsafe { (__rseq_offset, __rseq_size) };
+    if size == 0 {
+        return None;
+    }
+    let tp: u64;
+    // SAFETY: on x86-64 the word at fs:0 is the thread pointer itself (TLS ABI).
+    unsafe { std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly)) };
+    Some((tp.wrapping_add_signed(offset as i64), size))
+}
+
+/// A pidfd for `pid`: readable once the process has exited.
+pub fn pidfd_open(pid: Pid) -> Result<std::os::fd::OwnedFd, Errno> {
+    let fd = raw_syscall(libc::SYS_pidfd_open, [pid.as_raw() as u64, 0, 0, 0, 0, 0])?;
+    // SAFETY: the kernel just returned this new fd; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Makes a mapping this module created read+execute (the stub's code page, once written).
+pub fn make_executable(addr: *mut u8, len: usize) -> Result<(), Errno> {
+    // SAFETY: only called on the stub mapping, which no Rust reference points into.
+    let ret = unsafe { libc::mprotect(addr.cast(), len, libc::PROT_READ | libc::PROT_EXEC) };
+    Errno::result(ret).map(drop)
+}

@@ -1,0 +1,157 @@
+//! Capturing one frozen thread: registers, xstate, masks, and the kernel-side thread state
+//! only the thread itself can report (via remote syscalls).
+
+use super::memory::{MemoryError, ProcessMemory};
+use super::ptrace;
+use super::remote::{
+    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, RemoteError, RemoteThread,
+};
+use super::sys;
+use crate::image::format::{
+    AltStack, InterruptedSyscall, Registers, RseqState, SyscallResume, ThreadState,
+};
+use nix::unistd::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Ptrace(#[from] ptrace::PtraceError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("thread {tid}: cannot read its robust futex list: {source}")]
+    RobustList {
+        tid: i32,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error(
+        "thread {tid} is inside syscall {nr} but the bytes before rip {rip:#x} are not a \
+         `syscall` instruction; cannot rewind it"
+    )]
+    NotASyscall { tid: i32, nr: u64, rip: u64 },
+}
+
+/// Captures thread `remote` (already borrowed for remote syscalls) using a scratch page
+/// of the target at `scratch`.
+pub fn capture(
+    remote: &mut RemoteThread,
+    tid: Pid,
+    mem: &ProcessMemory,
+    scratch: u64,
+) -> Result<ThreadState, ThreadError> {
+    let regs = *remote.saved_regs();
+    let rseq = ptrace::get_rseq(tid)?;
+    let (mut resume, syscall) = resume_state(tid, &regs, mem)?;
+    if let Some(rseq) = rseq {
+        resume.rip = rseq_abort_target(mem, &rseq, resume.rip)?.unwrap_or(resume.rip);
+    }
+    Ok(ThreadState {
+        tid: tid.as_raw(),
+        regs: resume,
+        xstate: ptrace::get_xstate(tid)?,
+        sigmask: ptrace::get_sigmask(tid)?,
+        rseq,
+        robust_list: sys::get_robust_list(tid).map_err(|source| ThreadError::RobustList {
+            tid: tid.as_raw(),
+            source,
+        })?,
+        clear_child_tid: clear_child_tid(remote, mem, scratch)?,
+        sigaltstack: sigaltstack(remote, mem, scratch)?,
+        syscall,
+    })
+}
+
+fn read_u64(mem: &ProcessMemory, addr: u64) -> Result<u64, MemoryError> {
+    let bytes = mem.read(addr, 8)?;
+    Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+}
+
+fn clear_child_tid(
+    remote: &mut RemoteThread,
+    mem: &ProcessMemory,
+    scratch: u64,
+) -> Result<u64, ThreadError> {
+    remote.checked(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
+    )?;
+    Ok(read_u64(mem, scratch)?)
+}
+
+fn sigaltstack(
+    remote: &mut RemoteThread,
+    mem: &ProcessMemory,
+    scratch: u64,
+) -> Result<Option<AltStack>, ThreadError> {
+    remote.checked("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
+    // stack_t: void *ss_sp; int ss_flags; (pad) size_t ss_size.
+    let raw = mem.read(scratch, 24)?;
+    let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+    let flags = i32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
+    let stack = AltStack {
+        sp: word(0),
+        flags,
+        size: word(16),
+    };
+    Ok((flags & libc::SS_DISABLE == 0).then_some(stack))
+}
+
+const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+
+/// The registers the thread resumes with after restore: a syscall it was blocked in is
+/// rewound to run again; one the kernel would resume through its restart block (which does
+/// not survive) returns `-EINTR` instead, as an interrupted call may.
+fn resume_state(
+    tid: Pid,
+    regs: &Registers,
+    mem: &ProcessMemory,
+) -> Result<(Registers, Option<InterruptedSyscall>), ThreadError> {
+    let mut r = *regs;
+    r.orig_rax = u64::MAX;
+    let nr = regs.orig_rax;
+    if (nr as i64) < 0 {
+        return Ok((r, None));
+    }
+    let resume = match -(regs.rax as i64) {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => SyscallResume::Restart,
+        ERESTART_RESTARTBLOCK => SyscallResume::Eintr,
+        _ => return Ok((r, None)),
+    };
+    match resume {
+        SyscallResume::Restart => {
+            if mem.read(regs.rip - 2, 2)? != SYSCALL_INSN {
+                return Err(ThreadError::NotASyscall {
+                    tid: tid.as_raw(),
+                    nr,
+                    rip: regs.rip,
+                });
+            }
+            r.rax = nr;
+            r.rip -= 2;
+        }
+        SyscallResume::Eintr => r.rax = (-libc::EINTR) as u64,
+    }
+    Ok((r, Some(InterruptedSyscall { nr, resume })))
+}
+
+/// If `rip` is inside the thread's current rseq critical section, the abort handler it
+/// must continue at (the kernel does the same when it preempts such a thread).
+fn rseq_abort_target(
+    mem: &ProcessMemory,
+    rseq: &RseqState,
+    rip: u64,
+) -> Result<Option<u64>, MemoryError> {
+    // struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; ... }
+    let cs = read_u64(mem, rseq.addr + 8)?;
+    if cs == 0 {
+        return Ok(None);
+    }
+    // struct rseq_cs { u32 version; u32 flags; u64 start_ip; u64 post_commit_offset; u64 abort_ip; }
+    let raw = mem.read(cs, 32)?;
+    let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+    let (start, len, abort) = (word(8), word(16), word(24));
+    Ok((rip >= start && rip < start.wrapping_add(len)).then_some(abort))
+}
