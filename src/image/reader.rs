@@ -10,7 +10,7 @@ const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 pub enum ReadError {
     #[error("{path} is missing: the image is incomplete")]
     Missing { path: PathBuf },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -18,7 +18,7 @@ pub enum ReadError {
     },
     #[error("{path} is {size} bytes, more than any manifest mlckpt writes; the file is corrupt")]
     TooLarge { path: PathBuf, size: u64 },
-    #[error("{path} is not a valid mlckpt manifest (corrupt or truncated): {source}")]
+    #[error("{path} is not a valid mlckpt manifest (corrupt or truncated)")]
     Parse {
         path: PathBuf,
         #[source]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot list images in {path}: {source}")]
+#[error("cannot list images in {path}")]
 pub struct ImageDirError {
     pub path: PathBuf,
     #[source]

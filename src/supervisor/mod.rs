@@ -29,7 +29,7 @@ pub enum SuperviseError {
     TierUnsupported { tier: TierKind },
     #[error(transparent)]
     Dump(#[from] DumpError),
-    #[error("supervisor setup failed ({what}): {source}")]
+    #[error("supervisor setup failed ({what})")]
     Setup {
         what: &'static str,
         #[source]

@@ -10,7 +10,7 @@ pub enum FreezeError {
     #[error("process {pid} does not exist (or already exited)")]
     NoProcess { pid: i32 },
     #[error(
-        "cannot seize process {pid}: {source}. Another tracer (gdb, strace, a second mlckpt) \
+        "cannot seize process {pid}; another tracer (gdb, strace, a second mlckpt) \
          may hold it, or /proc/sys/kernel/yama/ptrace_scope forbids it"
     )]
     Seize {
@@ -20,7 +20,7 @@ pub enum FreezeError {
     },
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
-    #[error("cannot list threads of process {pid}: {source}")]
+    #[error("cannot list threads of process {pid}")]
     ListThreads {
         pid: i32,
         #[source]

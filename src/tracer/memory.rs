@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use crate::image::format::PAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {op} {len} bytes at {addr:#x} of process {pid}: {source}")]
+#[error("cannot {op} {len} bytes at {addr:#x} of process {pid}")]
 pub struct MemoryError {
     pub pid: i32,
     pub op: &'static str,

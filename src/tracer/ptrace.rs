@@ -23,7 +23,7 @@ pub enum PtraceError {
     /// ESRCH: the thread exited (or was killed) while mlckpt worked on it.
     #[error("thread {tid} vanished during {op}")]
     Gone { tid: i32, op: &'static str },
-    #[error("ptrace {op} on thread {tid} failed: {source}")]
+    #[error("ptrace {op} on thread {tid} failed")]
     Failed {
         tid: i32,
         op: &'static str,

@@ -23,7 +23,7 @@ pub enum RemoteError {
     Ptrace(#[from] PtraceError),
     #[error("remote syscall {nr} in thread {tid}: unexpected stop {stop:?}")]
     UnexpectedStop { tid: i32, nr: u64, stop: Stop },
-    #[error("remote syscall {name} in thread {tid} failed: {source}")]
+    #[error("remote syscall {name} in thread {tid} failed")]
     Syscall {
         tid: i32,
         name: &'static str,

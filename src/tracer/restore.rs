@@ -35,7 +35,7 @@ pub enum RestoreError {
          original file or pass --keep-files to accept the change for open files"
     )]
     FileChanged { path: String, what: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     File {
         path: String,
         #[source]
@@ -51,13 +51,13 @@ pub enum RestoreError {
     NoHole(u64),
     #[error("cannot assemble the restorer stub: {0}")]
     Assemble(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         what: &'static str,
         #[source]
         source: Errno,
     },
-    #[error("restore failed in the new process while {what}: {source}")]
+    #[error("restore failed in the new process while {what}")]
     Child { what: String, source: Errno },
     #[error("restore failed in the restorer stub at '{what}': {result}")]
     StubOp { what: String, result: String },

@@ -20,7 +20,7 @@ pub enum ThreadError {
     Ptrace(#[from] ptrace::PtraceError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    #[error("thread {tid}: cannot read its robust futex list: {source}")]
+    #[error("thread {tid}: cannot read its robust futex list")]
     RobustList {
         tid: i32,
         #[source]
