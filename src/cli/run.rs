@@ -13,10 +13,14 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
         rank: rank(args),
         config,
     };
-    // Blocked before the child exists; std resets the mask for the program it starts.
+    // Blocked before the child exists, so no signal can slip through between the two;
+    // the program itself must start with the mask mlckpt was given.
+    let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
     let signals = supervisor::block_supervisor_signals()?;
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    mlckpt::tracer::sys::restore_mask_on_exec(&mut command, original_mask);
+    let child = command
         .spawn()
         .with_context(|| format!("cannot start {}", argv[0]))?;
     let pid = Pid::from_raw(child.id() as i32);

@@ -100,6 +100,17 @@ pub struct ProcessState {
     pub mm: MmFields,
     /// The auxiliary vector as the kernel keeps it (`/proc/PID/auxv`), in 64-bit words.
     pub auxv: Vec<u64>,
+    /// Signals queued for the whole process and not yet delivered (blocked), in order.
+    pub pending_signals: Vec<PendingSignal>,
+}
+
+/// A queued signal with its full `siginfo_t` (128 bytes, base64), re-queued on restore.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PendingSignal {
+    pub signo: i32,
+    #[serde(with = "base64_bytes")]
+    pub siginfo: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +182,8 @@ pub struct ThreadState {
     #[serde(with = "base64_bytes")]
     pub xstate: Vec<u8>,
     pub sigmask: u64,
+    /// Signals queued for this thread only and not yet delivered.
+    pub pending_signals: Vec<PendingSignal>,
     pub rseq: Option<RseqState>,
     pub robust_list: Option<RobustList>,
     /// `set_tid_address` value: cleared and futex-woken at thread exit (`pthread_join`).
@@ -392,6 +405,7 @@ mod tests {
             regs: Registers::default(),
             xstate: vec![0, 1, 2, 255],
             sigmask: 0,
+            pending_signals: Vec::new(),
             rseq: None,
             robust_list: None,
             clear_child_tid: 0,

@@ -7,8 +7,8 @@ use super::remote::{RemoteError, RemoteThread, find_gadget};
 use super::sys;
 use super::threads::{self, ThreadError};
 use crate::image::format::{
-    Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PageRun, ProcessState, SignalAction,
-    ThreadState, TierKind,
+    Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PageRun, PendingSignal,
+    ProcessState, SignalAction, ThreadState, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
 use nix::sys::signal::Signal;
@@ -110,6 +110,7 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
                 ..facts.mm
             },
             auxv: facts.auxv,
+            pending_signals: captured.process_pending,
         },
         threads: captured.threads,
         regions: plans.into_iter().map(|p| p.region).collect(),
@@ -136,6 +137,7 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
 
 struct Captured {
     threads: Vec<ThreadState>,
+    process_pending: Vec<PendingSignal>,
     signals: Vec<SignalAction>,
     brk: u64,
 }
@@ -183,6 +185,7 @@ fn capture_with_scratch(
         threads.push(state?);
     }
     Ok(Captured {
+        process_pending: threads::pending_signals(leader, true)?,
         threads,
         signals,
         brk,

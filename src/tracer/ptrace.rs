@@ -239,6 +239,51 @@ pub fn set_sigmask(tid: Pid, mask: u64) -> Result<()> {
     Ok(())
 }
 
+/// `struct ptrace_peeksiginfo_args` (linux/ptrace.h).
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+const SIGINFO_BYTES: usize = 128;
+const PEEK_BATCH: usize = 32;
+
+/// Queued, undelivered signals of the thread (`shared = false`) or of its whole process
+/// (`shared = true`), as raw `siginfo_t`s, oldest first. Nothing is dequeued.
+pub fn pending_signals(tid: Pid, shared: bool) -> Result<Vec<Vec<u8>>> {
+    let mut found = Vec::new();
+    let mut buf = vec![0u8; SIGINFO_BYTES * PEEK_BATCH];
+    loop {
+        let mut args = PeekSiginfoArgs {
+            off: found.len() as u64,
+            flags: if shared {
+                libc::PTRACE_PEEKSIGINFO_SHARED
+            } else {
+                0
+            },
+            nr: PEEK_BATCH as i32,
+        };
+        // `args` is the request and `buf` holds PEEK_BATCH siginfos, the most it asks for.
+        let n = raw_request(
+            tid,
+            "peeksiginfo",
+            libc::PTRACE_PEEKSIGINFO,
+            (&raw mut args) as usize,
+            buf.as_mut_ptr().cast(),
+        )?;
+        if n <= 0 {
+            return Ok(found);
+        }
+        found.extend(
+            buf.chunks_exact(SIGINFO_BYTES)
+                .take(n as usize)
+                .map(<[u8]>::to_vec),
+        );
+    }
+}
+
 /// `struct ptrace_rseq_configuration` (linux/ptrace.h).
 #[repr(C)]
 #[derive(Default)]

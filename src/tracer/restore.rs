@@ -3,14 +3,15 @@
 //! rebuilds memory (`stub`), and ptrace sets the final registers.
 
 use super::child::{ChildFailure, ChildPlan, PlannedFile, Step, child_main};
-use super::memory::MemoryError;
+use super::memory::{MemoryError, ProcessMemory};
 use super::ptrace::{self, PtraceError, Stop};
 use super::remote::{RemoteError, RemoteThread};
 use super::stub::{self, Expect, Op};
 use super::sys;
 use crate::image::Image;
 use crate::image::format::{
-    Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE, ThreadState,
+    Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE,
+    PendingSignal, ThreadState,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -43,6 +44,11 @@ pub enum RestoreError {
     },
     #[error("PID {pid} is in use by '{holder}'; stop that process or pass --new-pid")]
     PidTaken { pid: i32, holder: String },
+    #[error(
+        "the image has {0} threads; this mlckpt restores single-threaded processes only \
+         (multi-threaded restore is being built)"
+    )]
+    Threads(usize),
     #[error("the image has no thread")]
     NoThreads,
     #[error("vDSO layout differs: {0}")]
@@ -110,7 +116,7 @@ pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<Pid, RestoreError
     };
     drop(sync_r);
     area.unmap_here();
-    let outcome = drive_child(child, sync_w, &area, thread);
+    let outcome = drive_child(child, sync_w, &area, &m.process.pending_signals, thread);
     if outcome.is_err() {
         let _ = kill(child, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(child, None);
@@ -134,6 +140,9 @@ fn preflight(m: &Manifest, opts: &RestoreOptions) -> Result<(), RestoreError> {
             image: m.kernel.clone(),
             here,
         });
+    }
+    if m.threads.len() > 1 {
+        return Err(RestoreError::Threads(m.threads.len()));
     }
     let xcr0 = sys::xcr0();
     if m.cpu.xfeatures != xcr0 {
@@ -334,6 +343,8 @@ struct StubArea {
     stub: stub::Stub,
     ops: Vec<Op>,
     stack_top: u64,
+    /// The data page: scratch for the last remote calls once the stub is done.
+    data: u64,
     mapped_here: bool,
 }
 
@@ -369,6 +380,7 @@ impl StubArea {
             stub,
             ops,
             stack_top: layout.stack_top,
+            data: layout.data,
             mapped_here: true,
         };
         area.fill(&layout, m, fds.exe_fd);
@@ -768,6 +780,7 @@ fn drive_child(
     child: Pid,
     sync_w: std::os::fd::OwnedFd,
     area: &StubArea,
+    process_pending: &[PendingSignal],
     thread: &ThreadState,
 ) -> Result<(), RestoreError> {
     ptrace::seize(child, ptrace::restore_options())?;
@@ -797,6 +810,7 @@ fn drive_child(
         )));
     }
     let mut remote = RemoteThread::new(child, area.stub.syscall_gadget)?;
+    requeue_signals(&mut remote, child, area, process_pending, thread)?;
     remote.checked(
         "munmap(restorer stub)",
         libc::SYS_munmap,
@@ -826,6 +840,38 @@ fn crash_report(child: Pid, sig: Signal, area: &StubArea) -> RestoreError {
         regs.rip,
         if in_stub { "yes" } else { "no" }
     ))
+}
+
+/// Queues the image's pending signals again. The calls run inside the restored process:
+/// the kernel only lets a process queue kernel-style siginfos (si_code >= 0) to itself.
+/// All signals are blocked until the final mask is set, so they stay pending.
+fn requeue_signals(
+    remote: &mut RemoteThread,
+    child: Pid,
+    area: &StubArea,
+    process_pending: &[PendingSignal],
+    thread: &ThreadState,
+) -> Result<(), RestoreError> {
+    let mem = ProcessMemory::open(child)?;
+    let buffer = area.data;
+    let pid = child.as_raw() as u64;
+    for p in process_pending {
+        mem.write(buffer, &p.siginfo)?;
+        remote.checked(
+            "rt_sigqueueinfo",
+            libc::SYS_rt_sigqueueinfo,
+            &[pid, p.signo as u64, buffer],
+        )?;
+    }
+    for p in &thread.pending_signals {
+        mem.write(buffer, &p.siginfo)?;
+        remote.checked(
+            "rt_tgsigqueueinfo",
+            libc::SYS_rt_tgsigqueueinfo,
+            &[pid, pid, p.signo as u64, buffer],
+        )?;
+    }
+    Ok(())
 }
 
 fn describe_result(rax: u64, op: &Op) -> String {

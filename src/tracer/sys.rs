@@ -213,3 +213,14 @@ pub fn make_executable(addr: *mut u8, len: usize) -> Result<(), Errno> {
     let ret = unsafe { libc::mprotect(addr.cast(), len, libc::PROT_READ | libc::PROT_EXEC) };
     Errno::result(ret).map(drop)
 }
+
+/// Makes `command`'s program start with signal mask `mask` (the supervisor blocks the
+/// signals it handles through a signalfd, and a mask is inherited across exec).
+pub fn restore_mask_on_exec(command: &mut std::process::Command, mask: nix::sys::signal::SigSet) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
+    // async-signal-safe; it touches no lock or allocation.
+    unsafe {
+        command.pre_exec(move || mask.thread_set_mask().map_err(std::io::Error::from));
+    }
+}

@@ -8,7 +8,7 @@ use super::remote::{
 };
 use super::sys;
 use crate::image::format::{
-    AltStack, InterruptedSyscall, Registers, RseqState, SyscallResume, ThreadState,
+    AltStack, InterruptedSyscall, PendingSignal, Registers, RseqState, SyscallResume, ThreadState,
 };
 use nix::unistd::Pid;
 
@@ -52,6 +52,7 @@ pub fn capture(
         regs: resume,
         xstate: ptrace::get_xstate(tid)?,
         sigmask: ptrace::get_sigmask(tid)?,
+        pending_signals: pending_signals(tid, false)?,
         rseq,
         robust_list: sys::get_robust_list(tid).map_err(|source| ThreadError::RobustList {
             tid: tid.as_raw(),
@@ -61,6 +62,17 @@ pub fn capture(
         sigaltstack: sigaltstack(remote, mem, scratch)?,
         syscall,
     })
+}
+
+/// The thread's (or, with `shared`, the process's) queued signals.
+pub fn pending_signals(tid: Pid, shared: bool) -> Result<Vec<PendingSignal>, ThreadError> {
+    Ok(ptrace::pending_signals(tid, shared)?
+        .into_iter()
+        .map(|siginfo| PendingSignal {
+            signo: i32::from_le_bytes(siginfo[0..4].try_into().expect("4 bytes")),
+            siginfo,
+        })
+        .collect())
 }
 
 fn read_u64(mem: &ProcessMemory, addr: u64) -> Result<u64, MemoryError> {

@@ -1,0 +1,850 @@
+//! Harness for the end-to-end tests: builds the test programs in `tests/programs/`, drives
+//! `mlckpt run` / `checkpoint` / `restore` / `verify` as child processes with timeouts, and
+//! compares a checkpointed-and-restored run with an uninterrupted one.
+//!
+//! Every process is started in its own process group with stdin, stdout and stderr on pipes
+//! (the design gives a restored process the restore command's stdio when fds 0-2 were pipes).
+//! A [`Proc`] that is dropped before it was waited for (a failing test) kills its whole group
+//! and the target process, so a failed test leaves nothing running.
+//!
+//! The usual flow is one call: [`Harness::checkpoint_kill_restore`].
+
+#![allow(dead_code)] // every test file uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// Longest wait for a program to print the lines a test waits for.
+pub const TICK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for any command (a whole run, a checkpoint, a restore, a verify) to exit.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(180);
+/// Exit status of `mlckpt run` whose target was killed by `checkpoint --kill` (128 + SIGKILL).
+pub const KILLED: i32 = 128 + 9;
+
+const POLL: Duration = Duration::from_millis(10);
+const CFLAGS: &[&str] = &["-O1", "-g", "-Wall"];
+
+/// Tests need ptrace over processes they did not start and `clone3` with `set_tid`.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the mlckpt integration tests must run as root (ptrace, clone3 set_tid need \
+         CAP_SYS_PTRACE and CAP_CHECKPOINT_RESTORE); run `sudo -E cargo test`"
+    );
+}
+
+pub fn mlckpt_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mlckpt")
+}
+
+fn programs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test programs
+
+/// Extra gcc flags of the programs that need them.
+fn extra_cflags(name: &str) -> &'static [&'static str] {
+    match name {
+        "avx" => &["-mavx2"],
+        _ => &[],
+    }
+}
+
+/// Compiles `tests/programs/<name>.c` (once per test process) and returns the binary. The
+/// binary's name carries a hash of source and flags and is moved into place atomically, so
+/// test processes running side by side never replace a binary a checkpointed process maps.
+pub fn compiled(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let src = programs_dir().join(format!("{name}.c"));
+    let text = std::fs::read(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    let flags: Vec<&str> = CFLAGS.iter().chain(extra_cflags(name)).copied().collect();
+    let mut hasher = DefaultHasher::new();
+    (&text, &flags).hash(&mut hasher);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlckpt-programs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{name}-{:016x}", hasher.finish()));
+    if !out.exists() {
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let res = Command::new("gcc")
+            .args(&flags)
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .expect("run gcc (is it installed?)");
+        assert!(
+            res.status.success(),
+            "gcc {name}.c failed:\n{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    built.insert(name.to_owned(), out.clone());
+    out
+}
+
+/// `name` found in `$PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A command line to run under test. `{dir}` in an argument is replaced by the run's own
+/// working directory (the reference run and the checkpointed run get different ones).
+#[derive(Clone, Debug)]
+pub struct Prog {
+    pub argv: Vec<String>,
+    /// Write one byte to the program's stdin at this period (for programs that read stdin).
+    pub feed: Option<Duration>,
+}
+
+impl Prog {
+    /// The C program `tests/programs/<name>.c`, compiled.
+    pub fn c(name: &str, args: &[&str]) -> Prog {
+        let exe = compiled(name).to_string_lossy().into_owned();
+        Prog::new(exe, args)
+    }
+
+    /// `python3 tests/programs/<script> ARGS`, or `None` (with a note) when there is no python3.
+    pub fn python(script: &str, args: &[&str]) -> Option<Prog> {
+        let Some(python) = find_in_path("python3") else {
+            eprintln!("note: python3 is not in PATH; skipping this test");
+            return None;
+        };
+        let mut prog = Prog::new(python.to_string_lossy().into_owned(), args);
+        let script = programs_dir().join(script).to_string_lossy().into_owned();
+        prog.argv.insert(1, script);
+        Some(prog)
+    }
+
+    fn new(exe: String, args: &[&str]) -> Prog {
+        let mut argv = vec![exe];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Prog { argv, feed: None }
+    }
+
+    pub fn feeding_stdin(mut self, every: Duration) -> Prog {
+        self.feed = Some(every);
+        self
+    }
+
+    fn argv_in(&self, dir: &Path) -> Vec<String> {
+        let dir = dir.to_string_lossy();
+        self.argv.iter().map(|a| a.replace("{dir}", &dir)).collect()
+    }
+}
+
+pub fn cpu_has(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == flag))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// Everything a pipe delivered so far, and whether it reached end of file.
+#[derive(Clone, Default)]
+struct Capture(Arc<(Mutex<Vec<u8>>, AtomicBool)>);
+
+impl Capture {
+    fn start(mut pipe: impl Read + Send + 'static) -> Capture {
+        let cap = Capture::default();
+        let inner = cap.0.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                inner.0.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            inner.1.store(true, Ordering::SeqCst);
+        });
+        cap
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.0.lock().unwrap()).into_owned()
+    }
+
+    fn closed(&self) -> bool {
+        self.0.1.load(Ordering::SeqCst)
+    }
+}
+
+/// How a finished process ended and what it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub label: String,
+    /// Exit code, or 128 + N when killed by signal N.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn expect_code(self, code: i32) -> Finished {
+        assert_eq!(
+            self.code,
+            code,
+            "unexpected exit status\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    pub fn expect_failure(self) -> Finished {
+        assert_ne!(self.code, 0, "expected a failure\n{}", self.describe());
+        self
+    }
+
+    /// stdout and stderr together (error messages may go to either).
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    pub fn describe(&self) -> String {
+        describe(&self.label, Some(self.code), &self.stdout, &self.stderr)
+    }
+}
+
+fn describe(label: &str, code: Option<i32>, stdout: &str, stderr: &str) -> String {
+    fn tail(s: &str) -> &str {
+        let cut = s.len().saturating_sub(6000);
+        let cut = (cut..s.len())
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(s.len());
+        &s[cut..]
+    }
+    let code = code.map_or("still running".to_owned(), |c| format!("exit {c}"));
+    format!(
+        "--- {label} ({code}) stdout:\n{}\n--- {label} stderr:\n{}\n---",
+        tail(stdout),
+        tail(stderr)
+    )
+}
+
+/// Marks every fd above 2 of this test process close-on-exec, once: fds inherited from
+/// whatever started the tests (a CI runner's pipes, a jobserver) must not leak into the
+/// programs under test, where the checkpointer would rightly refuse them.
+fn no_inherited_fds() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let flags = libc::c_int::try_from(libc::CLOSE_RANGE_CLOEXEC).unwrap();
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on open fds; it
+        // touches no memory and closes nothing.
+        let rc = unsafe { libc::close_range(3, libc::c_uint::MAX, flags) };
+        assert_eq!(rc, 0, "close_range: {}", std::io::Error::last_os_error());
+    });
+}
+
+/// A child process with captured stdio and a deadline-bounded life.
+pub struct Proc {
+    label: String,
+    child: Child,
+    out: Capture,
+    err: Capture,
+    stdin: Option<ChildStdin>,
+    feeder: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// The program under test when it is not `child` itself (`mlckpt run`/`restore`'s child).
+    target: Option<i32>,
+}
+
+impl Proc {
+    /// Starts `cmd` in a new process group with piped stdio; with `feed`, a thread writes a
+    /// byte to its stdin at that period until it finishes.
+    pub fn spawn(label: &str, mut cmd: Command, feed: Option<Duration>) -> Proc {
+        no_inherited_fds();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {label} ({cmd:?}): {e}"));
+        let out = Capture::start(child.stdout.take().unwrap());
+        let err = Capture::start(child.stderr.take().unwrap());
+        let mut stdin = child.stdin.take();
+        let feeder = feed.map(|every| {
+            let mut pipe = stdin.take().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop2 = stop.clone();
+            let handle = thread::spawn(move || {
+                while !stop2.load(Ordering::SeqCst) && pipe.write_all(b"x").is_ok() {
+                    thread::sleep(every);
+                }
+            });
+            (stop, handle)
+        });
+        Proc {
+            label: label.to_owned(),
+            child,
+            out,
+            err,
+            stdin,
+            feeder,
+            target: None,
+        }
+    }
+
+    pub fn child_pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.out.text()
+    }
+
+    fn describe(&mut self) -> String {
+        let code = match self.child.try_wait() {
+            Ok(Some(status)) => Some(exit_code(status)),
+            _ => None,
+        };
+        describe(&self.label, code, &self.out.text(), &self.err.text())
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Polls until `ready(stdout)` holds; fails the test if the process exits first or the
+    /// timeout passes.
+    fn wait_stdout(&mut self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TICK_TIMEOUT;
+        loop {
+            let text = self.out.text();
+            if ready(&text) {
+                return text;
+            }
+            if self.exited() {
+                // Let the reader drain what was written just before the exit, then decide.
+                let drained = Instant::now() + Duration::from_secs(1);
+                while !self.out.closed() && Instant::now() < drained {
+                    thread::sleep(POLL);
+                }
+                let text = self.out.text();
+                if ready(&text) {
+                    return text;
+                }
+                panic!("exited before {what}\n{}", self.describe());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timeout ({TICK_TIMEOUT:?}) waiting for {what}\n{}",
+                self.describe()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until stdout holds at least `n` complete tick lines.
+    pub fn wait_for_ticks(&mut self, n: usize) {
+        self.wait_stdout(&format!("{n} tick lines"), |s| tick_count(s) >= n);
+    }
+
+    /// The PID of the program under test, from its first line `pid <N>`.
+    pub fn target_pid(&mut self) -> i32 {
+        let text = self.wait_stdout("the `pid <N>` line", |s| s.contains('\n'));
+        let pid = parse_pid_line(&text).unwrap_or_else(|| {
+            panic!(
+                "first line is not `pid <N>`\n{}",
+                describe(&self.label, None, &text, &self.err.text())
+            )
+        });
+        self.target = Some(pid);
+        pid
+    }
+
+    /// Records the PID of the program under test, so a failing test kills it.
+    pub fn set_target(&mut self, pid: i32) {
+        self.target = Some(pid);
+    }
+
+    /// Waits for the process to exit and its pipes to close (no process left holding them).
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timeout ({timeout:?}) waiting for the process to exit\n{}",
+                self.describe()
+            );
+            thread::sleep(POLL);
+        };
+        let code = exit_code(status);
+        self.stop_feeding();
+        let eof_deadline = Instant::now() + Duration::from_secs(10);
+        while !(self.out.closed() && self.err.closed()) {
+            assert!(
+                Instant::now() < eof_deadline,
+                "exited, but its stdout/stderr are still open: a process it started is still \
+                 running\n{}",
+                self.describe()
+            );
+            thread::sleep(POLL);
+        }
+        Finished {
+            label: self.label.clone(),
+            code,
+            stdout: self.out.text(),
+            stderr: self.err.text(),
+        }
+    }
+
+    fn stop_feeding(&mut self) {
+        self.stdin.take();
+        if let Some((stop, handle)) = self.feeder.take() {
+            stop.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Kill the target if it is still ours (our child's child or in our group), then the group.
+        let pgid = self.child_pid();
+        if let Some(t) = self.target
+            && let Some((ppid, pgrp)) = parent_and_group(t)
+            && (ppid == pgid || pgrp == pgid)
+        {
+            let _ = kill(Pid::from_raw(t), Signal::SIGKILL);
+        }
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = self.child.wait();
+        self.stop_feeding();
+    }
+}
+
+/// Exit code, or 128 + N for death by signal N (the shell's convention, and mlckpt's).
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// (ppid, pgrp) of a live process, from `/proc/PID/stat`.
+pub fn parent_and_group(pid: i32) -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(1);
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+/// Whether PID exists (zombies included).
+pub fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Waits until PID is gone (reaped); fails the test after `TICK_TIMEOUT`.
+pub fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + TICK_TIMEOUT;
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} is still there");
+        thread::sleep(POLL);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output comparison
+
+fn tick_count(text: &str) -> usize {
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && l.starts_with("tick "))
+        .count()
+}
+
+fn parse_pid_line(text: &str) -> Option<i32> {
+    text.lines()
+        .next()?
+        .strip_prefix("pid ")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The lines of `text`; a last line without its newline is kept, marked, so it never matches.
+fn lines(text: &str) -> Vec<String> {
+    text.split_inclusive('\n')
+        .map(|l| match l.strip_suffix('\n') {
+            Some(l) => l.to_owned(),
+            None => format!("{l}<no newline: partial line>"),
+        })
+        .collect()
+}
+
+/// Every `pid=<N>` value in a line.
+fn pid_fields(line: &str) -> impl Iterator<Item = &str> {
+    line.split("pid=").skip(1).map(|rest| {
+        &rest[..rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len())]
+    })
+}
+
+/// The line with the PID taken out: `pid <N>` -> `pid *`, `pid=<N>` -> `pid=*`.
+fn normalise(line: &str) -> String {
+    if parse_pid_line(line).is_some() {
+        return "pid *".to_owned();
+    }
+    let mut parts = line.split("pid=");
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    for rest in parts {
+        out.push_str("pid=*");
+        out.push_str(rest.trim_start_matches(|c: char| c.is_ascii_digit()));
+    }
+    out
+}
+
+/// Asserts that `before` (the checkpointed run's stdout) followed by `after` (the restored
+/// process's stdout) is exactly `reference` (an uninterrupted run's stdout), PIDs aside — so
+/// every line appears exactly once, none lost, none duplicated — and that every `pid=` in
+/// `before` and `after` is `pid`, the PID the program reported first.
+pub fn assert_continuation(reference: &str, before: &str, after: &str, pid: i32) {
+    let expected: Vec<String> = lines(reference).iter().map(|l| normalise(l)).collect();
+    let before_lines = lines(before);
+    let after_lines = lines(after);
+    let got: Vec<String> = before_lines
+        .iter()
+        .chain(&after_lines)
+        .map(|l| normalise(l))
+        .collect();
+    if got != expected {
+        let i = got
+            .iter()
+            .zip(&expected)
+            .position(|(g, e)| g != e)
+            .unwrap_or(got.len().min(expected.len()));
+        let window = |v: &[String]| {
+            let from = i.saturating_sub(3);
+            let to = (i + 4).min(v.len());
+            (from..to)
+                .map(|j| format!("{} {}", if j == i { ">" } else { " " }, v[j]))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let dups: Vec<&String> = after_lines
+            .iter()
+            .filter(|a| before_lines.iter().any(|b| normalise(b) == normalise(a)))
+            .collect();
+        panic!(
+            "checkpointed + restored output differs from the uninterrupted run at line {} \
+             ({}; before checkpoint: {} lines, after restore: {} lines, reference: {} lines)\n\
+             duplicated lines (both before and after): {dups:?}\n\
+             --- expected (> marks the first difference):\n{}\n--- got:\n{}\n\
+             --- before checkpoint (full):\n{before}\n--- after restore (full):\n{after}",
+            i + 1,
+            if i < before_lines.len() {
+                "already before the checkpoint: the program ran differently under mlckpt"
+            } else {
+                "in the restored process's output"
+            },
+            before_lines.len(),
+            after_lines.len(),
+            expected.len(),
+            window(&expected),
+            window(&got),
+        );
+    }
+    assert_eq!(
+        parse_pid_line(before),
+        Some(pid),
+        "first line must be `pid {pid}`"
+    );
+    for line in before_lines.iter().chain(&after_lines) {
+        for p in pid_fields(line) {
+            assert_eq!(
+                p,
+                pid.to_string(),
+                "PID changed (restore must keep the PID): {line:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mlckpt
+
+/// What `mlckpt checkpoint --json` reported.
+#[derive(Debug, Clone)]
+pub struct Ckpt {
+    pub path: PathBuf,
+    pub seq: u64,
+    pub tier: String,
+    pub bytes: u64,
+    pub freeze_ms: f64,
+    pub total_ms: f64,
+}
+
+/// A run that was checkpointed with `--kill`.
+#[derive(Debug)]
+pub struct Killed {
+    pub pid: i32,
+    pub ckpt: Ckpt,
+    /// The run's whole stdout (up to the freeze).
+    pub before: String,
+}
+
+/// A checkpoint-kill-restore cycle that matched the uninterrupted run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub pid: i32,
+    pub ckpt: Ckpt,
+    pub reference: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// One test's world: a temp dir holding the config, the image store and the runs' work dirs.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub config: PathBuf,
+    pub job: String,
+}
+
+impl Harness {
+    pub fn new(job: &str) -> Harness {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mlckpt-test-{job}-"))
+            .tempdir()
+            .unwrap();
+        let store = dir.path().join("store");
+        let config = dir.path().join("mlckpt.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[storage]\nlocal = '{}'\n[interval]\nlocal = 0\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        let h = Harness {
+            dir,
+            store,
+            config,
+            job: job.to_owned(),
+        };
+        std::fs::create_dir_all(h.run_dir()).unwrap();
+        std::fs::create_dir_all(h.ref_dir()).unwrap();
+        h
+    }
+
+    /// Work dir (cwd and `{dir}`) of the run that is checkpointed and restored.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Work dir (cwd and `{dir}`) of the uninterrupted reference run.
+    pub fn ref_dir(&self) -> PathBuf {
+        self.dir.path().join("ref")
+    }
+
+    fn command(&self, args: &[&OsStr]) -> Command {
+        let mut cmd = Command::new(mlckpt_bin());
+        cmd.args(args).current_dir(self.run_dir());
+        cmd
+    }
+
+    /// Runs `mlckpt ARGS` to the end.
+    pub fn mlckpt<S: AsRef<OsStr>>(&self, args: &[S]) -> Finished {
+        let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+        let label = format!("mlckpt {}", args[0].to_string_lossy());
+        Proc::spawn(&label, self.command(&args), None).finish(CMD_TIMEOUT)
+    }
+
+    /// The program started directly, without mlckpt: the reference.
+    pub fn plain(&self, prog: &Prog) -> Proc {
+        let argv = prog.argv_in(&self.ref_dir());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).current_dir(self.ref_dir());
+        Proc::spawn("reference run", cmd, prog.feed)
+    }
+
+    /// `mlckpt run --config CFG --job JOB -- PROG ARGS`.
+    pub fn run(&self, prog: &Prog) -> Proc {
+        let argv = prog.argv_in(&self.run_dir());
+        let mut args: Vec<&OsStr> = ["run", "--config"].map(OsStr::new).to_vec();
+        args.extend([self.config.as_os_str(), "--job".as_ref(), self.job.as_ref()]);
+        args.push("--".as_ref());
+        args.extend(argv.iter().map(OsStr::new));
+        Proc::spawn("mlckpt run", self.command(&args), prog.feed)
+    }
+
+    /// `mlckpt restore IMAGE --config CFG`; `prog` only supplies the stdin feeding.
+    pub fn restore(&self, image: &Path, prog: &Prog) -> Proc {
+        let args = [
+            "restore".as_ref(),
+            image.as_os_str(),
+            "--config".as_ref(),
+            self.config.as_os_str(),
+        ];
+        Proc::spawn("mlckpt restore", self.command(&args), prog.feed)
+    }
+
+    /// `mlckpt checkpoint PID --json [--kill]`, which must succeed; checks and returns the
+    /// JSON report.
+    pub fn checkpoint(&self, pid: i32, kill: bool) -> Ckpt {
+        let pid = pid.to_string();
+        let mut args = vec!["checkpoint", pid.as_str(), "--json"];
+        if kill {
+            args.push("--kill");
+        }
+        let res = self.mlckpt(&args).expect_code(0);
+        self.parse_ckpt(&res)
+    }
+
+    fn parse_ckpt(&self, res: &Finished) -> Ckpt {
+        let fail = |why: &str| -> ! { panic!("checkpoint --json: {why}\n{}", res.describe()) };
+        let v: serde_json::Value = serde_json::from_str(res.stdout.trim())
+            .unwrap_or_else(|e| fail(&format!("stdout is not one JSON object: {e}")));
+        let num = |k: &str| {
+            v[k].as_f64()
+                .unwrap_or_else(|| fail(&format!("no number `{k}`")))
+        };
+        let int = |k: &str| {
+            v[k].as_u64()
+                .unwrap_or_else(|| fail(&format!("no integer `{k}`")))
+        };
+        let ckpt = Ckpt {
+            path: PathBuf::from(
+                v["path"]
+                    .as_str()
+                    .unwrap_or_else(|| fail("no string `path`")),
+            ),
+            seq: int("seq"),
+            tier: v["tier"]
+                .as_str()
+                .unwrap_or_else(|| fail("no `tier`"))
+                .to_owned(),
+            bytes: int("bytes"),
+            freeze_ms: num("freeze_ms"),
+            total_ms: num("total_ms"),
+        };
+        let rank_dir = self.store.join(&self.job).join("rank0");
+        let name = ckpt.path.file_name().unwrap_or_default().to_string_lossy();
+        let seq_ok = name
+            .strip_prefix("ckpt-")
+            .and_then(|s| s.parse::<u64>().ok())
+            == Some(ckpt.seq);
+        if ckpt.path.parent() != Some(&rank_dir) || !seq_ok {
+            fail(&format!(
+                "path should be {}/ckpt-<seq {}>",
+                rank_dir.display(),
+                ckpt.seq
+            ));
+        }
+        for file in ["manifest.json", "pages.bin", "CHECKSUMS"] {
+            if !ckpt.path.join(file).is_file() {
+                fail(&format!("the image has no {file}"));
+            }
+        }
+        if ckpt.tier != "local" || ckpt.bytes == 0 || ckpt.freeze_ms < 0.0 {
+            fail("expected tier \"local\", bytes > 0, freeze_ms >= 0");
+        }
+        if ckpt.total_ms < ckpt.freeze_ms {
+            fail("total_ms < freeze_ms");
+        }
+        ckpt
+    }
+
+    /// Every image or partial image (`ckpt-*`, `.ckpt-*`) anywhere in the store.
+    pub fn images(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("ckpt-") || name.starts_with(".ckpt-") {
+                    found.push(entry.path());
+                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&entry.path(), found);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&self.store, &mut found);
+        found
+    }
+
+    /// Runs `prog` under `mlckpt run` until it printed `at_tick` tick lines, then
+    /// `checkpoint --kill`s it; checks the run ended with 128+SIGKILL and the PID is free.
+    pub fn run_until_checkpoint_kill(&self, prog: &Prog, at_tick: usize) -> Killed {
+        let mut run = self.run(prog);
+        run.wait_for_ticks(at_tick);
+        let pid = run.target_pid();
+        let ckpt = self.checkpoint(pid, true);
+        let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+        wait_gone(pid);
+        Killed { pid, ckpt, before }
+    }
+
+    /// Restores `image` and runs the restored process to a successful end; returns its stdout.
+    /// `during` is called while it runs, with the restore command and the PID.
+    pub fn restore_to_end(
+        &self,
+        image: &Path,
+        prog: &Prog,
+        pid: i32,
+        during: impl FnOnce(&mut Proc, i32),
+    ) -> String {
+        let mut restore = self.restore(image, prog);
+        restore.set_target(pid);
+        during(&mut restore, pid);
+        restore.finish(CMD_TIMEOUT).expect_code(0).stdout
+    }
+
+    /// The whole cycle: reference run alongside `mlckpt run`; checkpoint --kill after
+    /// `at_tick` ticks; restore; the restored process must continue exactly where the
+    /// original stopped (see [`assert_continuation`]).
+    pub fn checkpoint_kill_restore(&self, prog: &Prog, at_tick: usize) -> Outcome {
+        self.checkpoint_kill_restore_with(prog, at_tick, |_, _| {})
+    }
+
+    /// [`Self::checkpoint_kill_restore`], calling `during` while the restored process runs.
+    pub fn checkpoint_kill_restore_with(
+        &self,
+        prog: &Prog,
+        at_tick: usize,
+        during: impl FnOnce(&mut Proc, i32),
+    ) -> Outcome {
+        let reference = self.plain(prog);
+        let Killed { pid, ckpt, before } = self.run_until_checkpoint_kill(prog, at_tick);
+        let after = self.restore_to_end(&ckpt.path, prog, pid, during);
+        let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+        assert_continuation(&reference, &before, &after, pid);
+        Outcome {
+            pid,
+            ckpt,
+            reference,
+            before,
+            after,
+        }
+    }
+}
