@@ -1,4 +1,10 @@
 //! Everything that touches another process: ptrace, remote syscalls, dump and restore.
+//!
+//! This module speaks in x86-64 machine words: syscall arguments and results, registers
+//! and addresses are `u64`, and their sign bits are meant (fd -1 is `u64::MAX`, a result
+//! of -4095..-1 is an errno). The two cast lints are therefore off here only; they stay on
+//! for the image format, the tiers and the CLI.
+#![allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
 
 pub mod child;
 pub mod dump;

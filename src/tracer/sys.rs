@@ -101,7 +101,7 @@ pub fn raw_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
     // SAFETY: callers pass calls whose pointer arguments (if any) point at memory that
     // stays valid for the call; see each use in `tracer::child`.
     let ret = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
-    Errno::result(ret).map(|r| r as i64)
+    Errno::result(ret)
 }
 
 /// Maps `len` bytes of fresh memory exactly at `addr`, failing if anything is there.
