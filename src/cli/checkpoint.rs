@@ -1,9 +1,8 @@
 //! `mlckpt checkpoint PID`.
 
-use super::{JobArgs, job_name, load_config, rank};
+use super::JobArgs;
 use anyhow::{Context, bail};
 use mlckpt::image::format::TierKind;
-use mlckpt::supervisor::JobContext;
 use mlckpt::supervisor::control::{self, Request};
 use mlckpt::tiers::config::runtime_dir;
 use mlckpt::tracer::dump::CheckpointStats;
@@ -39,14 +38,7 @@ fn direct(
     tier: Option<TierKind>,
     kill: bool,
 ) -> anyhow::Result<CheckpointStats> {
-    let config = load_config(args)?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .with_context(|| format!("process {pid} does not exist"))?;
-    let ctx = JobContext {
-        job: job_name(args, &config, &exe.to_string_lossy()),
-        rank: rank(args),
-        config,
-    };
+    let ctx = super::context_for_pid(args, pid)?;
     ctx.checkpoint(Pid::from_raw(pid), tier.unwrap_or(TierKind::Local), kill)
         .with_context(|| format!("checkpoint of process {pid} failed"))
 }

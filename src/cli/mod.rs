@@ -177,6 +177,19 @@ pub fn rank(args: &JobArgs) -> u32 {
         .unwrap_or(0)
 }
 
+/// The job context for an existing process: its program names the job unless told.
+pub fn context_for_pid(args: &JobArgs, pid: i32) -> anyhow::Result<mlckpt::supervisor::JobContext> {
+    use anyhow::Context;
+    let config = load_config(args)?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("process {pid} does not exist"))?;
+    Ok(mlckpt::supervisor::JobContext {
+        job: job_name(args, &config, &exe.to_string_lossy()),
+        rank: rank(args),
+        config,
+    })
+}
+
 /// Job name: --job, then the config, then the program's file name.
 pub fn job_name(args: &JobArgs, config: &Config, program: &str) -> String {
     args.job

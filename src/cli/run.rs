@@ -32,14 +32,7 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
 }
 
 pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
-    let config = load_config(args)?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .with_context(|| format!("process {pid} does not exist"))?;
-    let ctx = JobContext {
-        job: job_name(args, &config, &exe.to_string_lossy()),
-        rank: rank(args),
-        config,
-    };
+    let ctx = super::context_for_pid(args, pid)?;
     let signals = supervisor::block_supervisor_signals()?;
     eprintln!(
         "mlckpt: supervising PID {pid} (job {}, rank {})",

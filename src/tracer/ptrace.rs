@@ -312,70 +312,24 @@ pub fn get_rseq(tid: Pid) -> Result<Option<RseqState>> {
     }))
 }
 
-impl From<libc::user_regs_struct> for Registers {
-    fn from(r: libc::user_regs_struct) -> Self {
-        Registers {
-            r15: r.r15,
-            r14: r.r14,
-            r13: r.r13,
-            r12: r.r12,
-            rbp: r.rbp,
-            rbx: r.rbx,
-            r11: r.r11,
-            r10: r.r10,
-            r9: r.r9,
-            r8: r.r8,
-            rax: r.rax,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            orig_rax: r.orig_rax,
-            rip: r.rip,
-            cs: r.cs,
-            eflags: r.eflags,
-            rsp: r.rsp,
-            ss: r.ss,
-            fs_base: r.fs_base,
-            gs_base: r.gs_base,
-            ds: r.ds,
-            es: r.es,
-            fs: r.fs,
-            gs: r.gs,
+/// `Registers` and libc's `user_regs_struct` have the same fields under the same names.
+macro_rules! convert_registers {
+    ($($field:ident),* $(,)?) => {
+        impl From<libc::user_regs_struct> for Registers {
+            fn from(r: libc::user_regs_struct) -> Self {
+                Registers { $($field: r.$field),* }
+            }
         }
-    }
+
+        impl From<Registers> for libc::user_regs_struct {
+            fn from(r: Registers) -> Self {
+                libc::user_regs_struct { $($field: r.$field),* }
+            }
+        }
+    };
 }
 
-impl From<Registers> for libc::user_regs_struct {
-    fn from(r: Registers) -> Self {
-        libc::user_regs_struct {
-            r15: r.r15,
-            r14: r.r14,
-            r13: r.r13,
-            r12: r.r12,
-            rbp: r.rbp,
-            rbx: r.rbx,
-            r11: r.r11,
-            r10: r.r10,
-            r9: r.r9,
-            r8: r.r8,
-            rax: r.rax,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            orig_rax: r.orig_rax,
-            rip: r.rip,
-            cs: r.cs,
-            eflags: r.eflags,
-            rsp: r.rsp,
-            ss: r.ss,
-            fs_base: r.fs_base,
-            gs_base: r.gs_base,
-            ds: r.ds,
-            es: r.es,
-            fs: r.fs,
-            gs: r.gs,
-        }
-    }
-}
+convert_registers!(
+    r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs,
+    eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs,
+);
