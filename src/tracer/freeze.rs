@@ -162,9 +162,21 @@ impl Frozen {
     }
 
     /// Ends the target while it is still frozen, so it does nothing after the image's state.
+    /// A dead tracee stays a zombie until its tracer collects it, and a thread group only
+    /// finishes exiting when all its threads are collected: collect every thread but a
+    /// leader whose parent we are (that exit status is the supervisor's to report).
     pub fn kill(&mut self) {
         let _ = kill(self.pid, Signal::SIGKILL);
         self.released = true;
+        let parent_is_us = parent_of(self.pid) == Some(nix::unistd::getpid());
+        for t in self.threads.values() {
+            if t.tid != self.pid || !parent_is_us {
+                while !matches!(
+                    ptrace::wait_stop(t.tid, "kill"),
+                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
+                ) {}
+            }
+        }
     }
 
     fn detach_all(&mut self) -> Result<(), PtraceError> {
@@ -180,6 +192,17 @@ impl Frozen {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The parent PID from `/proc/PID/stat` (the field after the parenthesised command).
+fn parent_of(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+        .map(Pid::from_raw)
 }
 
 impl Drop for Frozen {

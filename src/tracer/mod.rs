@@ -14,6 +14,7 @@ pub mod memory;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;
+pub mod rethread;
 pub mod stub;
 pub mod sys;
 pub mod threads;

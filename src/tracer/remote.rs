@@ -106,7 +106,8 @@ impl RemoteThread {
                 Stop::Syscall => return Ok(()),
                 // A signal for the target: keep it for later, do not deliver it now.
                 Stop::Signal(sig) => self.held_signal = Some(sig),
-                Stop::Interrupted => {}
+                // A clone made by this very call (PTRACE_O_TRACECLONE), or a group stop.
+                Stop::Interrupted | Stop::Event(_) => {}
                 stop => {
                     return Err(RemoteError::UnexpectedStop {
                         tid: self.tid.as_raw(),

@@ -3,9 +3,10 @@
 //! rebuilds memory (`stub`), and ptrace sets the final registers.
 
 use super::child::{ChildFailure, ChildPlan, PlannedFile, Step, child_main};
-use super::memory::{MemoryError, ProcessMemory};
+use super::memory::MemoryError;
 use super::ptrace::{self, PtraceError, Stop};
-use super::remote::{RemoteError, RemoteThread};
+use super::remote::RemoteError;
+use super::rethread::Rethreader;
 use super::stub::{self, Expect, Op};
 use super::sys;
 use crate::image::Image;
@@ -44,11 +45,6 @@ pub enum RestoreError {
     },
     #[error("PID {pid} is in use by '{holder}'; stop that process or pass --new-pid")]
     PidTaken { pid: i32, holder: String },
-    #[error(
-        "the image has {0} threads; this mlckpt restores single-threaded processes only \
-         (multi-threaded restore is being built)"
-    )]
-    Threads(usize),
     #[error("the image has no thread")]
     NoThreads,
     #[error("vDSO layout differs: {0}")]
@@ -116,7 +112,7 @@ pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<Pid, RestoreError
     };
     drop(sync_r);
     area.unmap_here();
-    let outcome = drive_child(child, sync_w, &area, &m.process.pending_signals, thread);
+    let outcome = drive_child(child, sync_w, &area, &m.process.pending_signals, &m.threads);
     if outcome.is_err() {
         let _ = kill(child, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(child, None);
@@ -140,9 +136,6 @@ fn preflight(m: &Manifest, opts: &RestoreOptions) -> Result<(), RestoreError> {
             image: m.kernel.clone(),
             here,
         });
-    }
-    if m.threads.len() > 1 {
-        return Err(RestoreError::Threads(m.threads.len()));
     }
     let xcr0 = sys::xcr0();
     if m.cpu.xfeatures != xcr0 {
@@ -781,7 +774,7 @@ fn drive_child(
     sync_w: std::os::fd::OwnedFd,
     area: &StubArea,
     process_pending: &[PendingSignal],
-    thread: &ThreadState,
+    threads: &[ThreadState],
 ) -> Result<(), RestoreError> {
     ptrace::seize(child, ptrace::restore_options())?;
     nix::unistd::write(&sync_w, &[1]).map_err(sys_err("release the new process"))?;
@@ -809,18 +802,10 @@ fn drive_child(
             regs.rip
         )));
     }
-    let mut remote = RemoteThread::new(child, area.stub.syscall_gadget)?;
-    requeue_signals(&mut remote, child, area, process_pending, thread)?;
-    remote.checked(
-        "munmap(restorer stub)",
-        libc::SYS_munmap,
-        &[area.base, area.len],
-    )?;
-    ptrace::set_regs(child, &thread.regs)?;
-    ptrace::set_xstate(child, &thread.xstate)?;
-    ptrace::set_sigmask(child, thread.sigmask)?;
-    ptrace::detach(child, remote.held_signal)?;
-    Ok(())
+    let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads)?;
+    last.recreate_threads()?;
+    last.requeue_signals(process_pending)?;
+    last.release(area.base, area.len)
 }
 
 /// Where a process under restore crashed, in terms of the stub's program if it was there.
@@ -840,38 +825,6 @@ fn crash_report(child: Pid, sig: Signal, area: &StubArea) -> RestoreError {
         regs.rip,
         if in_stub { "yes" } else { "no" }
     ))
-}
-
-/// Queues the image's pending signals again. The calls run inside the restored process:
-/// the kernel only lets a process queue kernel-style siginfos (si_code >= 0) to itself.
-/// All signals are blocked until the final mask is set, so they stay pending.
-fn requeue_signals(
-    remote: &mut RemoteThread,
-    child: Pid,
-    area: &StubArea,
-    process_pending: &[PendingSignal],
-    thread: &ThreadState,
-) -> Result<(), RestoreError> {
-    let mem = ProcessMemory::open(child)?;
-    let buffer = area.data;
-    let pid = child.as_raw() as u64;
-    for p in process_pending {
-        mem.write(buffer, &p.siginfo)?;
-        remote.checked(
-            "rt_sigqueueinfo",
-            libc::SYS_rt_sigqueueinfo,
-            &[pid, p.signo as u64, buffer],
-        )?;
-    }
-    for p in &thread.pending_signals {
-        mem.write(buffer, &p.siginfo)?;
-        remote.checked(
-            "rt_tgsigqueueinfo",
-            libc::SYS_rt_tgsigqueueinfo,
-            &[pid, pid, p.signo as u64, buffer],
-        )?;
-    }
-    Ok(())
 }
 
 fn describe_result(rax: u64, op: &Op) -> String {

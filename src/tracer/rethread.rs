@@ -1,0 +1,205 @@
+//! The last phase of a restore, once the stub has rebuilt memory and stopped: the other
+//! threads are recreated with their TIDs, pending signals are queued again, the stub is
+//! unmapped and every thread gets its final registers. No thread runs before all are done.
+
+use super::memory::ProcessMemory;
+use super::ptrace::{self, Stop};
+use super::remote::RemoteThread;
+use super::restore::RestoreError;
+use crate::image::format::{PendingSignal, ThreadState};
+use nix::unistd::Pid;
+
+/// Offsets in the stub's data page, reused as scratch for the remote calls made here.
+const CLONE_ARGS: u64 = 0;
+const SET_TID: u64 = 96;
+const ALT_STACK: u64 = 128;
+const SIGINFO: u64 = 256;
+
+/// Threads share everything a pthread shares (what glibc's pthread_create passes), plus
+/// the TLS pointer and the clear-child-tid word `pthread_join` waits on.
+const THREAD_FLAGS: i32 = libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_CHILD_CLEARTID;
+
+/// Drives the restored main thread and the threads it creates.
+pub struct Rethreader<'a> {
+    pub pid: Pid,
+    pub main: RemoteThread,
+    pub mem: ProcessMemory,
+    /// The stub's data page.
+    pub scratch: u64,
+    pub gadget: u64,
+    pub threads: &'a [ThreadState],
+    created: Vec<Pid>,
+}
+
+impl<'a> Rethreader<'a> {
+    pub fn new(
+        pid: Pid,
+        gadget: u64,
+        scratch: u64,
+        threads: &'a [ThreadState],
+    ) -> Result<Self, RestoreError> {
+        Ok(Rethreader {
+            pid,
+            main: RemoteThread::new(pid, gadget)?,
+            mem: ProcessMemory::open(pid)?,
+            scratch,
+            gadget,
+            threads,
+            created: Vec::new(),
+        })
+    }
+
+    /// Creates every thread but the leader (already the process), each left stopped with
+    /// its final state.
+    pub fn recreate_threads(&mut self) -> Result<(), RestoreError> {
+        for t in &self.threads[1..] {
+            let tid = self.spawn(t)?;
+            self.created.push(tid);
+            self.thread_kernel_state(tid, t)?;
+            set_final_state(tid, t)?;
+        }
+        Ok(())
+    }
+
+    /// `clone3` run by the main thread, with the thread's original TID.
+    fn spawn(&mut self, t: &ThreadState) -> Result<Pid, RestoreError> {
+        let args = clone_args(t, self.scratch + SET_TID);
+        self.mem.write(self.scratch + CLONE_ARGS, &args)?;
+        self.mem
+            .write(self.scratch + SET_TID, &(t.tid as u64).to_le_bytes())?;
+        let tid = self.main.checked(
+            "clone3(thread)",
+            libc::SYS_clone3,
+            &[self.scratch + CLONE_ARGS, args.len() as u64],
+        )?;
+        let tid = Pid::from_raw(tid as i32);
+        // Auto-attached (PTRACE_O_TRACECLONE): it starts in a stop, before any instruction.
+        loop {
+            match ptrace::wait_stop(tid, "new thread")? {
+                Stop::Interrupted | Stop::Event(_) => return Ok(tid),
+                Stop::Signal(_) | Stop::Syscall => ptrace::cont(tid, None)?,
+                stop => {
+                    return Err(RestoreError::Unexpected(format!(
+                        "new thread {tid}: {stop:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Kernel state a thread can only set for itself.
+    fn thread_kernel_state(&mut self, tid: Pid, t: &ThreadState) -> Result<(), RestoreError> {
+        let mut remote = RemoteThread::new(tid, self.gadget)?;
+        if let Some(rl) = t.robust_list {
+            remote.checked(
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                &[rl.head, rl.len],
+            )?;
+        }
+        if let Some(rseq) = t.rseq {
+            remote.checked(
+                "rseq",
+                libc::SYS_rseq,
+                &[rseq.addr, u64::from(rseq.len), 0, u64::from(rseq.signature)],
+            )?;
+        }
+        if let Some(alt) = t.sigaltstack {
+            let mut stack = [0u8; 24];
+            stack[0..8].copy_from_slice(&alt.sp.to_le_bytes());
+            stack[8..12].copy_from_slice(&alt.flags.to_le_bytes());
+            stack[16..24].copy_from_slice(&alt.size.to_le_bytes());
+            self.mem.write(self.scratch + ALT_STACK, &stack)?;
+            remote.checked(
+                "sigaltstack",
+                libc::SYS_sigaltstack,
+                &[self.scratch + ALT_STACK, 0],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Queues the image's pending signals again. The calls run inside the restored
+    /// process, from its leader: the kernel only lets a process queue kernel-style
+    /// siginfos (si_code >= 0) to itself. All signals are blocked until the final masks
+    /// are set, so they stay pending.
+    pub fn requeue_signals(
+        &mut self,
+        process_pending: &[PendingSignal],
+    ) -> Result<(), RestoreError> {
+        let pid = self.pid.as_raw() as u64;
+        let buffer = self.scratch + SIGINFO;
+        for p in process_pending {
+            self.mem.write(buffer, &p.siginfo)?;
+            self.main.checked(
+                "rt_sigqueueinfo",
+                libc::SYS_rt_sigqueueinfo,
+                &[pid, p.signo as u64, buffer],
+            )?;
+        }
+        for t in self.threads {
+            let tid = if t.tid == self.threads[0].tid {
+                pid
+            } else {
+                t.tid as u64
+            };
+            for p in &t.pending_signals {
+                self.mem.write(buffer, &p.siginfo)?;
+                self.main.checked(
+                    "rt_tgsigqueueinfo",
+                    libc::SYS_rt_tgsigqueueinfo,
+                    &[pid, tid, p.signo as u64, buffer],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps the stub from inside, gives the leader its final state and lets all go.
+    pub fn release(mut self, stub_base: u64, stub_len: u64) -> Result<(), RestoreError> {
+        self.main.checked(
+            "munmap(restorer stub)",
+            libc::SYS_munmap,
+            &[stub_base, stub_len],
+        )?;
+        set_final_state(self.pid, &self.threads[0])?;
+        for tid in &self.created {
+            ptrace::detach(*tid, None)?;
+        }
+        ptrace::detach(self.pid, self.main.held_signal)?;
+        Ok(())
+    }
+}
+
+/// Registers, xstate and signal mask, all set directly: no signal frame is needed.
+fn set_final_state(tid: Pid, t: &ThreadState) -> Result<(), RestoreError> {
+    ptrace::set_regs(tid, &t.regs)?;
+    ptrace::set_xstate(tid, &t.xstate)?;
+    ptrace::set_sigmask(tid, t.sigmask)?;
+    Ok(())
+}
+
+/// `struct clone_args` (88 bytes, linux/sched.h) for thread `t`.
+fn clone_args(t: &ThreadState, set_tid_addr: u64) -> Vec<u8> {
+    let fields: [u64; 11] = [
+        THREAD_FLAGS as u64,
+        0,                 // pidfd
+        t.clear_child_tid, // child_tid
+        0,                 // parent_tid
+        0,                 // exit_signal: none for threads
+        0,                 // stack: the thread never runs before its registers are set
+        0,                 // stack_size
+        t.regs.fs_base,    // tls
+        set_tid_addr,      // set_tid
+        1,                 // set_tid_size
+        0,                 // cgroup
+    ];
+    fields.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
