@@ -51,7 +51,7 @@ restore_ms() {   # $1 image; prints ms until the restored process runs; kills it
 
 bench() {   # $1 MiB
     local mib=$1 sup pid first second img hwm warm cold
-    rm -rf "$WORK/store"
+    rm -rf "$WORK/store" "$WORK/out.txt"
     "$BIN" run --config "$WORK/mlckpt.toml" --job "m$mib" -- "$WORK/memory" "$mib" 1000000 \
         > "$WORK/out.txt" 2> "$WORK/run.err" &
     sup=$!

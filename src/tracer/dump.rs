@@ -1,14 +1,15 @@
 //! A checkpoint: freeze, capture, stream memory into an image, let go (or kill).
 
-use super::freeze::{FreezeError, Frozen};
+use super::freeze::{FreezeError, Frozen, parent_of};
 use super::inspect::{self, InspectError, RegionPlan, StorePolicy};
 use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::remote::{RemoteError, RemoteThread, find_gadget};
+use super::snapshot::Snapshot;
 use super::sys;
 use super::threads::{self, ThreadError};
 use crate::image::format::{
-    Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PageRun, PendingSignal,
-    ProcessState, SignalAction, ThreadState, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, MemoryRegion, PAGE_SIZE, PageRun,
+    PendingSignal, ProcessState, SignalAction, ThreadState, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
 use nix::sys::signal::Signal;
@@ -56,6 +57,17 @@ pub struct CheckpointStats {
     /// Time the target was not running.
     pub freeze_ms: f64,
     pub total_ms: f64,
+    /// How memory was read: from a fork-snapshot while the target ran on, or frozen.
+    #[serde(default)]
+    pub mode: DumpMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DumpMode {
+    Snapshot,
+    #[default]
+    Frozen,
 }
 
 /// Memory is read and written in batches of this size: the supervisor's memory stays
@@ -72,19 +84,30 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
     // Files first: an unsupported fd fails before any work (the target runs on untouched).
     let fds = inspect::read_fds(req.pid)?;
     let mem = ProcessMemory::open(req.pid)?;
-    let captured = capture_threads(&mut frozen, &mem)?;
+    // A snapshot child must become ours to reap: only when we are the target's parent.
+    // With --kill the target stays frozen anyway, so there is nothing to gain.
+    let try_snapshot = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
+    let mut captured = capture_threads(&mut frozen, &mem, try_snapshot)?;
     let facts = inspect::read_process(req.pid)?;
     let mut plans = inspect::read_regions(req.pid)?;
 
     let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
-    dump_memory(req.pid, &mem, &mut plans, &mut writer)?;
-    let frozen_for = started.elapsed();
-    let keep_frozen = req.kill;
-    if !keep_frozen {
-        // Every byte of the image's state is read: the target may go on while it is
-        // made durable.
+    let snapshot = captured.snapshot.take();
+    let (now, later): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) = plans
+        .iter_mut()
+        .partition(|p| snapshot.is_none() || !snapshot_has_it(&p.region));
+    dump_regions(&PageMap::open(req.pid)?, &mem, now, &mut writer)?;
+    let mut frozen_for = started.elapsed();
+    if !req.kill {
+        // Every byte of the image's state is read or held by the snapshot: the target may
+        // go on while the rest is dumped and made durable.
         frozen.release().map_err(FreezeError::from)?;
+        frozen_for = started.elapsed();
     }
+    if let Some(snap) = &snapshot {
+        dump_regions(&snap.pagemap, &snap.mem, later, &mut writer)?;
+    }
+    drop(snapshot);
     let manifest = Manifest {
         format: FORMAT_VERSION,
         mlckpt_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -119,23 +142,36 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         pages_bytes: writer.pages_written(),
     };
     let committed: CommittedImage = writer.commit(&manifest)?;
-    let freeze = if keep_frozen {
+    if req.kill {
         frozen.kill();
-        started.elapsed()
-    } else {
-        frozen_for
-    };
+        frozen_for = started.elapsed();
+    }
     Ok(CheckpointStats {
         path: committed.path,
         seq: req.seq,
         tier: req.tier,
         bytes: committed.bytes,
-        freeze_ms: freeze.as_secs_f64() * 1e3,
+        freeze_ms: frozen_for.as_secs_f64() * 1e3,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
+        mode: captured.mode,
     })
 }
 
+/// Whether a fork-snapshot holds the region's checkpoint-time contents. Shared memory
+/// goes on changing under the running target; `MADV_DONTFORK` memory is not in the child
+/// and `MADV_WIPEONFORK` memory is zero there: all three are dumped while frozen.
+fn snapshot_has_it(region: &MemoryRegion) -> bool {
+    !region.shared
+        && region.backing != Backing::SharedAnonymous
+        && !region
+            .advice
+            .iter()
+            .any(|a| matches!(a, Advice::DontFork | Advice::WipeOnFork))
+}
+
 struct Captured {
+    snapshot: Option<Snapshot>,
+    mode: DumpMode,
     threads: Vec<ThreadState>,
     process_pending: Vec<PendingSignal>,
     signals: Vec<SignalAction>,
@@ -144,7 +180,11 @@ struct Captured {
 
 /// Runs the remote queries: the leader lends a scratch page for results, every thread
 /// reports its own state; the scratch page is gone again before the map is read.
-fn capture_threads(frozen: &mut Frozen, mem: &ProcessMemory) -> Result<Captured, DumpError> {
+fn capture_threads(
+    frozen: &mut Frozen,
+    mem: &ProcessMemory,
+    try_snapshot: bool,
+) -> Result<Captured, DumpError> {
     let leader = frozen.leader();
     let gadget = find_gadget(mem, &executable_regions(leader)?)?;
     let mut lead = RemoteThread::new(leader, gadget)?;
@@ -162,9 +202,36 @@ fn capture_threads(frozen: &mut Frozen, mem: &ProcessMemory) -> Result<Captured,
     )?;
     let result = capture_with_scratch(frozen, &mut lead, mem, gadget, scratch);
     let unmapped = lead.checked("munmap(scratch)", libc::SYS_munmap, &[scratch, PAGE_SIZE]);
+    // The snapshot is taken last, once the scratch page is gone from the address space.
+    let snapshot = match (&result, &unmapped, try_snapshot) {
+        (Ok(_), Ok(_), true) => fork_snapshot(&mut lead),
+        _ => None,
+    };
     hold(frozen, leader, lead.finish()?);
     unmapped?;
-    result
+    let mut captured = result?;
+    captured.mode = if snapshot.is_some() {
+        DumpMode::Snapshot
+    } else {
+        DumpMode::Frozen
+    };
+    captured.snapshot = snapshot;
+    Ok(captured)
+}
+
+/// A snapshot, or None (with a note) when the target cannot fork: memory or process
+/// limits. The checkpoint then dumps while frozen, as it would without snapshots.
+fn fork_snapshot(lead: &mut RemoteThread) -> Option<Snapshot> {
+    match Snapshot::fork(lead) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!(
+                "mlckpt: note: fork-snapshot impossible ({}); dumping while the target is frozen",
+                crate::supervisor::error_chain(&e)
+            );
+            None
+        }
+    }
 }
 
 fn capture_with_scratch(
@@ -185,6 +252,8 @@ fn capture_with_scratch(
         threads.push(state?);
     }
     Ok(Captured {
+        snapshot: None,
+        mode: DumpMode::Frozen,
         process_pending: threads::pending_signals(leader, true)?,
         threads,
         signals,
@@ -244,17 +313,17 @@ fn signal_actions(
     Ok(actions)
 }
 
-/// Decides which pages each region stores and streams them into `pages.bin`.
-fn dump_memory(
-    pid: Pid,
+/// Decides which pages each region stores and streams them into `pages.bin`, reading
+/// from `mem` (the target, or its snapshot).
+fn dump_regions(
+    pagemap: &PageMap,
     mem: &ProcessMemory,
-    plans: &mut [RegionPlan],
+    plans: Vec<&mut RegionPlan>,
     writer: &mut ImageWriter,
 ) -> Result<(), DumpError> {
-    let pagemap = PageMap::open(pid)?;
     let mut batch = Batch::default();
-    for plan in plans.iter_mut() {
-        let runs = stored_runs(&pagemap, plan)?;
+    for plan in plans {
+        let runs = stored_runs(pagemap, plan)?;
         for (addr, len) in runs {
             let offset = writer.pages_written() + batch.bytes as u64;
             plan.region.runs.push(PageRun { addr, len, offset });

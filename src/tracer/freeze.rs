@@ -195,7 +195,7 @@ impl Frozen {
 }
 
 /// The parent PID from `/proc/PID/stat` (the field after the parenthesised command).
-fn parent_of(pid: Pid) -> Option<Pid> {
+pub fn parent_of(pid: Pid) -> Option<Pid> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace()

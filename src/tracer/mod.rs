@@ -15,6 +15,7 @@ pub mod ptrace;
 pub mod remote;
 pub mod restore;
 pub mod rethread;
+pub mod snapshot;
 pub mod stub;
 pub mod sys;
 pub mod threads;

@@ -67,8 +67,11 @@ pub fn map_err(tid: Pid, op: &'static str, e: Errno) -> PtraceError {
 
 /// Options for a checkpoint: the target must survive anything that goes wrong, so no
 /// EXITKILL; seccomp filters must not veto our remote syscalls.
+/// TRACECLONE makes a fork-snapshot child start stopped.
 pub fn checkpoint_options() -> Options {
-    Options::PTRACE_O_TRACESYSGOOD | Options::from_bits_retain(PTRACE_O_SUSPEND_SECCOMP)
+    Options::PTRACE_O_TRACESYSGOOD
+        | Options::PTRACE_O_TRACECLONE
+        | Options::from_bits_retain(PTRACE_O_SUSPEND_SECCOMP)
 }
 
 /// Options for a process under restore: a half-built process must die with its restorer.
