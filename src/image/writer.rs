@@ -4,9 +4,12 @@
 use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, Manifest, PAGES_FILE};
 use super::store::{ImageDirError, image_dir_name, partial_dir_name};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -28,16 +31,16 @@ pub enum WriteError {
     Dir(#[from] ImageDirError),
 }
 
-/// Page data is written through a buffer this big: large sequential writes.
-const WRITE_BUFFER: usize = 8 << 20;
+/// Buffers in flight between the dumping thread and the writer thread: memory stays
+/// bounded (a few batches) whatever the image's size.
+const BUFFERS_IN_FLIGHT: usize = 3;
 
 /// An image being written into `.ckpt-SEQ.partial/`. Dropped without `commit`, it removes
 /// the partial directory: a failed checkpoint leaves nothing behind.
 pub struct ImageWriter {
     partial: PathBuf,
     final_path: PathBuf,
-    pages: BufWriter<File>,
-    hasher: blake3::Hasher,
+    pipe: Option<PagePipe>,
     written: u64,
     committed: bool,
 }
@@ -108,8 +111,7 @@ impl ImageWriter {
         Ok(ImageWriter {
             partial,
             final_path,
-            pages: BufWriter::with_capacity(WRITE_BUFFER, pages),
-            hasher: blake3::Hasher::new(),
+            pipe: Some(PagePipe::start(pages, pages_path)),
             written: 0,
             committed: false,
         })
@@ -119,13 +121,27 @@ impl ImageWriter {
         &self.partial
     }
 
-    /// Appends page data; returns its offset in `pages.bin`.
-    pub fn append_pages(&mut self, data: &[u8]) -> Result<u64, WriteError> {
+    /// A buffer of `len` bytes to fill and `submit` (recycled once written).
+    pub fn take_buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .pipe
+            .as_ref()
+            .and_then(|p| p.free.try_recv().ok())
+            .unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Appends page data (hashed and written by the writer thread); returns its offset in
+    /// `pages.bin`.
+    pub fn submit(&mut self, data: Vec<u8>) -> Result<u64, WriteError> {
         let offset = self.written;
-        self.hasher.update(data);
-        let path = self.partial.join(PAGES_FILE);
-        self.pages.write_all(data).map_err(write_err(&path))?;
         self.written += data.len() as u64;
+        let pipe = self.pipe.as_ref().expect("pipe lives until commit");
+        if pipe.full.send(data).is_err() {
+            // The writer thread stopped on an error; `finish` reports it.
+            return self.pipe.take().expect("pipe").finish().map(|_| offset);
+        }
         Ok(offset)
     }
 
@@ -136,13 +152,11 @@ impl ImageWriter {
     /// Writes manifest and CHECKSUMS, makes everything durable, then renames the directory
     /// to its final name: a `ckpt-*` directory is complete by construction.
     pub fn commit(mut self, manifest: &Manifest) -> Result<CommittedImage, WriteError> {
-        let pages_path = self.partial.join(PAGES_FILE);
-        self.pages.flush().map_err(write_err(&pages_path))?;
-        self.pages
-            .get_ref()
-            .sync_all()
-            .map_err(write_err(&pages_path))?;
-        let pages_hash = self.hasher.finalize();
+        let pages_hash = self
+            .pipe
+            .take()
+            .expect("pipe lives until commit")
+            .finish()?;
 
         let manifest_path = self.partial.join(MANIFEST_FILE);
         let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
@@ -164,6 +178,57 @@ impl ImageWriter {
             path: self.final_path.clone(),
             bytes: self.written + json.len() as u64 + checksums.len() as u64,
         })
+    }
+}
+
+/// The writer thread: hashes and writes page batches in order while the dumping thread
+/// reads the next ones, and starts their writeback at once, so that the final fsync finds
+/// little left to do.
+struct PagePipe {
+    full: SyncSender<Vec<u8>>,
+    free: Receiver<Vec<u8>>,
+    thread: JoinHandle<Result<blake3::Hash, WriteError>>,
+}
+
+impl PagePipe {
+    fn start(file: File, path: PathBuf) -> PagePipe {
+        let (full, full_rx) = sync_channel::<Vec<u8>>(BUFFERS_IN_FLIGHT - 1);
+        let (free_tx, free) = sync_channel::<Vec<u8>>(BUFFERS_IN_FLIGHT);
+        let thread = std::thread::spawn(move || {
+            let mut file = file;
+            let mut hasher = blake3::Hasher::new();
+            let mut at = 0u64;
+            for buf in full_rx {
+                hasher.update_rayon(&buf);
+                file.write_all(&buf).map_err(write_err(&path))?;
+                start_writeback(&file, at, buf.len() as u64);
+                at += buf.len() as u64;
+                let _ = free_tx.try_send(buf);
+            }
+            file.sync_all().map_err(write_err(&path))?;
+            Ok(hasher.finalize())
+        });
+        PagePipe { full, free, thread }
+    }
+
+    /// Waits for every batch to be written and durable; the hash of all of them.
+    fn finish(self) -> Result<blake3::Hash, WriteError> {
+        drop(self.full);
+        self.thread.join().expect("page writer thread panicked")
+    }
+}
+
+/// Asks the kernel to start writing `[offset, offset+len)` back now (no waiting).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: sync_file_range only takes integers and an fd that `file` keeps open; it
+    // cannot touch this process's memory. Failure only loses the head start.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

@@ -358,7 +358,6 @@ fn stored_runs(pagemap: &PageMap, plan: &RegionPlan) -> Result<Vec<(u64, u64)>, 
 struct Batch {
     ranges: Vec<(u64, usize)>,
     bytes: usize,
-    buf: Vec<u8>,
 }
 
 impl Batch {
@@ -387,9 +386,9 @@ impl Batch {
         if self.bytes == 0 {
             return Ok(());
         }
-        self.buf.resize(self.bytes, 0);
-        mem.read_ranges(&self.ranges, &mut self.buf)?;
-        writer.append_pages(&self.buf)?;
+        let mut buf = writer.take_buffer(self.bytes);
+        mem.read_ranges(&self.ranges, &mut buf)?;
+        writer.submit(buf)?;
         self.ranges.clear();
         self.bytes = 0;
         Ok(())
