@@ -22,8 +22,16 @@ pub fn restore(
 ) -> anyhow::Result<i32> {
     let config = load_config(args)?;
     let image = match path {
-        Some(dir) => image::open_verified(&dir)
-            .with_context(|| format!("cannot restore {}", dir.display()))?,
+        Some(dir) => {
+            // Else the verifier reports a missing path as an incomplete image.
+            anyhow::ensure!(
+                dir.is_dir(),
+                "cannot restore {}: no such image directory",
+                dir.display()
+            );
+            image::open_verified(&dir)
+                .with_context(|| format!("cannot restore {}", dir.display()))?
+        }
         None => {
             debug_assert!(auto);
             let job = args.job.clone().or_else(|| config.job.name.clone()).context(

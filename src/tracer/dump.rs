@@ -186,7 +186,7 @@ fn capture_threads(
     try_snapshot: bool,
 ) -> Result<Captured, DumpError> {
     let leader = frozen.leader();
-    let gadget = find_gadget(mem, &executable_regions(leader)?)?;
+    let gadget = find_gadget(mem, &gadget_candidates(leader)?)?;
     let mut lead = RemoteThread::new(leader, gadget)?;
     let scratch = lead.checked(
         "mmap(scratch)",
@@ -267,13 +267,25 @@ fn hold(frozen: &mut Frozen, tid: Pid, sig: Option<Signal>) {
     }
 }
 
-fn executable_regions(pid: Pid) -> Result<Vec<(u64, u64)>, DumpError> {
+/// Where to look for a `syscall` instruction: the vDSO (its fallback paths have one),
+/// found through the auxv's AT_SYSINFO_EHDR without walking the memory map; failing that,
+/// every executable mapping, smallest first.
+fn gadget_candidates(pid: Pid) -> Result<Vec<(u64, u64)>, DumpError> {
+    const AT_SYSINFO_EHDR: u64 = 33;
+    const VDSO_PAGES: u64 = 2;
+    let auxv = inspect::read_auxv(pid)?;
+    let vdso = auxv
+        .chunks_exact(2)
+        .find(|kv| kv[0] == AT_SYSINFO_EHDR)
+        .map(|kv| (kv[1], kv[1] + VDSO_PAGES * PAGE_SIZE));
+    if let Some(range) = vdso {
+        return Ok(vec![range]);
+    }
     let mut plans: Vec<RegionPlan> = inspect::read_regions(pid)?
         .into_iter()
         .filter(|p| p.region.prot.exec)
         .collect();
-    // The vDSO first: it is small and always has a `syscall` in its fallback paths.
-    plans.sort_by_key(|p| (p.region.backing != Backing::Vdso, p.region.len()));
+    plans.sort_by_key(|p| p.region.len());
     Ok(plans
         .iter()
         .map(|p| (p.region.start, p.region.end))

@@ -244,7 +244,7 @@ fn read_rlimits(pid: Pid) -> Result<Vec<Rlimit>, InspectError> {
         .collect()
 }
 
-fn read_auxv(pid: Pid) -> Result<Vec<u64>, InspectError> {
+pub fn read_auxv(pid: Pid) -> Result<Vec<u64>, InspectError> {
     let raw = std::fs::read(format!("/proc/{pid}/auxv"))
         .map_err(|e| proc_err(pid, "auxv")(e.to_string()))?;
     Ok(raw

@@ -152,9 +152,15 @@ fn live_restart(regs: &Registers) -> Registers {
 /// Finds the bytes `0f 05` (`syscall`) in an executable region of the target.
 pub fn find_gadget(mem: &ProcessMemory, regions: &[(u64, u64)]) -> Result<u64, RemoteError> {
     for &(start, end) in regions {
-        let Ok(bytes) = mem.read(start, (end - start) as usize) else {
-            continue;
-        };
+        // Page by page: the vDSO may be shorter than the range asked for.
+        let bytes: Vec<u8> = (start..end)
+            .step_by(crate::image::format::PAGE_SIZE as usize)
+            .map_while(|page| {
+                mem.read(page, crate::image::format::PAGE_SIZE as usize)
+                    .ok()
+            })
+            .flatten()
+            .collect();
         if let Some(i) = bytes.windows(2).position(|w| w == [0x0f, 0x05]) {
             return Ok(start + i as u64);
         }
