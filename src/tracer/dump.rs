@@ -8,13 +8,14 @@ use super::snapshot::Snapshot;
 use super::sys;
 use super::threads::{self, ThreadError};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, MemoryRegion, PAGE_SIZE, PageRun,
-    PendingSignal, ProcessState, SignalAction, ThreadState, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PageRun, PendingSignal,
+    ProcessState, SignalAction, ThreadState, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,8 @@ pub enum DumpError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(transparent)]
+    Snapshot(#[from] super::snapshot::SnapshotError),
 }
 
 /// What to checkpoint and where.
@@ -80,6 +83,8 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    // Read before the freeze: it walks page tables, which takes long for big targets.
+    let hints = inspect::flag_hints(req.pid)?;
     let mut frozen = Frozen::freeze(req.pid)?;
     // Files first: an unsupported fd fails before any work (the target runs on untouched).
     let fds = inspect::read_fds(req.pid)?;
@@ -89,13 +94,17 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
     let try_snapshot = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
     let mut captured = capture_threads(&mut frozen, &mem, try_snapshot)?;
     let facts = inspect::read_process(req.pid)?;
-    let mut plans = inspect::read_regions(req.pid)?;
+    let mut plans = inspect::read_regions_with(req.pid, &hints)?;
 
     let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
     let snapshot = captured.snapshot.take();
-    let (now, later): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) = plans
+    let in_snapshot = match &snapshot {
+        Some(s) => s.ranges()?,
+        None => Default::default(),
+    };
+    let (later, now): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) = plans
         .iter_mut()
-        .partition(|p| snapshot.is_none() || !snapshot_has_it(&p.region));
+        .partition(|p| snapshot_has_it(p, &in_snapshot));
     dump_regions(&PageMap::open(req.pid)?, &mem, now, &mut writer)?;
     let mut frozen_for = started.elapsed();
     if !req.kill {
@@ -159,11 +168,15 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
 
 /// Whether a fork-snapshot holds the region's checkpoint-time contents. Shared memory
 /// goes on changing under the running target; `MADV_DONTFORK` memory is not in the child
-/// and `MADV_WIPEONFORK` memory is zero there: all three are dumped while frozen.
-fn snapshot_has_it(region: &MemoryRegion) -> bool {
-    !region.shared
-        && region.backing != Backing::SharedAnonymous
-        && !region
+/// (its range is missing there) and `MADV_WIPEONFORK` memory is zero there: all three are
+/// dumped while frozen, as is a region whose flags are not known.
+fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool {
+    let r = &plan.region;
+    plan.flags_known
+        && in_snapshot.contains(&(r.start, r.end))
+        && !r.shared
+        && r.backing != Backing::SharedAnonymous
+        && !r
             .advice
             .iter()
             .any(|a| matches!(a, Advice::DontFork | Advice::WipeOnFork))

@@ -6,6 +6,7 @@ use crate::image::format::{
 };
 use nix::unistd::Pid;
 use procfs::process::{MMPermissions, MMapPath, Process, VmFlags};
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -53,21 +54,48 @@ pub enum StorePolicy {
 pub struct RegionPlan {
     pub region: MemoryRegion,
     pub store: StorePolicy,
+    /// Whether the region's VmFlags (advice) are known; see `read_regions_with`.
+    pub flags_known: bool,
+}
+
+/// VmFlags per address range, read from `smaps` before the freeze: `smaps` walks the page
+/// tables (tens of ms for GiBs), the plain map does not.
+pub struct FlagHints(HashMap<(u64, u64), VmFlags>);
+
+pub fn flag_hints(pid: Pid) -> Result<FlagHints, InspectError> {
+    let process = Process::new(pid.as_raw()).map_err(|e| proc_err(pid, "smaps")(e.to_string()))?;
+    let maps = process
+        .smaps()
+        .map_err(|e| proc_err(pid, "smaps")(e.to_string()))?;
+    Ok(FlagHints(
+        maps.into_iter()
+            .map(|m| (m.address, m.extension.vm_flags))
+            .collect(),
+    ))
 }
 
 /// The memory map, classified. `[vsyscall]` is left out: every process has the same one.
 pub fn read_regions(pid: Pid) -> Result<Vec<RegionPlan>, InspectError> {
+    let hints = flag_hints(pid)?;
+    read_regions_with(pid, &hints)
+}
+
+/// The memory map from the cheap `/proc/PID/maps`, with VmFlags from `hints`. A region
+/// whose range is not in `hints` changed after they were read: its flags are unknown, and
+/// it is handled conservatively (see `RegionPlan::flags_known`).
+pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>, InspectError> {
     let process = Process::new(pid.as_raw()).map_err(|e| proc_err(pid, "maps")(e.to_string()))?;
     let maps = process
-        .smaps()
-        .map_err(|e| proc_err(pid, "smaps")(e.to_string()))?;
+        .maps()
+        .map_err(|e| proc_err(pid, "maps")(e.to_string()))?;
     let mut plans = Vec::new();
     for map in maps {
         let (start, end) = map.address;
         let Some((backing, store)) = classify(pid, &map.pathname, &map, start)? else {
             continue;
         };
-        let flags = map.extension.vm_flags;
+        let hint = hints.0.get(&map.address).copied();
+        let flags = hint.unwrap_or(VmFlags::NONE);
         plans.push(RegionPlan {
             region: MemoryRegion {
                 start,
@@ -79,12 +107,13 @@ pub fn read_regions(pid: Pid) -> Result<Vec<RegionPlan>, InspectError> {
                 },
                 shared: map.perms.contains(MMPermissions::SHARED),
                 backing,
+                grows_down: flags.contains(VmFlags::GD) || map.pathname == MMapPath::Stack,
                 name: display_name(&map.pathname),
-                grows_down: flags.contains(VmFlags::GD),
                 advice: advice_of(flags),
                 runs: Vec::new(),
             },
             store,
+            flags_known: hint.is_some(),
         });
     }
     Ok(plans)

@@ -11,6 +11,7 @@ use super::ptrace::{self, PtraceError, Stop};
 use super::remote::{RemoteError, RemoteThread};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::collections::HashSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -67,6 +68,14 @@ impl Snapshot {
 
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// Address ranges mapped in the snapshot (`MADV_DONTFORK` regions are not).
+    pub fn ranges(&self) -> Result<HashSet<(u64, u64)>, SnapshotError> {
+        let maps = procfs::process::Process::new(self.pid.as_raw())
+            .and_then(|p| p.maps())
+            .map_err(|_| SnapshotError::Vanished(self.pid.as_raw()))?;
+        Ok(maps.into_iter().map(|m| m.address).collect())
     }
 }
 
