@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -60,6 +61,7 @@ fn programs_dir() -> PathBuf {
 fn extra_cflags(name: &str) -> &'static [&'static str] {
     match name {
         "avx" => &["-mavx2"],
+        "threads" | "blocked" => &["-pthread"],
         _ => &[],
     }
 }
@@ -317,6 +319,44 @@ impl Proc {
         self.out.text()
     }
 
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.err.text()
+    }
+
+    /// Complete lines read from its stdout so far.
+    pub fn line_count(&self) -> usize {
+        self.out.text().matches('\n').count()
+    }
+
+    /// Sends `sig` to the process itself (for `mlckpt run`: the supervisor, not the target).
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child_pid()), sig)
+            .unwrap_or_else(|e| panic!("kill -{sig} {}: {e}", self.label));
+    }
+
+    /// Polls until its stderr holds `text`; fails the test if it exits first or on timeout.
+    pub fn wait_for_stderr(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + TICK_TIMEOUT;
+        loop {
+            let err = self.err.text();
+            if err.contains(text) {
+                return err;
+            }
+            assert!(
+                !self.exited(),
+                "exited before printing {text:?} on stderr\n{}",
+                self.describe()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "timeout ({TICK_TIMEOUT:?}) waiting for {text:?} on stderr\n{}",
+                self.describe()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
     fn describe(&mut self) -> String {
         let code = match self.child.try_wait() {
             Ok(Some(status)) => Some(exit_code(status)),
@@ -472,6 +512,89 @@ pub fn wait_gone(pid: i32) {
     }
 }
 
+/// The TIDs of every thread of a live process, from `/proc/PID/task` (empty if it is gone).
+pub fn task_tids(pid: i32) -> std::collections::BTreeSet<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Polls `cond` until it holds; fails the test with `what` after `TICK_TIMEOUT`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TICK_TIMEOUT;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timeout ({TICK_TIMEOUT:?}) waiting for {what}"
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// A PID that no process has now (searched down from the kernel's `pid_max`).
+pub fn unused_pid() -> i32 {
+    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    (2..max)
+        .rev()
+        .find(|&p| !pid_alive(p))
+        .expect("some PID is free")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaging images
+
+pub enum Damage {
+    /// Cut the file to half its length.
+    Truncate,
+    /// Flip the lowest bit of a byte in the middle. In JSON the byte is a digit inside a
+    /// number, so the manifest still parses and only the checksum can catch it.
+    FlipBit,
+}
+
+pub fn damage(file: &Path, how: Damage) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+    let len = f.metadata().unwrap().len();
+    assert!(len > 2, "{} is too small to damage", file.display());
+    match how {
+        Damage::Truncate => f.set_len(len / 2).unwrap(),
+        Damage::FlipBit => {
+            let bytes = std::fs::read(file).unwrap();
+            let json = file.extension().is_some_and(|e| e == "json");
+            let at = (bytes.len() / 2..bytes.len())
+                .chain(1..bytes.len() / 2)
+                .find(|&i| !json || (bytes[i - 1].is_ascii_digit() && bytes[i].is_ascii_digit()))
+                .expect("no digit pair to flip in the manifest");
+            f.write_all_at(&[bytes[at] ^ 1], at as u64).unwrap();
+        }
+    }
+}
+
+/// Copies the flat image directory `image` to `<to>/<image's name>`.
+pub fn copy_image(image: &Path, to: &Path) -> PathBuf {
+    let copy = to.join(image.file_name().unwrap());
+    copy_dir(image, &copy);
+    copy
+}
+
+/// Copies the flat directory `from` to the new directory `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output comparison
 
@@ -528,6 +651,18 @@ fn normalise(line: &str) -> String {
 /// every line appears exactly once, none lost, none duplicated — and that every `pid=` in
 /// `before` and `after` is `pid`, the PID the program reported first.
 pub fn assert_continuation(reference: &str, before: &str, after: &str, pid: i32) {
+    assert_continuation_pids(reference, before, after, pid, pid);
+}
+
+/// [`assert_continuation`] for a restore under another PID (`restore --new-pid`): every
+/// `pid=` in `before` is `pid`, every one in `after` is `after_pid`.
+pub fn assert_continuation_pids(
+    reference: &str,
+    before: &str,
+    after: &str,
+    pid: i32,
+    after_pid: i32,
+) {
     let expected: Vec<String> = lines(reference).iter().map(|l| normalise(l)).collect();
     let before_lines = lines(before);
     let after_lines = lines(after);
@@ -578,15 +713,56 @@ pub fn assert_continuation(reference: &str, before: &str, after: &str, pid: i32)
         Some(pid),
         "first line must be `pid {pid}`"
     );
-    for line in before_lines.iter().chain(&after_lines) {
-        for p in pid_fields(line) {
-            assert_eq!(
-                p,
-                pid.to_string(),
-                "PID changed (restore must keep the PID): {line:?}"
-            );
+    for (lines, want) in [(&before_lines, pid), (&after_lines, after_pid)] {
+        for line in lines {
+            for p in pid_fields(line) {
+                assert_eq!(
+                    p,
+                    want.to_string(),
+                    "unexpected PID (expected {want}; a restore without --new-pid must keep \
+                     the PID): {line:?}"
+                );
+            }
         }
     }
+}
+
+/// For a restore from a checkpoint the original outlived (taken without `--kill`, or an older
+/// image than the newest): `before`, the original's output, went on past the image, so it is
+/// cut where `after`, the restored output, starts. The cut must fall in `window`, in lines of
+/// `before` (e.g. from the line count when the checkpoint was asked for to the one when the
+/// next was); then `before[..cut] + after` must be `reference` ([`assert_continuation_pids`]).
+/// Returns the cut.
+pub fn assert_resumed(
+    reference: &str,
+    before: &str,
+    after: &str,
+    window: std::ops::Range<usize>,
+    pid: i32,
+    after_pid: i32,
+) -> usize {
+    let before_lines = lines(before);
+    let first = lines(after)
+        .first()
+        .map(|l| normalise(l))
+        .unwrap_or_else(|| panic!("the restored process printed nothing"));
+    let cut = before_lines
+        .iter()
+        .position(|l| normalise(l) == first)
+        .unwrap_or_else(|| {
+            panic!(
+                "the restored process's first line {first:?} is not in the original's output\n\
+                 --- original:\n{before}\n--- restored:\n{after}"
+            )
+        });
+    assert!(
+        window.contains(&cut),
+        "the restored process resumed after line {cut} of the original, expected a line in \
+         {window:?} (where the image was taken)\n--- original:\n{before}\n--- restored:\n{after}"
+    );
+    let kept: String = before.split_inclusive('\n').take(cut).collect();
+    assert_continuation_pids(reference, &kept, after, pid, after_pid);
+    cut
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -639,23 +815,28 @@ impl Harness {
             .unwrap();
         let store = dir.path().join("store");
         let config = dir.path().join("mlckpt.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[storage]\nlocal = '{}'\n[interval]\nlocal = 0\n",
-                store.display()
-            ),
-        )
-        .unwrap();
         let h = Harness {
             dir,
             store,
             config,
             job: job.to_owned(),
         };
+        h.set_config("[interval]\nlocal = 0\n");
         std::fs::create_dir_all(h.run_dir()).unwrap();
         std::fs::create_dir_all(h.ref_dir()).unwrap();
         h
+    }
+
+    /// Rewrites the config file: `[storage] local` is the harness's store, then `rest` (which
+    /// continues the `[storage]` section). The default is no interval checkpoints.
+    pub fn set_config(&self, rest: &str) {
+        let text = format!("[storage]\nlocal = '{}'\n{rest}", self.store.display());
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Where the job's images go: `<store>/<job>/rank0`.
+    pub fn rank_dir(&self) -> PathBuf {
+        self.store.join(&self.job).join("rank0")
     }
 
     /// Work dir (cwd and `{dir}`) of the run that is checkpointed and restored.
@@ -676,17 +857,32 @@ impl Harness {
 
     /// Runs `mlckpt ARGS` to the end.
     pub fn mlckpt<S: AsRef<OsStr>>(&self, args: &[S]) -> Finished {
+        self.start(args, None).finish(CMD_TIMEOUT)
+    }
+
+    /// Starts `mlckpt ARGS` (in the run's work dir) without waiting for it.
+    pub fn start<S: AsRef<OsStr>>(&self, args: &[S], feed: Option<Duration>) -> Proc {
         let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
         let label = format!("mlckpt {}", args[0].to_string_lossy());
-        Proc::spawn(&label, self.command(&args), None).finish(CMD_TIMEOUT)
+        Proc::spawn(&label, self.command(&args), feed)
     }
 
     /// The program started directly, without mlckpt: the reference.
     pub fn plain(&self, prog: &Prog) -> Proc {
-        let argv = prog.argv_in(&self.ref_dir());
+        self.direct("reference run", prog, &self.ref_dir())
+    }
+
+    /// The program started directly, without mlckpt, in the run's work dir: a process for
+    /// `mlckpt attach` or a direct `mlckpt checkpoint`.
+    pub fn unsupervised(&self, prog: &Prog) -> Proc {
+        self.direct("unsupervised run", prog, &self.run_dir())
+    }
+
+    fn direct(&self, label: &str, prog: &Prog, dir: &Path) -> Proc {
+        let argv = prog.argv_in(dir);
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).current_dir(self.ref_dir());
-        Proc::spawn("reference run", cmd, prog.feed)
+        cmd.args(&argv[1..]).current_dir(dir);
+        Proc::spawn(label, cmd, prog.feed)
     }
 
     /// `mlckpt run --config CFG --job JOB -- PROG ARGS`.
@@ -701,13 +897,15 @@ impl Harness {
 
     /// `mlckpt restore IMAGE --config CFG`; `prog` only supplies the stdin feeding.
     pub fn restore(&self, image: &Path, prog: &Prog) -> Proc {
-        let args = [
-            "restore".as_ref(),
-            image.as_os_str(),
-            "--config".as_ref(),
-            self.config.as_os_str(),
-        ];
-        Proc::spawn("mlckpt restore", self.command(&args), prog.feed)
+        self.restore_with(&[image.as_os_str()], prog)
+    }
+
+    /// `mlckpt restore ARGS --config CFG` (ARGS: an image or `--auto --job J`, options).
+    pub fn restore_with<S: AsRef<OsStr>>(&self, args: &[S], prog: &Prog) -> Proc {
+        let mut all: Vec<&OsStr> = vec!["restore".as_ref()];
+        all.extend(args.iter().map(AsRef::as_ref));
+        all.extend(["--config".as_ref(), self.config.as_os_str()]);
+        self.start(&all, prog.feed)
     }
 
     /// `mlckpt checkpoint PID --json [--kill]`, which must succeed; checks and returns the
@@ -749,7 +947,7 @@ impl Harness {
             freeze_ms: num("freeze_ms"),
             total_ms: num("total_ms"),
         };
-        let rank_dir = self.store.join(&self.job).join("rank0");
+        let rank_dir = self.rank_dir();
         let name = ckpt.path.file_name().unwrap_or_default().to_string_lossy();
         let seq_ok = name
             .strip_prefix("ckpt-")
