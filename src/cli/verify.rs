@@ -15,6 +15,11 @@ pub fn verify(path: Option<PathBuf>, all: bool, config: Option<PathBuf>) -> anyh
     };
     let mut bad = 0;
     for dir in &dirs {
+        if !dir.is_dir() {
+            bad += 1;
+            println!("BAD {}: no such image directory", dir.display());
+            continue;
+        }
         match image::open_verified(dir) {
             Ok(_) => println!("ok  {}", dir.display()),
             Err(e) => {

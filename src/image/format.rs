@@ -175,6 +175,10 @@ pub struct Registers {
 #[serde(deny_unknown_fields)]
 pub struct ThreadState {
     pub tid: i32,
+    /// The thread's name (`comm`, at most 15 bytes), as `ps` and `pgrep` see it.
+    pub name: String,
+    /// CPUs the thread may run on, as 64-bit mask words (CPU N = bit N%64 of word N/64).
+    pub affinity: Vec<u64>,
     /// Registers the thread resumes with; a syscall it was blocked in is already rewound
     /// (see `syscall`).
     pub regs: Registers,
@@ -402,6 +406,8 @@ mod tests {
     fn xstate_round_trips_as_base64() {
         let t = ThreadState {
             tid: 7,
+            name: "t".into(),
+            affinity: vec![3],
             regs: Registers::default(),
             xstate: vec![0, 1, 2, 255],
             sigmask: 0,

@@ -7,6 +7,7 @@ use crate::image::format::TierKind;
 use crate::image::store;
 use crate::tiers::config::{Config, runtime_dir};
 use crate::tracer::dump::{self, CheckpointRequest, CheckpointStats, DumpError};
+use crate::tracer::ptrace::{self, Stop};
 use crate::tracer::sys;
 use control::{Request, Response};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -186,7 +187,14 @@ fn reap(pid: Pid, is_child: bool) -> i32 {
                 return exit_code(status);
             }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return 1,
+            // A checkpoint's tracer wait collected the exit first.
+            Err(_) => {
+                return match ptrace::take_collected_exit(pid) {
+                    Some(Stop::Exited(code)) => code,
+                    Some(Stop::Killed(sig)) => 128 + sig as i32,
+                    _ => 1,
+                };
+            }
         }
     }
 }

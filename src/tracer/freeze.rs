@@ -18,6 +18,11 @@ pub enum FreezeError {
         #[source]
         source: PtraceError,
     },
+    #[error(
+        "the main thread of process {pid} has exited while other threads run on \
+         (pthread_exit in main); mlckpt cannot checkpoint such a process"
+    )]
+    ZombieLeader { pid: i32 },
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
     #[error("cannot list threads of process {pid}")]
@@ -70,6 +75,9 @@ impl Frozen {
     /// Seizes and interrupts every thread, listing `/proc/PID/task` again until no new
     /// thread appears: threads may be born while the first ones are being stopped.
     pub fn freeze(pid: Pid) -> Result<Frozen, FreezeError> {
+        if thread_state(pid, pid) == Some('Z') {
+            return Err(FreezeError::ZombieLeader { pid: pid.as_raw() });
+        }
         let mut frozen = Frozen {
             pid,
             threads: BTreeMap::new(),
@@ -192,6 +200,12 @@ impl Frozen {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A thread's state letter from `/proc/PID/task/TID/stat` (R, S, D, T, Z ...).
+fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// The parent PID from `/proc/PID/stat` (the field after the parenthesised command).

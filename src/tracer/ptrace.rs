@@ -114,8 +114,29 @@ pub enum Stop {
     Killed(Signal),
 }
 
+/// Exits that a tracer wait collected. The tracer of a process is often also its parent
+/// (the supervisor): a wait during a checkpoint that meets the exit consumes it, and the
+/// supervisor must still be able to report it.
+static COLLECTED_EXITS: std::sync::Mutex<Vec<(i32, Stop)>> = std::sync::Mutex::new(Vec::new());
+
+/// The exit of `pid` if a tracer wait already collected it.
+pub fn take_collected_exit(pid: Pid) -> Option<Stop> {
+    let mut exits = COLLECTED_EXITS.lock().unwrap_or_else(|e| e.into_inner());
+    let i = exits.iter().position(|(p, _)| *p == pid.as_raw())?;
+    Some(exits.swap_remove(i).1)
+}
+
 /// Waits for the next stop of one thread (`__WALL`: threads are not children).
 pub fn wait_stop(tid: Pid, op: &'static str) -> Result<Stop> {
+    let stop = wait_stop_raw(tid, op)?;
+    if matches!(stop, Stop::Exited(_) | Stop::Killed(_)) {
+        let mut exits = COLLECTED_EXITS.lock().unwrap_or_else(|e| e.into_inner());
+        exits.push((tid.as_raw(), stop));
+    }
+    Ok(stop)
+}
+
+fn wait_stop_raw(tid: Pid, op: &'static str) -> Result<Stop> {
     loop {
         let status = match waitpid(tid, Some(WaitPidFlag::__WALL)) {
             Err(Errno::EINTR) => continue,

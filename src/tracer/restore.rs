@@ -802,7 +802,9 @@ fn drive_child(
             regs.rip
         )));
     }
-    let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads)?;
+    // --new-pid: the kernel picked the PID, and picks the other TIDs too.
+    let new_ids = child.as_raw() != threads[0].tid;
+    let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads, new_ids)?;
     last.recreate_threads()?;
     last.requeue_signals(process_pending)?;
     last.release(area.base, area.len)

@@ -14,6 +14,7 @@ const CLONE_ARGS: u64 = 0;
 const SET_TID: u64 = 96;
 const ALT_STACK: u64 = 128;
 const SIGINFO: u64 = 256;
+const NAME: u64 = 512;
 
 /// Threads share everything a pthread shares (what glibc's pthread_create passes), plus
 /// the TLS pointer and the clear-child-tid word `pthread_join` waits on.
@@ -35,6 +36,8 @@ pub struct Rethreader<'a> {
     pub scratch: u64,
     pub gadget: u64,
     pub threads: &'a [ThreadState],
+    /// The process got a new PID (`--new-pid`): threads get new TIDs too.
+    pub new_ids: bool,
     created: Vec<Pid>,
 }
 
@@ -44,6 +47,7 @@ impl<'a> Rethreader<'a> {
         gadget: u64,
         scratch: u64,
         threads: &'a [ThreadState],
+        new_ids: bool,
     ) -> Result<Self, RestoreError> {
         Ok(Rethreader {
             pid,
@@ -52,6 +56,7 @@ impl<'a> Rethreader<'a> {
             scratch,
             gadget,
             threads,
+            new_ids,
             created: Vec::new(),
         })
     }
@@ -59,6 +64,14 @@ impl<'a> Rethreader<'a> {
     /// Creates every thread but the leader (already the process), each left stopped with
     /// its final state.
     pub fn recreate_threads(&mut self) -> Result<(), RestoreError> {
+        let leader = &self.threads[0];
+        name_and_place(&self.mem, self.scratch, &mut self.main, self.pid, leader)?;
+        if self.new_ids && leader.clear_child_tid != 0 {
+            // glibc caches each thread's TID in its descriptor, at the very word the
+            // kernel clears at thread exit: with a new PID it must say the new one.
+            self.mem
+                .write(leader.clear_child_tid, &self.pid.as_raw().to_le_bytes())?;
+        }
         for t in &self.threads[1..] {
             let tid = self.spawn(t)?;
             self.created.push(tid);
@@ -70,7 +83,7 @@ impl<'a> Rethreader<'a> {
 
     /// `clone3` run by the main thread, with the thread's original TID.
     fn spawn(&mut self, t: &ThreadState) -> Result<Pid, RestoreError> {
-        let args = clone_args(t, self.scratch + SET_TID);
+        let args = clone_args(t, self.scratch + SET_TID, self.new_ids);
         self.mem.write(self.scratch + CLONE_ARGS, &args)?;
         self.mem
             .write(self.scratch + SET_TID, &(t.tid as u64).to_le_bytes())?;
@@ -97,6 +110,7 @@ impl<'a> Rethreader<'a> {
     /// Kernel state a thread can only set for itself.
     fn thread_kernel_state(&mut self, tid: Pid, t: &ThreadState) -> Result<(), RestoreError> {
         let mut remote = RemoteThread::new(tid, self.gadget)?;
+        name_and_place(&self.mem, self.scratch, &mut remote, tid, t)?;
         if let Some(rl) = t.robust_list {
             remote.checked(
                 "set_robust_list",
@@ -178,6 +192,35 @@ impl<'a> Rethreader<'a> {
     }
 }
 
+/// The thread's name (PR_SET_NAME, which only the thread itself can call) and its CPU
+/// affinity; a CPU list this node cannot satisfy is left as it is, with a note.
+fn name_and_place(
+    mem: &ProcessMemory,
+    scratch: u64,
+    remote: &mut RemoteThread,
+    tid: Pid,
+    t: &ThreadState,
+) -> Result<(), RestoreError> {
+    if !t.name.is_empty() {
+        let mut name = t.name.as_bytes()[..t.name.len().min(15)].to_vec();
+        name.push(0);
+        mem.write(scratch + NAME, &name)?;
+        remote.checked(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, scratch + NAME],
+        )?;
+    }
+    if !t.affinity.is_empty()
+        && let Err(e) = super::sys::set_affinity(tid, &t.affinity)
+    {
+        eprintln!(
+            "mlckpt: note: thread {tid} keeps the default CPU affinity: the image's CPU list is not usable here ({e})"
+        );
+    }
+    Ok(())
+}
+
 /// Registers, xstate and signal mask, all set directly: no signal frame is needed.
 fn set_final_state(tid: Pid, t: &ThreadState) -> Result<(), RestoreError> {
     ptrace::set_regs(tid, &t.regs)?;
@@ -187,9 +230,15 @@ fn set_final_state(tid: Pid, t: &ThreadState) -> Result<(), RestoreError> {
 }
 
 /// `struct clone_args` (88 bytes, linux/sched.h) for thread `t`.
-fn clone_args(t: &ThreadState, set_tid_addr: u64) -> Vec<u8> {
+fn clone_args(t: &ThreadState, set_tid_addr: u64, new_ids: bool) -> Vec<u8> {
+    // With new TIDs the kernel also stores the TID in glibc's cached-TID word.
+    let (flags, set_tid, set_tid_size) = if new_ids {
+        (THREAD_FLAGS | libc::CLONE_CHILD_SETTID, 0, 0)
+    } else {
+        (THREAD_FLAGS, set_tid_addr, 1)
+    };
     let fields: [u64; 11] = [
-        THREAD_FLAGS as u64,
+        flags as u64,
         0,                 // pidfd
         t.clear_child_tid, // child_tid
         0,                 // parent_tid
@@ -197,8 +246,8 @@ fn clone_args(t: &ThreadState, set_tid_addr: u64) -> Vec<u8> {
         0,                 // stack: the thread never runs before its registers are set
         0,                 // stack_size
         t.regs.fs_base,    // tls
-        set_tid_addr,      // set_tid
-        1,                 // set_tid_size
+        set_tid,           // set_tid
+        set_tid_size,      // set_tid_size
         0,                 // cgroup
     ];
     fields.iter().flat_map(|f| f.to_le_bytes()).collect()

@@ -43,6 +43,10 @@ impl Snapshot {
             )
             .map_err(SnapshotError::Fork)?;
         let pid = Pid::from_raw(child as i32);
+        if pid.as_raw() <= 0 {
+            // Never let the reaper's kill() reach a process group.
+            return Err(SnapshotError::Vanished(pid.as_raw()));
+        }
         Snapshot::stopped(pid)
     }
 

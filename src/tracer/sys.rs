@@ -52,6 +52,38 @@ pub fn get_robust_list(tid: Pid) -> Result<Option<RobustList>, Errno> {
     }))
 }
 
+/// CPU affinity of a thread as 64-bit mask words.
+pub fn get_affinity(tid: Pid) -> Result<Vec<u64>, Errno> {
+    let mut words = vec![0u64; 16]; // 1024 CPUs, glibc's cpu_set_t
+    // SAFETY: the kernel writes at most the given number of bytes into `words`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            tid.as_raw(),
+            words.len() * 8,
+            words.as_mut_ptr(),
+        )
+    };
+    let bytes = Errno::result(ret)? as usize;
+    words.truncate(bytes.div_ceil(8));
+    Ok(words)
+}
+
+/// Sets a thread's CPU affinity from mask words (CPUs absent here are ignored by the kernel
+/// as long as one allowed CPU exists).
+pub fn set_affinity(tid: Pid, words: &[u64]) -> Result<(), Errno> {
+    // SAFETY: the kernel reads exactly `words.len() * 8` bytes from `words`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setaffinity,
+            tid.as_raw(),
+            words.len() * 8,
+            words.as_ptr(),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// XCR0: the xsave state components this CPU and kernel enable.
 pub fn xcr0() -> u64 {
     // SAFETY: CPUID leaf 1 exists on every x86-64 CPU; XGETBV runs only when CPUID says

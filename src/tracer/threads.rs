@@ -49,6 +49,8 @@ pub fn capture(
     }
     Ok(ThreadState {
         tid: tid.as_raw(),
+        name: thread_name(tid),
+        affinity: sys::get_affinity(tid).unwrap_or_default(),
         regs: resume,
         xstate: ptrace::get_xstate(tid)?,
         sigmask: ptrace::get_sigmask(tid)?,
@@ -73,6 +75,13 @@ pub fn pending_signals(tid: Pid, shared: bool) -> Result<Vec<PendingSignal>, Thr
             siginfo,
         })
         .collect())
+}
+
+fn thread_name(tid: Pid) -> String {
+    // Every TID has a /proc entry of its own (unlisted), whose task/ holds the thread.
+    std::fs::read_to_string(format!("/proc/{tid}/task/{tid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .unwrap_or_default()
 }
 
 fn read_u64(mem: &ProcessMemory, addr: u64) -> Result<u64, MemoryError> {

@@ -1,0 +1,165 @@
+//! `mlckpt restore --auto --job NAME`: restores the newest image that verifies, prints every
+//! candidate it looked at with its verdict and the one it chose, passes over damaged images
+//! and never considers a partial (uncommitted) one; with no image at all it fails clearly.
+
+mod common;
+
+use std::ops::Range;
+
+use common::*;
+
+/// 8 MiB, 150 ticks of 30 ms: about 4.5 s uninterrupted.
+fn prog() -> Prog {
+    Prog::c("memory", &["8", "150"])
+}
+
+/// A run with two images: seq 1 taken without `--kill` (the run went on), seq 2 with it.
+struct TwoImages {
+    pid: i32,
+    first: Ckpt,
+    second: Ckpt,
+    /// The run's whole stdout, up to the freeze of seq 2.
+    before: String,
+    /// Where in `before` (in lines) seq 1 was taken: from the line count when it was asked
+    /// for to the one when seq 2 was.
+    first_window: Range<usize>,
+    reference: Proc,
+}
+
+fn run_with_two_images(h: &Harness) -> TwoImages {
+    let prog = prog();
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let asked_first = run.line_count();
+    let first = h.checkpoint(pid, false);
+    assert!(pid_alive(pid), "checkpoint without --kill ended the target");
+    run.wait_for_ticks(asked_first + 10);
+    let asked_second = run.line_count();
+    let second = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    assert_eq!((first.seq, second.seq), (1, 2), "sequence numbers");
+    TwoImages {
+        pid,
+        first,
+        second,
+        before,
+        first_window: asked_first..asked_second,
+        reference,
+    }
+}
+
+/// `mlckpt restore --auto --job JOB --config CFG`, run to a successful end.
+fn restore_auto(h: &Harness, pid: i32) -> Finished {
+    let mut restore = h.restore_with(&["--auto", "--job", &h.job], &prog());
+    restore.set_target(pid);
+    restore.finish(CMD_TIMEOUT).expect_code(0)
+}
+
+/// Asserts some line of `res`'s stderr contains every one of `parts`.
+fn assert_line(res: &Finished, parts: &[&str]) {
+    assert!(
+        res.stderr
+            .lines()
+            .any(|l| parts.iter().all(|p| l.contains(p))),
+        "no stderr line contains all of {parts:?}\n{}",
+        res.describe()
+    );
+}
+
+/// The choice: a candidate line for `seq` saying ok and chosen, and the restore line.
+fn assert_chosen(res: &Finished, image: &Ckpt) {
+    let seq = format!("seq {}", image.seq);
+    assert_line(res, &["candidate", &seq, "ok", "chosen"]);
+    assert_line(res, &["restored", &image.path.to_string_lossy(), &seq]);
+}
+
+#[test]
+fn auto_restores_the_newest_image() {
+    let h = Harness::new("auto-newest");
+    let t = run_with_two_images(&h);
+    let res = restore_auto(&h, t.pid);
+    assert_chosen(&res, &t.second);
+    let reference = t.reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &t.before, &res.stdout, t.pid);
+}
+
+#[test]
+fn auto_passes_over_a_damaged_newest_image() {
+    let h = Harness::new("auto-damaged");
+    let t = run_with_two_images(&h);
+    damage(&t.second.path.join("pages.bin"), Damage::FlipBit);
+    let res = restore_auto(&h, t.pid);
+    assert_line(&res, &["candidate", "seq 2", "checksum mismatch"]);
+    assert!(
+        !res.stderr
+            .lines()
+            .any(|l| l.contains("seq 2") && l.contains("chosen")),
+        "the damaged image was chosen\n{}",
+        res.describe()
+    );
+    assert_chosen(&res, &t.first);
+    // The original went on past seq 1 until seq 2 was taken; the restored process repeats
+    // those lines, so the original's output is cut where the restored one starts.
+    let reference = t.reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_resumed(
+        &reference,
+        &t.before,
+        &res.stdout,
+        t.first_window.clone(),
+        t.pid,
+        t.pid,
+    );
+}
+
+#[test]
+fn auto_never_chooses_a_partial_image() {
+    let h = Harness::new("auto-partial");
+    let prog = prog();
+    let reference = h.plain(&prog);
+    let killed = h.run_until_checkpoint_kill(&prog, 10);
+    // A complete, valid copy under the partial name with a higher seq: only its name says
+    // it was never committed.
+    let partial = h.rank_dir().join(".ckpt-000009.partial");
+    copy_dir(&killed.ckpt.path, &partial);
+    let res = restore_auto(&h, killed.pid);
+    assert_chosen(&res, &killed.ckpt);
+    assert!(
+        !res.stderr.contains("seq 9") && !res.stderr.contains("000009"),
+        "the partial image was considered\n{}",
+        res.describe()
+    );
+    assert!(partial.is_dir(), "restore removed the partial image");
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &killed.before, &res.stdout, killed.pid);
+}
+
+#[test]
+fn auto_without_any_image_fails_clearly() {
+    let h = Harness::new("auto-none");
+    let res = h
+        .restore_with(&["--auto", "--job", &h.job], &prog())
+        .finish(CMD_TIMEOUT)
+        .expect_code(1);
+    let text = res.output().to_lowercase();
+    assert!(
+        text.contains("no valid image") && text.contains(&h.job),
+        "the error should say there is no image of job {}\n{}",
+        h.job,
+        res.describe()
+    );
+    assert!(res.stdout.is_empty(), "{}", res.describe());
+
+    // Without --job (and no [job] name in the config) there is nothing to look for.
+    let res = h
+        .restore_with(&["--auto"], &prog())
+        .finish(CMD_TIMEOUT)
+        .expect_failure();
+    assert!(
+        res.output().contains("--job"),
+        "the error should ask for --job\n{}",
+        res.describe()
+    );
+}
