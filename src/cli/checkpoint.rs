@@ -31,7 +31,7 @@ pub fn checkpoint(
     Ok(0)
 }
 
-/// Nobody supervises `pid`: seize it ourselves.
+/// Nobody supervises `pid`: seize it ourselves, and make the copy to a higher tier here.
 fn direct(
     args: &JobArgs,
     pid: i32,
@@ -49,8 +49,8 @@ fn print(stats: &CheckpointStats, json: bool) {
     } else {
         println!("{}", stats.path.display());
         eprintln!(
-            "mlckpt: {} bytes, frozen {:.1} ms, total {:.1} ms",
-            stats.bytes, stats.freeze_ms, stats.total_ms
+            "mlckpt: {} bytes, {} tier, frozen {:.1} ms, total {:.1} ms",
+            stats.bytes, stats.tier, stats.freeze_ms, stats.total_ms
         );
     }
 }

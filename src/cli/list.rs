@@ -2,12 +2,16 @@
 
 use super::{JobArgs, load_config};
 use mlckpt::image::{self, Image};
+use mlckpt::tiers::inventory;
 use serde::Serialize;
 
 #[derive(Serialize)]
 struct Row {
     path: String,
+    /// Where the image is stored now (the manifest's `tier` is where it was written).
     tier: String,
+    /// The test-mode node whose storage holds it; `null` outside test mode.
+    node: Option<u32>,
     job: String,
     rank: u32,
     seq: u64,
@@ -19,21 +23,23 @@ struct Row {
 pub fn list(args: &JobArgs, json: bool) -> anyhow::Result<i32> {
     let config = load_config(args)?;
     let mut rows = Vec::new();
-    for dir in super::verify::all_images(&config) {
-        let Ok(img) = Image::open(&dir) else { continue };
-        let m = &img.manifest;
-        if args.job.as_ref().is_some_and(|j| j != &m.job) {
+    for found in inventory::scan(&config) {
+        if args.job.as_ref().is_some_and(|j| *j != found.job) {
             continue;
         }
+        let Ok(img) = Image::open(&found.path) else {
+            continue;
+        };
         rows.push(Row {
-            path: dir.display().to_string(),
-            tier: m.tier.to_string(),
-            job: m.job.clone(),
-            rank: m.rank,
-            seq: m.seq,
-            time_unix_ms: m.time_unix_ms,
-            bytes: m.pages_bytes,
-            valid: image::open_verified(&dir).is_ok(),
+            path: found.path.display().to_string(),
+            tier: found.tier.to_string(),
+            node: found.node,
+            job: found.job,
+            rank: found.rank,
+            seq: found.seq,
+            time_unix_ms: img.manifest.time_unix_ms,
+            bytes: img.manifest.pages_bytes,
+            valid: image::open_verified(&found.path).is_ok(),
         });
     }
     if json {
@@ -41,13 +47,15 @@ pub fn list(args: &JobArgs, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<8} {:<12} {:>5} {:>7} {:>14} {:<6} PATH",
-        "TIER", "JOB", "RANK", "SEQ", "BYTES", "VALID"
+        "{:<8} {:>4} {:<12} {:>5} {:>7} {:>14} {:<6} PATH",
+        "TIER", "NODE", "JOB", "RANK", "SEQ", "BYTES", "VALID"
     );
     for r in rows {
+        let node = r.node.map_or("-".to_string(), |n| n.to_string());
         println!(
-            "{:<8} {:<12} {:>5} {:>7} {:>14} {:<6} {}",
+            "{:<8} {:>4} {:<12} {:>5} {:>7} {:>14} {:<6} {}",
             r.tier,
+            node,
             r.job,
             r.rank,
             r.seq,

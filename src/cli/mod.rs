@@ -8,7 +8,9 @@ mod verify;
 
 use clap::{Args, Parser, Subcommand};
 use mlckpt::image::format::TierKind;
+use mlckpt::supervisor::{JobContext, SuperviseError};
 use mlckpt::tiers::config::{Config, ConfigError};
+use mlckpt::tiers::topology::{Env, Topology, TopologyError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,7 +33,7 @@ pub struct JobArgs {
     /// Job name (default: [job] name in the config, else the program's file name)
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
-    /// Rank of this process (default: MLCKPT_RANK, SLURM_PROCID, OMPI_COMM_WORLD_RANK, else 0)
+    /// Rank of this process (default: MLCKPT_RANK, SLURM_PROCID, OMPI_COMM_WORLD_RANK, PMI_RANK, else 0)
     #[arg(long, value_name = "R")]
     pub rank: Option<u32>,
 }
@@ -60,7 +62,7 @@ enum Command {
     /// Checkpoint PID now and print the image path
     Checkpoint {
         pid: i32,
-        /// Storage tier to write to
+        /// Also copy the image to this tier (local, partner or global) before returning
         #[arg(long, value_name = "T")]
         tier: Option<TierKind>,
         /// Keep the target frozen until the image is committed, then kill it
@@ -151,43 +153,41 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),
         Err(e) => {
             eprintln!("mlckpt: error: {e:#}");
-            let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some());
+            let usage = e.chain().any(is_usage_error);
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_ERROR })
         }
     }
+}
+
+/// A mistake in the config, the environment or the command line, rather than a failure.
+fn is_usage_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.is::<ConfigError>()
+        || e.is::<TopologyError>()
+        || matches!(
+            e.downcast_ref::<SuperviseError>(),
+            Some(SuperviseError::TierUnavailable { .. })
+        )
 }
 
 pub fn load_config(args: &JobArgs) -> anyhow::Result<Config> {
     Ok(Config::load(args.config.as_deref())?)
 }
 
-/// Rank from the command line or the launcher's environment.
-pub fn rank(args: &JobArgs) -> u32 {
-    args.rank
-        .or_else(|| {
-            [
-                "MLCKPT_RANK",
-                "SLURM_PROCID",
-                "OMPI_COMM_WORLD_RANK",
-                "PMI_RANK",
-            ]
-            .iter()
-            .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        })
-        .unwrap_or(0)
+/// Rank, node and partner from `--rank`, the launcher's environment and `[topology]`.
+pub fn topology(args: &JobArgs, config: &Config) -> anyhow::Result<Topology> {
+    let env: Env = std::env::vars().collect();
+    Ok(Topology::detect(args.rank, &env, &config.topology)?)
 }
 
 /// The job context for an existing process: its program names the job unless told.
-pub fn context_for_pid(args: &JobArgs, pid: i32) -> anyhow::Result<mlckpt::supervisor::JobContext> {
+pub fn context_for_pid(args: &JobArgs, pid: i32) -> anyhow::Result<JobContext> {
     use anyhow::Context;
     let config = load_config(args)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .with_context(|| format!("process {pid} does not exist"))?;
-    Ok(mlckpt::supervisor::JobContext {
-        job: job_name(args, &config, &exe.to_string_lossy()),
-        rank: rank(args),
-        config,
-    })
+    let job = job_name(args, &config, &exe.to_string_lossy());
+    let topology = topology(args, &config)?;
+    Ok(JobContext::new(config, job, topology))
 }
 
 /// Job name: --job, then the config, then the program's file name.

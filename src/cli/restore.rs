@@ -1,10 +1,10 @@
 //! `mlckpt restore`.
 
-use super::{JobArgs, load_config, rank};
+use super::{JobArgs, load_config, topology};
 use anyhow::{Context, bail};
-use mlckpt::image::format::TierKind;
-use mlckpt::image::{self, Image, store};
+use mlckpt::image::{self, Image};
 use mlckpt::supervisor::{self, JobContext};
+use mlckpt::tiers::recovery::{self, Candidate, Verdict};
 use mlckpt::tracer::restore::{RestoreOptions, restore as rebuild};
 use std::path::PathBuf;
 
@@ -37,20 +37,21 @@ pub fn restore(
             let job = args.job.clone().or_else(|| config.job.name.clone()).context(
                 "restore --auto needs the job name: pass --job NAME or set [job] name in the config",
             )?;
-            let ctx = JobContext {
-                config: config.clone(),
-                job,
-                rank: rank(args),
-            };
-            choose_newest(&ctx)?
+            let topology = topology(args, &config)?;
+            choose_newest(&JobContext::new(config.clone(), job, topology))?
         }
     };
     let m = &image.manifest;
-    let ctx = JobContext {
-        config,
-        job: m.job.clone(),
-        rank: m.rank,
+    // The image's rank decides where the restored process's images go: the same paths
+    // as the run that wrote it.
+    let rank_args = JobArgs {
+        rank: Some(m.rank),
+        ..args.clone()
     };
+    let ctx = JobContext::new(config.clone(), m.job.clone(), topology(&rank_args, &config)?);
+    if !detach {
+        ctx.check_intervals()?;
+    }
     let signals = supervisor::block_supervisor_signals()?;
     let pid = rebuild(
         &image,
@@ -71,26 +72,61 @@ pub fn restore(
     Ok(supervisor::supervise(&ctx, pid, true, signals)?)
 }
 
-/// The newest image that verifies, saying why each newer one was passed over.
+/// The newest valid image on any tier, saying what each candidate it looked at was.
 fn choose_newest(ctx: &JobContext) -> anyhow::Result<Image> {
-    let dir = ctx.rank_dir(TierKind::Local).expect("local tier");
-    let images = store::list_images(&dir)?;
-    for (seq, path) in images.iter().rev() {
-        match image::open_verified(path) {
-            Ok(img) => {
-                eprintln!(
-                    "mlckpt: candidate local seq {seq}: ok -> chosen ({})",
-                    path.display()
-                );
-                return Ok(img);
-            }
-            Err(e) => eprintln!("mlckpt: candidate local seq {seq}: {} ({e})", e.verdict()),
+    let dirs = recovery::look(&ctx.paths);
+    for d in &dirs {
+        match &d.images {
+            Ok(images) if images.is_empty() && ctx.paths.has(d.tier) => eprintln!(
+                "mlckpt: candidate {} ({}): missing (no image)",
+                d.tier,
+                d.dir.display()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "mlckpt: candidate {} ({}): unreadable ({})",
+                d.tier,
+                d.dir.display(),
+                supervisor::error_chain(e)
+            ),
         }
     }
-    bail!(
-        "no valid image of job {} rank {} in {}",
-        ctx.job,
-        ctx.rank,
-        dir.display()
-    )
+    let mut opened = None;
+    let choice = recovery::choose(recovery::candidates(&dirs), |c| {
+        let (verdict, image) = recovery::verify(c);
+        print_candidate(c, &verdict);
+        opened = image;
+        verdict
+    });
+    if choice.unchecked > 0 {
+        eprintln!(
+            "mlckpt: {} older candidate(s) not checked",
+            choice.unchecked
+        );
+    }
+    match opened {
+        Some(image) if choice.chosen.is_some() => Ok(image),
+        _ => {
+            let looked: Vec<String> = dirs.iter().map(|d| d.dir.display().to_string()).collect();
+            bail!(
+                "no valid image of job {} rank {} on any tier (looked in {})",
+                ctx.job,
+                ctx.rank(),
+                looked.join(", ")
+            )
+        }
+    }
+}
+
+fn print_candidate(c: &Candidate, verdict: &Verdict) {
+    let head = format!(
+        "mlckpt: candidate seq {} {} ({})",
+        c.seq,
+        c.tier,
+        c.path.display()
+    );
+    match verdict {
+        Verdict::Ok => eprintln!("{head}: ok -> chosen"),
+        Verdict::Bad { what, why } => eprintln!("{head}: {what} ({why})"),
+    }
 }

@@ -1,6 +1,6 @@
 //! `mlckpt run` and `mlckpt attach`.
 
-use super::{JobArgs, job_name, load_config, rank};
+use super::{JobArgs, job_name, load_config, topology};
 use anyhow::Context;
 use mlckpt::supervisor::{self, JobContext};
 use nix::unistd::Pid;
@@ -8,11 +8,11 @@ use std::process::Command;
 
 pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
     let config = load_config(args)?;
-    let ctx = JobContext {
-        job: job_name(args, &config, &argv[0]),
-        rank: rank(args),
-        config,
-    };
+    let job = job_name(args, &config, &argv[0]);
+    let topology = topology(args, &config)?;
+    let ctx = JobContext::new(config, job, topology);
+    // A tier that cannot work is a mistake to report before the program starts.
+    ctx.check_intervals()?;
     // Blocked before the child exists, so no signal can slip through between the two;
     // the program itself must start with the mask mlckpt was given.
     let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
@@ -25,23 +25,35 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot start {}", argv[0]))?;
     let pid = Pid::from_raw(child.id() as i32);
     eprintln!(
-        "mlckpt: started {} as PID {pid} (job {}, rank {})",
-        argv[0], ctx.job, ctx.rank
+        "mlckpt: started {} as PID {pid} ({})",
+        argv[0],
+        describe(&ctx)
     );
     Ok(supervisor::supervise(&ctx, pid, true, signals)?)
 }
 
 pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
     let ctx = super::context_for_pid(args, pid)?;
+    ctx.check_intervals()?;
     let signals = supervisor::block_supervisor_signals()?;
-    eprintln!(
-        "mlckpt: supervising PID {pid} (job {}, rank {})",
-        ctx.job, ctx.rank
-    );
+    eprintln!("mlckpt: supervising PID {pid} ({})", describe(&ctx));
     Ok(supervisor::supervise(
         &ctx,
         Pid::from_raw(pid),
         false,
         signals,
     )?)
+}
+
+/// `job sim, rank 1` and, with several nodes, `node 1 of 2, partner node 0`.
+pub fn describe(ctx: &JobContext) -> String {
+    let t = &ctx.topology;
+    let mut text = format!("job {}, rank {}", ctx.job, t.rank);
+    if t.nodes > 1 {
+        text.push_str(&format!(", node {} of {}", t.node, t.nodes));
+        if let Some(partner) = t.partner_node() {
+            text.push_str(&format!(", partner node {partner}"));
+        }
+    }
+    text
 }

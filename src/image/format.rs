@@ -10,6 +10,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PAGES_FILE: &str = "pages.bin";
 pub const CHECKSUMS_FILE: &str = "CHECKSUMS";
+/// A 16-byte blake3 per page of the image, in `runs` order: how the next checkpoint tells
+/// which pages changed (the kernel here has no soft-dirty bits).
+pub const PAGE_HASHES_FILE: &str = "pagehashes.bin";
+/// Bytes of a page hash: enough to tell changed pages apart, half the size of a full hash.
+pub const PAGE_HASH_BYTES: usize = 16;
 
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -76,6 +81,22 @@ pub struct Manifest {
     pub signals: Vec<SignalAction>,
     /// Size of `pages.bin`; a shorter file is an incomplete image.
     pub pages_bytes: u64,
+    /// Images (siblings in the same directory) holding pages this one refers to instead of
+    /// storing them: an incremental image. Empty for a full image.
+    #[serde(default)]
+    pub parents: Vec<ParentRef>,
+    /// Incremental images since the last full one (0 for a full image).
+    #[serde(default)]
+    pub chain_depth: u32,
+}
+
+/// An image this one depends on, pinned by the hash of its manifest: a different image that
+/// took its name is refused.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ParentRef {
+    pub seq: u64,
+    pub manifest_blake3: String,
 }
 
 /// The xsave features of the CPU that took the image.
@@ -334,13 +355,16 @@ pub struct FileIdentity {
     pub inode: u64,
 }
 
-/// Pages `[addr, addr+len)` are stored at `[offset, offset+len)` of `pages.bin`.
+/// Pages `[addr, addr+len)` are stored at `[offset, offset+len)` of `pages.bin` of this
+/// image, or of image `image` (a parent) when set.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PageRun {
     pub addr: u64,
     pub len: u64,
     pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

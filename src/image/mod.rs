@@ -15,12 +15,57 @@ impl Image {
     }
 }
 
-/// Opens and fully verifies the image at `dir`: what restore does before touching anything.
+/// Opens and fully verifies the image at `dir`, and every image it takes pages from:
+/// what restore does before touching anything.
 pub fn open_verified(dir: &std::path::Path) -> Result<Image, verify::VerifyError> {
     // Checksums first: a corrupt manifest must say "checksum mismatch", not "bad JSON".
     let pages_bytes = reader::Image::open(dir)
         .ok()
         .map(|i| i.manifest.pages_bytes);
     verify::verify_dir(dir, pages_bytes)?;
-    Ok(reader::Image::open(dir)?)
+    let image = reader::Image::open(dir)?;
+    verify_parents(&image)?;
+    Ok(image)
+}
+
+impl Image {
+    /// Where parent `seq` lives: beside this image.
+    pub fn parent_dir(&self, seq: u64) -> std::path::PathBuf {
+        let name = store::image_dir_name(seq);
+        self.dir
+            .parent()
+            .map_or_else(|| name.clone().into(), |d| d.join(&name))
+    }
+}
+
+/// Every parent must be present, intact, and the very image the child was made against.
+fn verify_parents(image: &Image) -> Result<(), verify::VerifyError> {
+    use verify::VerifyError;
+    for parent in &image.manifest.parents {
+        let dir = image.parent_dir(parent.seq);
+        let err = |kind: fn(std::path::PathBuf, std::path::PathBuf) -> VerifyError| {
+            kind(image.dir.clone(), dir.clone())
+        };
+        if !dir.is_dir() {
+            return Err(err(|image, parent| VerifyError::MissingParent {
+                image,
+                parent,
+            }));
+        }
+        let pages_bytes = reader::Image::open(&dir)
+            .ok()
+            .map(|i| i.manifest.pages_bytes);
+        verify::verify_dir(&dir, pages_bytes).map_err(|source| VerifyError::BrokenParent {
+            image: image.dir.clone(),
+            parent: dir.clone(),
+            source: Box::new(source),
+        })?;
+        if verify::manifest_hash(&dir)? != parent.manifest_blake3 {
+            return Err(err(|image, parent| VerifyError::ParentChanged {
+                image,
+                parent,
+            }));
+        }
+    }
+    Ok(())
 }

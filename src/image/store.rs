@@ -75,6 +75,20 @@ pub fn highest_seq(dirs: &[PathBuf]) -> u64 {
         .unwrap_or(0)
 }
 
+/// The images `image_dir` takes pages from (incremental images), which retention must
+/// keep as long as it keeps `image_dir`. Unreadable manifests have none to offer.
+pub fn dependencies(image_dir: &Path) -> Vec<PathBuf> {
+    match super::reader::Image::open(image_dir) {
+        Ok(image) => image
+            .manifest
+            .parents
+            .iter()
+            .map(|p| image.parent_dir(p.seq))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

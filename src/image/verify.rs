@@ -19,6 +19,20 @@ pub enum VerifyError {
     BadChecksums { path: PathBuf, line: usize },
     #[error("{path} does not list {file}")]
     NotListed { path: PathBuf, file: &'static str },
+    #[error(
+        "{image} is incremental and needs {parent}, which is missing; restore an older full \
+         image or bring the parent back"
+    )]
+    MissingParent { image: PathBuf, parent: PathBuf },
+    #[error("{image} needs {parent}, but that image was replaced (its manifest differs)")]
+    ParentChanged { image: PathBuf, parent: PathBuf },
+    #[error("{image} needs {parent}, which is damaged")]
+    BrokenParent {
+        image: PathBuf,
+        parent: PathBuf,
+        #[source]
+        source: Box<VerifyError>,
+    },
     #[error("{path} is {found} bytes but the manifest says {expected}: the image is truncated")]
     Size {
         path: PathBuf,
@@ -31,7 +45,11 @@ impl VerifyError {
     /// One word for `restore --auto` and `list`: what is wrong with the candidate.
     pub fn verdict(&self) -> &'static str {
         match self {
-            VerifyError::Read(ReadError::Missing { .. }) | VerifyError::Size { .. } => "incomplete",
+            VerifyError::Read(ReadError::Missing { .. })
+            | VerifyError::Size { .. }
+            | VerifyError::MissingParent { .. }
+            | VerifyError::ParentChanged { .. } => "incomplete",
+            VerifyError::BrokenParent { source, .. } => source.verdict(),
             VerifyError::Read(_)
             | VerifyError::BadChecksums { .. }
             | VerifyError::NotListed { .. } => "unreadable",
@@ -41,6 +59,24 @@ impl VerifyError {
 }
 
 /// Parses CHECKSUMS into (file, hex) pairs.
+/// The blake3 of the image's manifest, as its CHECKSUMS records it: what a child image
+/// pins its parent by.
+pub fn manifest_hash(dir: &Path) -> Result<String, VerifyError> {
+    listed_hash(dir, MANIFEST_FILE)
+}
+
+/// The hash CHECKSUMS records for `file` of the image at `dir`.
+pub fn listed_hash(dir: &Path, file: &'static str) -> Result<String, VerifyError> {
+    read_checksums(dir)?
+        .into_iter()
+        .find(|(f, _)| f == file)
+        .map(|(_, h)| h)
+        .ok_or(VerifyError::NotListed {
+            path: dir.join(CHECKSUMS_FILE),
+            file,
+        })
+}
+
 fn read_checksums(dir: &Path) -> Result<Vec<(String, String)>, VerifyError> {
     let path = dir.join(CHECKSUMS_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| io_or_missing(&path, e))?;
@@ -80,15 +116,22 @@ pub fn verify_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<(), VerifyErro
     let sums = read_checksums(dir)?;
     let checksums_path = dir.join(CHECKSUMS_FILE);
     for file in [MANIFEST_FILE, PAGES_FILE] {
-        let expected = sums
-            .iter()
-            .find(|(f, _)| f == file)
-            .map(|(_, h)| h.clone())
-            .ok_or(VerifyError::NotListed {
+        if !sums.iter().any(|(f, _)| f == file) {
+            return Err(VerifyError::NotListed {
                 path: checksums_path.clone(),
                 file,
-            })?;
-        let path = dir.join(file);
+            });
+        }
+    }
+    for (file, expected) in sums {
+        // Only plain names of this directory: CHECKSUMS must not point elsewhere.
+        if file.contains('/') || file.starts_with('.') {
+            return Err(VerifyError::BadChecksums {
+                path: checksums_path.clone(),
+                line: 0,
+            });
+        }
+        let path = dir.join(&file);
         let (hash, size) = hash_file(&path)?;
         if file == PAGES_FILE
             && let Some(want) = pages_bytes

@@ -1,7 +1,7 @@
 //! Streaming image writer: pages go to disk as they are read, hashed on the way, and the
 //! image only appears under its final name once everything is durable.
 
-use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, Manifest, PAGES_FILE};
+use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, Manifest, PAGE_HASHES_FILE, PAGES_FILE};
 use super::store::{ImageDirError, image_dir_name, partial_dir_name};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -151,7 +151,12 @@ impl ImageWriter {
 
     /// Writes manifest and CHECKSUMS, makes everything durable, then renames the directory
     /// to its final name: a `ckpt-*` directory is complete by construction.
-    pub fn commit(mut self, manifest: &Manifest) -> Result<CommittedImage, WriteError> {
+    /// `page_hashes` (may be empty) becomes `pagehashes.bin`.
+    pub fn commit(
+        mut self,
+        manifest: &Manifest,
+        page_hashes: &[u8],
+    ) -> Result<CommittedImage, WriteError> {
         let pages_hash = self
             .pipe
             .take()
@@ -159,13 +164,19 @@ impl ImageWriter {
             .finish()?;
 
         let manifest_path = self.partial.join(MANIFEST_FILE);
-        let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        // Compact: incremental images have many small runs, and `jq` prints it for people.
+        let json = serde_json::to_vec(manifest).expect("manifest serialises");
         write_durable(&manifest_path, &json)?;
-        let checksums = format!(
+        let mut checksums = format!(
             "{}  {MANIFEST_FILE}\n{}  {PAGES_FILE}\n",
             blake3::hash(&json).to_hex(),
             pages_hash.to_hex()
         );
+        if !page_hashes.is_empty() {
+            write_durable(&self.partial.join(PAGE_HASHES_FILE), page_hashes)?;
+            let hash = blake3::hash(page_hashes).to_hex();
+            checksums.push_str(&format!("{hash}  {PAGE_HASHES_FILE}\n"));
+        }
         write_durable(&self.partial.join(CHECKSUMS_FILE), checksums.as_bytes())?;
         sync_dir(&self.partial)?;
 
@@ -176,7 +187,10 @@ impl ImageWriter {
         }
         Ok(CommittedImage {
             path: self.final_path.clone(),
-            bytes: self.written + json.len() as u64 + checksums.len() as u64,
+            bytes: self.written
+                + json.len() as u64
+                + checksums.len() as u64
+                + page_hashes.len() as u64,
         })
     }
 }

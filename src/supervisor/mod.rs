@@ -1,35 +1,54 @@
-//! Supervision of a running target: interval checkpoints, checkpoints on request (control
-//! socket, SIGUSR1), checkpoint-and-stop on SIGTERM, and the target's exit status.
+//! Supervision of a running target: interval checkpoints on every tier's schedule,
+//! checkpoints on request (control socket, SIGUSR1), checkpoint-and-stop on SIGTERM, and the
+//! target's exit status.
+//!
+//! Every checkpoint is written locally while the target is frozen (as briefly as the dump
+//! allows); copies to the partner and global tiers are made afterwards from the committed
+//! local image by [`copier`] threads, while the target runs on.
 
 pub mod control;
+mod copier;
 
 use crate::image::format::TierKind;
 use crate::image::store;
 use crate::tiers::config::{Config, runtime_dir};
+use crate::tiers::layout::RankPaths;
+use crate::tiers::placement::{Copied, PlaceError, Placer};
+use crate::tiers::retention;
+use crate::tiers::schedule::Schedule;
+use crate::tiers::topology::Topology;
 use crate::tracer::dump::{self, CheckpointRequest, CheckpointStats, DumpError};
 use crate::tracer::ptrace::{self, Stop};
 use crate::tracer::sys;
 use control::{Request, Response};
+use copier::{Copier, Reply};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
+use std::collections::BTreeSet;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
-    #[error("the {tier} tier is not configured (set [storage] {tier} in the config)")]
-    TierNotConfigured { tier: TierKind },
-    #[error(
-        "checkpoints to the {tier} tier are not supported yet: images are written to the \
-         local tier only"
-    )]
-    TierUnsupported { tier: TierKind },
+    #[error("the {tier} tier is not available: {why}")]
+    TierUnavailable { tier: TierKind, why: String },
     #[error(transparent)]
     Dump(#[from] DumpError),
+    #[error(
+        "the checkpoint was committed locally ({}), but the copy to the {tier} tier failed",
+        local.display()
+    )]
+    Copy {
+        tier: TierKind,
+        local: PathBuf,
+        #[source]
+        source: PlaceError,
+    },
     #[error("supervisor setup failed ({what})")]
     Setup {
         what: &'static str,
@@ -38,60 +57,137 @@ pub enum SuperviseError {
     },
 }
 
-/// Which job and rank images belong to, and where they go.
+/// Which job and rank images belong to, and where each tier keeps them.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub config: Config,
     pub job: String,
-    pub rank: u32,
+    pub topology: Topology,
+    pub paths: RankPaths,
 }
 
 impl JobContext {
-    pub fn tier_root(&self, tier: TierKind) -> Option<PathBuf> {
-        match tier {
-            TierKind::Local => Some(self.config.storage.local.clone()),
-            TierKind::Global => self.config.storage.global.clone(),
-            TierKind::Partner => None,
+    pub fn new(config: Config, job: String, topology: Topology) -> JobContext {
+        let paths = RankPaths::new(&config, &job, &topology);
+        JobContext {
+            config,
+            job,
+            topology,
+            paths,
         }
     }
 
-    pub fn rank_dir(&self, tier: TierKind) -> Option<PathBuf> {
-        self.tier_root(tier)
-            .map(|root| store::rank_dir(&root, &self.job, self.rank))
+    pub fn rank(&self) -> u32 {
+        self.topology.rank
     }
 
-    /// One counter per job and rank across tiers.
+    /// One counter per job and rank across tiers, partner copies included.
     pub fn next_seq(&self) -> u64 {
         let dirs: Vec<PathBuf> = TierKind::ALL
             .iter()
-            .filter_map(|&t| self.rank_dir(t))
+            .filter_map(|&t| self.paths.readable(t))
+            .map(Path::to_path_buf)
             .collect();
         store::highest_seq(&dirs) + 1
     }
 
-    /// Checkpoints `pid` now.
+    /// Fails unless checkpoints can be placed on `tier`.
+    pub fn check_tier(&self, tier: TierKind) -> Result<(), SuperviseError> {
+        let why = match tier {
+            TierKind::Local => return Ok(()),
+            TierKind::Partner => match &self.paths.partner {
+                Ok(_) => return Ok(()),
+                Err(no) => no.to_string(),
+            },
+            TierKind::Global if self.paths.global.is_some() => return Ok(()),
+            TierKind::Global => "storage.global is not set in the config".to_string(),
+        };
+        Err(SuperviseError::TierUnavailable { tier, why })
+    }
+
+    /// Fails if a tier with an interval cannot be used: better at the start than at the
+    /// first partner checkpoint, hours into the job.
+    pub fn check_intervals(&self) -> Result<(), SuperviseError> {
+        let i = &self.config.interval;
+        let timed = [
+            (TierKind::Partner, i.partner),
+            (TierKind::Global, i.global),
+        ];
+        timed
+            .into_iter()
+            .filter(|(_, every)| !every.is_zero())
+            .try_for_each(|(tier, _)| self.check_tier(tier))
+    }
+
+    /// Writes a local image of `pid`, then deletes local images beyond `keep`, sparing
+    /// those in `in_use` (being copied).
+    pub fn checkpoint_local(
+        &self,
+        pid: Pid,
+        kill: bool,
+        in_use: &BTreeSet<PathBuf>,
+    ) -> Result<CheckpointStats, SuperviseError> {
+        let stats = dump::checkpoint(&CheckpointRequest {
+            pid,
+            job: &self.job,
+            rank: self.rank(),
+            tier: TierKind::Local,
+            rank_dir: &self.paths.local,
+            seq: self.next_seq(),
+            kill,
+            full_every: self.config.image.full_every,
+        })?;
+        let mut protect = in_use.clone();
+        protect.insert(stats.path.clone());
+        let keep = self.config.storage.keep;
+        match retention::prune(&self.paths.local, keep, stats.seq, &protect) {
+            Ok(deleted) => deleted
+                .iter()
+                .for_each(|p| eprintln!("mlckpt: retention deleted {}", p.display())),
+            Err(e) => eprintln!("mlckpt: retention failed: {}", error_chain(&e)),
+        }
+        Ok(stats)
+    }
+
+    /// Checkpoints `pid` and, for a higher tier, copies the image there before returning
+    /// (the target is not frozen for the copy). For a process nobody supervises.
     pub fn checkpoint(
         &self,
         pid: Pid,
         tier: TierKind,
         kill: bool,
     ) -> Result<CheckpointStats, SuperviseError> {
-        if tier != TierKind::Local {
-            return Err(match self.tier_root(tier) {
-                None => SuperviseError::TierNotConfigured { tier },
-                Some(_) => SuperviseError::TierUnsupported { tier },
-            });
-        }
-        let rank_dir = self.rank_dir(tier).expect("local tier always configured");
-        Ok(dump::checkpoint(&CheckpointRequest {
-            pid,
-            job: &self.job,
-            rank: self.rank,
+        self.check_tier(tier)?;
+        let started = Instant::now();
+        let stats = self.checkpoint_local(pid, kill, &BTreeSet::new())?;
+        let Some(dest) = self.paths.destination(tier) else {
+            return Ok(stats);
+        };
+        let copied = Placer::new(dest, self.config.storage.keep).place(&stats.path);
+        placed(stats, tier, copied, started)
+    }
+}
+
+/// The stats of a checkpoint placed on `tier`: the copy's path, the time until it was
+/// committed; or why the copy failed.
+fn placed(
+    stats: CheckpointStats,
+    tier: TierKind,
+    copied: Result<Copied, PlaceError>,
+    started: Instant,
+) -> Result<CheckpointStats, SuperviseError> {
+    match copied {
+        Ok(copied) => Ok(CheckpointStats {
+            path: copied.path,
             tier,
-            rank_dir: &rank_dir,
-            seq: self.next_seq(),
-            kill,
-        })?)
+            total_ms: started.elapsed().as_secs_f64() * 1000.0,
+            ..stats
+        }),
+        Err(e) => Err(SuperviseError::Copy {
+            tier,
+            local: stats.path,
+            source: e,
+        }),
     }
 }
 
@@ -125,55 +221,174 @@ pub fn block_supervisor_signals() -> Result<SigSet, SuperviseError> {
     Ok(set)
 }
 
-/// Supervises `pid` until it exits; returns the exit code to pass on.
+/// One supervised target and the machinery around it.
+struct Supervisor<'a> {
+    ctx: &'a JobContext,
+    pid: Pid,
+    copier: Copier,
+    schedule: Schedule,
+}
+
+/// Supervises `pid` until it exits; returns the exit code to pass on. Copies still under
+/// way when it exits are finished first.
 pub fn supervise(
     ctx: &JobContext,
     pid: Pid,
     is_child: bool,
     signals: SigSet,
 ) -> Result<i32, SuperviseError> {
+    ctx.check_intervals()?;
     let setup = |what| move |source: std::io::Error| SuperviseError::Setup { what, source };
     let (listener, socket) =
         control::listen(&runtime_dir(), pid.as_raw()).map_err(setup("control socket"))?;
-    let _cleanup = RemoveOnDrop(socket);
+    let cleanup = RemoveOnDrop(socket);
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| setup("signalfd")(e.into()))?;
     let pidfd = sys::pidfd_open(pid).map_err(|e| setup("pidfd")(e.into()))?;
-    let interval = ctx.config.interval.local;
-    let mut next_due = (interval > Duration::ZERO).then(|| Instant::now() + interval);
+    let mut sup = Supervisor {
+        ctx,
+        pid,
+        copier: Copier::start(&ctx.paths, ctx.config.storage.keep),
+        schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
+    };
     loop {
-        let timeout = next_due.map_or(PollTimeout::NONE, |due| {
-            let ms = due.saturating_duration_since(Instant::now()).as_millis();
-            PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
-        });
         let mut fds = [
             PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, sup.poll_timeout()) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(setup("poll")(e.into())),
         }
         let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
         let (exited, asked, signalled) = (ready(0), ready(1), ready(2));
         if exited {
-            return Ok(reap(pid, is_child));
+            let code = reap(pid, is_child);
+            // Nobody is answered any more: close the socket before waiting for copies.
+            drop((listener, cleanup));
+            sup.copier.finish();
+            return Ok(code);
         }
         if asked {
-            serve_requests(ctx, pid, &listener);
+            sup.serve_requests(&listener);
         }
         if signalled && let Ok(Some(info)) = sigfd.read_signal() {
-            on_signal(ctx, pid, info.ssi_signo as i32);
+            sup.on_signal(info.ssi_signo as i32);
         }
-        if next_due.is_some_and(|due| Instant::now() >= due) {
-            report(
-                ctx.checkpoint(pid, TierKind::Local, false),
-                "interval checkpoint",
-            );
-            next_due = Some(Instant::now() + interval);
+        if let Some(tier) = sup.schedule.take_due(Instant::now()) {
+            sup.interval_checkpoint(tier);
         }
     }
+}
+
+impl Supervisor<'_> {
+    /// Until the next checkpoint is due, rounded up so the wake-up is not early.
+    fn poll_timeout(&self) -> PollTimeout {
+        self.schedule
+            .next_deadline()
+            .map_or(PollTimeout::NONE, |due| {
+                let left = due.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000).min(60_000);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            })
+    }
+
+    /// A local checkpoint; for a higher tier, a copy queued after it, whose outcome goes
+    /// to `reply(local stats)`.
+    fn checkpoint(
+        &self,
+        tier: TierKind,
+        kill: bool,
+        reply: impl FnOnce(&CheckpointStats) -> Option<Reply>,
+    ) -> Result<CheckpointStats, SuperviseError> {
+        let stats = self
+            .ctx
+            .checkpoint_local(self.pid, kill, &self.copier.in_use())?;
+        if tier != TierKind::Local {
+            self.copier.submit(tier, &stats.path, reply(&stats));
+        }
+        Ok(stats)
+    }
+
+    fn interval_checkpoint(&self, tier: TierKind) {
+        let what = format!("interval checkpoint ({tier})");
+        report(self.checkpoint(tier, false, |_| None), &what);
+    }
+
+    fn serve_requests(&self, listener: &UnixListener) {
+        while let Ok((stream, _)) = listener.accept() {
+            match control::read_request(&stream) {
+                Ok(request) => self.serve(request, stream),
+                Err(e) => respond(&stream, Err(format!("bad request: {e}"))),
+            }
+        }
+    }
+
+    /// Answers at once for the local tier; for a higher one, from the copy thread when the
+    /// copy is committed (the poll loop goes on meanwhile).
+    fn serve(&self, Request { tier, kill }: Request, stream: UnixStream) {
+        let tier = tier.unwrap_or(TierKind::Local);
+        let started = Instant::now();
+        let later = stream.try_clone();
+        let result = self.ctx.check_tier(tier).and_then(|()| {
+            self.checkpoint(tier, kill, |stats| {
+                let stats = stats.clone();
+                let reply: Reply = Box::new(move |copied| {
+                    if let Ok(stream) = later {
+                        let result = placed(stats, tier, copied, started);
+                        respond(&stream, result.map_err(|e| error_chain(&e)));
+                    }
+                });
+                Some(reply)
+            })
+        });
+        match result {
+            Ok(stats) if tier == TierKind::Local => respond(&stream, Ok(stats)),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!(
+                    "mlckpt: checkpoint of {} failed: {}",
+                    self.pid,
+                    error_chain(&e)
+                );
+                respond(&stream, Err(error_chain(&e)));
+            }
+        }
+    }
+
+    fn on_signal(&self, signo: i32) {
+        if signo == libc::SIGUSR1 {
+            report(
+                self.checkpoint(TierKind::Local, false, |_| None),
+                "checkpoint on SIGUSR1",
+            );
+        } else if signo == libc::SIGTERM {
+            // Preemption: the newest state to the safest tier, then end the job. The copy
+            // finishes before the supervisor exits.
+            let tier = self.ctx.paths.highest();
+            let result = self.checkpoint(tier, true, |_| None);
+            let failed = result.is_err();
+            report(result, &format!("checkpoint on SIGTERM ({tier})"));
+            if failed {
+                let _ = nix::sys::signal::kill(self.pid, Signal::SIGTERM);
+            }
+        }
+    }
+}
+
+fn respond(stream: &UnixStream, result: Result<CheckpointStats, String>) {
+    let response = match result {
+        Ok(stats) => Response {
+            stats: Some(stats),
+            error: None,
+        },
+        Err(error) => Response {
+            stats: None,
+            error: Some(error),
+        },
+    };
+    let _ = control::send_response(stream, &response);
 }
 
 fn reap(pid: Pid, is_child: bool) -> i32 {
@@ -195,51 +410,6 @@ fn reap(pid: Pid, is_child: bool) -> i32 {
                     _ => 1,
                 };
             }
-        }
-    }
-}
-
-fn serve_requests(ctx: &JobContext, pid: Pid, listener: &std::os::unix::net::UnixListener) {
-    while let Ok((stream, _)) = listener.accept() {
-        let response = match control::read_request(&stream) {
-            Ok(Request { tier, kill }) => {
-                let result = ctx.checkpoint(pid, tier.unwrap_or(TierKind::Local), kill);
-                if let Err(e) = &result {
-                    eprintln!("mlckpt: checkpoint of {pid} failed: {}", error_chain(e));
-                }
-                match result {
-                    Ok(stats) => Response {
-                        stats: Some(stats),
-                        error: None,
-                    },
-                    Err(e) => Response {
-                        stats: None,
-                        error: Some(error_chain(&e)),
-                    },
-                }
-            }
-            Err(e) => Response {
-                stats: None,
-                error: Some(format!("bad request: {e}")),
-            },
-        };
-        let _ = control::send_response(&stream, &response);
-    }
-}
-
-fn on_signal(ctx: &JobContext, pid: Pid, signo: i32) {
-    if signo == libc::SIGUSR1 {
-        report(
-            ctx.checkpoint(pid, TierKind::Local, false),
-            "checkpoint on SIGUSR1",
-        );
-    } else if signo == libc::SIGTERM {
-        // Preemption: keep the newest state, then end the job.
-        let result = ctx.checkpoint(pid, TierKind::Local, true);
-        let failed = result.is_err();
-        report(result, "checkpoint on SIGTERM");
-        if failed {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
         }
     }
 }
@@ -278,5 +448,48 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiers::topology::Env;
+
+    fn context(text: &str, rank: u32) -> JobContext {
+        let config = Config::parse(text, Path::new("/c/mlckpt.toml")).unwrap();
+        let topology = Topology::detect(Some(rank), &Env::new(), &config.topology).unwrap();
+        JobContext::new(config, "sim".into(), topology)
+    }
+
+    #[test]
+    fn unusable_tiers_are_refused_with_the_reason() {
+        let ctx = context("[storage]\nlocal='/l'\n", 0);
+        let e = ctx.check_tier(TierKind::Global).unwrap_err().to_string();
+        assert!(e.contains("global") && e.contains("storage.global"), "{e}");
+        let e = ctx.check_tier(TierKind::Partner).unwrap_err().to_string();
+        assert!(e.contains("only one node"), "{e}");
+        assert!(ctx.check_tier(TierKind::Local).is_ok());
+        assert!(ctx.check_intervals().is_ok());
+    }
+
+    #[test]
+    fn sequence_numbers_span_every_tier() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[storage]\nlocal='{0}/l'\nglobal='{0}/g'\n[topology]\ntest_mode=true\nnodes=2\n",
+            tmp.path().display()
+        );
+        let ctx = context(&text, 1);
+        assert_eq!(ctx.next_seq(), 1);
+        let partner = tmp.path().join("l/node0/sim/partner/rank1/ckpt-000007");
+        std::fs::create_dir_all(partner).unwrap();
+        assert_eq!(ctx.next_seq(), 8);
+        let global = tmp.path().join("g/sim/rank1/.ckpt-000011.partial");
+        std::fs::create_dir_all(global).unwrap();
+        assert_eq!(ctx.next_seq(), 12);
+        // Another rank's images do not count.
+        std::fs::create_dir_all(tmp.path().join("g/sim/rank0/ckpt-000050")).unwrap();
+        assert_eq!(ctx.next_seq(), 12);
     }
 }

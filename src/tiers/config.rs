@@ -178,6 +178,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
         let base = file.parent().unwrap_or(Path::new("/"));
         let global_interval_span = raw.interval.global.as_ref().map(Spanned::span);
+        let partner_interval_span = raw.interval.partner.as_ref().map(Spanned::span);
         let config = Config {
             source: Some(file.clone()),
             job: JobConfig {
@@ -196,6 +197,7 @@ impl Config {
             topology: topology(&src, raw.topology)?,
         };
         check_global_tier(&src, &config, global_interval_span)?;
+        check_partner_tier(&src, &config, partner_interval_span)?;
         Ok(config)
     }
 
@@ -679,6 +681,25 @@ fn check_global_tier(
     }
 }
 
+/// Partner copies need a second node: simulated ones, or a command that reaches a real one.
+fn check_partner_tier(
+    src: &Source<'_>,
+    config: &Config,
+    span: Option<Range<usize>>,
+) -> Result<(), ConfigError> {
+    let t = &config.topology;
+    let possible = (t.test_mode && t.nodes >= 2) || (!t.test_mode && t.partner_copy.is_some());
+    match span {
+        Some(span) if !config.interval.partner.is_zero() && !possible => {
+            let msg = "is set but there is no partner node to copy to: on a cluster set \
+                       topology.partner_copy; on one machine set topology.test_mode = true \
+                       with nodes >= 2; or set interval.partner = 0";
+            Err(src.invalid(span, "interval.partner", msg))
+        }
+        _ => Ok(()),
+    }
+}
+
 // ---- spans -------------------------------------------------------------------------------
 
 /// 1-based line and column (in characters) of byte offset `pos`.
@@ -889,7 +910,10 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
 
     #[test]
     fn float_and_integer_seconds() {
-        let c = parse("[interval]\nlocal = 0.5\npartner = 1\nglobal = 0\n");
+        let c = parse(
+            "[interval]\nlocal = 0.5\npartner = 1\nglobal = 0\n\
+             [topology]\ntest_mode = true\nnodes = 2\n",
+        );
         assert_eq!(c.interval.local, Duration::from_millis(500));
         assert_eq!(c.interval.partner, Duration::from_secs(1));
         assert_eq!(c.interval.global, Duration::ZERO);
@@ -1015,6 +1039,23 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert!(message.contains("storage.global"), "{message}");
         let c = parse("[interval]\nglobal = 600\n[storage]\nglobal = \"/g\"\n");
         assert_eq!(c.interval.global, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn partner_interval_needs_a_partner_node() {
+        let message = err("[interval]\npartner = 60\n");
+        assert_at(&message, 2, "interval.partner");
+        assert!(message.contains("partner_copy"), "{message}");
+        let one_node = "[interval]\npartner = 60\n[topology]\ntest_mode = true\nnodes = 1\n";
+        assert_at(&err(one_node), 2, "interval.partner");
+        assert!(parse("[interval]\npartner = 60\n[topology]\ntest_mode = true\nnodes = 2\n")
+            .interval
+            .partner
+            .is_zero()
+            .eq(&false));
+        let cluster = "[interval]\npartner = 60\n[topology]\npartner_copy = \"cp -r {src} {dst}\"\n";
+        assert_eq!(parse(cluster).interval.partner, Duration::from_secs(60));
+        assert!(parse("[interval]\npartner = 0\n").interval.partner.is_zero());
     }
 
     #[test]

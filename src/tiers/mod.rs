@@ -1,3 +1,12 @@
-//! Where images go: configuration, and later topology, schedule, placement and recovery.
+//! Where images go and which one a restore uses: configuration, topology (which node and
+//! partner a rank has), the paths of each tier, the checkpoint schedule, copies to the
+//! partner and global tiers, retention, and the choice among recovery candidates.
 
 pub mod config;
+pub mod inventory;
+pub mod layout;
+pub mod placement;
+pub mod recovery;
+pub mod retention;
+pub mod schedule;
+pub mod topology;

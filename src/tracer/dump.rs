@@ -3,13 +3,14 @@
 use super::freeze::{FreezeError, Frozen, parent_of};
 use super::inspect::{self, InspectError, RegionPlan, StorePolicy};
 use super::memory::{MemoryError, PageMap, ProcessMemory};
+use super::pages::{PageSink, ParentPages};
 use super::remote::{RemoteError, RemoteThread, find_gadget};
 use super::snapshot::Snapshot;
 use super::sys;
 use super::threads::{self, ThreadError};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PageRun, PendingSignal,
-    ProcessState, SignalAction, ThreadState, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PendingSignal, ProcessState,
+    SignalAction, ThreadState, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
 use nix::sys::signal::Signal;
@@ -48,6 +49,8 @@ pub struct CheckpointRequest<'a> {
     pub seq: u64,
     /// End the target after the image is committed, without letting it run in between.
     pub kill: bool,
+    /// A full image every `full_every` checkpoints; the others store only changed pages.
+    pub full_every: u32,
 }
 
 /// The result printed by `mlckpt checkpoint --json`.
@@ -73,10 +76,6 @@ pub enum DumpMode {
     Frozen,
 }
 
-/// Memory is read and written in batches of this size: the supervisor's memory stays
-/// small whatever the target's size.
-const BATCH_BYTES: usize = 8 << 20;
-
 pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError> {
     let started = Instant::now();
     let time_unix_ms = SystemTime::now()
@@ -85,6 +84,7 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         .unwrap_or(0);
     // Read before the freeze: it walks page tables, which takes long for big targets.
     let hints = inspect::flag_hints(req.pid)?;
+    let parent = ParentPages::newest(req.rank_dir, req.full_every);
     let mut frozen = Frozen::freeze(req.pid)?;
     // Files first: an unsupported fd fails before any work (the target runs on untouched).
     let fds = inspect::read_fds(req.pid)?;
@@ -105,7 +105,8 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
     let (later, now): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) = plans
         .iter_mut()
         .partition(|p| snapshot_has_it(p, &in_snapshot));
-    dump_regions(&PageMap::open(req.pid)?, &mem, now, &mut writer)?;
+    let mut sink = PageSink::new(&mut writer, parent.as_ref(), req.full_every > 1);
+    dump_regions(&PageMap::open(req.pid)?, &mem, now, &mut sink)?;
     let mut frozen_for = started.elapsed();
     if !req.kill {
         // Every byte of the image's state is read or held by the snapshot: the target may
@@ -114,9 +115,18 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         frozen_for = started.elapsed();
     }
     if let Some(snap) = &snapshot {
-        dump_regions(&snap.pagemap, &snap.mem, later, &mut writer)?;
+        dump_regions(&snap.pagemap, &snap.mem, later, &mut sink)?;
     }
     drop(snapshot);
+    let parents = sink.parents();
+    let chain_depth = match (&parent, parents.is_empty()) {
+        (Some(p), false) => p.chain_depth(),
+        _ => 0,
+    };
+    let page_hashes: Vec<u8> = plans
+        .iter_mut()
+        .flat_map(|p| std::mem::take(&mut p.page_hashes))
+        .collect();
     let manifest = Manifest {
         format: FORMAT_VERSION,
         mlckpt_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -149,8 +159,10 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         fds,
         signals: captured.signals,
         pages_bytes: writer.pages_written(),
+        parents,
+        chain_depth,
     };
-    let committed: CommittedImage = writer.commit(&manifest)?;
+    let committed: CommittedImage = writer.commit(&manifest, &page_hashes)?;
     if req.kill {
         frozen.kill();
         frozen_for = started.elapsed();
@@ -338,24 +350,21 @@ fn signal_actions(
     Ok(actions)
 }
 
-/// Decides which pages each region stores and streams them into `pages.bin`, reading
-/// from `mem` (the target, or its snapshot).
+/// Decides which pages each region stores and streams them into the image, reading from
+/// `mem` (the target, or its snapshot).
 fn dump_regions(
     pagemap: &PageMap,
     mem: &ProcessMemory,
     plans: Vec<&mut RegionPlan>,
-    writer: &mut ImageWriter,
+    sink: &mut PageSink,
 ) -> Result<(), DumpError> {
-    let mut batch = Batch::default();
     for plan in plans {
-        let runs = stored_runs(pagemap, plan)?;
-        for (addr, len) in runs {
-            let offset = writer.pages_written() + batch.bytes as u64;
-            plan.region.runs.push(PageRun { addr, len, offset });
-            batch.add(addr, len, mem, writer)?;
-        }
+        let ranges = stored_runs(pagemap, plan)?;
+        let (runs, hashes) = sink.store(mem, &ranges)?;
+        plan.region.runs = runs;
+        plan.page_hashes = hashes;
     }
-    batch.flush(mem, writer)
+    Ok(())
 }
 
 /// Page runs `(addr, len)` of a region whose contents go into the image.
@@ -376,46 +385,4 @@ fn stored_runs(pagemap: &PageMap, plan: &RegionPlan) -> Result<Vec<(u64, u64)>, 
         })?,
     }
     Ok(runs)
-}
-
-/// Memory ranges gathered until a batch is worth one read and one write.
-#[derive(Default)]
-struct Batch {
-    ranges: Vec<(u64, usize)>,
-    bytes: usize,
-}
-
-impl Batch {
-    fn add(
-        &mut self,
-        mut addr: u64,
-        mut len: u64,
-        mem: &ProcessMemory,
-        writer: &mut ImageWriter,
-    ) -> Result<(), DumpError> {
-        while len > 0 {
-            let room = (BATCH_BYTES - self.bytes) as u64;
-            let take = len.min(room);
-            self.ranges.push((addr, take as usize));
-            self.bytes += take as usize;
-            addr += take;
-            len -= take;
-            if self.bytes == BATCH_BYTES {
-                self.flush(mem, writer)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, mem: &ProcessMemory, writer: &mut ImageWriter) -> Result<(), DumpError> {
-        if self.bytes == 0 {
-            return Ok(());
-        }
-        let mut buf = writer.take_buffer(self.bytes);
-        mem.read_ranges(&self.ranges, &mut buf)?;
-        writer.submit(buf)?;
-        self.ranges.clear();
-        self.bytes = 0;
-        Ok(())
-    }
 }

@@ -56,6 +56,8 @@ pub struct RegionPlan {
     pub store: StorePolicy,
     /// Whether the region's VmFlags (advice) are known; see `read_regions_with`.
     pub flags_known: bool,
+    /// The dump's 16-byte hash of each stored page, in run order.
+    pub page_hashes: Vec<u8>,
 }
 
 /// VmFlags per address range, read from `smaps` before the freeze: `smaps` walks the page
@@ -114,6 +116,7 @@ pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>,
             },
             store,
             flags_known: hint.is_some(),
+            page_hashes: Vec::new(),
         });
     }
     Ok(plans)

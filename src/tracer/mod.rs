@@ -11,6 +11,7 @@ pub mod dump;
 pub mod freeze;
 pub mod inspect;
 pub mod memory;
+pub mod pages;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;

@@ -11,12 +11,13 @@ use super::stub::{self, Expect, Op};
 use super::sys;
 use crate::image::Image;
 use crate::image::format::{
-    Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE,
+    Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE, PAGES_FILE,
     PendingSignal, ThreadState,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 
@@ -230,7 +231,10 @@ fn plan_vdso(regions: &[MemoryRegion]) -> Result<Vec<VdsoMove>, RestoreError> {
 struct FdPlan {
     files: Vec<PlannedFile>,
     close_stdio: Vec<i32>,
-    pages_fd: i32,
+    /// The first fd above the image's own: everything from here on is the stub's.
+    first_helper_fd: i32,
+    /// `pages.bin` of this image and of each parent it takes pages from, by seq.
+    pages_fds: BTreeMap<u64, i32>,
     exe_fd: i32,
     /// Fd of each distinct mapped file, by path.
     mapped: Vec<(String, i32)>,
@@ -261,6 +265,7 @@ fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan
         .filter(|n| !m.fds.iter().any(|f| f.fd == *n))
         .collect();
     let mut next = m.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+    let first_helper_fd = next;
     let mut helper = |path: &str, flags: i32| -> Result<i32, RestoreError> {
         let fd = next;
         next += 1;
@@ -273,7 +278,15 @@ fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan
         });
         Ok(fd)
     };
-    let pages_fd = helper(&image.pages_path().to_string_lossy(), libc::O_RDONLY)?;
+    let mut pages_fds = BTreeMap::new();
+    pages_fds.insert(
+        m.seq,
+        helper(&image.pages_path().to_string_lossy(), libc::O_RDONLY)?,
+    );
+    for parent in &m.parents {
+        let path = image.parent_dir(parent.seq).join(PAGES_FILE);
+        pages_fds.insert(parent.seq, helper(&path.to_string_lossy(), libc::O_RDONLY)?);
+    }
     let exe_fd = helper(&m.process.exe, libc::O_RDONLY)?;
     let mut mapped: Vec<(String, i32)> = Vec::new();
     for region in &m.regions {
@@ -291,7 +304,8 @@ fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan
     Ok(FdPlan {
         files,
         close_stdio,
-        pages_fd,
+        first_helper_fd,
+        pages_fds,
         exe_fd,
         mapped,
     })
@@ -577,10 +591,10 @@ fn build_ops(
         scratch += v.len;
     }
     for region in m.regions.iter().filter(|r| r.backing != Backing::Vdso) {
-        region_ops(region, fds, &mut ops);
+        region_ops(region, m.seq, fds, &mut ops);
     }
     ops.push(mm_map_op(l));
-    for f in fds.files.iter().filter(|f| f.fd >= fds.pages_fd) {
+    for f in fds.files.iter().filter(|f| f.fd >= fds.first_helper_fd) {
         ops.push(Op::new(
             libc::SYS_close,
             &[f.fd as u64],
@@ -607,7 +621,7 @@ fn mm_map_op(l: &Layout) -> Op {
     )
 }
 
-fn region_ops(r: &MemoryRegion, fds: &FdPlan, ops: &mut Vec<Op>) {
+fn region_ops(r: &MemoryRegion, own_seq: u64, fds: &FdPlan, ops: &mut Vec<Op>) {
     let prot = r.prot.bits();
     let fill = !r.runs.is_empty();
     let initial = if fill { prot | libc::PROT_WRITE } else { prot };
@@ -646,16 +660,27 @@ fn region_ops(r: &MemoryRegion, fds: &FdPlan, ops: &mut Vec<Op>) {
         Expect::Value(r.start),
         format!("map {name} at {:#x}", r.start),
     ));
+    // Advice first: with MADV_HUGEPAGE in force, the reads below fault in huge pages.
+    for advice in &r.advice {
+        ops.push(Op::new(
+            libc::SYS_madvise,
+            &[r.start, r.len(), advice_code(*advice)],
+            Expect::Anything,
+            "madvise",
+        ));
+    }
     const MAX_READ: u64 = 1 << 30;
     for run in &r.runs {
+        let source = run.image.unwrap_or(own_seq);
+        let pages_fd = fds.pages_fds[&source];
         let mut done = 0;
         while done < run.len {
             let n = (run.len - done).min(MAX_READ);
             ops.push(Op::new(
                 libc::SYS_pread64,
-                &[fds.pages_fd as u64, run.addr + done, n, run.offset + done],
+                &[pages_fd as u64, run.addr + done, n, run.offset + done],
                 Expect::Value(n),
-                format!("read {n} bytes of {name} from pages.bin"),
+                format!("read {n} bytes of {name} from pages.bin of image {source}"),
             ));
             done += n;
         }
@@ -666,14 +691,6 @@ fn region_ops(r: &MemoryRegion, fds: &FdPlan, ops: &mut Vec<Op>) {
             &[r.start, r.len(), prot as u64],
             Expect::Success,
             format!("protect {name}"),
-        ));
-    }
-    for advice in &r.advice {
-        ops.push(Op::new(
-            libc::SYS_madvise,
-            &[r.start, r.len(), advice_code(*advice)],
-            Expect::Anything,
-            "madvise",
         ));
     }
 }

@@ -1,0 +1,164 @@
+//! Incremental images and fork-snapshot checkpoints: a chain restores exactly, a missing
+//! or replaced parent is refused clearly, `full_every` bounds the chain, and an image taken
+//! from a fork-snapshot (the target running on) restores like a frozen one, threads too.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn manifest(image: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(image.join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn chain_depth(image: &Path) -> u64 {
+    manifest(image)["chain_depth"].as_u64().unwrap()
+}
+
+/// Checkpoints a running program `count - 1` times (the target running on), then once more
+/// with --kill; returns the images and the run's output.
+fn chain(h: &Harness, prog: &Prog, count: usize) -> (Vec<Ckpt>, Killed) {
+    let mut run = h.run(prog);
+    run.wait_for_ticks(3);
+    let pid = run.target_pid();
+    let mut images = Vec::new();
+    for i in 1..count {
+        images.push(h.checkpoint(pid, false));
+        run.wait_for_ticks(3 + 2 * i);
+    }
+    let last = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    images.push(last.clone());
+    (
+        images,
+        Killed {
+            pid,
+            ckpt: last,
+            before,
+        },
+    )
+}
+
+#[test]
+fn incremental_chain_of_five_restores_exactly() {
+    let h = Harness::new("chain5");
+    let prog = Prog::c("memory", &["32", "80"]);
+    let reference = h.plain(&prog);
+    let (images, killed) = chain(&h, &prog, 5);
+    let depths: Vec<u64> = images.iter().map(|c| chain_depth(&c.path)).collect();
+    assert_eq!(
+        depths,
+        [0, 1, 2, 3, 4],
+        "each checkpoint builds on the previous one"
+    );
+    let full = images[0].bytes;
+    for inc in &images[1..] {
+        assert!(
+            inc.bytes < full / 2,
+            "an increment stores only changed pages: {} vs {full}",
+            inc.bytes
+        );
+    }
+    let parents = manifest(&killed.ckpt.path)["parents"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        parents >= 1,
+        "the last image takes pages from its ancestors"
+    );
+
+    let after = h.restore_to_end(&killed.ckpt.path, &prog, killed.pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &killed.before, &after, killed.pid);
+}
+
+#[test]
+fn a_missing_or_replaced_parent_is_refused_by_name() {
+    let h = Harness::new("orphan");
+    let prog = Prog::c("memory", &["8", "60"]);
+    let (images, killed) = chain(&h, &prog, 3);
+    let first = &images[0].path;
+    let last = &killed.ckpt.path;
+
+    // Replaced: another image under the parent's name.
+    let saved = first.with_extension("saved");
+    std::fs::rename(first, &saved).unwrap();
+    copy_dir(&images[1].path, first);
+    let res = h
+        .mlckpt(&["verify".as_ref(), last.as_os_str()])
+        .expect_failure();
+    assert!(res.output().contains("replaced"), "{}", res.describe());
+
+    // Missing.
+    std::fs::remove_dir_all(first).unwrap();
+    let config = h.config.as_os_str();
+    let verify = h
+        .mlckpt(&["verify".as_ref(), last.as_os_str()])
+        .expect_failure();
+    let restore = h
+        .mlckpt(&[
+            "restore".as_ref(),
+            last.as_os_str(),
+            "--config".as_ref(),
+            config,
+        ])
+        .expect_failure();
+    for res in [verify, restore] {
+        let out = res.output();
+        assert!(
+            out.contains("missing") && out.contains("ckpt-000001"),
+            "{}",
+            res.describe()
+        );
+    }
+    assert!(
+        !pid_alive(killed.pid),
+        "a refused restore must not leave a process behind"
+    );
+
+    // Back in place, the chain restores again.
+    std::fs::rename(&saved, first).unwrap();
+    h.mlckpt(&["verify".as_ref(), last.as_os_str()])
+        .expect_code(0);
+}
+
+#[test]
+fn full_every_bounds_the_chain() {
+    let h = Harness::new("fullevery");
+    h.set_config("[image]\nfull_every = 3\n");
+    let prog = Prog::c("memory", &["8", "80"]);
+    let (images, _) = chain(&h, &prog, 5);
+    let depths: Vec<u64> = images.iter().map(|c| chain_depth(&c.path)).collect();
+    assert_eq!(depths, [0, 1, 2, 0, 1]);
+}
+
+#[test]
+fn snapshot_image_with_threads_restores_like_a_frozen_one() {
+    let h = Harness::new("snapthreads");
+    let prog = Prog::c("threads", &["8", "40"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(6);
+    let pid = run.target_pid();
+    let asked = run.line_count();
+    let snap = h.checkpoint(pid, false);
+    let json = manifest(&snap.path);
+    assert_eq!(
+        json["threads"].as_array().unwrap().len(),
+        10,
+        "8 workers, checker, main"
+    );
+    let output = run.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert!(
+        snap.freeze_ms < snap.total_ms,
+        "the target ran on while the snapshot was dumped"
+    );
+
+    let after = h.restore_to_end(&snap.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert!(after.contains("final joined=8 new_thread=1"), "{after}");
+    assert_resumed(&reference, &output, &after, asked..asked + 3, pid, pid);
+}
