@@ -49,36 +49,49 @@ restore_ms() {   # $1 image; prints ms until the restored process runs; kills it
     ms "$t0" "$t1"
 }
 
+ticks() { grep -c '^tick' "$WORK/out.txt"; }
+MUTATIONS=25   # per 30 ms tick: slow enough that 1 % of 1 GiB outlasts the full checkpoint
+
 bench() {   # $1 MiB
-    local mib=$1 sup pid first second img hwm warm cold
+    local mib=$1 sup pid full inc last hwm warm cold t0 changed_ticks
     rm -rf "$WORK/store" "$WORK/out.txt"
-    "$BIN" run --config "$WORK/mlckpt.toml" --job "m$mib" -- "$WORK/memory" "$mib" 1000000 \
+    "$BIN" run --config "$WORK/mlckpt.toml" --job "m$mib" -- "$WORK/memory" "$mib" 1000000 "$MUTATIONS" \
         > "$WORK/out.txt" 2> "$WORK/run.err" &
     sup=$!
     until grep -q '^tick 1 ' "$WORK/out.txt" 2>/dev/null; do sleep 0.05; done
     pid=$(head -1 "$WORK/out.txt" | cut -d' ' -f2)
-    first=$("$BIN" checkpoint "$pid" --json)
+    # memory.c changes MUTATIONS random words per tick: 1 % of the pages, counted from the
+    # full image's snapshot, takes this many ticks.
+    changed_ticks=$(( (mib * 256 / 100 + MUTATIONS - 1) / MUTATIONS ))
+    t0=$(ticks)
+    full=$("$BIN" checkpoint "$pid" --json)
+    until [ "$(ticks)" -ge $((t0 + changed_ticks)) ]; do sleep 0.01; done
+    inc=$("$BIN" checkpoint "$pid" --json)
     hwm=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$sup/status" 2>/dev/null || echo "?")
-    second=$("$BIN" checkpoint "$pid" --kill --json)
+    last=$("$BIN" checkpoint "$pid" --kill --json)
     wait "$sup" || true
-    img=$(echo "$second" | json path)
+    img=$(echo "$full" | json path)
     warm=$(restore_ms "$img")
     drop_caches
     cold=$(restore_ms "$img")
     read -r dd_ms cat_ms touch_ms < <(limits "$mib")
-    printf "| %5s MiB | %9.1f | %9.1f | %13s | %8s | %8s | %9s | %8s | %8s | %8s |\n" \
-        "$mib" "$(echo "$first" | json freeze_ms)" "$(echo "$first" | json total_ms)" \
-        "$(echo "$first" | json bytes)" "$warm" "$cold" "$hwm" "$dd_ms" "$cat_ms" "$touch_ms"
+    printf "| %5s MiB | %7.1f | %8.1f | %11s | %8.1f | %10s | %7s | %7s | %5s | %6s | %6s | %6s |\n" \
+        "$mib" "$(echo "$full" | json freeze_ms)" "$(echo "$full" | json total_ms)" \
+        "$(echo "$full" | json bytes)" "$(echo "$inc" | json total_ms)" "$(echo "$inc" | json bytes)" \
+        "$warm" "$cold" "$hwm" "$dd_ms" "$cat_ms" "$touch_ms"
+    : "$last"
 }
 
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK"
-echo "| target    | freeze ms | ckpt ms   | image bytes   | rest. ms | cold ms  | sup. MiB  | dd ms    | cat ms   | touch ms |"
-echo "|-----------|-----------|-----------|---------------|----------|----------|-----------|----------|----------|----------|"
+echo "| target    | freeze  | ckpt ms  | image bytes | incr. ms | incr bytes | rest.ms | cold ms | RSS   | dd ms  | cat ms | touch  |"
+echo "|-----------|---------|----------|-------------|----------|------------|---------|---------|-------|--------|--------|--------|"
 bench 64
 bench 1024
 echo
-echo "freeze/ckpt: checkpoint of a running target (no --kill). rest./cold: 'mlckpt restore --detach'"
-echo "until the process runs, page cache warm / dropped. sup. MiB: supervisor peak RSS."
-echo "dd: write of the same size with fdatasync; cat: read it back, cache dropped; touch: first"
-echo "touch of the same amount of new memory."
+echo "freeze / ckpt ms: full checkpoint of the running target (fork-snapshot: freeze is the time"
+echo "it was stopped). incr.: the next checkpoint after ~1 % of pages changed (content-hashed)."
+echo "rest. / cold: 'mlckpt restore --detach' of the full image until the process runs, page cache"
+echo "warm / dropped (includes verifying the image). RSS: supervisor peak, MiB. dd: write of the"
+echo "same size with fdatasync; cat: read it back, cache dropped; touch: first touch of as much"
+echo "new memory."
 [ -z "${1:-}" ] && rm -rf "$WORK"

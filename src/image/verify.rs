@@ -2,7 +2,6 @@
 
 use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, PAGES_FILE};
 use super::reader::{ReadError, io_or_missing};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,19 +94,17 @@ fn read_checksums(dir: &Path) -> Result<Vec<(String, String)>, VerifyError> {
     Ok(sums)
 }
 
+/// Hashes a file on all cores, reading it through a memory map (blake3 falls back to plain
+/// reads for small files).
 fn hash_file(path: &Path) -> Result<(blake3::Hash, u64), ReadError> {
-    let mut file = std::fs::File::open(path).map_err(|e| io_or_missing(path, e))?;
+    let size = std::fs::metadata(path)
+        .map_err(|e| io_or_missing(path, e))?
+        .len();
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| io_or_missing(path, e))?;
-        if n == 0 {
-            return Ok((hasher.finalize(), total));
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
+    hasher
+        .update_mmap_rayon(path)
+        .map_err(|e| io_or_missing(path, e))?;
+    Ok((hasher.finalize(), size))
 }
 
 /// Verifies every file of the image at `dir`; `pages_bytes` (from the manifest, if it could

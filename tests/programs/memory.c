@@ -4,7 +4,7 @@
  * mutated at pseudo-random places every tick. The PRNG state itself lives in .data, so a
  * restore that loses or mixes up any page changes every later line.
  *
- * Usage:  memory <MiB> <ticks>
+ * Usage:  memory <MiB> <ticks> [mutations per tick, default 300]
  * Output: "pid <pid>"
  *         "tick <i> pid=<pid> sum=<hex>"   per tick; sum is a running checksum over the old and
  *                                          new value of every mutated word
@@ -60,12 +60,13 @@ static void sleep_ms(long ms)
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc != 3) {
-        fprintf(stderr, "usage: memory <MiB> <ticks>\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: memory <MiB> <ticks> [mutations per tick]\n");
         return 2;
     }
     size_t words = strtoull(argv[1], NULL, 10) * 1024 * 1024 / sizeof(uint64_t);
     long ticks = strtol(argv[2], NULL, 10);
+    int mutations = argc == 4 ? atoi(argv[3]) : MUTATIONS;
     uint64_t stack_arr[STACK_WORDS];
 
     printf("pid %d\n", getpid());
@@ -85,7 +86,7 @@ int main(int argc, char **argv)
 
     uint64_t sum = 0;
     for (long t = 0; t < ticks; t++) {
-        for (int k = 0; k < MUTATIONS; k++) {
+        for (int k = 0; k < mutations; k++) {
             uint64_t r = xorshift();
             uint64_t *w;
             switch (r & 7) {
