@@ -128,7 +128,7 @@ fn a_missing_or_replaced_parent_is_refused_by_name() {
 #[test]
 fn full_every_bounds_the_chain() {
     let h = Harness::new("fullevery");
-    h.set_config("[image]\nfull_every = 3\n");
+    h.set_config("keep = 100\n[image]\nfull_every = 3\n");
     let prog = Prog::c("memory", &["8", "80"]);
     let (images, _) = chain(&h, &prog, 5);
     let depths: Vec<u64> = images.iter().map(|c| chain_depth(&c.path)).collect();
