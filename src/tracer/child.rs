@@ -46,10 +46,33 @@ pub struct ChildFailure {
     pub index: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Step {
-    Sync = 1,
+/// Declares the child's steps once: the enum, and the list `from_raw` searches.
+macro_rules! steps {
+    ($($step:ident),* $(,)?) => {
+        /// What the child was doing when it failed (reported through the shared page).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum Step {
+            $($step),*
+        }
+
+        impl Step {
+            const ALL: &[Step] = &[$(Step::$step),*];
+
+            /// 0 means "no failure reported", so steps are numbered from 1.
+            pub fn number(self) -> u32 {
+                self as u32 + 1
+            }
+
+            pub fn from_raw(raw: u32) -> Option<Step> {
+                Self::ALL.iter().copied().find(|s| s.number() == raw)
+            }
+        }
+    };
+}
+
+steps!(
+    Sync,
     Rseq,
     CloseRange,
     OpenFile,
@@ -60,28 +83,7 @@ pub enum Step {
     Signal,
     Rlimit,
     BlockSignals,
-}
-
-impl Step {
-    pub fn from_raw(raw: u32) -> Option<Step> {
-        use Step::*;
-        [
-            Sync,
-            Rseq,
-            CloseRange,
-            OpenFile,
-            MoveFile,
-            Seek,
-            SetCloexec,
-            Chdir,
-            Signal,
-            Rlimit,
-            BlockSignals,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == raw)
-    }
-}
+);
 
 /// RSEQ_FLAG_UNREGISTER and glibc's x86 signature (RSEQ_SIG).
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
@@ -89,7 +91,7 @@ const RSEQ_SIG: u64 = 0x5305_3053;
 
 fn fail(plan: &ChildPlan, step: Step, errno: Errno, index: usize) -> ! {
     let report = ChildFailure {
-        step: step as u32,
+        step: step.number(),
         errno: errno as i32,
         index: index as u32,
     };
