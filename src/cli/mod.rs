@@ -175,7 +175,10 @@ pub fn load_config(args: &JobArgs) -> anyhow::Result<Config> {
 
 /// Rank, node and partner from `--rank`, the launcher's environment and `[topology]`.
 pub fn topology(args: &JobArgs, config: &Config) -> anyhow::Result<Topology> {
-    let env: Env = std::env::vars().collect();
+    // vars() would panic on a variable that is not UTF-8; none of ours can be one.
+    let env: Env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     Ok(Topology::detect(args.rank, &env, &config.topology)?)
 }
 

@@ -48,7 +48,11 @@ pub fn restore(
         rank: Some(m.rank),
         ..args.clone()
     };
-    let ctx = JobContext::new(config.clone(), m.job.clone(), topology(&rank_args, &config)?);
+    let ctx = JobContext::new(
+        config.clone(),
+        m.job.clone(),
+        topology(&rank_args, &config)?,
+    );
     if !detach {
         ctx.check_intervals()?;
     }

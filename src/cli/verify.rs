@@ -9,7 +9,10 @@ use std::path::PathBuf;
 pub fn verify(path: Option<PathBuf>, all: bool, config: Option<PathBuf>) -> anyhow::Result<i32> {
     let dirs: Vec<PathBuf> = if all {
         let config = Config::load(config.as_deref())?;
-        inventory::scan(&config).into_iter().map(|f| f.path).collect()
+        inventory::scan(&config)
+            .into_iter()
+            .map(|f| f.path)
+            .collect()
     } else {
         vec![path.expect("clap requires PATH without --all")]
     };

@@ -7,7 +7,7 @@
 
 use crate::image::format::TierKind;
 use crate::tiers::layout::RankPaths;
-use crate::tiers::placement::{Copied, PlaceError, Placer};
+use crate::tiers::placement::{Copied, Gate, PlaceError, Placer};
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -42,15 +42,16 @@ pub struct Copier {
 }
 
 impl Copier {
-    /// A thread for every tier above local that `paths` can place images on.
-    pub fn start(paths: &RankPaths, keep: u32) -> Copier {
+    /// A thread for every tier above local that `paths` can place images on; copies wait
+    /// while `gate` is held.
+    pub fn start(paths: &RankPaths, keep: u32, gate: &Gate) -> Copier {
         let workers = [TierKind::Partner, TierKind::Global]
             .into_iter()
             .filter_map(|tier| Some((tier, paths.destination(tier)?)))
             .map(|(tier, dest)| {
                 let shared = Shared::default();
                 let queue = shared.clone();
-                let placer = Placer::new(dest, keep);
+                let placer = Placer::new(dest, keep).with_gate(gate.clone());
                 let thread = std::thread::Builder::new()
                     .name(format!("mlckpt-copy-{tier}"))
                     .spawn(move || work(tier, placer, &queue))
@@ -147,9 +148,7 @@ fn log(tier: TierKind, src: &Path, result: &Result<Copied, PlaceError>) {
                 secs * 1000.0,
                 mib / secs
             );
-            for old in &c.pruned {
-                eprintln!("mlckpt: retention deleted {}", old.display());
-            }
+            super::context::report_retention(&c.pruned);
         }
         Err(e) => eprintln!(
             "mlckpt: copy of {name} to the {tier} tier failed: {}; older copies there are \

@@ -6,20 +6,20 @@
 //! allows); copies to the partner and global tiers are made afterwards from the committed
 //! local image by [`copier`] threads, while the target runs on.
 
+mod context;
 pub mod control;
 mod copier;
 
+pub use context::JobContext;
+
 use crate::image::format::TierKind;
-use crate::image::store;
-use crate::tiers::config::{Config, runtime_dir};
-use crate::tiers::layout::RankPaths;
-use crate::tiers::placement::{Copied, PlaceError, Placer};
-use crate::tiers::retention;
+use crate::tiers::config::runtime_dir;
+use crate::tiers::placement::{Gate, PlaceError};
 use crate::tiers::schedule::Schedule;
-use crate::tiers::topology::Topology;
-use crate::tracer::dump::{self, CheckpointRequest, CheckpointStats, DumpError};
+use crate::tracer::dump::{CheckpointStats, DumpError};
 use crate::tracer::ptrace::{self, Stop};
 use crate::tracer::sys;
+use context::placed;
 use control::{Request, Response};
 use copier::{Copier, Reply};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -27,10 +27,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
-use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,140 +54,6 @@ pub enum SuperviseError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Which job and rank images belong to, and where each tier keeps them.
-#[derive(Debug, Clone)]
-pub struct JobContext {
-    pub config: Config,
-    pub job: String,
-    pub topology: Topology,
-    pub paths: RankPaths,
-}
-
-impl JobContext {
-    pub fn new(config: Config, job: String, topology: Topology) -> JobContext {
-        let paths = RankPaths::new(&config, &job, &topology);
-        JobContext {
-            config,
-            job,
-            topology,
-            paths,
-        }
-    }
-
-    pub fn rank(&self) -> u32 {
-        self.topology.rank
-    }
-
-    /// One counter per job and rank across tiers, partner copies included.
-    pub fn next_seq(&self) -> u64 {
-        let dirs: Vec<PathBuf> = TierKind::ALL
-            .iter()
-            .filter_map(|&t| self.paths.readable(t))
-            .map(Path::to_path_buf)
-            .collect();
-        store::highest_seq(&dirs) + 1
-    }
-
-    /// Fails unless checkpoints can be placed on `tier`.
-    pub fn check_tier(&self, tier: TierKind) -> Result<(), SuperviseError> {
-        let why = match tier {
-            TierKind::Local => return Ok(()),
-            TierKind::Partner => match &self.paths.partner {
-                Ok(_) => return Ok(()),
-                Err(no) => no.to_string(),
-            },
-            TierKind::Global if self.paths.global.is_some() => return Ok(()),
-            TierKind::Global => "storage.global is not set in the config".to_string(),
-        };
-        Err(SuperviseError::TierUnavailable { tier, why })
-    }
-
-    /// Fails if a tier with an interval cannot be used: better at the start than at the
-    /// first partner checkpoint, hours into the job.
-    pub fn check_intervals(&self) -> Result<(), SuperviseError> {
-        let i = &self.config.interval;
-        let timed = [
-            (TierKind::Partner, i.partner),
-            (TierKind::Global, i.global),
-        ];
-        timed
-            .into_iter()
-            .filter(|(_, every)| !every.is_zero())
-            .try_for_each(|(tier, _)| self.check_tier(tier))
-    }
-
-    /// Writes a local image of `pid`, then deletes local images beyond `keep`, sparing
-    /// those in `in_use` (being copied).
-    pub fn checkpoint_local(
-        &self,
-        pid: Pid,
-        kill: bool,
-        in_use: &BTreeSet<PathBuf>,
-    ) -> Result<CheckpointStats, SuperviseError> {
-        let stats = dump::checkpoint(&CheckpointRequest {
-            pid,
-            job: &self.job,
-            rank: self.rank(),
-            tier: TierKind::Local,
-            rank_dir: &self.paths.local,
-            seq: self.next_seq(),
-            kill,
-            full_every: self.config.image.full_every,
-        })?;
-        let mut protect = in_use.clone();
-        protect.insert(stats.path.clone());
-        let keep = self.config.storage.keep;
-        match retention::prune(&self.paths.local, keep, stats.seq, &protect) {
-            Ok(deleted) => deleted
-                .iter()
-                .for_each(|p| eprintln!("mlckpt: retention deleted {}", p.display())),
-            Err(e) => eprintln!("mlckpt: retention failed: {}", error_chain(&e)),
-        }
-        Ok(stats)
-    }
-
-    /// Checkpoints `pid` and, for a higher tier, copies the image there before returning
-    /// (the target is not frozen for the copy). For a process nobody supervises.
-    pub fn checkpoint(
-        &self,
-        pid: Pid,
-        tier: TierKind,
-        kill: bool,
-    ) -> Result<CheckpointStats, SuperviseError> {
-        self.check_tier(tier)?;
-        let started = Instant::now();
-        let stats = self.checkpoint_local(pid, kill, &BTreeSet::new())?;
-        let Some(dest) = self.paths.destination(tier) else {
-            return Ok(stats);
-        };
-        let copied = Placer::new(dest, self.config.storage.keep).place(&stats.path);
-        placed(stats, tier, copied, started)
-    }
-}
-
-/// The stats of a checkpoint placed on `tier`: the copy's path, the time until it was
-/// committed; or why the copy failed.
-fn placed(
-    stats: CheckpointStats,
-    tier: TierKind,
-    copied: Result<Copied, PlaceError>,
-    started: Instant,
-) -> Result<CheckpointStats, SuperviseError> {
-    match copied {
-        Ok(copied) => Ok(CheckpointStats {
-            path: copied.path,
-            tier,
-            total_ms: started.elapsed().as_secs_f64() * 1000.0,
-            ..stats
-        }),
-        Err(e) => Err(SuperviseError::Copy {
-            tier,
-            local: stats.path,
-            source: e,
-        }),
-    }
 }
 
 /// How the supervised process ended, as the supervisor's own exit code (128+N for signal N).
@@ -226,6 +91,8 @@ struct Supervisor<'a> {
     ctx: &'a JobContext,
     pid: Pid,
     copier: Copier,
+    /// Held while a checkpoint runs: copies then wait rather than compete with the freeze.
+    gate: Gate,
     schedule: Schedule,
 }
 
@@ -245,10 +112,12 @@ pub fn supervise(
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| setup("signalfd")(e.into()))?;
     let pidfd = sys::pidfd_open(pid).map_err(|e| setup("pidfd")(e.into()))?;
+    let gate = Gate::default();
     let mut sup = Supervisor {
         ctx,
         pid,
-        copier: Copier::start(&ctx.paths, ctx.config.storage.keep),
+        copier: Copier::start(&ctx.paths, ctx.config.storage.keep, &gate),
+        gate,
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
     };
     loop {
@@ -302,9 +171,11 @@ impl Supervisor<'_> {
         kill: bool,
         reply: impl FnOnce(&CheckpointStats) -> Option<Reply>,
     ) -> Result<CheckpointStats, SuperviseError> {
+        let held = self.gate.hold();
         let stats = self
             .ctx
             .checkpoint_local(self.pid, kill, &self.copier.in_use())?;
+        drop(held);
         if tier != TierKind::Local {
             self.copier.submit(tier, &stats.path, reply(&stats));
         }
@@ -448,48 +319,5 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tiers::topology::Env;
-
-    fn context(text: &str, rank: u32) -> JobContext {
-        let config = Config::parse(text, Path::new("/c/mlckpt.toml")).unwrap();
-        let topology = Topology::detect(Some(rank), &Env::new(), &config.topology).unwrap();
-        JobContext::new(config, "sim".into(), topology)
-    }
-
-    #[test]
-    fn unusable_tiers_are_refused_with_the_reason() {
-        let ctx = context("[storage]\nlocal='/l'\n", 0);
-        let e = ctx.check_tier(TierKind::Global).unwrap_err().to_string();
-        assert!(e.contains("global") && e.contains("storage.global"), "{e}");
-        let e = ctx.check_tier(TierKind::Partner).unwrap_err().to_string();
-        assert!(e.contains("only one node"), "{e}");
-        assert!(ctx.check_tier(TierKind::Local).is_ok());
-        assert!(ctx.check_intervals().is_ok());
-    }
-
-    #[test]
-    fn sequence_numbers_span_every_tier() {
-        let tmp = tempfile::tempdir().unwrap();
-        let text = format!(
-            "[storage]\nlocal='{0}/l'\nglobal='{0}/g'\n[topology]\ntest_mode=true\nnodes=2\n",
-            tmp.path().display()
-        );
-        let ctx = context(&text, 1);
-        assert_eq!(ctx.next_seq(), 1);
-        let partner = tmp.path().join("l/node0/sim/partner/rank1/ckpt-000007");
-        std::fs::create_dir_all(partner).unwrap();
-        assert_eq!(ctx.next_seq(), 8);
-        let global = tmp.path().join("g/sim/rank1/.ckpt-000011.partial");
-        std::fs::create_dir_all(global).unwrap();
-        assert_eq!(ctx.next_seq(), 12);
-        // Another rank's images do not count.
-        std::fs::create_dir_all(tmp.path().join("g/sim/rank0/ckpt-000050")).unwrap();
-        assert_eq!(ctx.next_seq(), 12);
     }
 }

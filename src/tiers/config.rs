@@ -1048,14 +1048,17 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert!(message.contains("partner_copy"), "{message}");
         let one_node = "[interval]\npartner = 60\n[topology]\ntest_mode = true\nnodes = 1\n";
         assert_at(&err(one_node), 2, "interval.partner");
-        assert!(parse("[interval]\npartner = 60\n[topology]\ntest_mode = true\nnodes = 2\n")
-            .interval
-            .partner
-            .is_zero()
-            .eq(&false));
-        let cluster = "[interval]\npartner = 60\n[topology]\npartner_copy = \"cp -r {src} {dst}\"\n";
+        let two = parse("[interval]\npartner = 60\n[topology]\ntest_mode = true\nnodes = 2\n");
+        assert_eq!(two.interval.partner, Duration::from_secs(60));
+        let cluster =
+            "[interval]\npartner = 60\n[topology]\npartner_copy = \"cp -r {src} {dst}\"\n";
         assert_eq!(parse(cluster).interval.partner, Duration::from_secs(60));
-        assert!(parse("[interval]\npartner = 0\n").interval.partner.is_zero());
+        assert!(
+            parse("[interval]\npartner = 0\n")
+                .interval
+                .partner
+                .is_zero()
+        );
     }
 
     #[test]

@@ -56,7 +56,13 @@ fn scan_node(root: &Path, node: Option<u32>, found: &mut Vec<Found>) {
 }
 
 /// The images in `<dir>/rank<R>/`, of the job named by `job_dir`.
-fn scan_ranks(job_dir: &Path, dir: &Path, tier: TierKind, node: Option<u32>, found: &mut Vec<Found>) {
+fn scan_ranks(
+    job_dir: &Path,
+    dir: &Path,
+    tier: TierKind,
+    node: Option<u32>,
+    found: &mut Vec<Found>,
+) {
     let Some(job) = job_dir.file_name().and_then(|n| n.to_str()) else {
         return;
     };

@@ -16,16 +16,20 @@ use super::retention;
 use crate::image::format::CHECKSUMS_FILE;
 use crate::image::store::{self, ImageDirError};
 use crate::image::writer::{self, WriteError};
+use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Bytes read, hashed and written at a time.
-const CHUNK: usize = 8 << 20;
+/// Bytes read, hashed and written at a time; also how far a copy gets after the gate
+/// closes (a few ms of work).
+const CHUNK: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
@@ -76,15 +80,50 @@ pub enum PlaceError {
 }
 
 /// A committed copy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Copied {
     /// The copy (for a remote partner: its path on the partner node).
     pub path: PathBuf,
     /// Bytes copied, parents included; 0 if the copy was already there.
     pub bytes: u64,
     pub elapsed: Duration,
-    /// Older copies retention deleted after this one was committed.
-    pub pruned: Vec<PathBuf>,
+    /// Older copies retention deleted after this one was committed, or why it could not
+    /// (the copy itself is committed either way).
+    pub pruned: Result<Vec<PathBuf>, PlaceError>,
+}
+
+/// Holds copies back while the supervisor checkpoints: a copy must not compete with the
+/// target's freeze for CPU and disk. Copies wait at their next chunk while it is held.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<(Mutex<u32>, Condvar)>);
+
+/// The gate is held until this is dropped.
+pub struct Held<'a>(&'a Gate);
+
+impl Gate {
+    pub fn hold(&self) -> Held<'_> {
+        *self.count() += 1;
+        Held(self)
+    }
+
+    /// Returns at once unless the gate is held; then when it is released.
+    pub fn pass(&self) {
+        let mut held = self.count();
+        while *held > 0 {
+            held = self.0.1.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn count(&self) -> MutexGuard<'_, u32> {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.0.count() -= 1;
+        self.0.0.1.notify_all();
+    }
 }
 
 /// Places committed images on one tier: copies them and applies retention there.
@@ -92,6 +131,7 @@ pub struct Copied {
 pub struct Placer {
     dest: Destination,
     keep: u32,
+    gate: Gate,
     /// Images a remote partner already received from us: the command cannot tell.
     sent: BTreeSet<PathBuf>,
 }
@@ -101,8 +141,14 @@ impl Placer {
         Placer {
             dest,
             keep,
+            gate: Gate::default(),
             sent: BTreeSet::new(),
         }
+    }
+
+    /// Copies wait while `gate` is held.
+    pub fn with_gate(self, gate: Gate) -> Placer {
+        Placer { gate, ..self }
     }
 
     /// Copies the committed image `src` (and parents the destination lacks), then deletes
@@ -112,14 +158,15 @@ impl Placer {
         let seq = image_seq(src)?;
         let (path, bytes, pruned) = match &self.dest {
             Destination::Dir(dir) => {
-                let (path, bytes) = copy_image(src, dir)?;
+                let (path, bytes) = copy_image(src, dir, &self.gate)?;
                 let protect = BTreeSet::from([path.clone()]);
-                let pruned = retention::prune(dir, self.keep, seq, &protect)?;
+                let pruned = retention::prune(dir, self.keep, seq, &protect);
                 (path, bytes, pruned)
             }
             Destination::Remote { command, host, dir } => {
+                self.gate.pass();
                 let bytes = send_with_parents(src, command, host, dir, &mut self.sent)?;
-                (dir.join(store::image_dir_name(seq)), bytes, Vec::new())
+                (dir.join(store::image_dir_name(seq)), bytes, Ok(Vec::new()))
             }
         };
         Ok(Copied {
@@ -140,15 +187,15 @@ fn image_seq(path: &Path) -> Result<u64, PlaceError> {
         })
 }
 
-/// Copies committed image `src` into `dest_dir` under the same name, parents first;
-/// returns the copy and the bytes copied. A copy already there is complete (it was
-/// committed by rename) and is not copied again.
-pub fn copy_image(src: &Path, dest_dir: &Path) -> Result<(PathBuf, u64), PlaceError> {
+/// Copies committed image `src` into `dest_dir` under the same name, parents first,
+/// pausing while `gate` is held; returns the copy and the bytes copied. A copy already
+/// there is complete (it was committed by rename) and is not copied again.
+pub fn copy_image(src: &Path, dest_dir: &Path, gate: &Gate) -> Result<(PathBuf, u64), PlaceError> {
     let mut bytes = 0;
     for parent in store::dependencies(src) {
         let name = parent.file_name().unwrap_or_default();
         if !dest_dir.join(name).is_dir() {
-            bytes += copy_image(&parent, dest_dir)?.1;
+            bytes += copy_image(&parent, dest_dir, gate)?.1;
         }
     }
     let seq = image_seq(src)?;
@@ -160,7 +207,7 @@ pub fn copy_image(src: &Path, dest_dir: &Path) -> Result<(PathBuf, u64), PlaceEr
     let partial = Partial::create(dest_dir.join(store::partial_dir_name(seq)))?;
     for (file, expected) in read_checksums(src)? {
         let copied = partial.0.join(&file);
-        let (hash, n) = copy_file(&src.join(&file), &copied)?;
+        let (hash, n) = copy_file(&src.join(&file), &copied, gate)?;
         let found = hash.to_hex().to_string();
         if found != expected {
             return Err(PlaceError::Mismatch {
@@ -171,7 +218,8 @@ pub fn copy_image(src: &Path, dest_dir: &Path) -> Result<(PathBuf, u64), PlaceEr
         }
         bytes += n;
     }
-    bytes += copy_file(&src.join(CHECKSUMS_FILE), &partial.0.join(CHECKSUMS_FILE))?.1;
+    let checksums = partial.0.join(CHECKSUMS_FILE);
+    bytes += copy_file(&src.join(CHECKSUMS_FILE), &checksums, gate)?.1;
     partial.commit(&target)?;
     Ok((target, bytes))
 }
@@ -201,8 +249,8 @@ fn read_checksums(image: &Path) -> Result<Vec<(String, String)>, PlaceError> {
 }
 
 /// Copies `from` to the new file `to` (mode 0600), durably; the blake3 of what was
-/// written and its length.
-fn copy_file(from: &Path, to: &Path) -> Result<(blake3::Hash, u64), PlaceError> {
+/// written and its length. This thread reads and hashes while a second one writes.
+fn copy_file(from: &Path, to: &Path, gate: &Gate) -> Result<(blake3::Hash, u64), PlaceError> {
     let read_err = |source| PlaceError::Read {
         path: from.to_path_buf(),
         source,
@@ -212,26 +260,61 @@ fn copy_file(from: &Path, to: &Path) -> Result<(blake3::Hash, u64), PlaceError> 
         source,
     };
     let mut src = File::open(from).map_err(read_err)?;
-    let mut dst = OpenOptions::new()
+    let dst = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(to)
         .map_err(write_err)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut src, &mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
+    let (full, filled) = sync_channel::<Vec<u8>>(1);
+    let (give_back, free) = sync_channel::<Vec<u8>>(3);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || write_all(dst, filled, &give_back));
+        let mut hasher = blake3::Hasher::new();
+        let read = loop {
+            gate.pass();
+            let mut buf = free.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+            buf.resize(CHUNK, 0);
+            match read_full(&mut src, &mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => buf.truncate(n),
+                Err(e) => break Err(e),
+            }
+            hasher.update_rayon(&buf);
+            if full.send(buf).is_err() {
+                break Ok(()); // the writer failed; it says why
+            }
+        };
+        drop(full);
+        let written = writer
+            .join()
+            .expect("copy writer panicked")
+            .map_err(write_err)?;
+        read.map_err(read_err)?;
+        Ok((hasher.finalize(), written))
+    })
+}
+
+/// Writes the buffers in order, starting their writeback at once so the final fsync
+/// finds little left to do (and the copy does not crowd the page cache).
+fn write_all(
+    mut dst: File,
+    buffers: Receiver<Vec<u8>>,
+    give_back: &SyncSender<Vec<u8>>,
+) -> io::Result<u64> {
+    let mut at = 0u64;
+    for buf in buffers {
+        dst.write_all(&buf)?;
+        let len = buf.len() as u64;
+        let (off, n) = (i64::try_from(at), i64::try_from(len));
+        if let (Ok(off), Ok(n)) = (off, n) {
+            let _ = posix_fadvise(&dst, off, n, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
         }
-        hasher.update_rayon(&buf[..n]);
-        dst.write_all(&buf[..n]).map_err(write_err)?;
-        total += n as u64;
+        at += len;
+        let _ = give_back.try_send(buf);
     }
-    dst.sync_all().map_err(write_err)?;
-    Ok((hasher.finalize(), total))
+    dst.sync_all()?;
+    Ok(at)
 }
 
 /// Reads until `buf` is full or the file ends: fewer, larger hashing calls.
@@ -255,13 +338,7 @@ impl Partial {
     fn create(path: PathBuf) -> Result<Partial, PlaceError> {
         // Left by a copy that was killed: never valid, safe to replace.
         let _ = fs::remove_dir_all(&path);
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|source| PlaceError::Write {
-                path: path.clone(),
-                source,
-            })?;
+        writer::create_private_dir(&path)?;
         Ok(Partial(path))
     }
 
@@ -317,7 +394,12 @@ fn dir_size(dir: &Path) -> u64 {
 
 /// `sh -c` with the placeholders replaced by shell-quoted values. Its output goes to
 /// mlckpt's stderr: mlckpt's stdout is the job's.
-pub fn run_partner_copy(command: &str, src: &Path, host: &str, dst: &Path) -> Result<(), PlaceError> {
+pub fn run_partner_copy(
+    command: &str,
+    src: &Path,
+    host: &str,
+    dst: &Path,
+) -> Result<(), PlaceError> {
     let line = fill_placeholders(
         command,
         &[
@@ -413,9 +495,13 @@ mod tests {
     fn copy_is_verified_private_and_committed() {
         let tmp = tempfile::tempdir().unwrap();
         let big = vec![7u8; CHUNK + 123];
-        let src = image(&tmp.path().join("a"), 3, &[("pages.bin", &big), ("m", b"{}")]);
+        let src = image(
+            &tmp.path().join("a"),
+            3,
+            &[("pages.bin", &big), ("m", b"{}")],
+        );
         let dest = tmp.path().join("b/job/rank0");
-        let (copy, bytes) = copy_image(&src, &dest).unwrap();
+        let (copy, bytes) = copy_image(&src, &dest, &Gate::default()).unwrap();
         assert_eq!(copy, dest.join("ckpt-000003"));
         assert_eq!(names(&dest), ["ckpt-000003"]);
         assert_eq!(names(&copy), ["CHECKSUMS", "m", "pages.bin"]);
@@ -424,7 +510,10 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!((mode(&copy), mode(&copy.join("m"))), (0o700, 0o600));
         // Already there: not copied again.
-        assert_eq!(copy_image(&src, &dest).unwrap(), (copy, 0));
+        assert_eq!(
+            copy_image(&src, &dest, &Gate::default()).unwrap(),
+            (copy, 0)
+        );
     }
 
     #[test]
@@ -449,10 +538,10 @@ mod tests {
         let rank = tmp.path().join("a");
         let dest = tmp.path().join("b");
         let mut placer = Placer::new(Destination::Dir(dest.clone()), 2);
-        for seq in 1..=4 {
-            let src = image(&rank, seq, &[("pages.bin", &[seq as u8; 10])]);
+        for seq in 1u8..=4 {
+            let src = image(&rank, seq.into(), &[("pages.bin", &[seq; 10])]);
             let copied = placer.place(&src).unwrap();
-            assert_eq!(copied.path, dest.join(store::image_dir_name(seq)));
+            assert_eq!(copied.path, dest.join(store::image_dir_name(seq.into())));
         }
         assert_eq!(names(&dest), ["ckpt-000003", "ckpt-000004"]);
     }
@@ -462,7 +551,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let src = image(&tmp.path().join("a"), 1, &[("pages.bin", b"x")]);
         fs::write(src.join(CHECKSUMS_FILE), "abc  ../../etc/passwd\n").unwrap();
-        let e = copy_image(&src, &tmp.path().join("b")).unwrap_err();
+        let e = copy_image(&src, &tmp.path().join("b"), &Gate::default()).unwrap_err();
         assert!(matches!(e, PlaceError::BadChecksums { line: 1, .. }), "{e}");
         assert!(names(&tmp.path().join("b")).is_empty());
     }
@@ -496,9 +585,27 @@ mod tests {
     }
 
     #[test]
+    fn a_held_gate_holds_copies_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = image(&tmp.path().join("a"), 1, &[("pages.bin", b"p")]);
+        let gate = Gate::default();
+        let held = gate.hold();
+        let mut placer =
+            Placer::new(Destination::Dir(tmp.path().join("b")), 1).with_gate(gate.clone());
+        let copy = std::thread::spawn(move || placer.place(&src).map(|c| c.path));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!copy.is_finished(), "the copy ran while the gate was held");
+        drop(held);
+        assert!(copy.join().unwrap().unwrap().is_dir());
+    }
+
+    #[test]
     fn placeholders_are_filled_once() {
         let values = [("{src}", "{dst}"), ("{dst}", "D")];
-        assert_eq!(fill_placeholders("a {src} {dst} ${dst} {x", &values), "a {dst} D ${dst} {x");
+        assert_eq!(
+            fill_placeholders("a {src} {dst} ${dst} {x", &values),
+            "a {dst} D ${dst} {x"
+        );
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

@@ -23,7 +23,10 @@ pub struct Candidate {
 pub enum Verdict {
     Ok,
     /// `what` is one of "checksum mismatch", "incomplete", "unreadable"; `why` the details.
-    Bad { what: &'static str, why: String },
+    Bad {
+        what: &'static str,
+        why: String,
+    },
 }
 
 /// What [`choose`] did.

@@ -29,7 +29,10 @@ pub fn plan(images: &[Stored], keep: u32, protected: &BTreeSet<PathBuf>) -> Vec<
     // Parents of kept images are kept, and their parents in turn.
     let mut todo: Vec<&Path> = kept.iter().copied().collect();
     while let Some(path) = todo.pop() {
-        let deps = images.iter().filter(|s| s.path == path).flat_map(|s| &s.deps);
+        let deps = images
+            .iter()
+            .filter(|s| s.path == path)
+            .flat_map(|s| &s.deps);
         for dep in deps {
             if kept.insert(dep) {
                 todo.push(dep);
@@ -190,7 +193,13 @@ mod tests {
             std::fs::create_dir(dir.path().join(name)).unwrap();
         }
         let gone = prune(dir.path(), 1, 3, &BTreeSet::new()).unwrap();
-        assert_eq!(gone, [dir.path().join("ckpt-000001"), dir.path().join("ckpt-000002")]);
+        assert_eq!(
+            gone,
+            [
+                dir.path().join("ckpt-000001"),
+                dir.path().join("ckpt-000002")
+            ]
+        );
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -13,14 +13,15 @@ use super::config::IntervalConfig;
 use crate::image::format::TierKind;
 use std::time::{Duration, Instant};
 
-/// Timers due within this of each other collide: float intervals (0.1 + 0.2) do not always
-/// add up to the nanosecond.
+/// Timers due within this of each other collide: decimal intervals (0.1 s, 0.3 s) need
+/// not add up to the nanosecond. At most a quarter of the shortest interval.
 const COINCIDENT: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone)]
 pub struct Schedule {
     /// Lowest tier first.
     timers: Vec<Timer>,
+    slack: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +39,7 @@ impl Schedule {
         usable: impl Fn(TierKind) -> bool,
         start: Instant,
     ) -> Schedule {
-        let timers = TierKind::ALL
+        let timers: Vec<Timer> = TierKind::ALL
             .into_iter()
             .map(|tier| (tier, interval_of(intervals, tier)))
             .filter(|&(tier, every)| !every.is_zero() && usable(tier))
@@ -48,7 +49,11 @@ impl Schedule {
                 next: start + every,
             })
             .collect();
-        Schedule { timers }
+        let shortest = timers.iter().map(|t| t.every).min().unwrap_or(COINCIDENT);
+        Schedule {
+            timers,
+            slack: COINCIDENT.min(shortest / 4),
+        }
     }
 
     /// When the next checkpoint falls due; `None` without any timer.
@@ -63,10 +68,11 @@ impl Schedule {
             .timers
             .iter()
             .rev()
-            .find(|t| t.next <= now + COINCIDENT)
+            .find(|t| t.next <= now + self.slack)
             .copied()?;
+        let slack = self.slack;
         for timer in self.timers.iter_mut().filter(|t| t.tier <= fired.tier) {
-            timer.next = first_after(fired.next, timer.every, now);
+            timer.next = first_after(fired.next, timer.every, now, slack);
         }
         Some(fired.tier)
     }
@@ -82,9 +88,9 @@ fn interval_of(intervals: &IntervalConfig, tier: TierKind) -> Duration {
 
 /// `from + k * every` for the smallest k >= 1 that lies after `now`: a checkpoint that
 /// overran its interval is not followed by a burst of catch-up checkpoints.
-fn first_after(from: Instant, every: Duration, now: Instant) -> Instant {
+fn first_after(from: Instant, every: Duration, now: Instant, slack: Duration) -> Instant {
     let mut next = from + every;
-    if next + COINCIDENT <= now {
+    if next + slack <= now {
         let behind = now.duration_since(next).as_nanos() / every.as_nanos();
         let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
         next += every.saturating_mul(skip);
@@ -105,9 +111,11 @@ mod tests {
         }
     }
 
-    /// The tier fired at each whole or fractional second `step` apart, up to `until`, for
-    /// checkpoints that take `cost` each.
-    fn simulate(s: &mut Schedule, t0: Instant, until: f64, cost: f64) -> Vec<(f64, TierKind)> {
+    /// (second, tier) of every checkpoint up to `until` seconds, for checkpoints that take
+    /// `cost` seconds each.
+    fn fired(i: IntervalConfig, until: f64, cost: f64) -> Vec<(f64, TierKind)> {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&i, |_| true, t0);
         let mut fired = Vec::new();
         let mut now = t0;
         while let Some(due) = s.next_deadline() {
@@ -124,13 +132,14 @@ mod tests {
         fired
     }
 
+    fn tiers(i: IntervalConfig, until: f64, cost: f64) -> Vec<TierKind> {
+        fired(i, until, cost).into_iter().map(|f| f.1).collect()
+    }
+
     use TierKind::{Global as G, Local as L, Partner as P};
 
     #[test]
     fn collisions_take_the_highest_tier() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(&intervals(1.0, 2.0, 4.0), |_| true, t0);
-        let fired = simulate(&mut s, t0, 9.0, 0.0);
         let expected = [
             (1.0, L),
             (2.0, P),
@@ -142,37 +151,27 @@ mod tests {
             (8.0, G),
             (9.0, L),
         ];
-        assert_eq!(fired, expected);
+        assert_eq!(fired(intervals(1.0, 2.0, 4.0), 9.0, 0.0), expected);
     }
 
     #[test]
     fn slow_checkpoints_do_not_shift_the_collisions() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(&intervals(1.0, 2.0, 4.0), |_| true, t0);
-        let tiers: Vec<TierKind> = simulate(&mut s, t0, 8.5, 0.3)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
-        assert_eq!(tiers, [L, P, L, G, L, P, L, G]);
+        let got = tiers(intervals(1.0, 2.0, 4.0), 8.5, 0.3);
+        assert_eq!(got, [L, P, L, G, L, P, L, G]);
     }
 
     #[test]
     fn lower_timers_restart_after_a_higher_checkpoint() {
         // local every 3 s, global every 4 s: the global one at 4 s restarts local to 7 s.
-        let t0 = Instant::now();
-        let mut s = Schedule::new(&intervals(3.0, 0.0, 4.0), |_| true, t0);
-        let fired = simulate(&mut s, t0, 12.0, 0.0);
         assert_eq!(
-            fired,
+            fired(intervals(3.0, 0.0, 4.0), 12.0, 0.0),
             [(3.0, L), (4.0, G), (7.0, L), (8.0, G), (11.0, L), (12.0, G)]
         );
     }
 
     #[test]
     fn higher_timers_are_not_restarted_by_lower_ones() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(&intervals(0.7, 0.0, 2.0), |_| true, t0);
-        let globals: Vec<f64> = simulate(&mut s, t0, 6.0, 0.0)
+        let globals: Vec<f64> = fired(intervals(0.7, 0.0, 2.0), 6.0, 0.0)
             .into_iter()
             .filter(|f| f.1 == G)
             .map(|f| f.0)
@@ -191,13 +190,18 @@ mod tests {
 
     #[test]
     fn decimal_intervals_still_collide() {
+        let got = tiers(intervals(0.1, 0.3, 0.0), 0.95, 0.0);
+        assert_eq!(got, [L, L, P, L, L, P, L, L, P]);
+    }
+
+    #[test]
+    fn tiny_intervals_fire_once_per_wake_up() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(&intervals(0.1, 0.3, 0.0), |_| true, t0);
-        let tiers: Vec<TierKind> = simulate(&mut s, t0, 0.95, 0.0)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
-        assert_eq!(tiers, [L, L, P, L, L, P, L, L, P]);
+        let mut s = Schedule::new(&intervals(0.001, 0.0, 0.0), |_| true, t0);
+        let now = t0 + Duration::from_micros(1500);
+        assert_eq!(s.take_due(now), Some(L));
+        assert_eq!(s.take_due(now), None);
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_millis(2)));
     }
 
     #[test]

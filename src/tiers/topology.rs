@@ -194,19 +194,31 @@ fn node_of(
     }
     if let Some(node) = number(env, "MLCKPT_NODE")? {
         let nodes = number(env, "MLCKPT_NODES")?.unwrap_or(config.nodes);
-        return Ok((node, at_least_one(nodes, "MLCKPT_NODES")?, NodeSource::Explicit));
+        return Ok((
+            node,
+            at_least_one(nodes, "MLCKPT_NODES")?,
+            NodeSource::Explicit,
+        ));
     }
     if let Some(node) = number(env, "SLURM_NODEID")? {
         let nodes = match number(env, "SLURM_NNODES")? {
             Some(n) => n,
             None => slurm_node_count(env)?,
         };
-        return Ok((node, at_least_one(nodes, "SLURM_NNODES")?, NodeSource::Slurm));
+        return Ok((
+            node,
+            at_least_one(nodes, "SLURM_NNODES")?,
+            NodeSource::Slurm,
+        ));
     }
     if let Some(per_node) = number(env, "OMPI_COMM_WORLD_LOCAL_SIZE")? {
         let per_node = at_least_one(per_node, "OMPI_COMM_WORLD_LOCAL_SIZE")?;
         let size = number(env, "OMPI_COMM_WORLD_SIZE")?.unwrap_or(rank + 1);
-        return Ok((rank / per_node, size.div_ceil(per_node), NodeSource::OpenMpi));
+        return Ok((
+            rank / per_node,
+            size.div_ceil(per_node),
+            NodeSource::OpenMpi,
+        ));
     }
     // One machine by default: every rank on node 0, however many there are.
     let node = if config.nodes == 1 {
@@ -352,6 +364,11 @@ mod tests {
         config(false, 1, 1)
     }
 
+    /// Outside test mode, no --rank, the environment `pairs`.
+    fn detect(pairs: &[(&str, &str)]) -> Topology {
+        Topology::detect(None, &env(pairs), &single()).unwrap()
+    }
+
     #[test]
     fn nothing_set_is_rank_0_on_one_node() {
         let t = Topology::detect(None, &Env::new(), &single()).unwrap();
@@ -404,25 +421,23 @@ mod tests {
 
     #[test]
     fn slurm() {
-        let e = env(&[
+        let t = detect(&[
             ("SLURM_PROCID", "5"),
             ("SLURM_NODEID", "2"),
             ("SLURM_NNODES", "4"),
             ("SLURM_LOCALID", "1"),
             ("SLURM_JOB_NODELIST", "node[01-03],gpu5"),
         ]);
-        let t = Topology::detect(None, &e, &single()).unwrap();
         assert_eq!((t.rank, t.rank_from), (5, "SLURM_PROCID"));
         assert_eq!((t.node, t.nodes, t.node_from), (2, 4, NodeSource::Slurm));
         assert_eq!(t.hosts, ["node01", "node02", "node03", "gpu5"]);
         assert_eq!(t.partner_node(), Some(3));
         assert_eq!(t.partner_host(), Some("gpu5"));
-        let last = env(&[
+        let t = detect(&[
             ("SLURM_PROCID", "7"),
             ("SLURM_NODEID", "3"),
             ("SLURM_NODELIST", "a,b,c,d"),
         ]);
-        let t = Topology::detect(None, &last, &single()).unwrap();
         assert_eq!((t.nodes, t.partner_host()), (4, Some("a")));
     }
 
@@ -440,7 +455,11 @@ mod tests {
         ]);
         assert!(matches!(
             Topology::detect(None, &e, &single()),
-            Err(TopologyError::HostCount { found: 2, nodes: 3, .. })
+            Err(TopologyError::HostCount {
+                found: 2,
+                nodes: 3,
+                ..
+            })
         ));
         let e = env(&[("SLURM_PROCID", "x1")]);
         assert_eq!(
@@ -454,32 +473,28 @@ mod tests {
 
     #[test]
     fn open_mpi() {
-        let e = env(&[
+        let mut e = vec![
             ("OMPI_COMM_WORLD_RANK", "5"),
             ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
             ("OMPI_COMM_WORLD_LOCAL_SIZE", "4"),
             ("OMPI_COMM_WORLD_SIZE", "10"),
-        ]);
-        let t = Topology::detect(None, &e, &single()).unwrap();
+        ];
+        let t = detect(&e);
         assert_eq!((t.rank, t.rank_from), (5, "OMPI_COMM_WORLD_RANK"));
         assert_eq!((t.node, t.nodes, t.node_from), (1, 3, NodeSource::OpenMpi));
-        assert_eq!(t.partner_node(), Some(2));
-        assert_eq!(t.partner_host(), None);
-        let mut named = e.clone();
-        named.insert("MLCKPT_NODELIST".into(), "h[7-9]".into());
-        let t = Topology::detect(None, &named, &single()).unwrap();
-        assert_eq!(t.partner_host(), Some("h9"));
+        assert_eq!((t.partner_node(), t.partner_host()), (Some(2), None));
+        e.push(("MLCKPT_NODELIST", "h[7-9]"));
+        assert_eq!(detect(&e).partner_host(), Some("h9"));
     }
 
     #[test]
     fn explicit_node_variables_beat_launchers() {
-        let e = env(&[
+        let t = detect(&[
             ("PMI_RANK", "1"),
             ("MLCKPT_NODE", "1"),
             ("MLCKPT_NODES", "2"),
             ("SLURM_NODEID", "0"),
         ]);
-        let t = Topology::detect(None, &e, &single()).unwrap();
         assert_eq!((t.rank, t.rank_from), (1, "PMI_RANK"));
         assert_eq!((t.node, t.nodes, t.node_from), (1, 2, NodeSource::Explicit));
         assert_eq!(t.partner_node(), Some(0));
@@ -510,7 +525,9 @@ mod tests {
 
     #[test]
     fn nodelist_errors() {
-        for bad in ["n[1-3", "n1-3]", "n[3-1]", "n[a-b]", "n[]", "a,,b", "n[[1]]", "n[1-]"] {
+        for bad in [
+            "n[1-3", "n1-3]", "n[3-1]", "n[a-b]", "n[]", "a,,b", "n[[1]]", "n[1-]",
+        ] {
             assert!(expand_nodelist(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(expand_nodelist("n[0-99999999]").is_err());

@@ -1046,3 +1046,56 @@ impl Harness {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several ranks and tiers
+
+impl Harness {
+    /// [`Harness::start`] with environment variables set for the command.
+    pub fn start_with_env<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        env: &[(&str, &str)],
+        feed: Option<Duration>,
+    ) -> Proc {
+        let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+        let label = format!("mlckpt {}", args[0].to_string_lossy());
+        let mut cmd = self.command(&args);
+        cmd.envs(env.iter().copied());
+        Proc::spawn(&label, cmd, feed)
+    }
+
+    /// `mlckpt run --config CFG --job JOB EXTRA -- PROG ARGS` with `env` set (e.g. a rank
+    /// as `--rank 1` in `extra` or `MLCKPT_RANK=1` in `env`).
+    pub fn run_with(&self, extra: &[&str], env: &[(&str, &str)], prog: &Prog) -> Proc {
+        let argv = prog.argv_in(&self.run_dir());
+        let mut args: Vec<&OsStr> = ["run", "--config"].map(OsStr::new).to_vec();
+        args.extend([self.config.as_os_str(), "--job".as_ref(), self.job.as_ref()]);
+        args.extend(extra.iter().map(OsStr::new));
+        args.push("--".as_ref());
+        args.extend(argv.iter().map(OsStr::new));
+        self.start_with_env(&args, env, prog.feed)
+    }
+
+    /// `mlckpt checkpoint PID --json ARGS`, which must succeed: its JSON report.
+    pub fn checkpoint_json(&self, pid: i32, args: &[&str]) -> serde_json::Value {
+        let pid = pid.to_string();
+        let mut all = vec!["checkpoint", pid.as_str(), "--json"];
+        all.extend(args);
+        let res = self.mlckpt(&all).expect_code(0);
+        serde_json::from_str(res.stdout.trim())
+            .unwrap_or_else(|e| panic!("checkpoint --json: not JSON: {e}\n{}", res.describe()))
+    }
+}
+
+/// The sequence numbers of the committed images (`ckpt-*`) in `rank_dir`, ascending.
+pub fn image_seqs(rank_dir: &Path) -> Vec<u64> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(rank_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("ckpt-")?.parse().ok())
+        .collect();
+    seqs.sort();
+    seqs
+}
