@@ -311,10 +311,6 @@ impl MemoryRegion {
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }
-
-    pub fn dumped_bytes(&self) -> u64 {
-        self.runs.iter().map(|r| r.len).sum()
-    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,6 +349,14 @@ pub struct FileIdentity {
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
+}
+
+impl FileIdentity {
+    /// The modification time as recorded here: nanoseconds since the epoch.
+    pub fn mtime_ns_of(meta: &std::fs::Metadata) -> i64 {
+        use std::os::unix::fs::MetadataExt;
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    }
 }
 
 /// Pages `[addr, addr+len)` are stored at `[offset, offset+len)` of `pages.bin` of this

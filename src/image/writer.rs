@@ -117,10 +117,6 @@ impl ImageWriter {
         })
     }
 
-    pub fn partial_dir(&self) -> &Path {
-        &self.partial
-    }
-
     /// A buffer of `len` bytes to fill and `submit` (recycled once written).
     pub fn take_buffer(&mut self, len: usize) -> Vec<u8> {
         let mut buf = self

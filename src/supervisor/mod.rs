@@ -299,20 +299,7 @@ fn report(result: Result<CheckpointStats, SuperviseError>, what: &str) {
     }
 }
 
-/// An error with its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
-}
+pub use crate::error_chain;
 
 struct RemoveOnDrop(PathBuf);
 

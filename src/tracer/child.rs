@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use std::ffi::CString;
 
 /// A file the child opens and puts at `fd`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PlannedFile {
     pub fd: i32,
     pub path: CString,

@@ -9,8 +9,8 @@ use super::snapshot::Snapshot;
 use super::sys;
 use super::threads::{self, ThreadError};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PendingSignal, ProcessState,
-    SignalAction, ThreadState, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PendingSignal, SignalAction,
+    ThreadState, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
 use nix::sys::signal::Signal;
@@ -93,7 +93,7 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
     // With --kill the target stays frozen anyway, so there is nothing to gain.
     let try_snapshot = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
     let mut captured = capture_threads(&mut frozen, &mem, try_snapshot)?;
-    let facts = inspect::read_process(req.pid)?;
+    let mut process = inspect::read_process(req.pid)?;
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
 
     let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
@@ -127,6 +127,8 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         .iter_mut()
         .flat_map(|p| std::mem::take(&mut p.page_hashes))
         .collect();
+    process.mm.brk = captured.brk;
+    process.pending_signals = std::mem::take(&mut captured.process_pending);
     let manifest = Manifest {
         format: FORMAT_VERSION,
         mlckpt_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -140,20 +142,7 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
             xfeatures: sys::xcr0(),
             xstate_size: captured.threads[0].xstate.len() as u32,
         },
-        process: ProcessState {
-            pid: req.pid.as_raw(),
-            exe: facts.exe,
-            cmdline: facts.cmdline,
-            cwd: facts.cwd,
-            umask: facts.umask,
-            rlimits: facts.rlimits,
-            mm: crate::image::format::MmFields {
-                brk: captured.brk,
-                ..facts.mm
-            },
-            auxv: facts.auxv,
-            pending_signals: captured.process_pending,
-        },
+        process,
         threads: captured.threads,
         regions: plans.into_iter().map(|p| p.region).collect(),
         fds,
@@ -252,7 +241,7 @@ fn fork_snapshot(lead: &mut RemoteThread) -> Option<Snapshot> {
         Err(e) => {
             eprintln!(
                 "mlckpt: note: fork-snapshot impossible ({}); dumping while the target is frozen",
-                crate::supervisor::error_chain(&e)
+                crate::error_chain(&e)
             );
             None
         }

@@ -2,7 +2,8 @@
 
 use super::sys;
 use crate::image::format::{
-    Advice, Backing, FdKind, FdState, FileIdentity, MemoryRegion, MmFields, Prot, Rlimit,
+    Advice, Backing, FdKind, FdState, FileIdentity, MemoryRegion, MmFields, ProcessState, Prot,
+    Rlimit,
 };
 use nix::unistd::Pid;
 use procfs::process::{MMPermissions, MMapPath, Process, VmFlags};
@@ -213,7 +214,7 @@ fn classify_file(
         path: text.into_owned(),
         offset: map.offset,
         size: meta.size(),
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        mtime_ns: FileIdentity::mtime_ns_of(&meta),
         inode: meta.ino(),
     };
     let store = if shared {
@@ -224,19 +225,9 @@ fn classify_file(
     (Backing::File(identity), store)
 }
 
-/// Everything about the process but its threads and memory contents.
-pub struct ProcessFacts {
-    pub exe: String,
-    pub cmdline: Vec<String>,
-    pub cwd: String,
-    pub umask: u32,
-    pub rlimits: Vec<Rlimit>,
-    /// All but `brk`, which only the process itself can tell (`brk(0)`).
-    pub mm: MmFields,
-    pub auxv: Vec<u64>,
-}
-
-pub fn read_process(pid: Pid) -> Result<ProcessFacts, InspectError> {
+/// Everything about the process but its threads and memory contents. `mm.brk` and the
+/// pending signals are left empty: only the frozen process itself can tell them.
+pub fn read_process(pid: Pid) -> Result<ProcessState, InspectError> {
     let process = Process::new(pid.as_raw()).map_err(|e| proc_err(pid, "status")(e.to_string()))?;
     let io = |what: &'static str| move |e: procfs::ProcError| proc_err(pid, what)(e.to_string());
     let stat = process.stat().map_err(io("stat"))?;
@@ -259,7 +250,8 @@ pub fn read_process(pid: Pid) -> Result<ProcessFacts, InspectError> {
         env_start: stat.env_start.unwrap_or(0),
         env_end: stat.env_end.unwrap_or(0),
     };
-    Ok(ProcessFacts {
+    Ok(ProcessState {
+        pid: pid.as_raw(),
         exe: link("exe")?,
         cmdline: process.cmdline().map_err(io("cmdline"))?,
         cwd: link("cwd")?,
@@ -267,6 +259,7 @@ pub fn read_process(pid: Pid) -> Result<ProcessFacts, InspectError> {
         rlimits: read_rlimits(pid)?,
         mm,
         auxv: read_auxv(pid)?,
+        pending_signals: Vec::new(),
     })
 }
 

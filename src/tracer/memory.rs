@@ -1,7 +1,6 @@
 //! Reading and writing another process's memory, and asking the kernel which of its pages
 //! hold data worth storing.
 
-use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid;
 use std::fs::File;
@@ -131,9 +130,6 @@ impl PageFlags {
     pub fn private_data(self) -> bool {
         self.swapped() || (self.present() && !self.file_or_shared())
     }
-    pub fn in_memory(self) -> bool {
-        self.present() || self.swapped()
-    }
 }
 
 /// `/proc/PID/pagemap`, read in bulk.
@@ -187,8 +183,4 @@ impl PageMap {
         }
         Ok(())
     }
-}
-
-pub fn errno_io(e: Errno) -> std::io::Error {
-    std::io::Error::from_raw_os_error(e as i32)
 }

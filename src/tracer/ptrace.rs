@@ -30,18 +30,6 @@ pub enum PtraceError {
         #[source]
         source: Errno,
     },
-    #[error("thread {tid} exited with status {status} during {op}")]
-    Exited {
-        tid: i32,
-        op: &'static str,
-        status: i32,
-    },
-    #[error("thread {tid} was killed by signal {signal} during {op}")]
-    Killed {
-        tid: i32,
-        op: &'static str,
-        signal: i32,
-    },
 }
 
 pub type Result<T> = std::result::Result<T, PtraceError>;
@@ -154,23 +142,6 @@ fn wait_stop_raw(tid: Pid, op: &'static str) -> Result<Stop> {
             WaitStatus::PtraceEvent(_, _, event) => Stop::Event(event),
             WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
         });
-    }
-}
-
-/// Turns an exit seen where a stop was expected into an error.
-pub fn ended(tid: Pid, op: &'static str, stop: Stop) -> Option<PtraceError> {
-    match stop {
-        Stop::Exited(status) => Some(PtraceError::Exited {
-            tid: tid.as_raw(),
-            op,
-            status,
-        }),
-        Stop::Killed(sig) => Some(PtraceError::Killed {
-            tid: tid.as_raw(),
-            op,
-            signal: sig as i32,
-        }),
-        _ => None,
     }
 }
 

@@ -89,11 +89,13 @@ pub struct RestoreOptions {
 /// Rebuilds the image's process as a child of the caller and lets it run. Returns its PID.
 pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<Pid, RestoreError> {
     let m = &image.manifest;
-    let thread = m.threads.first().ok_or(RestoreError::NoThreads)?;
+    if m.threads.is_empty() {
+        return Err(RestoreError::NoThreads);
+    }
     preflight(m, opts)?;
     let vdso = plan_vdso(&m.regions)?;
     let fds = plan_fds(m, image, opts)?;
-    let mut area = StubArea::build(m, thread, &fds, &vdso)?;
+    let mut area = StubArea::build(m, &fds, &vdso)?;
     let report = sys::map_shared_page().map_err(sys_err("map report page"))?;
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create sync pipe"))?;
@@ -163,7 +165,7 @@ fn check_mapped_file(id: &FileIdentity) -> Result<(), RestoreError> {
         path: id.path.clone(),
         source,
     })?;
-    let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    let mtime = FileIdentity::mtime_ns_of(&meta);
     if meta.size() != id.size || mtime != id.mtime_ns {
         return Err(RestoreError::FileChanged {
             path: id.path.clone(),
@@ -364,21 +366,16 @@ fn page_up(n: u64) -> u64 {
 }
 
 impl StubArea {
-    fn build(
-        m: &Manifest,
-        thread: &ThreadState,
-        fds: &FdPlan,
-        vdso: &[VdsoMove],
-    ) -> Result<StubArea, RestoreError> {
+    fn build(m: &Manifest, fds: &FdPlan, vdso: &[VdsoMove]) -> Result<StubArea, RestoreError> {
         // The op count does not depend on addresses, so size the table with a dry run.
         let dry = Layout::new(0, 0);
-        let count = build_ops(m, thread, fds, vdso, &dry).len() as u64;
+        let count = build_ops(m, fds, vdso, &dry).len() as u64;
         let table_len = page_up(count * stub::OP_BYTES as u64);
         let scratch_len: u64 = vdso.iter().map(|v| v.len).sum();
         let len = PAGE_SIZE + table_len + PAGE_SIZE + STUB_STACK + scratch_len;
         let base = place(len, &m.regions)?;
         let layout = Layout::new(base, table_len);
-        let ops = build_ops(m, thread, fds, vdso, &layout.with_len(len));
+        let ops = build_ops(m, fds, vdso, &layout.with_len(len));
         let stub = stub::assemble(base, layout.table, ops.len() as u64)
             .map_err(|e| RestoreError::Assemble(e.to_string()))?;
         let area = StubArea {
@@ -473,7 +470,6 @@ struct Layout {
 /// Offsets in the data page.
 const DATA_MM_MAP: u64 = 0;
 const DATA_AUXV: u64 = 128;
-const DATA_ALTSTACK: u64 = 2048;
 const PRCTL_MM_MAP_SIZE: u64 = 104;
 
 impl Layout {
@@ -497,7 +493,7 @@ impl Layout {
     }
 }
 
-/// `struct prctl_mm_map`, auxv and the sigaltstack, as the stub's syscalls read them.
+/// `struct prctl_mm_map` and auxv, as the stub's `PR_SET_MM_MAP` reads them.
 fn stub_data(m: &Manifest, layout: &Layout, exe_fd: i32) -> Vec<u8> {
     let mut data = vec![0u8; PAGE_SIZE as usize];
     let mm = &m.process.mm;
@@ -525,23 +521,11 @@ fn stub_data(m: &Manifest, layout: &Layout, exe_fd: i32) -> Vec<u8> {
         let at = DATA_AUXV as usize + i * 8;
         data[at..at + 8].copy_from_slice(&w.to_le_bytes());
     }
-    if let Some(alt) = m.threads[0].sigaltstack {
-        let at = DATA_ALTSTACK as usize;
-        data[at..at + 8].copy_from_slice(&alt.sp.to_le_bytes());
-        data[at + 8..at + 12].copy_from_slice(&alt.flags.to_le_bytes());
-        data[at + 16..at + 24].copy_from_slice(&alt.size.to_le_bytes());
-    }
     data
 }
 
 /// The stub's program.
-fn build_ops(
-    m: &Manifest,
-    thread: &ThreadState,
-    fds: &FdPlan,
-    vdso: &[VdsoMove],
-    l: &Layout,
-) -> Vec<Op> {
+fn build_ops(m: &Manifest, fds: &FdPlan, vdso: &[VdsoMove], l: &Layout) -> Vec<Op> {
     let mut ops = Vec::new();
     let mremap = |from: u64, to: u64, len: u64, what: String| {
         Op::new(
@@ -602,7 +586,6 @@ fn build_ops(
             "close helper fd",
         ));
     }
-    thread_ops(thread, l, &mut ops);
     ops
 }
 
@@ -705,40 +688,6 @@ fn advice_code(a: Advice) -> u64 {
     }) as u64
 }
 
-/// Kernel-side thread state that needs the memory in place.
-fn thread_ops(t: &ThreadState, l: &Layout, ops: &mut Vec<Op>) {
-    ops.push(Op::new(
-        libc::SYS_set_tid_address,
-        &[t.clear_child_tid],
-        Expect::Anything,
-        "set_tid_address",
-    ));
-    if let Some(rl) = t.robust_list {
-        ops.push(Op::new(
-            libc::SYS_set_robust_list,
-            &[rl.head, rl.len],
-            Expect::Success,
-            "set_robust_list",
-        ));
-    }
-    if let Some(rseq) = t.rseq {
-        ops.push(Op::new(
-            libc::SYS_rseq,
-            &[rseq.addr, u64::from(rseq.len), 0, u64::from(rseq.signature)],
-            Expect::Success,
-            "rseq registration",
-        ));
-    }
-    if t.sigaltstack.is_some() {
-        ops.push(Op::new(
-            libc::SYS_sigaltstack,
-            &[l.data + DATA_ALTSTACK, 0],
-            Expect::Success,
-            "sigaltstack",
-        ));
-    }
-}
-
 fn child_plan(
     m: &Manifest,
     fds: &FdPlan,
@@ -760,17 +709,7 @@ fn child_plan(
         sync_fd,
         report,
         close_stdio: fds.close_stdio.clone(),
-        files: fds
-            .files
-            .iter()
-            .map(|f| PlannedFile {
-                fd: f.fd,
-                path: f.path.clone(),
-                flags: f.flags,
-                offset: f.offset,
-                cloexec: f.cloexec,
-            })
-            .collect(),
+        files: fds.files.clone(),
         cwd: cstring(&m.process.cwd)?,
         umask: m.process.umask,
         signals,

@@ -61,11 +61,17 @@ impl<'a> Rethreader<'a> {
         })
     }
 
-    /// Creates every thread but the leader (already the process), each left stopped with
-    /// its final state.
+    /// Gives the leader (already the process) its own kernel state, then creates every
+    /// other thread, each left stopped with its final state.
     pub fn recreate_threads(&mut self) -> Result<(), RestoreError> {
         let leader = &self.threads[0];
-        name_and_place(&self.mem, self.scratch, &mut self.main, self.pid, leader)?;
+        // The others get theirs from clone3 (CLONE_CHILD_CLEARTID).
+        self.main.checked(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            &[leader.clear_child_tid],
+        )?;
+        thread_state(&self.mem, self.scratch, &mut self.main, self.pid, leader)?;
         if self.new_ids && leader.clear_child_tid != 0 {
             // glibc caches each thread's TID in its descriptor, at the very word the
             // kernel clears at thread exit: with a new PID it must say the new one.
@@ -75,7 +81,8 @@ impl<'a> Rethreader<'a> {
         for t in &self.threads[1..] {
             let tid = self.spawn(t)?;
             self.created.push(tid);
-            self.thread_kernel_state(tid, t)?;
+            let mut remote = RemoteThread::new(tid, self.gadget)?;
+            thread_state(&self.mem, self.scratch, &mut remote, tid, t)?;
             set_final_state(tid, t)?;
         }
         Ok(())
@@ -107,39 +114,6 @@ impl<'a> Rethreader<'a> {
         }
     }
 
-    /// Kernel state a thread can only set for itself.
-    fn thread_kernel_state(&mut self, tid: Pid, t: &ThreadState) -> Result<(), RestoreError> {
-        let mut remote = RemoteThread::new(tid, self.gadget)?;
-        name_and_place(&self.mem, self.scratch, &mut remote, tid, t)?;
-        if let Some(rl) = t.robust_list {
-            remote.checked(
-                "set_robust_list",
-                libc::SYS_set_robust_list,
-                &[rl.head, rl.len],
-            )?;
-        }
-        if let Some(rseq) = t.rseq {
-            remote.checked(
-                "rseq",
-                libc::SYS_rseq,
-                &[rseq.addr, u64::from(rseq.len), 0, u64::from(rseq.signature)],
-            )?;
-        }
-        if let Some(alt) = t.sigaltstack {
-            let mut stack = [0u8; 24];
-            stack[0..8].copy_from_slice(&alt.sp.to_le_bytes());
-            stack[8..12].copy_from_slice(&alt.flags.to_le_bytes());
-            stack[16..24].copy_from_slice(&alt.size.to_le_bytes());
-            self.mem.write(self.scratch + ALT_STACK, &stack)?;
-            remote.checked(
-                "sigaltstack",
-                libc::SYS_sigaltstack,
-                &[self.scratch + ALT_STACK, 0],
-            )?;
-        }
-        Ok(())
-    }
-
     /// Queues the image's pending signals again. The calls run inside the restored
     /// process, from its leader: the kernel only lets a process queue kernel-style
     /// siginfos (si_code >= 0) to itself. All signals are blocked until the final masks
@@ -158,12 +132,10 @@ impl<'a> Rethreader<'a> {
                 &[pid, p.signo as u64, buffer],
             )?;
         }
-        for t in self.threads {
-            let tid = if t.tid == self.threads[0].tid {
-                pid
-            } else {
-                t.tid as u64
-            };
+        // The TIDs the threads have now (new ones under --new-pid), in image order.
+        let tids = std::iter::once(self.pid).chain(self.created.iter().copied());
+        for (t, tid) in self.threads.iter().zip(tids) {
+            let tid = tid.as_raw() as u64;
             for p in &t.pending_signals {
                 self.mem.write(buffer, &p.siginfo)?;
                 self.main.checked(
@@ -190,6 +162,45 @@ impl<'a> Rethreader<'a> {
         ptrace::detach(self.pid, self.main.held_signal)?;
         Ok(())
     }
+}
+
+/// Kernel state a thread can only set for itself (run in it through `remote`): robust
+/// futex list, rseq, sigaltstack, name; and its CPU affinity.
+fn thread_state(
+    mem: &ProcessMemory,
+    scratch: u64,
+    remote: &mut RemoteThread,
+    tid: Pid,
+    t: &ThreadState,
+) -> Result<(), RestoreError> {
+    name_and_place(mem, scratch, remote, tid, t)?;
+    if let Some(rl) = t.robust_list {
+        remote.checked(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            &[rl.head, rl.len],
+        )?;
+    }
+    if let Some(rseq) = t.rseq {
+        remote.checked(
+            "rseq",
+            libc::SYS_rseq,
+            &[rseq.addr, u64::from(rseq.len), 0, u64::from(rseq.signature)],
+        )?;
+    }
+    if let Some(alt) = t.sigaltstack {
+        let mut stack = [0u8; 24];
+        stack[0..8].copy_from_slice(&alt.sp.to_le_bytes());
+        stack[8..12].copy_from_slice(&alt.flags.to_le_bytes());
+        stack[16..24].copy_from_slice(&alt.size.to_le_bytes());
+        mem.write(scratch + ALT_STACK, &stack)?;
+        remote.checked(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            &[scratch + ALT_STACK, 0],
+        )?;
+    }
+    Ok(())
 }
 
 /// The thread's name (PR_SET_NAME, which only the thread itself can call) and its CPU

@@ -70,10 +70,6 @@ impl Snapshot {
         Ok(snapshot)
     }
 
-    pub fn pid(&self) -> Pid {
-        self.pid
-    }
-
     /// Address ranges mapped in the snapshot (`MADV_DONTFORK` regions are not).
     pub fn ranges(&self) -> Result<HashSet<(u64, u64)>, SnapshotError> {
         let maps = procfs::process::Process::new(self.pid.as_raw())
