@@ -19,11 +19,12 @@ impl Image {
 /// what restore does before touching anything.
 pub fn open_verified(dir: &std::path::Path) -> Result<Image, verify::VerifyError> {
     // Checksums first: a corrupt manifest must say "checksum mismatch", not "bad JSON".
-    let pages_bytes = reader::Image::open(dir)
-        .ok()
-        .map(|i| i.manifest.pages_bytes);
+    let parsed = reader::Image::open(dir);
+    let pages_bytes = parsed.as_ref().ok().map(|i| i.manifest.pages_bytes);
     verify::verify_dir(dir, pages_bytes)?;
-    let image = reader::Image::open(dir)?;
+    // Parsed just before its checksum was checked; images are private to their owner
+    // (0600 files in 0700 directories), so nothing swaps it in between.
+    let image = parsed?;
     verify_parents(&image)?;
     Ok(image)
 }

@@ -100,6 +100,9 @@ pub struct PageSink<'a> {
     hash_pages: bool,
     /// Parent images actually referenced.
     used: BTreeMap<u64, String>,
+    /// With a parent, read batches are not handed to the writer (only changed pages are):
+    /// one buffer serves every read.
+    read_buf: Vec<u8>,
 }
 
 impl<'a> PageSink<'a> {
@@ -113,6 +116,7 @@ impl<'a> PageSink<'a> {
             parent,
             hash_pages,
             used: BTreeMap::new(),
+            read_buf: Vec::new(),
         }
     }
 
@@ -127,7 +131,11 @@ impl<'a> PageSink<'a> {
         let mut hashes = Vec::new();
         for batch in batches(ranges) {
             let total: usize = batch.iter().map(|r| r.1).sum();
-            let mut buf = self.writer.take_buffer(total);
+            let mut buf = match self.parent {
+                Some(_) => std::mem::take(&mut self.read_buf),
+                None => self.writer.take_buffer(total),
+            };
+            buf.resize(total, 0);
             mem.read_ranges(&batch, &mut buf)?;
             let page_hashes: Vec<PageHash> = if self.hash_pages {
                 buf.par_chunks(PAGE_SIZE as usize).map(page_hash).collect()
@@ -136,7 +144,10 @@ impl<'a> PageSink<'a> {
             };
             hashes.extend(page_hashes.iter().flatten());
             match self.parent {
-                Some(parent) => self.store_changed(parent, &batch, buf, &page_hashes, &mut runs)?,
+                Some(parent) => {
+                    self.store_changed(parent, &batch, &buf, &page_hashes, &mut runs)?;
+                    self.read_buf = buf;
+                }
                 None => {
                     let offset = self.writer.submit(buf)?;
                     own_runs(&batch, offset, &mut runs);
@@ -151,7 +162,7 @@ impl<'a> PageSink<'a> {
         &mut self,
         parent: &ParentPages,
         batch: &[(u64, usize)],
-        buf: Vec<u8>,
+        buf: &[u8],
         hashes: &[PageHash],
         runs: &mut Vec<PageRun>,
     ) -> Result<(), DumpError> {
@@ -164,7 +175,8 @@ impl<'a> PageSink<'a> {
             let run = match parent.pages.get(&addr) {
                 Some(old) if old.hash == *hash => {
                     self.used
-                        .insert(old.image, parent.images[&old.image].clone());
+                        .entry(old.image)
+                        .or_insert_with(|| parent.images[&old.image].clone());
                     PageRun {
                         addr,
                         len: PAGE_SIZE,
@@ -185,7 +197,6 @@ impl<'a> PageSink<'a> {
             };
             push_run(runs, run);
         }
-        drop(buf);
         if !changed.is_empty() {
             self.writer.submit(changed)?;
         }
