@@ -4,7 +4,7 @@
 //! before the clone: no allocation, no locks), then jumps into the restorer stub, which
 //! replaces its memory with the image's.
 
-use super::sys::{self, jump_to_stub, raw_syscall};
+use super::sys::{self, jump_to_stub};
 use nix::errno::Errno;
 use std::ffi::CString;
 
@@ -85,9 +85,8 @@ steps!(
     BlockSignals,
 );
 
-/// RSEQ_FLAG_UNREGISTER and glibc's x86 signature (RSEQ_SIG).
-const RSEQ_FLAG_UNREGISTER: u64 = 1;
-const RSEQ_SIG: u64 = 0x5305_3053;
+/// glibc's rseq signature on x86 (RSEQ_SIG).
+const RSEQ_SIG: u32 = 0x5305_3053;
 
 fn fail(plan: &ChildPlan, step: Step, errno: Errno, index: usize) -> ! {
     let report = ChildFailure {
@@ -98,78 +97,41 @@ fn fail(plan: &ChildPlan, step: Step, errno: Errno, index: usize) -> ! {
     // SAFETY: `report` points into a MAP_SHARED page the restorer mapped before the clone
     // and keeps until it has reaped this child.
     unsafe { plan.report.write_volatile(report) };
-    let _ = raw_syscall(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
-    unreachable!("exit_group returned")
+    sys::exit_now(127)
 }
 
 /// Runs in the child; never returns.
 pub fn child_main(plan: &ChildPlan) -> ! {
-    let all: u64 = u64::MAX;
-    let check = |r: Result<i64, Errno>, step, i| r.unwrap_or_else(|e| fail(plan, step, e, i));
+    let check = |r: Result<(), Errno>, step, i| r.unwrap_or_else(|e| fail(plan, step, e, i));
     // No signal handler may run between now and the final registers: none is mapped yet.
-    check(
-        raw_syscall(
-            libc::SYS_rt_sigprocmask,
-            [
-                libc::SIG_SETMASK as u64,
-                (&raw const all) as u64,
-                0,
-                8,
-                0,
-                0,
-            ],
-        ),
-        Step::BlockSignals,
-        0,
-    );
+    check(sys::block_all_signals(), Step::BlockSignals, 0);
     wait_for_restorer(plan);
     unregister_rseq(plan);
-    check(
-        raw_syscall(libc::SYS_close_range, [3, u32::MAX as u64, 0, 0, 0, 0]),
-        Step::CloseRange,
-        0,
-    );
+    check(sys::close_from(3), Step::CloseRange, 0);
     for &fd in &plan.close_stdio {
-        let _ = raw_syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+        let _ = sys::close(fd);
     }
     for (i, file) in plan.files.iter().enumerate() {
         open_at(plan, i, file);
     }
-    check(
-        raw_syscall(libc::SYS_chdir, [plan.cwd.as_ptr() as u64, 0, 0, 0, 0, 0]),
-        Step::Chdir,
-        0,
-    );
-    let _ = raw_syscall(libc::SYS_umask, [u64::from(plan.umask), 0, 0, 0, 0, 0]);
+    check(sys::change_dir(&plan.cwd), Step::Chdir, 0);
+    sys::set_umask(plan.umask);
     for (i, (signo, action)) in plan.signals.iter().enumerate() {
-        let r = raw_syscall(
-            libc::SYS_rt_sigaction,
-            [*signo as u64, action.as_ptr() as u64, 0, 8, 0, 0],
-        );
-        check(r, Step::Signal, i);
+        check(sys::set_signal_action(*signo, action), Step::Signal, i);
     }
     for (i, &(resource, soft, hard)) in plan.rlimits.iter().enumerate() {
-        let limit = [soft, hard];
-        let r = raw_syscall(
-            libc::SYS_prlimit64,
-            [0, u64::from(resource), limit.as_ptr() as u64, 0, 0, 0],
-        );
-        check(r, Step::Rlimit, i);
+        check(sys::set_rlimit(resource, soft, hard), Step::Rlimit, i);
     }
     jump_to_stub(plan.stub_entry, plan.stub_stack_top)
 }
 
 /// Blocks until the restorer has seized us (it writes one byte); EOF means it died.
 fn wait_for_restorer(plan: &ChildPlan) {
-    let mut byte = 0u8;
     loop {
-        match raw_syscall(
-            libc::SYS_read,
-            [plan.sync_fd as u64, (&raw mut byte) as u64, 1, 0, 0, 0],
-        ) {
-            Ok(1) => return,
+        match sys::read_byte(plan.sync_fd) {
+            Ok(true) => return,
             Err(Errno::EINTR) => continue,
-            Ok(_) => fail(plan, Step::Sync, Errno::EPIPE, 0),
+            Ok(false) => fail(plan, Step::Sync, Errno::EPIPE, 0),
             Err(e) => fail(plan, Step::Sync, e, 0),
         }
     }
@@ -183,12 +145,9 @@ fn unregister_rseq(plan: &ChildPlan) {
     };
     // Newer glibc reports a feature size smaller than the 32 bytes it registers.
     let mut last = Errno::UnknownErrno;
-    for len in [u64::from(size), 32] {
-        match raw_syscall(
-            libc::SYS_rseq,
-            [area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, 0, 0],
-        ) {
-            Ok(_) => return,
+    for len in [size, 32] {
+        match sys::rseq_unregister(area, len, RSEQ_SIG) {
+            Ok(()) => return,
             Err(e) => last = e,
         }
     }
@@ -196,54 +155,17 @@ fn unregister_rseq(plan: &ChildPlan) {
 }
 
 fn open_at(plan: &ChildPlan, index: usize, file: &PlannedFile) {
-    let check = |r: Result<i64, Errno>, step| r.unwrap_or_else(|e| fail(plan, step, e, index));
-    let opened = check(
-        raw_syscall(
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                file.path.as_ptr() as u64,
-                (file.flags | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-            ],
-        ),
-        Step::OpenFile,
-    );
-    if opened != i64::from(file.fd) {
-        check(
-            raw_syscall(
-                libc::SYS_dup3,
-                [
-                    opened as u64,
-                    file.fd as u64,
-                    libc::O_CLOEXEC as u64,
-                    0,
-                    0,
-                    0,
-                ],
-            ),
-            Step::MoveFile,
-        );
-        let _ = raw_syscall(libc::SYS_close, [opened as u64, 0, 0, 0, 0, 0]);
+    let check = |r: Result<(), Errno>, step| r.unwrap_or_else(|e| fail(plan, step, e, index));
+    let opened = sys::open_path(&file.path, file.flags | libc::O_CLOEXEC)
+        .unwrap_or_else(|e| fail(plan, Step::OpenFile, e, index));
+    if opened != file.fd {
+        check(sys::dup_onto(opened, file.fd), Step::MoveFile);
+        let _ = sys::close(opened);
     }
     if !file.cloexec {
-        check(
-            raw_syscall(
-                libc::SYS_fcntl,
-                [file.fd as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
-            ),
-            Step::SetCloexec,
-        );
+        check(sys::clear_cloexec(file.fd), Step::SetCloexec);
     }
     if file.offset != 0 {
-        check(
-            raw_syscall(
-                libc::SYS_lseek,
-                [file.fd as u64, file.offset, libc::SEEK_SET as u64, 0, 0, 0],
-            ),
-            Step::Seek,
-        );
+        check(sys::seek_to(file.fd, file.offset), Step::Seek);
     }
 }

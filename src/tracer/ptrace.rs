@@ -157,7 +157,11 @@ pub fn set_regs(tid: Pid, regs: &Registers) -> Result<()> {
 
 /// One raw ptrace request; every other function here goes through the typed nix API or
 /// through this.
-fn raw_request(
+///
+/// # Safety
+/// `data` (and `addr`, for requests that read it as a pointer) must point at live memory
+/// of the size and layout that `request` reads or writes.
+unsafe fn raw_request(
     tid: Pid,
     op: &'static str,
     request: libc::c_uint,
@@ -165,8 +169,7 @@ fn raw_request(
     data: *mut libc::c_void,
 ) -> Result<libc::c_long> {
     Errno::clear();
-    // SAFETY: callers pass `data` pointing at a live buffer of the size the request
-    // writes or reads (documented at each call); the kernel touches nothing else.
+    // SAFETY: forwarded to the caller (see above); the kernel touches nothing else.
     let ret = unsafe { libc::ptrace(request, tid.as_raw(), addr, data) };
     if ret == -1 && Errno::last() != Errno::UnknownErrno {
         return Err(map_err(tid, op, Errno::last()));
@@ -182,14 +185,17 @@ pub fn get_xstate(tid: Pid) -> Result<Vec<u8>> {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // The iovec points at `buf`, which outlives the call; the kernel shrinks iov_len.
-    raw_request(
-        tid,
-        "getregset(NT_X86_XSTATE)",
-        libc::PTRACE_GETREGSET,
-        NT_X86_XSTATE as usize,
-        (&raw mut iov).cast(),
-    )?;
+    // SAFETY: the iovec points at `buf` (XSTATE_BUFFER bytes), which outlives the call;
+    // the kernel writes at most iov_len bytes and shrinks iov_len to what it wrote.
+    unsafe {
+        raw_request(
+            tid,
+            "getregset(NT_X86_XSTATE)",
+            libc::PTRACE_GETREGSET,
+            NT_X86_XSTATE as usize,
+            (&raw mut iov).cast(),
+        )
+    }?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
@@ -200,37 +206,46 @@ pub fn set_xstate(tid: Pid, xstate: &[u8]) -> Result<()> {
         iov_base: copy.as_mut_ptr().cast(),
         iov_len: copy.len(),
     };
-    raw_request(
-        tid,
-        "setregset(NT_X86_XSTATE)",
-        libc::PTRACE_SETREGSET,
-        NT_X86_XSTATE as usize,
-        (&raw mut iov).cast(),
-    )?;
+    // SAFETY: the iovec describes `copy`, live for the call; the kernel only reads it.
+    unsafe {
+        raw_request(
+            tid,
+            "setregset(NT_X86_XSTATE)",
+            libc::PTRACE_SETREGSET,
+            NT_X86_XSTATE as usize,
+            (&raw mut iov).cast(),
+        )
+    }?;
     Ok(())
 }
 
 pub fn get_sigmask(tid: Pid) -> Result<u64> {
     let mut mask: u64 = 0;
-    raw_request(
-        tid,
-        "getsigmask",
-        libc::PTRACE_GETSIGMASK,
-        std::mem::size_of::<u64>(),
-        (&raw mut mask).cast(),
-    )?;
+    // SAFETY: `mask` is a live u64, the size passed in `addr`.
+    unsafe {
+        raw_request(
+            tid,
+            "getsigmask",
+            libc::PTRACE_GETSIGMASK,
+            std::mem::size_of::<u64>(),
+            (&raw mut mask).cast(),
+        )
+    }?;
     Ok(mask)
 }
 
 pub fn set_sigmask(tid: Pid, mask: u64) -> Result<()> {
     let mut mask = mask;
-    raw_request(
-        tid,
-        "setsigmask",
-        libc::PTRACE_SETSIGMASK,
-        std::mem::size_of::<u64>(),
-        (&raw mut mask).cast(),
-    )?;
+    // SAFETY: `mask` is a live u64, the size passed in `addr`.
+    unsafe {
+        raw_request(
+            tid,
+            "setsigmask",
+            libc::PTRACE_SETSIGMASK,
+            std::mem::size_of::<u64>(),
+            (&raw mut mask).cast(),
+        )
+    }?;
     Ok(())
 }
 
@@ -260,14 +275,17 @@ pub fn pending_signals(tid: Pid, shared: bool) -> Result<Vec<Vec<u8>>> {
             },
             nr: PEEK_BATCH as i32,
         };
-        // `args` is the request and `buf` holds PEEK_BATCH siginfos, the most it asks for.
-        let n = raw_request(
-            tid,
-            "peeksiginfo",
-            libc::PTRACE_PEEKSIGINFO,
-            (&raw mut args) as usize,
-            buf.as_mut_ptr().cast(),
-        )?;
+        // SAFETY: `args` is a live ptrace_peeksiginfo_args; `buf` holds PEEK_BATCH
+        // siginfos, the most it asks for.
+        let n = unsafe {
+            raw_request(
+                tid,
+                "peeksiginfo",
+                libc::PTRACE_PEEKSIGINFO,
+                (&raw mut args) as usize,
+                buf.as_mut_ptr().cast(),
+            )
+        }?;
         if n <= 0 {
             return Ok(found);
         }
@@ -293,13 +311,16 @@ struct RseqConfiguration {
 /// The thread's rseq registration, if it has one.
 pub fn get_rseq(tid: Pid) -> Result<Option<RseqState>> {
     let mut conf = RseqConfiguration::default();
-    raw_request(
-        tid,
-        "get_rseq_configuration",
-        libc::PTRACE_GET_RSEQ_CONFIGURATION,
-        std::mem::size_of::<RseqConfiguration>(),
-        (&raw mut conf).cast(),
-    )?;
+    // SAFETY: `conf` is a live ptrace_rseq_configuration, the size passed in `addr`.
+    unsafe {
+        raw_request(
+            tid,
+            "get_rseq_configuration",
+            libc::PTRACE_GET_RSEQ_CONFIGURATION,
+            std::mem::size_of::<RseqConfiguration>(),
+            (&raw mut conf).cast(),
+        )
+    }?;
     Ok((conf.rseq_abi_pointer != 0).then_some(RseqState {
         addr: conf.rseq_abi_pointer,
         len: conf.rseq_abi_size,

@@ -127,13 +127,151 @@ pub fn clone3_fork(pid: Option<i32>) -> Result<i32, Errno> {
     Errno::result(ret).map(|r| r as i32)
 }
 
-/// A system call with integer arguments whose result is only checked for -1/errno.
-/// Used by the restore child, which must make raw calls only (no allocation, no locks).
-pub fn raw_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
-    // SAFETY: callers pass calls whose pointer arguments (if any) point at memory that
-    // stays valid for the call; see each use in `tracer::child`.
+/// A system call with integer arguments; -1 becomes the errno.
+///
+/// # Safety
+/// Every argument the kernel reads as a pointer must point at memory valid for what call
+/// `nr` reads or writes there, for the duration of the call, and the call must not unmap
+/// or overwrite memory Rust still uses.
+unsafe fn raw_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
+    // SAFETY: forwarded to the caller (see above).
     let ret = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
     Errno::result(ret)
+}
+
+/// A syscall whose arguments are all plain integers: it cannot touch this process's memory.
+fn int_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
+    // SAFETY: callers pass no pointers, only numbers and fds.
+    unsafe { raw_syscall(nr, args) }
+}
+
+// The calls the restore child makes between `clone3` and the stub. It is a fork of a
+// possibly multi-threaded process, so they are raw syscalls: no allocation, no locks.
+
+/// Blocks every signal in the calling thread.
+pub fn block_all_signals() -> Result<(), Errno> {
+    let all: u64 = u64::MAX;
+    let args = [
+        libc::SIG_SETMASK as u64,
+        (&raw const all) as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    // SAFETY: `all` is a live 8-byte mask; the old mask is not asked for.
+    unsafe { raw_syscall(libc::SYS_rt_sigprocmask, args) }.map(drop)
+}
+
+/// Reads one byte from `fd`: Ok(true) for a byte, Ok(false) at end of file.
+pub fn read_byte(fd: i32) -> Result<bool, Errno> {
+    let mut byte = 0u8;
+    // SAFETY: the kernel writes at most 1 byte into `byte`.
+    let n = unsafe {
+        raw_syscall(
+            libc::SYS_read,
+            [fd as u64, (&raw mut byte) as u64, 1, 0, 0, 0],
+        )
+    }?;
+    Ok(n == 1)
+}
+
+/// Closes every fd from `first` on.
+pub fn close_from(first: u32) -> Result<(), Errno> {
+    int_syscall(
+        libc::SYS_close_range,
+        [u64::from(first), u64::from(u32::MAX), 0, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+pub fn close(fd: i32) -> Result<(), Errno> {
+    int_syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]).map(drop)
+}
+
+/// `openat(AT_FDCWD, path, flags)`; returns the new fd.
+pub fn open_path(path: &std::ffi::CStr, flags: i32) -> Result<i32, Errno> {
+    let args = [
+        libc::AT_FDCWD as u64,
+        path.as_ptr() as u64,
+        flags as u64,
+        0,
+        0,
+        0,
+    ];
+    // SAFETY: `path` is a live NUL-terminated string the kernel only reads.
+    unsafe { raw_syscall(libc::SYS_openat, args) }.map(|fd| fd as i32)
+}
+
+/// Puts `from` at number `to` (close-on-exec).
+pub fn dup_onto(from: i32, to: i32) -> Result<(), Errno> {
+    int_syscall(
+        libc::SYS_dup3,
+        [from as u64, to as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+pub fn clear_cloexec(fd: i32) -> Result<(), Errno> {
+    int_syscall(
+        libc::SYS_fcntl,
+        [fd as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+pub fn seek_to(fd: i32, offset: u64) -> Result<(), Errno> {
+    int_syscall(
+        libc::SYS_lseek,
+        [fd as u64, offset, libc::SEEK_SET as u64, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+pub fn change_dir(path: &std::ffi::CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is a live NUL-terminated string the kernel only reads.
+    unsafe { raw_syscall(libc::SYS_chdir, [path.as_ptr() as u64, 0, 0, 0, 0, 0]) }.map(drop)
+}
+
+pub fn set_umask(mask: u32) {
+    let _ = int_syscall(libc::SYS_umask, [u64::from(mask), 0, 0, 0, 0, 0]);
+}
+
+/// Installs a kernel `struct sigaction` (handler, flags, restorer, mask). The handler need
+/// not be mapped yet: the kernel only stores the address.
+pub fn set_signal_action(signo: i32, action: &[u64; 4]) -> Result<(), Errno> {
+    let args = [signo as u64, action.as_ptr() as u64, 0, 8, 0, 0];
+    // SAFETY: `action` is a live 32-byte kernel sigaction the kernel only reads.
+    unsafe { raw_syscall(libc::SYS_rt_sigaction, args) }.map(drop)
+}
+
+/// Sets the calling process's limit for `resource`.
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+    let limit = [soft, hard];
+    let args = [0, u64::from(resource), limit.as_ptr() as u64, 0, 0, 0];
+    // SAFETY: `limit` is a live rlimit64 the kernel only reads; the old limit is not asked.
+    unsafe { raw_syscall(libc::SYS_prlimit64, args) }.map(drop)
+}
+
+/// Unregisters the calling thread's rseq area (registered with `len` and `signature`).
+pub fn rseq_unregister(area: u64, len: u32, signature: u32) -> Result<(), Errno> {
+    const RSEQ_FLAG_UNREGISTER: u64 = 1;
+    let args = [
+        area,
+        u64::from(len),
+        RSEQ_FLAG_UNREGISTER,
+        u64::from(signature),
+        0,
+        0,
+    ];
+    // Unregistering only compares the address with the registered one; nothing is read.
+    int_syscall(libc::SYS_rseq, args).map(drop)
+}
+
+/// Ends the whole process at once (no atexit handlers, no unwinding).
+pub fn exit_now(code: i32) -> ! {
+    let _ = int_syscall(libc::SYS_exit_group, [code as u64, 0, 0, 0, 0, 0]);
+    unreachable!("exit_group returned")
 }
 
 /// Maps `len` bytes of fresh memory exactly at `addr`, failing if anything is there.
@@ -234,7 +372,7 @@ pub fn own_rseq_area() -> Option<(u64, u32)> {
 
 /// A pidfd for `pid`: readable once the process has exited.
 pub fn pidfd_open(pid: Pid) -> Result<std::os::fd::OwnedFd, Errno> {
-    let fd = raw_syscall(libc::SYS_pidfd_open, [pid.as_raw() as u64, 0, 0, 0, 0, 0])?;
+    let fd = int_syscall(libc::SYS_pidfd_open, [pid.as_raw() as u64, 0, 0, 0, 0, 0])?;
     // SAFETY: the kernel just returned this new fd; nothing else owns it.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
