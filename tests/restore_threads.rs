@@ -68,32 +68,21 @@ fn tids_when(pid: i32, count: usize) -> BTreeSet<i32> {
 /// exactly the same ones while it runs.
 fn threads_cycle(h: &Harness, workers: usize, ticks: usize, at_tick: usize) -> Outcome {
     let prog = threads_prog(workers, ticks);
-    let reference = h.plain(&prog);
-    let mut run = h.run(&prog);
-    run.wait_for_ticks(at_tick);
-    let pid = run.target_pid();
-    let tids = tids_when(pid, workers + 2);
-    let ckpt = h.checkpoint(pid, true);
-    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
-    wait_gone(pid);
-    let after = h.restore_to_end(&ckpt.path, &prog, pid, |restore, pid| {
-        restore.wait_for_ticks(1);
-        assert_eq!(
-            task_tids(pid),
-            tids,
-            "the restored process must have the original's threads, with their TIDs"
-        );
-    });
-    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    assert_continuation(&reference, &before, &after, pid);
-    assert_threads_ok(&format!("{before}{after}"), workers, ticks);
-    Outcome {
-        pid,
-        ckpt,
-        reference,
-        before,
-        after,
-    }
+    let out = h.checkpoint_kill_restore_around(
+        &prog,
+        at_tick,
+        |pid| tids_when(pid, workers + 2),
+        |restore, pid, tids| {
+            restore.wait_for_ticks(1);
+            assert_eq!(
+                &task_tids(pid),
+                tids,
+                "the restored process must have the original's threads, with their TIDs"
+            );
+        },
+    );
+    assert_threads_ok(&format!("{}{}", out.before, out.after), workers, ticks);
+    out
 }
 
 /// (1)-(5): 16 workers checkpointed after 15 ticks run on for 45 more, every tick `ok=1`,

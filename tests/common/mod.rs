@@ -994,9 +994,21 @@ impl Harness {
     /// Runs `prog` under `mlckpt run` until it printed `at_tick` tick lines, then
     /// `checkpoint --kill`s it; checks the run ended with 128+SIGKILL and the PID is free.
     pub fn run_until_checkpoint_kill(&self, prog: &Prog, at_tick: usize) -> Killed {
+        self.run_until_checkpoint_kill_with(prog, at_tick, |_| {})
+    }
+
+    /// [`Self::run_until_checkpoint_kill`], calling `before` with the PID just before the
+    /// checkpoint.
+    pub fn run_until_checkpoint_kill_with(
+        &self,
+        prog: &Prog,
+        at_tick: usize,
+        before: impl FnOnce(i32),
+    ) -> Killed {
         let mut run = self.run(prog);
         run.wait_for_ticks(at_tick);
         let pid = run.target_pid();
+        before(pid);
         let ckpt = self.checkpoint(pid, true);
         let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
         wait_gone(pid);
@@ -1032,9 +1044,32 @@ impl Harness {
         at_tick: usize,
         during: impl FnOnce(&mut Proc, i32),
     ) -> Outcome {
+        self.checkpoint_kill_restore_around(
+            prog,
+            at_tick,
+            |_| (),
+            |proc, pid, ()| during(proc, pid),
+        )
+    }
+
+    /// The whole cycle with two hooks: `before` runs with the PID just before the checkpoint,
+    /// and what it returns is handed to `during`, which runs while the restored process runs.
+    pub fn checkpoint_kill_restore_around<T>(
+        &self,
+        prog: &Prog,
+        at_tick: usize,
+        before_checkpoint: impl FnOnce(i32) -> T,
+        during: impl FnOnce(&mut Proc, i32, &T),
+    ) -> Outcome {
         let reference = self.plain(prog);
-        let Killed { pid, ckpt, before } = self.run_until_checkpoint_kill(prog, at_tick);
-        let after = self.restore_to_end(&ckpt.path, prog, pid, during);
+        let mut seen = None;
+        let Killed { pid, ckpt, before } =
+            self.run_until_checkpoint_kill_with(prog, at_tick, |pid| {
+                seen = Some(before_checkpoint(pid));
+            });
+        let seen = seen.expect("the hook ran before the checkpoint");
+        let after =
+            self.restore_to_end(&ckpt.path, prog, pid, |proc, pid| during(proc, pid, &seen));
         let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
         assert_continuation(&reference, &before, &after, pid);
         Outcome {
