@@ -164,8 +164,9 @@ impl<'a> Rethreader<'a> {
     }
 }
 
-/// Kernel state a thread can only set for itself (run in it through `remote`): robust
-/// futex list, rseq, sigaltstack, name; and its CPU affinity.
+/// Kernel state a thread can only set for itself (run in it through `remote`): name
+/// (PR_SET_NAME), robust futex list, rseq, sigaltstack; and its CPU affinity, left as it
+/// is (with a note) when this node cannot satisfy the image's CPU list.
 fn thread_state(
     mem: &ProcessMemory,
     scratch: u64,
@@ -173,7 +174,23 @@ fn thread_state(
     tid: Pid,
     t: &ThreadState,
 ) -> Result<(), RestoreError> {
-    name_and_place(mem, scratch, remote, tid, t)?;
+    if !t.name.is_empty() {
+        let mut name = t.name.as_bytes()[..t.name.len().min(15)].to_vec();
+        name.push(0);
+        mem.write(scratch + NAME, &name)?;
+        remote.checked(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, scratch + NAME],
+        )?;
+    }
+    if !t.affinity.is_empty()
+        && let Err(e) = super::sys::set_affinity(tid, &t.affinity)
+    {
+        eprintln!(
+            "mlckpt: note: thread {tid} keeps the default CPU affinity: the image's CPU list is not usable here ({e})"
+        );
+    }
     if let Some(rl) = t.robust_list {
         remote.checked(
             "set_robust_list",
@@ -199,35 +216,6 @@ fn thread_state(
             libc::SYS_sigaltstack,
             &[scratch + ALT_STACK, 0],
         )?;
-    }
-    Ok(())
-}
-
-/// The thread's name (PR_SET_NAME, which only the thread itself can call) and its CPU
-/// affinity; a CPU list this node cannot satisfy is left as it is, with a note.
-fn name_and_place(
-    mem: &ProcessMemory,
-    scratch: u64,
-    remote: &mut RemoteThread,
-    tid: Pid,
-    t: &ThreadState,
-) -> Result<(), RestoreError> {
-    if !t.name.is_empty() {
-        let mut name = t.name.as_bytes()[..t.name.len().min(15)].to_vec();
-        name.push(0);
-        mem.write(scratch + NAME, &name)?;
-        remote.checked(
-            "prctl(PR_SET_NAME)",
-            libc::SYS_prctl,
-            &[libc::PR_SET_NAME as u64, scratch + NAME],
-        )?;
-    }
-    if !t.affinity.is_empty()
-        && let Err(e) = super::sys::set_affinity(tid, &t.affinity)
-    {
-        eprintln!(
-            "mlckpt: note: thread {tid} keeps the default CPU affinity: the image's CPU list is not usable here ({e})"
-        );
     }
     Ok(())
 }
