@@ -1,6 +1,7 @@
-//! Incremental images and fork-snapshot checkpoints: a chain restores exactly, a missing
-//! or replaced parent is refused clearly, `full_every` bounds the chain, and an image taken
-//! from a fork-snapshot (the target running on) restores like a frozen one, threads too.
+//! Incremental images, pre-copy and fork-snapshot checkpoints: a chain restores exactly, a
+//! missing or replaced parent is refused clearly, `full_every` bounds the chain, write
+//! tracking sees every way a page can change, and images taken while the target ran on
+//! (pre-copied, or from a fork-snapshot) restore like frozen ones, threads too.
 
 mod common;
 
@@ -19,11 +20,20 @@ fn chain_depth(image: &Path) -> u64 {
 /// Checkpoints a running program `count - 1` times (the target running on), then once more
 /// with --kill; returns the images and the run's output.
 fn chain(h: &Harness, prog: &Prog, count: usize) -> (Vec<Ckpt>, Killed) {
+    let (images, killed, _) = chain_asked(h, prog, count);
+    (images, killed)
+}
+
+/// [`chain`], also returning how many lines the run had printed when each checkpoint was
+/// asked for.
+fn chain_asked(h: &Harness, prog: &Prog, count: usize) -> (Vec<Ckpt>, Killed, Vec<usize>) {
     let mut run = h.run(prog);
     run.wait_for_ticks(3);
     let pid = run.target_pid();
     let mut images = Vec::new();
+    let mut asked = Vec::new();
     for i in 1..count {
+        asked.push(run.line_count());
         images.push(h.checkpoint(pid, false));
         run.wait_for_ticks(3 + 2 * i);
     }
@@ -31,19 +41,19 @@ fn chain(h: &Harness, prog: &Prog, count: usize) -> (Vec<Ckpt>, Killed) {
     let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
     wait_gone(pid);
     images.push(last.clone());
-    (
-        images,
-        Killed {
-            pid,
-            ckpt: last,
-            before,
-        },
-    )
+    let killed = Killed {
+        pid,
+        ckpt: last,
+        before,
+    };
+    (images, killed, asked)
 }
 
 #[test]
 fn incremental_chain_of_five_restores_exactly() {
     let h = Harness::new("chain5");
+    // Every image stays (retention may drop one no later image takes pages from).
+    h.set_config("keep = 100\n[interval]\nlocal = 0\n");
     let prog = Prog::c("memory", &["32", "80"]);
     let reference = h.plain(&prog);
     let (images, killed) = chain(&h, &prog, 5);
@@ -52,6 +62,11 @@ fn incremental_chain_of_five_restores_exactly() {
         depths,
         [0, 1, 2, 3, 4],
         "each checkpoint builds on the previous one"
+    );
+    assert!(
+        images.iter().all(|c| c.mode == "precopy"),
+        "a supervised checkpoint tracks writes: {:?}",
+        images.iter().map(|c| &c.mode).collect::<Vec<_>>()
     );
     let full = images[0].bytes;
     for inc in &images[1..] {
@@ -135,9 +150,43 @@ fn full_every_bounds_the_chain() {
     assert_eq!(depths, [0, 1, 2, 0, 1]);
 }
 
+/// Write tracking sees every way a page can change besides a store: MADV_DONTNEED, the
+/// kernel writing (pread), a mapping replaced at the same address, mremap, mprotect splits,
+/// brk growing and shrinking, zero-page reads. A chain of tracked increments taken while
+/// the program runs restores exactly from its last image (taken with --kill) and from one
+/// in the middle (the program ran on after it).
+#[test]
+fn tracked_increments_see_every_kind_of_change() {
+    let h = Harness::new("mutator");
+    h.set_config("keep = 100\n[interval]\nlocal = 0\n");
+    let prog = Prog::c("mutator", &["70"]);
+    let reference = h.plain(&prog);
+    let (images, killed, asked) = chain_asked(&h, &prog, 6);
+    let depths: Vec<u64> = images.iter().map(|c| chain_depth(&c.path)).collect();
+    assert_eq!(depths, [0, 1, 2, 3, 4, 5]);
+    assert!(images.iter().all(|c| c.mode == "precopy"), "{images:?}");
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+
+    let after = h.restore_to_end(&killed.ckpt.path, &prog, killed.pid, |_, _| {});
+    assert_continuation(&reference, &killed.before, &after, killed.pid);
+
+    let middle = h.restore_to_end(&images[3].path, &prog, killed.pid, |_, _| {});
+    let window = asked[3]..asked[3] + 12;
+    assert_resumed(
+        &reference,
+        &killed.before,
+        &middle,
+        window,
+        killed.pid,
+        killed.pid,
+    );
+}
+
 #[test]
 fn snapshot_image_with_threads_restores_like_a_frozen_one() {
     let h = Harness::new("snapthreads");
+    // Without write tracking, a checkpoint of our child reads its memory from a fork.
+    h.set_config("[interval]\nlocal = 0\n[image]\nwrite_tracking = false\n");
     let prog = Prog::c("threads", &["8", "40"]);
     let reference = h.plain(&prog);
     let mut run = h.run(&prog);
@@ -145,6 +194,7 @@ fn snapshot_image_with_threads_restores_like_a_frozen_one() {
     let pid = run.target_pid();
     let asked = run.line_count();
     let snap = h.checkpoint(pid, false);
+    assert_eq!(snap.mode, "snapshot");
     let json = manifest(&snap.path);
     assert_eq!(
         json["threads"].as_array().unwrap().len(),

@@ -3,15 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the on-disk layout, independent of the program version. Readers refuse any
-/// other value, so a format change must bump it.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk layout, independent of the program version. A format change must
+/// bump it; readers refuse versions they do not know.
+/// 2: regions may carry `hashed: false` (no page hashes; their changes are write-tracked).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this version still reads (format 1 is format 2 with every region
+/// hashed).
+pub const OLDEST_READABLE_FORMAT: u32 = 1;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PAGES_FILE: &str = "pages.bin";
 pub const CHECKSUMS_FILE: &str = "CHECKSUMS";
-/// A 16-byte blake3 per page of the image, in `runs` order: how the next checkpoint tells
-/// which pages changed (the kernel here has no soft-dirty bits).
+/// A 16-byte blake3 per page of every `hashed` region, in `runs` order: how the next
+/// checkpoint tells by content which pages of a region it cannot write-track changed.
 pub const PAGE_HASHES_FILE: &str = "pagehashes.bin";
 /// Bytes of a page hash: enough to tell changed pages apart, half the size of a full hash.
 pub const PAGE_HASH_BYTES: usize = 16;
@@ -301,6 +305,19 @@ pub struct MemoryRegion {
     /// Pages whose contents are stored in `pages.bin`; every other page is either the
     /// backing file's own or was never touched (zero).
     pub runs: Vec<PageRun>,
+    /// Whether `pagehashes.bin` holds a hash of each page in `runs`. Regions whose writes
+    /// the supervisor tracks (userfaultfd write protection) need none.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub hashed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 impl MemoryRegion {

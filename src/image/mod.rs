@@ -1,6 +1,7 @@
 //! The on-disk image: manifest, page data and checksums. Knows nothing about ptrace.
 
 pub mod format;
+pub mod pagebuf;
 pub mod reader;
 pub mod store;
 pub mod verify;

@@ -1,6 +1,8 @@
 //! Opening an image: the manifest is parsed and its format checked before anything else.
 
-use super::format::{CHECKSUMS_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, PAGES_FILE};
+use super::format::{
+    CHECKSUMS_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, OLDEST_READABLE_FORMAT, PAGES_FILE,
+};
 use std::path::{Path, PathBuf};
 
 /// A manifest larger than this is not one mlckpt wrote (even 100k regions stay far below).
@@ -25,8 +27,8 @@ pub enum ReadError {
         source: serde_json::Error,
     },
     #[error(
-        "{path} has image format {found}, this mlckpt reads format {FORMAT_VERSION}; \
-         use the mlckpt version that wrote it"
+        "{path} has image format {found}, this mlckpt reads formats \
+         {OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}; use the mlckpt version that wrote it"
     )]
     Version { path: PathBuf, found: u64 },
 }
@@ -97,7 +99,7 @@ fn check_format(path: &Path, text: &[u8]) -> Result<(), ReadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if head.format != u64::from(FORMAT_VERSION) {
+    if !(u64::from(OLDEST_READABLE_FORMAT)..=u64::from(FORMAT_VERSION)).contains(&head.format) {
         return Err(ReadError::Version {
             path: path.to_path_buf(),
             found: head.format,

@@ -1,12 +1,17 @@
 //! Streaming image writer: pages go to disk as they are read, hashed on the way, and the
 //! image only appears under its final name once everything is durable.
+//!
+//! `pages.bin` is written with `O_DIRECT` where the file system allows it: the device reads
+//! the batches straight from mlckpt's buffers, so no CPU time goes into copying them into
+//! the page cache and no dirty-page writeback has to be waited for at the end; the image's
+//! bytes are on the device when the last write returns.
 
 use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, Manifest, PAGE_HASHES_FILE, PAGES_FILE};
+use super::pagebuf::PageBuf;
 use super::store::{ImageDirError, image_dir_name, partial_dir_name};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -41,6 +46,9 @@ pub struct ImageWriter {
     partial: PathBuf,
     final_path: PathBuf,
     pipe: Option<PagePipe>,
+    /// `pages.bin` in order, hashed by the submitting thread while the writer thread writes
+    /// the batches before.
+    hasher: blake3::Hasher,
     written: u64,
     committed: bool,
 }
@@ -50,6 +58,8 @@ pub struct ImageWriter {
 pub struct CommittedImage {
     pub path: PathBuf,
     pub bytes: u64,
+    /// The manifest's blake3, as CHECKSUMS lists it: what a child image pins it by.
+    pub manifest_blake3: String,
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -60,12 +70,24 @@ fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
 }
 
 fn create_private(path: &Path) -> Result<File, WriteError> {
+    create_private_with(path, 0).map_err(write_err(path))
+}
+
+fn create_private_with(path: &Path, flags: i32) -> std::io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(flags)
         .open(path)
-        .map_err(write_err(path))
+}
+
+/// `pages.bin`, with `O_DIRECT` where the file system supports it (not tmpfs, say).
+fn create_pages_file(path: &Path) -> Result<File, WriteError> {
+    match create_private_with(path, libc::O_DIRECT) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => create_private(path),
+        other => other.map_err(write_err(path)),
+    }
 }
 
 /// Creates `dir` and its missing parents with mode 0700: images hold the process's secrets.
@@ -101,7 +123,7 @@ impl ImageWriter {
                 source,
             })?;
         let pages_path = partial.join(PAGES_FILE);
-        let pages = match create_private(&pages_path) {
+        let pages = match create_pages_file(&pages_path) {
             Ok(f) => f,
             Err(e) => {
                 let _ = fs::remove_dir_all(&partial);
@@ -112,31 +134,33 @@ impl ImageWriter {
             partial,
             final_path,
             pipe: Some(PagePipe::start(pages, pages_path)),
+            hasher: blake3::Hasher::new(),
             written: 0,
             committed: false,
         })
     }
 
-    /// A buffer of `len` bytes to fill and `submit` (recycled once written).
-    pub fn take_buffer(&mut self, len: usize) -> Vec<u8> {
+    /// A buffer of `len` bytes (whole pages) to fill and `submit` (recycled once written).
+    pub fn take_buffer(&mut self, len: usize) -> PageBuf {
         let mut buf = self
             .pipe
             .as_ref()
             .and_then(|p| p.free.try_recv().ok())
             .unwrap_or_default();
-        buf.resize(len, 0);
+        buf.resize(len);
         buf
     }
 
-    /// Appends page data (hashed and written by the writer thread); returns its offset in
+    /// Appends page data: hashed here, written by the writer thread. Returns its offset in
     /// `pages.bin`.
-    pub fn submit(&mut self, data: Vec<u8>) -> Result<u64, WriteError> {
+    pub fn submit(&mut self, data: PageBuf) -> Result<u64, WriteError> {
         let offset = self.written;
         self.written += data.len() as u64;
+        self.hasher.update_rayon(data.as_bytes());
         let pipe = self.pipe.as_ref().expect("pipe lives until commit");
         if pipe.full.send(data).is_err() {
             // The writer thread stopped on an error; `finish` reports it.
-            return self.pipe.take().expect("pipe").finish().map(|_| offset);
+            return self.pipe.take().expect("pipe").finish().map(|()| offset);
         }
         Ok(offset)
     }
@@ -153,19 +177,19 @@ impl ImageWriter {
         manifest: &Manifest,
         page_hashes: &[u8],
     ) -> Result<CommittedImage, WriteError> {
-        let pages_hash = self
-            .pipe
+        self.pipe
             .take()
             .expect("pipe lives until commit")
             .finish()?;
+        let pages_hash = self.hasher.finalize();
 
         let manifest_path = self.partial.join(MANIFEST_FILE);
         // Compact: incremental images have many small runs, and `jq` prints it for people.
         let json = serde_json::to_vec(manifest).expect("manifest serialises");
         write_durable(&manifest_path, &json)?;
+        let manifest_blake3 = blake3::hash(&json).to_hex().to_string();
         let mut checksums = format!(
-            "{}  {MANIFEST_FILE}\n{}  {PAGES_FILE}\n",
-            blake3::hash(&json).to_hex(),
+            "{manifest_blake3}  {MANIFEST_FILE}\n{}  {PAGES_FILE}\n",
             pages_hash.to_hex()
         );
         if !page_hashes.is_empty() {
@@ -187,59 +211,62 @@ impl ImageWriter {
                 + json.len() as u64
                 + checksums.len() as u64
                 + page_hashes.len() as u64,
+            manifest_blake3,
         })
     }
 }
 
-/// The writer thread: hashes and writes page batches in order while the dumping thread
-/// reads the next ones, and starts their writeback at once, so that the final fsync finds
-/// little left to do.
+/// The writer thread: writes page batches in order while the dumping thread reads and
+/// hashes the next ones.
 struct PagePipe {
-    full: SyncSender<Vec<u8>>,
-    free: Receiver<Vec<u8>>,
-    thread: JoinHandle<Result<blake3::Hash, WriteError>>,
+    full: SyncSender<PageBuf>,
+    free: Receiver<PageBuf>,
+    thread: JoinHandle<Result<(), WriteError>>,
 }
 
 impl PagePipe {
     fn start(file: File, path: PathBuf) -> PagePipe {
-        let (full, full_rx) = sync_channel::<Vec<u8>>(BUFFERS_IN_FLIGHT - 1);
-        let (free_tx, free) = sync_channel::<Vec<u8>>(BUFFERS_IN_FLIGHT);
+        let (full, full_rx) = sync_channel::<PageBuf>(BUFFERS_IN_FLIGHT - 1);
+        let (free_tx, free) = sync_channel::<PageBuf>(BUFFERS_IN_FLIGHT);
         let thread = std::thread::spawn(move || {
-            let mut file = file;
-            let mut hasher = blake3::Hasher::new();
-            let mut at = 0u64;
+            let mut at = 0;
             for buf in full_rx {
-                hasher.update_rayon(&buf);
-                file.write_all(&buf).map_err(write_err(&path))?;
-                start_writeback(&file, at, buf.len() as u64);
+                write_pages(&file, buf.as_bytes(), at).map_err(write_err(&path))?;
                 at += buf.len() as u64;
                 let _ = free_tx.try_send(buf);
             }
-            file.sync_all().map_err(write_err(&path))?;
-            Ok(hasher.finalize())
+            file.sync_all().map_err(write_err(&path))
         });
         PagePipe { full, free, thread }
     }
 
-    /// Waits for every batch to be written and durable; the hash of all of them.
-    fn finish(self) -> Result<blake3::Hash, WriteError> {
+    /// Waits for every batch to be written and durable.
+    fn finish(self) -> Result<(), WriteError> {
         drop(self.full);
         self.thread.join().expect("page writer thread panicked")
     }
 }
 
-/// Asks the kernel to start writing `[offset, offset+len)` back now (no waiting).
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    // SAFETY: sync_file_range only takes integers and an fd that `file` keeps open; it
-    // cannot touch this process's memory. Failure only loses the head start.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+/// Writes `data` at `at`. A file system that accepted `O_DIRECT` at open but refuses it
+/// for this write (a block size above the page size) gets a buffered write.
+fn write_pages(file: &File, data: &[u8], at: u64) -> std::io::Result<()> {
+    match file.write_all_at(data, at) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && drop_direct_io(file) => {
+            file.write_all_at(data, at)
+        }
+        other => other,
     }
+}
+
+/// Turns `O_DIRECT` off for `file`; false if it was not on (or cannot be turned off).
+fn drop_direct_io(file: &File) -> bool {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let Ok(bits) = fcntl(file, FcntlArg::F_GETFL) else {
+        return false;
+    };
+    let flags = OFlag::from_bits_truncate(bits);
+    flags.contains(OFlag::O_DIRECT)
+        && fcntl(file, FcntlArg::F_SETFL(flags - OFlag::O_DIRECT)).is_ok()
 }
 
 fn write_durable(path: &Path, data: &[u8]) -> Result<(), WriteError> {

@@ -11,6 +11,7 @@ use crate::tiers::placement::{Copied, PlaceError, Placer};
 use crate::tiers::retention;
 use crate::tiers::topology::Topology;
 use crate::tracer::dump::{self, CheckpointRequest, CheckpointStats};
+use crate::tracer::precopy::Tracking;
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -76,14 +77,16 @@ impl JobContext {
     }
 
     /// Writes a local image of `pid`, then deletes local images beyond `keep`, sparing
-    /// those in `in_use` (being copied).
+    /// those in `in_use` (being copied). `tracking` is the supervisor's write tracking of
+    /// `pid`, if it has one.
     pub fn checkpoint_local(
         &self,
         pid: Pid,
         kill: bool,
         in_use: &BTreeSet<PathBuf>,
+        tracking: Option<&mut Tracking>,
     ) -> Result<CheckpointStats, SuperviseError> {
-        let stats = dump::checkpoint(&CheckpointRequest {
+        let request = CheckpointRequest {
             pid,
             job: &self.job,
             rank: self.rank(),
@@ -92,7 +95,8 @@ impl JobContext {
             seq: self.next_seq(),
             kill,
             full_every: self.config.image.full_every,
-        })?;
+        };
+        let stats = dump::checkpoint(&request, tracking)?;
         let mut protect = in_use.clone();
         protect.insert(stats.path.clone());
         let keep = self.config.storage.keep;
@@ -115,7 +119,7 @@ impl JobContext {
     ) -> Result<CheckpointStats, SuperviseError> {
         self.check_tier(tier)?;
         let started = Instant::now();
-        let stats = self.checkpoint_local(pid, kill, &BTreeSet::new())?;
+        let stats = self.checkpoint_local(pid, kill, &BTreeSet::new(), None)?;
         let Some(dest) = self.paths.destination(tier) else {
             return Ok(stats);
         };

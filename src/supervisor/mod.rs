@@ -17,6 +17,7 @@ use crate::tiers::config::runtime_dir;
 use crate::tiers::placement::{Gate, PlaceError};
 use crate::tiers::schedule::Schedule;
 use crate::tracer::dump::{CheckpointStats, DumpError};
+use crate::tracer::precopy::Tracking;
 use crate::tracer::ptrace::{self, Stop};
 use crate::tracer::sys;
 use context::placed;
@@ -27,10 +28,11 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
+use std::cell::RefCell;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
@@ -94,6 +96,8 @@ struct Supervisor<'a> {
     /// Held while a checkpoint runs: copies then wait rather than compete with the freeze.
     gate: Gate,
     schedule: Schedule,
+    /// Write tracking of the target, kept from one checkpoint to the next.
+    tracking: RefCell<Tracking>,
 }
 
 /// Supervises `pid` until it exits; returns the exit code to pass on. Copies still under
@@ -119,7 +123,14 @@ pub fn supervise(
         copier: Copier::start(&ctx.paths, ctx.config.storage.keep, &gate),
         gate,
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
+        tracking: RefCell::default(),
     };
+    if ctx.config.image.write_tracking {
+        // Now rather than at the first checkpoint: setting it up stops the target briefly,
+        // and that checkpoint's freeze should be its only stop.
+        let mut stopped = Duration::ZERO;
+        let _ = sup.tracking.get_mut().ready(pid, &mut stopped);
+    }
     loop {
         let mut fds = [
             PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
@@ -172,9 +183,16 @@ impl Supervisor<'_> {
         reply: impl FnOnce(&CheckpointStats) -> Option<Reply>,
     ) -> Result<CheckpointStats, SuperviseError> {
         let held = self.gate.hold();
+        let mut tracking = self.tracking.borrow_mut();
+        let tracking = self
+            .ctx
+            .config
+            .image
+            .write_tracking
+            .then_some(&mut *tracking);
         let stats = self
             .ctx
-            .checkpoint_local(self.pid, kill, &self.copier.in_use())?;
+            .checkpoint_local(self.pid, kill, &self.copier.in_use(), tracking)?;
         drop(held);
         if tier != TierKind::Local {
             self.copier.submit(tier, &stats.path, reply(&stats));

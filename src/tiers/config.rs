@@ -70,8 +70,12 @@ pub struct IntervalConfig {
 /// `[image]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageConfig {
-    /// A full image every N checkpoints, >= 1 (incremental images come later).
+    /// A full image every N checkpoints, >= 1.
     pub full_every: u32,
+    /// Track the target's writes (userfaultfd) to pre-copy memory while it runs and to
+    /// find changed pages without reading all memory; off: fork-snapshots and content
+    /// hashes only.
+    pub write_tracking: bool,
 }
 
 /// `[topology]`: only parsed here; the paths it implies belong to the topology module.
@@ -160,6 +164,7 @@ impl Config {
             },
             image: ImageConfig {
                 full_every: DEFAULT_FULL_EVERY,
+                write_tracking: true,
             },
             topology: TopologyConfig {
                 test_mode: false,
@@ -193,6 +198,7 @@ impl Config {
                     "image.full_every",
                     DEFAULT_FULL_EVERY,
                 )?,
+                write_tracking: raw.image.write_tracking.unwrap_or(true),
             },
             topology: topology(&src, raw.topology)?,
         };
@@ -382,6 +388,7 @@ struct RawInterval {
 #[serde(deny_unknown_fields, default, expecting = "a table: [image]")]
 struct RawImage {
     full_every: Option<Spanned<Count>>,
+    write_tracking: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -832,6 +839,7 @@ partner = 300
 global = 1800
 [image]
 full_every = 5
+write_tracking = false
 [topology]
 test_mode = true
 nodes = 4
@@ -851,6 +859,7 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert_eq!(c.interval.partner, Duration::from_secs(300));
         assert_eq!(c.interval.global, Duration::from_secs(1800));
         assert_eq!(c.image.full_every, 5);
+        assert!(!c.image.write_tracking);
         assert!(c.topology.test_mode);
         assert_eq!((c.topology.nodes, c.topology.ranks_per_node), (4, 2));
         assert_eq!(

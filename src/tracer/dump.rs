@@ -1,16 +1,18 @@
 //! A checkpoint: freeze, capture, stream memory into an image, let go (or kill).
 
 use super::freeze::{FreezeError, Frozen, parent_of};
-use super::inspect::{self, InspectError, RegionPlan, StorePolicy};
+use super::inspect::{self, FlagHints, InspectError, RegionPlan, StorePolicy};
 use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::pages::{PageSink, ParentPages};
+use super::precopy::{self, Tracking};
 use super::remote::{RemoteError, RemoteThread, find_gadget};
 use super::snapshot::Snapshot;
 use super::sys;
 use super::threads::{self, ThreadError};
+use super::tracker::{TrackError, WriteTracker};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, PendingSignal, SignalAction,
-    ThreadState, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, ParentRef, PendingSignal,
+    SignalAction, ThreadState, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
 use nix::sys::signal::Signal;
@@ -18,7 +20,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -36,6 +38,12 @@ pub enum DumpError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Snapshot(#[from] super::snapshot::SnapshotError),
+    #[error(transparent)]
+    Track(TrackError),
+    #[error("internal error: a write-tracked page was never read")]
+    Unread,
+    #[error("internal error: the new image needs image {0}, which its parent does not name")]
+    LostParent(u64),
 }
 
 /// What to checkpoint and where.
@@ -71,54 +79,152 @@ pub struct CheckpointStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DumpMode {
+    /// Write-tracked memory read while the target ran, the rest while frozen.
+    Precopy,
+    /// Read from a fork of the frozen target while the target ran on.
     Snapshot,
+    /// Read while the target was frozen.
     #[default]
     Frozen,
 }
 
-pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError> {
+/// Checkpoints `req.pid`. With `tracking` (a supervisor's, kept across its checkpoints),
+/// tracked memory is pre-copied while the target runs; without, memory is read from a
+/// fork-snapshot (when the target is our child) or while frozen.
+pub fn checkpoint(
+    req: &CheckpointRequest,
+    tracking: Option<&mut Tracking>,
+) -> Result<CheckpointStats, DumpError> {
     let started = Instant::now();
+    let Some(tracking) = tracking else {
+        return dump(req, None, started, Duration::ZERO);
+    };
+    let mut stopped = Duration::ZERO;
+    let result = match tracking.ready(req.pid, &mut stopped) {
+        Some(tracker) => {
+            let result = dump(req, Some(&mut *tracker), started, stopped);
+            if result.is_err() {
+                tracker.abandoned();
+            }
+            result
+        }
+        None => dump(req, None, started, stopped),
+    };
+    if matches!(result, Err(DumpError::Track(_))) {
+        tracking.reset();
+    }
+    result
+}
+
+/// Below this much memory to read from the frozen target, a fork-snapshot (whose page
+/// table copy costs ~25 ms per GiB mapped) is not worth it when memory is write-tracked.
+const SNAPSHOT_MIN_BYTES: u64 = 32 << 20;
+
+fn dump(
+    req: &CheckpointRequest,
+    mut tracker: Option<&mut WriteTracker>,
+    started: Instant,
+    stopped_before: Duration,
+) -> Result<CheckpointStats, DumpError> {
+    // Read before the freeze: it walks page tables, which takes long for big targets.
+    let hints = inspect::flag_hints(req.pid)?;
+    let parent = ParentPages::newest(req.rank_dir, req.full_every);
+    let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
+    let mem = ProcessMemory::open(req.pid)?;
+    if let Some(t) = tracker.as_deref_mut() {
+        let plans = inspect::read_regions_with(req.pid, &hints)?;
+        let passes = !req.kill;
+        precopy::before_freeze(
+            t,
+            &plans,
+            &hints,
+            parent.as_ref(),
+            &mem,
+            &mut writer,
+            passes,
+        )
+        .map_err(|e| gone_as_exited(e, req.pid))?;
+    }
+
+    let freeze_began = Instant::now();
     let time_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    // Read before the freeze: it walks page tables, which takes long for big targets.
-    let hints = inspect::flag_hints(req.pid)?;
-    let parent = ParentPages::newest(req.rank_dir, req.full_every);
     let mut frozen = Frozen::freeze(req.pid)?;
+    if let Some(t) = tracker.as_deref_mut() {
+        t.scan().map_err(|e| gone_as_exited(e.into(), req.pid))?;
+    }
     // Files first: an unsupported fd fails before any work (the target runs on untouched).
     let fds = inspect::read_fds(req.pid)?;
-    let mem = ProcessMemory::open(req.pid)?;
+    let mut plans = inspect::read_regions_with(req.pid, &hints)?;
+    let (mut tracked, untracked): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) =
+        plans.iter_mut().partition(|p| {
+            tracker
+                .as_deref()
+                .is_some_and(|t| t.covers(p.region.start, p.region.end))
+        });
+    let tracked_ranges: Vec<(u64, u64)> = tracked
+        .iter()
+        .map(|p| (p.region.start, p.region.end))
+        .collect();
     // A snapshot child must become ours to reap: only when we are the target's parent.
     // With --kill the target stays frozen anyway, so there is nothing to gain.
-    let try_snapshot = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
+    let can_fork = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
+    // Pages the target unmapped (or whose tracking broke) are not read any more.
+    let frozen_read = tracker.as_deref_mut().map(|t| {
+        t.index.retain_within(&tracked_ranges);
+        t.index.pending_bytes() + resident(&untracked, &hints)
+    });
+    // Without tracking, a snapshot is the only way not to read all memory frozen.
+    let try_snapshot = can_fork && frozen_read.is_none_or(|bytes| bytes > SNAPSHOT_MIN_BYTES);
     let mut captured = capture_threads(&mut frozen, &mem, try_snapshot)?;
     let mut process = inspect::read_process(req.pid)?;
-    let mut plans = inspect::read_regions_with(req.pid, &hints)?;
 
-    let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
     let snapshot = captured.snapshot.take();
     let in_snapshot = match &snapshot {
         Some(s) => s.ranges()?,
         None => Default::default(),
     };
-    let (later, now): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) = plans
-        .iter_mut()
+    let (later, now): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) = untracked
+        .into_iter()
         .partition(|p| snapshot_has_it(p, &in_snapshot));
-    let mut sink = PageSink::new(&mut writer, parent.as_ref(), req.full_every > 1);
-    dump_regions(&PageMap::open(req.pid)?, &mem, now, &mut sink)?;
-    let mut frozen_for = started.elapsed();
+    let mut sink = PageSink::new(parent.as_ref(), req.full_every > 1);
+    dump_regions(&PageMap::open(req.pid)?, &mem, now, &mut sink, &mut writer)?;
+    if snapshot.is_none()
+        && let Some(t) = tracker.as_deref_mut()
+    {
+        precopy::read_pending(t, &mem, &mut writer, true)?;
+    }
+    let mut frozen_for = stopped_before + freeze_began.elapsed();
     if !req.kill {
         // Every byte of the image's state is read or held by the snapshot: the target may
         // go on while the rest is dumped and made durable.
         frozen.release().map_err(FreezeError::from)?;
-        frozen_for = started.elapsed();
+        frozen_for = stopped_before + freeze_began.elapsed();
     }
     if let Some(snap) = &snapshot {
-        dump_regions(&snap.pagemap, &snap.mem, later, &mut sink)?;
+        dump_regions(&snap.pagemap, &snap.mem, later, &mut sink, &mut writer)?;
+        if let Some(t) = tracker.as_deref_mut() {
+            precopy::read_pending(t, &snap.mem, &mut writer, true)?;
+        }
     }
     drop(snapshot);
-    let parents = sink.parents();
+    let mut parents = sink.parents().clone();
+    if let Some(t) = tracker.as_deref() {
+        for plan in &mut tracked {
+            let r = &mut plan.region;
+            r.runs = t
+                .index
+                .image_runs(r.start, r.end)
+                .ok_or(DumpError::Unread)?;
+            r.hashed = false;
+        }
+        for seq in t.index.referenced_images() {
+            let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
+            parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
+        }
+    }
     let chain_depth = match (&parent, parents.is_empty()) {
         (Some(p), false) => p.chain_depth(),
         _ => 0,
@@ -148,14 +254,27 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         fds,
         signals: captured.signals,
         pages_bytes: writer.pages_written(),
-        parents,
+        parents: parents
+            .into_iter()
+            .map(|(seq, manifest_blake3)| ParentRef {
+                seq,
+                manifest_blake3,
+            })
+            .collect(),
         chain_depth,
     };
     let committed: CommittedImage = writer.commit(&manifest, &page_hashes)?;
+    if let Some(t) = tracker {
+        t.committed(req.seq, committed.manifest_blake3.clone(), &tracked_ranges);
+    }
     if req.kill {
         frozen.kill();
-        frozen_for = started.elapsed();
+        frozen_for = stopped_before + freeze_began.elapsed();
     }
+    let mode = match (captured.mode, tracked_ranges.is_empty()) {
+        (DumpMode::Frozen, false) => DumpMode::Precopy,
+        (mode, _) => mode,
+    };
     Ok(CheckpointStats {
         path: committed.path,
         seq: req.seq,
@@ -163,8 +282,32 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<CheckpointStats, DumpError>
         bytes: committed.bytes,
         freeze_ms: frozen_for.as_secs_f64() * 1e3,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
-        mode: captured.mode,
+        mode,
     })
+}
+
+/// A tracker error because the address space is gone means the target exited.
+fn gone_as_exited(e: DumpError, pid: Pid) -> DumpError {
+    match e {
+        DumpError::Track(TrackError::Scan {
+            source: nix::errno::Errno::ESRCH,
+            ..
+        }) => DumpError::Freeze(FreezeError::NoProcess { pid: pid.as_raw() }),
+        other => other,
+    }
+}
+
+/// Resident bytes of `plans` when the hints were read (a region whose hints are missing
+/// counts in full).
+fn resident(plans: &[&mut RegionPlan], hints: &FlagHints) -> u64 {
+    plans
+        .iter()
+        .filter(|p| p.store != StorePolicy::Nothing)
+        .map(|p| {
+            let r = &p.region;
+            hints.resident((r.start, r.end)).unwrap_or(r.len())
+        })
+        .sum()
 }
 
 /// Whether a fork-snapshot holds the region's checkpoint-time contents. Shared memory
@@ -200,7 +343,7 @@ fn capture_threads(
     try_snapshot: bool,
 ) -> Result<Captured, DumpError> {
     let leader = frozen.leader();
-    let gadget = find_gadget(mem, &gadget_candidates(leader)?)?;
+    let gadget = find_syscall_gadget(mem, leader)?;
     let mut lead = RemoteThread::new(leader, gadget)?;
     let scratch = lead.checked(
         "mmap(scratch)",
@@ -281,6 +424,11 @@ fn hold(frozen: &mut Frozen, tid: Pid, sig: Option<Signal>) {
     }
 }
 
+/// The address of a `syscall` instruction in the frozen process `pid`.
+pub fn find_syscall_gadget(mem: &ProcessMemory, pid: Pid) -> Result<u64, DumpError> {
+    Ok(find_gadget(mem, &gadget_candidates(pid)?)?)
+}
+
 /// Where to look for a `syscall` instruction: the vDSO (its fallback paths have one),
 /// found through the auxv's AT_SYSINFO_EHDR without walking the memory map; failing that,
 /// every executable mapping, smallest first.
@@ -346,10 +494,11 @@ fn dump_regions(
     mem: &ProcessMemory,
     plans: Vec<&mut RegionPlan>,
     sink: &mut PageSink,
+    writer: &mut ImageWriter,
 ) -> Result<(), DumpError> {
     for plan in plans {
         let ranges = stored_runs(pagemap, plan)?;
-        let (runs, hashes) = sink.store(mem, &ranges)?;
+        let (runs, hashes) = sink.store(writer, mem, &ranges)?;
         plan.region.runs = runs;
         plan.page_hashes = hashes;
     }

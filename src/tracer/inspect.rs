@@ -61,18 +61,30 @@ pub struct RegionPlan {
     pub page_hashes: Vec<u8>,
 }
 
-/// VmFlags per address range, read from `smaps` before the freeze: `smaps` walks the page
-/// tables (tens of ms for GiBs), the plain map does not.
-pub struct FlagHints(HashMap<(u64, u64), VmFlags>);
+/// VmFlags and resident bytes per address range, read from `smaps` before the freeze:
+/// `smaps` walks the page tables (tens of ms for GiBs), the plain map does not.
+pub struct FlagHints(HashMap<(u64, u64), (VmFlags, u64)>);
+
+impl FlagHints {
+    /// Resident (incl. swapped) bytes of the region `range` when the hints were read.
+    pub fn resident(&self, range: (u64, u64)) -> Option<u64> {
+        self.0.get(&range).map(|h| h.1)
+    }
+}
 
 pub fn flag_hints(pid: Pid) -> Result<FlagHints, InspectError> {
     let process = Process::new(pid.as_raw()).map_err(|e| proc_err(pid, "smaps")(e.to_string()))?;
     let maps = process
         .smaps()
         .map_err(|e| proc_err(pid, "smaps")(e.to_string()))?;
+    let bytes =
+        |m: &procfs::process::MemoryMap, key: &str| m.extension.map.get(key).copied().unwrap_or(0);
     Ok(FlagHints(
-        maps.into_iter()
-            .map(|m| (m.address, m.extension.vm_flags))
+        maps.iter()
+            .map(|m| {
+                let resident = bytes(m, "Rss") + bytes(m, "Swap");
+                (m.address, (m.extension.vm_flags, resident))
+            })
             .collect(),
     ))
 }
@@ -97,7 +109,7 @@ pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>,
         let Some((backing, store)) = classify(pid, &map.pathname, &map, start)? else {
             continue;
         };
-        let hint = hints.0.get(&map.address).copied();
+        let hint = hints.0.get(&map.address).map(|h| h.0);
         let flags = hint.unwrap_or(VmFlags::NONE);
         plans.push(RegionPlan {
             region: MemoryRegion {
@@ -114,6 +126,7 @@ pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>,
                 name: display_name(&map.pathname),
                 advice: advice_of(flags),
                 runs: Vec::new(),
+                hashed: true,
             },
             store,
             flags_known: hint.is_some(),

@@ -4,7 +4,8 @@
 
 use super::dump::DumpError;
 use super::memory::ProcessMemory;
-use crate::image::format::{PAGE_HASH_BYTES, PAGE_HASHES_FILE, PAGE_SIZE, PageRun, ParentRef};
+use crate::image::format::{PAGE_HASH_BYTES, PAGE_HASHES_FILE, PAGE_SIZE, PageRun};
+use crate::image::pagebuf::PageBuf;
 use crate::image::writer::ImageWriter;
 use crate::image::{Image, store, verify};
 use rayon::prelude::*;
@@ -34,9 +35,11 @@ struct PageRef {
 
 /// The page table of the image a new incremental image is made against.
 pub struct ParentPages {
+    pub seq: u64,
     /// The parent and every image it references: the new image may need any of them.
     images: BTreeMap<u64, String>,
     depth: u32,
+    /// Pages of the parent's hashed regions.
     pages: HashMap<u64, PageRef>,
 }
 
@@ -49,11 +52,15 @@ impl ParentPages {
         if full_every <= 1 || image.manifest.chain_depth + 1 >= full_every {
             return None;
         }
-        let table = std::fs::read(dir.join(PAGE_HASHES_FILE)).ok()?;
-        let listed = verify::listed_hash(&dir, PAGE_HASHES_FILE).ok()?;
-        if blake3::hash(&table).to_hex().as_str() != listed {
-            return None;
-        }
+        let table = match verify::listed_hash(&dir, PAGE_HASHES_FILE) {
+            Ok(listed) => {
+                let table = std::fs::read(dir.join(PAGE_HASHES_FILE)).ok()?;
+                (blake3::hash(&table).to_hex().as_str() == listed).then_some(table)?
+            }
+            // No region was hashed (all write-tracked): nothing to compare by content.
+            Err(verify::VerifyError::NotListed { .. }) => Vec::new(),
+            Err(_) => return None,
+        };
         let mut images: BTreeMap<u64, String> = image
             .manifest
             .parents
@@ -63,6 +70,7 @@ impl ParentPages {
         images.insert(seq, verify::manifest_hash(&dir).ok()?);
         let pages = page_table(&image, seq, &table)?;
         Some(ParentPages {
+            seq,
             images,
             depth: image.manifest.chain_depth,
             pages,
@@ -72,13 +80,19 @@ impl ParentPages {
     pub fn chain_depth(&self) -> u32 {
         self.depth + 1
     }
+
+    /// The manifest hash of image `seq` if the parent is it or references it.
+    pub fn image_hash(&self, seq: u64) -> Option<&str> {
+        self.images.get(&seq).map(String::as_str)
+    }
 }
 
 /// Page address -> where its bytes are, from a manifest's runs and its page hashes.
 fn page_table(image: &Image, seq: u64, table: &[u8]) -> Option<HashMap<u64, PageRef>> {
     let mut hashes = table.chunks_exact(PAGE_HASH_BYTES);
     let mut pages = HashMap::new();
-    for run in image.manifest.regions.iter().flat_map(|r| &r.runs) {
+    let hashed = image.manifest.regions.iter().filter(|r| r.hashed);
+    for run in hashed.flat_map(|r| &r.runs) {
         for i in 0..run.len / PAGE_SIZE {
             let hash = hashes.next()?.try_into().ok()?;
             let page = PageRef {
@@ -94,7 +108,6 @@ fn page_table(image: &Image, seq: u64, table: &[u8]) -> Option<HashMap<u64, Page
 
 /// Receives a region's page runs at a time and turns them into the image's runs.
 pub struct PageSink<'a> {
-    writer: &'a mut ImageWriter,
     parent: Option<&'a ParentPages>,
     /// Whether to hash pages at all: only when increments are configured.
     hash_pages: bool,
@@ -102,21 +115,16 @@ pub struct PageSink<'a> {
     used: BTreeMap<u64, String>,
     /// With a parent, read batches are not handed to the writer (only changed pages are):
     /// one buffer serves every read.
-    read_buf: Vec<u8>,
+    read_buf: PageBuf,
 }
 
 impl<'a> PageSink<'a> {
-    pub fn new(
-        writer: &'a mut ImageWriter,
-        parent: Option<&'a ParentPages>,
-        hash_pages: bool,
-    ) -> Self {
+    pub fn new(parent: Option<&'a ParentPages>, hash_pages: bool) -> Self {
         PageSink {
-            writer,
             parent,
             hash_pages,
             used: BTreeMap::new(),
-            read_buf: Vec::new(),
+            read_buf: PageBuf::default(),
         }
     }
 
@@ -124,50 +132,72 @@ impl<'a> PageSink<'a> {
     /// (in run order) for them.
     pub fn store(
         &mut self,
+        writer: &mut ImageWriter,
         mem: &ProcessMemory,
         ranges: &[(u64, u64)],
     ) -> Result<(Vec<PageRun>, Vec<u8>), DumpError> {
         let mut runs = Vec::new();
         let mut hashes = Vec::new();
         for batch in batches(ranges) {
-            let total: usize = batch.iter().map(|r| r.1).sum();
-            let mut buf = match self.parent {
-                Some(_) => std::mem::take(&mut self.read_buf),
-                None => self.writer.take_buffer(total),
-            };
-            buf.resize(total, 0);
-            mem.read_ranges(&batch, &mut buf)?;
-            let page_hashes: Vec<PageHash> = if self.hash_pages {
-                buf.par_chunks(PAGE_SIZE as usize).map(page_hash).collect()
-            } else {
-                Vec::new()
-            };
-            hashes.extend(page_hashes.iter().flatten());
-            match self.parent {
-                Some(parent) => {
-                    self.store_changed(parent, &batch, &buf, &page_hashes, &mut runs)?;
-                    self.read_buf = buf;
-                }
-                None => {
-                    let offset = self.writer.submit(buf)?;
-                    own_runs(&batch, offset, &mut runs);
-                }
-            }
+            self.store_batch(writer, mem, &batch, &mut runs, &mut hashes)?;
         }
         Ok((runs, hashes))
+    }
+
+    /// Reads one batch (at most BATCH_BYTES) and appends its runs and page hashes. Nothing
+    /// is appended or written when the read fails.
+    pub fn store_batch(
+        &mut self,
+        writer: &mut ImageWriter,
+        mem: &ProcessMemory,
+        batch: &[(u64, usize)],
+        runs: &mut Vec<PageRun>,
+        hashes: &mut Vec<u8>,
+    ) -> Result<(), DumpError> {
+        let total: usize = batch.iter().map(|r| r.1).sum();
+        let mut buf = match self.parent {
+            Some(_) => std::mem::take(&mut self.read_buf),
+            None => writer.take_buffer(total),
+        };
+        buf.resize(total);
+        if let Err(e) = mem.read_ranges(batch, buf.as_bytes_mut()) {
+            self.read_buf = buf;
+            return Err(e.into());
+        }
+        let page_hashes: Vec<PageHash> = if self.hash_pages {
+            buf.as_bytes()
+                .par_chunks(PAGE_SIZE as usize)
+                .map(page_hash)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        hashes.extend(page_hashes.iter().flatten());
+        match self.parent {
+            Some(parent) => {
+                self.store_changed(writer, parent, batch, buf.as_bytes(), &page_hashes, runs)?;
+                self.read_buf = buf;
+            }
+            None => {
+                let offset = writer.submit(buf)?;
+                own_runs(batch, offset, runs);
+            }
+        }
+        Ok(())
     }
 
     /// Stores pages whose hash differs from the parent's; references the others.
     fn store_changed(
         &mut self,
+        writer: &mut ImageWriter,
         parent: &ParentPages,
         batch: &[(u64, usize)],
         buf: &[u8],
         hashes: &[PageHash],
         runs: &mut Vec<PageRun>,
     ) -> Result<(), DumpError> {
-        let base = self.writer.pages_written();
-        let mut changed = self.writer.take_buffer(0);
+        let base = writer.pages_written();
+        let mut changed = writer.take_buffer(0);
         let pages = batch
             .iter()
             .flat_map(|&(addr, len)| (addr..addr + len as u64).step_by(PAGE_SIZE as usize));
@@ -186,7 +216,7 @@ impl<'a> PageSink<'a> {
                 }
                 _ => {
                     let offset = base + changed.len() as u64;
-                    changed.extend_from_slice(bytes);
+                    changed.push_page(bytes);
                     PageRun {
                         addr,
                         len: PAGE_SIZE,
@@ -198,20 +228,15 @@ impl<'a> PageSink<'a> {
             push_run(runs, run);
         }
         if !changed.is_empty() {
-            self.writer.submit(changed)?;
+            writer.submit(changed)?;
         }
         Ok(())
     }
 
-    /// The parents the image depends on.
-    pub fn parents(&self) -> Vec<ParentRef> {
-        self.used
-            .iter()
-            .map(|(&seq, hash)| ParentRef {
-                seq,
-                manifest_blake3: hash.clone(),
-            })
-            .collect()
+    /// The parents the image depends on for the pages stored through this sink: seq ->
+    /// manifest blake3.
+    pub fn parents(&self) -> &BTreeMap<u64, String> {
+        &self.used
     }
 }
 
@@ -244,7 +269,7 @@ fn own_runs(batch: &[(u64, usize)], mut offset: u64, runs: &mut Vec<PageRun>) {
 }
 
 /// Splits ranges into batches of at most BATCH_BYTES (a range may be split).
-fn batches(ranges: &[(u64, u64)]) -> Vec<Vec<(u64, usize)>> {
+pub fn batches(ranges: &[(u64, u64)]) -> Vec<Vec<(u64, usize)>> {
     let mut out: Vec<Vec<(u64, usize)>> = vec![Vec::new()];
     let mut room = BATCH_BYTES;
     for &(mut addr, mut len) in ranges {

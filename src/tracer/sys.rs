@@ -394,3 +394,121 @@ pub fn restore_mask_on_exec(command: &mut std::process::Command, mask: nix::sys:
         command.pre_exec(move || mask.thread_set_mask().map_err(std::io::Error::from));
     }
 }
+
+/// A copy of fd `target_fd` of the process behind `pidfd` (`pidfd_getfd`).
+pub fn pidfd_getfd(
+    pidfd: std::os::fd::BorrowedFd,
+    target_fd: i32,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = int_syscall(
+        libc::SYS_pidfd_getfd,
+        [pidfd.as_raw_fd() as u64, target_fd as u64, 0, 0, 0, 0],
+    )?;
+    // SAFETY: the kernel just returned this new fd; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+// userfaultfd (include/uapi/linux/userfaultfd.h) and PAGEMAP_SCAN (include/uapi/linux/fs.h),
+// newer than the libc crate's headers.
+
+/// `UFFD_USER_MODE_ONLY`: no kernel-mode faults, so no privilege is needed to create one.
+pub const UFFD_USER_MODE_ONLY: u64 = 1;
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
+
+/// An ioctl whose argument is one struct of plain integers.
+///
+/// # Safety
+/// `arg` must be the struct (with the layout the kernel expects) of request `request`.
+unsafe fn ioctl_struct<T>(
+    fd: std::os::fd::BorrowedFd,
+    request: libc::c_ulong,
+    arg: &mut T,
+) -> Result<i64, Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: forwarded to the caller; `arg` is live and exclusively borrowed for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request, std::ptr::from_mut(arg)) };
+    Errno::result(ret).map(i64::from)
+}
+
+/// `UFFDIO_API`: enables `features` on a new userfaultfd; returns the features granted.
+pub fn uffd_api(uffd: std::os::fd::BorrowedFd, features: u64) -> Result<u64, Errno> {
+    let mut api = [UFFD_API, features, 0u64]; // struct uffdio_api { api, features, ioctls }
+    // SAFETY: `api` is a struct uffdio_api: three u64 fields the kernel reads and fills.
+    unsafe { ioctl_struct(uffd, UFFDIO_API, &mut api) }?;
+    Ok(api[1])
+}
+
+/// `UFFDIO_REGISTER` in write-protect mode for `[start, start+len)` of the uffd's process.
+pub fn uffd_register_wp(uffd: std::os::fd::BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
+    // struct uffdio_register { struct uffdio_range { start, len }; mode; ioctls (out) }
+    let mut reg = [start, len, UFFDIO_REGISTER_MODE_WP, 0u64];
+    // SAFETY: `reg` is a struct uffdio_register: four u64 fields.
+    unsafe { ioctl_struct(uffd, UFFDIO_REGISTER, &mut reg) }.map(drop)
+}
+
+/// `UFFDIO_UNREGISTER` of `[start, start+len)`.
+pub fn uffd_unregister(uffd: std::os::fd::BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
+    let mut range = [start, len]; // struct uffdio_range
+    // SAFETY: `range` is a struct uffdio_range: two u64 fields the kernel reads.
+    unsafe { ioctl_struct(uffd, UFFDIO_UNREGISTER, &mut range) }.map(drop)
+}
+
+/// `struct page_region`: pages `[start, end)` share `categories`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// `struct pm_scan_arg` without its output vector, which `pagemap_scan` supplies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanRequest {
+    pub flags: u64,
+    pub start: u64,
+    pub end: u64,
+    pub category_inverted: u64,
+    pub category_mask: u64,
+    pub category_anyof_mask: u64,
+    pub return_mask: u64,
+}
+
+/// `ioctl(PAGEMAP_SCAN)` on a `/proc/PID/pagemap` fd: fills `out` with page regions from
+/// `req.start` on; returns how many were filled and where the walk ended (less than
+/// `req.end` when `out` filled up).
+pub fn pagemap_scan(
+    pagemap: std::os::fd::BorrowedFd,
+    req: &ScanRequest,
+    out: &mut [PageRegion],
+) -> Result<(usize, u64), Errno> {
+    // struct pm_scan_arg { size, flags, start, end, walk_end, vec, vec_len, max_pages,
+    //                      category_inverted, category_mask, category_anyof_mask, return_mask }
+    let mut arg: [u64; 12] = [
+        96,
+        req.flags,
+        req.start,
+        req.end,
+        0,
+        out.as_mut_ptr() as u64,
+        out.len() as u64,
+        0,
+        req.category_inverted,
+        req.category_mask,
+        req.category_anyof_mask,
+        req.return_mask,
+    ];
+    // SAFETY: `arg` is a struct pm_scan_arg (twelve u64 fields, size 96); its `vec` points
+    // at `out`, whose `len()` repr(C) page_region entries the kernel may write.
+    let filled = unsafe { ioctl_struct(pagemap, PAGEMAP_SCAN, &mut arg) }?;
+    Ok((filled as usize, arg[4]))
+}

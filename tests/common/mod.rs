@@ -777,6 +777,8 @@ pub struct Ckpt {
     pub bytes: u64,
     pub freeze_ms: f64,
     pub total_ms: f64,
+    /// How memory was read: "precopy", "snapshot" or "frozen".
+    pub mode: String,
 }
 
 /// A run that was checkpointed with `--kill`.
@@ -946,6 +948,10 @@ impl Harness {
             bytes: int("bytes"),
             freeze_ms: num("freeze_ms"),
             total_ms: num("total_ms"),
+            mode: v["mode"]
+                .as_str()
+                .unwrap_or_else(|| fail("no `mode`"))
+                .to_owned(),
         };
         let rank_dir = self.rank_dir();
         let name = ckpt.path.file_name().unwrap_or_default().to_string_lossy();

@@ -1,0 +1,175 @@
+//! Pre-copy: with write tracking, a checkpoint reads the target's memory while it runs,
+//! then reads again only what was written meanwhile, until little is left; only that rest
+//! is read while the target is frozen. Live migration of virtual machines works this way.
+//!
+//! An increment over the image the tracker describes reads only pages written since that
+//! image; a full image reads every page with data once more.
+
+use super::dump::DumpError;
+use super::freeze::Frozen;
+use super::inspect::{FlagHints, RegionPlan};
+use super::memory::ProcessMemory;
+use super::page_index::PageSource;
+use super::pages::{PageSink, ParentPages, batches};
+use super::remote::RemoteThread;
+use super::tracker::{TrackError, WriteTracker};
+use crate::image::writer::ImageWriter;
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
+
+/// Pre-copying stops once a scan leaves at most this much to read: reading it while frozen
+/// takes about a millisecond.
+const FINAL_PENDING_BYTES: u64 = 4 << 20;
+
+/// Pre-copy passes at most, the first one included.
+const MAX_PASSES: usize = 6;
+
+/// Write tracking of one supervised target, kept from one checkpoint to the next.
+#[derive(Default)]
+pub struct Tracking {
+    tracker: Option<WriteTracker>,
+    /// Tracking failed to start (old kernel, no userfaultfd): not tried again.
+    unavailable: bool,
+    /// The note about pinned memory was printed.
+    pinned_noted: bool,
+}
+
+impl Tracking {
+    /// The tracker of `pid`, created at first use (supervisors create it when they start):
+    /// that takes a short stop of the target of its own, added to `stopped`. None (after a
+    /// note) if tracking is not possible.
+    pub fn ready(&mut self, pid: Pid, stopped: &mut Duration) -> Option<&mut WriteTracker> {
+        if self.tracker.as_ref().is_some_and(|t| t.pid() != pid) {
+            self.tracker = None;
+        }
+        if pins_memory(pid) {
+            // A device may have written pinned pages (RDMA, io_uring fixed buffers)
+            // without a page-table write: what the tracker saw cannot be trusted.
+            self.tracker = None;
+            if !std::mem::replace(&mut self.pinned_noted, true) {
+                eprintln!(
+                    "mlckpt: note: process {pid} has memory pinned for device I/O (VmPin); \
+                     its checkpoints compare page contents instead of tracking writes"
+                );
+            }
+            return None;
+        }
+        if self.tracker.is_none() && !self.unavailable {
+            let began = Instant::now();
+            let created = start_tracker(pid);
+            *stopped += began.elapsed();
+            match created {
+                Ok(t) => self.tracker = Some(t),
+                Err(DumpError::Track(e)) => {
+                    self.unavailable = true;
+                    eprintln!(
+                        "mlckpt: note: write tracking unavailable ({}); checkpoints use \
+                         fork-snapshots instead",
+                        crate::error_chain(&e)
+                    );
+                }
+                // The target could not be stopped just now (it is exiting, or a debugger
+                // holds it): the checkpoint says so itself; tracking is tried again later.
+                Err(_) => {}
+            }
+        }
+        self.tracker.as_mut()
+    }
+
+    /// Forgets the tracker after an error it cannot recover from (the target exec'd, say);
+    /// the next checkpoint starts a new one.
+    pub fn reset(&mut self) {
+        self.tracker = None;
+    }
+}
+
+/// Whether `pid` has pages pinned for DMA (`VmPin` in `/proc/PID/status`).
+fn pins_memory(pid: Pid) -> bool {
+    procfs::process::Process::new(pid.as_raw())
+        .and_then(|p| p.status())
+        .is_ok_and(|s| s.vmpin.unwrap_or(0) > 0)
+}
+
+fn start_tracker(pid: Pid) -> Result<WriteTracker, DumpError> {
+    let mut frozen = Frozen::freeze(pid)?;
+    let mem = ProcessMemory::open(pid)?;
+    let gadget = super::dump::find_syscall_gadget(&mem, pid)?;
+    let mut lead = RemoteThread::new(pid, gadget)?;
+    let tracker = WriteTracker::create(pid, &mut lead);
+    if let Some(sig) = lead.finish()? {
+        frozen.hold_signal(pid, sig);
+    }
+    frozen.release().map_err(super::freeze::FreezeError::from)?;
+    Ok(tracker?)
+}
+
+impl From<TrackError> for DumpError {
+    fn from(e: TrackError) -> Self {
+        DumpError::Track(e)
+    }
+}
+
+/// Registers new regions, decides between increment and full image, and (with `passes`)
+/// reads the tracked memory while the target runs, pass after pass. `plans` is the map as
+/// it was just before. A checkpoint that stops the target anyway makes no passes: they
+/// would only put the stop off.
+pub fn before_freeze(
+    tracker: &mut WriteTracker,
+    plans: &[RegionPlan],
+    hints: &FlagHints,
+    parent: Option<&ParentPages>,
+    mem: &ProcessMemory,
+    writer: &mut ImageWriter,
+    passes: bool,
+) -> Result<(), DumpError> {
+    tracker.register_new(plans, hints);
+    let increment = parent.is_some_and(|p| {
+        p.image_hash(p.seq)
+            .is_some_and(|hash| tracker.describes(p.seq, hash))
+    });
+    if !increment {
+        tracker.start_full();
+    }
+    let mut last_read = u64::MAX;
+    for _ in 0..if passes { MAX_PASSES } else { 0 } {
+        tracker.scan()?;
+        let pending = tracker.index.pending_bytes();
+        // Done when little is left, or when the target writes so fast that another pass
+        // would not leave much less.
+        if pending <= FINAL_PENDING_BYTES || pending > last_read / 2 {
+            break;
+        }
+        read_pending(tracker, mem, writer, false)?;
+        last_read = pending;
+    }
+    Ok(())
+}
+
+/// Reads every pending page from `mem` (the target, or its snapshot) into the image. With
+/// `all_or_error` false (the target is running), a page that cannot be read now stays
+/// pending for the frozen pass.
+pub fn read_pending(
+    tracker: &mut WriteTracker,
+    mem: &ProcessMemory,
+    writer: &mut ImageWriter,
+    all_or_error: bool,
+) -> Result<(), DumpError> {
+    let pending = tracker.index.pending();
+    let mut sink = PageSink::new(None, false);
+    for batch in batches(&pending) {
+        let mut runs = Vec::new();
+        match sink.store_batch(writer, mem, &batch, &mut runs, &mut Vec::new()) {
+            Ok(()) => {}
+            Err(_) if !all_or_error => continue,
+            Err(e) => return Err(e),
+        }
+        for run in runs {
+            let stored = PageSource::Stored {
+                image: None,
+                offset: run.offset,
+            };
+            tracker.index.set(run.addr, run.addr + run.len, stored);
+        }
+    }
+    Ok(())
+}

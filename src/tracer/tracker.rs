@@ -1,0 +1,328 @@
+//! Write tracking: which pages of the target changed since the last look, without freezing
+//! it and without reading its memory.
+//!
+//! The supervisor holds a userfaultfd of the target's address space in asynchronous
+//! write-protect mode (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7): the kernel resolves the fault of
+//! the first write to a protected page by itself, in the target, and only clears the
+//! page's protection. `PAGEMAP_SCAN` then reports the unprotected ("written") pages and
+//! protects them again in one atomic walk. With `UFFD_FEATURE_WP_UNPOPULATED`, a page that
+//! lost its contents (`MADV_DONTNEED`) or got some for the first time also reads as
+//! written, so every change of contents shows.
+//!
+//! The uffd is created inside the frozen target (it belongs to the address space of the
+//! process that creates it), copied out with `pidfd_getfd` and closed there again: the
+//! target's fd table ends as it was. `UFFD_USER_MODE_ONLY` needs no privilege in the target;
+//! asynchronous write protection never delivers a fault to user space anyway.
+//!
+//! Only private anonymous writable regions are tracked, and only those whose page tables
+//! stay small (tracking installs markers in every unpopulated page of a region): a huge
+//! sparse reservation is left to the content-hashed dump. DMA into pinned pages (RDMA,
+//! io_uring fixed buffers) bypasses the page tables and is not seen, as with soft-dirty.
+
+use super::inspect::{FlagHints, RegionPlan, StorePolicy};
+use super::page_index::{PageIndex, PageSource};
+use super::remote::{RemoteError, RemoteThread};
+use super::sys::{self, PageRegion, ScanRequest};
+use crate::image::format::Backing;
+use nix::errno::Errno;
+use nix::unistd::Pid;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    #[error("cannot create a userfaultfd in process {pid}")]
+    Create {
+        pid: i32,
+        #[source]
+        source: RemoteError,
+    },
+    #[error("write tracking is not available ({what})")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot open {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("scanning written pages of {start:#x}..{end:#x} failed")]
+    Scan {
+        start: u64,
+        end: u64,
+        #[source]
+        source: Errno,
+    },
+}
+
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+/// A region smaller than this is always tracked; a larger one only while at least a
+/// quarter of it is resident (its markers then cost under 1 % of its memory).
+const ALWAYS_TRACKED_BYTES: u64 = 64 << 20;
+
+/// Page regions asked of the kernel per scan call (72 KiB).
+const SCAN_BATCH: usize = 3072;
+
+/// Whether a region can be write-tracked cheaply; `resident` is its RSS + swap.
+pub fn trackable(plan: &RegionPlan, resident: Option<u64>) -> bool {
+    let r = &plan.region;
+    let private_anon = r.backing == Backing::Anonymous
+        && !r.shared
+        && plan.store == StorePolicy::PrivateData
+        && plan.flags_known;
+    let small_enough = r.len() <= ALWAYS_TRACKED_BYTES
+        || resident.is_some_and(|rss| rss.saturating_mul(4) >= r.len());
+    private_anon && r.prot.write && small_enough
+}
+
+/// The tracking state of one target, kept by its supervisor from one checkpoint to the
+/// next.
+pub struct WriteTracker {
+    pid: Pid,
+    uffd: OwnedFd,
+    pagemap: File,
+    /// Registered ranges, sorted and disjoint, each tracked without a break since it was
+    /// registered.
+    ranges: Vec<(u64, u64)>,
+    /// Pages with data in the tracked ranges and where their contents are.
+    pub index: PageIndex,
+    /// The image `index` describes (seq, manifest blake3): the last one committed with it.
+    /// None: no image holds what the index refers to, the next one reads everything.
+    epoch: Option<(u64, String)>,
+    scan_out: Vec<PageRegion>,
+}
+
+impl WriteTracker {
+    /// Creates the uffd through a thread of the frozen target.
+    pub fn create(pid: Pid, remote: &mut RemoteThread) -> Result<WriteTracker, TrackError> {
+        let create = |source| TrackError::Create {
+            pid: pid.as_raw(),
+            source,
+        };
+        let flags = libc::O_CLOEXEC as u64 | libc::O_NONBLOCK as u64 | sys::UFFD_USER_MODE_ONLY;
+        let fd = remote
+            .checked("userfaultfd", libc::SYS_userfaultfd, &[flags])
+            .map_err(create)?;
+        let copied =
+            sys::pidfd_open(pid).and_then(|pidfd| sys::pidfd_getfd(pidfd.as_fd(), fd as i32));
+        remote
+            .checked("close(userfaultfd)", libc::SYS_close, &[fd])
+            .map_err(create)?;
+        let uffd = copied.map_err(|source| TrackError::Unavailable {
+            what: "pidfd_getfd",
+            source,
+        })?;
+        let wanted = sys::UFFD_FEATURE_WP_ASYNC | sys::UFFD_FEATURE_WP_UNPOPULATED;
+        let granted =
+            sys::uffd_api(uffd.as_fd(), wanted).map_err(|source| TrackError::Unavailable {
+                what: "UFFDIO_API with asynchronous write protection (Linux 6.7+)",
+                source,
+            })?;
+        if granted & wanted != wanted {
+            return Err(TrackError::Unavailable {
+                what: "asynchronous write protection (Linux 6.7+)",
+                source: Errno::ENOTSUP,
+            });
+        }
+        let path = format!("/proc/{pid}/pagemap");
+        let pagemap = File::open(&path).map_err(|source| TrackError::Open { path, source })?;
+        Ok(WriteTracker {
+            pid,
+            uffd,
+            pagemap,
+            ranges: Vec::new(),
+            index: PageIndex::default(),
+            epoch: None,
+            scan_out: vec![PageRegion::default(); SCAN_BATCH],
+        })
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Registers every trackable region of `plans` not tracked yet. A region is first
+    /// unregistered, which clears write protection left from an earlier registration, so
+    /// that the first scan reports every page with data.
+    pub fn register_new(&mut self, plans: &[RegionPlan], hints: &FlagHints) {
+        for plan in plans {
+            let (start, end) = (plan.region.start, plan.region.end);
+            if self.covers(start, end) || !trackable(plan, hints.resident((start, end))) {
+                continue;
+            }
+            let _ = sys::uffd_unregister(self.uffd.as_fd(), start, end - start);
+            if sys::uffd_register_wp(self.uffd.as_fd(), start, end - start).is_ok() {
+                self.index.remove(start, end);
+                self.add_range(start, end);
+            }
+        }
+    }
+
+    /// Whether `[start, end)` lies in a tracked range.
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        self.ranges.iter().any(|&(s, e)| s <= start && end <= e)
+    }
+
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    fn add_range(&mut self, start: u64, end: u64) {
+        self.ranges.push((start, end));
+        self.ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+        for &(s, e) in &self.ranges {
+            match merged.last_mut() {
+                Some(last) if last.1 >= s => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.ranges = merged;
+    }
+
+    /// Reports pages written since the last scan and protects them again: each becomes
+    /// pending in the index if it holds data now, or leaves the index if it became empty
+    /// (zero). A range in which the target replaced a mapping (it is no longer registered
+    /// throughout) is dropped, with what the index knew of it.
+    pub fn scan(&mut self) -> Result<(), TrackError> {
+        for (start, end) in self.ranges.clone() {
+            match self.scan_range(start, end) {
+                Ok(()) => {}
+                Err(TrackError::Scan {
+                    source: Errno::EPERM,
+                    ..
+                }) => self.drop_range(start, end),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_range(&mut self, start: u64, end: u64) -> Result<(), TrackError> {
+        let mut req = ScanRequest {
+            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            start,
+            end,
+            category_mask: PAGE_IS_WRITTEN,
+            return_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
+            ..ScanRequest::default()
+        };
+        while req.start < end {
+            let (filled, walk_end) =
+                sys::pagemap_scan(self.pagemap.as_fd(), &req, &mut self.scan_out)
+                    .map_err(|source| TrackError::Scan { start, end, source })?;
+            for region in &self.scan_out[..filled] {
+                let data = region.categories & PAGE_IS_SWAPPED != 0
+                    || region.categories & (PAGE_IS_PRESENT | PAGE_IS_PFNZERO) == PAGE_IS_PRESENT;
+                if data {
+                    self.index
+                        .set(region.start, region.end, PageSource::Pending);
+                } else {
+                    self.index.remove(region.start, region.end);
+                }
+            }
+            if walk_end <= req.start {
+                break;
+            }
+            req.start = walk_end;
+        }
+        Ok(())
+    }
+
+    fn drop_range(&mut self, start: u64, end: u64) {
+        let _ = sys::uffd_unregister(self.uffd.as_fd(), start, end - start);
+        self.ranges.retain(|&r| r != (start, end));
+        self.index.remove(start, end);
+    }
+
+    /// Whether the index describes image `seq` with manifest `blake3`: then a new image
+    /// may refer to it for every page not written since.
+    pub fn describes(&self, seq: u64, blake3: &str) -> bool {
+        self.epoch
+            .as_ref()
+            .is_some_and(|(s, h)| *s == seq && h == blake3)
+    }
+
+    /// The next image stores every tracked page itself.
+    pub fn start_full(&mut self) {
+        self.index.mark_all_pending();
+    }
+
+    /// The image being written was committed as `seq` with manifest hash `blake3`, and the
+    /// index now describes it; pages outside `tracked` (the tracked regions that image
+    /// lists) are forgotten.
+    pub fn committed(&mut self, seq: u64, blake3: String, tracked: &[(u64, u64)]) {
+        self.index.retain_within(tracked);
+        self.index.committed_as(seq);
+        self.epoch = Some((seq, blake3));
+    }
+
+    /// The image being written failed: what the index says of it is void, so the next
+    /// image reads every tracked page again.
+    pub fn abandoned(&mut self) {
+        self.epoch = None;
+        self.index.mark_all_pending();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::format::{MemoryRegion, Prot};
+
+    fn plan(len: u64, backing: Backing, write: bool) -> RegionPlan {
+        RegionPlan {
+            region: MemoryRegion {
+                start: 1 << 30,
+                end: (1 << 30) + len,
+                prot: Prot {
+                    read: true,
+                    write,
+                    exec: false,
+                },
+                shared: false,
+                backing,
+                name: String::new(),
+                grows_down: false,
+                advice: Vec::new(),
+                runs: Vec::new(),
+                hashed: true,
+            },
+            store: StorePolicy::PrivateData,
+            flags_known: true,
+            page_hashes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_writable_private_anonymous_memory_that_is_mostly_resident_is_tracked() {
+        let gib = 1 << 30;
+        assert!(trackable(&plan(8 << 20, Backing::Anonymous, true), Some(0)));
+        assert!(!trackable(
+            &plan(8 << 20, Backing::Anonymous, false),
+            Some(0)
+        ));
+        assert!(!trackable(
+            &plan(8 << 20, Backing::SharedAnonymous, true),
+            Some(0)
+        ));
+        assert!(trackable(
+            &plan(gib, Backing::Anonymous, true),
+            Some(gib / 2)
+        ));
+        assert!(
+            !trackable(&plan(64 * gib, Backing::Anonymous, true), Some(gib)),
+            "a sparse reservation would cost page tables for every page"
+        );
+        assert!(!trackable(&plan(gib, Backing::Anonymous, true), None));
+    }
+}
