@@ -36,6 +36,11 @@ impl PageBuf {
         self.blocks.clear();
     }
 
+    /// Appends the pages of `other`.
+    pub fn append(&mut self, other: &PageBuf) {
+        self.blocks.extend_from_slice(&other.blocks);
+    }
+
     /// Appends one page.
     pub fn push_page(&mut self, page: &[u8]) {
         let mut block = Block([0; PAGE]);

@@ -40,6 +40,9 @@ pub enum WriteError {
 /// bounded (a few batches) whatever the image's size.
 const BUFFERS_IN_FLIGHT: usize = 3;
 
+/// Submissions smaller than this are gathered into one write of at least this size.
+const STAGE_BYTES: usize = 4 << 20;
+
 /// An image being written into `.ckpt-SEQ.partial/`. Dropped without `commit`, it removes
 /// the partial directory: a failed checkpoint leaves nothing behind.
 pub struct ImageWriter {
@@ -49,6 +52,11 @@ pub struct ImageWriter {
     /// `pages.bin` in order, hashed by the submitting thread while the writer thread writes
     /// the batches before.
     hasher: blake3::Hasher,
+    /// Small submissions not yet handed to the writer thread.
+    stage: PageBuf,
+    /// Buffers of small submissions, for `take_buffer` to hand out again: their memory is
+    /// already mapped, so a checkpoint's frozen phase fills them without page faults.
+    spare: Vec<PageBuf>,
     written: u64,
     committed: bool,
 }
@@ -80,6 +88,14 @@ fn create_private_with(path: &Path, flags: i32) -> std::io::Result<File> {
         .mode(0o600)
         .custom_flags(flags)
         .open(path)
+}
+
+/// An empty buffer whose memory for `bytes` is mapped already.
+fn prefaulted(bytes: usize) -> PageBuf {
+    let mut buf = PageBuf::default();
+    buf.resize(bytes);
+    buf.resize(0);
+    buf
 }
 
 /// `pages.bin`, with `O_DIRECT` where the file system supports it (not tmpfs, say).
@@ -135,6 +151,8 @@ impl ImageWriter {
             final_path,
             pipe: Some(PagePipe::start(pages, pages_path)),
             hasher: blake3::Hasher::new(),
+            stage: prefaulted(STAGE_BYTES),
+            spare: vec![prefaulted(STAGE_BYTES)],
             written: 0,
             committed: false,
         })
@@ -143,26 +161,52 @@ impl ImageWriter {
     /// A buffer of `len` bytes (whole pages) to fill and `submit` (recycled once written).
     pub fn take_buffer(&mut self, len: usize) -> PageBuf {
         let mut buf = self
-            .pipe
-            .as_ref()
-            .and_then(|p| p.free.try_recv().ok())
+            .spare
+            .pop()
+            .or_else(|| self.pipe.as_ref().and_then(|p| p.free.try_recv().ok()))
             .unwrap_or_default();
         buf.resize(len);
         buf
     }
 
     /// Appends page data: hashed here, written by the writer thread. Returns its offset in
-    /// `pages.bin`.
+    /// `pages.bin`. Small pieces are gathered first: every direct write waits for the
+    /// device, and a checkpoint's frozen phase must not wait once per small region.
     pub fn submit(&mut self, data: PageBuf) -> Result<u64, WriteError> {
         let offset = self.written;
         self.written += data.len() as u64;
         self.hasher.update_rayon(data.as_bytes());
+        if data.len() >= STAGE_BYTES {
+            self.flush_stage()?;
+            self.send(data)?;
+        } else {
+            self.stage.append(&data);
+            if self.spare.len() < BUFFERS_IN_FLIGHT {
+                self.spare.push(data);
+            }
+            if self.stage.len() >= STAGE_BYTES {
+                self.flush_stage()?;
+            }
+        }
+        Ok(offset)
+    }
+
+    fn flush_stage(&mut self) -> Result<(), WriteError> {
+        if self.stage.is_empty() {
+            return Ok(());
+        }
+        let fresh = self.take_buffer(0);
+        let full = std::mem::replace(&mut self.stage, fresh);
+        self.send(full)
+    }
+
+    fn send(&mut self, data: PageBuf) -> Result<(), WriteError> {
         let pipe = self.pipe.as_ref().expect("pipe lives until commit");
         if pipe.full.send(data).is_err() {
             // The writer thread stopped on an error; `finish` reports it.
-            return self.pipe.take().expect("pipe").finish().map(|()| offset);
+            return self.pipe.take().expect("pipe").finish();
         }
-        Ok(offset)
+        Ok(())
     }
 
     pub fn pages_written(&self) -> u64 {
@@ -177,6 +221,7 @@ impl ImageWriter {
         manifest: &Manifest,
         page_hashes: &[u8],
     ) -> Result<CommittedImage, WriteError> {
+        self.flush_stage()?;
         self.pipe
             .take()
             .expect("pipe lives until commit")

@@ -1,21 +1,19 @@
 //! A checkpoint: freeze, capture, stream memory into an image, let go (or kill).
 
+use super::capture;
 use super::freeze::{FreezeError, Frozen, parent_of};
 use super::inspect::{self, FlagHints, InspectError, RegionPlan, StorePolicy};
 use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::pages::{PageSink, ParentPages};
 use super::precopy::{self, Tracking};
-use super::remote::{RemoteError, RemoteThread, find_gadget};
-use super::snapshot::Snapshot;
+use super::remote::RemoteError;
 use super::sys;
-use super::threads::{self, ThreadError};
+use super::threads::ThreadError;
 use super::tracker::{TrackError, WriteTracker};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, ParentRef, PendingSignal,
-    SignalAction, ThreadState, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, ParentRef, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -40,6 +38,8 @@ pub enum DumpError {
     Snapshot(#[from] super::snapshot::SnapshotError),
     #[error(transparent)]
     Track(TrackError),
+    #[error("cannot assemble the injected code: {0}")]
+    Assemble(String),
     #[error("internal error: a write-tracked page was never read")]
     Unread,
     #[error("internal error: the new image needs image {0}, which its parent does not name")]
@@ -178,7 +178,7 @@ fn dump(
     });
     // Without tracking, a snapshot is the only way not to read all memory frozen.
     let try_snapshot = can_fork && frozen_read.is_none_or(|bytes| bytes > SNAPSHOT_MIN_BYTES);
-    let mut captured = capture_threads(&mut frozen, &mem, try_snapshot)?;
+    let mut captured = capture::capture_threads(&mut frozen, &mem, try_snapshot)?;
     let mut process = inspect::read_process(req.pid)?;
 
     let snapshot = captured.snapshot.take();
@@ -324,167 +324,6 @@ fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool
             .advice
             .iter()
             .any(|a| matches!(a, Advice::DontFork | Advice::WipeOnFork))
-}
-
-struct Captured {
-    snapshot: Option<Snapshot>,
-    mode: DumpMode,
-    threads: Vec<ThreadState>,
-    process_pending: Vec<PendingSignal>,
-    signals: Vec<SignalAction>,
-    brk: u64,
-}
-
-/// Runs the remote queries: the leader lends a scratch page for results, every thread
-/// reports its own state; the scratch page is gone again before the map is read.
-fn capture_threads(
-    frozen: &mut Frozen,
-    mem: &ProcessMemory,
-    try_snapshot: bool,
-) -> Result<Captured, DumpError> {
-    let leader = frozen.leader();
-    let gadget = find_syscall_gadget(mem, leader)?;
-    let mut lead = RemoteThread::new(leader, gadget)?;
-    let scratch = lead.checked(
-        "mmap(scratch)",
-        libc::SYS_mmap,
-        &[
-            0,
-            PAGE_SIZE,
-            (libc::PROT_READ | libc::PROT_WRITE) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-            u64::MAX,
-            0,
-        ],
-    )?;
-    let result = capture_with_scratch(frozen, &mut lead, mem, gadget, scratch);
-    let unmapped = lead.checked("munmap(scratch)", libc::SYS_munmap, &[scratch, PAGE_SIZE]);
-    // The snapshot is taken last, once the scratch page is gone from the address space.
-    let snapshot = match (&result, &unmapped, try_snapshot) {
-        (Ok(_), Ok(_), true) => fork_snapshot(&mut lead),
-        _ => None,
-    };
-    hold(frozen, leader, lead.finish()?);
-    unmapped?;
-    let mut captured = result?;
-    captured.mode = if snapshot.is_some() {
-        DumpMode::Snapshot
-    } else {
-        DumpMode::Frozen
-    };
-    captured.snapshot = snapshot;
-    Ok(captured)
-}
-
-/// A snapshot, or None (with a note) when the target cannot fork: memory or process
-/// limits. The checkpoint then dumps while frozen, as it would without snapshots.
-fn fork_snapshot(lead: &mut RemoteThread) -> Option<Snapshot> {
-    match Snapshot::fork(lead) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!(
-                "mlckpt: note: fork-snapshot impossible ({}); dumping while the target is frozen",
-                crate::error_chain(&e)
-            );
-            None
-        }
-    }
-}
-
-fn capture_with_scratch(
-    frozen: &mut Frozen,
-    lead: &mut RemoteThread,
-    mem: &ProcessMemory,
-    gadget: u64,
-    scratch: u64,
-) -> Result<Captured, DumpError> {
-    let leader = frozen.leader();
-    let brk = lead.checked("brk(0)", libc::SYS_brk, &[0])?;
-    let signals = signal_actions(lead, mem, scratch)?;
-    let mut threads = vec![threads::capture(lead, leader, mem, scratch)?];
-    for tid in frozen.tids().into_iter().filter(|&t| t != leader) {
-        let mut remote = RemoteThread::new(tid, gadget)?;
-        let state = threads::capture(&mut remote, tid, mem, scratch);
-        hold(frozen, tid, remote.finish()?);
-        threads.push(state?);
-    }
-    Ok(Captured {
-        snapshot: None,
-        mode: DumpMode::Frozen,
-        process_pending: threads::pending_signals(leader, true)?,
-        threads,
-        signals,
-        brk,
-    })
-}
-
-fn hold(frozen: &mut Frozen, tid: Pid, sig: Option<Signal>) {
-    if let Some(sig) = sig {
-        frozen.hold_signal(tid, sig);
-    }
-}
-
-/// The address of a `syscall` instruction in the frozen process `pid`.
-pub fn find_syscall_gadget(mem: &ProcessMemory, pid: Pid) -> Result<u64, DumpError> {
-    Ok(find_gadget(mem, &gadget_candidates(pid)?)?)
-}
-
-/// Where to look for a `syscall` instruction: the vDSO (its fallback paths have one),
-/// found through the auxv's AT_SYSINFO_EHDR without walking the memory map; failing that,
-/// every executable mapping, smallest first.
-fn gadget_candidates(pid: Pid) -> Result<Vec<(u64, u64)>, DumpError> {
-    const AT_SYSINFO_EHDR: u64 = 33;
-    const VDSO_PAGES: u64 = 2;
-    let auxv = inspect::read_auxv(pid)?;
-    let vdso = auxv
-        .chunks_exact(2)
-        .find(|kv| kv[0] == AT_SYSINFO_EHDR)
-        .map(|kv| (kv[1], kv[1] + VDSO_PAGES * PAGE_SIZE));
-    if let Some(range) = vdso {
-        return Ok(vec![range]);
-    }
-    let mut plans: Vec<RegionPlan> = inspect::read_regions(pid)?
-        .into_iter()
-        .filter(|p| p.region.prot.exec)
-        .collect();
-    plans.sort_by_key(|p| p.region.len());
-    Ok(plans
-        .iter()
-        .map(|p| (p.region.start, p.region.end))
-        .collect())
-}
-
-/// Every signal whose action is not the default, via `rt_sigaction(sig, NULL, &old)`.
-fn signal_actions(
-    remote: &mut RemoteThread,
-    mem: &ProcessMemory,
-    scratch: u64,
-) -> Result<Vec<SignalAction>, DumpError> {
-    let mut actions = Vec::new();
-    for signo in 1..=64i32 {
-        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
-            continue;
-        }
-        remote.checked(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            &[signo as u64, 0, scratch, 8],
-        )?;
-        // struct kernel_sigaction { handler; flags; restorer; mask }
-        let raw = mem.read(scratch, 32)?;
-        let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8"));
-        let action = SignalAction {
-            signo,
-            handler: word(0),
-            flags: word(1),
-            restorer: word(2),
-            mask: word(3),
-        };
-        if action.handler != 0 || action.flags != 0 || action.mask != 0 {
-            actions.push(action);
-        }
-    }
-    Ok(actions)
 }
 
 /// Decides which pages each region stores and streams them into the image, reading from

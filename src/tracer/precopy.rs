@@ -93,7 +93,7 @@ fn pins_memory(pid: Pid) -> bool {
 fn start_tracker(pid: Pid) -> Result<WriteTracker, DumpError> {
     let mut frozen = Frozen::freeze(pid)?;
     let mem = ProcessMemory::open(pid)?;
-    let gadget = super::dump::find_syscall_gadget(&mem, pid)?;
+    let gadget = super::capture::find_syscall_gadget(&mem, pid)?;
     let mut lead = RemoteThread::new(pid, gadget)?;
     let tracker = WriteTracker::create(pid, &mut lead);
     if let Some(sig) = lead.finish()? {

@@ -1,8 +1,9 @@
 //! Running system calls inside a stopped thread of the target.
 //!
-//! The thread is pointed at an existing `syscall` instruction (the vDSO has some) and run
-//! with `PTRACE_SYSCALL` to the syscall-exit stop, so no code is ever written into the
-//! target and the instruction after the gadget never runs.
+//! One call at a time: the thread is pointed at an existing `syscall` instruction (the vDSO
+//! has some) and run with `PTRACE_SYSCALL` to the syscall-exit stop, so the instruction
+//! after the gadget never runs. Many calls at once: the thread runs the op-table stub (see
+//! `stub`), loaded into a page mapped for it, to its final `int3`.
 
 use super::memory::ProcessMemory;
 use super::ptrace::{self, PtraceError, Stop};
@@ -32,6 +33,8 @@ pub enum RemoteError {
     },
     #[error("no `syscall` instruction found in the target's vDSO or libc")]
     NoGadget,
+    #[error("thread {tid} stopped at {rip:#x} instead of the end of the injected code")]
+    StubStopped { tid: i32, rip: u64 },
 }
 
 /// A thread borrowed to run syscalls; `finish` gives it back exactly as it was.
@@ -41,6 +44,10 @@ pub struct RemoteThread {
     gadget: u64,
     /// Signals that arrived while borrowed, to hand back on detach.
     pub held_signal: Option<Signal>,
+    /// The thread sits in a syscall-exit stop (after `syscall`), where the kernel applies
+    /// no syscall-restart logic any more; after a stub run it sits in a signal-delivery
+    /// stop, where it still does.
+    at_syscall_exit: bool,
 }
 
 impl RemoteThread {
@@ -50,11 +57,21 @@ impl RemoteThread {
             saved: ptrace::get_regs(tid)?,
             gadget,
             held_signal: None,
+            at_syscall_exit: false,
         })
     }
 
     pub fn saved_regs(&self) -> &Registers {
         &self.saved
+    }
+
+    pub fn tid(&self) -> Pid {
+        self.tid
+    }
+
+    /// The `syscall` instruction this thread's remote calls go through.
+    pub fn gadget(&self) -> u64 {
+        self.gadget
     }
 
     /// Runs syscall `nr`; returns the raw result (negative errno on failure).
@@ -78,7 +95,56 @@ impl RemoteThread {
         ptrace::set_regs(self.tid, &regs)?;
         self.step_to_syscall_stop(nr)?; // entry
         self.step_to_syscall_stop(nr)?; // exit
+        self.at_syscall_exit = true;
         Ok(ptrace::get_regs(self.tid)?.rax as i64)
+    }
+
+    /// Lets the thread run the stub at `entry` (its `table_entry`) on `count` ops at
+    /// `table`; `wait_stub` collects it. Several threads may run at once, each on its own
+    /// table.
+    pub fn start_stub(&mut self, entry: u64, table: u64, count: u64) -> Result<(), RemoteError> {
+        let mut regs = self.saved;
+        regs.rip = entry;
+        regs.rbx = table;
+        regs.r12 = count;
+        // As for a single syscall: no restart logic may touch the stub's registers.
+        regs.orig_rax = u64::MAX;
+        ptrace::set_regs(self.tid, &regs)?;
+        Ok(ptrace::cont(self.tid, None)?)
+    }
+
+    /// Waits for the stub's final `int3` (`done_rip` is the address after it).
+    pub fn wait_stub(&mut self, done_rip: u64) -> Result<(), RemoteError> {
+        loop {
+            match ptrace::wait_stop(self.tid, "injected code")? {
+                Stop::Signal(Signal::SIGTRAP) => {
+                    self.at_syscall_exit = false;
+                    let rip = ptrace::get_regs(self.tid)?.rip;
+                    if rip == done_rip {
+                        return Ok(());
+                    }
+                    return Err(RemoteError::StubStopped {
+                        tid: self.tid.as_raw(),
+                        rip,
+                    });
+                }
+                // A signal for the target: keep it for later, do not deliver it now.
+                Stop::Signal(sig) => {
+                    self.held_signal = Some(sig);
+                    ptrace::cont(self.tid, None)?;
+                }
+                Stop::Interrupted | Stop::Event(_) | Stop::Syscall => {
+                    ptrace::cont(self.tid, None)?;
+                }
+                stop => {
+                    return Err(RemoteError::UnexpectedStop {
+                        tid: self.tid.as_raw(),
+                        nr: 0,
+                        stop,
+                    });
+                }
+            }
+        }
     }
 
     /// Like `syscall`, but a negative result becomes an error naming the call.
@@ -119,11 +185,16 @@ impl RemoteThread {
         }
     }
 
-    /// Puts the thread's registers back. The thread now sits in a syscall-exit stop, where
-    /// the kernel no longer restarts an interrupted syscall by itself, so do what it would
-    /// have done on the way out of the original stop.
+    /// Puts the thread's registers back. In a syscall-exit stop the kernel no longer
+    /// restarts an interrupted syscall by itself, so do what it would have done on the way
+    /// out of the original stop; in a signal-delivery stop it still will.
     pub fn finish(self) -> Result<Option<Signal>, RemoteError> {
-        ptrace::set_regs(self.tid, &live_restart(&self.saved))?;
+        let regs = if self.at_syscall_exit {
+            live_restart(&self.saved)
+        } else {
+            self.saved
+        };
+        ptrace::set_regs(self.tid, &regs)?;
         Ok(self.held_signal)
     }
 }

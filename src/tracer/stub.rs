@@ -72,6 +72,9 @@ pub fn encode_table(ops: &[Op]) -> Vec<u8> {
 pub struct Stub {
     pub code: Vec<u8>,
     pub entry: u64,
+    /// Entry for a caller that sets the table address in `rbx` and the op count in `r12`
+    /// itself: several threads can run one copy of the code, each on its own table.
+    pub table_entry: u64,
     /// `rip` after the `int3` that ends a successful run.
     pub done_rip: u64,
     /// `rip` after the `int3` that reports a failed op (index in r13, result in rax).
@@ -80,10 +83,14 @@ pub struct Stub {
     pub syscall_gadget: u64,
 }
 
-/// Assembles the stub to run at `base`, reading `op_count` ops from `table`.
+/// Assembles the stub to run at `base`, reading `op_count` ops from `table`. The result of
+/// an op whose result is not checked is stored in its table entry, in place of the
+/// expected value.
 pub fn assemble(base: u64, table: u64, op_count: u64) -> Result<Stub, IcedError> {
     let mut a = CodeAssembler::new(64)?;
+    let mut table_entry = a.create_label();
     let mut top = a.create_label();
+    let mut check_success = a.create_label();
     let mut check_value = a.create_label();
     let mut next = a.create_label();
     let mut done = a.create_label();
@@ -92,6 +99,7 @@ pub fn assemble(base: u64, table: u64, op_count: u64) -> Result<Stub, IcedError>
 
     a.mov(rbx, table)?;
     a.mov(r12, op_count)?;
+    a.set_label(&mut table_entry)?;
     a.xor(r13, r13)?;
     a.set_label(&mut top)?;
     a.cmp(r13, r12)?;
@@ -109,8 +117,11 @@ pub fn assemble(base: u64, table: u64, op_count: u64) -> Result<Stub, IcedError>
     a.cmp(rcx, MODE_VALUE as i32)?;
     a.je(check_value)?;
     a.cmp(rcx, MODE_ANY as i32)?;
-    a.je(next)?;
+    a.jne(check_success)?;
+    a.mov(qword_ptr(rbx + 64), rax)?;
+    a.jmp(next)?;
     // Success mode: results in [-4095, -1] are errors (unsigned compare).
+    a.set_label(&mut check_success)?;
     a.cmp(rax, -4095)?;
     a.jae(fail)?;
     a.jmp(next)?;
@@ -133,6 +144,7 @@ pub fn assemble(base: u64, table: u64, op_count: u64) -> Result<Stub, IcedError>
     Ok(Stub {
         code: result.inner.code_buffer.clone(),
         entry: base,
+        table_entry: result.label_ip(&table_entry)?,
         done_rip: result.label_ip(&done)? + 1,
         fail_rip: result.label_ip(&fail)? + 1,
         syscall_gadget: result.label_ip(&gadget)?,
@@ -166,7 +178,7 @@ mov rbx,70001000h
 mov r12,3
 xor r13,r13
 cmp r13,r12
-jae short 0000000070000062h
+jae short 0000000070000068h
 mov rax,[rbx]
 mov rdi,[rbx+8]
 mov rsi,[rbx+10h]
@@ -177,14 +189,16 @@ mov r9,[rbx+30h]
 syscall
 mov rcx,[rbx+38h]
 cmp rcx,1
-je short 0000000070000053h
-cmp rcx,2
 je short 0000000070000059h
+cmp rcx,2
+jne short 000000007000004Fh
+mov [rbx+40h],rax
+jmp short 000000007000005Fh
 cmp rax,0FFFFFFFFFFFFF001h
-jae short 0000000070000063h
-jmp short 0000000070000059h
+jae short 0000000070000069h
+jmp short 000000007000005Fh
 cmp rax,[rbx+40h]
-jne short 0000000070000063h
+jne short 0000000070000069h
 add rbx,48h
 inc r13
 jmp short 0000000070000017h
@@ -193,9 +207,14 @@ int3
 syscall
 int3";
         assert_eq!(text, expected, "\n{text}");
-        assert_eq!(stub.done_rip, 0x7000_0063);
-        assert_eq!(stub.fail_rip, 0x7000_0064);
-        assert_eq!(stub.syscall_gadget, 0x7000_0064);
+        assert_eq!(stub.done_rip, 0x7000_0069);
+        assert_eq!(stub.fail_rip, 0x7000_006a);
+        assert_eq!(stub.syscall_gadget, 0x7000_006a);
+        let skipped = disassemble(&stub.code[(stub.table_entry - stub.entry) as usize..], 0);
+        assert_eq!(
+            skipped[0], "xor r13,r13",
+            "table_entry skips the table setup"
+        );
     }
 
     #[test]

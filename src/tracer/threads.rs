@@ -1,11 +1,9 @@
 //! Capturing one frozen thread: registers, xstate, masks, and the kernel-side thread state
-//! only the thread itself can report (via remote syscalls).
+//! only the thread itself can report (asked by `capture`, through syscalls run inside it).
 
 use super::memory::{MemoryError, ProcessMemory};
 use super::ptrace;
-use super::remote::{
-    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, RemoteError, RemoteThread,
-};
+use super::remote::{ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS};
 use super::sys;
 use crate::image::format::{
     AltStack, InterruptedSyscall, PendingSignal, Registers, RseqState, SyscallResume, ThreadState,
@@ -14,8 +12,6 @@ use nix::unistd::Pid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ThreadError {
-    #[error(transparent)]
-    Remote(#[from] RemoteError),
     #[error(transparent)]
     Ptrace(#[from] ptrace::PtraceError),
     #[error(transparent)]
@@ -33,17 +29,23 @@ pub enum ThreadError {
     NotASyscall { tid: i32, nr: u64, rip: u64 },
 }
 
-/// Captures thread `remote` (already borrowed for remote syscalls) using a scratch page
-/// of the target at `scratch`.
+/// What only the thread itself can tell, asked by syscalls run inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelThreadState {
+    /// `set_tid_address` value (`prctl(PR_GET_TID_ADDRESS)`).
+    pub clear_child_tid: u64,
+    pub sigaltstack: Option<AltStack>,
+}
+
+/// Captures frozen thread `tid`, whose registers at the freeze were `regs`.
 pub fn capture(
-    remote: &mut RemoteThread,
     tid: Pid,
+    regs: &Registers,
     mem: &ProcessMemory,
-    scratch: u64,
+    kernel: KernelThreadState,
 ) -> Result<ThreadState, ThreadError> {
-    let regs = *remote.saved_regs();
     let rseq = ptrace::get_rseq(tid)?;
-    let (mut resume, syscall) = resume_state(tid, &regs, mem)?;
+    let (mut resume, syscall) = resume_state(tid, regs, mem)?;
     if let Some(rseq) = rseq {
         resume.rip = rseq_abort_target(mem, &rseq, resume.rip)?.unwrap_or(resume.rip);
     }
@@ -60,8 +62,8 @@ pub fn capture(
             tid: tid.as_raw(),
             source,
         })?,
-        clear_child_tid: clear_child_tid(remote, mem, scratch)?,
-        sigaltstack: sigaltstack(remote, mem, scratch)?,
+        clear_child_tid: kernel.clear_child_tid,
+        sigaltstack: kernel.sigaltstack,
         syscall,
     })
 }
@@ -87,37 +89,6 @@ fn thread_name(tid: Pid) -> String {
 fn read_u64(mem: &ProcessMemory, addr: u64) -> Result<u64, MemoryError> {
     let bytes = mem.read(addr, 8)?;
     Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
-}
-
-fn clear_child_tid(
-    remote: &mut RemoteThread,
-    mem: &ProcessMemory,
-    scratch: u64,
-) -> Result<u64, ThreadError> {
-    remote.checked(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
-    )?;
-    Ok(read_u64(mem, scratch)?)
-}
-
-fn sigaltstack(
-    remote: &mut RemoteThread,
-    mem: &ProcessMemory,
-    scratch: u64,
-) -> Result<Option<AltStack>, ThreadError> {
-    remote.checked("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
-    // stack_t: void *ss_sp; int ss_flags; (pad) size_t ss_size.
-    let raw = mem.read(scratch, 24)?;
-    let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
-    let flags = i32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
-    let stack = AltStack {
-        sp: word(0),
-        flags,
-        size: word(16),
-    };
-    Ok((flags & libc::SS_DISABLE == 0).then_some(stack))
 }
 
 const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
