@@ -12,7 +12,7 @@ use super::sys;
 use crate::image::Image;
 use crate::image::format::{
     Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE, PAGES_FILE,
-    PendingSignal, ThreadState,
+    PageRun, PendingSignal, ThreadState,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -652,6 +652,9 @@ fn region_ops(r: &MemoryRegion, own_seq: u64, fds: &FdPlan, ops: &mut Vec<Op>) {
             "madvise",
         ));
     }
+    if !matches!(r.backing, Backing::File(_)) {
+        populate_ops(&r.runs, ops);
+    }
     const MAX_READ: u64 = 1 << 30;
     for run in &r.runs {
         let source = run.image.unwrap_or(own_seq);
@@ -674,6 +677,29 @@ fn region_ops(r: &MemoryRegion, own_seq: u64, fds: &FdPlan, ops: &mut Vec<Op>) {
             &[r.start, r.len(), prot as u64],
             Expect::Success,
             format!("protect {name}"),
+        ));
+    }
+}
+
+/// Pre-faults the memory `runs` are read into, in bulk: one `MADV_POPULATE_WRITE` costs a
+/// fraction of faulting page by page inside `pread` (a third, for 1 GiB here). Only pages
+/// the image fills, so a sparse region stays sparse; small runs are not worth an op.
+fn populate_ops(runs: &[PageRun], ops: &mut Vec<Op>) {
+    const MADV_POPULATE_WRITE: u64 = 23;
+    const MIN_BYTES: u64 = 256 << 10;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for run in runs {
+        match ranges.last_mut() {
+            Some((start, len)) if *start + *len == run.addr => *len += run.len,
+            _ => ranges.push((run.addr, run.len)),
+        }
+    }
+    for (start, len) in ranges.into_iter().filter(|r| r.1 >= MIN_BYTES) {
+        ops.push(Op::new(
+            libc::SYS_madvise,
+            &[start, len, MADV_POPULATE_WRITE],
+            Expect::Anything,
+            "madvise(MADV_POPULATE_WRITE)",
         ));
     }
 }
