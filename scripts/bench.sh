@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark: freeze, checkpoint and restore times and image size for 64 MiB and 1 GiB
-# targets, next to this machine's own limits measured in the same run.
+# Benchmark: freeze, checkpoint and restore times and image sizes for 64 MiB and 1 GiB
+# targets (and 1 GiB with 16 threads), next to this machine's own limits measured in the
+# same run, then the ratios the performance targets are stated in.
 #   scripts/bench.sh [DIR]     DIR: where images go (default: a new dir under /var/tmp)
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
@@ -12,7 +13,7 @@ cargo build --release --quiet
 BIN=$PWD/target/release/mlckpt
 WORK=${1:-$(mktemp -d /var/tmp/mlckpt-bench.XXXXXX)}
 mkdir -p "$WORK"
-gcc -O2 -o "$WORK/memory" tests/programs/memory.c
+gcc -O2 -pthread -o "$WORK/memory" tests/programs/memory.c
 cat > "$WORK/touch.c" <<'C'
 #include <stdlib.h>
 #include <string.h>
@@ -20,22 +21,25 @@ int main(int c, char **v) { size_t n = strtoull(v[1], 0, 10) << 20; char *p = ma
   for (size_t i = 0; i < n; i += 4096) p[i] = 1; return p[n / 2] - 1; }
 C
 gcc -O2 -o "$WORK/touch" "$WORK/touch.c"
-printf '[storage]\nlocal = "%s/store"\n[interval]\nlocal = 0\n' "$WORK" > "$WORK/mlckpt.toml"
+printf '[storage]\nlocal = "%s/store"\nkeep = 100\n[interval]\nlocal = 0\n' "$WORK" > "$WORK/mlckpt.toml"
 
 ms() { echo "$(( ($2 - $1) / 1000000 ))"; }
 now() { date +%s%N; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
-limits() {   # $1 MiB
-    local t0 t1 dd_ms cat_ms touch_ms
+limits() {   # $1 MiB: dd with fdatasync, dd O_DIRECT, cat (cache dropped), first touch
+    local t0 t1 dd_ms direct_ms cat_ms touch_ms
     t0=$(now); dd if=/dev/zero of="$WORK/dd.bin" bs=1M count="$1" conv=fdatasync status=none; t1=$(now)
     dd_ms=$(ms "$t0" "$t1")
     drop_caches
     t0=$(now); cat "$WORK/dd.bin" > /dev/null; t1=$(now); cat_ms=$(ms "$t0" "$t1")
-    rm -f "$WORK/dd.bin"
+    rm -f "$WORK/dd.bin"; sync
+    t0=$(now); dd if=/dev/zero of="$WORK/dd.bin" bs=8M count="$(( ($1 + 7) / 8 ))" oflag=direct conv=fdatasync status=none; t1=$(now)
+    direct_ms=$(ms "$t0" "$t1")
+    rm -f "$WORK/dd.bin"; sync
     t0=$(now); "$WORK/touch" "$1"; t1=$(now); touch_ms=$(ms "$t0" "$t1")
-    echo "$dd_ms $cat_ms $touch_ms"
+    echo "$dd_ms $direct_ms $cat_ms $touch_ms"
 }
 
 restore_ms() {   # $1 image; prints ms until the restored process runs; kills it
@@ -51,49 +55,59 @@ restore_ms() {   # $1 image; prints ms until the restored process runs; kills it
 
 ticks() { grep -c '^tick' "$WORK/out.txt"; }
 MUTATIONS=25   # per 30 ms tick: slow enough that 1 % of 1 GiB outlasts the full checkpoint
+RATIOS=""
 
-bench() {   # $1 MiB
-    local mib=$1 sup pid full inc last hwm warm cold t0 changed_ticks
+bench() {   # $1 MiB, $2 threads
+    local mib=$1 threads=$2 sup pid full inc hwm warm cold t0 changed_ticks label
+    label="$mib MiB"
+    if [ "$threads" -gt 1 ]; then label="$label x$threads"; fi
     rm -rf "$WORK/store" "$WORK/out.txt"
-    "$BIN" run --config "$WORK/mlckpt.toml" --job "m$mib" -- "$WORK/memory" "$mib" 1000000 "$MUTATIONS" \
-        > "$WORK/out.txt" 2> "$WORK/run.err" &
+    "$BIN" run --config "$WORK/mlckpt.toml" --job "m$mib" -- \
+        "$WORK/memory" "$mib" 1000000 "$MUTATIONS" "$threads" > "$WORK/out.txt" 2> "$WORK/run.err" &
     sup=$!
     until grep -q '^tick 1 ' "$WORK/out.txt" 2>/dev/null; do sleep 0.05; done
     pid=$(head -1 "$WORK/out.txt" | cut -d' ' -f2)
-    # memory.c changes MUTATIONS random words per tick: 1 % of the pages, counted from the
-    # full image's state, takes this many ticks. A pre-copied image holds the state of the
-    # end of its checkpoint, a fork-snapshot one that of its start: counted from the end,
-    # the increment of a snapshot image sees somewhat more than 1 %.
+    # memory.c changes MUTATIONS random words per tick: 1 % of the pages takes this many
+    # ticks, counted from the state the full image holds (the end of its checkpoint).
     changed_ticks=$(( (mib * 256 / 100 + MUTATIONS - 1) / MUTATIONS ))
     full=$("$BIN" checkpoint "$pid" --json)
     t0=$(ticks)
     until [ "$(ticks)" -ge $((t0 + changed_ticks)) ]; do sleep 0.01; done
     inc=$("$BIN" checkpoint "$pid" --json)
     hwm=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$sup/status" 2>/dev/null || echo "?")
-    last=$("$BIN" checkpoint "$pid" --kill --json)
+    "$BIN" checkpoint "$pid" --kill --json > /dev/null
     wait "$sup" || true
     img=$(echo "$full" | json path)
     warm=$(restore_ms "$img")
     drop_caches
     cold=$(restore_ms "$img")
-    read -r dd_ms cat_ms touch_ms < <(limits "$mib")
-    printf "| %5s MiB | %7.1f | %8.1f | %11s | %8.1f | %10s | %7s | %7s | %5s | %6s | %6s | %6s |\n" \
-        "$mib" "$(echo "$full" | json freeze_ms)" "$(echo "$full" | json total_ms)" \
-        "$(echo "$full" | json bytes)" "$(echo "$inc" | json total_ms)" "$(echo "$inc" | json bytes)" \
-        "$warm" "$cold" "$hwm" "$dd_ms" "$cat_ms" "$touch_ms"
-    : "$last"
+    read -r dd_ms direct_ms cat_ms touch_ms < <(limits "$mib")
+    local f_frz f_ms f_b i_frz i_ms i_b
+    f_frz=$(echo "$full" | json freeze_ms); f_ms=$(echo "$full" | json total_ms)
+    f_b=$(echo "$full" | json bytes)
+    i_frz=$(echo "$inc" | json freeze_ms); i_ms=$(echo "$inc" | json total_ms)
+    i_b=$(echo "$inc" | json bytes)
+    printf "| %-12s | %6.1f | %7.1f | %10s | %6.1f | %6.1f | %9s | %6s | %6s | %4s | %6s | %6s | %6s | %6s |\n" \
+        "$label" "$f_frz" "$f_ms" "$f_b" "$i_frz" "$i_ms" "$i_b" "$warm" "$cold" "$hwm" \
+        "$dd_ms" "$direct_ms" "$cat_ms" "$touch_ms"
+    RATIOS+=$(python3 -c "
+print('%-12s  freeze %5.1f ms | ckpt/dd %.2f (ckpt/dd-direct %.2f) | incr/full: time %.3f, bytes %.4f | cold restore/(cat+touch) %.2f | RSS %s MiB' % (
+    '$label', $f_frz, $f_ms / $dd_ms, $f_ms / $direct_ms, $i_ms / $f_ms, $i_b / $f_b, $cold / ($cat_ms + $touch_ms), '$hwm'))")$'\n'
 }
 
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK"
-echo "| target    | freeze  | ckpt ms  | image bytes | incr. ms | incr bytes | rest.ms | cold ms | RSS   | dd ms  | cat ms | touch  |"
-echo "|-----------|---------|----------|-------------|----------|------------|---------|---------|-------|--------|--------|--------|"
-bench 64
-bench 1024
+echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
+echo "|--------------|--------|---------|------------|--------|--------|-----------|--------|--------|------|--------|--------|--------|--------|"
+bench 64 1
+bench 1024 1
+bench 1024 16
 echo
-echo "freeze / ckpt ms: full checkpoint of the running target (fork-snapshot: freeze is the time"
-echo "it was stopped). incr.: the next checkpoint after ~1 % of pages changed (content-hashed)."
+printf "%s" "$RATIOS"
+echo
+echo "freeze / ckpt ms / bytes: full checkpoint of the running target (freeze: ms it was stopped)."
+echo "i.frz / incr ms / incr bytes: the next checkpoint, after ~1 % of the pages changed."
 echo "rest. / cold: 'mlckpt restore --detach' of the full image until the process runs, page cache"
 echo "warm / dropped (includes verifying the image). RSS: supervisor peak, MiB. dd: write of the"
-echo "same size with fdatasync; cat: read it back, cache dropped; touch: first touch of as much"
-echo "new memory."
+echo "same size with fdatasync (page cache); direct: the same with O_DIRECT, 8 MiB blocks; cat: read"
+echo "it back, cache dropped; touch: first touch of as much new memory."
 [ -z "${1:-}" ] && rm -rf "$WORK"

@@ -43,6 +43,12 @@ const BUFFERS_IN_FLIGHT: usize = 3;
 /// Submissions smaller than this are gathered into one write of at least this size.
 const STAGE_BYTES: usize = 4 << 20;
 
+/// Submissions at least this big are hashed on all cores.
+const PARALLEL_HASH_BYTES: usize = 1 << 20;
+
+/// At most this much is kept in memory while held.
+const HOLD_BYTES: usize = 32 << 20;
+
 /// An image being written into `.ckpt-SEQ.partial/`. Dropped without `commit`, it removes
 /// the partial directory: a failed checkpoint leaves nothing behind.
 pub struct ImageWriter {
@@ -54,6 +60,9 @@ pub struct ImageWriter {
     hasher: blake3::Hasher,
     /// Small submissions not yet handed to the writer thread.
     stage: PageBuf,
+    /// While the target is frozen, submissions wait in `stage` (up to HOLD_BYTES) rather
+    /// than for the writer thread, which may still be writing the batches before.
+    holding: bool,
     /// Buffers of small submissions, for `take_buffer` to hand out again: their memory is
     /// already mapped, so a checkpoint's frozen phase fills them without page faults.
     spare: Vec<PageBuf>,
@@ -151,7 +160,8 @@ impl ImageWriter {
             final_path,
             pipe: Some(PagePipe::start(pages, pages_path)),
             hasher: blake3::Hasher::new(),
-            stage: prefaulted(STAGE_BYTES),
+            stage: prefaulted(2 * STAGE_BYTES),
+            holding: false,
             spare: vec![prefaulted(STAGE_BYTES)],
             written: 0,
             committed: false,
@@ -175,20 +185,54 @@ impl ImageWriter {
     pub fn submit(&mut self, data: PageBuf) -> Result<u64, WriteError> {
         let offset = self.written;
         self.written += data.len() as u64;
-        self.hasher.update_rayon(data.as_bytes());
-        if data.len() >= STAGE_BYTES {
+        if data.len() >= PARALLEL_HASH_BYTES {
+            self.hasher.update_rayon(data.as_bytes());
+        } else {
+            self.hasher.update(data.as_bytes());
+        }
+        let held = self.holding && self.stage.len() + data.len() <= HOLD_BYTES;
+        if held {
+            self.stage.append(&data);
+            self.keep_spare(data);
+        } else if data.len() >= STAGE_BYTES {
             self.flush_stage()?;
             self.send(data)?;
         } else {
             self.stage.append(&data);
-            if self.spare.len() < BUFFERS_IN_FLIGHT {
-                self.spare.push(data);
-            }
+            self.keep_spare(data);
             if self.stage.len() >= STAGE_BYTES {
                 self.flush_stage()?;
             }
         }
         Ok(offset)
+    }
+
+    /// Waits until the writer thread has written everything handed to it so far (what is
+    /// staged stays staged): the device is quiet afterwards.
+    pub fn drain(&mut self) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            pipe.drain();
+        }
+    }
+
+    /// Keeps submissions in memory from now on, see `holding`.
+    pub fn hold(&mut self) {
+        self.holding = true;
+    }
+
+    /// Ends `hold`: what was kept goes to the writer thread.
+    pub fn let_go(&mut self) -> Result<(), WriteError> {
+        self.holding = false;
+        if self.stage.len() >= STAGE_BYTES {
+            self.flush_stage()?;
+        }
+        Ok(())
+    }
+
+    fn keep_spare(&mut self, buf: PageBuf) {
+        if self.spare.len() < BUFFERS_IN_FLIGHT {
+            self.spare.push(buf);
+        }
     }
 
     fn flush_stage(&mut self) -> Result<(), WriteError> {
@@ -201,7 +245,8 @@ impl ImageWriter {
     }
 
     fn send(&mut self, data: PageBuf) -> Result<(), WriteError> {
-        let pipe = self.pipe.as_ref().expect("pipe lives until commit");
+        let pipe = self.pipe.as_mut().expect("pipe lives until commit");
+        pipe.sent += 1;
         if pipe.full.send(data).is_err() {
             // The writer thread stopped on an error; `finish` reports it.
             return self.pipe.take().expect("pipe").finish();
@@ -266,6 +311,11 @@ impl ImageWriter {
 struct PagePipe {
     full: SyncSender<PageBuf>,
     free: Receiver<PageBuf>,
+    /// One message per batch written.
+    written: Receiver<()>,
+    /// Batches sent, and batches known to be written.
+    sent: usize,
+    acked: usize,
     thread: JoinHandle<Result<(), WriteError>>,
 }
 
@@ -273,16 +323,33 @@ impl PagePipe {
     fn start(file: File, path: PathBuf) -> PagePipe {
         let (full, full_rx) = sync_channel::<PageBuf>(BUFFERS_IN_FLIGHT - 1);
         let (free_tx, free) = sync_channel::<PageBuf>(BUFFERS_IN_FLIGHT);
+        let (written_tx, written) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let mut at = 0;
             for buf in full_rx {
                 write_pages(&file, buf.as_bytes(), at).map_err(write_err(&path))?;
                 at += buf.len() as u64;
                 let _ = free_tx.try_send(buf);
+                let _ = written_tx.send(());
             }
             file.sync_all().map_err(write_err(&path))
         });
-        PagePipe { full, free, thread }
+        PagePipe {
+            full,
+            free,
+            written,
+            sent: 0,
+            acked: 0,
+            thread,
+        }
+    }
+
+    /// Waits until every batch sent so far is written (or the thread stopped on an error,
+    /// which `finish` reports).
+    fn drain(&mut self) {
+        while self.acked < self.sent && self.written.recv().is_ok() {
+            self.acked += 1;
+        }
     }
 
     /// Waits for every batch to be written and durable.

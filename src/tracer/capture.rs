@@ -16,7 +16,9 @@ use super::remote::{RemoteError, RemoteThread, find_gadget};
 use super::snapshot::Snapshot;
 use super::stub::{self, Expect, OP_BYTES, Op};
 use super::threads::{self, KernelThreadState};
-use crate::image::format::{AltStack, PAGE_SIZE, PendingSignal, SignalAction, ThreadState};
+use crate::image::format::{
+    AltStack, PAGE_SIZE, PendingSignal, RobustList, SignalAction, ThreadState,
+};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -104,13 +106,14 @@ fn capture_all(
     let order: Vec<Pid> = std::iter::once(leader)
         .chain(frozen.tids().into_iter().filter(|&t| t != leader))
         .collect();
-    let code = stub::assemble(at.code, 0, 0).map_err(|e| DumpError::Assemble(e.to_string()))?;
+    let code = injected_code()?;
+    let (entry, done_rip) = (at.code + code.table_entry, at.code + code.done_rip);
     let tables: Vec<Table> = order
         .iter()
         .enumerate()
         .map(|(k, &tid)| Table::new(tid, at.slot(k), k == 0))
         .collect();
-    load(mem, at, &code, &tables)?;
+    load(mem, at, code, &tables)?;
     let mut others = Vec::with_capacity(order.len() - 1);
     let mut borrowed = Ok(());
     for &tid in &order[1..] {
@@ -124,7 +127,7 @@ fn capture_all(
     }
     let ran = borrowed
         .map_err(DumpError::from)
-        .and_then(|()| run_tables(lead, &mut others, &tables, code.table_entry, code.done_rip));
+        .and_then(|()| run_tables(lead, &mut others, &tables, entry, done_rip));
     let mut saved = vec![*lead.saved_regs()];
     saved.extend(others.iter().map(|r| *r.saved_regs()));
     let given_back = give_back(frozen, others);
@@ -136,8 +139,9 @@ fn capture_all(
     for t in &tables {
         answers.push(t.answers(&data[(t.base - at.data) as usize..])?);
     }
+    let (signals, brk) = (std::mem::take(&mut answers[0].signals), answers[0].brk);
     let mut states = Vec::with_capacity(order.len());
-    for ((&tid, regs), a) in order.iter().zip(&saved).zip(&answers) {
+    for ((&tid, regs), a) in order.iter().zip(&saved).zip(answers) {
         states.push(threads::capture(tid, regs, mem, a.kernel)?);
     }
     Ok(Captured {
@@ -145,9 +149,25 @@ fn capture_all(
         mode: DumpMode::Frozen,
         process_pending: threads::pending_signals(leader, true)?,
         threads: states,
-        signals: answers[0].signals.clone(),
-        brk: answers[0].brk,
+        signals,
+        brk,
     })
+}
+
+/// The op-table stub as assembled at address 0. Entered at `table_entry` it runs anywhere
+/// (its branches are relative), so it is assembled once per process, ahead of any freeze
+/// by `prepare` (the assembler's first use takes milliseconds).
+fn injected_code() -> Result<&'static stub::Stub, DumpError> {
+    static CODE: std::sync::OnceLock<Result<stub::Stub, String>> = std::sync::OnceLock::new();
+    CODE.get_or_init(|| stub::assemble(0, 0, 0).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| DumpError::Assemble(e.clone()))
+}
+
+/// Does ahead of time what the first capture would otherwise do while the target is
+/// frozen.
+pub fn prepare() {
+    let _ = injected_code();
 }
 
 /// Writes the stub and every thread's table into the injected pages.
@@ -268,12 +288,24 @@ fn gadget_candidates(pid: Pid) -> Result<Vec<(u64, u64)>, DumpError> {
 const SIGNALS: u64 = 64;
 /// Bytes of a kernel `struct sigaction`: handler, flags, restorer, mask.
 const SIGACTION_BYTES: u64 = 32;
-/// Bytes of `stack_t`: ss_sp, ss_flags (padded), ss_size.
-const STACK_T_BYTES: u64 = 24;
-/// Outputs of a thread's own calls: its clear_child_tid, then its `stack_t`.
-const THREAD_OUT_BYTES: u64 = 8 + STACK_T_BYTES;
-/// Calls every thread makes: prctl(PR_GET_TID_ADDRESS), sigaltstack.
-const THREAD_OPS: u64 = 2;
+/// Outputs of every thread's calls, at these offsets of its output area:
+/// clear_child_tid (8 bytes), `stack_t` (ss_sp, ss_flags padded, ss_size: 24), name (16,
+/// NUL-padded), CPU mask (128 bytes: 1024 CPUs), robust list head and length (8 + 8).
+const OUT_TID_ADDRESS: u64 = 0;
+const OUT_STACK: u64 = 8;
+const OUT_NAME: u64 = 32;
+const OUT_AFFINITY: u64 = 48;
+const AFFINITY_BYTES: u64 = 128;
+const OUT_ROBUST_HEAD: u64 = OUT_AFFINITY + AFFINITY_BYTES;
+const OUT_ROBUST_LEN: u64 = OUT_ROBUST_HEAD + 8;
+const THREAD_OUT_BYTES: u64 = OUT_ROBUST_LEN + 8;
+/// Calls every thread makes: prctl(PR_GET_TID_ADDRESS), sigaltstack, prctl(PR_GET_NAME),
+/// sched_getaffinity, get_robust_list.
+const THREAD_OPS: u64 = 5;
+/// The op whose result is the CPU mask's size.
+const AFFINITY_OP: usize = 3;
+/// The leader's `brk(0)`, right after the calls every thread makes.
+const BRK_OP: usize = THREAD_OPS as usize;
 /// A non-leader thread's slot: its table and outputs.
 const THREAD_SLOT: u64 = (THREAD_OPS * OP_BYTES as u64 + THREAD_OUT_BYTES).next_multiple_of(64);
 /// The leader's slot: its table (its calls, brk, every signal's action) and outputs.
@@ -352,10 +384,29 @@ impl Table {
         let mut calls: Vec<(i64, Vec<u64>, &'static str)> = vec![
             (
                 libc::SYS_prctl,
-                vec![libc::PR_GET_TID_ADDRESS as u64, out],
+                vec![libc::PR_GET_TID_ADDRESS as u64, out + OUT_TID_ADDRESS],
                 "prctl(PR_GET_TID_ADDRESS)",
             ),
-            (libc::SYS_sigaltstack, vec![0, out + 8], "sigaltstack"),
+            (
+                libc::SYS_sigaltstack,
+                vec![0, out + OUT_STACK],
+                "sigaltstack",
+            ),
+            (
+                libc::SYS_prctl,
+                vec![libc::PR_GET_NAME as u64, out + OUT_NAME],
+                "prctl(PR_GET_NAME)",
+            ),
+            (
+                libc::SYS_sched_getaffinity,
+                vec![0, AFFINITY_BYTES, out + OUT_AFFINITY],
+                "sched_getaffinity",
+            ),
+            (
+                libc::SYS_get_robust_list,
+                vec![0, out + OUT_ROBUST_HEAD, out + OUT_ROBUST_LEN],
+                "get_robust_list",
+            ),
         ];
         if leader {
             calls.push((libc::SYS_brk, vec![0], "brk(0)"));
@@ -400,17 +451,32 @@ impl Table {
             }
         }
         let out = self.out - self.base;
-        let stack_flags = i32::from_le_bytes(
-            slot[(out + 16) as usize..(out + 20) as usize]
-                .try_into()
-                .expect("4 bytes"),
-        );
+        let bytes = |at: u64, len: u64| &slot[at as usize..(at + len) as usize];
+        let stack_flags =
+            i32::from_le_bytes(bytes(out + OUT_STACK + 8, 4).try_into().expect("4 bytes"));
+        let name = bytes(out + OUT_NAME, 16);
+        let name_len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        let mask_len = result(AFFINITY_OP).min(AFFINITY_BYTES);
+        let robust_head = word(out + OUT_ROBUST_HEAD);
         let kernel = KernelThreadState {
-            clear_child_tid: word(out),
+            clear_child_tid: word(out + OUT_TID_ADDRESS),
             sigaltstack: (stack_flags & libc::SS_DISABLE == 0).then(|| AltStack {
-                sp: word(out + 8),
+                sp: word(out + OUT_STACK),
                 flags: stack_flags,
-                size: word(out + 24),
+                size: word(out + OUT_STACK + 16),
+            }),
+            name: String::from_utf8_lossy(&name[..name_len]).into_owned(),
+            affinity: bytes(out + OUT_AFFINITY, mask_len)
+                .chunks(8)
+                .map(|c| {
+                    let mut w = [0u8; 8];
+                    w[..c.len()].copy_from_slice(c);
+                    u64::from_le_bytes(w)
+                })
+                .collect(),
+            robust_list: (robust_head != 0).then(|| RobustList {
+                head: robust_head,
+                len: word(out + OUT_ROBUST_LEN),
             }),
         };
         let mut signals = Vec::new();
@@ -433,8 +499,84 @@ impl Table {
         }
         Ok(Answers {
             kernel,
-            brk: if self.leader { result(2) } else { 0 },
+            brk: if self.leader { result(BRK_OP) } else { 0 },
             signals,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of a slot after a run: the table with results stored, then outputs.
+    fn slot_after_run(table: &Table, fill: impl Fn(&mut [u8], u64)) -> Vec<u8> {
+        let mut slot = stub::encode_table(&table.ops);
+        slot.resize(LEADER_SLOT as usize, 0);
+        fill(&mut slot, table.out - table.base);
+        slot
+    }
+
+    fn put(slot: &mut [u8], at: u64, bytes: &[u8]) {
+        slot[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn result_at(op: usize) -> u64 {
+        op as u64 * OP_BYTES as u64 + 64
+    }
+
+    #[test]
+    fn answers_are_read_where_each_call_put_them() {
+        let table = Table::new(Pid::from_raw(7), 0x10_0000, true);
+        // Where the kernel's answers land follows from the ops themselves.
+        let op_of = |nr: i64| table.ops.iter().position(|op| op.nr == nr).unwrap();
+        let (brk, affinity) = (op_of(libc::SYS_brk), op_of(libc::SYS_sched_getaffinity));
+        let slot = slot_after_run(&table, |slot, out| {
+            put(slot, result_at(brk), &0x5555_6000u64.to_le_bytes());
+            put(slot, result_at(affinity), &8u64.to_le_bytes());
+            put(slot, out + OUT_TID_ADDRESS, &0x7f00_1234u64.to_le_bytes());
+            put(slot, out + OUT_STACK + 8, &(libc::SS_DISABLE).to_le_bytes());
+            put(slot, out + OUT_NAME, b"worker-3\0");
+            put(slot, out + OUT_AFFINITY, &3u64.to_le_bytes());
+            put(slot, out + OUT_ROBUST_HEAD, &0x7f00_0100u64.to_le_bytes());
+            put(slot, out + OUT_ROBUST_LEN, &24u64.to_le_bytes());
+            let usr1 = out + THREAD_OUT_BYTES + (libc::SIGUSR1 as u64 - 1) * SIGACTION_BYTES;
+            put(slot, usr1, &0x40_1000u64.to_le_bytes());
+        });
+        let a = table.answers(&slot).unwrap();
+        assert_eq!(a.brk, 0x5555_6000);
+        assert_eq!(a.kernel.clear_child_tid, 0x7f00_1234);
+        assert_eq!(a.kernel.sigaltstack, None);
+        assert_eq!(a.kernel.name, "worker-3");
+        assert_eq!(a.kernel.affinity, vec![3]);
+        assert_eq!(
+            a.kernel.robust_list,
+            Some(RobustList {
+                head: 0x7f00_0100,
+                len: 24
+            })
+        );
+        let signals: Vec<(i32, u64)> = a.signals.iter().map(|s| (s.signo, s.handler)).collect();
+        assert_eq!(signals, vec![(libc::SIGUSR1, 0x40_1000)]);
+    }
+
+    #[test]
+    fn a_failed_call_is_an_error_naming_it() {
+        let table = Table::new(Pid::from_raw(9), 0x10_0000, false);
+        let slot = slot_after_run(&table, |slot, _| {
+            put(slot, result_at(1), &(-14i64).to_le_bytes());
+        });
+        let e = table.answers(&slot).err().unwrap().to_string();
+        assert!(e.contains("sigaltstack") && e.contains("thread 9"), "{e}");
+    }
+
+    #[test]
+    fn slots_do_not_overlap() {
+        let at = Layout::new(3).at(0x1000);
+        let leader = Table::new(Pid::from_raw(1), at.slot(0), true);
+        let next = Table::new(Pid::from_raw(2), at.slot(1), false);
+        assert!(leader.out + THREAD_OUT_BYTES + SIGNALS * SIGACTION_BYTES <= next.base);
+        assert!(next.out + THREAD_OUT_BYTES <= at.slot(2));
+        assert!(at.slot(2) + THREAD_SLOT <= at.data + at.data_len);
     }
 }

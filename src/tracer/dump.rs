@@ -7,6 +7,7 @@ use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::pages::{PageSink, ParentPages};
 use super::precopy::{self, Tracking};
 use super::remote::RemoteError;
+use super::snapshot::Snapshot;
 use super::sys;
 use super::threads::ThreadError;
 use super::tracker::{TrackError, WriteTracker};
@@ -74,6 +75,41 @@ pub struct CheckpointStats {
     /// How memory was read: from a fork-snapshot while the target ran on, or frozen.
     #[serde(default)]
     pub mode: DumpMode,
+    /// Where the time went, phase after phase; the `frozen.*` ones add up to the freeze.
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+}
+
+/// One step of a checkpoint and its duration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub ms: f64,
+}
+
+/// Times a checkpoint's phases, one lap each.
+pub struct Clock {
+    phases: Vec<Phase>,
+    mark: Instant,
+}
+
+impl Clock {
+    pub fn new(started: Instant) -> Clock {
+        Clock {
+            phases: Vec::new(),
+            mark: started,
+        }
+    }
+
+    /// Ends phase `name` now.
+    pub fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.phases.push(Phase {
+            name: name.to_string(),
+            ms: (now - self.mark).as_secs_f64() * 1e3,
+        });
+        self.mark = now;
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,76 +162,71 @@ fn dump(
     started: Instant,
     stopped_before: Duration,
 ) -> Result<CheckpointStats, DumpError> {
+    let mut clock = Clock::new(started);
     // Read before the freeze: it walks page tables, which takes long for big targets.
     let hints = inspect::flag_hints(req.pid)?;
     let parent = ParentPages::newest(req.rank_dir, req.full_every);
     let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
     let mem = ProcessMemory::open(req.pid)?;
+    clock.lap("prepare");
     if let Some(t) = tracker.as_deref_mut() {
         let plans = inspect::read_regions_with(req.pid, &hints)?;
         let passes = !req.kill;
-        precopy::before_freeze(
-            t,
-            &plans,
-            &hints,
-            parent.as_ref(),
-            &mem,
-            &mut writer,
-            passes,
-        )
-        .map_err(|e| gone_as_exited(e, req.pid))?;
+        let before = precopy::Before {
+            plans: &plans,
+            hints: &hints,
+            parent: parent.as_ref(),
+            mem: &mem,
+        };
+        precopy::before_freeze(t, &before, &mut writer, passes, &mut clock)
+            .map_err(|e| gone_as_exited(e, req.pid))?;
     }
 
+    writer.hold();
     let freeze_began = Instant::now();
     let time_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut frozen = Frozen::freeze(req.pid)?;
+    clock.lap("frozen.seize");
     if let Some(t) = tracker.as_deref_mut() {
         t.scan().map_err(|e| gone_as_exited(e.into(), req.pid))?;
+        clock.lap("frozen.scan");
     }
     // Files first: an unsupported fd fails before any work (the target runs on untouched).
     let fds = inspect::read_fds(req.pid)?;
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
-    let (mut tracked, untracked): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) =
-        plans.iter_mut().partition(|p| {
-            tracker
-                .as_deref()
-                .is_some_and(|t| t.covers(p.region.start, p.region.end))
-        });
+    let tracked: Vec<usize> = (0..plans.len())
+        .filter(|&i| {
+            let r = &plans[i].region;
+            tracker.as_deref().is_some_and(|t| t.covers(r.start, r.end))
+        })
+        .collect();
     let tracked_ranges: Vec<(u64, u64)> = tracked
         .iter()
-        .map(|p| (p.region.start, p.region.end))
+        .map(|&i| (plans[i].region.start, plans[i].region.end))
         .collect();
-    // A snapshot child must become ours to reap: only when we are the target's parent.
-    // With --kill the target stays frozen anyway, so there is nothing to gain.
-    let can_fork = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
-    // Pages the target unmapped (or whose tracking broke) are not read any more.
-    let frozen_read = tracker.as_deref_mut().map(|t| {
+    if let Some(t) = tracker.as_deref_mut() {
+        // Pages the target unmapped (or whose tracking broke) are not read any more.
         t.index.retain_within(&tracked_ranges);
-        t.index.pending_bytes() + resident(&untracked, &hints)
-    });
-    // Without tracking, a snapshot is the only way not to read all memory frozen.
-    let try_snapshot = can_fork && frozen_read.is_none_or(|bytes| bytes > SNAPSHOT_MIN_BYTES);
+    }
+    clock.lap("frozen.inspect");
+    let try_snapshot = worth_a_snapshot(req, &plans, &tracked, tracker.as_deref(), &hints);
     let mut captured = capture::capture_threads(&mut frozen, &mem, try_snapshot)?;
     let mut process = inspect::read_process(req.pid)?;
+    clock.lap("frozen.capture");
 
     let snapshot = captured.snapshot.take();
-    let in_snapshot = match &snapshot {
-        Some(s) => s.ranges()?,
-        None => Default::default(),
-    };
-    let (later, now): (Vec<&mut RegionPlan>, Vec<&mut RegionPlan>) = untracked
-        .into_iter()
-        .partition(|p| snapshot_has_it(p, &in_snapshot));
     let mut sink = PageSink::new(parent.as_ref(), req.full_every > 1);
-    dump_regions(&PageMap::open(req.pid)?, &mem, now, &mut sink, &mut writer)?;
-    if snapshot.is_none()
-        && let Some(t) = tracker.as_deref_mut()
-    {
-        precopy::read_pending(t, &mem, &mut writer, true)?;
-    }
+    let mut memory = Memory {
+        target: &mem,
+        snapshot: snapshot.as_ref(),
+        sink: &mut sink,
+        writer: &mut writer,
+        tracker: tracker.as_deref_mut(),
+    };
+    let later = memory.while_frozen(req.pid, &mut plans, &tracked, &mut clock)?;
     let mut frozen_for = stopped_before + freeze_began.elapsed();
     if !req.kill {
         // Every byte of the image's state is read or held by the snapshot: the target may
@@ -203,23 +234,14 @@ fn dump(
         frozen.release().map_err(FreezeError::from)?;
         frozen_for = stopped_before + freeze_began.elapsed();
     }
-    if let Some(snap) = &snapshot {
-        dump_regions(&snap.pagemap, &snap.mem, later, &mut sink, &mut writer)?;
-        if let Some(t) = tracker.as_deref_mut() {
-            precopy::read_pending(t, &snap.mem, &mut writer, true)?;
-        }
-    }
+    memory.writer.let_go()?;
+    memory.after_release(&mut plans, &later)?;
     drop(snapshot);
+    clock.lap("snapshot.memory");
+
     let mut parents = sink.parents().clone();
     if let Some(t) = tracker.as_deref() {
-        for plan in &mut tracked {
-            let r = &mut plan.region;
-            r.runs = t
-                .index
-                .image_runs(r.start, r.end)
-                .ok_or(DumpError::Unread)?;
-            r.hashed = false;
-        }
+        tracked_runs(t, &mut plans, &tracked)?;
         for seq in t.index.referenced_images() {
             let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
             parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
@@ -271,6 +293,7 @@ fn dump(
         frozen.kill();
         frozen_for = stopped_before + freeze_began.elapsed();
     }
+    clock.lap("commit");
     let mode = match (captured.mode, tracked_ranges.is_empty()) {
         (DumpMode::Frozen, false) => DumpMode::Precopy,
         (mode, _) => mode,
@@ -283,7 +306,115 @@ fn dump(
         freeze_ms: frozen_for.as_secs_f64() * 1e3,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
         mode,
+        phases: clock.phases,
     })
+}
+
+/// Whether to fork a snapshot of the frozen target. Only our own child can be forked (its
+/// snapshot must be ours to reap), and with --kill the target stays frozen anyway. With
+/// write tracking, only when much would be read frozen otherwise: forking copies the page
+/// tables, ~25 ms per GiB mapped.
+fn worth_a_snapshot(
+    req: &CheckpointRequest,
+    plans: &[RegionPlan],
+    tracked: &[usize],
+    tracker: Option<&WriteTracker>,
+    hints: &FlagHints,
+) -> bool {
+    let can_fork = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
+    let Some(t) = tracker else {
+        return can_fork;
+    };
+    let untracked: u64 = (0..plans.len())
+        .filter(|i| !tracked.contains(i) && plans[*i].store != StorePolicy::Nothing)
+        .map(|i| {
+            let r = &plans[i].region;
+            hints.resident((r.start, r.end)).unwrap_or(r.len())
+        })
+        .sum();
+    can_fork && t.index.pending_bytes() + untracked > SNAPSHOT_MIN_BYTES
+}
+
+/// Where the memory of the image comes from, and where it goes.
+struct Memory<'a, 'p> {
+    target: &'a ProcessMemory,
+    snapshot: Option<&'a Snapshot>,
+    sink: &'a mut PageSink<'p>,
+    writer: &'a mut ImageWriter,
+    tracker: Option<&'a mut WriteTracker>,
+}
+
+impl Memory<'_, '_> {
+    /// Reads what must be read while the target is frozen: every untracked region the
+    /// snapshot does not hold, and (without a snapshot) the pending tracked pages. Returns
+    /// the untracked regions left for the snapshot.
+    fn while_frozen(
+        &mut self,
+        pid: Pid,
+        plans: &mut [RegionPlan],
+        tracked: &[usize],
+        clock: &mut Clock,
+    ) -> Result<Vec<usize>, DumpError> {
+        let in_snapshot = match self.snapshot {
+            Some(s) => s.ranges()?,
+            None => HashSet::new(),
+        };
+        let (later, now): (Vec<usize>, Vec<usize>) = (0..plans.len())
+            .filter(|i| !tracked.contains(i))
+            .partition(|&i| snapshot_has_it(&plans[i], &in_snapshot));
+        let pagemap = PageMap::open(pid)?;
+        dump_regions(&pagemap, self.target, plans, &now, self.sink, self.writer)?;
+        clock.lap("frozen.untracked");
+        if self.snapshot.is_none()
+            && let Some(t) = self.tracker.as_deref_mut()
+        {
+            precopy::read_pending(t, self.target, self.writer, true)?;
+            clock.lap("frozen.pending");
+        }
+        Ok(later)
+    }
+
+    /// Reads the regions `later` and the pending tracked pages from the snapshot, if any
+    /// (the target runs again meanwhile).
+    fn after_release(
+        &mut self,
+        plans: &mut [RegionPlan],
+        later: &[usize],
+    ) -> Result<(), DumpError> {
+        let Some(snap) = self.snapshot else {
+            return Ok(());
+        };
+        dump_regions(
+            &snap.pagemap,
+            &snap.mem,
+            plans,
+            later,
+            self.sink,
+            self.writer,
+        )?;
+        if let Some(t) = self.tracker.as_deref_mut() {
+            precopy::read_pending(t, &snap.mem, self.writer, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fills the runs of the tracked regions from the tracker's index: they store no page
+/// hashes (the next image asks the tracker, not the contents, what changed).
+fn tracked_runs(
+    tracker: &WriteTracker,
+    plans: &mut [RegionPlan],
+    tracked: &[usize],
+) -> Result<(), DumpError> {
+    for &i in tracked {
+        let r = &mut plans[i].region;
+        r.runs = tracker
+            .index
+            .image_runs(r.start, r.end)
+            .ok_or(DumpError::Unread)?;
+        r.hashed = false;
+    }
+    Ok(())
 }
 
 /// A tracker error because the address space is gone means the target exited.
@@ -295,19 +426,6 @@ fn gone_as_exited(e: DumpError, pid: Pid) -> DumpError {
         }) => DumpError::Freeze(FreezeError::NoProcess { pid: pid.as_raw() }),
         other => other,
     }
-}
-
-/// Resident bytes of `plans` when the hints were read (a region whose hints are missing
-/// counts in full).
-fn resident(plans: &[&mut RegionPlan], hints: &FlagHints) -> u64 {
-    plans
-        .iter()
-        .filter(|p| p.store != StorePolicy::Nothing)
-        .map(|p| {
-            let r = &p.region;
-            hints.resident((r.start, r.end)).unwrap_or(r.len())
-        })
-        .sum()
 }
 
 /// Whether a fork-snapshot holds the region's checkpoint-time contents. Shared memory
@@ -326,16 +444,18 @@ fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool
             .any(|a| matches!(a, Advice::DontFork | Advice::WipeOnFork))
 }
 
-/// Decides which pages each region stores and streams them into the image, reading from
-/// `mem` (the target, or its snapshot).
+/// Decides which pages each region of `which` stores and streams them into the image,
+/// reading from `mem` (the target, or its snapshot).
 fn dump_regions(
     pagemap: &PageMap,
     mem: &ProcessMemory,
-    plans: Vec<&mut RegionPlan>,
+    plans: &mut [RegionPlan],
+    which: &[usize],
     sink: &mut PageSink,
     writer: &mut ImageWriter,
 ) -> Result<(), DumpError> {
-    for plan in plans {
+    for &i in which {
+        let plan = &mut plans[i];
         let ranges = stored_runs(pagemap, plan)?;
         let (runs, hashes) = sink.store(writer, mem, &ranges)?;
         plan.region.runs = runs;

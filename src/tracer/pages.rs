@@ -16,6 +16,9 @@ use std::path::Path;
 /// the target's size.
 const BATCH_BYTES: u64 = 8 << 20;
 
+/// Below this, hashing on one core beats handing the work to the thread pool.
+const PARALLEL_BYTES: usize = 1 << 20;
+
 type PageHash = [u8; PAGE_HASH_BYTES];
 
 fn page_hash(page: &[u8]) -> PageHash {
@@ -164,13 +167,18 @@ impl<'a> PageSink<'a> {
             self.read_buf = buf;
             return Err(e.into());
         }
-        let page_hashes: Vec<PageHash> = if self.hash_pages {
-            buf.as_bytes()
+        let page_hashes: Vec<PageHash> = match (self.hash_pages, total >= PARALLEL_BYTES) {
+            (false, _) => Vec::new(),
+            (true, true) => buf
+                .as_bytes()
                 .par_chunks(PAGE_SIZE as usize)
                 .map(page_hash)
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
+            (true, false) => buf
+                .as_bytes()
+                .chunks(PAGE_SIZE as usize)
+                .map(page_hash)
+                .collect(),
         };
         hashes.extend(page_hashes.iter().flatten());
         match self.parent {

@@ -5,7 +5,7 @@
 //! An increment over the image the tracker describes reads only pages written since that
 //! image; a full image reads every page with data once more.
 
-use super::dump::DumpError;
+use super::dump::{Clock, DumpError};
 use super::freeze::Frozen;
 use super::inspect::{FlagHints, RegionPlan};
 use super::memory::ProcessMemory;
@@ -55,6 +55,7 @@ impl Tracking {
             return None;
         }
         if self.tracker.is_none() && !self.unavailable {
+            super::capture::prepare();
             let began = Instant::now();
             let created = start_tracker(pid);
             *stopped += began.elapsed();
@@ -109,21 +110,27 @@ impl From<TrackError> for DumpError {
     }
 }
 
+/// What the checkpoint knows before the freeze.
+pub struct Before<'a> {
+    /// The map as it was just before.
+    pub plans: &'a [RegionPlan],
+    pub hints: &'a FlagHints,
+    pub parent: Option<&'a ParentPages>,
+    pub mem: &'a ProcessMemory,
+}
+
 /// Registers new regions, decides between increment and full image, and (with `passes`)
-/// reads the tracked memory while the target runs, pass after pass. `plans` is the map as
-/// it was just before. A checkpoint that stops the target anyway makes no passes: they
-/// would only put the stop off.
+/// reads the tracked memory while the target runs, pass after pass. A checkpoint that
+/// stops the target anyway makes no passes: they would only put the stop off.
 pub fn before_freeze(
     tracker: &mut WriteTracker,
-    plans: &[RegionPlan],
-    hints: &FlagHints,
-    parent: Option<&ParentPages>,
-    mem: &ProcessMemory,
+    before: &Before,
     writer: &mut ImageWriter,
     passes: bool,
+    clock: &mut Clock,
 ) -> Result<(), DumpError> {
-    tracker.register_new(plans, hints);
-    let increment = parent.is_some_and(|p| {
+    tracker.register_new(before.plans, before.hints);
+    let increment = before.parent.is_some_and(|p| {
         p.image_hash(p.seq)
             .is_some_and(|hash| tracker.describes(p.seq, hash))
     });
@@ -137,10 +144,20 @@ pub fn before_freeze(
         // Done when little is left, or when the target writes so fast that another pass
         // would not leave much less.
         if pending <= FINAL_PENDING_BYTES || pending > last_read / 2 {
+            clock.lap("precopy.scan");
             break;
         }
-        read_pending(tracker, mem, writer, false)?;
+        read_pending(tracker, before.mem, writer, false)?;
+        clock.lap("precopy.pass");
         last_read = pending;
+    }
+    if passes {
+        // The freeze should not compete with the last batches' writes: let them finish,
+        // then read what was written meanwhile.
+        writer.drain();
+        tracker.scan()?;
+        read_pending(tracker, before.mem, writer, false)?;
+        clock.lap("precopy.drain");
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Raw syscalls mlckpt itself makes that neither libc's safe surface nor nix wrap; each is
 //! wrapped here once and used through a safe function.
 
-use crate::image::format::{Rlimit, RobustList};
+use crate::image::format::Rlimit;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
@@ -29,44 +29,6 @@ pub fn get_rlimit(pid: Pid, resource: u32) -> Result<Rlimit, Errno> {
         soft: old.rlim_cur,
         hard: old.rlim_max,
     })
-}
-
-/// A thread's robust futex list head (`get_robust_list(tid, &head, &len)`).
-pub fn get_robust_list(tid: Pid) -> Result<Option<RobustList>, Errno> {
-    let mut head: u64 = 0;
-    let mut len: libc::size_t = 0;
-    // SAFETY: both out-pointers reference live locals of the sizes the kernel writes
-    // (a pointer and a size_t).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_get_robust_list,
-            tid.as_raw(),
-            &raw mut head,
-            &raw mut len,
-        )
-    };
-    Errno::result(ret)?;
-    Ok((head != 0).then_some(RobustList {
-        head,
-        len: len as u64,
-    }))
-}
-
-/// CPU affinity of a thread as 64-bit mask words.
-pub fn get_affinity(tid: Pid) -> Result<Vec<u64>, Errno> {
-    let mut words = vec![0u64; 16]; // 1024 CPUs, glibc's cpu_set_t
-    // SAFETY: the kernel writes at most the given number of bytes into `words`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getaffinity,
-            tid.as_raw(),
-            words.len() * 8,
-            words.as_mut_ptr(),
-        )
-    };
-    let bytes = Errno::result(ret)? as usize;
-    words.truncate(bytes.div_ceil(8));
-    Ok(words)
 }
 
 /// Sets a thread's CPU affinity from mask words (CPUs absent here are ignored by the kernel

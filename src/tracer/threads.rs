@@ -4,9 +4,9 @@
 use super::memory::{MemoryError, ProcessMemory};
 use super::ptrace;
 use super::remote::{ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS};
-use super::sys;
 use crate::image::format::{
-    AltStack, InterruptedSyscall, PendingSignal, Registers, RseqState, SyscallResume, ThreadState,
+    AltStack, InterruptedSyscall, PendingSignal, Registers, RobustList, RseqState, SyscallResume,
+    ThreadState,
 };
 use nix::unistd::Pid;
 
@@ -16,12 +16,6 @@ pub enum ThreadError {
     Ptrace(#[from] ptrace::PtraceError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    #[error("thread {tid}: cannot read its robust futex list")]
-    RobustList {
-        tid: i32,
-        #[source]
-        source: nix::errno::Errno,
-    },
     #[error(
         "thread {tid} is inside syscall {nr} but the bytes before rip {rip:#x} are not a \
          `syscall` instruction; cannot rewind it"
@@ -29,12 +23,19 @@ pub enum ThreadError {
     NotASyscall { tid: i32, nr: u64, rip: u64 },
 }
 
-/// What only the thread itself can tell, asked by syscalls run inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the thread itself tells, asked by syscalls run inside it (some only it can
+/// answer; the others are cheaper so than through `/proc` one thread at a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelThreadState {
     /// `set_tid_address` value (`prctl(PR_GET_TID_ADDRESS)`).
     pub clear_child_tid: u64,
     pub sigaltstack: Option<AltStack>,
+    /// `prctl(PR_GET_NAME)`.
+    pub name: String,
+    /// `sched_getaffinity`, as 64-bit mask words.
+    pub affinity: Vec<u64>,
+    /// `get_robust_list`.
+    pub robust_list: Option<RobustList>,
 }
 
 /// Captures frozen thread `tid`, whose registers at the freeze were `regs`.
@@ -51,17 +52,14 @@ pub fn capture(
     }
     Ok(ThreadState {
         tid: tid.as_raw(),
-        name: thread_name(tid),
-        affinity: sys::get_affinity(tid).unwrap_or_default(),
+        name: kernel.name,
+        affinity: kernel.affinity,
         regs: resume,
         xstate: ptrace::get_xstate(tid)?,
         sigmask: ptrace::get_sigmask(tid)?,
         pending_signals: pending_signals(tid, false)?,
         rseq,
-        robust_list: sys::get_robust_list(tid).map_err(|source| ThreadError::RobustList {
-            tid: tid.as_raw(),
-            source,
-        })?,
+        robust_list: kernel.robust_list,
         clear_child_tid: kernel.clear_child_tid,
         sigaltstack: kernel.sigaltstack,
         syscall,
@@ -77,13 +75,6 @@ pub fn pending_signals(tid: Pid, shared: bool) -> Result<Vec<PendingSignal>, Thr
             siginfo,
         })
         .collect())
-}
-
-fn thread_name(tid: Pid) -> String {
-    // Every TID has a /proc entry of its own (unlisted), whose task/ holds the thread.
-    std::fs::read_to_string(format!("/proc/{tid}/task/{tid}/comm"))
-        .map(|s| s.trim_end_matches('\n').to_string())
-        .unwrap_or_default()
 }
 
 fn read_u64(mem: &ProcessMemory, addr: u64) -> Result<u64, MemoryError> {

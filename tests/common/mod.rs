@@ -61,7 +61,7 @@ fn programs_dir() -> PathBuf {
 fn extra_cflags(name: &str) -> &'static [&'static str] {
     match name {
         "avx" => &["-mavx2"],
-        "threads" | "blocked" => &["-pthread"],
+        "threads" | "blocked" | "memory" => &["-pthread"],
         _ => &[],
     }
 }

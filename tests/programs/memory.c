@@ -4,7 +4,9 @@
  * mutated at pseudo-random places every tick. The PRNG state itself lives in .data, so a
  * restore that loses or mixes up any page changes every later line.
  *
- * Usage:  memory <MiB> <ticks> [mutations per tick, default 300]
+ * Usage:  memory <MiB> <ticks> [mutations per tick, default 300] [threads, default 1]
+ *         (extra threads update arrays of their own and sleep 1 ms between rounds; they
+ *         change nothing that is printed)
  * Output: "pid <pid>"
  *         "tick <i> pid=<pid> sum=<hex>"   per tick; sum is a running checksum over the old and
  *                                          new value of every mutated word
@@ -12,6 +14,7 @@
  * Deterministic apart from the pid. 1024 MiB works (the fill takes about a second).
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,16 +60,30 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL); /* pacing only: an early (EINTR) wake-up changes no output */
 }
 
+/* An extra thread: writes its own array, sleeps, again. */
+static void *busy(void *arg)
+{
+    uint64_t own[8192];
+    for (uint64_t n = (uintptr_t)arg;; n++) {
+        for (size_t i = 0; i < 8192; i += 64)
+            own[(i + n) % 8192] = n * i;
+        sleep_ms(1);
+        __asm__ volatile("" ::"r"(own) : "memory");
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc != 3 && argc != 4) {
-        fprintf(stderr, "usage: memory <MiB> <ticks> [mutations per tick]\n");
+    if (argc < 3 || argc > 5) {
+        fprintf(stderr, "usage: memory <MiB> <ticks> [mutations per tick] [threads]\n");
         return 2;
     }
     size_t words = strtoull(argv[1], NULL, 10) * 1024 * 1024 / sizeof(uint64_t);
     long ticks = strtol(argv[2], NULL, 10);
-    int mutations = argc == 4 ? atoi(argv[3]) : MUTATIONS;
+    int mutations = argc >= 4 ? atoi(argv[3]) : MUTATIONS;
+    int threads = argc == 5 ? atoi(argv[4]) : 1;
     uint64_t stack_arr[STACK_WORDS];
 
     printf("pid %d\n", getpid());
@@ -84,6 +101,10 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < STACK_WORDS; i++)
         stack_arr[i] = xorshift();
 
+    for (int i = 1; i < threads; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, busy, (void *)(uintptr_t)i);
+    }
     uint64_t sum = 0;
     for (long t = 0; t < ticks; t++) {
         for (int k = 0; k < mutations; k++) {
