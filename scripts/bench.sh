@@ -21,12 +21,16 @@ int main(int c, char **v) { size_t n = strtoull(v[1], 0, 10) << 20; char *p = ma
   for (size_t i = 0; i < n; i += 4096) p[i] = 1; return p[n / 2] - 1; }
 C
 gcc -O2 -o "$WORK/touch" "$WORK/touch.c"
-printf '[storage]\nlocal = "%s/store"\nkeep = 100\n[interval]\nlocal = 0\n' "$WORK" > "$WORK/mlckpt.toml"
+# full_every = 2: full and incremental images alternate, so each repetition has one of each.
+printf '[storage]\nlocal = "%s/store"\nkeep = 100\n[interval]\nlocal = 0\n[image]\nfull_every = 2\n' \
+    "$WORK" > "$WORK/mlckpt.toml"
+REPS=${REPS:-3}   # every number is the median of this many measurements
 
 ms() { echo "$(( ($2 - $1) / 1000000 ))"; }
 now() { date +%s%N; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-json() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['$2'])" "$1"; }
+median() { python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
 
 limits() {   # $1 MiB: dd with fdatasync, dd O_DIRECT, cat (cache dropped), first touch
     local t0 t1 dd_ms direct_ms cat_ms touch_ms
@@ -58,7 +62,8 @@ MUTATIONS=25   # per 30 ms tick: slow enough that 1 % of 1 GiB outlasts the full
 RATIOS=""
 
 bench() {   # $1 MiB, $2 threads
-    local mib=$1 threads=$2 sup pid full inc hwm warm cold t0 changed_ticks label
+    local mib=$1 threads=$2 sup pid full inc hwm t0 changed_ticks label img r
+    local f_frz=() f_ms=() f_b=() i_frz=() i_ms=() i_b=() warm=() cold=() dd=() direct=() cat=() touch=()
     label="$mib MiB"
     if [ "$threads" -gt 1 ]; then label="$label x$threads"; fi
     rm -rf "$WORK/store" "$WORK/out.txt"
@@ -70,32 +75,43 @@ bench() {   # $1 MiB, $2 threads
     # memory.c changes MUTATIONS random words per tick: 1 % of the pages takes this many
     # ticks, counted from the state the full image holds (the end of its checkpoint).
     changed_ticks=$(( (mib * 256 / 100 + MUTATIONS - 1) / MUTATIONS ))
-    full=$("$BIN" checkpoint "$pid" --json)
-    t0=$(ticks)
-    until [ "$(ticks)" -ge $((t0 + changed_ticks)) ]; do sleep 0.01; done
-    inc=$("$BIN" checkpoint "$pid" --json)
+    for r in $(seq "$REPS"); do
+        full=$("$BIN" checkpoint "$pid" --json)
+        t0=$(ticks)
+        until [ "$(ticks)" -ge $((t0 + changed_ticks)) ]; do sleep 0.01; done
+        inc=$("$BIN" checkpoint "$pid" --json)
+        f_frz+=("$(field "$full" freeze_ms)"); f_ms+=("$(field "$full" total_ms)")
+        f_b+=("$(field "$full" bytes)")
+        i_frz+=("$(field "$inc" freeze_ms)"); i_ms+=("$(field "$inc" total_ms)")
+        i_b+=("$(field "$inc" bytes)")
+    done
     hwm=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$sup/status" 2>/dev/null || echo "?")
     "$BIN" checkpoint "$pid" --kill --json > /dev/null
     wait "$sup" || true
-    img=$(echo "$full" | json path)
-    warm=$(restore_ms "$img")
-    drop_caches
-    cold=$(restore_ms "$img")
-    read -r dd_ms direct_ms cat_ms touch_ms < <(limits "$mib")
-    local f_frz f_ms f_b i_frz i_ms i_b
-    f_frz=$(echo "$full" | json freeze_ms); f_ms=$(echo "$full" | json total_ms)
-    f_b=$(echo "$full" | json bytes)
-    i_frz=$(echo "$inc" | json freeze_ms); i_ms=$(echo "$inc" | json total_ms)
-    i_b=$(echo "$inc" | json bytes)
-    printf "| %-12s | %6.1f | %7.1f | %10s | %6.1f | %6.1f | %9s | %6s | %6s | %4s | %6s | %6s | %6s | %6s |\n" \
-        "$label" "$f_frz" "$f_ms" "$f_b" "$i_frz" "$i_ms" "$i_b" "$warm" "$cold" "$hwm" \
-        "$dd_ms" "$direct_ms" "$cat_ms" "$touch_ms"
+    img=$(field "$full" path)
+    for r in $(seq "$REPS"); do
+        drop_caches
+        cold+=("$(restore_ms "$img")")
+        warm+=("$(restore_ms "$img")")
+    done
+    for r in $(seq "$REPS"); do
+        read -r a b c d < <(limits "$mib")
+        dd+=("$a"); direct+=("$b"); cat+=("$c"); touch+=("$d")
+    done
+    local m=()
+    for v in f_frz f_ms f_b i_frz i_ms i_b warm cold dd direct cat touch; do
+        eval "m+=(\"\$(median \"\${$v[@]}\")\")"
+    done
+    printf "| %-12s | %6.1f | %7.0f | %10.0f | %6.1f | %6.1f | %9.0f | %6.0f | %6.0f | %4s | %6.0f | %6.0f | %6.0f | %6.0f |\n" \
+        "$label" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" "${m[4]}" "${m[5]}" "${m[6]}" "${m[7]}" \
+        "$hwm" "${m[8]}" "${m[9]}" "${m[10]}" "${m[11]}"
     RATIOS+=$(python3 -c "
-print('%-12s  freeze %5.1f ms | ckpt/dd %.2f (ckpt/dd-direct %.2f) | incr/full: time %.3f, bytes %.4f | cold restore/(cat+touch) %.2f | RSS %s MiB' % (
-    '$label', $f_frz, $f_ms / $dd_ms, $f_ms / $direct_ms, $i_ms / $f_ms, $i_b / $f_b, $cold / ($cat_ms + $touch_ms), '$hwm'))")$'\n'
+f_frz, f_ms, f_b, i_frz, i_ms, i_b, warm, cold, dd, direct, cat, touch = map(float, '${m[*]}'.split())
+print('%-12s  freeze %4.1f / %4.1f ms (full / incr.) | ckpt/dd %.2f (ckpt/dd-direct %.2f) | incr/full: time %.3f, bytes %.4f | cold restore/(cat+touch) %.2f | RSS %s MiB' % (
+    '$label', f_frz, i_frz, f_ms / dd, f_ms / direct, i_ms / f_ms, i_b / f_b, cold / (cat + touch), '$hwm'))")$'\n'
 }
 
-echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK"
+echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK; medians of $REPS runs"
 echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
 echo "|--------------|--------|---------|------------|--------|--------|-----------|--------|--------|------|--------|--------|--------|--------|"
 bench 64 1

@@ -18,3 +18,34 @@ fn append_file_continues_at_right_offset() {
         String::from_utf8_lossy(&want)
     );
 }
+
+/// A file that grew after the checkpoint is cut back on restore, but only once the image
+/// proved intact: a restore refused for damaged page contents leaves the file as it is.
+#[test]
+fn a_damaged_image_leaves_grown_files_alone() {
+    let h = Harness::new("grown");
+    let prog = Prog::c("append", &["{dir}/data.txt", "200"]);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let ckpt = h.checkpoint(pid, false);
+    run.wait_for_ticks(20);
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    run.finish(CMD_TIMEOUT);
+    wait_gone(pid);
+    let data = h.run_dir().join("data.txt");
+    let grown = std::fs::metadata(&data).unwrap().len();
+
+    damage(&ckpt.path.join("pages.bin"), Damage::FlipBit);
+    let res = h
+        .restore(&ckpt.path, &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_failure();
+    assert!(res.output().contains("pages.bin"), "{}", res.describe());
+    assert!(!pid_alive(pid), "a process ran from a damaged image");
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().len(),
+        grown,
+        "a refused restore changed the file"
+    );
+}

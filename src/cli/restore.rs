@@ -21,7 +21,7 @@ pub fn restore(
     flags: Flags,
 ) -> anyhow::Result<i32> {
     let config = load_config(args)?;
-    let image = match path {
+    let (image, pages) = match path {
         Some(dir) => {
             // Else the verifier reports a missing path as an incomplete image.
             anyhow::ensure!(
@@ -29,8 +29,9 @@ pub fn restore(
                 "cannot restore {}: no such image directory",
                 dir.display()
             );
-            image::open_verified(&dir)
-                .with_context(|| format!("cannot restore {}", dir.display()))?
+            let (image, pages) = image::open_checked(&dir)
+                .with_context(|| format!("cannot restore {}", dir.display()))?;
+            (image, Some(pages))
         }
         None => {
             debug_assert!(auto);
@@ -38,7 +39,11 @@ pub fn restore(
                 "restore --auto needs the job name: pass --job NAME or set [job] name in the config",
             )?;
             let topology = topology(args, &config)?;
-            choose_newest(&JobContext::new(config.clone(), job, topology))?
+            // Every candidate was verified whole while choosing.
+            (
+                choose_newest(&JobContext::new(config.clone(), job, topology))?,
+                None,
+            )
         }
     };
     let m = &image.manifest;
@@ -57,14 +62,16 @@ pub fn restore(
         ctx.check_intervals()?;
     }
     let signals = supervisor::block_supervisor_signals()?;
-    let pid = rebuild(
-        &image,
-        &RestoreOptions {
-            new_pid: flags.new_pid,
-            keep_files: flags.keep_files,
-        },
-    )
-    .with_context(|| format!("cannot restore {}", image.dir.display()))?;
+    // The page contents are hashed while the restore reads them (after the signal mask is
+    // set: threads inherit it); the process runs only once they proved intact.
+    let check = pages.map(|p| std::thread::spawn(move || p.verify()));
+    let verified = || check.map_or(Ok(()), |t| t.join().expect("page check panicked"));
+    let opts = RestoreOptions {
+        new_pid: flags.new_pid,
+        keep_files: flags.keep_files,
+    };
+    let pid = rebuild(&image, &opts, verified)
+        .with_context(|| format!("cannot restore {}", image.dir.display()))?;
     eprintln!(
         "mlckpt: restored {} (seq {}) as PID {pid}",
         image.dir.display(),

@@ -19,15 +19,50 @@ impl Image {
 /// Opens and fully verifies the image at `dir`, and every image it takes pages from:
 /// what restore does before touching anything.
 pub fn open_verified(dir: &std::path::Path) -> Result<Image, verify::VerifyError> {
+    let (image, pages) = open_checked(dir)?;
+    pages.verify()?;
+    Ok(image)
+}
+
+/// The page contents of an image and its parents, still to be verified.
+#[derive(Debug)]
+pub struct PageCheck {
+    own: verify::PagesToCheck,
+    /// A parent's pages, with the paths a failure names (the image, the parent).
+    parents: Vec<(std::path::PathBuf, std::path::PathBuf, verify::PagesToCheck)>,
+}
+
+impl PageCheck {
+    /// Hashes every pages.bin; an error names the file (and, for a parent, which image
+    /// needs it).
+    pub fn verify(self) -> Result<(), verify::VerifyError> {
+        self.own.verify()?;
+        for (image, parent, pages) in self.parents {
+            pages
+                .verify()
+                .map_err(|source| verify::VerifyError::BrokenParent {
+                    image,
+                    parent,
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the image at `dir` and verifies everything about it and every image it takes
+/// pages from, except the contents of their pages.bin (their sizes are checked): the
+/// returned check does that, so a restore can read and verify them at the same time.
+pub fn open_checked(dir: &std::path::Path) -> Result<(Image, PageCheck), verify::VerifyError> {
     // Checksums first: a corrupt manifest must say "checksum mismatch", not "bad JSON".
     let parsed = reader::Image::open(dir);
     let pages_bytes = parsed.as_ref().ok().map(|i| i.manifest.pages_bytes);
-    verify::verify_dir(dir, pages_bytes)?;
+    let own = verify::check_dir(dir, pages_bytes)?;
     // Parsed just before its checksum was checked; images are private to their owner
     // (0600 files in 0700 directories), so nothing swaps it in between.
     let image = parsed?;
-    verify_parents(&image)?;
-    Ok(image)
+    let parents = check_parents(&image)?;
+    Ok((image, PageCheck { own, parents }))
 }
 
 impl Image {
@@ -40,9 +75,13 @@ impl Image {
     }
 }
 
-/// Every parent must be present, intact, and the very image the child was made against.
-fn verify_parents(image: &Image) -> Result<(), verify::VerifyError> {
+type ParentPages = Vec<(std::path::PathBuf, std::path::PathBuf, verify::PagesToCheck)>;
+
+/// Every parent must be present, intact, and the very image the child was made against;
+/// their page contents are returned to be checked.
+fn check_parents(image: &Image) -> Result<ParentPages, verify::VerifyError> {
     use verify::VerifyError;
+    let mut pages = Vec::new();
     for parent in &image.manifest.parents {
         let dir = image.parent_dir(parent.seq);
         let err = |kind: fn(std::path::PathBuf, std::path::PathBuf) -> VerifyError| {
@@ -57,17 +96,19 @@ fn verify_parents(image: &Image) -> Result<(), verify::VerifyError> {
         let pages_bytes = reader::Image::open(&dir)
             .ok()
             .map(|i| i.manifest.pages_bytes);
-        verify::verify_dir(&dir, pages_bytes).map_err(|source| VerifyError::BrokenParent {
-            image: image.dir.clone(),
-            parent: dir.clone(),
-            source: Box::new(source),
-        })?;
+        let to_check =
+            verify::check_dir(&dir, pages_bytes).map_err(|source| VerifyError::BrokenParent {
+                image: image.dir.clone(),
+                parent: dir.clone(),
+                source: Box::new(source),
+            })?;
         if verify::manifest_hash(&dir)? != parent.manifest_blake3 {
             return Err(err(|image, parent| VerifyError::ParentChanged {
                 image,
                 parent,
             }));
         }
+        pages.push((image.dir.clone(), dir, to_check));
     }
-    Ok(())
+    Ok(pages)
 }

@@ -112,6 +112,34 @@ fn hash_file(path: &Path) -> Result<(blake3::Hash, u64), ReadError> {
 /// Verifies every file of the image at `dir`; `pages_bytes` (from the manifest, if it could
 /// be read) turns a short pages.bin into a clear "truncated" error.
 pub fn verify_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<(), VerifyError> {
+    check_dir(dir, pages_bytes)?.verify()
+}
+
+/// The contents of a `pages.bin` still to be checked against CHECKSUMS.
+#[derive(Debug)]
+pub struct PagesToCheck {
+    path: PathBuf,
+    expected: String,
+}
+
+impl PagesToCheck {
+    pub fn verify(self) -> Result<(), VerifyError> {
+        let (hash, _) = hash_file(&self.path)?;
+        let found = hash.to_hex().to_string();
+        if found != self.expected {
+            return Err(VerifyError::Mismatch {
+                path: self.path,
+                expected: self.expected,
+                found,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Verifies every file of the image at `dir` but the contents of `pages.bin` (its size is
+/// checked): those are returned to be verified later, e.g. while a restore reads them.
+pub fn check_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<PagesToCheck, VerifyError> {
     let sums = read_checksums(dir)?;
     let checksums_path = dir.join(CHECKSUMS_FILE);
     for file in [MANIFEST_FILE, PAGES_FILE] {
@@ -122,27 +150,26 @@ pub fn verify_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<(), VerifyErro
             });
         }
     }
+    let mut pages = None;
     for (file, expected) in sums {
         let path = dir.join(&file);
-        let (hash, size) = hash_file(&path)?;
-        if file == PAGES_FILE
-            && let Some(want) = pages_bytes
-            && want != size
-        {
-            return Err(VerifyError::Size {
-                path,
-                expected: want,
-                found: size,
-            });
+        if file == PAGES_FILE {
+            let size = std::fs::metadata(&path)
+                .map_err(|e| io_or_missing(&path, e))?
+                .len();
+            if let Some(want) = pages_bytes
+                && want != size
+            {
+                return Err(VerifyError::Size {
+                    path,
+                    expected: want,
+                    found: size,
+                });
+            }
+            pages = Some(PagesToCheck { path, expected });
+            continue;
         }
-        let found = hash.to_hex().to_string();
-        if found != expected {
-            return Err(VerifyError::Mismatch {
-                path,
-                expected,
-                found,
-            });
-        }
+        PagesToCheck { path, expected }.verify()?;
     }
-    Ok(())
+    Ok(pages.expect("CHECKSUMS lists pages.bin"))
 }

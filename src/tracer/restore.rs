@@ -14,6 +14,7 @@ use crate::image::format::{
     Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE, PAGES_FILE,
     PageRun, PendingSignal, ThreadState,
 };
+use crate::image::verify::VerifyError;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -67,6 +68,8 @@ pub enum RestoreError {
     #[error("the process under restore stopped unexpectedly ({0})")]
     Unexpected(String),
     #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
     Ptrace(#[from] PtraceError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -87,7 +90,14 @@ pub struct RestoreOptions {
 }
 
 /// Rebuilds the image's process as a child of the caller and lets it run. Returns its PID.
-pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<Pid, RestoreError> {
+/// `pages_verified` says whether the image's page contents are intact (the caller may be
+/// checking them while they are read): it is asked before anything that cannot be undone,
+/// cutting back files or letting the process run; on failure the process is killed.
+pub fn restore(
+    image: &Image,
+    opts: &RestoreOptions,
+    pages_verified: impl FnOnce() -> Result<(), VerifyError>,
+) -> Result<Pid, RestoreError> {
     let m = &image.manifest;
     if m.threads.is_empty() {
         return Err(RestoreError::NoThreads);
@@ -115,7 +125,12 @@ pub fn restore(image: &Image, opts: &RestoreOptions) -> Result<Pid, RestoreError
     };
     drop(sync_r);
     area.unmap_here();
-    let outcome = drive_child(child, sync_w, &area, &m.process.pending_signals, &m.threads);
+    let outcome = drive_child(child, sync_w, &area, &m.process.pending_signals, &m.threads)
+        .and_then(|last| {
+            pages_verified()?;
+            cut_back(&fds.cut_back)?;
+            last.release(area.base, area.len)
+        });
     if outcome.is_err() {
         let _ = kill(child, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(child, None);
@@ -240,16 +255,22 @@ struct FdPlan {
     exe_fd: i32,
     /// Fd of each distinct mapped file, by path.
     mapped: Vec<(String, i32)>,
+    /// Files that grew since the checkpoint, and the size to cut each back to.
+    cut_back: Vec<(String, u64)>,
 }
 
 fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan, RestoreError> {
     let mut files = Vec::new();
+    let mut cut_back = Vec::new();
     for fd in &m.fds {
         if fd.kind == FdKind::Stdio {
             continue;
         }
-        if fd.kind == FdKind::File {
-            reconcile_size(fd, opts)?;
+        if fd.kind == FdKind::File
+            && let Some(size) = grown_file(fd)?
+            && !opts.keep_files
+        {
+            cut_back.push((fd.path.clone(), size));
         }
         files.push(PlannedFile {
             fd: fd.fd,
@@ -310,6 +331,7 @@ fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan
         pages_fds,
         exe_fd,
         mapped,
+        cut_back,
     })
 }
 
@@ -321,26 +343,37 @@ fn cstring(s: &str) -> Result<CString, RestoreError> {
 }
 
 /// A file open for writing must look as it did at the checkpoint: one that grew (the job
-/// wrote on after the checkpoint, then died) is cut back, one that shrank is an error.
-fn reconcile_size(fd: &FdState, opts: &RestoreOptions) -> Result<(), RestoreError> {
-    let Some(size) = fd.size else { return Ok(()) };
-    let io = |source| RestoreError::File {
-        path: fd.path.clone(),
-        source,
-    };
-    let now = std::fs::metadata(&fd.path).map_err(io)?.size();
+/// wrote on after the checkpoint, then died) is cut back to the size returned here (see
+/// `cut_back`), one that shrank is an error.
+fn grown_file(fd: &FdState) -> Result<Option<u64>, RestoreError> {
+    let Some(size) = fd.size else { return Ok(None) };
+    let now = std::fs::metadata(&fd.path)
+        .map_err(|source| RestoreError::File {
+            path: fd.path.clone(),
+            source,
+        })?
+        .size();
     if now < size {
         return Err(RestoreError::FileChanged {
             path: fd.path.clone(),
             what: format!("it shrank from {size} to {now} bytes"),
         });
     }
-    if now > size && !opts.keep_files {
-        let f = std::fs::OpenOptions::new()
+    Ok((now > size).then_some(size))
+}
+
+/// Cuts files that grew since the checkpoint back to their size then: the one change a
+/// restore makes outside the new process, made only once the image is known intact.
+fn cut_back(files: &[(String, u64)]) -> Result<(), RestoreError> {
+    for (path, size) in files {
+        std::fs::OpenOptions::new()
             .write(true)
-            .open(&fd.path)
-            .map_err(io)?;
-        f.set_len(size).map_err(io)?;
+            .open(path)
+            .and_then(|f| f.set_len(*size))
+            .map_err(|source| RestoreError::File {
+                path: path.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -751,13 +784,14 @@ fn child_plan(
 }
 
 /// Seizes the child, lets it run the stub, then gives it its final registers.
-fn drive_child(
+/// Builds the process up to the point where only letting it run is left.
+fn drive_child<'a>(
     child: Pid,
     sync_w: std::os::fd::OwnedFd,
     area: &StubArea,
     process_pending: &[PendingSignal],
-    threads: &[ThreadState],
-) -> Result<(), RestoreError> {
+    threads: &'a [ThreadState],
+) -> Result<Rethreader<'a>, RestoreError> {
     ptrace::seize(child, ptrace::restore_options())?;
     nix::unistd::write(&sync_w, &[1]).map_err(sys_err("release the new process"))?;
     drop(sync_w);
@@ -789,7 +823,7 @@ fn drive_child(
     let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads, new_ids)?;
     last.recreate_threads()?;
     last.requeue_signals(process_pending)?;
-    last.release(area.base, area.len)
+    Ok(last)
 }
 
 /// Where a process under restore crashed, in terms of the stub's program if it was there.
