@@ -1,11 +1,18 @@
 //! `mlckpt restore`.
+//!
+//! Either way (PATH or `--auto`), an image's page contents are hashed while the restore
+//! reads them: everything else about it is checked first, and the new process is let run
+//! only once its pages proved intact. With `--auto`, a candidate whose pages turn out
+//! damaged is dropped (its process killed) and the next one is tried.
 
 use super::{JobArgs, load_config, topology};
 use anyhow::{Context, bail};
-use mlckpt::image::{self, Image};
+use mlckpt::image::{self, Image, PageCheck};
 use mlckpt::supervisor::{self, JobContext};
+use mlckpt::tiers::config::Config;
 use mlckpt::tiers::recovery::{self, Candidate, Verdict};
-use mlckpt::tracer::restore::{RestoreOptions, restore as rebuild};
+use mlckpt::tracer::restore::{RestoreError, RestoreOptions, restore as rebuild};
+use nix::unistd::Pid;
 use std::path::PathBuf;
 
 pub struct Flags {
@@ -21,6 +28,10 @@ pub fn restore(
     flags: Flags,
 ) -> anyhow::Result<i32> {
     let config = load_config(args)?;
+    let opts = RestoreOptions {
+        new_pid: flags.new_pid,
+        keep_files: flags.keep_files,
+    };
     let (image, pages) = match path {
         Some(dir) => {
             // Else the verifier reports a missing path as an incomplete image.
@@ -29,9 +40,8 @@ pub fn restore(
                 "cannot restore {}: no such image directory",
                 dir.display()
             );
-            let (image, pages) = image::open_checked(&dir)
-                .with_context(|| format!("cannot restore {}", dir.display()))?;
-            (image, Some(pages))
+            image::open_checked(&dir)
+                .with_context(|| format!("cannot restore {}", dir.display()))?
         }
         None => {
             debug_assert!(auto);
@@ -39,52 +49,81 @@ pub fn restore(
                 "restore --auto needs the job name: pass --job NAME or set [job] name in the config",
             )?;
             let topology = topology(args, &config)?;
-            // Every candidate was verified whole while choosing.
-            (
-                choose_newest(&JobContext::new(config.clone(), job, topology))?,
-                None,
-            )
+            let ctx = JobContext::new(config.clone(), job, topology);
+            let signals = prepare(&ctx, detach)?;
+            let (image, pid) = restore_newest(&ctx, &opts)?;
+            return restored(&image, pid, &config, args, detach, signals);
         }
     };
+    let ctx = supervision_context(&image, &config, args)?;
+    let signals = prepare(&ctx, detach)?;
+    let pid = rebuild_checking(&image, pages, &opts)
+        .with_context(|| format!("cannot restore {}", image.dir.display()))?;
+    restored(&image, pid, &config, args, detach, signals)
+}
+
+/// Checks what supervision needs before anything is restored, and blocks the signals the
+/// supervisor handles (before any thread is started: threads inherit the mask).
+fn prepare(ctx: &JobContext, detach: bool) -> anyhow::Result<nix::sys::signal::SigSet> {
+    if !detach {
+        ctx.check_intervals()?;
+    }
+    Ok(supervisor::block_supervisor_signals()?)
+}
+
+/// The image's rank decides where the restored process's images go: the same paths as the
+/// run that wrote it.
+fn supervision_context(
+    image: &Image,
+    config: &Config,
+    args: &JobArgs,
+) -> anyhow::Result<JobContext> {
     let m = &image.manifest;
-    // The image's rank decides where the restored process's images go: the same paths
-    // as the run that wrote it.
     let rank_args = JobArgs {
         rank: Some(m.rank),
         ..args.clone()
     };
-    let ctx = JobContext::new(
+    Ok(JobContext::new(
         config.clone(),
         m.job.clone(),
-        topology(&rank_args, &config)?,
-    );
-    if !detach {
-        ctx.check_intervals()?;
-    }
-    let signals = supervisor::block_supervisor_signals()?;
-    // The page contents are hashed while the restore reads them (after the signal mask is
-    // set: threads inherit it); the process runs only once they proved intact.
-    let check = pages.map(|p| std::thread::spawn(move || p.verify()));
-    let verified = || check.map_or(Ok(()), |t| t.join().expect("page check panicked"));
-    let opts = RestoreOptions {
-        new_pid: flags.new_pid,
-        keep_files: flags.keep_files,
-    };
-    let pid = rebuild(&image, &opts, verified)
-        .with_context(|| format!("cannot restore {}", image.dir.display()))?;
+        topology(&rank_args, config)?,
+    ))
+}
+
+fn restored(
+    image: &Image,
+    pid: Pid,
+    config: &Config,
+    args: &JobArgs,
+    detach: bool,
+    signals: nix::sys::signal::SigSet,
+) -> anyhow::Result<i32> {
     eprintln!(
         "mlckpt: restored {} (seq {}) as PID {pid}",
         image.dir.display(),
-        m.seq
+        image.manifest.seq
     );
     if detach {
         return Ok(0);
     }
+    let ctx = supervision_context(image, config, args)?;
     Ok(supervisor::supervise(&ctx, pid, true, signals)?)
 }
 
-/// The newest valid image on any tier, saying what each candidate it looked at was.
-fn choose_newest(ctx: &JobContext) -> anyhow::Result<Image> {
+/// Restores `image`, hashing its pages meanwhile; the process runs only if they are intact.
+fn rebuild_checking(
+    image: &Image,
+    pages: PageCheck,
+    opts: &RestoreOptions,
+) -> Result<Pid, RestoreError> {
+    let check = std::thread::spawn(move || pages.verify());
+    rebuild(image, opts, || {
+        check.join().expect("page check thread panicked")
+    })
+}
+
+/// Restores the newest valid image on any tier, saying what each candidate it looked at was.
+fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Image, Pid)> {
     let dirs = recovery::look(&ctx.paths);
     for d in &dirs {
         match &d.images {
@@ -102,11 +141,11 @@ fn choose_newest(ctx: &JobContext) -> anyhow::Result<Image> {
             ),
         }
     }
-    let mut opened = None;
+    let mut outcome: Option<anyhow::Result<(Image, Pid)>> = None;
     let choice = recovery::choose(recovery::candidates(&dirs), |c| {
-        let (verdict, image) = recovery::verify(c);
+        let (verdict, result) = try_candidate(c, opts);
         print_candidate(c, &verdict);
-        opened = image;
+        outcome = result;
         verdict
     });
     if choice.unchecked > 0 {
@@ -115,8 +154,8 @@ fn choose_newest(ctx: &JobContext) -> anyhow::Result<Image> {
             choice.unchecked
         );
     }
-    match opened {
-        Some(image) if choice.chosen.is_some() => Ok(image),
+    match outcome {
+        Some(result) if choice.chosen.is_some() => result,
         _ => {
             let looked: Vec<String> = dirs.iter().map(|d| d.dir.display().to_string()).collect();
             bail!(
@@ -124,6 +163,34 @@ fn choose_newest(ctx: &JobContext) -> anyhow::Result<Image> {
                 ctx.job,
                 ctx.rank(),
                 looked.join(", ")
+            )
+        }
+    }
+}
+
+/// Restores candidate `c` if it is valid. A damaged candidate gets its verdict and no
+/// result (the next one is tried); any other failure ends the choice with that error: the
+/// image is fine, the restore is what failed.
+fn try_candidate(
+    c: &Candidate,
+    opts: &RestoreOptions,
+) -> (Verdict, Option<anyhow::Result<(Image, Pid)>>) {
+    let bad = |e: &image::verify::VerifyError| Verdict::Bad {
+        what: e.verdict(),
+        why: e.to_string(),
+    };
+    let (image, pages) = match image::open_checked(&c.path) {
+        Ok(opened) => opened,
+        Err(e) => return (bad(&e), None),
+    };
+    match rebuild_checking(&image, pages, opts) {
+        Ok(pid) => (Verdict::Ok, Some(Ok((image, pid)))),
+        Err(RestoreError::Verify(e)) => (bad(&e), None),
+        Err(e) => {
+            let context = format!("cannot restore {}", image.dir.display());
+            (
+                Verdict::Ok,
+                Some(Err(anyhow::Error::new(e).context(context))),
             )
         }
     }

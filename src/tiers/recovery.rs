@@ -4,12 +4,12 @@
 //! then partner, then global (the nearest copy restores fastest). Verification stops at the
 //! first valid image: older ones are never hashed.
 //!
-//! [`choose`] is pure (verification is passed in); [`look`] and [`verify`] do the IO.
+//! [`choose`] is pure (verification is passed in: `restore --auto` checks a candidate by
+//! restoring it while its pages are hashed); [`look`] does the IO.
 
 use super::layout::RankPaths;
 use crate::image::format::TierKind;
 use crate::image::store::{self, ImageDirError};
-use crate::image::{self, Image};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,20 +100,6 @@ pub fn candidates(dirs: &[TierDir]) -> Vec<Candidate> {
             })
         })
         .collect()
-}
-
-/// Fully verifies a candidate; the opened image when it is valid.
-pub fn verify(candidate: &Candidate) -> (Verdict, Option<Image>) {
-    match image::open_verified(&candidate.path) {
-        Ok(image) => (Verdict::Ok, Some(image)),
-        Err(e) => (
-            Verdict::Bad {
-                what: e.verdict(),
-                why: e.to_string(),
-            },
-            None,
-        ),
-    }
 }
 
 #[cfg(test)]
