@@ -2,6 +2,7 @@
 
 use super::capture;
 use super::freeze::{FreezeError, Frozen, parent_of};
+use super::hugepages;
 use super::inspect::{self, FlagHints, InspectError, RegionPlan, StorePolicy};
 use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::pages::{PageSink, ParentPages};
@@ -182,6 +183,8 @@ fn dump(
             .map_err(|e| gone_as_exited(e, req.pid))?;
     }
 
+    // A snapshot would split the huge pages the target writes meanwhile: note them.
+    let huge_before = hugepages::mapped_huge(req.pid, &hints.huge_regions());
     writer.hold();
     let freeze_began = Instant::now();
     let time_unix_ms = SystemTime::now()
@@ -238,6 +241,10 @@ fn dump(
     memory.after_release(&mut plans, &later)?;
     drop(snapshot);
     clock.lap("snapshot.memory");
+    if captured.mode == DumpMode::Snapshot && !huge_before.is_empty() {
+        hugepages::collapse(req.pid, &huge_before);
+        clock.lap("hugepages");
+    }
 
     let mut parents = sink.parents().clone();
     if let Some(t) = tracker.as_deref() {

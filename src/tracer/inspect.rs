@@ -61,14 +61,52 @@ pub struct RegionPlan {
     pub page_hashes: Vec<u8>,
 }
 
-/// VmFlags and resident bytes per address range, read from `smaps` before the freeze:
-/// `smaps` walks the page tables (tens of ms for GiBs), the plain map does not.
-pub struct FlagHints(HashMap<(u64, u64), (VmFlags, u64)>);
+/// What `smaps` said of a region.
+#[derive(Debug, Clone, Copy)]
+struct Hint {
+    flags: VmFlags,
+    /// Resident and swapped bytes.
+    resident: u64,
+    /// Bytes mapped by transparent huge pages.
+    huge: u64,
+}
+
+/// VmFlags and memory use per address range, read from `smaps` before the freeze: `smaps`
+/// walks the page tables (tens of ms for GiBs), the plain map does not.
+pub struct FlagHints(HashMap<(u64, u64), Hint>);
 
 impl FlagHints {
     /// Resident (incl. swapped) bytes of the region `range` when the hints were read.
     pub fn resident(&self, range: (u64, u64)) -> Option<u64> {
-        self.0.get(&range).map(|h| h.1)
+        self.0.get(&range).map(|h| h.resident)
+    }
+
+    /// Hints for one region, for tests elsewhere.
+    #[cfg(test)]
+    pub fn for_tests(start: u64, end: u64, resident: u64, huge: u64) -> FlagHints {
+        let hint = Hint {
+            flags: VmFlags::NONE,
+            resident,
+            huge,
+        };
+        FlagHints([((start, end), hint)].into_iter().collect())
+    }
+
+    /// Regions with memory mapped by transparent huge pages, sorted.
+    pub fn huge_regions(&self) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = self
+            .0
+            .iter()
+            .filter(|(_, h)| h.huge > 0)
+            .map(|(&range, _)| range)
+            .collect();
+        ranges.sort_unstable();
+        ranges
+    }
+
+    /// Bytes of the region `range` mapped by transparent huge pages.
+    pub fn huge(&self, range: (u64, u64)) -> Option<u64> {
+        self.0.get(&range).map(|h| h.huge)
     }
 }
 
@@ -82,8 +120,12 @@ pub fn flag_hints(pid: Pid) -> Result<FlagHints, InspectError> {
     Ok(FlagHints(
         maps.iter()
             .map(|m| {
-                let resident = bytes(m, "Rss") + bytes(m, "Swap");
-                (m.address, (m.extension.vm_flags, resident))
+                let hint = Hint {
+                    flags: m.extension.vm_flags,
+                    resident: bytes(m, "Rss") + bytes(m, "Swap"),
+                    huge: bytes(m, "AnonHugePages"),
+                };
+                (m.address, hint)
             })
             .collect(),
     ))
@@ -109,7 +151,7 @@ pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>,
         let Some((backing, store)) = classify(pid, &map.pathname, &map, start)? else {
             continue;
         };
-        let hint = hints.0.get(&map.address).map(|h| h.0);
+        let hint = hints.0.get(&map.address).map(|h| h.flags);
         let flags = hint.unwrap_or(VmFlags::NONE);
         plans.push(RegionPlan {
             region: MemoryRegion {

@@ -29,6 +29,8 @@ pub struct ProcessMemory {
     /// `/proc/PID/mem` ignores page protection (FOLL_FORCE): the fallback for PROT_NONE or
     /// write-only pages, and the only way to write into read-only ones.
     mem: File,
+    /// Read through `mem` only: see `open_shared`.
+    mem_only: bool,
 }
 
 impl ProcessMemory {
@@ -44,7 +46,22 @@ impl ProcessMemory {
                 len: 0,
                 source,
             })?;
-        Ok(ProcessMemory { pid, mem })
+        Ok(ProcessMemory {
+            pid,
+            mem,
+            mem_only: false,
+        })
+    }
+
+    /// For a process whose pages are shared copy-on-write (a fork-snapshot):
+    /// `process_vm_readv` pins the pages it reads, and pinning a shared anonymous page makes
+    /// the kernel copy it first (13x slower here, and a copy of all memory); `/proc/PID/mem`
+    /// takes plain references.
+    pub fn open_shared(pid: Pid) -> Result<Self, MemoryError> {
+        Ok(ProcessMemory {
+            mem_only: true,
+            ..ProcessMemory::open(pid)?
+        })
     }
 
     fn err(&self, op: &'static str, addr: u64, len: usize, source: std::io::Error) -> MemoryError {
@@ -64,7 +81,7 @@ impl ProcessMemory {
         for chunk in ranges.chunks(MAX_IOVECS) {
             let total: usize = chunk.iter().map(|r| r.1).sum();
             let dst = &mut buf[done..done + total];
-            if self.vm_read(chunk, dst) != Some(total) {
+            if self.mem_only || self.vm_read(chunk, dst) != Some(total) {
                 self.read_via_mem(chunk, dst)?;
             }
             done += total;

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod child;
 pub mod dump;
 pub mod freeze;
+pub mod hugepages;
 pub mod inspect;
 pub mod memory;
 pub mod page_index;

@@ -63,7 +63,7 @@ impl Snapshot {
         let guard = Reaper(pid);
         let snapshot = Snapshot {
             pid,
-            mem: ProcessMemory::open(pid)?,
+            mem: ProcessMemory::open_shared(pid)?,
             pagemap: PageMap::open(pid)?,
         };
         std::mem::forget(guard);

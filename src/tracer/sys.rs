@@ -474,3 +474,32 @@ pub fn pagemap_scan(
     let filled = unsafe { ioctl_struct(pagemap, PAGEMAP_SCAN, &mut arg) }?;
     Ok((filled as usize, arg[4]))
 }
+
+/// `process_madvise(pidfd, ranges, advice)` for at most UIO_MAXIOV ranges; returns the
+/// bytes advised.
+pub fn process_madvise(
+    pidfd: std::os::fd::BorrowedFd,
+    ranges: &[(u64, u64)],
+    advice: i32,
+) -> Result<u64, Errno> {
+    use std::os::fd::AsRawFd;
+    let iov: Vec<libc::iovec> = ranges
+        .iter()
+        .take(1024)
+        .map(|&(start, len)| libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: len as usize,
+        })
+        .collect();
+    let args = [
+        pidfd.as_raw_fd() as u64,
+        iov.as_ptr() as u64,
+        iov.len() as u64,
+        advice as u64,
+        0,
+        0,
+    ];
+    // SAFETY: the kernel only reads `iov` (live for the call); the ranges it names are in
+    // the other process's address space, not this one's.
+    unsafe { raw_syscall(libc::SYS_process_madvise, args) }.map(|n| n as u64)
+}

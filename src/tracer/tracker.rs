@@ -23,7 +23,7 @@ use super::inspect::{FlagHints, RegionPlan, StorePolicy};
 use super::page_index::{PageIndex, PageSource};
 use super::remote::{RemoteError, RemoteThread};
 use super::sys::{self, PageRegion, ScanRequest};
-use crate::image::format::Backing;
+use crate::image::format::{Advice, Backing};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::fs::File;
@@ -72,16 +72,29 @@ const ALWAYS_TRACKED_BYTES: u64 = 64 << 20;
 /// Page regions asked of the kernel per scan call (72 KiB).
 const SCAN_BATCH: usize = 3072;
 
-/// Whether a region can be write-tracked cheaply; `resident` is its RSS + swap.
-pub fn trackable(plan: &RegionPlan, resident: Option<u64>) -> bool {
+/// Whether a region can be write-tracked cheaply: private anonymous writable memory, not
+/// (to be) backed by transparent huge pages, whose markers cost little. `hints` tell its
+/// memory use.
+pub fn trackable(plan: &RegionPlan, hints: &FlagHints) -> bool {
     let r = &plan.region;
     let private_anon = r.backing == Backing::Anonymous
         && !r.shared
         && plan.store == StorePolicy::PrivateData
         && plan.flags_known;
     let small_enough = r.len() <= ALWAYS_TRACKED_BYTES
-        || resident.is_some_and(|rss| rss.saturating_mul(4) >= r.len());
-    private_anon && r.prot.write && small_enough
+        || hints
+            .resident((r.start, r.end))
+            .is_some_and(|rss| rss.saturating_mul(4) >= r.len());
+    private_anon && r.prot.write && small_enough && !huge_paged(plan, hints)
+}
+
+/// The kernel splits a huge page at the first write under asynchronous write protection,
+/// and khugepaged does not merge write-protected pages back: tracking would cost the target
+/// its huge pages for good. Such regions are dumped from fork-snapshots instead (whose copy
+/// of a huge page's page table entry is cheap).
+fn huge_paged(plan: &RegionPlan, hints: &FlagHints) -> bool {
+    let r = &plan.region;
+    r.advice.contains(&Advice::HugePage) || hints.huge((r.start, r.end)).unwrap_or(0) > 0
 }
 
 /// The tracking state of one target, kept by its supervisor from one checkpoint to the
@@ -154,9 +167,22 @@ impl WriteTracker {
     /// unregistered, which clears write protection left from an earlier registration, so
     /// that the first scan reports every page with data.
     pub fn register_new(&mut self, plans: &[RegionPlan], hints: &FlagHints) {
+        for plan in plans.iter().filter(|p| huge_paged(p, hints)) {
+            // Huge pages came (THP "always"): stop before the next scan protects them.
+            let (start, end) = (plan.region.start, plan.region.end);
+            let overlapping: Vec<(u64, u64)> = self
+                .ranges
+                .iter()
+                .copied()
+                .filter(|&(s, e)| s < end && start < e)
+                .collect();
+            for (s, e) in overlapping {
+                self.drop_range(s, e);
+            }
+        }
         for plan in plans {
             let (start, end) = (plan.region.start, plan.region.end);
-            if self.covers(start, end) || !trackable(plan, hints.resident((start, end))) {
+            if self.covers(start, end) || !trackable(plan, hints) {
                 continue;
             }
             let _ = sys::uffd_unregister(self.uffd.as_fd(), start, end - start);
@@ -306,23 +332,32 @@ mod tests {
     #[test]
     fn only_writable_private_anonymous_memory_that_is_mostly_resident_is_tracked() {
         let gib = 1 << 30;
-        assert!(trackable(&plan(8 << 20, Backing::Anonymous, true), Some(0)));
-        assert!(!trackable(
-            &plan(8 << 20, Backing::Anonymous, false),
-            Some(0)
-        ));
-        assert!(!trackable(
-            &plan(8 << 20, Backing::SharedAnonymous, true),
-            Some(0)
-        ));
-        assert!(trackable(
-            &plan(gib, Backing::Anonymous, true),
-            Some(gib / 2)
-        ));
+        let hints = |p: &RegionPlan, resident: u64, huge: u64| {
+            FlagHints::for_tests(p.region.start, p.region.end, resident, huge)
+        };
+        let small = plan(8 << 20, Backing::Anonymous, true);
+        assert!(trackable(&small, &hints(&small, 0, 0)));
+        let read_only = plan(8 << 20, Backing::Anonymous, false);
+        assert!(!trackable(&read_only, &hints(&read_only, 0, 0)));
+        let shared = plan(8 << 20, Backing::SharedAnonymous, true);
+        assert!(!trackable(&shared, &hints(&shared, 0, 0)));
+        let big = plan(gib, Backing::Anonymous, true);
+        assert!(trackable(&big, &hints(&big, gib / 2, 0)));
+        let sparse = plan(64 * gib, Backing::Anonymous, true);
         assert!(
-            !trackable(&plan(64 * gib, Backing::Anonymous, true), Some(gib)),
+            !trackable(&sparse, &hints(&sparse, gib, 0)),
             "a sparse reservation would cost page tables for every page"
         );
-        assert!(!trackable(&plan(gib, Backing::Anonymous, true), None));
+        assert!(
+            !trackable(&big, &FlagHints::for_tests(0, 0, 0, 0)),
+            "no hints"
+        );
+        assert!(
+            !trackable(&big, &hints(&big, gib, 2 << 20)),
+            "write protection would split its huge pages"
+        );
+        let mut advised = plan(8 << 20, Backing::Anonymous, true);
+        advised.region.advice.push(Advice::HugePage);
+        assert!(!trackable(&advised, &hints(&advised, 0, 0)));
     }
 }
