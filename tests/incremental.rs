@@ -151,10 +151,10 @@ fn full_every_bounds_the_chain() {
 }
 
 /// Write tracking sees every way a page can change besides a store: MADV_DONTNEED, the
-/// kernel writing (pread), a mapping replaced at the same address, mremap, mprotect splits,
-/// brk growing and shrinking, zero-page reads. A chain of tracked increments taken while
-/// the program runs restores exactly from its last image (taken with --kill) and from one
-/// in the middle (the program ran on after it).
+/// kernel writing (pread), a mapping replaced at the same address, mremap (next to another
+/// tracked mapping too), mprotect splits, brk growing and shrinking, zero-page reads. Every
+/// image of a chain of tracked increments restores exactly: the last (taken with --kill)
+/// and each one taken while the program ran on.
 #[test]
 fn tracked_increments_see_every_kind_of_change() {
     let h = Harness::new("mutator");
@@ -170,16 +170,45 @@ fn tracked_increments_see_every_kind_of_change() {
     let after = h.restore_to_end(&killed.ckpt.path, &prog, killed.pid, |_, _| {});
     assert_continuation(&reference, &killed.before, &after, killed.pid);
 
-    let middle = h.restore_to_end(&images[3].path, &prog, killed.pid, |_, _| {});
-    let window = asked[3]..asked[3] + 12;
-    assert_resumed(
-        &reference,
-        &killed.before,
-        &middle,
-        window,
-        killed.pid,
-        killed.pid,
-    );
+    // The chain minus its last image: those were taken while the program ran on. The
+    // original's whole run is its output up to the kill, then the restored continuation
+    // (an image may hold the very state the kill stopped).
+    let whole = format!("{}{after}", killed.before);
+    for (image, &asked) in images.iter().zip(&asked) {
+        let restored = h.restore_to_end(&image.path, &prog, killed.pid, |_, _| {});
+        let window = asked..asked + 12;
+        assert_resumed(
+            &reference, &whole, &restored, window, killed.pid, killed.pid,
+        );
+    }
+}
+
+/// A mapping moved next to a tracked one merges with it in the kernel, which then drops
+/// the registration of both but leaves their pages write-protected. The tracker notices
+/// (the next checkpoint reads that memory by content) and registers it again at the one
+/// after, which must read every page with data, stale protection or not.
+#[test]
+fn a_mapping_moved_next_to_a_tracked_one_is_read_whole_again() {
+    let h = Harness::new("remap");
+    h.set_config("keep = 100\n[interval]\nlocal = 0\n");
+    let prog = Prog::c("remap", &["60", "15"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(5);
+    let pid = run.target_pid();
+    let before_move = h.checkpoint(pid, false);
+    run.wait_for_ticks(20);
+    let after_move = h.checkpoint(pid, false);
+    run.wait_for_ticks(25);
+    let again = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    for ckpt in [&before_move, &after_move, &again] {
+        assert_eq!(ckpt.mode, "precopy", "{ckpt:?}");
+    }
+    let after = h.restore_to_end(&again.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &after, pid);
 }
 
 #[test]

@@ -32,10 +32,6 @@ impl PageBuf {
         self.blocks.is_empty()
     }
 
-    pub fn clear(&mut self) {
-        self.blocks.clear();
-    }
-
     /// Appends the pages of `other`.
     pub fn append(&mut self, other: &PageBuf) {
         self.blocks.extend_from_slice(&other.blocks);

@@ -147,10 +147,18 @@ pub fn checkpoint(
         }
         None => dump(req, None, started, stopped),
     };
-    if matches!(result, Err(DumpError::Track(_))) {
-        tracking.reset();
+    match result {
+        Err(DumpError::Track(TrackError::Pinned { .. })) => {
+            // Pinned memory appeared mid-checkpoint: once more, comparing contents.
+            tracking.reset();
+            dump(req, None, started, stopped)
+        }
+        Err(DumpError::Track(e)) => {
+            tracking.reset();
+            Err(DumpError::Track(e))
+        }
+        result => result,
     }
-    result
 }
 
 /// Below this much memory to read from the frozen target, a fork-snapshot (whose page
@@ -171,6 +179,9 @@ fn dump(
     let mem = ProcessMemory::open(req.pid)?;
     clock.lap("prepare");
     if let Some(t) = tracker.as_deref_mut() {
+        // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
+        // than after it (the check while frozen below is the one that counts).
+        inspect::read_fds(req.pid)?;
         let plans = inspect::read_regions_with(req.pid, &hints)?;
         let passes = !req.kill;
         let before = precopy::Before {
@@ -193,19 +204,22 @@ fn dump(
         .unwrap_or(0);
     let mut frozen = Frozen::freeze(req.pid)?;
     clock.lap("frozen.seize");
+    // Files first: an unsupported fd fails before any work (the target runs on untouched).
+    let fds = inspect::read_fds(req.pid)?;
+    let mut plans = inspect::read_regions_with(req.pid, &hints)?;
+    clock.lap("frozen.inspect");
+    let estimate = tracked_plans(&plans, tracker.as_deref());
+    let try_snapshot = worth_a_snapshot(req, &plans, &estimate, tracker.as_deref(), &hints);
+    let mut captured = capture::capture_threads(&mut frozen, &mem, try_snapshot)?;
+    let mut process = inspect::read_process(req.pid)?;
+    clock.lap("frozen.capture");
+    // The last scan comes after the capture: its threads returning to user space made the
+    // kernel write their rseq areas. A range it finds broken is no longer tracked.
     if let Some(t) = tracker.as_deref_mut() {
         t.scan().map_err(|e| gone_as_exited(e.into(), req.pid))?;
         clock.lap("frozen.scan");
     }
-    // Files first: an unsupported fd fails before any work (the target runs on untouched).
-    let fds = inspect::read_fds(req.pid)?;
-    let mut plans = inspect::read_regions_with(req.pid, &hints)?;
-    let tracked: Vec<usize> = (0..plans.len())
-        .filter(|&i| {
-            let r = &plans[i].region;
-            tracker.as_deref().is_some_and(|t| t.covers(r.start, r.end))
-        })
-        .collect();
+    let tracked = tracked_plans(&plans, tracker.as_deref());
     let tracked_ranges: Vec<(u64, u64)> = tracked
         .iter()
         .map(|&i| (plans[i].region.start, plans[i].region.end))
@@ -214,11 +228,6 @@ fn dump(
         // Pages the target unmapped (or whose tracking broke) are not read any more.
         t.index.retain_within(&tracked_ranges);
     }
-    clock.lap("frozen.inspect");
-    let try_snapshot = worth_a_snapshot(req, &plans, &tracked, tracker.as_deref(), &hints);
-    let mut captured = capture::capture_threads(&mut frozen, &mem, try_snapshot)?;
-    let mut process = inspect::read_process(req.pid)?;
-    clock.lap("frozen.capture");
 
     let snapshot = captured.snapshot.take();
     let mut sink = PageSink::new(parent.as_ref(), req.full_every > 1);
@@ -315,6 +324,16 @@ fn dump(
         mode,
         phases: clock.phases,
     })
+}
+
+/// Indexes of the plans whose regions `tracker` tracks.
+fn tracked_plans(plans: &[RegionPlan], tracker: Option<&WriteTracker>) -> Vec<usize> {
+    let Some(t) = tracker else {
+        return Vec::new();
+    };
+    (0..plans.len())
+        .filter(|&i| t.covers(plans[i].region.start, plans[i].region.end))
+        .collect()
 }
 
 /// Whether to fork a snapshot of the frozen target. Only our own child can be forked (its

@@ -109,7 +109,8 @@ impl PageIndex {
     }
 
     /// Bytes of every page with data.
-    pub fn data_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn data_bytes(&self) -> u64 {
         self.runs.values().map(|r| r.len).sum()
     }
 

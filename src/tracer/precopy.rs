@@ -12,7 +12,7 @@ use super::memory::ProcessMemory;
 use super::page_index::PageSource;
 use super::pages::{PageSink, ParentPages, batches};
 use super::remote::RemoteThread;
-use super::tracker::{TrackError, WriteTracker};
+use super::tracker::{TrackError, WriteTracker, pins_memory};
 use crate::image::writer::ImageWriter;
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
@@ -82,13 +82,6 @@ impl Tracking {
     pub fn reset(&mut self) {
         self.tracker = None;
     }
-}
-
-/// Whether `pid` has pages pinned for DMA (`VmPin` in `/proc/PID/status`).
-fn pins_memory(pid: Pid) -> bool {
-    procfs::process::Process::new(pid.as_raw())
-        .and_then(|p| p.status())
-        .is_ok_and(|s| s.vmpin.unwrap_or(0) > 0)
 }
 
 fn start_tracker(pid: Pid) -> Result<WriteTracker, DumpError> {

@@ -383,6 +383,7 @@ const UFFD_API: u64 = 0xAA;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
+const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xc018_aa06;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
 
@@ -422,6 +423,14 @@ pub fn uffd_unregister(uffd: std::os::fd::BorrowedFd, start: u64, len: u64) -> R
     let mut range = [start, len]; // struct uffdio_range
     // SAFETY: `range` is a struct uffdio_range: two u64 fields the kernel reads.
     unsafe { ioctl_struct(uffd, UFFDIO_UNREGISTER, &mut range) }.map(drop)
+}
+
+/// `UFFDIO_WRITEPROTECT` with mode 0: removes write protection (and its markers) from
+/// `[start, start+len)`, so every page there reads as written again.
+pub fn uffd_unprotect(uffd: std::os::fd::BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
+    let mut wp = [start, len, 0u64]; // struct uffdio_writeprotect { range { start, len }, mode }
+    // SAFETY: `wp` is a struct uffdio_writeprotect: three u64 fields the kernel reads.
+    unsafe { ioctl_struct(uffd, UFFDIO_WRITEPROTECT, &mut wp) }.map(drop)
 }
 
 /// `struct page_region`: pages `[start, end)` share `categories`.

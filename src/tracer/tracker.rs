@@ -49,6 +49,11 @@ pub enum TrackError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "process {pid} pinned memory for device I/O during the checkpoint; a device may have \
+         written it unseen"
+    )]
+    Pinned { pid: i32 },
     #[error("scanning written pages of {start:#x}..{end:#x} failed")]
     Scan {
         start: u64,
@@ -95,6 +100,13 @@ pub fn trackable(plan: &RegionPlan, hints: &FlagHints) -> bool {
 fn huge_paged(plan: &RegionPlan, hints: &FlagHints) -> bool {
     let r = &plan.region;
     r.advice.contains(&Advice::HugePage) || hints.huge((r.start, r.end)).unwrap_or(0) > 0
+}
+
+/// Whether `pid` has pages pinned for device I/O (`VmPin` in `/proc/PID/status`).
+pub fn pins_memory(pid: Pid) -> bool {
+    procfs::process::Process::new(pid.as_raw())
+        .and_then(|p| p.status())
+        .is_ok_and(|s| s.vmpin.unwrap_or(0) > 0)
 }
 
 /// The tracking state of one target, kept by its supervisor from one checkpoint to the
@@ -163,9 +175,11 @@ impl WriteTracker {
         self.pid
     }
 
-    /// Registers every trackable region of `plans` not tracked yet. A region is first
-    /// unregistered, which clears write protection left from an earlier registration, so
-    /// that the first scan reports every page with data.
+    /// Registers every trackable region of `plans` not tracked yet, and removes any write
+    /// protection its pages still carry, so that the first scan reports every page with data.
+    /// Pages can carry protection from an earlier registration that the kernel dropped
+    /// without clearing it: `mremap` of a registered region unregisters the VMA it lands in
+    /// (merged with its neighbour, the neighbour too) but leaves its pages protected.
     pub fn register_new(&mut self, plans: &[RegionPlan], hints: &FlagHints) {
         for plan in plans.iter().filter(|p| huge_paged(p, hints)) {
             // Huge pages came (THP "always"): stop before the next scan protects them.
@@ -185,10 +199,17 @@ impl WriteTracker {
             if self.covers(start, end) || !trackable(plan, hints) {
                 continue;
             }
-            let _ = sys::uffd_unregister(self.uffd.as_fd(), start, end - start);
-            if sys::uffd_register_wp(self.uffd.as_fd(), start, end - start).is_ok() {
-                self.index.remove(start, end);
-                self.add_range(start, end);
+            let reg = sys::uffd_register_wp(self.uffd.as_fd(), start, end - start);
+            let unprot =
+                reg.and_then(|()| sys::uffd_unprotect(self.uffd.as_fd(), start, end - start));
+            match unprot {
+                Ok(()) => {
+                    self.index.remove(start, end);
+                    self.add_range(start, end);
+                }
+                Err(_) => {
+                    let _ = sys::uffd_unregister(self.uffd.as_fd(), start, end - start);
+                }
             }
         }
     }
@@ -196,10 +217,6 @@ impl WriteTracker {
     /// Whether `[start, end)` lies in a tracked range.
     pub fn covers(&self, start: u64, end: u64) -> bool {
         self.ranges.iter().any(|&(s, e)| s <= start && end <= e)
-    }
-
-    pub fn ranges(&self) -> &[(u64, u64)] {
-        &self.ranges
     }
 
     fn add_range(&mut self, start: u64, end: u64) {
@@ -219,7 +236,25 @@ impl WriteTracker {
     /// pending in the index if it holds data now, or leaves the index if it became empty
     /// (zero). A range in which the target replaced a mapping (it is no longer registered
     /// throughout) is dropped, with what the index knew of it.
+    ///
+    /// A page pinned for device I/O (RDMA, io_uring fixed buffers) can be written by DMA
+    /// after the scan protected it, without a fault: if any memory is pinned around the scan,
+    /// the tracker cannot be trusted (`TrackError::Pinned`). A pin that starts and ends
+    /// between two scans is seen: pinning for write faults the page in as written.
     pub fn scan(&mut self) -> Result<(), TrackError> {
+        let pid = self.pid;
+        let pinned = || TrackError::Pinned { pid: pid.as_raw() };
+        if pins_memory(pid) {
+            return Err(pinned());
+        }
+        self.scan_ranges()?;
+        if pins_memory(pid) {
+            return Err(pinned());
+        }
+        Ok(())
+    }
+
+    fn scan_ranges(&mut self) -> Result<(), TrackError> {
         for (start, end) in self.ranges.clone() {
             match self.scan_range(start, end) {
                 Ok(()) => {}

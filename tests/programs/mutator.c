@@ -6,13 +6,16 @@
  *   - the kernel writing into it: pread() from a file the program wrote at start
  *   - a 1 MiB mapping replaced by a new one at the same address (munmap + mmap, or
  *     mmap MAP_FIXED over it) with other contents
- *   - a 2 MiB mapping moved with mremap between two addresses, one page changed after
+ *   - a 2 MiB mapping moved with mremap between two addresses (one right after the 16 MiB
+ *     buffer), one page changed after
  *   - mprotect making part of a mapping read-only (splitting it) across a tick
  *   - the heap grown with sbrk (the new part written) and shrunk again
  *   - pages of a fresh mapping only read (they map the zero page), written later, dropped
  * Usage:  mutator <ticks>
  * Output: "pid <pid>"
- *         "tick <i> pid=<pid> sum=<hex>"  per tick: a checksum over all of the memory above
+ *         "tick <i> pid=<pid> sum=<hex> buf=<hex> ... zero=<hex>"  per tick: a checksum over
+ *                                 all of the memory above, then one per part (a restore that
+ *                                 got a part wrong names it)
  *         "final <hex>"
  * Deterministic apart from the pid. Runs in its working directory (writes mutator.dat).
  */
@@ -87,7 +90,10 @@ int main(int argc, char **argv)
     long ticks = strtol(argv[1], NULL, 10);
     printf("pid %d\n", getpid());
 
-    char *buf = map(NULL, BUF_BYTES, PROT_READ | PROT_WRITE, 0);
+    /* buf, then 2 MiB right after it where the moving mapping below lands every other
+       move: a mapping moved next to another one merges with it in the kernel. */
+    char *buf = map(NULL, BUF_BYTES + 2 * MIB, PROT_READ | PROT_WRITE, 0);
+    mprotect(buf + BUF_BYTES, 2 * MIB, PROT_NONE);
     fill(buf, BUF_BYTES);
     int fd = open("mutator.dat", O_RDWR | O_CREAT | O_TRUNC, 0600);
     char *chunk = map(NULL, FILE_BYTES, PROT_READ | PROT_WRITE, 0);
@@ -99,8 +105,7 @@ int main(int argc, char **argv)
     munmap(chunk, FILE_BYTES);
     char *replaced = map(NULL, MIB, PROT_READ | PROT_WRITE, 0);
     fill(replaced, MIB);
-    char *slot[2] = {map(NULL, 2 * MIB, PROT_READ | PROT_WRITE, 0),
-                     map(NULL, 2 * MIB, PROT_NONE, 0)};
+    char *slot[2] = {map(NULL, 2 * MIB, PROT_READ | PROT_WRITE, 0), buf + BUF_BYTES};
     fill(slot[0], 2 * MIB);
     int moved = 0;
     char *split = map(NULL, MIB, PROT_READ | PROT_WRITE, 0);
@@ -129,7 +134,7 @@ int main(int argc, char **argv)
             map(replaced, MIB, PROT_READ | PROT_WRITE, MAP_FIXED);
             fill(replaced + MIB / 2, MIB / 2);
         }
-        if (t % 5 == 2) {
+        if (t % 4 == 2) {
             char *to = slot[!moved];
             if (mremap(slot[moved], 2 * MIB, 2 * MIB, MREMAP_MAYMOVE | MREMAP_FIXED, to) != to)
                 return 1;
@@ -158,13 +163,21 @@ int main(int argc, char **argv)
         if (t % 11 == 10)
             madvise(zero, 4 * MIB, MADV_DONTNEED);
 
-        sum = mix(sum, buf, BUF_BYTES);
-        sum = mix(sum, replaced, MIB);
-        sum = mix(sum, slot[moved], 2 * MIB);
-        sum = mix(sum, split, MIB);
-        sum = mix(sum, heap0, (size_t)((char *)sbrk(0) - heap0));
-        sum = mix(sum, zero, 4 * MIB);
-        printf("tick %ld pid=%d sum=%016llx\n", t, getpid(), (unsigned long long)sum);
+        uint64_t part[6] = {
+            mix(0, buf, BUF_BYTES),
+            mix(0, replaced, MIB),
+            mix(0, slot[moved], 2 * MIB),
+            mix(0, split, MIB),
+            mix(0, heap0, (size_t)((char *)sbrk(0) - heap0)),
+            mix(0, zero, 4 * MIB),
+        };
+        sum = mix(sum, part, sizeof part);
+        printf("tick %ld pid=%d sum=%016llx buf=%04x replaced=%04x moved=%04x split=%04x "
+               "heap=%04x zero=%04x\n",
+               t, getpid(), (unsigned long long)sum, (unsigned)(part[0] & 0xffff),
+               (unsigned)(part[1] & 0xffff), (unsigned)(part[2] & 0xffff),
+               (unsigned)(part[3] & 0xffff), (unsigned)(part[4] & 0xffff),
+               (unsigned)(part[5] & 0xffff));
         sleep_ms(TICK_MS);
     }
     printf("final %016llx\n", (unsigned long long)(sum ^ sink ^ rng));
