@@ -211,6 +211,53 @@ fn a_mapping_moved_next_to_a_tracked_one_is_read_whole_again() {
     assert_continuation(&reference, &before, &after, pid);
 }
 
+/// A process that execs gets a new address space: what was tracked of the old one is
+/// dropped (its scans would find nothing written), even where the new image maps its heap
+/// at the very address the old one had (address randomization off). The supervisor attaches
+/// once the program runs, so it tracks the image that execs.
+#[test]
+fn tracking_starts_anew_after_an_exec() {
+    let h = Harness::new("reexec");
+    h.set_config("keep = 100\n[interval]\nlocal = 0\n");
+    let prog = Prog::c("reexec", &["60", "18"]);
+    let reference = h.plain(&prog);
+    let mut target = h.unsupervised(&prog);
+    target.wait_for_ticks(3);
+    let pid = target.target_pid();
+    let socket =
+        mlckpt::supervisor::control::socket_path(&mlckpt::tiers::config::runtime_dir(), pid);
+    let _ = std::fs::remove_file(&socket); // stale, from an earlier process with this PID
+    let config = h.config.to_str().unwrap();
+    let attach = h.start(
+        &[
+            "attach",
+            "--config",
+            config,
+            "--job",
+            &h.job,
+            &pid.to_string(),
+        ],
+        None,
+    );
+    wait_until("the attach supervisor's control socket", || socket.exists());
+    target.wait_for_ticks(6);
+    assert_eq!(h.checkpoint(pid, false).mode, "precopy");
+    target.wait_for_ticks(24);
+    let asked = target.line_count();
+    let after_exec = h.checkpoint(pid, false);
+    target.wait_for_ticks(30);
+    let last = h.checkpoint(pid, true);
+    let before = target.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    attach.finish(CMD_TIMEOUT).expect_code(0);
+    wait_gone(pid);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    let after = h.restore_to_end(&last.path, &prog, pid, |_, _| {});
+    assert_continuation(&reference, &before, &after, pid);
+    let whole = format!("{before}{after}");
+    let restored = h.restore_to_end(&after_exec.path, &prog, pid, |_, _| {});
+    assert_resumed(&reference, &whole, &restored, asked..asked + 10, pid, pid);
+}
+
 #[test]
 fn snapshot_image_with_threads_restores_like_a_frozen_one() {
     let h = Harness::new("snapthreads");

@@ -148,8 +148,9 @@ pub fn checkpoint(
         None => dump(req, None, started, stopped),
     };
     match result {
-        Err(DumpError::Track(TrackError::Pinned { .. })) => {
-            // Pinned memory appeared mid-checkpoint: once more, comparing contents.
+        Err(DumpError::Track(TrackError::Pinned { .. } | TrackError::Replaced { .. })) => {
+            // Pinned memory or a new address space appeared mid-checkpoint: the tracker
+            // cannot vouch for this one; once more, comparing contents.
             tracking.reset();
             dump(req, None, started, stopped)
         }

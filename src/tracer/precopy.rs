@@ -39,7 +39,12 @@ impl Tracking {
     /// that takes a short stop of the target of its own, added to `stopped`. None (after a
     /// note) if tracking is not possible.
     pub fn ready(&mut self, pid: Pid, stopped: &mut Duration) -> Option<&mut WriteTracker> {
-        if self.tracker.as_ref().is_some_and(|t| t.pid() != pid) {
+        if self
+            .tracker
+            .as_ref()
+            .is_some_and(|t| t.pid() != pid || !t.same_address_space())
+        {
+            // Another process, or the same one after an exec.
             self.tracker = None;
         }
         if pins_memory(pid) {

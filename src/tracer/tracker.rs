@@ -54,6 +54,8 @@ pub enum TrackError {
          written it unseen"
     )]
     Pinned { pid: i32 },
+    #[error("process {pid} replaced its address space (exec) during the checkpoint")]
+    Replaced { pid: i32 },
     #[error("scanning written pages of {start:#x}..{end:#x} failed")]
     Scan {
         start: u64,
@@ -241,17 +243,32 @@ impl WriteTracker {
     /// after the scan protected it, without a fault: if any memory is pinned around the scan,
     /// the tracker cannot be trusted (`TrackError::Pinned`). A pin that starts and ends
     /// between two scans is seen: pinning for write faults the page in as written.
+    ///
+    /// After an exec the tracker's pagemap and uffd still name the old address space, where
+    /// a scan finds nothing written: that is checked too (`TrackError::Replaced`).
     pub fn scan(&mut self) -> Result<(), TrackError> {
-        let pid = self.pid;
-        let pinned = || TrackError::Pinned { pid: pid.as_raw() };
-        if pins_memory(pid) {
-            return Err(pinned());
-        }
+        self.still_valid()?;
         self.scan_ranges()?;
-        if pins_memory(pid) {
-            return Err(pinned());
+        self.still_valid()
+    }
+
+    fn still_valid(&self) -> Result<(), TrackError> {
+        let pid = self.pid.as_raw();
+        if !self.same_address_space() {
+            return Err(TrackError::Replaced { pid });
+        }
+        if pins_memory(self.pid) {
+            return Err(TrackError::Pinned { pid });
         }
         Ok(())
+    }
+
+    /// Whether the address space the tracker follows is still the target's: the pagemap
+    /// file pins the one it was opened on, and reads as empty once that one is gone.
+    pub fn same_address_space(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut entry = [0u8; 8];
+        self.pagemap.read_at(&mut entry, 0).is_ok_and(|n| n == 8)
     }
 
     fn scan_ranges(&mut self) -> Result<(), TrackError> {
