@@ -47,7 +47,7 @@ const STAGE_BYTES: usize = 4 << 20;
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
 
 /// At most this much is kept in memory while held.
-const HOLD_BYTES: usize = 32 << 20;
+const HOLD_BYTES: usize = 16 << 20;
 
 /// An image being written into `.ckpt-SEQ.partial/`. Dropped without `commit`, it removes
 /// the partial directory: a failed checkpoint leaves nothing behind.
