@@ -224,22 +224,7 @@ fn tracking_starts_anew_after_an_exec() {
     let mut target = h.unsupervised(&prog);
     target.wait_for_ticks(3);
     let pid = target.target_pid();
-    let socket =
-        mlckpt::supervisor::control::socket_path(&mlckpt::tiers::config::runtime_dir(), pid);
-    let _ = std::fs::remove_file(&socket); // stale, from an earlier process with this PID
-    let config = h.config.to_str().unwrap();
-    let attach = h.start(
-        &[
-            "attach",
-            "--config",
-            config,
-            "--job",
-            &h.job,
-            &pid.to_string(),
-        ],
-        None,
-    );
-    wait_until("the attach supervisor's control socket", || socket.exists());
+    let attach = h.attach(pid);
     target.wait_for_ticks(6);
     assert_eq!(h.checkpoint(pid, false).mode, "precopy");
     target.wait_for_ticks(24);

@@ -184,21 +184,8 @@ fn attach_supervises_a_process_mlckpt_did_not_start() {
     let mut target = h.unsupervised(&prog);
     target.wait_for_ticks(5);
     let pid = target.target_pid();
-    let socket =
-        mlckpt::supervisor::control::socket_path(&mlckpt::tiers::config::runtime_dir(), pid);
-    let _ = std::fs::remove_file(&socket); // stale, from an earlier process with this PID
-    let attach = h.start(
-        &[
-            "attach",
-            "--config",
-            h.config.to_str().unwrap(),
-            "--job",
-            &h.job,
-            &pid.to_string(),
-        ],
-        None,
-    );
-    wait_until("the attach supervisor's control socket", || socket.exists());
+    let socket = Harness::control_socket(pid);
+    let attach = h.attach(pid);
     target.wait_for_ticks(10);
     // Without --job, a direct checkpoint would name the job after the program: the image
     // being in <store>/<job>/rank0 shows it went through the attach supervisor.
@@ -311,8 +298,7 @@ fn restore_detach_leaves_the_process_running_unsupervised() {
         parent_and_group(pid).is_none_or(|(ppid, _)| ppid != restorer)
     });
     assert!(pid_alive(pid), "the detached process ended early");
-    let socket =
-        mlckpt::supervisor::control::socket_path(&mlckpt::tiers::config::runtime_dir(), pid);
+    let socket = Harness::control_socket(pid);
     assert!(
         !socket.exists(),
         "a detached process has a supervisor socket"

@@ -869,6 +869,24 @@ impl Harness {
         Proc::spawn(&label, self.command(&args), feed)
     }
 
+    /// Where the supervisor of `pid` listens.
+    pub fn control_socket(pid: i32) -> PathBuf {
+        mlckpt::supervisor::control::socket_path(&mlckpt::tiers::config::runtime_dir(), pid)
+    }
+
+    /// `mlckpt attach --config CFG --job JOB PID`, returned once it supervises PID (its
+    /// control socket is there).
+    pub fn attach(&self, pid: i32) -> Proc {
+        let socket = Harness::control_socket(pid);
+        let _ = std::fs::remove_file(&socket); // stale, from an earlier process with this PID
+        let config = self.config.to_str().unwrap();
+        let pid_arg = pid.to_string();
+        let args = ["attach", "--config", config, "--job", &self.job, &pid_arg];
+        let attach = self.start(&args, None);
+        wait_until("the attach supervisor's control socket", || socket.exists());
+        attach
+    }
+
     /// The program started directly, without mlckpt: the reference.
     pub fn plain(&self, prog: &Prog) -> Proc {
         self.direct("reference run", prog, &self.ref_dir())
