@@ -11,7 +11,8 @@
 //! (5) gettid — threads.c's own checks, plus the restored process's `/proc/PID/task` is the
 //! original's TID set; (4) every pre-existing thread joinable and a new thread after the
 //! restore; blocked threads woken exactly as without the checkpoint; (6) ten checkpoint ->
-//! kill -> restore cycles in one run; (7) 4, 16 and 64 threads, with their freeze times.
+//! kill -> restore cycles in one run; (7) 4, 16 and 64 threads, with their freeze times;
+//! (8) checkpoints while threads are being created.
 
 mod common;
 
@@ -268,4 +269,29 @@ fn many_threads_and_freeze_times() {
             workers + 2
         );
     }
+}
+
+/// (8) Checkpoints that land while threads are being born: spawner.c creates and joins
+/// threads without pause, so freezes catch its main thread inside clone(), where a pending
+/// stop request is used up by the clone event and the newborn thread is already attached.
+/// Every checkpoint must finish (the run is not frozen for good), and the last one restores.
+#[test]
+fn checkpoints_while_threads_are_born() {
+    const TICKS: usize = 1500;
+    let h = Harness::new("spawner");
+    let prog = Prog::c("spawner", &[&TICKS.to_string()]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    for i in 0..12 {
+        h.checkpoint(pid, false);
+        run.wait_for_ticks(12 + 2 * i);
+    }
+    let last = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    let after = h.restore_to_end(&last.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &after, pid);
 }

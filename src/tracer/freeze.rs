@@ -109,6 +109,9 @@ impl Frozen {
                 Ok(()) => {}
                 // Exited between listing and seizing: nothing to checkpoint.
                 Err(PtraceError::Gone { .. }) => continue,
+                // Born of a thread stopped inside clone(): the kernel attached it to us
+                // already (PTRACE_O_TRACECLONE), and it starts in a stop of its own.
+                Err(_) if tracer_of(self.pid, tid) == Some(nix::unistd::getpid()) => {}
                 Err(source) => {
                     return Err(FreezeError::Seize {
                         pid: self.pid.as_raw(),
@@ -130,21 +133,31 @@ impl Frozen {
     }
 
     /// Waits for the interrupt stop; a signal that gets in first is held back for detach.
+    ///
+    /// Any other stop that comes first (a signal, or the clone event of a thread being
+    /// born) consumes the pending interrupt: the kernel clears it at every trap. So the
+    /// thread is interrupted again once it is let go from that stop, or it would run on
+    /// and this wait would never end.
     fn wait_interrupted(&mut self, tid: Pid) -> Result<(), FreezeError> {
         loop {
             match ptrace::wait_stop(tid, "freeze")? {
                 Stop::Interrupted => return Ok(()),
-                Stop::Signal(sig) => {
-                    if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
-                        t.pending = Some(sig);
-                    }
-                    ptrace::cont(tid, None)?;
-                }
                 Stop::Exited(_) | Stop::Killed(_) => {
                     self.threads.remove(&tid.as_raw());
                     return Ok(());
                 }
-                Stop::Syscall | Stop::Event(_) => ptrace::cont(tid, None)?,
+                Stop::Signal(sig) => {
+                    if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
+                        t.pending = Some(sig);
+                    }
+                }
+                Stop::Syscall | Stop::Event(_) => {}
+            }
+            ptrace::cont(tid, None)?;
+            match ptrace::interrupt(tid) {
+                // Exiting: the next wait collects the exit.
+                Ok(()) | Err(PtraceError::Gone { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -206,6 +219,14 @@ impl Frozen {
 fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// The tracer of thread `tid` of `pid`, from its `TracerPid` (None: untraced or gone).
+fn tracer_of(pid: Pid, tid: Pid) -> Option<Pid> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("TracerPid:"))?;
+    let tracer: i32 = line["TracerPid:".len()..].trim().parse().ok()?;
+    (tracer != 0).then(|| Pid::from_raw(tracer))
 }
 
 /// The parent PID from `/proc/PID/stat` (the field after the parenthesised command).

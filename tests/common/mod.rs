@@ -467,6 +467,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What a supervisor said often explains a failure seen elsewhere.
+            eprintln!("--- {} stderr so far:\n{}---", self.label, self.err.text());
+        }
         // Kill the target if it is still ours (our child's child or in our group), then the group.
         let pgid = self.child_pid();
         if let Some(t) = self.target
