@@ -273,3 +273,55 @@ fn snapshot_image_with_threads_restores_like_a_frozen_one() {
     assert!(after.contains("final joined=8 new_thread=1"), "{after}");
     assert_resumed(&reference, &output, &after, asked..asked + 3, pid, pid);
 }
+
+/// A supervised restore starts write tracking before the restored process runs, from the
+/// image's own page list: the first checkpoint after it is an increment over the restored
+/// image, and restores exactly (the second restore continues where the first left).
+fn increment_after_restore(name: &str, prog: &Prog, ticks: [usize; 3]) -> (Ckpt, Ckpt) {
+    let h = Harness::new(name);
+    h.set_config("keep = 100\n[interval]\nlocal = 0\n");
+    let reference = h.plain(prog);
+    let mut run = h.run(prog);
+    run.wait_for_ticks(ticks[0]);
+    let pid = run.target_pid();
+    let first = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+
+    let mut restored = h.restore(&first.path, prog);
+    restored.set_target(pid);
+    restored.wait_for_ticks(ticks[1]);
+    let next = h.checkpoint(pid, false);
+    restored.wait_for_ticks(ticks[2]);
+    let last = h.checkpoint(pid, true);
+    let middle = restored.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    assert_eq!(next.mode, "precopy", "{next:?}");
+    assert_eq!(
+        (chain_depth(&next.path), chain_depth(&last.path)),
+        (chain_depth(&first.path) + 1, chain_depth(&first.path) + 2),
+        "the checkpoints after the restore build on the restored image"
+    );
+
+    let after = h.restore_to_end(&last.path, prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &format!("{before}{middle}"), &after, pid);
+    (first, next)
+}
+
+#[test]
+fn the_first_checkpoint_after_a_restore_is_an_increment() {
+    let prog = Prog::c("memory", &["32", "90"]);
+    let (first, next) = increment_after_restore("afterrestore", &prog, [10, 4, 10]);
+    assert!(
+        next.bytes < first.bytes / 4,
+        "only pages written since the restore are stored: {} vs {}",
+        next.bytes,
+        first.bytes
+    );
+}
+
+#[test]
+fn tracking_from_a_restore_sees_every_kind_of_change() {
+    increment_after_restore("mutrestore", &Prog::c("mutator", &["70"]), [12, 10, 20]);
+}

@@ -11,9 +11,9 @@ use mlckpt::image::{self, Image, PageCheck};
 use mlckpt::supervisor::{self, JobContext};
 use mlckpt::tiers::config::Config;
 use mlckpt::tiers::recovery::{self, Candidate, Verdict};
-use mlckpt::tracer::restore::{RestoreError, RestoreOptions, restore as rebuild};
-use nix::unistd::Pid;
-use std::path::PathBuf;
+use mlckpt::tracer::precopy::Tracking;
+use mlckpt::tracer::restore::{RestoreError, RestoreOptions, Restored, restore as rebuild};
+use std::path::{Path, PathBuf};
 
 pub struct Flags {
     pub new_pid: bool,
@@ -31,6 +31,7 @@ pub fn restore(
     let opts = RestoreOptions {
         new_pid: flags.new_pid,
         keep_files: flags.keep_files,
+        track_writes: !detach && config.image.write_tracking,
     };
     let (image, pages) = match path {
         Some(dir) => {
@@ -51,15 +52,30 @@ pub fn restore(
             let topology = topology(args, &config)?;
             let ctx = JobContext::new(config.clone(), job, topology);
             let signals = prepare(&ctx, detach)?;
-            let (image, pid) = restore_newest(&ctx, &opts)?;
-            return restored(&image, pid, &config, args, detach, signals);
+            let (image, process) = restore_newest(&ctx, &opts)?;
+            return restored(&image, process, &config, args, detach, signals);
         }
     };
     let ctx = supervision_context(&image, &config, args)?;
     let signals = prepare(&ctx, detach)?;
-    let pid = rebuild_checking(&image, pages, &opts)
+    let process = rebuild_checking(&image, pages, &tracking_from(&opts, &image.dir, &ctx))
         .with_context(|| format!("cannot restore {}", image.dir.display()))?;
-    restored(&image, pid, &config, args, detach, signals)
+    restored(&image, process, &config, args, detach, signals)
+}
+
+/// `opts`, with write tracking carried on from the image only if it is where the next
+/// checkpoints look for their parent (the node-local directory): the copy on another tier
+/// may stand in for a local image that was found damaged, which increments must not
+/// build on.
+fn tracking_from(opts: &RestoreOptions, image: &Path, ctx: &JobContext) -> RestoreOptions {
+    let same = |a: &Path, b: &Path| {
+        matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+    };
+    let local = image.parent().is_some_and(|dir| same(dir, &ctx.paths.local));
+    RestoreOptions {
+        track_writes: opts.track_writes && local,
+        ..opts.clone()
+    }
 }
 
 /// Checks what supervision needs before anything is restored, and blocks the signals the
@@ -92,12 +108,13 @@ fn supervision_context(
 
 fn restored(
     image: &Image,
-    pid: Pid,
+    process: Restored,
     config: &Config,
     args: &JobArgs,
     detach: bool,
     signals: nix::sys::signal::SigSet,
 ) -> anyhow::Result<i32> {
+    let pid = process.pid;
     eprintln!(
         "mlckpt: restored {} (seq {}) as PID {pid}",
         image.dir.display(),
@@ -107,7 +124,8 @@ fn restored(
         return Ok(0);
     }
     let ctx = supervision_context(image, config, args)?;
-    Ok(supervisor::supervise(&ctx, pid, true, signals)?)
+    let tracking = process.tracker.map(Tracking::adopted).unwrap_or_default();
+    Ok(supervisor::supervise(&ctx, pid, true, signals, tracking)?)
 }
 
 /// Restores `image`, hashing its pages meanwhile; the process runs only if they are intact.
@@ -115,7 +133,7 @@ fn rebuild_checking(
     image: &Image,
     pages: PageCheck,
     opts: &RestoreOptions,
-) -> Result<Pid, RestoreError> {
+) -> Result<Restored, RestoreError> {
     let check = std::thread::spawn(move || pages.verify());
     rebuild(image, opts, || {
         check.join().expect("page check thread panicked")
@@ -123,7 +141,7 @@ fn rebuild_checking(
 }
 
 /// Restores the newest valid image on any tier, saying what each candidate it looked at was.
-fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Image, Pid)> {
+fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Image, Restored)> {
     let dirs = recovery::look(&ctx.paths);
     for d in &dirs {
         match &d.images {
@@ -141,9 +159,9 @@ fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Im
             ),
         }
     }
-    let mut outcome: Option<anyhow::Result<(Image, Pid)>> = None;
+    let mut outcome: Option<anyhow::Result<(Image, Restored)>> = None;
     let choice = recovery::choose(recovery::candidates(&dirs), |c| {
-        let (verdict, result) = try_candidate(c, opts);
+        let (verdict, result) = try_candidate(c, &tracking_from(opts, &c.path, ctx));
         print_candidate(c, &verdict);
         outcome = result;
         verdict
@@ -174,7 +192,7 @@ fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Im
 fn try_candidate(
     c: &Candidate,
     opts: &RestoreOptions,
-) -> (Verdict, Option<anyhow::Result<(Image, Pid)>>) {
+) -> (Verdict, Option<anyhow::Result<(Image, Restored)>>) {
     let bad = |e: &image::verify::VerifyError| Verdict::Bad {
         what: e.verdict(),
         why: e.to_string(),
@@ -184,7 +202,7 @@ fn try_candidate(
         Err(e) => return (bad(&e), None),
     };
     match rebuild_checking(&image, pages, opts) {
-        Ok(pid) => (Verdict::Ok, Some(Ok((image, pid)))),
+        Ok(process) => (Verdict::Ok, Some(Ok((image, process)))),
         Err(RestoreError::Verify(e)) => (bad(&e), None),
         Err(e) => {
             let context = format!("cannot restore {}", image.dir.display());

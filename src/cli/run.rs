@@ -3,6 +3,7 @@
 use super::{JobArgs, job_name, load_config, topology};
 use anyhow::Context;
 use mlckpt::supervisor::{self, JobContext};
+use mlckpt::tracer::precopy::Tracking;
 use nix::unistd::Pid;
 use std::process::Command;
 
@@ -29,7 +30,13 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
         argv[0],
         describe(&ctx)
     );
-    Ok(supervisor::supervise(&ctx, pid, true, signals)?)
+    Ok(supervisor::supervise(
+        &ctx,
+        pid,
+        true,
+        signals,
+        Tracking::default(),
+    )?)
 }
 
 pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
@@ -42,6 +49,7 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
         Pid::from_raw(pid),
         false,
         signals,
+        Tracking::default(),
     )?)
 }
 

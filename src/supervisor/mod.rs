@@ -107,6 +107,7 @@ pub fn supervise(
     pid: Pid,
     is_child: bool,
     signals: SigSet,
+    tracking: Tracking,
 ) -> Result<i32, SuperviseError> {
     ctx.check_intervals()?;
     let setup = |what| move |source: std::io::Error| SuperviseError::Setup { what, source };
@@ -123,7 +124,7 @@ pub fn supervise(
         copier: Copier::start(&ctx.paths, ctx.config.storage.keep, &gate),
         gate,
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
-        tracking: RefCell::default(),
+        tracking: RefCell::new(tracking),
     };
     if ctx.config.image.write_tracking {
         // Now rather than at the first checkpoint: setting it up stops the target briefly,

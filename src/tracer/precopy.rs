@@ -7,12 +7,13 @@
 
 use super::dump::{Clock, DumpError};
 use super::freeze::Frozen;
-use super::inspect::{FlagHints, RegionPlan};
+use super::inspect::{self, FlagHints, RegionPlan};
 use super::memory::ProcessMemory;
 use super::page_index::PageSource;
 use super::pages::{PageSink, ParentPages, batches};
 use super::remote::RemoteThread;
 use super::tracker::{TrackError, WriteTracker, pins_memory};
+use crate::image::format::Manifest;
 use crate::image::writer::ImageWriter;
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
@@ -87,6 +88,38 @@ impl Tracking {
     pub fn reset(&mut self) {
         self.tracker = None;
     }
+}
+
+impl Tracking {
+    /// Tracking that goes on with `tracker`, made when the target was restored.
+    pub fn adopted(tracker: WriteTracker) -> Tracking {
+        Tracking {
+            tracker: Some(tracker),
+            ..Tracking::default()
+        }
+    }
+}
+
+/// Tracks the writes of a process restored from the image `manifest` describes (whose
+/// hash is `blake3`), set up through `remote` (its main
+/// thread) while no thread of it has run yet; `stub` is the restorer's area, unmapped
+/// before the process runs. The first checkpoint after the restore can then be an
+/// increment over the image instead of a full one.
+pub fn track_restored(
+    pid: Pid,
+    remote: &mut RemoteThread,
+    manifest: &Manifest,
+    blake3: String,
+    stub: (u64, u64),
+) -> Result<WriteTracker, DumpError> {
+    let hints = inspect::flag_hints(pid)?;
+    let plans: Vec<RegionPlan> = inspect::read_regions_with(pid, &hints)?
+        .into_iter()
+        .filter(|p| p.region.end <= stub.0 || stub.1 <= p.region.start)
+        .collect();
+    let mut tracker = WriteTracker::create(pid, remote)?;
+    tracker.adopt_image(&plans, &hints, (manifest.seq, blake3), &manifest.regions);
+    Ok(tracker)
 }
 
 fn start_tracker(pid: Pid) -> Result<WriteTracker, DumpError> {

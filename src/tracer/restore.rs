@@ -4,11 +4,13 @@
 
 use super::child::{ChildFailure, ChildPlan, PlannedFile, Step, child_main};
 use super::memory::MemoryError;
+use super::precopy;
 use super::ptrace::{self, PtraceError, Stop};
 use super::remote::RemoteError;
 use super::rethread::Rethreader;
 use super::stub::{self, Expect, Op};
 use super::sys;
+use super::tracker::WriteTracker;
 use crate::image::Image;
 use crate::image::format::{
     Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE, PAGES_FILE,
@@ -87,9 +89,18 @@ pub struct RestoreOptions {
     pub new_pid: bool,
     /// Leave files that grew since the checkpoint as they are (default: truncate back).
     pub keep_files: bool,
+    /// Start write tracking before the process runs (its supervisor goes on with it).
+    pub track_writes: bool,
 }
 
-/// Rebuilds the image's process as a child of the caller and lets it run. Returns its PID.
+/// A restored process, running.
+pub struct Restored {
+    pub pid: Pid,
+    /// Its write tracker (with `track_writes`, when the kernel allows tracking).
+    pub tracker: Option<WriteTracker>,
+}
+
+/// Rebuilds the image's process as a child of the caller and lets it run.
 /// `pages_verified` says whether the image's page contents are intact (the caller may be
 /// checking them while they are read): it is asked before anything that cannot be undone,
 /// cutting back files or letting the process run; on failure the process is killed.
@@ -97,7 +108,7 @@ pub fn restore(
     image: &Image,
     opts: &RestoreOptions,
     pages_verified: impl FnOnce() -> Result<(), VerifyError>,
-) -> Result<Pid, RestoreError> {
+) -> Result<Restored, RestoreError> {
     let m = &image.manifest;
     if m.threads.is_empty() {
         return Err(RestoreError::NoThreads);
@@ -126,10 +137,16 @@ pub fn restore(
     drop(sync_r);
     area.unmap_here();
     let outcome = drive_child(child, sync_w, &area, &m.process.pending_signals, &m.threads)
-        .and_then(|last| {
+        .and_then(|mut last| {
+            // Before the wait for the page check, which it may overlap.
+            let tracker = opts
+                .track_writes
+                .then(|| track_writes(image, &mut last, &area))
+                .flatten();
             pages_verified()?;
             cut_back(&fds.cut_back)?;
-            last.release(area.base, area.len)
+            last.release(area.base, area.len)?;
+            Ok(tracker)
         });
     if outcome.is_err() {
         let _ = kill(child, Signal::SIGKILL);
@@ -137,7 +154,19 @@ pub fn restore(
     }
     let outcome = outcome.map_err(|e| explain_child_exit(e, report.cast(), &plan));
     sys::unmap(report, 4096);
-    outcome.map(|()| child)
+    outcome.map(|tracker| Restored {
+        pid: child,
+        tracker,
+    })
+}
+
+/// Write tracking of the restored process, set up while none of its threads has run. None
+/// if it cannot be had: its supervisor then tries again once the process runs, and the
+/// first checkpoint after the restore is a full one.
+fn track_writes(image: &Image, last: &mut Rethreader, area: &StubArea) -> Option<WriteTracker> {
+    let blake3 = crate::image::verify::manifest_hash(&image.dir).ok()?;
+    let stub = (area.base, area.base + area.len);
+    precopy::track_restored(last.pid, &mut last.main, &image.manifest, blake3, stub).ok()
 }
 
 fn pid_taken(pid: i32) -> RestoreError {

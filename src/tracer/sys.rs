@@ -385,6 +385,8 @@ const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xc018_aa06;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+/// `UFFDIO_WRITEPROTECT_MODE_WP`: set protection (mode 0 clears it).
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
 
 /// An ioctl whose argument is one struct of plain integers.
@@ -428,7 +430,23 @@ pub fn uffd_unregister(uffd: std::os::fd::BorrowedFd, start: u64, len: u64) -> R
 /// `UFFDIO_WRITEPROTECT` with mode 0: removes write protection (and its markers) from
 /// `[start, start+len)`, so every page there reads as written again.
 pub fn uffd_unprotect(uffd: std::os::fd::BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
-    let mut wp = [start, len, 0u64]; // struct uffdio_writeprotect { range { start, len }, mode }
+    uffd_writeprotect(uffd, start, len, 0)
+}
+
+/// `UFFDIO_WRITEPROTECT` with `UFFDIO_WRITEPROTECT_MODE_WP`: protects every page of
+/// `[start, start+len)` (with `UFFD_FEATURE_WP_UNPOPULATED`, empty ones too), so that each
+/// reads as unwritten until its next write.
+pub fn uffd_protect(uffd: std::os::fd::BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
+    uffd_writeprotect(uffd, start, len, UFFDIO_WRITEPROTECT_MODE_WP)
+}
+
+fn uffd_writeprotect(
+    uffd: std::os::fd::BorrowedFd,
+    start: u64,
+    len: u64,
+    mode: u64,
+) -> Result<(), Errno> {
+    let mut wp = [start, len, mode]; // struct uffdio_writeprotect { range { start, len }, mode }
     // SAFETY: `wp` is a struct uffdio_writeprotect: three u64 fields the kernel reads.
     unsafe { ioctl_struct(uffd, UFFDIO_WRITEPROTECT, &mut wp) }.map(drop)
 }

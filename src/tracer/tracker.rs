@@ -23,7 +23,7 @@ use super::inspect::{FlagHints, RegionPlan, StorePolicy};
 use super::page_index::{PageIndex, PageSource};
 use super::remote::{RemoteError, RemoteThread};
 use super::sys::{self, PageRegion, ScanRequest};
-use crate::image::format::{Advice, Backing};
+use crate::image::format::{Advice, Backing, MemoryRegion};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::fs::File;
@@ -102,6 +102,15 @@ pub fn trackable(plan: &RegionPlan, hints: &FlagHints) -> bool {
 fn huge_paged(plan: &RegionPlan, hints: &FlagHints) -> bool {
     let r = &plan.region;
     r.advice.contains(&Advice::HugePage) || hints.huge((r.start, r.end)).unwrap_or(0) > 0
+}
+
+/// How a newly registered range's pages start out.
+#[derive(Clone, Copy)]
+enum Protection {
+    /// Unprotected: the next scan reports every page with data (and protects it).
+    Cleared,
+    /// Protected: only pages written from now on are reported.
+    Set,
 }
 
 /// Whether `pid` has pages pinned for device I/O (`VmPin` in `/proc/PID/status`).
@@ -196,22 +205,63 @@ impl WriteTracker {
                 self.drop_range(s, e);
             }
         }
-        for plan in plans {
-            let (start, end) = (plan.region.start, plan.region.end);
-            if self.covers(start, end) || !trackable(plan, hints) {
-                continue;
+        for (start, end) in self.untracked(plans, hints) {
+            self.register(start, end, Protection::Cleared);
+        }
+    }
+
+    /// Starts tracking a process restored from image `seq` (manifest hash `blake3`, memory
+    /// `regions`) before it runs: its memory holds what the image's runs say and nothing
+    /// else, so every page is protected now and the index refers to the image for each page
+    /// with data. The next checkpoint can then be an increment over that image.
+    pub fn adopt_image(
+        &mut self,
+        plans: &[RegionPlan],
+        hints: &FlagHints,
+        (seq, blake3): (u64, String),
+        regions: &[MemoryRegion],
+    ) {
+        for (start, end) in self.untracked(plans, hints) {
+            self.register(start, end, Protection::Set);
+        }
+        for run in regions.iter().flat_map(|r| &r.runs) {
+            if self.covers(run.addr, run.addr + run.len) {
+                let source = PageSource::Stored {
+                    image: Some(run.image.unwrap_or(seq)),
+                    offset: run.offset,
+                };
+                self.index.set(run.addr, run.addr + run.len, source);
             }
-            let reg = sys::uffd_register_wp(self.uffd.as_fd(), start, end - start);
-            let unprot =
-                reg.and_then(|()| sys::uffd_unprotect(self.uffd.as_fd(), start, end - start));
-            match unprot {
-                Ok(()) => {
-                    self.index.remove(start, end);
-                    self.add_range(start, end);
-                }
-                Err(_) => {
-                    let _ = sys::uffd_unregister(self.uffd.as_fd(), start, end - start);
-                }
+        }
+        self.epoch = Some((seq, blake3));
+    }
+
+    /// The trackable regions of `plans` not tracked yet.
+    fn untracked(&self, plans: &[RegionPlan], hints: &FlagHints) -> Vec<(u64, u64)> {
+        plans
+            .iter()
+            .filter(|p| trackable(p, hints))
+            .map(|p| (p.region.start, p.region.end))
+            .filter(|&(start, end)| !self.covers(start, end))
+            .collect()
+    }
+
+    /// Registers `[start, end)` and sets its pages' protection as `protection` says. A
+    /// range the kernel refuses stays untracked.
+    fn register(&mut self, start: u64, end: u64, protection: Protection) {
+        let uffd = self.uffd.as_fd();
+        let registered =
+            sys::uffd_register_wp(uffd, start, end - start).and_then(|()| match protection {
+                Protection::Cleared => sys::uffd_unprotect(uffd, start, end - start),
+                Protection::Set => sys::uffd_protect(uffd, start, end - start),
+            });
+        match registered {
+            Ok(()) => {
+                self.index.remove(start, end);
+                self.add_range(start, end);
+            }
+            Err(_) => {
+                let _ = sys::uffd_unregister(uffd, start, end - start);
             }
         }
     }
