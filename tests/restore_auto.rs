@@ -163,3 +163,47 @@ fn auto_without_any_image_fails_clearly() {
         res.describe()
     );
 }
+
+/// After `--auto` passed over a damaged image, the checkpoints of the restored process
+/// must not take pages from it (it stays the newest image in the directory until then):
+/// the next image builds on the one restored, and restores.
+#[test]
+fn checkpoints_after_a_damaged_image_do_not_build_on_it() {
+    let h = Harness::new("auto-after-damaged");
+    // Compared by content, every page the restored process writes as seq 2 holds it would
+    // match seq 2's copy.
+    h.set_config("[image]\nwrite_tracking = false\n");
+    let t = run_with_two_images(&h);
+    damage(&t.second.path.join("pages.bin"), Damage::FlipBit);
+    let mut restore = h.restore_with(&["--auto", "--job", &h.job], &prog());
+    restore.set_target(t.pid);
+    restore.wait_for_ticks(5);
+    let third = h.checkpoint(t.pid, true);
+    let middle = restore.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(t.pid);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(third.path.join("manifest.json")).unwrap()).unwrap();
+    let parents: Vec<u64> = manifest["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        parents,
+        [1],
+        "seq 3 builds on the restored seq 1, never on damaged seq 2"
+    );
+    h.mlckpt(&["verify".as_ref(), third.path.as_os_str()])
+        .expect_code(0);
+    let after = h.restore_to_end(&third.path, &prog(), t.pid, |_, _| {});
+    let reference = t.reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_resumed(
+        &reference,
+        &t.before,
+        &format!("{middle}{after}"),
+        t.first_window.clone(),
+        t.pid,
+        t.pid,
+    );
+}

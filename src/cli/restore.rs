@@ -8,9 +8,10 @@
 use super::{JobArgs, load_config, topology};
 use anyhow::{Context, bail};
 use mlckpt::image::{self, Image, PageCheck};
-use mlckpt::supervisor::{self, JobContext};
+use mlckpt::supervisor::{self, JobContext, Lineage};
 use mlckpt::tiers::config::Config;
 use mlckpt::tiers::recovery::{self, Candidate, Verdict};
+use mlckpt::tracer::pages::ParentChoice;
 use mlckpt::tracer::precopy::Tracking;
 use mlckpt::tracer::restore::{RestoreError, RestoreOptions, Restored, restore as rebuild};
 use std::path::{Path, PathBuf};
@@ -63,19 +64,23 @@ pub fn restore(
     restored(&image, process, &config, args, detach, signals)
 }
 
-/// `opts`, with write tracking carried on from the image only if it is where the next
-/// checkpoints look for their parent (the node-local directory): the copy on another tier
-/// may stand in for a local image that was found damaged, which increments must not
-/// build on.
+/// `opts`, with write tracking carried on from the image only if the next checkpoints can
+/// build on it: increments refer to parents in the node-local directory.
 fn tracking_from(opts: &RestoreOptions, image: &Path, ctx: &JobContext) -> RestoreOptions {
-    let same = |a: &Path, b: &Path| {
-        matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
-    };
-    let local = image.parent().is_some_and(|dir| same(dir, &ctx.paths.local));
     RestoreOptions {
-        track_writes: opts.track_writes && local,
+        track_writes: opts.track_writes && in_local_dir(image, ctx),
         ..opts.clone()
     }
+}
+
+/// Whether `image` is in the node-local directory of the job's rank. The next checkpoint
+/// builds on it then (and not on a newer image there, which the restore may have passed
+/// over as damaged); restored from another tier, it is a full image.
+fn in_local_dir(image: &Path, ctx: &JobContext) -> bool {
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    image
+        .parent()
+        .is_some_and(|dir| same(dir, &ctx.paths.local))
 }
 
 /// Checks what supervision needs before anything is restored, and blocks the signals the
@@ -124,8 +129,15 @@ fn restored(
         return Ok(0);
     }
     let ctx = supervision_context(image, config, args)?;
-    let tracking = process.tracker.map(Tracking::adopted).unwrap_or_default();
-    Ok(supervisor::supervise(&ctx, pid, true, signals, tracking)?)
+    let lineage = Lineage {
+        tracking: process.tracker.map(Tracking::adopted).unwrap_or_default(),
+        parent: if in_local_dir(&image.dir, &ctx) {
+            ParentChoice::Restored(image.manifest.seq)
+        } else {
+            ParentChoice::Full
+        },
+    };
+    Ok(supervisor::supervise(&ctx, pid, true, signals, lineage)?)
 }
 
 /// Restores `image`, hashing its pages meanwhile; the process runs only if they are intact.

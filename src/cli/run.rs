@@ -2,8 +2,7 @@
 
 use super::{JobArgs, job_name, load_config, topology};
 use anyhow::Context;
-use mlckpt::supervisor::{self, JobContext};
-use mlckpt::tracer::precopy::Tracking;
+use mlckpt::supervisor::{self, JobContext, Lineage};
 use nix::unistd::Pid;
 use std::process::Command;
 
@@ -35,7 +34,7 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
         pid,
         true,
         signals,
-        Tracking::default(),
+        Lineage::default(),
     )?)
 }
 
@@ -49,7 +48,7 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
         Pid::from_raw(pid),
         false,
         signals,
-        Tracking::default(),
+        Lineage::default(),
     )?)
 }
 

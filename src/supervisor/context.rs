@@ -11,11 +11,22 @@ use crate::tiers::placement::{Copied, PlaceError, Placer};
 use crate::tiers::retention;
 use crate::tiers::topology::Topology;
 use crate::tracer::dump::{self, CheckpointRequest, CheckpointStats};
+use crate::tracer::pages::ParentChoice;
 use crate::tracer::precopy::Tracking;
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// What a supervisor's next checkpoint of its process builds on.
+#[derive(Default)]
+pub struct Lineage {
+    /// Write tracking of the process, kept from one checkpoint to the next.
+    pub tracking: Tracking,
+    /// The image the next one may refer to; after a restore, the image restored (or none),
+    /// then the newest, which is the supervisor's own last one.
+    pub parent: ParentChoice,
+}
 
 /// Which job and rank images belong to, and where each tier keeps them.
 #[derive(Debug, Clone)]
@@ -77,14 +88,14 @@ impl JobContext {
     }
 
     /// Writes a local image of `pid`, then deletes local images beyond `keep`, sparing
-    /// those in `in_use` (being copied). `tracking` is the supervisor's write tracking of
-    /// `pid`, if it has one.
+    /// those in `in_use` (being copied). `lineage` is the supervisor's, if `pid` has one
+    /// (without, the image builds on the newest one and memory is not write-tracked).
     pub fn checkpoint_local(
         &self,
         pid: Pid,
         kill: bool,
         in_use: &BTreeSet<PathBuf>,
-        tracking: Option<&mut Tracking>,
+        mut lineage: Option<&mut Lineage>,
     ) -> Result<CheckpointStats, SuperviseError> {
         let request = CheckpointRequest {
             pid,
@@ -95,8 +106,16 @@ impl JobContext {
             seq: self.next_seq(),
             kill,
             full_every: self.config.image.full_every,
+            parent: lineage.as_ref().map(|l| l.parent).unwrap_or_default(),
         };
+        let tracking = lineage
+            .as_deref_mut()
+            .filter(|_| self.config.image.write_tracking)
+            .map(|l| &mut l.tracking);
         let stats = dump::checkpoint(&request, tracking)?;
+        if let Some(l) = lineage {
+            l.parent = ParentChoice::Newest;
+        }
         let mut protect = in_use.clone();
         protect.insert(stats.path.clone());
         let keep = self.config.storage.keep;

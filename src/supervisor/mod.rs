@@ -10,14 +10,13 @@ mod context;
 pub mod control;
 mod copier;
 
-pub use context::JobContext;
+pub use context::{JobContext, Lineage};
 
 use crate::image::format::TierKind;
 use crate::tiers::config::runtime_dir;
 use crate::tiers::placement::{Gate, PlaceError};
 use crate::tiers::schedule::Schedule;
 use crate::tracer::dump::{CheckpointStats, DumpError};
-use crate::tracer::precopy::Tracking;
 use crate::tracer::ptrace::{self, Stop};
 use crate::tracer::sys;
 use context::placed;
@@ -96,8 +95,7 @@ struct Supervisor<'a> {
     /// Held while a checkpoint runs: copies then wait rather than compete with the freeze.
     gate: Gate,
     schedule: Schedule,
-    /// Write tracking of the target, kept from one checkpoint to the next.
-    tracking: RefCell<Tracking>,
+    lineage: RefCell<Lineage>,
 }
 
 /// Supervises `pid` until it exits; returns the exit code to pass on. Copies still under
@@ -107,7 +105,7 @@ pub fn supervise(
     pid: Pid,
     is_child: bool,
     signals: SigSet,
-    tracking: Tracking,
+    lineage: Lineage,
 ) -> Result<i32, SuperviseError> {
     ctx.check_intervals()?;
     let setup = |what| move |source: std::io::Error| SuperviseError::Setup { what, source };
@@ -124,13 +122,13 @@ pub fn supervise(
         copier: Copier::start(&ctx.paths, ctx.config.storage.keep, &gate),
         gate,
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
-        tracking: RefCell::new(tracking),
+        lineage: RefCell::new(lineage),
     };
     if ctx.config.image.write_tracking {
         // Now rather than at the first checkpoint: setting it up stops the target briefly,
         // and that checkpoint's freeze should be its only stop.
         let mut stopped = Duration::ZERO;
-        let _ = sup.tracking.get_mut().ready(pid, &mut stopped);
+        let _ = sup.lineage.get_mut().tracking.ready(pid, &mut stopped);
     }
     loop {
         let mut fds = [
@@ -184,16 +182,13 @@ impl Supervisor<'_> {
         reply: impl FnOnce(&CheckpointStats) -> Option<Reply>,
     ) -> Result<CheckpointStats, SuperviseError> {
         let held = self.gate.hold();
-        let mut tracking = self.tracking.borrow_mut();
-        let tracking = self
-            .ctx
-            .config
-            .image
-            .write_tracking
-            .then_some(&mut *tracking);
-        let stats = self
-            .ctx
-            .checkpoint_local(self.pid, kill, &self.copier.in_use(), tracking)?;
+        let mut lineage = self.lineage.borrow_mut();
+        let stats = self.ctx.checkpoint_local(
+            self.pid,
+            kill,
+            &self.copier.in_use(),
+            Some(&mut *lineage),
+        )?;
         drop(held);
         if tier != TierKind::Local {
             self.copier.submit(tier, &stats.path, reply(&stats));

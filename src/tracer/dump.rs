@@ -5,7 +5,7 @@ use super::freeze::{FreezeError, Frozen, parent_of};
 use super::hugepages;
 use super::inspect::{self, FlagHints, InspectError, RegionPlan, StorePolicy};
 use super::memory::{MemoryError, PageMap, ProcessMemory};
-use super::pages::{PageSink, ParentPages};
+use super::pages::{PageSink, ParentChoice, ParentPages};
 use super::precopy::{self, Tracking};
 use super::remote::RemoteError;
 use super::snapshot::Snapshot;
@@ -61,6 +61,8 @@ pub struct CheckpointRequest<'a> {
     pub kill: bool,
     /// A full image every `full_every` checkpoints; the others store only changed pages.
     pub full_every: u32,
+    /// The image in `rank_dir` the new one may build on.
+    pub parent: ParentChoice,
 }
 
 /// The result printed by `mlckpt checkpoint --json`.
@@ -175,7 +177,7 @@ fn dump(
     let mut clock = Clock::new(started);
     // Read before the freeze: it walks page tables, which takes long for big targets.
     let hints = inspect::flag_hints(req.pid)?;
-    let parent = ParentPages::newest(req.rank_dir, req.full_every);
+    let parent = ParentPages::choose(req.rank_dir, req.parent, req.full_every);
     let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
     let mem = ProcessMemory::open(req.pid)?;
     clock.lap("prepare");

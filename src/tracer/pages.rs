@@ -46,11 +46,30 @@ pub struct ParentPages {
     pages: HashMap<u64, PageRef>,
 }
 
+/// Which image of the directory a new one may build on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParentChoice {
+    /// The newest: the last one written.
+    #[default]
+    Newest,
+    /// Image `seq`: the one the process was restored from. Newer images in the directory
+    /// may be ones the restore passed over as damaged.
+    Restored(u64),
+    /// None: the next image is a full one.
+    Full,
+}
+
 impl ParentPages {
-    /// The newest image in `rank_dir`, if the next image may be an increment of it: the
-    /// chain stays shorter than `full_every`, and the parent's page table is intact.
-    pub fn newest(rank_dir: &Path, full_every: u32) -> Option<ParentPages> {
-        let (seq, dir) = store::list_images(rank_dir).ok()?.pop()?;
+    /// The image of `rank_dir` that `choice` names, if the next image may be an increment
+    /// of it: the chain stays shorter than `full_every`, and the parent's page table is
+    /// intact.
+    pub fn choose(rank_dir: &Path, choice: ParentChoice, full_every: u32) -> Option<ParentPages> {
+        let mut images = store::list_images(rank_dir).ok()?;
+        let (seq, dir) = match choice {
+            ParentChoice::Newest => images.pop()?,
+            ParentChoice::Restored(seq) => images.into_iter().find(|(s, _)| *s == seq)?,
+            ParentChoice::Full => return None,
+        };
         let image = Image::open(&dir).ok()?;
         if full_every <= 1 || image.manifest.chain_depth + 1 >= full_every {
             return None;
