@@ -77,10 +77,11 @@ fn tracking_from(opts: &RestoreOptions, image: &Path, ctx: &JobContext) -> Resto
 /// builds on it then (and not on a newer image there, which the restore may have passed
 /// over as damaged); restored from another tier, it is a full image.
 fn in_local_dir(image: &Path, ctx: &JobContext) -> bool {
-    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    let real = |p: &Path| p.canonicalize().ok();
     image
         .parent()
-        .is_some_and(|dir| same(dir, &ctx.paths.local))
+        .and_then(real)
+        .is_some_and(|dir| Some(dir) == real(&ctx.paths.local))
 }
 
 /// Checks what supervision needs before anything is restored, and blocks the signals the
