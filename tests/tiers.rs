@@ -1,7 +1,8 @@
 //! Multi-level storage in test mode (2 simulated nodes x 1 rank on this machine): partner
 //! and global copies made in the background, recovery after losing a node, a damaged
-//! partner copy, only a global image left, partial copies never chosen, the per-tier
-//! interval counts of the collision rule, and what copies cost (freeze time, throughput).
+//! partner copy, only a global image left, partial copies never chosen, the first
+//! checkpoint after a restore from another tier, the per-tier interval counts of the
+//! collision rule, and what copies cost (freeze time, throughput).
 
 mod common;
 
@@ -190,6 +191,58 @@ fn recovery_after_node_loss_falls_back_tier_by_tier() {
         );
     }
     assert_resumed(&reference, &before0, &res.stdout, 1..lines, pid0, pid0);
+}
+
+/// Restored from the global copy because the local image is damaged, the process's first
+/// checkpoint is a full image: increments refer to parents in the local directory, where
+/// the image restored is not (and where the damaged one is the newest).
+#[test]
+fn first_checkpoint_after_a_restore_from_another_tier_is_full() {
+    let h = Harness::new("tiers-after");
+    configure(&h, 5, "");
+    let prog = prog(120);
+    let reference = h.plain(&prog);
+    let mut run = h.run_with(&["--rank", "0"], &[], &prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    checkpoint_to(&h, pid, "local", &[]);
+    run.wait_for_ticks(20);
+    let (seq, _) = checkpoint_to(&h, pid, "global", &["--kill"]);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    let local = local_dir(&h, 0, 0).join(format!("ckpt-{seq:06}"));
+    damage(&local.join("pages.bin"), Damage::FlipBit);
+
+    let mut restore = h.restore_with(&["--auto", "--job", &h.job, "--rank", "0"], &prog);
+    restore.set_target(pid);
+    restore.wait_for_ticks(5);
+    let next = h.checkpoint_json(pid, &["--kill"]);
+    let middle = restore.finish(CMD_TIMEOUT).expect_code(KILLED);
+    wait_gone(pid);
+    line_with(
+        &middle,
+        &["candidate", &format!("seq {seq} global"), "ok -> chosen"],
+    );
+    let path = PathBuf::from(next["path"].as_str().expect("path"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            manifest["chain_depth"].as_u64(),
+            manifest["parents"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0)),
+        "a full image, building on nothing in the local directory: parents {}",
+        manifest["parents"]
+    );
+    let after = h.restore_to_end(&path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(
+        &reference,
+        &format!("{before}{}", middle.stdout),
+        &after,
+        pid,
+    );
 }
 
 /// local = 1 s, partner = 2 s, global = 4 s for about 9 s: checkpoint k (at second k) goes
