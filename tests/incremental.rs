@@ -1,7 +1,9 @@
 //! Incremental images, pre-copy and fork-snapshot checkpoints: a chain restores exactly, a
 //! missing or replaced parent is refused clearly, `full_every` bounds the chain, write
 //! tracking sees every way a page can change, and images taken while the target ran on
-//! (pre-copied, or from a fork-snapshot) restore like frozen ones, threads too.
+//! (pre-copied, or from a fork-snapshot) restore like frozen ones, threads too; a target
+//! that cannot fork is dumped while frozen, with a note; after a restore, tracking goes on
+//! from the restored image.
 
 mod common;
 
@@ -324,4 +326,82 @@ fn the_first_checkpoint_after_a_restore_is_an_increment() {
 #[test]
 fn tracking_from_a_restore_sees_every_kind_of_change() {
     increment_after_restore("mutrestore", &Prog::c("mutator", &["70"]), [12, 10, 20]);
+}
+
+/// A pids cgroup that lets its processes have at most `max` tasks (so a fork fails), removed
+/// when dropped. None where no pids controller can be used (cgroup v1 or v2).
+struct PidsLimit {
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl PidsLimit {
+    fn new(name: &str, max: u32) -> Option<PidsLimit> {
+        for root in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+            let root = Path::new(root).to_path_buf();
+            let dir = root.join(name);
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join("pids.max"), max.to_string()).is_ok() {
+                return Some(PidsLimit { dir, root });
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        None
+    }
+
+    fn add(&self, pid: i32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A target that cannot fork (its pids cgroup is full) is dumped while frozen, with a note,
+/// and that image restores like a snapshot one; the target runs on untouched.
+#[test]
+fn a_target_that_cannot_fork_is_dumped_frozen_with_a_note() {
+    let h = Harness::new("nofork");
+    h.set_config("[interval]\nlocal = 0\n[image]\nwrite_tracking = false\n");
+    let prog = Prog::c("memory", &["8", "60"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(5);
+    let pid = run.target_pid();
+    let Some(limit) = PidsLimit::new(&format!("mlckpt-test-nofork-{pid}"), 1) else {
+        eprintln!("note: no pids cgroup controller can be used here; skipping");
+        return;
+    };
+    limit.add(pid);
+    run.wait_for_ticks(8);
+    let asked = run.line_count();
+    let ckpt = h.checkpoint(pid, false);
+    assert_eq!(ckpt.mode, "frozen", "{ckpt:?}");
+    let finished = run.finish(CMD_TIMEOUT).expect_code(0);
+    drop(limit);
+    assert!(
+        finished.stderr.contains("fork-snapshot impossible"),
+        "the supervisor should say why it dumped while frozen\n{}",
+        finished.describe()
+    );
+    let after = h.restore_to_end(&ckpt.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_resumed(
+        &reference,
+        &finished.stdout,
+        &after,
+        asked..asked + 3,
+        pid,
+        pid,
+    );
 }
