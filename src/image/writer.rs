@@ -99,14 +99,6 @@ fn create_private_with(path: &Path, flags: i32) -> std::io::Result<File> {
         .open(path)
 }
 
-/// An empty buffer whose memory for `bytes` is mapped already.
-fn prefaulted(bytes: usize) -> PageBuf {
-    let mut buf = PageBuf::default();
-    buf.resize(bytes);
-    buf.resize(0);
-    buf
-}
-
 /// `pages.bin`, with `O_DIRECT` where the file system supports it (not tmpfs, say).
 fn create_pages_file(path: &Path) -> Result<File, WriteError> {
     match create_private_with(path, libc::O_DIRECT) {
@@ -160,9 +152,9 @@ impl ImageWriter {
             final_path,
             pipe: Some(PagePipe::start(pages, pages_path)),
             hasher: blake3::Hasher::new(),
-            stage: prefaulted(2 * STAGE_BYTES),
+            stage: PageBuf::mapped(2 * STAGE_BYTES),
             holding: false,
-            spare: vec![prefaulted(STAGE_BYTES)],
+            spare: vec![PageBuf::mapped(STAGE_BYTES)],
             written: 0,
             committed: false,
         })
@@ -174,7 +166,7 @@ impl ImageWriter {
             .spare
             .pop()
             .or_else(|| self.pipe.as_ref().and_then(|p| p.free.try_recv().ok()))
-            .unwrap_or_default();
+            .unwrap_or_else(|| PageBuf::mapped(len));
         buf.resize(len);
         buf
     }
@@ -249,7 +241,7 @@ impl ImageWriter {
         pipe.sent += 1;
         if pipe.full.send(data).is_err() {
             // The writer thread stopped on an error; `finish` reports it.
-            return self.pipe.take().expect("pipe").finish();
+            return self.pipe.take().expect("pipe").finish().map(drop);
         }
         Ok(())
     }
@@ -267,10 +259,12 @@ impl ImageWriter {
         page_hashes: &[u8],
     ) -> Result<CommittedImage, WriteError> {
         self.flush_stage()?;
-        self.pipe
+        let written = self
+            .pipe
             .take()
             .expect("pipe lives until commit")
             .finish()?;
+        written.into_iter().for_each(PageBuf::recycle);
         let pages_hash = self.hasher.finalize();
 
         let manifest_path = self.partial.join(MANIFEST_FILE);
@@ -352,10 +346,11 @@ impl PagePipe {
         }
     }
 
-    /// Waits for every batch to be written and durable.
-    fn finish(self) -> Result<(), WriteError> {
+    /// Waits for every batch to be written and durable; returns the buffers written.
+    fn finish(self) -> Result<Vec<PageBuf>, WriteError> {
         drop(self.full);
-        self.thread.join().expect("page writer thread panicked")
+        self.thread.join().expect("page writer thread panicked")?;
+        Ok(self.free.try_iter().collect())
     }
 }
 
@@ -398,5 +393,7 @@ impl Drop for ImageWriter {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.partial);
         }
+        std::mem::take(&mut self.stage).recycle();
+        self.spare.drain(..).for_each(PageBuf::recycle);
     }
 }

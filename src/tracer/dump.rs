@@ -177,10 +177,12 @@ fn dump(
     let mut clock = Clock::new(started);
     // Read before the freeze: it walks page tables, which takes long for big targets.
     let hints = inspect::flag_hints(req.pid)?;
+    clock.lap("prepare.smaps");
     let parent = ParentPages::choose(req.rank_dir, req.parent, req.full_every);
+    clock.lap("prepare.parent");
     let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
     let mem = ProcessMemory::open(req.pid)?;
-    clock.lap("prepare");
+    clock.lap("prepare.writer");
     if let Some(t) = tracker.as_deref_mut() {
         // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
         // than after it (the check while frozen below is the one that counts).
