@@ -51,6 +51,16 @@ fn chain_asked(h: &Harness, prog: &Prog, count: usize) -> (Vec<Ckpt>, Killed, Ve
     (images, killed, asked)
 }
 
+/// The uninterrupted reference run of `prog`, and a supervised run `ticks` ticks in, with
+/// its target's PID.
+fn reference_and_run(h: &Harness, prog: &Prog, ticks: usize) -> (Proc, Proc, i32) {
+    let reference = h.plain(prog);
+    let mut run = h.run(prog);
+    run.wait_for_ticks(ticks);
+    let pid = run.target_pid();
+    (reference, run, pid)
+}
+
 #[test]
 fn incremental_chain_of_five_restores_exactly() {
     let h = Harness::new("chain5");
@@ -194,10 +204,7 @@ fn a_mapping_moved_next_to_a_tracked_one_is_read_whole_again() {
     let h = Harness::new("remap");
     h.set_config("keep = 100\n[interval]\nlocal = 0\n");
     let prog = Prog::c("remap", &["60", "15"]);
-    let reference = h.plain(&prog);
-    let mut run = h.run(&prog);
-    run.wait_for_ticks(5);
-    let pid = run.target_pid();
+    let (reference, mut run, pid) = reference_and_run(&h, &prog, 5);
     let before_move = h.checkpoint(pid, false);
     run.wait_for_ticks(20);
     let after_move = h.checkpoint(pid, false);
@@ -251,10 +258,7 @@ fn snapshot_image_with_threads_restores_like_a_frozen_one() {
     // Without write tracking, a checkpoint of our child reads its memory from a fork.
     h.set_config("[interval]\nlocal = 0\n[image]\nwrite_tracking = false\n");
     let prog = Prog::c("threads", &["8", "40"]);
-    let reference = h.plain(&prog);
-    let mut run = h.run(&prog);
-    run.wait_for_ticks(6);
-    let pid = run.target_pid();
+    let (reference, run, pid) = reference_and_run(&h, &prog, 6);
     let asked = run.line_count();
     let snap = h.checkpoint(pid, false);
     assert_eq!(snap.mode, "snapshot");
@@ -282,10 +286,7 @@ fn snapshot_image_with_threads_restores_like_a_frozen_one() {
 fn increment_after_restore(name: &str, prog: &Prog, ticks: [usize; 3]) -> (Ckpt, Ckpt) {
     let h = Harness::new(name);
     h.set_config("keep = 100\n[interval]\nlocal = 0\n");
-    let reference = h.plain(prog);
-    let mut run = h.run(prog);
-    run.wait_for_ticks(ticks[0]);
-    let pid = run.target_pid();
+    let (reference, run, pid) = reference_and_run(&h, prog, ticks[0]);
     let first = h.checkpoint(pid, true);
     let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
     wait_gone(pid);
@@ -374,10 +375,7 @@ fn a_target_that_cannot_fork_is_dumped_frozen_with_a_note() {
     let h = Harness::new("nofork");
     h.set_config("[interval]\nlocal = 0\n[image]\nwrite_tracking = false\n");
     let prog = Prog::c("memory", &["8", "60"]);
-    let reference = h.plain(&prog);
-    let mut run = h.run(&prog);
-    run.wait_for_ticks(5);
-    let pid = run.target_pid();
+    let (reference, mut run, pid) = reference_and_run(&h, &prog, 5);
     let Some(limit) = PidsLimit::new(&format!("mlckpt-test-nofork-{pid}"), 1) else {
         eprintln!("note: no pids cgroup controller can be used here; skipping");
         return;

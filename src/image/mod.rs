@@ -28,8 +28,7 @@ pub fn open_verified(dir: &std::path::Path) -> Result<Image, verify::VerifyError
 #[derive(Debug)]
 pub struct PageCheck {
     own: verify::PagesToCheck,
-    /// A parent's pages, with the paths a failure names (the image, the parent).
-    parents: Vec<(std::path::PathBuf, std::path::PathBuf, verify::PagesToCheck)>,
+    parents: ParentChecks,
 }
 
 impl PageCheck {
@@ -75,11 +74,12 @@ impl Image {
     }
 }
 
-type ParentPages = Vec<(std::path::PathBuf, std::path::PathBuf, verify::PagesToCheck)>;
+/// Each parent's pages, with the paths a failure names (the image, the parent).
+type ParentChecks = Vec<(std::path::PathBuf, std::path::PathBuf, verify::PagesToCheck)>;
 
 /// Every parent must be present, intact, and the very image the child was made against;
 /// their page contents are returned to be checked.
-fn check_parents(image: &Image) -> Result<ParentPages, verify::VerifyError> {
+fn check_parents(image: &Image) -> Result<ParentChecks, verify::VerifyError> {
     use verify::VerifyError;
     let mut pages = Vec::new();
     for parent in &image.manifest.parents {

@@ -43,8 +43,9 @@ const BUFFERS_IN_FLIGHT: usize = 3;
 /// Submissions smaller than this are gathered into one write of at least this size.
 const STAGE_BYTES: usize = 4 << 20;
 
-/// Submissions at least this big are hashed on all cores.
-const PARALLEL_HASH_BYTES: usize = 1 << 20;
+/// Data at least this big is hashed on all cores; below, one core beats handing the work
+/// to the thread pool.
+pub const PARALLEL_HASH_BYTES: usize = 1 << 20;
 
 /// At most this much is kept in memory while held.
 const HOLD_BYTES: usize = 16 << 20;

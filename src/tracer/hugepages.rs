@@ -58,7 +58,7 @@ pub fn collapse(pid: Pid, ranges: &[(u64, u64)]) {
         return;
     };
     let lens: Vec<(u64, u64)> = ranges.iter().map(|&(s, e)| (s, e - s)).collect();
-    for chunk in lens.chunks(1024) {
+    for chunk in lens.chunks(sys::UIO_MAXIOV) {
         let _ = sys::process_madvise(pidfd.as_fd(), chunk, MADV_COLLAPSE);
     }
 }

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
 
+use super::sys;
 use crate::image::format::PAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,9 +20,6 @@ pub struct MemoryError {
     #[source]
     pub source: std::io::Error,
 }
-
-/// `process_vm_readv` takes at most this many iovecs per call (UIO_MAXIOV).
-const MAX_IOVECS: usize = 1024;
 
 /// Another process's address space.
 pub struct ProcessMemory {
@@ -78,7 +76,7 @@ impl ProcessMemory {
     /// total size.
     pub fn read_ranges(&self, ranges: &[(u64, usize)], buf: &mut [u8]) -> Result<(), MemoryError> {
         let mut done = 0;
-        for chunk in ranges.chunks(MAX_IOVECS) {
+        for chunk in ranges.chunks(sys::UIO_MAXIOV) {
             let total: usize = chunk.iter().map(|r| r.1).sum();
             let dst = &mut buf[done..done + total];
             if self.mem_only || self.vm_read(chunk, dst) != Some(total) {

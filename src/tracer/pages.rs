@@ -6,7 +6,7 @@ use super::dump::DumpError;
 use super::memory::ProcessMemory;
 use crate::image::format::{PAGE_HASH_BYTES, PAGE_HASHES_FILE, PAGE_SIZE, PageRun};
 use crate::image::pagebuf::PageBuf;
-use crate::image::writer::ImageWriter;
+use crate::image::writer::{ImageWriter, PARALLEL_HASH_BYTES};
 use crate::image::{Image, store, verify};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -15,9 +15,6 @@ use std::path::Path;
 /// Memory is read in batches of this size: the supervisor's memory stays small whatever
 /// the target's size.
 const BATCH_BYTES: u64 = 8 << 20;
-
-/// Below this, hashing on one core beats handing the work to the thread pool.
-const PARALLEL_BYTES: usize = 1 << 20;
 
 type PageHash = [u8; PAGE_HASH_BYTES];
 
@@ -186,7 +183,7 @@ impl<'a> PageSink<'a> {
             self.read_buf = buf;
             return Err(e.into());
         }
-        let page_hashes: Vec<PageHash> = match (self.hash_pages, total >= PARALLEL_BYTES) {
+        let page_hashes: Vec<PageHash> = match (self.hash_pages, total >= PARALLEL_HASH_BYTES) {
             (false, _) => Vec::new(),
             (true, true) => buf
                 .as_bytes()

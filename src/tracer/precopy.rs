@@ -36,6 +36,14 @@ pub struct Tracking {
 }
 
 impl Tracking {
+    /// Tracking that goes on with `tracker`, made when the target was restored.
+    pub fn adopted(tracker: WriteTracker) -> Tracking {
+        Tracking {
+            tracker: Some(tracker),
+            ..Tracking::default()
+        }
+    }
+
     /// The tracker of `pid`, created at first use (supervisors create it when they start):
     /// that takes a short stop of the target of its own, added to `stopped`. None (after a
     /// note) if tracking is not possible.
@@ -90,20 +98,9 @@ impl Tracking {
     }
 }
 
-impl Tracking {
-    /// Tracking that goes on with `tracker`, made when the target was restored.
-    pub fn adopted(tracker: WriteTracker) -> Tracking {
-        Tracking {
-            tracker: Some(tracker),
-            ..Tracking::default()
-        }
-    }
-}
-
 /// Tracks the writes of a process restored from the image `manifest` describes (whose
-/// hash is `blake3`), set up through `remote` (its main
-/// thread) while no thread of it has run yet; `stub` is the restorer's area, unmapped
-/// before the process runs. The first checkpoint after the restore can then be an
+/// hash is `blake3`), set up through `remote` (its main thread) while no thread of it has
+/// run yet; `stub` is the restorer's area, unmapped before the process runs. The first checkpoint after the restore can then be an
 /// increment over the image instead of a full one.
 pub fn track_restored(
     pid: Pid,

@@ -502,8 +502,11 @@ pub fn pagemap_scan(
     Ok((filled as usize, arg[4]))
 }
 
-/// `process_madvise(pidfd, ranges, advice)` for at most UIO_MAXIOV ranges; returns the
-/// bytes advised.
+/// Most iovecs one `process_vm_readv` or `process_madvise` call takes.
+pub const UIO_MAXIOV: usize = 1024;
+
+/// `process_madvise(pidfd, ranges, advice)` (`(start, len)` ranges, at most UIO_MAXIOV);
+/// returns the bytes advised.
 pub fn process_madvise(
     pidfd: std::os::fd::BorrowedFd,
     ranges: &[(u64, u64)],
@@ -512,7 +515,6 @@ pub fn process_madvise(
     use std::os::fd::AsRawFd;
     let iov: Vec<libc::iovec> = ranges
         .iter()
-        .take(1024)
         .map(|&(start, len)| libc::iovec {
             iov_base: start as *mut libc::c_void,
             iov_len: len as usize,
