@@ -107,11 +107,13 @@ impl Frozen {
         for &tid in tids {
             match ptrace::seize(tid, ptrace::checkpoint_options()) {
                 Ok(()) => {}
-                // Exited between listing and seizing: nothing to checkpoint.
-                Err(PtraceError::Gone { .. }) => continue,
                 // Born of a thread stopped inside clone(): the kernel attached it to us
                 // already (PTRACE_O_TRACECLONE), and it starts in a stop of its own.
-                Err(_) if tracer_of(self.pid, tid) == Some(nix::unistd::getpid()) => {}
+                Err(_) if tracer_of(self.pid, tid) == Some(nix::unistd::gettid()) => {}
+                // Exited between listing and seizing (ESRCH once gone, EPERM while it
+                // is exiting): nothing to checkpoint.
+                Err(PtraceError::Gone { .. }) => continue,
+                Err(_) if exiting(self.pid, tid) => continue,
                 Err(source) => {
                     return Err(FreezeError::Seize {
                         pid: self.pid.as_raw(),
@@ -126,6 +128,8 @@ impl Frozen {
                 Err(PtraceError::Gone { .. }) => {
                     self.threads.remove(&tid.as_raw());
                 }
+                // Exiting, and ours: the wait collects its exit.
+                Err(_) if exiting(self.pid, tid) => seized.push(tid),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -153,8 +157,7 @@ impl Frozen {
                 }
                 Stop::Syscall | Stop::Event(_) => {}
             }
-            ptrace::cont(tid, None)?;
-            match ptrace::interrupt(tid) {
+            match ptrace::cont(tid, None).and_then(|()| ptrace::interrupt(tid)) {
                 // Exiting: the next wait collects the exit.
                 Ok(()) | Err(PtraceError::Gone { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -221,7 +224,13 @@ fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
-/// The tracer of thread `tid` of `pid`, from its `TracerPid` (None: untraced or gone).
+/// Whether thread `tid` of `pid` is exiting or gone (a zombie, dead, or no longer listed).
+fn exiting(pid: Pid, tid: Pid) -> bool {
+    matches!(thread_state(pid, tid), None | Some('Z' | 'X'))
+}
+
+/// The tracer of thread `tid` of `pid`, from its `TracerPid`: the tracing *thread*'s ID
+/// (None: untraced or gone).
 fn tracer_of(pid: Pid, tid: Pid) -> Option<Pid> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("TracerPid:"))?;
