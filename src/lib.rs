@@ -5,6 +5,7 @@
 //! on-disk format, [`tiers`] decides where images go and which one a restore uses.
 
 pub mod image;
+pub mod objects;
 pub mod supervisor;
 pub mod tiers;
 pub mod tracer;

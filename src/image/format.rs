@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the on-disk layout, independent of the program version. A format change must
 /// bump it; readers refuse versions they do not know.
 /// 2: regions may carry `hashed: false` (no page hashes; their changes are write-tracked).
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: process trees: `members`, `zombies` and `objects`; process tree links; fds may refer
+/// to shared objects; shared memory regions name their object.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format this version still reads (format 1 is format 2 with every region
 /// hashed).
 pub const OLDEST_READABLE_FORMAT: u32 = 1;
@@ -92,6 +94,93 @@ pub struct Manifest {
     /// Incremental images since the last full one (0 for a full image).
     #[serde(default)]
     pub chain_depth: u32,
+    /// The job's other live processes: every descendant of the process above (the job's
+    /// root), parents before their children. Their pages are stored in full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberProcess>,
+    /// Descendants that had exited but were not yet waited for: recreated as zombies, so
+    /// their parent's `wait()` still collects their status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zombies: Vec<ZombieProcess>,
+    /// Kernel objects fds refer to by id (`FdState::object`): pipes, open file descriptions
+    /// shared by several fds, the job's standard streams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<crate::objects::SharedObject>,
+}
+
+impl Manifest {
+    /// Processes in the image, zombies included.
+    pub fn process_count(&self) -> usize {
+        1 + self.members.len() + self.zombies.len()
+    }
+}
+
+/// One process of an image, the root or a member, as a restore reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessView<'a> {
+    pub process: &'a ProcessState,
+    pub threads: &'a [ThreadState],
+    pub regions: &'a [MemoryRegion],
+    pub fds: &'a [FdState],
+    pub signals: &'a [SignalAction],
+}
+
+impl Manifest {
+    /// The root, then every member (parents before their children).
+    pub fn processes(&self) -> Vec<ProcessView<'_>> {
+        let root = ProcessView {
+            process: &self.process,
+            threads: &self.threads,
+            regions: &self.regions,
+            fds: &self.fds,
+            signals: &self.signals,
+        };
+        std::iter::once(root)
+            .chain(self.members.iter().map(|m| ProcessView {
+                process: &m.process,
+                threads: &m.threads,
+                regions: &m.regions,
+                fds: &m.fds,
+                signals: &m.signals,
+            }))
+            .collect()
+    }
+}
+
+/// A process of the job other than its root: the same state the manifest holds for the root.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MemberProcess {
+    pub process: ProcessState,
+    pub threads: Vec<ThreadState>,
+    pub regions: Vec<MemoryRegion>,
+    pub fds: Vec<FdState>,
+    pub signals: Vec<SignalAction>,
+}
+
+/// A child that exited and was not yet reaped by its parent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ZombieProcess {
+    pub pid: i32,
+    pub tree: TreeLinks,
+    /// The status its parent's `wait()` reports, as `waitpid` encodes it.
+    pub wait_status: i32,
+}
+
+/// Where a process sits in the job: parent, process group, session, and the signal its
+/// parent gets when it exits.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TreeLinks {
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub exit_signal: i32,
+    /// Stopped by a signal (SIGSTOP, SIGTSTP ...) at checkpoint time: stopped again after
+    /// the restore.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// An image this one depends on, pinned by the hash of its manifest: a different image that
@@ -127,6 +216,9 @@ pub struct ProcessState {
     pub auxv: Vec<u64>,
     /// Signals queued for the whole process and not yet delivered (blocked), in order.
     pub pending_signals: Vec<PendingSignal>,
+    /// Parent, group and session (format 3; older images hold one process).
+    #[serde(default)]
+    pub tree: TreeLinks,
 }
 
 /// A queued signal with its full `siginfo_t` (128 bytes, base64), re-queued on restore.
@@ -309,6 +401,20 @@ pub struct MemoryRegion {
     /// the supervisor tracks (userfaultfd write protection) need none.
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub hashed: bool,
+    /// For shared anonymous memory (and deleted shared files): the object mapped, so that
+    /// regions of several processes mapping one object share it again after restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_object: Option<SharedMemoryRef>,
+}
+
+/// Which shared memory object a region maps, and from where in it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedMemoryRef {
+    /// The object's inode at checkpoint time: equal ids are one object.
+    pub id: u64,
+    /// Byte offset of the region's first page in the object.
+    pub offset: u64,
 }
 
 fn yes() -> bool {
@@ -402,6 +508,10 @@ pub struct FdState {
     /// Size of a regular file open for writing: restore truncates a file that grew after
     /// the checkpoint back to it, and refuses one that shrank.
     pub size: Option<u64>,
+    /// The shared object (`Manifest::objects`) this fd refers to, if any: restore creates
+    /// the object once and every fd that names it gets a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,8 +523,11 @@ pub enum FdKind {
     Directory,
     /// A character device such as `/dev/null` or `/dev/urandom`, reopened by path.
     CharDevice,
-    /// A terminal or pipe on fd 0-2: the restore command's own stdio takes its place.
+    /// One of the job's standard streams (a terminal, or a pipe or socket to outside the
+    /// job): the restore command's own stdio takes its place.
     Stdio,
+    /// A pipe or FIFO end (its object holds the pipe).
+    Pipe,
 }
 
 /// `struct sigaction` as the kernel keeps it (`rt_sigaction`).
@@ -428,7 +541,7 @@ pub struct SignalAction {
     pub mask: u64,
 }
 
-mod base64_bytes {
+pub(crate) mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};

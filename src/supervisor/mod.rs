@@ -77,6 +77,7 @@ pub fn block_supervisor_signals() -> Result<SigSet, SuperviseError> {
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGQUIT,
+        Signal::SIGCHLD,
     ] {
         set.add(s);
     }
@@ -109,6 +110,10 @@ pub fn supervise(
 ) -> Result<i32, SuperviseError> {
     ctx.check_intervals()?;
     let setup = |what| move |source: std::io::Error| SuperviseError::Setup { what, source };
+    // The job's processes whose parent dies (a checkpoint --kill ends the whole tree) come
+    // to us, to be reaped: left to init, they might stay zombies, holding PIDs a restore
+    // needs.
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| setup("child subreaper")(e.into()))?;
     let (listener, socket) =
         control::listen(&runtime_dir(), pid.as_raw()).map_err(setup("control socket"))?;
     let cleanup = RemoveOnDrop(socket);
@@ -144,6 +149,7 @@ pub fn supervise(
         let (exited, asked, signalled) = (ready(0), ready(1), ready(2));
         if exited {
             let code = reap(pid, is_child);
+            reap_orphans(pid);
             // Nobody is answered any more: close the socket before waiting for copies.
             drop((listener, cleanup));
             sup.copier.finish();
@@ -153,7 +159,11 @@ pub fn supervise(
             sup.serve_requests(&listener);
         }
         if signalled && let Ok(Some(info)) = sigfd.read_signal() {
-            sup.on_signal(info.ssi_signo as i32);
+            if info.ssi_signo == Signal::SIGCHLD as u32 {
+                reap_orphans(pid);
+            } else {
+                sup.on_signal(info.ssi_signo as i32);
+            }
         }
         if let Some(tier) = sup.schedule.take_due(Instant::now()) {
             sup.interval_checkpoint(tier);
@@ -296,6 +306,21 @@ fn reap(pid: Pid, is_child: bool) -> i32 {
                 };
             }
         }
+    }
+}
+
+/// Reaps the exited children that are not the job's root: processes of the job orphaned
+/// and handed to us as their subreaper. The root's exit is `reap`'s to collect.
+fn reap_orphans(root: Pid) {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    while let Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) =
+        waitid(Id::All, peek)
+    {
+        if pid == root {
+            return;
+        }
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
     }
 }
 

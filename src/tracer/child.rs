@@ -1,5 +1,7 @@
-//! The first moments of a process being restored. It is a fresh `clone3` child of the
-//! restorer: it waits until the restorer has seized it, sets up the image's files, cwd,
+//! The first moments of a process being restored. The job's root is a fresh `clone3` child
+//! of the restorer: it waits until the restorer has seized it, takes its session or
+//! process group, forks the job's other processes (each runs this same code with its own
+//! plan, and forks its own children) and its zombies, sets up the image's files, cwd,
 //! signal actions and limits with raw syscalls only (everything it needs was prepared
 //! before the clone: no allocation, no locks), then jumps into the restorer stub, which
 //! replaces its memory with the image's.
@@ -8,7 +10,8 @@ use super::sys::{self, jump_to_stub};
 use nix::errno::Errno;
 use std::ffi::CString;
 
-/// A file the child opens and puts at `fd`.
+/// A file the child opens (or, with `dup_from`, duplicates from an object the restorer
+/// created) and puts at `fd`.
 #[derive(Debug, Clone)]
 pub struct PlannedFile {
     pub fd: i32,
@@ -16,12 +19,54 @@ pub struct PlannedFile {
     pub flags: i32,
     pub offset: u64,
     pub cloexec: bool,
+    /// An inherited fd (at or above `ChildPlan::object_floor`) to duplicate instead.
+    pub dup_from: Option<i32>,
+}
+
+/// The session or process group the process takes itself, before it forks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// Stays in its parent's group and session.
+    None,
+    /// `setsid()`: it led its session.
+    Session,
+    /// `setpgid(0, 0)`: it led its process group.
+    Group,
+}
+
+/// A process the child creates before its own set-up: one of the job's processes (by its
+/// index in the plans), or a zombie.
+#[derive(Debug, Clone, Copy)]
+pub struct Spawn {
+    pub pid: i32,
+    pub exit_signal: i32,
+    /// The process group the parent puts it in (`setpgid(pid, group)`), when it is not the
+    /// parent's own and the child does not lead it.
+    pub group: Option<i32>,
+    pub what: Spawned,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Spawned {
+    Process(usize),
+    /// Exits at once with this `wait()` status and stays a zombie.
+    Zombie(i32),
 }
 
 /// Everything the child does before the stub, decided by the restorer.
 #[derive(Debug)]
 pub struct ChildPlan {
-    pub sync_fd: i32,
+    /// The root waits on this fd until the restorer has seized it; the others are attached
+    /// from birth (the tracer follows forks).
+    pub sync_fd: Option<i32>,
+    /// The root, a fork of the restorer, has glibc's rseq area registered: off with it.
+    /// Its descendants inherit the unregistered state.
+    pub unregister_rseq: bool,
+    pub leadership: Leadership,
+    pub spawn: Vec<Spawn>,
+    /// Fds from here on are objects the restorer created for the job (and inherited by
+    /// every process of it); below are the restorer's own, closed at once.
+    pub object_floor: i32,
     /// Where the child reports why it failed (a page shared with the restorer).
     pub report: *mut ChildFailure,
     /// Fds 0-2 that are neither inherited stdio nor reopened: closed.
@@ -83,6 +128,11 @@ steps!(
     Signal,
     Rlimit,
     BlockSignals,
+    Session,
+    Spawn,
+    ProcessGroup,
+    ReapWait,
+    DupObject,
 );
 
 /// glibc's rseq signature on x86 (RSEQ_SIG).
@@ -100,20 +150,40 @@ fn fail(plan: &ChildPlan, step: Step, errno: Errno, index: usize) -> ! {
     sys::exit_now(127)
 }
 
-/// Runs in the child; never returns.
-pub fn child_main(plan: &ChildPlan) -> ! {
+/// Runs in the child as process `index` of `plans`; never returns.
+pub fn child_main(plans: &[ChildPlan], index: usize) -> ! {
+    let plan = &plans[index];
     let check = |r: Result<(), Errno>, step, i| r.unwrap_or_else(|e| fail(plan, step, e, i));
     // No signal handler may run between now and the final registers: none is mapped yet.
     check(sys::block_all_signals(), Step::BlockSignals, 0);
-    wait_for_restorer(plan);
-    unregister_rseq(plan);
-    check(sys::close_from(3), Step::CloseRange, 0);
+    if let Some(fd) = plan.sync_fd {
+        wait_for_restorer(plan, fd);
+    }
+    if plan.unregister_rseq {
+        unregister_rseq(plan);
+    }
+    match plan.leadership {
+        Leadership::None => {}
+        Leadership::Session => check(sys::new_session(), Step::Session, 0),
+        Leadership::Group => check(sys::set_process_group(0, 0), Step::Session, 0),
+    }
+    spawn_all(plans, plan);
+    check(
+        sys::close_fd_range(3, plan.object_floor - 1),
+        Step::CloseRange,
+        0,
+    );
     for &fd in &plan.close_stdio {
         let _ = sys::close(fd);
     }
     for (i, file) in plan.files.iter().enumerate() {
         open_at(plan, i, file);
     }
+    check(
+        sys::close_from(plan.object_floor as u32),
+        Step::CloseRange,
+        0,
+    );
     check(sys::change_dir(&plan.cwd), Step::Chdir, 0);
     sys::set_umask(plan.umask);
     for (i, (signo, action)) in plan.signals.iter().enumerate() {
@@ -125,10 +195,51 @@ pub fn child_main(plan: &ChildPlan) -> ! {
     jump_to_stub(plan.stub_entry, plan.stub_stack_top)
 }
 
+/// Creates the process's children (each goes on in `child_main` with its own plan) and
+/// zombies, before the process changes anything it would hand down.
+fn spawn_all(plans: &[ChildPlan], plan: &ChildPlan) {
+    if plan.spawn.is_empty() {
+        return;
+    }
+    // The restorer's SIGCHLD action is inherited until the process's own is set: it must
+    // not be SIG_IGN, which would reap the zombies at once.
+    let _ = sys::set_signal_action(libc::SIGCHLD, &[0; 4]);
+    for (i, s) in plan.spawn.iter().enumerate() {
+        let zombie = matches!(s.what, Spawned::Zombie(_));
+        match sys::clone3_process(Some(s.pid), s.exit_signal, zombie) {
+            Ok(0) => match s.what {
+                Spawned::Process(index) => child_main(plans, index),
+                Spawned::Zombie(status) => become_zombie(status),
+            },
+            Ok(pid) => {
+                if let Some(group) = s.group {
+                    sys::set_process_group(pid, group)
+                        .unwrap_or_else(|e| fail(plan, Step::ProcessGroup, e, i));
+                }
+                if zombie {
+                    sys::wait_exited_keep(pid).unwrap_or_else(|e| fail(plan, Step::ReapWait, e, i));
+                }
+            }
+            Err(e) => fail(plan, Step::Spawn, e, i),
+        }
+    }
+    // The zombies' exits queued a SIGCHLD the process did not have at checkpoint time
+    // (the ones it had are queued again from the image).
+    sys::discard_pending(libc::SIGCHLD);
+}
+
+/// Ends at once with the `wait()` status `status`.
+fn become_zombie(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        sys::die_by_signal(libc::WTERMSIG(status))
+    }
+    sys::exit_now(libc::WEXITSTATUS(status))
+}
+
 /// Blocks until the restorer has seized us (it writes one byte); EOF means it died.
-fn wait_for_restorer(plan: &ChildPlan) {
+fn wait_for_restorer(plan: &ChildPlan, sync_fd: i32) {
     loop {
-        match sys::read_byte(plan.sync_fd) {
+        match sys::read_byte(sync_fd) {
             Ok(true) => return,
             Err(Errno::EINTR) => continue,
             Ok(false) => fail(plan, Step::Sync, Errno::EPIPE, 0),
@@ -156,6 +267,14 @@ fn unregister_rseq(plan: &ChildPlan) {
 
 fn open_at(plan: &ChildPlan, index: usize, file: &PlannedFile) {
     let check = |r: Result<(), Errno>, step| r.unwrap_or_else(|e| fail(plan, step, e, index));
+    if let Some(from) = file.dup_from {
+        // The object's offset and flags are its own (shared): only the fd flag is set here.
+        check(sys::dup_onto(from, file.fd), Step::DupObject);
+        if !file.cloexec {
+            check(sys::clear_cloexec(file.fd), Step::SetCloexec);
+        }
+        return;
+    }
     let opened = sys::open_path(&file.path, file.flags | libc::O_CLOEXEC)
         .unwrap_or_else(|e| fail(plan, Step::OpenFile, e, index));
     if opened != file.fd {

@@ -12,10 +12,13 @@ use super::snapshot::Snapshot;
 use super::sys;
 use super::threads::ThreadError;
 use super::tracker::{TrackError, WriteTracker};
+use super::tree::{self, FrozenMembers};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, PAGE_SIZE, ParentRef, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, MemberProcess, MemoryRegion, PAGE_SIZE,
+    ParentRef, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
+use crate::objects::{self, Depth};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -40,6 +43,8 @@ pub enum DumpError {
     Snapshot(#[from] super::snapshot::SnapshotError),
     #[error(transparent)]
     Track(TrackError),
+    #[error(transparent)]
+    Objects(#[from] crate::objects::ObjectError),
     #[error("cannot assemble the injected code: {0}")]
     Assemble(String),
     #[error("internal error: a write-tracked page was never read")]
@@ -186,7 +191,7 @@ fn dump(
     if let Some(t) = tracker.as_deref_mut() {
         // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
         // than after it (the check while frozen below is the one that counts).
-        inspect::read_fds(req.pid)?;
+        check_files(req.pid)?;
         let plans = inspect::read_regions_with(req.pid, &hints)?;
         let passes = !req.kill;
         let before = precopy::Before {
@@ -208,9 +213,13 @@ fn dump(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut frozen = Frozen::freeze(req.pid)?;
+    let mut members = FrozenMembers::freeze(req.pid)?;
     clock.lap("frozen.seize");
-    // Files first: an unsupported fd fails before any work (the target runs on untouched).
-    let fds = inspect::read_fds(req.pid)?;
+    // Files first: an unsupported fd fails before any work (the job runs on untouched).
+    let job_pids: Vec<Pid> = std::iter::once(req.pid).chain(members.pids()).collect();
+    let mut files = objects::collect(&job_pids, Depth::Capture)?;
+    warn_once(&files.warnings);
+    let fds = files.fds.remove(&req.pid.as_raw()).unwrap_or_default();
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
     clock.lap("frozen.inspect");
     let estimate = tracked_plans(&plans, tracker.as_deref());
@@ -244,11 +253,16 @@ fn dump(
         tracker: tracker.as_deref_mut(),
     };
     let later = memory.while_frozen(req.pid, &mut plans, &tracked, &mut clock)?;
+    let member_images = dump_members(&mut members, &mut files, memory.writer)?;
+    if !member_images.is_empty() {
+        clock.lap("frozen.members");
+    }
     let mut frozen_for = stopped_before + freeze_began.elapsed();
     if !req.kill {
-        // Every byte of the image's state is read or held by the snapshot: the target may
-        // go on while the rest is dumped and made durable.
+        // Every byte of the image's state is read or held by the snapshot: the job may go
+        // on while the rest is dumped and made durable.
         frozen.release().map_err(FreezeError::from)?;
+        members.release()?;
         frozen_for = stopped_before + freeze_began.elapsed();
     }
     memory.writer.let_go()?;
@@ -305,12 +319,16 @@ fn dump(
             })
             .collect(),
         chain_depth,
+        members: member_images,
+        zombies: std::mem::take(&mut members.zombies),
+        objects: files.objects,
     };
     let committed: CommittedImage = writer.commit(&manifest, &page_hashes)?;
     if let Some(t) = tracker {
         t.committed(req.seq, committed.manifest_blake3.clone(), &tracked_ranges);
     }
     if req.kill {
+        members.kill();
         frozen.kill();
         frozen_for = stopped_before + freeze_began.elapsed();
     }
@@ -329,6 +347,73 @@ fn dump(
         mode,
         phases: clock.phases,
     })
+}
+
+/// Fails, listing every fd the job holds that a checkpoint could not capture (the job runs
+/// on: this is the check made before a pre-copy, and when supervision starts).
+pub fn check_files(root: Pid) -> Result<objects::JobFiles, DumpError> {
+    let pids: Vec<Pid> = std::iter::once(root)
+        .chain(
+            tree::descendants(root.as_raw())
+                .into_iter()
+                .filter(|s| s.state != 'Z')
+                .map(|s| Pid::from_raw(s.pid)),
+        )
+        .collect();
+    Ok(objects::collect(&pids, Depth::Check)?)
+}
+
+/// Prints each warning the first time this process sees it: a supervisor checkpoints the
+/// same job again and again.
+pub fn warn_once(warnings: &[String]) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for w in warnings {
+        if !seen.contains(w) {
+            eprintln!("mlckpt: warning: {w}");
+            seen.push(w.clone());
+        }
+    }
+}
+
+/// Captures the job's processes other than its root, all frozen: threads, state, and
+/// every page of theirs, read now.
+fn dump_members(
+    members: &mut FrozenMembers,
+    files: &mut objects::JobFiles,
+    writer: &mut ImageWriter,
+) -> Result<Vec<MemberProcess>, DumpError> {
+    let mut images = Vec::with_capacity(members.live.len());
+    for (frozen, links) in &mut members.live {
+        let pid = frozen.pid;
+        let mem = ProcessMemory::open(pid)?;
+        let mut captured = capture::capture_threads(frozen, &mem, false)?;
+        let mut process = inspect::read_process(pid)?;
+        process.mm.brk = captured.brk;
+        process.pending_signals = std::mem::take(&mut captured.process_pending);
+        process.tree = *links;
+        let mut plans = inspect::read_regions(pid)?;
+        let all: Vec<usize> = (0..plans.len()).collect();
+        let pagemap = PageMap::open(pid)?;
+        let mut sink = PageSink::new(None, false);
+        dump_regions(&pagemap, &mem, &mut plans, &all, &mut sink, writer)?;
+        images.push(MemberProcess {
+            process,
+            threads: captured.threads,
+            regions: plans
+                .into_iter()
+                .map(|p| MemoryRegion {
+                    hashed: false,
+                    ..p.region
+                })
+                .collect(),
+            fds: files.fds.remove(&pid.as_raw()).unwrap_or_default(),
+            signals: captured.signals,
+        });
+    }
+    Ok(images)
 }
 
 /// Indexes of the plans whose regions `tracker` tracks.

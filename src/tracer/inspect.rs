@@ -2,8 +2,8 @@
 
 use super::sys;
 use crate::image::format::{
-    Advice, Backing, FdKind, FdState, FileIdentity, MemoryRegion, MmFields, ProcessState, Prot,
-    Rlimit,
+    Advice, Backing, FileIdentity, MemoryRegion, MmFields, ProcessState, Prot, Rlimit,
+    SharedMemoryRef,
 };
 use nix::unistd::Pid;
 use procfs::process::{MMPermissions, MMapPath, Process, VmFlags};
@@ -18,14 +18,6 @@ pub enum InspectError {
         pid: i32,
         what: &'static str,
         message: String,
-    },
-    #[error("fd {fd} of process {pid} is {what} ({target}): {hint}")]
-    UnsupportedFd {
-        pid: i32,
-        fd: i32,
-        what: &'static str,
-        target: String,
-        hint: &'static str,
     },
     #[error("process {pid} maps {what} at {start:#x}: mlckpt cannot checkpoint it yet")]
     UnsupportedMapping { pid: i32, what: String, start: u64 },
@@ -151,6 +143,10 @@ pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>,
         let Some((backing, store)) = classify(pid, &map.pathname, &map, start)? else {
             continue;
         };
+        let shared_object = (backing == Backing::SharedAnonymous).then_some(SharedMemoryRef {
+            id: map.inode,
+            offset: map.offset,
+        });
         let hint = hints.0.get(&map.address).map(|h| h.flags);
         let flags = hint.unwrap_or(VmFlags::NONE);
         plans.push(RegionPlan {
@@ -169,6 +165,7 @@ pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>,
                 advice: advice_of(flags),
                 runs: Vec::new(),
                 hashed: true,
+                shared_object,
             },
             store,
             flags_known: hint.is_some(),
@@ -315,6 +312,9 @@ pub fn read_process(pid: Pid) -> Result<ProcessState, InspectError> {
         mm,
         auxv: read_auxv(pid)?,
         pending_signals: Vec::new(),
+        tree: super::tree::stat(pid.as_raw())
+            .map(|s| s.links)
+            .unwrap_or_default(),
     })
 }
 
@@ -333,141 +333,9 @@ pub fn read_auxv(pid: Pid) -> Result<Vec<u64>, InspectError> {
         .collect())
 }
 
-/// Open files, refusing kinds a restore could not recreate.
-pub fn read_fds(pid: Pid) -> Result<Vec<FdState>, InspectError> {
-    let dir = format!("/proc/{pid}/fd");
-    let mut fds: Vec<i32> = std::fs::read_dir(&dir)
-        .map_err(|e| proc_err(pid, "fd list")(e.to_string()))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort();
-    fds.into_iter().map(|fd| read_fd(pid, fd)).collect()
-}
-
-fn read_fd(pid: Pid, fd: i32) -> Result<FdState, InspectError> {
-    let link = format!("/proc/{pid}/fd/{fd}");
-    let target = std::fs::read_link(&link)
-        .map_err(|e| proc_err(pid, "fd link")(e.to_string()))?
-        .to_string_lossy()
-        .into_owned();
-    let (pos, flags) = read_fdinfo(pid, fd)?;
-    let meta = std::fs::metadata(&link).ok();
-    let kind = fd_kind(pid, fd, &target, meta.as_ref())?;
-    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-    let size = match (kind, &meta) {
-        (FdKind::File, Some(m)) if writable => Some(m.size()),
-        _ => None,
-    };
-    Ok(FdState {
-        fd,
-        kind,
-        path: target,
-        flags: flags & !libc::O_CLOEXEC,
-        cloexec: flags & libc::O_CLOEXEC != 0,
-        offset: pos,
-        size,
-    })
-}
-
-/// `pos` and `flags` from `/proc/PID/fdinfo/N` (flags are octal there).
-fn read_fdinfo(pid: Pid, fd: i32) -> Result<(u64, i32), InspectError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .map_err(|e| proc_err(pid, "fdinfo")(e.to_string()))?;
-    parse_fdinfo(&text)
-        .ok_or_else(|| proc_err(pid, "fdinfo")(format!("unexpected content: {text}")))
-}
-
-fn parse_fdinfo(text: &str) -> Option<(u64, i32)> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let pos = field("pos:")?.parse().ok()?;
-    let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
-    Some((pos, flags))
-}
-
-fn fd_kind(
-    pid: Pid,
-    fd: i32,
-    target: &str,
-    meta: Option<&std::fs::Metadata>,
-) -> Result<FdKind, InspectError> {
-    let unsupported = |what, hint| InspectError::UnsupportedFd {
-        pid: pid.as_raw(),
-        fd,
-        what,
-        target: target.to_string(),
-        hint,
-    };
-    const CLOSE_IT: &str = "close it before the checkpoint, or run the job without it";
-    let stdio = (0..=2).contains(&fd);
-    if target.starts_with("socket:") {
-        return Err(unsupported(
-            "a socket",
-            "mlckpt cannot checkpoint sockets yet; close it before the checkpoint, or run the job without it",
-        ));
-    }
-    if target.starts_with("pipe:") {
-        return if stdio {
-            Ok(FdKind::Stdio)
-        } else {
-            Err(unsupported("a pipe", CLOSE_IT))
-        };
-    }
-    if target.starts_with("anon_inode:") {
-        return Err(unsupported(
-            "an anonymous inode (eventfd, epoll, timerfd, signalfd ...)",
-            CLOSE_IT,
-        ));
-    }
-    if target.ends_with(DELETED) {
-        return Err(unsupported(
-            "a deleted file",
-            "a deleted file cannot be reopened at restore; keep the file until the checkpoint is done",
-        ));
-    }
-    let Some(meta) = meta else {
-        return Err(unsupported("an unreadable file", CLOSE_IT));
-    };
-    let ft = meta.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    Ok(if ft.is_file() {
-        FdKind::File
-    } else if ft.is_dir() {
-        FdKind::Directory
-    } else if stdio && (is_terminal(meta) || ft.is_fifo()) {
-        FdKind::Stdio
-    } else if ft.is_char_device() {
-        FdKind::CharDevice
-    } else {
-        return Err(unsupported(
-            "a special file (FIFO, socket file or block device)",
-            CLOSE_IT,
-        ));
-    })
-}
-
-/// Terminals: the pty slaves (major 136-143), the console and virtual terminals (4, 5).
-fn is_terminal(meta: &std::fs::Metadata) -> bool {
-    let major = libc::major(meta.rdev());
-    (136..=143).contains(&major) || major == 4 || major == 5
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fdinfo_flags_are_octal() {
-        let text = "pos:\t42\nflags:\t02102001\nmnt_id:\t27\nino:\t1\n";
-        let (pos, flags) = parse_fdinfo(text).unwrap();
-        assert_eq!(pos, 42);
-        assert_ne!(flags & libc::O_APPEND, 0);
-        assert_ne!(flags & libc::O_CLOEXEC, 0);
-        assert_eq!(flags & libc::O_ACCMODE, libc::O_WRONLY);
-    }
 
     #[test]
     fn own_process_map_has_heap_stack_and_vdso() {

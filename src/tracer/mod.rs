@@ -25,3 +25,4 @@ pub mod stub;
 pub mod sys;
 pub mod threads;
 pub mod tracker;
+pub mod tree;

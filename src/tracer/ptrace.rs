@@ -62,9 +62,13 @@ pub fn checkpoint_options() -> Options {
         | Options::from_bits_retain(PTRACE_O_SUSPEND_SECCOMP)
 }
 
-/// Options for a process under restore: a half-built process must die with its restorer.
+/// Options for a process under restore: a half-built process must die with its restorer;
+/// the job's other processes, forked by its root, are attached from birth (TRACEFORK).
 pub fn restore_options() -> Options {
-    Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACECLONE
+    Options::PTRACE_O_TRACESYSGOOD
+        | Options::PTRACE_O_EXITKILL
+        | Options::PTRACE_O_TRACECLONE
+        | Options::PTRACE_O_TRACEFORK
 }
 
 pub fn seize(tid: Pid, options: Options) -> Result<()> {

@@ -2,7 +2,9 @@
 //! prepares everything, the child sets up files and signals (`child`), the restorer stub
 //! rebuilds memory (`stub`), and ptrace sets the final registers.
 
-use super::child::{ChildFailure, ChildPlan, PlannedFile, Step, child_main};
+use super::child::{
+    ChildFailure, ChildPlan, Leadership, PlannedFile, Spawn, Spawned, Step, child_main,
+};
 use super::memory::MemoryError;
 use super::precopy;
 use super::ptrace::{self, PtraceError, Stop};
@@ -14,7 +16,7 @@ use super::tracker::WriteTracker;
 use crate::image::Image;
 use crate::image::format::{
     Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE, PAGES_FILE,
-    PageRun, PendingSignal, ThreadState,
+    PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
 };
 use crate::image::verify::VerifyError;
 use nix::errno::Errno;
@@ -22,6 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,14 @@ pub enum RestoreError {
     StubOp { what: String, result: String },
     #[error("the process under restore stopped unexpectedly ({0})")]
     Unexpected(String),
+    #[error(
+        "the image holds {0} processes; --new-pid restores a single process only (the          others' PIDs are kept in their parents' memory). Free the PIDs instead"
+    )]
+    TreeNewPid(usize),
+    #[error("the image is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error(transparent)]
+    Objects(#[from] crate::objects::ObjectError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
@@ -100,60 +111,93 @@ pub struct Restored {
     pub tracker: Option<WriteTracker>,
 }
 
-/// Rebuilds the image's process as a child of the caller and lets it run.
+/// Rebuilds the image's processes (the job's root as a child of the caller, the others
+/// under it as they were) and lets them run.
 /// `pages_verified` says whether the image's page contents are intact (the caller may be
 /// checking them while they are read): it is asked before anything that cannot be undone,
-/// cutting back files or letting the process run; on failure the process is killed.
+/// cutting back files or letting the processes run; on failure they are killed.
 pub fn restore(
     image: &Image,
     opts: &RestoreOptions,
     pages_verified: impl FnOnce() -> Result<(), VerifyError>,
 ) -> Result<Restored, RestoreError> {
     let m = &image.manifest;
-    if m.threads.is_empty() {
+    let procs = m.processes();
+    if procs.iter().any(|p| p.threads.is_empty()) {
         return Err(RestoreError::NoThreads);
     }
-    preflight(m, opts)?;
-    let vdso = plan_vdso(&m.regions)?;
-    let fds = plan_fds(m, image, opts)?;
-    let mut area = StubArea::build(m, &fds, &vdso)?;
-    let report = sys::map_shared_page().map_err(sys_err("map report page"))?;
+    if opts.new_pid && m.process_count() > 1 {
+        return Err(RestoreError::TreeNewPid(m.process_count()));
+    }
+    preflight(m, &procs, opts)?;
+    let floor = object_floor(m, &procs);
+    sys::raise_fd_limit(floor + 4 * (m.objects.len() as i32 + 16))
+        .map_err(sys_err("raise the open file limit"))?;
+    let objects = open_objects(m, floor)?;
+    let memories = SharedMemories::create(&procs, floor)?;
+    let mut fd_plans = Vec::with_capacity(procs.len());
+    let mut areas = Vec::with_capacity(procs.len());
+    for p in &procs {
+        let fds = plan_fds(p, m, image, opts, &objects, &memories)?;
+        let vdso = plan_vdso(p.regions)?;
+        areas.push(StubArea::build(p, m.seq, &fds, &vdso)?);
+        fd_plans.push(fds);
+    }
+    let reports = Reports::map(procs.len())?;
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create sync pipe"))?;
-    let plan = child_plan(
+    let plans = child_plans(
         m,
-        &fds,
-        &area,
-        report.cast(),
+        &procs,
+        &fd_plans,
+        &areas,
+        &reports,
         std::os::fd::AsRawFd::as_raw_fd(&sync_r),
+        floor,
     )?;
     let wanted = (!opts.new_pid).then_some(m.process.pid);
     let child = match sys::clone3_fork(wanted) {
-        Ok(0) => child_main(&plan),
+        Ok(0) => child_main(&plans, 0),
         Ok(pid) => Pid::from_raw(pid),
         Err(Errno::EEXIST) => return Err(pid_taken(m.process.pid)),
         Err(e) => return Err(sys_err("clone3 with the image's PID")(e)),
     };
-    drop(sync_r);
-    area.unmap_here();
-    let outcome = drive_child(child, sync_w, &area, &m.process.pending_signals, &m.threads)
-        .and_then(|mut last| {
+    // The root holds them now, and hands them to the processes it forks.
+    drop((sync_r, objects, memories));
+    for area in &mut areas {
+        area.unmap_here();
+    }
+    let pids: Vec<Pid> = std::iter::once(child)
+        .chain(procs[1..].iter().map(|p| Pid::from_raw(p.process.pid)))
+        .collect();
+    let outcome =
+        drive_all(&pids, sync_w, &areas, &procs, &reports, &plans).and_then(|mut rebuilt| {
             // Before the wait for the page check, which it may overlap.
             let tracker = opts
                 .track_writes
-                .then(|| track_writes(image, &mut last, &area))
+                .then(|| track_writes(image, &mut rebuilt[0], &areas[0]))
                 .flatten();
             pages_verified()?;
-            cut_back(&fds.cut_back)?;
-            last.release(area.base, area.len)?;
+            for fds in &fd_plans {
+                cut_back(&fds.cut_back)?;
+            }
+            // Children first: no process of the job runs before all are complete.
+            for (last, area) in rebuilt.into_iter().zip(&areas).rev() {
+                last.release(area.base, area.len)?;
+            }
+            for (pid, p) in pids.iter().zip(&procs) {
+                if p.process.tree.stopped {
+                    let _ = kill(*pid, Signal::SIGSTOP);
+                }
+            }
             Ok(tracker)
         });
     if outcome.is_err() {
-        let _ = kill(child, Signal::SIGKILL);
+        for &pid in pids.iter().rev() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
         let _ = nix::sys::wait::waitpid(child, None);
     }
-    let outcome = outcome.map_err(|e| explain_child_exit(e, report.cast(), &plan));
-    sys::unmap(report, 4096);
     outcome.map(|tracker| Restored {
         pid: child,
         tracker,
@@ -176,7 +220,11 @@ fn pid_taken(pid: i32) -> RestoreError {
     RestoreError::PidTaken { pid, holder }
 }
 
-fn preflight(m: &Manifest, opts: &RestoreOptions) -> Result<(), RestoreError> {
+fn preflight(
+    m: &Manifest,
+    procs: &[ProcessView],
+    opts: &RestoreOptions,
+) -> Result<(), RestoreError> {
     let here = sys::kernel_release();
     if m.kernel != here {
         return Err(RestoreError::Kernel {
@@ -191,15 +239,116 @@ fn preflight(m: &Manifest, opts: &RestoreOptions) -> Result<(), RestoreError> {
             here: xcr0,
         });
     }
-    if std::path::Path::new(&format!("/proc/{}", m.process.pid)).exists() && !opts.new_pid {
-        return Err(pid_taken(m.process.pid));
+    let pids = procs
+        .iter()
+        .map(|p| p.process.pid)
+        .chain(m.zombies.iter().map(|z| z.pid));
+    for pid in pids {
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() && !opts.new_pid {
+            return Err(pid_taken(pid));
+        }
     }
-    for region in &m.regions {
+    for region in procs.iter().flat_map(|p| p.regions) {
         if let Backing::File(id) = &region.backing {
             check_mapped_file(id)?;
         }
     }
     Ok(())
+}
+
+/// The lowest fd number no process of the job uses, its helpers for the stub included:
+/// the objects the restorer creates for the job sit at and above it, so that each process
+/// can put them at their numbers without clobbering one it still needs.
+fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
+    procs
+        .iter()
+        .map(|p| {
+            let top = p.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+            let mut files: Vec<&str> = Vec::new();
+            let mut shm: Vec<u64> = Vec::new();
+            for r in p.regions {
+                match (&r.backing, r.shared_object) {
+                    (Backing::File(id), _) if !files.contains(&id.path.as_str()) => {
+                        files.push(&id.path);
+                    }
+                    (Backing::SharedAnonymous, Some(o)) if !shm.contains(&o.id) => shm.push(o.id),
+                    _ => {}
+                }
+            }
+            let helpers = 2 + m.parents.len() + files.len() + shm.len();
+            top + helpers as i32
+        })
+        .max()
+        .unwrap_or(3)
+}
+
+/// The job's shared objects, created in the restorer at `floor` and above, by id: the
+/// fds to duplicate, by slot.
+type OpenObjects = BTreeMap<u64, Vec<Option<OwnedFd>>>;
+
+fn open_objects(m: &Manifest, floor: i32) -> Result<OpenObjects, RestoreError> {
+    let mut open = BTreeMap::new();
+    for object in &m.objects {
+        let opened = object.open()?;
+        let raised = opened
+            .slots
+            .into_iter()
+            .map(|slot| {
+                slot.map(|fd| crate::objects::raise_fd(fd, floor))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        open.insert(object.id, raised);
+    }
+    Ok(open)
+}
+
+/// Shared memory objects (shared anonymous memory, deleted shared files), one per object
+/// of the image, as fds at `floor` and above: every process's stub maps them from there.
+struct SharedMemories {
+    by_id: BTreeMap<u64, OwnedFd>,
+}
+
+impl SharedMemories {
+    fn create(procs: &[ProcessView], floor: i32) -> Result<SharedMemories, RestoreError> {
+        let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+        for r in procs.iter().flat_map(|p| p.regions) {
+            if let (Backing::SharedAnonymous, Some(o)) = (&r.backing, r.shared_object) {
+                let end = sizes.entry(o.id).or_default();
+                *end = (*end).max(o.offset + r.len());
+            }
+        }
+        let mut by_id = BTreeMap::new();
+        for (id, size) in sizes {
+            let fd = shmem_object(size).map_err(sys_err("create shared memory"))?;
+            by_id.insert(id, crate::objects::raise_fd(fd, floor)?);
+        }
+        Ok(SharedMemories { by_id })
+    }
+
+    fn fd(&self, id: u64) -> Option<i32> {
+        self.by_id.get(&id).map(std::os::fd::AsRawFd::as_raw_fd)
+    }
+}
+
+/// A new shared anonymous memory object of `size` bytes, as an fd: mapped once, opened
+/// through `/proc/self/map_files` (so mappings of it read as `/dev/zero (deleted)`, like
+/// the original's), unmapped again.
+fn shmem_object(size: u64) -> Result<OwnedFd, Errno> {
+    let len = usize::try_from(size).map_err(|_| Errno::ENOMEM)?;
+    let at = sys::map_shared_anonymous(len)?;
+    let path = format!(
+        "/proc/self/map_files/{:x}-{:x}",
+        at as u64,
+        at as u64 + size
+    );
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+    sys::unmap(at, len);
+    opened.map(OwnedFd::from)
 }
 
 /// Pages of a private file mapping that the process never wrote are read back from the
@@ -284,23 +433,36 @@ struct FdPlan {
     exe_fd: i32,
     /// Fd of each distinct mapped file, by path.
     mapped: Vec<(String, i32)>,
+    /// Fd of each shared memory object the process maps, by id.
+    shared_memory: Vec<(u64, i32)>,
     /// Files that grew since the checkpoint, and the size to cut each back to.
     cut_back: Vec<(String, u64)>,
 }
 
-fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan, RestoreError> {
+fn plan_fds(
+    p: &ProcessView,
+    m: &Manifest,
+    image: &Image,
+    opts: &RestoreOptions,
+    objects: &OpenObjects,
+    memories: &SharedMemories,
+) -> Result<FdPlan, RestoreError> {
     let mut files = Vec::new();
     let mut cut_back = Vec::new();
-    for fd in &m.fds {
-        if fd.kind == FdKind::Stdio {
-            continue;
-        }
+    for fd in p.fds {
         if fd.kind == FdKind::File
             && let Some(size) = grown_file(fd)?
             && !opts.keep_files
+            && !cut_back.iter().any(|(path, _)| path == &fd.path)
         {
             cut_back.push((fd.path.clone(), size));
         }
+        let dup_from = match fd.object {
+            Some(id) => Some(object_fd(m, objects, id, fd)?),
+            // Images before format 3: stdio is left as the restore command has it.
+            None if fd.kind == FdKind::Stdio => continue,
+            None => None,
+        };
         files.push(PlannedFile {
             fd: fd.fd,
             path: cstring(&fd.path)?,
@@ -311,14 +473,15 @@ fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan
                 0
             },
             cloexec: fd.cloexec,
+            dup_from,
         });
     }
     let close_stdio = (0..=2)
-        .filter(|n| !m.fds.iter().any(|f| f.fd == *n))
+        .filter(|n| !p.fds.iter().any(|f| f.fd == *n))
         .collect();
-    let mut next = m.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+    let mut next = p.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
     let first_helper_fd = next;
-    let mut helper = |path: &str, flags: i32| -> Result<i32, RestoreError> {
+    let mut helper = |path: &str, flags: i32, dup_from: Option<i32>| -> Result<i32, RestoreError> {
         let fd = next;
         next += 1;
         files.push(PlannedFile {
@@ -327,30 +490,42 @@ fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan
             flags,
             offset: 0,
             cloexec: true,
+            dup_from,
         });
         Ok(fd)
     };
     let mut pages_fds = BTreeMap::new();
     pages_fds.insert(
         m.seq,
-        helper(&image.pages_path().to_string_lossy(), libc::O_RDONLY)?,
+        helper(&image.pages_path().to_string_lossy(), libc::O_RDONLY, None)?,
     );
     for parent in &m.parents {
         let path = image.parent_dir(parent.seq).join(PAGES_FILE);
-        pages_fds.insert(parent.seq, helper(&path.to_string_lossy(), libc::O_RDONLY)?);
+        pages_fds.insert(
+            parent.seq,
+            helper(&path.to_string_lossy(), libc::O_RDONLY, None)?,
+        );
     }
-    let exe_fd = helper(&m.process.exe, libc::O_RDONLY)?;
+    let exe_fd = helper(&p.process.exe, libc::O_RDONLY, None)?;
     let mut mapped: Vec<(String, i32)> = Vec::new();
-    for region in &m.regions {
-        if let Backing::File(id) = &region.backing {
-            let flags = if region.shared && region.prot.write {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            };
-            if !mapped.iter().any(|(p, _)| p == &id.path) {
-                mapped.push((id.path.clone(), helper(&id.path, flags)?));
+    let mut shared_memory: Vec<(u64, i32)> = Vec::new();
+    for region in p.regions {
+        match (&region.backing, region.shared_object) {
+            (Backing::File(id), _) => {
+                let flags = if region.shared && region.prot.write {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                if !mapped.iter().any(|(p, _)| p == &id.path) {
+                    mapped.push((id.path.clone(), helper(&id.path, flags, None)?));
+                }
             }
+            (Backing::SharedAnonymous, Some(o)) if !shared_memory.iter().any(|s| s.0 == o.id) => {
+                let from = memories.fd(o.id);
+                shared_memory.push((o.id, helper("shared memory", libc::O_RDWR, from)?));
+            }
+            _ => {}
         }
     }
     Ok(FdPlan {
@@ -360,8 +535,28 @@ fn plan_fds(m: &Manifest, image: &Image, opts: &RestoreOptions) -> Result<FdPlan
         pages_fds,
         exe_fd,
         mapped,
+        shared_memory,
         cut_back,
     })
+}
+
+/// The restorer's fd for what `fd` refers to (object `id`).
+fn object_fd(
+    m: &Manifest,
+    objects: &OpenObjects,
+    id: u64,
+    fd: &FdState,
+) -> Result<i32, RestoreError> {
+    let object = m.objects.iter().find(|o| o.id == id);
+    let slot = object.map(|o| o.slot(fd));
+    slot.and_then(|slot| objects.get(&id)?.get(slot)?.as_ref())
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .ok_or_else(|| {
+            RestoreError::Inconsistent(format!(
+                "fd {} ({}) refers to object {id}, which the image does not hold",
+                fd.fd, fd.path
+            ))
+        })
 }
 
 fn cstring(s: &str) -> Result<CString, RestoreError> {
@@ -428,16 +623,21 @@ fn page_up(n: u64) -> u64 {
 }
 
 impl StubArea {
-    fn build(m: &Manifest, fds: &FdPlan, vdso: &[VdsoMove]) -> Result<StubArea, RestoreError> {
+    fn build(
+        p: &ProcessView,
+        seq: u64,
+        fds: &FdPlan,
+        vdso: &[VdsoMove],
+    ) -> Result<StubArea, RestoreError> {
         // The op count does not depend on addresses, so size the table with a dry run.
         let dry = Layout::new(0, 0);
-        let count = build_ops(m, fds, vdso, &dry).len() as u64;
+        let count = build_ops(p, seq, fds, vdso, &dry).len() as u64;
         let table_len = page_up(count * stub::OP_BYTES as u64);
         let scratch_len: u64 = vdso.iter().map(|v| v.len).sum();
         let len = PAGE_SIZE + table_len + PAGE_SIZE + STUB_STACK + scratch_len;
-        let base = place(len, &m.regions)?;
+        let base = place(len, p.regions)?;
         let layout = Layout::new(base, table_len);
-        let ops = build_ops(m, fds, vdso, &layout.with_len(len));
+        let ops = build_ops(p, seq, fds, vdso, &layout.with_len(len));
         let stub = stub::assemble(base, layout.table, ops.len() as u64)
             .map_err(|e| RestoreError::Assemble(e.to_string()))?;
         let area = StubArea {
@@ -449,16 +649,16 @@ impl StubArea {
             data: layout.data,
             mapped_here: true,
         };
-        area.fill(&layout, m, fds.exe_fd);
+        area.fill(&layout, p.process, fds.exe_fd);
         sys::make_executable(base as *mut u8, PAGE_SIZE as usize)
             .map_err(sys_err("make the restorer stub executable"))?;
         Ok(area)
     }
 
     /// Writes code, table and data into the mapping (inherited by the child at clone).
-    fn fill(&self, layout: &Layout, m: &Manifest, exe_fd: i32) {
+    fn fill(&self, layout: &Layout, process: &ProcessState, exe_fd: i32) {
         let table = stub::encode_table(&self.ops);
-        let data = stub_data(m, layout, exe_fd);
+        let data = stub_data(process, layout, exe_fd);
         let write = |addr: u64, bytes: &[u8]| {
             // SAFETY: [addr, addr+len) lies inside the area this StubArea mapped
             // read-write at `base` (checked by the layout), which nothing else references.
@@ -556,9 +756,9 @@ impl Layout {
 }
 
 /// `struct prctl_mm_map` and auxv, as the stub's `PR_SET_MM_MAP` reads them.
-fn stub_data(m: &Manifest, layout: &Layout, exe_fd: i32) -> Vec<u8> {
+fn stub_data(process: &ProcessState, layout: &Layout, exe_fd: i32) -> Vec<u8> {
     let mut data = vec![0u8; PAGE_SIZE as usize];
-    let mm = &m.process.mm;
+    let mm = &process.mm;
     let words = [
         mm.start_code,
         mm.end_code,
@@ -576,10 +776,10 @@ fn stub_data(m: &Manifest, layout: &Layout, exe_fd: i32) -> Vec<u8> {
     for (i, w) in words.iter().enumerate() {
         data[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
     }
-    let auxv_bytes = (m.process.auxv.len() * 8) as u32;
+    let auxv_bytes = (process.auxv.len() * 8) as u32;
     data[96..100].copy_from_slice(&auxv_bytes.to_le_bytes());
     data[100..104].copy_from_slice(&(exe_fd as u32).to_le_bytes());
-    for (i, w) in m.process.auxv.iter().enumerate() {
+    for (i, w) in process.auxv.iter().enumerate() {
         let at = DATA_AUXV as usize + i * 8;
         data[at..at + 8].copy_from_slice(&w.to_le_bytes());
     }
@@ -587,7 +787,7 @@ fn stub_data(m: &Manifest, layout: &Layout, exe_fd: i32) -> Vec<u8> {
 }
 
 /// The stub's program.
-fn build_ops(m: &Manifest, fds: &FdPlan, vdso: &[VdsoMove], l: &Layout) -> Vec<Op> {
+fn build_ops(p: &ProcessView, seq: u64, fds: &FdPlan, vdso: &[VdsoMove], l: &Layout) -> Vec<Op> {
     let mut ops = Vec::new();
     let mremap = |from: u64, to: u64, len: u64, what: String| {
         Op::new(
@@ -636,8 +836,8 @@ fn build_ops(m: &Manifest, fds: &FdPlan, vdso: &[VdsoMove], l: &Layout) -> Vec<O
         ));
         scratch += v.len;
     }
-    for region in m.regions.iter().filter(|r| r.backing != Backing::Vdso) {
-        region_ops(region, m.seq, fds, &mut ops);
+    for region in p.regions.iter().filter(|r| r.backing != Backing::Vdso) {
+        region_ops(region, seq, fds, &mut ops);
     }
     ops.push(mm_map_op(l));
     for f in fds.files.iter().filter(|f| f.fd >= fds.first_helper_fd) {
@@ -689,10 +889,16 @@ fn region_ops(r: &MemoryRegion, own_seq: u64, fds: &FdPlan, ops: &mut Vec<Op>) {
                 .unwrap_or(-1);
             (fd as u64, id.offset)
         }
-        _ => {
-            flags |= libc::MAP_ANONYMOUS;
-            (u64::MAX, 0)
-        }
+        _ => match r.shared_object.and_then(|o| {
+            let fd = fds.shared_memory.iter().find(|s| s.0 == o.id)?.1;
+            Some((fd as u64, o.offset))
+        }) {
+            Some(object) => object,
+            None => {
+                flags |= libc::MAP_ANONYMOUS;
+                (u64::MAX, 0)
+            }
+        },
     };
     let name = if r.name.is_empty() {
         "anonymous memory".to_string()
@@ -776,32 +982,103 @@ fn advice_code(a: Advice) -> u64 {
     }) as u64
 }
 
-fn child_plan(
+/// The plan of every process of the job, in `procs` order (the root first).
+fn child_plans(
     m: &Manifest,
+    procs: &[ProcessView],
+    fds: &[FdPlan],
+    areas: &[StubArea],
+    reports: &Reports,
+    sync_fd: i32,
+    object_floor: i32,
+) -> Result<Vec<ChildPlan>, RestoreError> {
+    let index_of: BTreeMap<i32, usize> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.process.pid, i))
+        .collect();
+    let mut spawns: Vec<Vec<Spawn>> = vec![Vec::new(); procs.len()];
+    let parent_index = |pid: i32, ppid: i32| {
+        index_of.get(&ppid).copied().ok_or_else(|| {
+            RestoreError::Inconsistent(format!(
+                "process {pid} has parent {ppid}, which is not in the image"
+            ))
+        })
+    };
+    for (i, p) in procs.iter().enumerate().skip(1) {
+        let links = p.process.tree;
+        let parent = parent_index(p.process.pid, links.ppid)?;
+        let leads = links.pgid == p.process.pid || links.sid == p.process.pid;
+        let inherited = procs[parent].process.tree.pgid;
+        spawns[parent].push(Spawn {
+            pid: p.process.pid,
+            exit_signal: links.exit_signal,
+            group: (!leads && links.pgid != inherited).then_some(links.pgid),
+            what: Spawned::Process(i),
+        });
+    }
+    for z in &m.zombies {
+        spawns[parent_index(z.pid, z.tree.ppid)?].push(Spawn {
+            pid: z.pid,
+            exit_signal: z.tree.exit_signal,
+            group: None,
+            what: Spawned::Zombie(z.wait_status),
+        });
+    }
+    let mut plans = Vec::with_capacity(procs.len());
+    for (i, (p, mut spawn)) in procs.iter().zip(spawns).enumerate() {
+        // Group leaders before the processes that join their groups.
+        spawn.sort_by_key(|s| s.group.is_some());
+        let mut plan = child_plan(p, &fds[i], &areas[i], reports.slot(i), object_floor)?;
+        plan.spawn = spawn;
+        if i == 0 {
+            plan.sync_fd = Some(sync_fd);
+            plan.unregister_rseq = true;
+        }
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+fn child_plan(
+    p: &ProcessView,
     fds: &FdPlan,
     area: &StubArea,
     report: *mut ChildFailure,
-    sync_fd: i32,
+    object_floor: i32,
 ) -> Result<ChildPlan, RestoreError> {
     let signals = (1..=64)
         .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
         .map(|s| {
-            let a = m.signals.iter().find(|a| a.signo == s);
+            let a = p.signals.iter().find(|a| a.signo == s);
             (
                 s,
                 a.map_or([0; 4], |a| [a.handler, a.flags, a.restorer, a.mask]),
             )
         })
         .collect();
+    let links = p.process.tree;
+    let pid = p.process.pid;
+    let leadership = if links.sid == pid {
+        Leadership::Session
+    } else if links.pgid == pid {
+        Leadership::Group
+    } else {
+        Leadership::None
+    };
     Ok(ChildPlan {
-        sync_fd,
+        sync_fd: None,
+        unregister_rseq: false,
+        leadership,
+        spawn: Vec::new(),
+        object_floor,
         report,
         close_stdio: fds.close_stdio.clone(),
         files: fds.files.clone(),
-        cwd: cstring(&m.process.cwd)?,
-        umask: m.process.umask,
+        cwd: cstring(&p.process.cwd)?,
+        umask: p.process.umask,
         signals,
-        rlimits: m
+        rlimits: p
             .process
             .rlimits
             .iter()
@@ -812,18 +1089,65 @@ fn child_plan(
     })
 }
 
-/// Seizes the child, lets it run the stub, then gives it its final registers.
-/// Builds the process up to the point where only letting it run is left.
+/// One shared page per process, where its restore child reports why it failed.
+struct Reports {
+    pages: Vec<*mut u8>,
+}
+
+impl Reports {
+    fn map(count: usize) -> Result<Reports, RestoreError> {
+        let mut reports = Reports { pages: Vec::new() };
+        for _ in 0..count {
+            let page = sys::map_shared_page().map_err(sys_err("map report page"))?;
+            reports.pages.push(page);
+        }
+        Ok(reports)
+    }
+
+    fn slot(&self, i: usize) -> *mut ChildFailure {
+        self.pages[i].cast()
+    }
+}
+
+impl Drop for Reports {
+    fn drop(&mut self) {
+        for &page in &self.pages {
+            sys::unmap(page, 4096);
+        }
+    }
+}
+
+/// Seizes the root, then lets each process run its stub in turn (the root forks the others,
+/// which start stopped, attached to us) and recreates its threads. Returns every process
+/// built up to the point where only letting it run is left, in `pids` order.
+fn drive_all<'a>(
+    pids: &[Pid],
+    sync_w: OwnedFd,
+    areas: &[StubArea],
+    procs: &[ProcessView<'a>],
+    reports: &Reports,
+    plans: &[ChildPlan],
+) -> Result<Vec<Rethreader<'a>>, RestoreError> {
+    ptrace::seize(pids[0], ptrace::restore_options())?;
+    nix::unistd::write(&sync_w, &[1]).map_err(sys_err("release the new process"))?;
+    drop(sync_w);
+    let mut rebuilt = Vec::with_capacity(pids.len());
+    for (i, &pid) in pids.iter().enumerate() {
+        let p = &procs[i];
+        let last = drive_child(pid, &areas[i], &p.process.pending_signals, p.threads)
+            .map_err(|e| explain_child_exit(e, reports.slot(i), &plans[i]))?;
+        rebuilt.push(last);
+    }
+    Ok(rebuilt)
+}
+
+/// Lets a seized process under restore run the stub, then recreates its threads.
 fn drive_child<'a>(
     child: Pid,
-    sync_w: std::os::fd::OwnedFd,
     area: &StubArea,
     process_pending: &[PendingSignal],
     threads: &'a [ThreadState],
 ) -> Result<Rethreader<'a>, RestoreError> {
-    ptrace::seize(child, ptrace::restore_options())?;
-    nix::unistd::write(&sync_w, &[1]).map_err(sys_err("release the new process"))?;
-    drop(sync_w);
     loop {
         let stop = ptrace::wait_stop(child, "restore")?;
         match stop {

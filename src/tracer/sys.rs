@@ -69,10 +69,20 @@ pub fn kernel_release() -> String {
 /// `clone3` as a plain fork (`exit_signal = SIGCHLD`), optionally with the child's PID
 /// chosen (`set_tid`, needs CAP_CHECKPOINT_RESTORE). Returns 0 in the child.
 pub fn clone3_fork(pid: Option<i32>) -> Result<i32, Errno> {
+    clone3_process(pid, libc::SIGCHLD, false)
+}
+
+/// `clone3` of a new process (a copy of this one) that signals its parent with
+/// `exit_signal` when it ends; `untraced` keeps a tracer's auto-attach off it
+/// (`CLONE_UNTRACED`). Allocation-free: the restore child forks the job's processes with it.
+pub fn clone3_process(pid: Option<i32>, exit_signal: i32, untraced: bool) -> Result<i32, Errno> {
     let mut wanted: libc::pid_t = pid.unwrap_or(0);
     // SAFETY: clone_args is plain data; zeroed is its documented "no options" value.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.exit_signal = libc::SIGCHLD as u64;
+    args.exit_signal = exit_signal as u64;
+    if untraced {
+        args.flags = libc::CLONE_UNTRACED as u64;
+    }
     if pid.is_some() {
         args.set_tid = (&raw mut wanted) as u64;
         args.set_tid_size = 1;
@@ -87,6 +97,85 @@ pub fn clone3_fork(pid: Option<i32>) -> Result<i32, Errno> {
         )
     };
     Errno::result(ret).map(|r| r as i32)
+}
+
+/// `setsid()`: the caller leads a new session (and process group).
+pub fn new_session() -> Result<(), Errno> {
+    int_syscall(libc::SYS_setsid, [0; 6]).map(drop)
+}
+
+/// `setpgid(pid, pgid)` (0 means the caller, and a group named after it).
+pub fn set_process_group(pid: i32, pgid: i32) -> Result<(), Errno> {
+    int_syscall(libc::SYS_setpgid, [pid as u64, pgid as u64, 0, 0, 0, 0]).map(drop)
+}
+
+/// Waits until child `pid` has exited, leaving it a zombie (`waitid(WEXITED | WNOWAIT)`).
+pub fn wait_exited_keep(pid: i32) -> Result<(), Errno> {
+    let mut info = [0u8; 128];
+    let args = [
+        libc::P_PID as u64,
+        pid as u64,
+        (&raw mut info) as u64,
+        (libc::WEXITED | libc::WNOWAIT) as u64,
+        0,
+        0,
+    ];
+    loop {
+        // SAFETY: the kernel writes one siginfo_t (128 bytes) into `info`.
+        match unsafe { raw_syscall(libc::SYS_waitid, args) } {
+            Err(Errno::EINTR) => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// Takes every pending (blocked) `signo` off the calling thread and its process.
+pub fn discard_pending(signo: i32) {
+    let set: u64 = 1 << (signo - 1);
+    let zero = [0i64; 2]; // struct timespec { 0, 0 }: do not wait
+    let args = [
+        (&raw const set) as u64,
+        0,
+        (&raw const zero) as u64,
+        8,
+        0,
+        0,
+    ];
+    // SAFETY: `set` and `zero` are live for the call; no siginfo is asked for.
+    while unsafe { raw_syscall(libc::SYS_rt_sigtimedwait, args) }.is_ok() {}
+}
+
+/// Ends the calling process by signal `signo` (default action, unblocked), for a zombie
+/// whose parent must see it killed by that signal. No core file: the rlimit is 0.
+pub fn die_by_signal(signo: i32) -> ! {
+    let _ = set_rlimit(libc::RLIMIT_CORE as u32, 0, 0);
+    let _ = set_signal_action(signo, &[0; 4]);
+    let set: u64 = 1 << (signo - 1);
+    let args = [
+        libc::SIG_UNBLOCK as u64,
+        (&raw const set) as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    // SAFETY: `set` is a live 8-byte mask; the old mask is not asked for.
+    let _ = unsafe { raw_syscall(libc::SYS_rt_sigprocmask, args) };
+    let pid = int_syscall(libc::SYS_getpid, [0; 6]).unwrap_or(0);
+    let _ = int_syscall(libc::SYS_kill, [pid as u64, signo as u64, 0, 0, 0, 0]);
+    exit_now(128 + signo)
+}
+
+/// Closes every fd in `[first, last]`.
+pub fn close_fd_range(first: i32, last: i32) -> Result<(), Errno> {
+    if last < first {
+        return Ok(());
+    }
+    int_syscall(
+        libc::SYS_close_range,
+        [first as u64, last as u64, 0, 0, 0, 0],
+    )
+    .map(drop)
 }
 
 /// A system call with integer arguments; -1 becomes the errno.
@@ -270,11 +359,16 @@ pub fn map_fixed_noreplace(addr: u64, len: usize, shared: bool) -> Result<*mut u
 
 /// Maps a fresh shared page anywhere (the restore child's error report).
 pub fn map_shared_page() -> Result<*mut u8, Errno> {
+    map_shared_anonymous(4096)
+}
+
+/// A new shared anonymous mapping of `len` bytes (a shmem object of its own).
+pub fn map_shared_anonymous(len: usize) -> Result<*mut u8, Errno> {
     // SAFETY: a new anonymous mapping at a kernel-chosen address touches nothing else.
     let ret = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            4096,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             -1,
@@ -531,4 +625,65 @@ pub fn process_madvise(
     // SAFETY: the kernel only reads `iov` (live for the call); the ranges it names are in
     // the other process's address space, not this one's.
     unsafe { raw_syscall(libc::SYS_process_madvise, args) }.map(|n| n as u64)
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file description
+/// (`kcmp(KCMP_FILE)`): a shared offset and flags, as after `fork` or `dup`.
+pub fn same_open_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, Errno> {
+    const KCMP_FILE: u64 = 0;
+    let order = int_syscall(
+        libc::SYS_kcmp,
+        [
+            pid1 as u64,
+            pid2 as u64,
+            KCMP_FILE,
+            fd1 as u64,
+            fd2 as u64,
+            0,
+        ],
+    )?;
+    Ok(order == 0)
+}
+
+/// Bytes waiting in a pipe (`FIONREAD`).
+pub fn bytes_queued(fd: std::os::fd::BorrowedFd) -> Result<usize, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer, which is live for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut n) };
+    Errno::result(ret)?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// A new fd (close-on-exec, at `floor` or above) for this process's fd `fd`, which may be
+/// closed (EBADF): the standard streams a restore hands on are not known to be open.
+pub fn dup_at_least(fd: i32, floor: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    let new = int_syscall(
+        libc::SYS_fcntl,
+        [
+            fd as u64,
+            libc::F_DUPFD_CLOEXEC as u64,
+            floor as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    // SAFETY: the kernel just returned this new fd; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(new as i32) })
+}
+
+/// Raises this process's soft limit on open files to at least `wanted` (up to the hard
+/// limit): the restorer holds the job's objects above every fd number the job uses.
+pub fn raise_fd_limit(wanted: i32) -> Result<(), Errno> {
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    let wanted = u64::try_from(wanted).unwrap_or(0);
+    if soft >= wanted {
+        return Ok(());
+    }
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        wanted.min(hard),
+        hard,
+    )
 }

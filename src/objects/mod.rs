@@ -1,0 +1,408 @@
+//! The kernel objects a job's fds refer to. Each kind has one module holding its manifest
+//! type, how it is captured and how it is opened again at restore: `stdio` (the job's
+//! standard streams), `pipe` (pipes between the job's processes, or to outside), `file`
+//! (an open file description shared by several fds). Adding a kind is a module and a
+//! variant of [`ObjectKind`].
+//!
+//! This module walks the fd tables of every process of the job once, decides the kind of
+//! each fd, and gathers every fd it cannot checkpoint into one error: a checkpoint fails
+//! naming all of them, never the first one only.
+
+pub mod file;
+pub mod pipe;
+pub mod stdio;
+
+use crate::image::format::{FdKind, FdState};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+/// An object several fds (of one or several processes) may refer to.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedObject {
+    pub id: u64,
+    pub object: ObjectKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ObjectKind {
+    Stdio(stdio::StdioStream),
+    Pipe(pipe::PipeState),
+    File(file::SharedFile),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("cannot read {what} of process {pid}: {message}")]
+    Proc {
+        pid: i32,
+        what: &'static str,
+        message: String,
+    },
+    #[error("{}", list_problems(.0))]
+    Unsupported(Vec<Unsupported>),
+    #[error("cannot capture {what} of fd {fd} of process {pid}")]
+    Capture {
+        pid: i32,
+        fd: i32,
+        what: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("cannot recreate {what}")]
+    Recreate {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One fd a checkpoint cannot capture, and what the user can do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub pid: i32,
+    pub command: String,
+    pub fd: i32,
+    pub what: &'static str,
+    pub target: String,
+    pub hint: &'static str,
+}
+
+fn list_problems(problems: &[Unsupported]) -> String {
+    let mut text = format!(
+        "{} open file{} of the job cannot be checkpointed:",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        text.push_str(&format!(
+            "\n  - process {} ({}) fd {}: {} ({}); {}",
+            p.pid, p.command, p.fd, p.what, p.target, p.hint
+        ));
+    }
+    text
+}
+
+const CLOSE_IT: &str = "close it before the checkpoint, or run the job without it";
+
+/// An fd as `/proc` shows it.
+#[derive(Debug)]
+pub struct OpenFd {
+    pub pid: i32,
+    pub fd: i32,
+    /// What `/proc/PID/fd/N` points at (`/path`, `pipe:[123]`, `socket:[456]` ...).
+    pub target: String,
+    pub pos: u64,
+    /// Open flags, `O_CLOEXEC` included.
+    pub flags: i32,
+    pub meta: Option<std::fs::Metadata>,
+}
+
+impl OpenFd {
+    fn access(&self) -> i32 {
+        self.flags & libc::O_ACCMODE
+    }
+
+    fn state(&self, kind: FdKind, object: Option<u64>) -> FdState {
+        let writable = self.access() != libc::O_RDONLY;
+        let size = match (kind, &self.meta) {
+            (FdKind::File, Some(m)) if writable => Some(m.size()),
+            _ => None,
+        };
+        FdState {
+            fd: self.fd,
+            kind,
+            path: self.target.clone(),
+            flags: self.flags & !libc::O_CLOEXEC,
+            cloexec: self.flags & libc::O_CLOEXEC != 0,
+            offset: if kind == FdKind::File { self.pos } else { 0 },
+            size,
+            object,
+        }
+    }
+}
+
+/// Every fd of process `pid`, in fd order.
+pub fn read_fd_table(pid: Pid) -> Result<Vec<OpenFd>, ObjectError> {
+    let pid = pid.as_raw();
+    let err = |what| {
+        move |e: std::io::Error| ObjectError::Proc {
+            pid,
+            what,
+            message: e.to_string(),
+        }
+    };
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(err("fd list"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    let mut table = Vec::with_capacity(fds.len());
+    for fd in fds {
+        let link = format!("/proc/{pid}/fd/{fd}");
+        let target = match std::fs::read_link(&link) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            // Closed since the listing (the process runs when this is only a check).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err("fd link")(e)),
+        };
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(err("fdinfo"))?;
+        let (pos, flags) = parse_fdinfo(&info).ok_or_else(|| ObjectError::Proc {
+            pid,
+            what: "fdinfo",
+            message: format!("unexpected content: {info}"),
+        })?;
+        table.push(OpenFd {
+            pid,
+            fd,
+            target,
+            pos,
+            flags,
+            meta: std::fs::metadata(&link).ok(),
+        });
+    }
+    Ok(table)
+}
+
+/// `pos` and `flags` from `/proc/PID/fdinfo/N` (flags are octal there).
+fn parse_fdinfo(text: &str) -> Option<(u64, i32)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let pos = field("pos:")?.parse().ok()?;
+    let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
+    Some((pos, flags))
+}
+
+/// What the checkpoint keeps of the job's files.
+#[derive(Debug, Default)]
+pub struct JobFiles {
+    /// Each process's fds, by PID.
+    pub fds: BTreeMap<i32, Vec<FdState>>,
+    pub objects: Vec<SharedObject>,
+    /// Fds that will not come back as they were (a pipe whose other end is outside the
+    /// job): the checkpoint goes on, the user is told.
+    pub warnings: Vec<String>,
+}
+
+/// How much of the objects to read: `Check` only classifies (the job may be running),
+/// `Capture` also reads their state (the job is frozen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    Check,
+    Capture,
+}
+
+/// Classifies every fd of the job's processes (`pids[0]` is the job's root) and, with
+/// `Depth::Capture`, captures the state of the objects they share. Fails listing every fd
+/// that cannot be checkpointed.
+pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
+    let tables: Vec<Vec<OpenFd>> = pids
+        .iter()
+        .map(|&p| read_fd_table(p))
+        .collect::<Result<_, _>>()?;
+    let stdio = stdio::job_streams(tables.first().map_or(&[][..], |t| &t[..]));
+    let mut files = JobFiles::default();
+    let mut problems = Vec::new();
+    let mut pipes = pipe::Pipes::default();
+    let mut regular: Vec<&OpenFd> = Vec::new();
+    let mut kinds: Vec<Vec<FdKind>> = Vec::new();
+    for table in &tables {
+        let mut row = Vec::new();
+        for fd in table {
+            let kind = if stdio.contains_key(&fd.target) {
+                FdKind::Stdio
+            } else {
+                match classify(fd) {
+                    Ok(kind) => kind,
+                    Err((what, hint)) => {
+                        problems.push(unsupported(fd, what, hint));
+                        FdKind::CharDevice
+                    }
+                }
+            };
+            match kind {
+                FdKind::Pipe => pipes.add(fd),
+                FdKind::File => regular.push(fd),
+                _ => {}
+            }
+            row.push(kind);
+        }
+        kinds.push(row);
+    }
+    if !problems.is_empty() {
+        return Err(ObjectError::Unsupported(problems));
+    }
+    let mut ids = IdAllocator::default();
+    let stdio_ids = stdio::objects(&stdio, &mut ids, &mut files.objects);
+    let pipe_ids = pipes.objects(depth, &mut ids, &mut files)?;
+    let file_ids = file::shared_descriptions(&regular, &mut ids, &mut files.objects);
+    for (table, row) in tables.iter().zip(&kinds) {
+        let states = table
+            .iter()
+            .zip(row)
+            .map(|(fd, &kind)| {
+                let object = match kind {
+                    FdKind::Stdio => stdio_ids.get(&fd.target).copied(),
+                    FdKind::Pipe => pipe_ids.get(&pipe::inode_of(&fd.target)).copied(),
+                    FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
+                    _ => None,
+                };
+                fd.state(kind, object)
+            })
+            .collect();
+        if let Some(first) = table.first() {
+            files.fds.insert(first.pid, states);
+        }
+    }
+    for &pid in pids {
+        files.fds.entry(pid.as_raw()).or_default();
+    }
+    Ok(files)
+}
+
+/// Hands out object ids, from 1.
+#[derive(Debug, Default)]
+pub struct IdAllocator(u64);
+
+impl IdAllocator {
+    pub fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+fn unsupported(fd: &OpenFd, what: &'static str, hint: &'static str) -> Unsupported {
+    Unsupported {
+        pid: fd.pid,
+        command: command_of(fd.pid),
+        fd: fd.fd,
+        what,
+        target: fd.target.clone(),
+        hint,
+    }
+}
+
+/// The process's command name, for messages.
+pub fn command_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+type Refusal = (&'static str, &'static str);
+
+/// The kind of an fd that is not one of the job's standard streams.
+fn classify(fd: &OpenFd) -> Result<FdKind, Refusal> {
+    let target = fd.target.as_str();
+    if target.starts_with("pipe:") {
+        return Ok(FdKind::Pipe);
+    }
+    if target.starts_with("socket:") {
+        return Err((
+            "a socket",
+            "mlckpt cannot checkpoint sockets yet; close it before the checkpoint, or run the job without it",
+        ));
+    }
+    if target.starts_with("anon_inode:") {
+        return Err((
+            "an anonymous inode (eventfd, epoll, timerfd, signalfd ...)",
+            CLOSE_IT,
+        ));
+    }
+    if target.ends_with(" (deleted)") {
+        return Err((
+            "a deleted file",
+            "a deleted file cannot be reopened at restore; keep the file until the checkpoint is done",
+        ));
+    }
+    let Some(meta) = &fd.meta else {
+        return Err(("an unreadable file", CLOSE_IT));
+    };
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        Ok(FdKind::File)
+    } else if ft.is_dir() {
+        Ok(FdKind::Directory)
+    } else if ft.is_char_device() {
+        Ok(FdKind::CharDevice)
+    } else {
+        Err((
+            "a special file (FIFO, socket file or block device)",
+            CLOSE_IT,
+        ))
+    }
+}
+
+/// An object opened again at restore: the fds to duplicate, by `slot`.
+#[derive(Debug, Default)]
+pub struct Opened {
+    pub slots: Vec<Option<OwnedFd>>,
+}
+
+impl SharedObject {
+    /// Creates the object again in the calling process (the restorer), before the job's
+    /// processes are created: they inherit it.
+    pub fn open(&self) -> Result<Opened, ObjectError> {
+        match &self.object {
+            ObjectKind::Stdio(s) => s.open(),
+            ObjectKind::Pipe(p) => p.open(self.id),
+            ObjectKind::File(f) => f.open(),
+        }
+    }
+
+    /// Which of the opened fds `fd` duplicates.
+    pub fn slot(&self, fd: &FdState) -> usize {
+        match &self.object {
+            ObjectKind::Pipe(_) => pipe::slot(fd.flags),
+            _ => 0,
+        }
+    }
+}
+
+/// An fd at or above `floor` (the restorer keeps objects above every fd number the job
+/// uses, so that the job's processes can put them in place without clobbering any).
+pub fn raise_fd(fd: OwnedFd, floor: i32) -> Result<OwnedFd, ObjectError> {
+    use std::os::fd::AsRawFd;
+    crate::tracer::sys::dup_at_least(fd.as_raw_fd(), floor).map_err(|e| ObjectError::Recreate {
+        what: format!("an fd above {floor}"),
+        source: e.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_flags_are_octal() {
+        let text = "pos:\t42\nflags:\t0100002\nmnt_id:\t25\nino:\t1\n";
+        assert_eq!(parse_fdinfo(text), Some((42, 0o100002)));
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let p = |fd| Unsupported {
+            pid: 7,
+            command: "job".into(),
+            fd,
+            what: "a socket",
+            target: format!("socket:[{fd}]"),
+            hint: "close it",
+        };
+        let text = ObjectError::Unsupported(vec![p(3), p(4)]).to_string();
+        assert!(text.starts_with("2 open files"), "{text}");
+        assert!(
+            text.contains("fd 3: a socket") && text.contains("fd 4: a socket"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! The job's standard streams: a terminal, or a pipe or socket to whatever started the job
+//! (a shell, SLURM, a test harness). A restore gives the job the restoring command's own
+//! streams instead: a requeued job writes to its new output, reads its new input.
+
+use super::{IdAllocator, ObjectError, ObjectKind, OpenFd, Opened, SharedObject};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+/// Stream `fd` (0, 1 or 2) of the job: every fd of any of its processes that refers to
+/// what the root's fd `fd` referred to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StdioStream {
+    pub fd: i32,
+}
+
+/// The root's fds 0-2 that lead outside the job, by `/proc` link target: target -> fd.
+/// Regular files are not streams: they are reopened by path like any file.
+pub fn job_streams(root: &[OpenFd]) -> BTreeMap<String, i32> {
+    let mut streams = BTreeMap::new();
+    for fd in root.iter().filter(|f| (0..=2).contains(&f.fd)) {
+        if is_stream(fd) {
+            streams.entry(fd.target.clone()).or_insert(fd.fd);
+        }
+    }
+    streams
+}
+
+fn is_stream(fd: &OpenFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if fd.target.starts_with("pipe:") || fd.target.starts_with("socket:") {
+        return true;
+    }
+    fd.meta.as_ref().is_some_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        let ft = m.file_type();
+        let major = libc::major(m.rdev());
+        // Terminals: pty slaves (136-143), the console and virtual terminals (4, 5).
+        ft.is_fifo()
+            || (ft.is_char_device() && ((136..=143).contains(&major) || major == 4 || major == 5))
+    })
+}
+
+/// One object per stream; returns target -> object id.
+pub fn objects(
+    streams: &BTreeMap<String, i32>,
+    ids: &mut IdAllocator,
+    out: &mut Vec<SharedObject>,
+) -> BTreeMap<String, u64> {
+    let mut by_target = BTreeMap::new();
+    for (target, &fd) in streams {
+        let id = ids.next();
+        out.push(SharedObject {
+            id,
+            object: ObjectKind::Stdio(StdioStream { fd }),
+        });
+        by_target.insert(target.clone(), id);
+    }
+    by_target
+}
+
+impl StdioStream {
+    /// The restorer's own stream `fd`; `/dev/null` when the restorer has none.
+    pub fn open(&self) -> Result<Opened, ObjectError> {
+        let fd: OwnedFd = match crate::tracer::sys::dup_at_least(self.fd, 0) {
+            Ok(fd) => fd,
+            Err(_) => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|source| ObjectError::Recreate {
+                    what: format!("stream {} (/dev/null)", self.fd),
+                    source,
+                })?
+                .into(),
+        };
+        Ok(Opened {
+            slots: vec![Some(fd)],
+        })
+    }
+}
