@@ -17,6 +17,8 @@ struct Row {
     seq: u64,
     time_unix_ms: u64,
     bytes: u64,
+    /// Processes in the image (the job's root, its other processes, zombies).
+    processes: usize,
     valid: bool,
 }
 
@@ -39,6 +41,7 @@ pub fn list(args: &JobArgs, json: bool) -> anyhow::Result<i32> {
             seq: found.seq,
             time_unix_ms: img.manifest.time_unix_ms,
             bytes: img.manifest.pages_bytes,
+            processes: img.manifest.process_count(),
             valid: image::open_verified(&found.path).is_ok(),
         });
     }
@@ -47,19 +50,20 @@ pub fn list(args: &JobArgs, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<8} {:>4} {:<12} {:>5} {:>7} {:>14} {:<6} PATH",
-        "TIER", "NODE", "JOB", "RANK", "SEQ", "BYTES", "VALID"
+        "{:<8} {:>4} {:<12} {:>5} {:>7} {:>14} {:>5} {:<6} PATH",
+        "TIER", "NODE", "JOB", "RANK", "SEQ", "BYTES", "PROCS", "VALID"
     );
     for r in rows {
         let node = r.node.map_or("-".to_string(), |n| n.to_string());
         println!(
-            "{:<8} {:>4} {:<12} {:>5} {:>7} {:>14} {:<6} {}",
+            "{:<8} {:>4} {:<12} {:>5} {:>7} {:>14} {:>5} {:<6} {}",
             r.tier,
             node,
             r.job,
             r.rank,
             r.seq,
             r.bytes,
+            r.processes,
             if r.valid { "yes" } else { "NO" },
             r.path
         );

@@ -47,7 +47,7 @@ pub fn shared_descriptions(
         }
         for group in groups.into_iter().filter(|g| g.len() > 1) {
             let first = group[0];
-            let id = ids.next();
+            let id = ids.allocate();
             out.push(SharedObject {
                 id,
                 object: ObjectKind::File(SharedFile {

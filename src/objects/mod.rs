@@ -273,7 +273,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
 pub struct IdAllocator(u64);
 
 impl IdAllocator {
-    pub fn next(&mut self) -> u64 {
+    pub fn allocate(&mut self) -> u64 {
         self.0 += 1;
         self.0
     }

@@ -90,7 +90,7 @@ impl<'a> Pipes<'a> {
                 (super::Depth::Capture, Some(r)) => peek(r)?,
                 _ => (0, Vec::new()),
             };
-            let id = ids.next();
+            let id = ids.allocate();
             files.objects.push(SharedObject {
                 id,
                 object: ObjectKind::Pipe(PipeState {

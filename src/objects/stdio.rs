@@ -50,7 +50,7 @@ pub fn objects(
 ) -> BTreeMap<String, u64> {
     let mut by_target = BTreeMap::new();
     for (target, &fd) in streams {
-        let id = ids.next();
+        let id = ids.allocate();
         out.push(SharedObject {
             id,
             object: ObjectKind::Stdio(StdioStream { fd }),

@@ -148,7 +148,7 @@ pub fn discard_pending(signo: i32) {
 /// Ends the calling process by signal `signo` (default action, unblocked), for a zombie
 /// whose parent must see it killed by that signal. No core file: the rlimit is 0.
 pub fn die_by_signal(signo: i32) -> ! {
-    let _ = set_rlimit(libc::RLIMIT_CORE as u32, 0, 0);
+    let _ = set_rlimit(libc::RLIMIT_CORE, 0, 0);
     let _ = set_signal_action(signo, &[0; 4]);
     let set: u64 = 1 << (signo - 1);
     let args = [

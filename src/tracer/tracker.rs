@@ -423,6 +423,7 @@ mod tests {
                 grows_down: false,
                 advice: Vec::new(),
                 runs: Vec::new(),
+                shared_object: None,
                 hashed: true,
             },
             store: StorePolicy::PrivateData,

@@ -138,6 +138,15 @@ impl Prog {
         Some(prog)
     }
 
+    /// `bash tests/programs/<script> ARGS`.
+    pub fn script(script: &str, args: &[&str]) -> Prog {
+        let bash = find_in_path("bash").expect("bash in PATH");
+        let mut prog = Prog::new(bash.to_string_lossy().into_owned(), args);
+        let script = programs_dir().join(script).to_string_lossy().into_owned();
+        prog.argv.insert(1, script);
+        prog
+    }
+
     fn new(exe: String, args: &[&str]) -> Prog {
         let mut argv = vec![exe];
         argv.extend(args.iter().map(|a| a.to_string()));

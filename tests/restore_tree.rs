@@ -1,0 +1,121 @@
+//! Whole jobs: process trees. Each test runs a job of several processes under `mlckpt run`,
+//! checkpoints it with `--kill` (the whole tree dies), restores it, and requires the output
+//! of the checkpointed run plus the restored run to be that of an uninterrupted run; the
+//! image must really hold the tree (its manifest is read back).
+
+mod common;
+
+use common::*;
+use mlckpt::image::Image;
+use mlckpt::objects::ObjectKind;
+
+fn manifest(ckpt: &Ckpt) -> mlckpt::image::format::Manifest {
+    Image::open(&ckpt.path).expect("image opens").manifest
+}
+
+#[test]
+fn bash_job_script_with_its_step_program_running() {
+    let h = Harness::new("tree-job");
+    let step = compiled("step").to_string_lossy().into_owned();
+    let prog = Prog::script("tree_job.sh", &["{dir}/state", "40", &step]);
+    let out = h.checkpoint_kill_restore(&prog, 14);
+    let m = manifest(&out.ckpt);
+    assert!(
+        m.members.iter().any(|p| p.process.exe.contains("step")),
+        "the step program was not in the image: {:?}",
+        m.members.iter().map(|p| &p.process.exe).collect::<Vec<_>>()
+    );
+    let state = |dir: std::path::PathBuf| std::fs::read(dir.join("state")).unwrap();
+    assert_eq!(
+        state(h.ref_dir()),
+        state(h.run_dir()),
+        "the state file the steps rewrite differs from the uninterrupted run's"
+    );
+}
+
+#[test]
+fn loop_of_sleep_children() {
+    let h = Harness::new("tree-sleep");
+    h.checkpoint_kill_restore(&Prog::script("sleeploop.sh", &["80"]), 25);
+}
+
+#[test]
+fn pipeline_with_data_in_the_pipe() {
+    let h = Harness::new("tree-pipe");
+    let out = h.checkpoint_kill_restore(&Prog::c("pipeline", &["80"]), 15);
+    let m = manifest(&out.ckpt);
+    assert_eq!(m.members.len(), 2, "producer and consumer");
+    let buffered: usize = m
+        .objects
+        .iter()
+        .filter_map(|o| match &o.object {
+            ObjectKind::Pipe(p) if p.read_end.is_some() && p.write_end.is_some() => {
+                Some(p.data.len())
+            }
+            _ => None,
+        })
+        .sum();
+    assert!(
+        buffered > 0,
+        "no data was buffered in the pipe: {:?}",
+        m.objects
+    );
+}
+
+#[test]
+fn parent_waiting_for_a_running_child_and_a_zombie() {
+    let h = Harness::new("tree-zombie");
+    let out = h.checkpoint_kill_restore(&Prog::c("waiter", &["60"]), 15);
+    let m = manifest(&out.ckpt);
+    assert_eq!(m.zombies.len(), 1, "the zombie child: {:?}", m.zombies);
+    assert_eq!(m.zombies[0].wait_status, 7 << 8);
+    assert_eq!(m.process_count(), 3);
+}
+
+#[test]
+fn signal_to_the_process_group_reaches_every_member() {
+    let h = Harness::new("tree-group");
+    h.checkpoint_kill_restore(&Prog::c("killgroup", &["60"]), 12);
+}
+
+#[test]
+fn shared_memory_stays_shared() {
+    let h = Harness::new("tree-shm");
+    h.checkpoint_kill_restore(&Prog::c("shmem", &["60"]), 15);
+}
+
+#[test]
+fn python_multiprocessing_pool() {
+    let h = Harness::new("tree-pool");
+    let Some(prog) = Prog::python("pool.py", &["60"]) else {
+        return;
+    };
+    let out = h.checkpoint_kill_restore(&prog, 15);
+    assert!(manifest(&out.ckpt).members.len() >= 2, "the pool's workers");
+}
+
+/// A checkpoint names every object it cannot capture, in every process, and the job runs
+/// on untouched. The child inherits the eventfd: four fds in all.
+#[test]
+fn unsupported_objects_are_all_listed_and_the_job_runs_on() {
+    let h = Harness::new("tree-unsupported");
+    let prog = Prog::c("unsupported_tree", &["80"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let res = h
+        .mlckpt(&["checkpoint", &pid.to_string(), "--kill"])
+        .expect_failure();
+    let text = res.output();
+    assert!(
+        text.contains("4 open files") && text.contains("eventfd") && text.contains("a socket"),
+        "every object should be listed\n{}",
+        res.describe()
+    );
+    assert!(pid_alive(pid), "a failed checkpoint killed the job");
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
+    assert_continuation(&reference.stdout, &run.stdout, "", pid);
+    assert!(h.images().is_empty(), "a failed checkpoint left an image");
+}
