@@ -129,6 +129,14 @@ pub fn supervise(
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
         lineage: RefCell::new(lineage),
     };
+    // Said now, not at the first checkpoint an hour later: what will not come back as it is.
+    match crate::tracer::dump::check_files(pid) {
+        Ok(files) => crate::tracer::dump::warn_once(&files.warnings),
+        Err(e) => eprintln!(
+            "mlckpt: warning: checkpoints of process {pid} will fail while this lasts: {}",
+            error_chain(&e)
+        ),
+    }
     if ctx.config.image.write_tracking {
         // Now rather than at the first checkpoint: setting it up stops the target briefly,
         // and that checkpoint's freeze should be its only stop.
