@@ -119,3 +119,47 @@ fn unsupported_objects_are_all_listed_and_the_job_runs_on() {
     assert_continuation(&reference.stdout, &run.stdout, "", pid);
     assert!(h.images().is_empty(), "a failed checkpoint left an image");
 }
+
+/// The members of a job are write-tracked like its root: after a full image, checkpoints
+/// of a running tree store only the pages each process wrote, the rest comes from the
+/// images before; a tree restored from the last of such a chain goes on exactly.
+#[test]
+fn tracked_members_make_increments_that_restore_exactly() {
+    let h = Harness::new("tree-incr");
+    h.set_config("keep = 10\n[interval]\nlocal = 0\n[image]\nfull_every = 4\n");
+    let prog = Prog::c("tree_memory", &["3", "24", "160"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(5);
+    let pid = run.target_pid();
+    for ticks in [15, 25] {
+        h.checkpoint(pid, false);
+        run.wait_for_ticks(ticks);
+    }
+    let last = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    let m = manifest(&last);
+    assert_eq!(m.members.len(), 2);
+    assert_eq!(
+        m.chain_depth, 2,
+        "the last image should be the second increment"
+    );
+    for member in &m.members {
+        let from_parents: u64 = member
+            .regions
+            .iter()
+            .flat_map(|r| &r.runs)
+            .filter(|run| run.image.is_some())
+            .map(|run| run.len)
+            .sum();
+        assert!(
+            from_parents > 8 << 20,
+            "process {} stored its unchanged pages again ({from_parents} bytes from parents)",
+            member.process.pid
+        );
+    }
+    let after = h.restore_to_end(&last.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &after, pid);
+}

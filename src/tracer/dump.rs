@@ -141,25 +141,25 @@ pub fn checkpoint(
 ) -> Result<CheckpointStats, DumpError> {
     let started = Instant::now();
     let Some(tracking) = tracking else {
-        return dump(req, None, started, Duration::ZERO);
+        return dump(req, Trackers::default(), started, Duration::ZERO);
     };
     let mut stopped = Duration::ZERO;
-    let result = match tracking.ready(req.pid, &mut stopped) {
-        Some(tracker) => {
-            let result = dump(req, Some(&mut *tracker), started, stopped);
-            if result.is_err() {
-                tracker.abandoned();
-            }
-            result
+    let result = {
+        let members: Vec<Pid> = live_members(req.pid);
+        let (root, members) = tracking.all_ready(req.pid, &members, &mut stopped);
+        let mut trackers = Trackers { root, members };
+        let result = dump(req, trackers.reborrow(), started, stopped);
+        if result.is_err() {
+            trackers.abandoned();
         }
-        None => dump(req, None, started, stopped),
+        result
     };
     match result {
         Err(DumpError::Track(TrackError::Pinned { .. } | TrackError::Replaced { .. })) => {
-            // Pinned memory or a new address space appeared mid-checkpoint: the tracker
+            // Pinned memory or a new address space appeared mid-checkpoint: the trackers
             // cannot vouch for this one; once more, comparing contents.
             tracking.reset();
-            dump(req, None, started, stopped)
+            dump(req, Trackers::default(), started, stopped)
         }
         Err(DumpError::Track(e)) => {
             tracking.reset();
@@ -169,16 +169,59 @@ pub fn checkpoint(
     }
 }
 
+/// The write trackers one checkpoint uses: the root's, and those of the members that
+/// have one.
+#[derive(Default)]
+pub struct Trackers<'a> {
+    root: Option<&'a mut WriteTracker>,
+    members: Vec<(Pid, &'a mut WriteTracker)>,
+}
+
+impl Trackers<'_> {
+    fn reborrow(&mut self) -> Trackers<'_> {
+        Trackers {
+            root: self.root.as_deref_mut(),
+            members: self
+                .members
+                .iter_mut()
+                .map(|(p, t)| (*p, &mut **t))
+                .collect(),
+        }
+    }
+
+    fn abandoned(&mut self) {
+        if let Some(t) = self.root.as_deref_mut() {
+            t.abandoned();
+        }
+        for (_, t) in &mut self.members {
+            t.abandoned();
+        }
+    }
+}
+
+/// The job's processes other than its root that are running now.
+fn live_members(root: Pid) -> Vec<Pid> {
+    tree::descendants(root.as_raw())
+        .into_iter()
+        .filter(|s| s.state != 'Z')
+        .map(|s| Pid::from_raw(s.pid))
+        .collect()
+}
+
 /// Below this much memory to read from the frozen target, a fork-snapshot (whose page
 /// table copy costs ~25 ms per GiB mapped) is not worth it when memory is write-tracked.
 const SNAPSHOT_MIN_BYTES: u64 = 32 << 20;
 
 fn dump(
     req: &CheckpointRequest,
-    mut tracker: Option<&mut WriteTracker>,
+    trackers: Trackers,
     started: Instant,
     stopped_before: Duration,
 ) -> Result<CheckpointStats, DumpError> {
+    let Trackers {
+        root: mut tracker,
+        members: member_trackers,
+    } = trackers;
     let mut clock = Clock::new(started);
     // Read before the freeze: it walks page tables, which takes long for big targets.
     let hints = inspect::flag_hints(req.pid)?;
@@ -188,6 +231,14 @@ fn dump(
     let mut writer = ImageWriter::create(req.rank_dir, req.seq)?;
     let mem = ProcessMemory::open(req.pid)?;
     clock.lap("prepare.writer");
+    // The members' pre-copy first, the root's last: its drain comes right before the freeze.
+    let mut tracked_members = precopy_members(
+        member_trackers,
+        parent.as_ref(),
+        &mut writer,
+        !req.kill,
+        &mut clock,
+    )?;
     if let Some(t) = tracker.as_deref_mut() {
         // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
         // than after it (the check while frozen below is the one that counts).
@@ -253,7 +304,12 @@ fn dump(
         tracker: tracker.as_deref_mut(),
     };
     let later = memory.while_frozen(req.pid, &mut plans, &tracked, &mut clock)?;
-    let member_images = dump_members(&mut members, &mut files, memory.writer)?;
+    let member_images = dump_members(
+        &mut members,
+        &mut files,
+        memory.writer,
+        &mut tracked_members,
+    )?;
     if !member_images.is_empty() {
         clock.lap("frozen.members");
     }
@@ -277,10 +333,15 @@ fn dump(
     let mut parents = sink.parents().clone();
     if let Some(t) = tracker.as_deref() {
         tracked_runs(t, &mut plans, &tracked)?;
-        for seq in t.index.referenced_images() {
-            let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
-            parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
-        }
+    }
+    let referenced = tracker
+        .iter()
+        .map(|t| &**t)
+        .chain(tracked_members.iter().map(|m| &*m.tracker))
+        .flat_map(|t| t.index.referenced_images());
+    for seq in referenced {
+        let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
+        parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
     }
     let chain_depth = match (&parent, parents.is_empty()) {
         (Some(p), false) => p.chain_depth(),
@@ -326,6 +387,10 @@ fn dump(
     let committed: CommittedImage = writer.commit(&manifest, &page_hashes)?;
     if let Some(t) = tracker {
         t.committed(req.seq, committed.manifest_blake3.clone(), &tracked_ranges);
+    }
+    for m in tracked_members {
+        m.tracker
+            .committed(req.seq, committed.manifest_blake3.clone(), &m.ranges);
     }
     if req.kill {
         members.kill();
@@ -378,12 +443,63 @@ pub fn warn_once(warnings: &[String]) {
     }
 }
 
-/// Captures the job's processes other than its root, all frozen: threads, state, and
-/// every page of theirs, read now.
+/// A member of the job whose writes are tracked, and what its pre-copy knew.
+struct TrackedMember<'a> {
+    pid: Pid,
+    tracker: &'a mut WriteTracker,
+    hints: FlagHints,
+    /// The ranges its image takes from the tracker (set when it is dumped).
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Pre-copies every tracked member (see `precopy::before_freeze`). A member that exits
+/// meanwhile is simply not tracked in this checkpoint.
+fn precopy_members<'a>(
+    trackers: Vec<(Pid, &'a mut WriteTracker)>,
+    parent: Option<&ParentPages>,
+    writer: &mut ImageWriter,
+    passes: bool,
+    clock: &mut Clock,
+) -> Result<Vec<TrackedMember<'a>>, DumpError> {
+    let mut tracked = Vec::with_capacity(trackers.len());
+    for (pid, tracker) in trackers {
+        let Ok(hints) = inspect::flag_hints(pid) else {
+            continue;
+        };
+        let Ok(mem) = ProcessMemory::open(pid) else {
+            continue;
+        };
+        let plans = inspect::read_regions_with(pid, &hints)?;
+        let before = precopy::Before {
+            plans: &plans,
+            hints: &hints,
+            parent,
+            mem: &mem,
+        };
+        match precopy::before_freeze(tracker, &before, writer, passes, clock)
+            .map_err(|e| gone_as_exited(e, pid))
+        {
+            Ok(()) => tracked.push(TrackedMember {
+                pid,
+                tracker,
+                hints,
+                ranges: Vec::new(),
+            }),
+            Err(DumpError::Freeze(FreezeError::NoProcess { .. })) => tracker.abandoned(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(tracked)
+}
+
+/// Captures the job's processes other than its root, all frozen: threads, state and
+/// memory. A tracked member's image takes its tracked regions from its tracker (pages
+/// pre-copied, or stored in earlier images); everything else is read now.
 fn dump_members(
     members: &mut FrozenMembers,
     files: &mut objects::JobFiles,
     writer: &mut ImageWriter,
+    tracked: &mut Vec<TrackedMember>,
 ) -> Result<Vec<MemberProcess>, DumpError> {
     let mut images = Vec::with_capacity(members.live.len());
     for (frozen, links) in &mut members.live {
@@ -394,11 +510,32 @@ fn dump_members(
         process.mm.brk = captured.brk;
         process.pending_signals = std::mem::take(&mut captured.process_pending);
         process.tree = *links;
-        let mut plans = inspect::read_regions(pid)?;
-        let all: Vec<usize> = (0..plans.len()).collect();
+        let mut tracker = tracked.iter_mut().find(|m| m.pid == pid);
+        let mut plans = match &tracker {
+            Some(m) => inspect::read_regions_with(pid, &m.hints)?,
+            None => inspect::read_regions(pid)?,
+        };
+        let mut by_tracker = Vec::new();
+        if let Some(m) = tracker.as_deref_mut() {
+            // After the capture, as for the root (rseq areas).
+            m.tracker.scan()?;
+            by_tracker = tracked_plans(&plans, Some(&*m.tracker));
+            m.ranges = by_tracker
+                .iter()
+                .map(|&i| (plans[i].region.start, plans[i].region.end))
+                .collect();
+            m.tracker.index.retain_within(&m.ranges);
+        }
+        let read_now: Vec<usize> = (0..plans.len())
+            .filter(|i| !by_tracker.contains(i))
+            .collect();
         let pagemap = PageMap::open(pid)?;
         let mut sink = PageSink::new(None, false);
-        dump_regions(&pagemap, &mem, &mut plans, &all, &mut sink, writer)?;
+        dump_regions(&pagemap, &mem, &mut plans, &read_now, &mut sink, writer)?;
+        if let Some(m) = tracker {
+            precopy::read_pending(m.tracker, &mem, writer, true)?;
+            tracked_runs(m.tracker, &mut plans, &by_tracker)?;
+        }
         images.push(MemberProcess {
             process,
             threads: captured.threads,
@@ -413,6 +550,8 @@ fn dump_members(
             signals: captured.signals,
         });
     }
+    // Tracked before the freeze but gone since: nothing of theirs is in the image.
+    tracked.retain(|m| members.live.iter().any(|(f, _)| f.pid == m.pid));
     Ok(images)
 }
 

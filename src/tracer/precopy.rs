@@ -25,9 +25,86 @@ const FINAL_PENDING_BYTES: u64 = 4 << 20;
 /// Pre-copy passes at most, the first one included.
 const MAX_PASSES: usize = 6;
 
-/// Write tracking of one supervised target, kept from one checkpoint to the next.
+/// Members of the job with less resident memory than this are not write-tracked: reading
+/// them while frozen costs less than a tracker (and short-lived step programs come and go
+/// between checkpoints).
+pub const MEMBER_TRACKING_MIN_BYTES: u64 = 16 << 20;
+
+/// Write tracking of a supervised job, kept from one checkpoint to the next: its root's,
+/// and that of each other process with enough memory to be worth it.
 #[derive(Default)]
 pub struct Tracking {
+    root: ProcessTracking,
+    members: std::collections::BTreeMap<i32, ProcessTracking>,
+}
+
+impl Tracking {
+    /// Tracking that goes on with `tracker` (the root's), made when the job was restored.
+    pub fn adopted(tracker: WriteTracker) -> Tracking {
+        Tracking {
+            root: ProcessTracking::adopted(tracker),
+            members: Default::default(),
+        }
+    }
+
+    /// The root's tracker, see [`ProcessTracking::ready`].
+    pub fn ready(&mut self, pid: Pid, stopped: &mut Duration) -> Option<&mut WriteTracker> {
+        self.root.ready(pid, stopped)
+    }
+
+    /// The root's tracker (see [`Tracking::ready`]) and those of the job's other processes
+    /// (`members`, running) that are worth one, created now where needed; the trackers of
+    /// processes gone are dropped.
+    pub fn all_ready(
+        &mut self,
+        root: Pid,
+        members: &[Pid],
+        stopped: &mut Duration,
+    ) -> (Option<&mut WriteTracker>, Vec<(Pid, &mut WriteTracker)>) {
+        let root = self.root.ready(root, stopped);
+        let members = members_ready(&mut self.members, members, stopped);
+        (root, members)
+    }
+
+    /// Forgets every tracker after an error they cannot recover from; the next checkpoint
+    /// starts new ones.
+    pub fn reset(&mut self) {
+        self.root.reset();
+        self.members.clear();
+    }
+}
+
+fn members_ready<'a>(
+    trackers: &'a mut std::collections::BTreeMap<i32, ProcessTracking>,
+    members: &[Pid],
+    stopped: &mut Duration,
+) -> Vec<(Pid, &'a mut WriteTracker)> {
+    trackers.retain(|pid, _| members.iter().any(|m| m.as_raw() == *pid));
+    for &pid in members {
+        if resident_bytes(pid) >= MEMBER_TRACKING_MIN_BYTES {
+            trackers.entry(pid.as_raw()).or_default();
+        }
+    }
+    trackers
+        .iter_mut()
+        .filter_map(|(&pid, t)| {
+            let pid = Pid::from_raw(pid);
+            t.ready(pid, stopped).map(|t| (pid, t))
+        })
+        .collect()
+}
+
+/// Resident memory of `pid` (`/proc/PID/statm`), 0 if it is gone.
+fn resident_bytes(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * crate::image::format::PAGE_SIZE)
+}
+
+/// Write tracking of one process, kept from one checkpoint to the next.
+#[derive(Default)]
+pub struct ProcessTracking {
     tracker: Option<WriteTracker>,
     /// Tracking failed to start (old kernel, no userfaultfd): not tried again.
     unavailable: bool,
@@ -35,12 +112,12 @@ pub struct Tracking {
     pinned_noted: bool,
 }
 
-impl Tracking {
+impl ProcessTracking {
     /// Tracking that goes on with `tracker`, made when the target was restored.
-    pub fn adopted(tracker: WriteTracker) -> Tracking {
-        Tracking {
+    pub fn adopted(tracker: WriteTracker) -> ProcessTracking {
+        ProcessTracking {
             tracker: Some(tracker),
-            ..Tracking::default()
+            ..ProcessTracking::default()
         }
     }
 
