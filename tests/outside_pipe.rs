@@ -10,9 +10,10 @@ use std::os::fd::AsRawFd;
 
 const FD: i32 = 100;
 
-#[test]
-fn pipe_to_outside_the_job_loses_its_reader_at_restore() {
-    let h = Harness::new("outside-pipe");
+/// A job writing to a pipe whose reader is this test (outside the job), and the thread
+/// that drains it until every writer is gone; the write end stays open in the test until
+/// it drops the returned fd.
+fn job_with_outside_pipe() -> (Prog, std::os::fd::OwnedFd, std::thread::JoinHandle<()>) {
     let (reader, writer) = nix::unistd::pipe().unwrap();
     let drain = std::thread::spawn(move || {
         let mut file = std::fs::File::from(reader);
@@ -32,6 +33,13 @@ fn pipe_to_outside_the_job_loses_its_reader_at_restore() {
         argv: vec![bash, "-c".into(), script],
         feed: None,
     };
+    (prog, writer, drain)
+}
+
+#[test]
+fn pipe_to_outside_the_job_loses_its_reader_at_restore() {
+    let h = Harness::new("outside-pipe");
+    let (prog, writer, drain) = job_with_outside_pipe();
     let reference = h.plain(&prog);
     let mut run = h.run(&prog);
     run.wait_for_ticks(15);
@@ -60,4 +68,38 @@ fn pipe_to_outside_the_job_loses_its_reader_at_restore() {
     );
     let expected_after = after.replace("write=EPIPE", "write=ok");
     assert_continuation(&reference, &before.stdout, &expected_after, pid);
+}
+
+/// With `[image] outside_peers = "refuse"` the same job cannot be checkpointed: the
+/// supervisor says so when it starts, the checkpoint fails naming the fd, the job runs on.
+#[test]
+fn outside_pipe_refused_on_request() {
+    let h = Harness::new("outside-pipe-refused");
+    h.set_config("[interval]\nlocal = 0\n[image]\noutside_peers = \"refuse\"\n");
+    let (prog, writer, drain) = job_with_outside_pipe();
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let res = h
+        .mlckpt(&["checkpoint", &pid.to_string(), "--kill"])
+        .expect_failure();
+    assert!(
+        res.output().contains(&format!("fd {FD} of process {pid}"))
+            && res.output().contains("outside_peers"),
+        "the refusal should name the fd and the setting\n{}",
+        res.describe()
+    );
+    assert!(pid_alive(pid), "a refused checkpoint killed the job");
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    assert!(
+        run.stderr.contains("will fail"),
+        "the supervisor should say at start that checkpoints will fail\n{}",
+        run.describe()
+    );
+    drop(writer);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    drain.join().unwrap();
+    assert_continuation(&reference, &run.stdout, "", pid);
+    assert!(h.images().is_empty());
 }

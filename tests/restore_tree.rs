@@ -163,3 +163,20 @@ fn tracked_members_make_increments_that_restore_exactly() {
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
     assert_continuation(&reference, &before, &after, pid);
 }
+
+/// What only a process can read of itself (child subreaper, parent-death signal) and a
+/// stopped member come back: the root is a subreaper again, its child asked for SIGUSR1
+/// at its parent's death again, the stopped child is stopped until the root continues it.
+#[test]
+fn subreaper_parent_death_signal_and_stopped_child() {
+    let h = Harness::new("tree-flags");
+    let out = h.checkpoint_kill_restore(&Prog::c("treeflags", &["60"]), 15);
+    let m = manifest(&out.ckpt);
+    assert!(m.process.child_subreaper);
+    assert!(m.members.iter().any(|p| p.process.tree.stopped));
+    assert!(
+        m.members
+            .iter()
+            .any(|p| p.process.parent_death_signal == libc::SIGUSR1)
+    );
+}

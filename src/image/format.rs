@@ -219,6 +219,12 @@ pub struct ProcessState {
     /// Parent, group and session (format 3; older images hold one process).
     #[serde(default)]
     pub tree: TreeLinks,
+    /// `PR_SET_PDEATHSIG`: the signal the process gets when its parent dies (0: none).
+    #[serde(default)]
+    pub parent_death_signal: i32,
+    /// `PR_SET_CHILD_SUBREAPER`: orphaned descendants are handed to it.
+    #[serde(default)]
+    pub child_subreaper: bool,
 }
 
 /// A queued signal with its full `siginfo_t` (128 bytes, base64), re-queued on restore.

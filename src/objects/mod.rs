@@ -72,6 +72,16 @@ pub struct Unsupported {
     pub hint: &'static str,
 }
 
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "process {} ({}) fd {}: {} ({}); {}",
+            self.pid, self.command, self.fd, self.what, self.target, self.hint
+        )
+    }
+}
+
 fn list_problems(problems: &[Unsupported]) -> String {
     let mut text = format!(
         "{} open file{} of the job cannot be checkpointed:",
@@ -79,10 +89,7 @@ fn list_problems(problems: &[Unsupported]) -> String {
         if problems.len() == 1 { "" } else { "s" }
     );
     for p in problems {
-        text.push_str(&format!(
-            "\n  - process {} ({}) fd {}: {} ({}); {}",
-            p.pid, p.command, p.fd, p.what, p.target, p.hint
-        ));
+        text.push_str(&format!("\n  - {p}"));
     }
     text
 }

@@ -5,7 +5,7 @@
 use super::{SuperviseError, error_chain};
 use crate::image::format::TierKind;
 use crate::image::store;
-use crate::tiers::config::Config;
+use crate::tiers::config::{Config, OutsidePeers};
 use crate::tiers::layout::RankPaths;
 use crate::tiers::placement::{Copied, PlaceError, Placer};
 use crate::tiers::retention;
@@ -107,6 +107,7 @@ impl JobContext {
             kill,
             full_every: self.config.image.full_every,
             parent: lineage.as_ref().map(|l| l.parent).unwrap_or_default(),
+            refuse_outside_peers: self.config.image.outside_peers == OutsidePeers::Refuse,
         };
         let tracking = lineage
             .as_deref_mut()

@@ -130,7 +130,8 @@ pub fn supervise(
         lineage: RefCell::new(lineage),
     };
     // Said now, not at the first checkpoint an hour later: what will not come back as it is.
-    match crate::tracer::dump::check_files(pid) {
+    let refuse = ctx.config.image.outside_peers == crate::tiers::config::OutsidePeers::Refuse;
+    match crate::tracer::dump::check_files(pid, refuse) {
         Ok(files) => crate::tracer::dump::warn_once(&files.warnings),
         Err(e) => eprintln!(
             "mlckpt: warning: checkpoints of process {pid} will fail while this lasts: {}",

@@ -76,6 +76,20 @@ pub struct ImageConfig {
     /// find changed pages without reading all memory; off: fork-snapshots and content
     /// hashes only.
     pub write_tracking: bool,
+    /// What a checkpoint does with a pipe whose other end is outside the job.
+    pub outside_peers: OutsidePeers,
+}
+
+/// `[image] outside_peers`: a pipe whose other end is held by a process outside the job
+/// (a launcher's pipe) cannot come back as it was: its other side will be gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutsidePeers {
+    /// Checkpoint it with a warning; after a restore the other side is gone (EOF, EPIPE).
+    #[default]
+    Warn,
+    /// Fail the checkpoint, naming the fds.
+    Refuse,
 }
 
 /// `[topology]`: only parsed here; the paths it implies belong to the topology module.
@@ -165,6 +179,7 @@ impl Config {
             image: ImageConfig {
                 full_every: DEFAULT_FULL_EVERY,
                 write_tracking: true,
+                outside_peers: OutsidePeers::Warn,
             },
             topology: TopologyConfig {
                 test_mode: false,
@@ -199,6 +214,7 @@ impl Config {
                     DEFAULT_FULL_EVERY,
                 )?,
                 write_tracking: raw.image.write_tracking.unwrap_or(true),
+                outside_peers: raw.image.outside_peers.unwrap_or_default(),
             },
             topology: topology(&src, raw.topology)?,
         };
@@ -389,6 +405,7 @@ struct RawInterval {
 struct RawImage {
     full_every: Option<Spanned<Count>>,
     write_tracking: Option<bool>,
+    outside_peers: Option<OutsidePeers>,
 }
 
 #[derive(Deserialize, Default)]
@@ -840,6 +857,7 @@ global = 1800
 [image]
 full_every = 5
 write_tracking = false
+outside_peers = "refuse"
 [topology]
 test_mode = true
 nodes = 4
@@ -860,6 +878,7 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert_eq!(c.interval.global, Duration::from_secs(1800));
         assert_eq!(c.image.full_every, 5);
         assert!(!c.image.write_tracking);
+        assert_eq!(c.image.outside_peers, OutsidePeers::Refuse);
         assert!(c.topology.test_mode);
         assert_eq!((c.topology.nodes, c.topology.ranks_per_node), (4, 2));
         assert_eq!(

@@ -30,6 +30,7 @@ pub struct Captured {
     pub process_pending: Vec<PendingSignal>,
     pub signals: Vec<SignalAction>,
     pub brk: u64,
+    pub flags: ProcessFlags,
 }
 
 /// Captures every thread of `frozen`; with `try_snapshot`, forks a snapshot of the target
@@ -139,7 +140,11 @@ fn capture_all(
     for t in &tables {
         answers.push(t.answers(&data[(t.base - at.data) as usize..])?);
     }
-    let (signals, brk) = (std::mem::take(&mut answers[0].signals), answers[0].brk);
+    let (signals, brk, flags) = (
+        std::mem::take(&mut answers[0].signals),
+        answers[0].brk,
+        answers[0].flags,
+    );
     let mut states = Vec::with_capacity(order.len());
     for ((&tid, regs), a) in order.iter().zip(&saved).zip(answers) {
         states.push(threads::capture(tid, regs, mem, a.kernel)?);
@@ -151,6 +156,7 @@ fn capture_all(
         threads: states,
         signals,
         brk,
+        flags,
     })
 }
 
@@ -308,10 +314,16 @@ const AFFINITY_OP: usize = 3;
 const BRK_OP: usize = THREAD_OPS as usize;
 /// A non-leader thread's slot: its table and outputs.
 const THREAD_SLOT: u64 = (THREAD_OPS * OP_BYTES as u64 + THREAD_OUT_BYTES).next_multiple_of(64);
-/// The leader's slot: its table (its calls, brk, every signal's action) and outputs.
-const LEADER_SLOT: u64 =
-    ((THREAD_OPS + 1 + SIGNALS) * OP_BYTES as u64 + THREAD_OUT_BYTES + SIGNALS * SIGACTION_BYTES)
-        .next_multiple_of(PAGE_SIZE);
+/// The leader's calls after every signal's action: prctl(PR_GET_PDEATHSIG) and
+/// prctl(PR_GET_CHILD_SUBREAPER), each answering an int, in 8 bytes of output each.
+const PROCESS_OPS: u64 = 2;
+/// The leader's slot: its table (its calls, brk, every signal's action, the process's
+/// prctl flags) and outputs.
+const LEADER_SLOT: u64 = ((THREAD_OPS + 1 + SIGNALS + PROCESS_OPS) * OP_BYTES as u64
+    + THREAD_OUT_BYTES
+    + SIGNALS * SIGACTION_BYTES
+    + PROCESS_OPS * 8)
+    .next_multiple_of(PAGE_SIZE);
 
 /// Sizes of the injected pages: one page of code, then the leader's slot, then one slot
 /// per other thread.
@@ -375,11 +387,21 @@ struct Answers {
     kernel: KernelThreadState,
     brk: u64,
     signals: Vec<SignalAction>,
+    flags: ProcessFlags,
+}
+
+/// Per-process prctl settings only the process itself can read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessFlags {
+    /// `PR_GET_PDEATHSIG`: the signal it gets when its parent dies (0: none).
+    pub parent_death_signal: i32,
+    /// `PR_GET_CHILD_SUBREAPER`.
+    pub child_subreaper: bool,
 }
 
 impl Table {
     fn new(tid: Pid, slot: u64, leader: bool) -> Table {
-        let n = THREAD_OPS + if leader { 1 + SIGNALS } else { 0 };
+        let n = THREAD_OPS + if leader { 1 + SIGNALS + PROCESS_OPS } else { 0 };
         let out = slot + n * OP_BYTES as u64;
         let mut calls: Vec<(i64, Vec<u64>, &'static str)> = vec![
             (
@@ -418,6 +440,17 @@ impl Table {
                     "rt_sigaction",
                 ));
             }
+            let flags = out + THREAD_OUT_BYTES + SIGNALS * SIGACTION_BYTES;
+            calls.push((
+                libc::SYS_prctl,
+                vec![libc::PR_GET_PDEATHSIG as u64, flags],
+                "prctl(PR_GET_PDEATHSIG)",
+            ));
+            calls.push((
+                libc::SYS_prctl,
+                vec![libc::PR_GET_CHILD_SUBREAPER as u64, flags + 8],
+                "prctl(PR_GET_CHILD_SUBREAPER)",
+            ));
         }
         Table {
             tid,
@@ -497,10 +530,21 @@ impl Table {
                 }
             }
         }
+        let flags_at = out + THREAD_OUT_BYTES + SIGNALS * SIGACTION_BYTES;
+        let int_at = |at: u64| i32::from_le_bytes(bytes(at, 4).try_into().expect("4 bytes"));
+        let flags = if self.leader {
+            ProcessFlags {
+                parent_death_signal: int_at(flags_at),
+                child_subreaper: int_at(flags_at + 8) != 0,
+            }
+        } else {
+            ProcessFlags::default()
+        };
         Ok(Answers {
             kernel,
             brk: if self.leader { result(BRK_OP) } else { 0 },
             signals,
+            flags,
         })
     }
 }

@@ -63,6 +63,10 @@ pub struct ChildPlan {
     /// Its descendants inherit the unregistered state.
     pub unregister_rseq: bool,
     pub leadership: Leadership,
+    /// `PR_SET_CHILD_SUBREAPER` (before its children are created).
+    pub child_subreaper: bool,
+    /// `PR_SET_PDEATHSIG`.
+    pub parent_death_signal: i32,
     pub spawn: Vec<Spawn>,
     /// Fds from here on are objects the restorer created for the job (and inherited by
     /// every process of it); below are the restorer's own, closed at once.
@@ -133,6 +137,7 @@ steps!(
     ProcessGroup,
     ReapWait,
     DupObject,
+    ProcessFlags,
 );
 
 /// glibc's rseq signature on x86 (RSEQ_SIG).
@@ -166,6 +171,16 @@ pub fn child_main(plans: &[ChildPlan], index: usize) -> ! {
         Leadership::None => {}
         Leadership::Session => check(sys::new_session(), Step::Session, 0),
         Leadership::Group => check(sys::set_process_group(0, 0), Step::Session, 0),
+    }
+    if plan.child_subreaper {
+        check(sys::set_child_subreaper(), Step::ProcessFlags, 0);
+    }
+    if plan.parent_death_signal != 0 {
+        check(
+            sys::set_parent_death_signal(plan.parent_death_signal),
+            Step::ProcessFlags,
+            1,
+        );
     }
     spawn_all(plans, plan);
     check(

@@ -47,6 +47,19 @@ pub enum DumpError {
     Objects(#[from] crate::objects::ObjectError),
     #[error("cannot assemble the injected code: {0}")]
     Assemble(String),
+    #[error(
+        "{}\n(the config says [image] outside_peers = \"refuse\"; with \"warn\" the \
+         checkpoint goes on and the other side is gone after a restore)",
+        .0.join("\n")
+    )]
+    OutsidePeers(Vec<String>),
+    #[error(
+        "{} part{} of the job cannot be checkpointed:\n  - {}",
+        .0.len(),
+        if .0.len() == 1 { "" } else { "s" },
+        .0.join("\n  - ")
+    )]
+    Unsupported(Vec<String>),
     #[error("internal error: a write-tracked page was never read")]
     Unread,
     #[error("internal error: the new image needs image {0}, which its parent does not name")]
@@ -68,6 +81,8 @@ pub struct CheckpointRequest<'a> {
     pub full_every: u32,
     /// The image in `rank_dir` the new one may build on.
     pub parent: ParentChoice,
+    /// Fail rather than warn when a pipe's other end is outside the job.
+    pub refuse_outside_peers: bool,
 }
 
 /// The result printed by `mlckpt checkpoint --json`.
@@ -242,7 +257,7 @@ fn dump(
     if let Some(t) = tracker.as_deref_mut() {
         // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
         // than after it (the check while frozen below is the one that counts).
-        check_files(req.pid)?;
+        check_files(req.pid, req.refuse_outside_peers)?;
         let plans = inspect::read_regions_with(req.pid, &hints)?;
         let passes = !req.kill;
         let before = precopy::Before {
@@ -268,7 +283,24 @@ fn dump(
     clock.lap("frozen.seize");
     // Files first: an unsupported fd fails before any work (the job runs on untouched).
     let job_pids: Vec<Pid> = std::iter::once(req.pid).chain(members.pids()).collect();
-    let mut files = objects::collect(&job_pids, Depth::Capture)?;
+    let sharing = tree::unsupported_sharing(req.pid, &members);
+    let mut files = match (
+        objects::collect(&job_pids, Depth::Capture),
+        sharing.is_empty(),
+    ) {
+        (result, true) => result?,
+        (Ok(_), false) => return Err(DumpError::Unsupported(sharing)),
+        (Err(objects::ObjectError::Unsupported(fds)), false) => {
+            let all = sharing
+                .into_iter()
+                .chain(fds.iter().map(ToString::to_string));
+            return Err(DumpError::Unsupported(all.collect()));
+        }
+        (Err(e), false) => return Err(e.into()),
+    };
+    if req.refuse_outside_peers && !files.warnings.is_empty() {
+        return Err(DumpError::OutsidePeers(files.warnings));
+    }
     warn_once(&files.warnings);
     let fds = files.fds.remove(&req.pid.as_raw()).unwrap_or_default();
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
@@ -353,6 +385,8 @@ fn dump(
         .collect();
     process.mm.brk = captured.brk;
     process.pending_signals = std::mem::take(&mut captured.process_pending);
+    process.parent_death_signal = captured.flags.parent_death_signal;
+    process.child_subreaper = captured.flags.child_subreaper;
     let manifest = Manifest {
         format: FORMAT_VERSION,
         mlckpt_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -416,16 +450,14 @@ fn dump(
 
 /// Fails, listing every fd the job holds that a checkpoint could not capture (the job runs
 /// on: this is the check made before a pre-copy, and when supervision starts).
-pub fn check_files(root: Pid) -> Result<objects::JobFiles, DumpError> {
-    let pids: Vec<Pid> = std::iter::once(root)
-        .chain(
-            tree::descendants(root.as_raw())
-                .into_iter()
-                .filter(|s| s.state != 'Z')
-                .map(|s| Pid::from_raw(s.pid)),
-        )
-        .collect();
-    Ok(objects::collect(&pids, Depth::Check)?)
+/// With `refuse_outside_peers`, a pipe to outside the job fails it too.
+pub fn check_files(root: Pid, refuse_outside_peers: bool) -> Result<objects::JobFiles, DumpError> {
+    let pids: Vec<Pid> = std::iter::once(root).chain(live_members(root)).collect();
+    let files = objects::collect(&pids, Depth::Check)?;
+    if refuse_outside_peers && !files.warnings.is_empty() {
+        return Err(DumpError::OutsidePeers(files.warnings));
+    }
+    Ok(files)
 }
 
 /// Prints each warning the first time this process sees it: a supervisor checkpoints the
@@ -509,6 +541,8 @@ fn dump_members(
         let mut process = inspect::read_process(pid)?;
         process.mm.brk = captured.brk;
         process.pending_signals = std::mem::take(&mut captured.process_pending);
+        process.parent_death_signal = captured.flags.parent_death_signal;
+        process.child_subreaper = captured.flags.child_subreaper;
         process.tree = *links;
         let mut tracker = tracked.iter_mut().find(|m| m.pid == pid);
         let mut plans = match &tracker {

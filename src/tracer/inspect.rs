@@ -277,8 +277,9 @@ fn classify_file(
     (Backing::File(identity), store)
 }
 
-/// Everything about the process but its threads and memory contents. `mm.brk` and the
-/// pending signals are left empty: only the frozen process itself can tell them.
+/// Everything about the process but its threads and memory contents. `mm.brk`, the
+/// pending signals and the prctl flags are left empty: only the frozen process itself can
+/// tell them.
 pub fn read_process(pid: Pid) -> Result<ProcessState, InspectError> {
     let process = Process::new(pid.as_raw()).map_err(|e| proc_err(pid, "status")(e.to_string()))?;
     let io = |what: &'static str| move |e: procfs::ProcError| proc_err(pid, what)(e.to_string());
@@ -315,6 +316,8 @@ pub fn read_process(pid: Pid) -> Result<ProcessState, InspectError> {
         tree: super::tree::stat(pid.as_raw())
             .map(|s| s.links)
             .unwrap_or_default(),
+        parent_death_signal: 0,
+        child_subreaper: false,
     })
 }
 

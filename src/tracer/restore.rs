@@ -182,13 +182,8 @@ pub fn restore(
                 cut_back(&fds.cut_back)?;
             }
             // Children first: no process of the job runs before all are complete.
-            for (last, area) in rebuilt.into_iter().zip(&areas).rev() {
-                last.release(area.base, area.len)?;
-            }
-            for (pid, p) in pids.iter().zip(&procs) {
-                if p.process.tree.stopped {
-                    let _ = kill(*pid, Signal::SIGSTOP);
-                }
+            for ((last, area), p) in rebuilt.into_iter().zip(&areas).zip(&procs).rev() {
+                last.release(area.base, area.len, p.process.tree.stopped)?;
             }
             Ok(tracker)
         });
@@ -1070,6 +1065,8 @@ fn child_plan(
         sync_fd: None,
         unregister_rseq: false,
         leadership,
+        child_subreaper: p.process.child_subreaper,
+        parent_death_signal: p.process.parent_death_signal,
         spawn: Vec::new(),
         object_floor,
         report,

@@ -149,17 +149,38 @@ impl<'a> Rethreader<'a> {
     }
 
     /// Unmaps the stub from inside, gives the leader its final state and lets all go.
-    pub fn release(mut self, stub_base: u64, stub_len: u64) -> Result<(), RestoreError> {
+    /// With `stopped`, the process goes into a group stop (SIGSTOP) before it runs a single
+    /// instruction of its own: it was stopped at checkpoint time.
+    pub fn release(
+        mut self,
+        stub_base: u64,
+        stub_len: u64,
+        stopped: bool,
+    ) -> Result<(), RestoreError> {
         self.main.checked(
             "munmap(restorer stub)",
             libc::SYS_munmap,
             &[stub_base, stub_len],
         )?;
         set_final_state(self.pid, &self.threads[0])?;
+        let (first, later) = match (stopped, self.main.held_signal) {
+            (true, None) => (Some(nix::sys::signal::Signal::SIGSTOP), None),
+            (true, held) => (held, Some(nix::sys::signal::Signal::SIGSTOP)),
+            (false, held) => (held, None),
+        };
+        if stopped {
+            // The main thread first: its stop stops the others before they run.
+            ptrace::detach(self.pid, first)?;
+        }
         for tid in &self.created {
             ptrace::detach(*tid, None)?;
         }
-        ptrace::detach(self.pid, self.main.held_signal)?;
+        if !stopped {
+            ptrace::detach(self.pid, first)?;
+        }
+        if let Some(sig) = later {
+            let _ = nix::sys::signal::kill(self.pid, sig);
+        }
         Ok(())
     }
 }

@@ -99,6 +99,24 @@ pub fn clone3_process(pid: Option<i32>, exit_signal: i32, untraced: bool) -> Res
     Errno::result(ret).map(|r| r as i32)
 }
 
+/// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
+pub fn set_child_subreaper() -> Result<(), Errno> {
+    int_syscall(
+        libc::SYS_prctl,
+        [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+/// `prctl(PR_SET_PDEATHSIG, signo)`.
+pub fn set_parent_death_signal(signo: i32) -> Result<(), Errno> {
+    int_syscall(
+        libc::SYS_prctl,
+        [libc::PR_SET_PDEATHSIG as u64, signo as u64, 0, 0, 0, 0],
+    )
+    .map(drop)
+}
+
 /// `setsid()`: the caller leads a new session (and process group).
 pub fn new_session() -> Result<(), Errno> {
     int_syscall(libc::SYS_setsid, [0; 6]).map(drop)
@@ -630,19 +648,30 @@ pub fn process_madvise(
 /// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file description
 /// (`kcmp(KCMP_FILE)`): a shared offset and flags, as after `fork` or `dup`.
 pub fn same_open_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, Errno> {
-    const KCMP_FILE: u64 = 0;
-    let order = int_syscall(
-        libc::SYS_kcmp,
-        [
-            pid1 as u64,
-            pid2 as u64,
-            KCMP_FILE,
-            fd1 as u64,
-            fd2 as u64,
-            0,
-        ],
-    )?;
-    Ok(order == 0)
+    kcmp(pid1, pid2, Kcmp::File, fd1, fd2)
+}
+
+/// What `kcmp` compares (`include/uapi/linux/kcmp.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kcmp {
+    File = 0,
+    Vm = 1,
+    Files = 2,
+    Fs = 3,
+    Sighand = 4,
+}
+
+/// Whether two processes share the kernel object `what` (for `File`, fds `idx1`, `idx2`).
+pub fn kcmp(pid1: i32, pid2: i32, what: Kcmp, idx1: i32, idx2: i32) -> Result<bool, Errno> {
+    let args = [
+        pid1 as u64,
+        pid2 as u64,
+        what as u64,
+        idx1 as u64,
+        idx2 as u64,
+        0,
+    ];
+    Ok(int_syscall(libc::SYS_kcmp, args)? == 0)
 }
 
 /// Bytes waiting in a pipe (`FIONREAD`).

@@ -154,6 +154,39 @@ impl FrozenMembers {
     }
 }
 
+/// What members share with their parent that a restore could not share again (they were
+/// created with `vfork`, or `clone` without `CLONE_THREAD` but with `CLONE_VM`,
+/// `CLONE_FILES`, `CLONE_FS` or `CLONE_SIGHAND`): one line per member and object, for
+/// the checkpoint's error. A `vfork` child shares its parent's memory only until it calls
+/// `exec`, a moment later: another checkpoint then goes through.
+pub fn unsupported_sharing(root: Pid, members: &FrozenMembers) -> Vec<String> {
+    use super::sys::{Kcmp, kcmp};
+    let mut problems = Vec::new();
+    for (frozen, links) in &members.live {
+        let (pid, ppid) = (frozen.pid.as_raw(), links.ppid);
+        if ppid != root.as_raw() && !members.live.iter().any(|(f, _)| f.pid.as_raw() == ppid) {
+            continue;
+        }
+        for (what, name) in [
+            (Kcmp::Vm, "its memory (vfork, or clone with CLONE_VM)"),
+            (Kcmp::Files, "its fd table (clone with CLONE_FILES)"),
+            (Kcmp::Fs, "its cwd and umask (clone with CLONE_FS)"),
+            (
+                Kcmp::Sighand,
+                "its signal actions (clone with CLONE_SIGHAND)",
+            ),
+        ] {
+            if kcmp(pid, ppid, what, 0, 0).unwrap_or(false) {
+                problems.push(format!(
+                    "process {pid} ({}) shares {name} with its parent {ppid}: mlckpt cannot                      share it again at restore; checkpoint again once it has called exec, or                      start it with fork",
+                    crate::objects::command_of(pid)
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// An exited process nobody has waited for yet (a single-threaded zombie; a leader that
 /// exited before its threads shows `Z` too, with threads left).
 fn is_zombie(s: &ProcStat) -> bool {
