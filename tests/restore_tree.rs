@@ -95,7 +95,7 @@ fn python_multiprocessing_pool() {
 }
 
 /// A checkpoint names every object it cannot capture, in every process, and the job runs
-/// on untouched. The child inherits the eventfd: four fds in all.
+/// on untouched. The child inherits the eventfd and has a TCP socket: three fds in all.
 #[test]
 fn unsupported_objects_are_all_listed_and_the_job_runs_on() {
     let h = Harness::new("tree-unsupported");
@@ -109,7 +109,7 @@ fn unsupported_objects_are_all_listed_and_the_job_runs_on() {
         .expect_failure();
     let text = res.output();
     assert!(
-        text.contains("4 open files") && text.contains("eventfd") && text.contains("a socket"),
+        text.contains("3 open files") && text.contains("eventfd") && text.contains("TCP"),
         "every object should be listed\n{}",
         res.describe()
     );
@@ -178,5 +178,27 @@ fn subreaper_parent_death_signal_and_stopped_child() {
         m.members
             .iter()
             .any(|p| p.process.parent_death_signal == libc::SIGUSR1)
+    );
+}
+
+/// Unix socket pairs of every type between two processes, with data queued in both
+/// directions at checkpoint time: every byte and message boundary comes back.
+#[test]
+fn unix_socket_pairs_with_queued_data() {
+    let h = Harness::new("tree-sockets");
+    let out = h.checkpoint_kill_restore(&Prog::c("sockets", &["60"]), 15);
+    let m = manifest(&out.ckpt);
+    let queued: Vec<usize> = m
+        .objects
+        .iter()
+        .filter_map(|o| match &o.object {
+            ObjectKind::UnixPair(p) => Some(p.ends.iter().map(|e| e.queued.len()).sum()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queued.len(), 3, "three pairs: {:?}", m.objects);
+    assert!(
+        queued.iter().all(|&n| n > 0),
+        "every pair should hold queued data: {queued:?}"
     );
 }

@@ -534,6 +534,8 @@ pub enum FdKind {
     Stdio,
     /// A pipe or FIFO end (its object holds the pipe).
     Pipe,
+    /// One end of a connected pair of unix sockets (its object holds the pair).
+    UnixSocket,
 }
 
 /// `struct sigaction` as the kernel keeps it (`rt_sigaction`).

@@ -11,6 +11,7 @@
 pub mod file;
 pub mod pipe;
 pub mod stdio;
+pub mod unix;
 
 use crate::image::format::{FdKind, FdState};
 use nix::unistd::Pid;
@@ -33,6 +34,7 @@ pub enum ObjectKind {
     Stdio(stdio::StdioStream),
     Pipe(pipe::PipeState),
     File(file::SharedFile),
+    UnixPair(unix::UnixPair),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +221,20 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
     let mut files = JobFiles::default();
     let mut problems = Vec::new();
     let mut pipes = pipe::Pipes::default();
+    let mut sockets = unix::Sockets::default();
+    let needs_diag = tables
+        .iter()
+        .flatten()
+        .any(|f| f.target.starts_with("socket:") && !stdio.contains_key(&f.target));
+    let diag = if needs_diag {
+        unix::diag_table().map_err(|e| ObjectError::Proc {
+            pid: pids[0].as_raw(),
+            what: "unix sockets (sock_diag)",
+            message: e.to_string(),
+        })?
+    } else {
+        BTreeMap::new()
+    };
     let mut regular: Vec<&OpenFd> = Vec::new();
     let mut kinds: Vec<Vec<FdKind>> = Vec::new();
     for table in &tables {
@@ -227,7 +243,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
             let kind = if stdio.contains_key(&fd.target) {
                 FdKind::Stdio
             } else {
-                match classify(fd) {
+                match classify(fd, &diag) {
                     Ok(kind) => kind,
                     Err((what, hint)) => {
                         problems.push(unsupported(fd, what, hint));
@@ -237,6 +253,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
             };
             match kind {
                 FdKind::Pipe => pipes.add(fd),
+                FdKind::UnixSocket => sockets.add(fd),
                 FdKind::File => regular.push(fd),
                 _ => {}
             }
@@ -250,6 +267,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
     let mut ids = IdAllocator::default();
     let stdio_ids = stdio::objects(&stdio, &mut ids, &mut files.objects);
     let pipe_ids = pipes.objects(depth, &mut ids, &mut files)?;
+    let socket_ids = sockets.objects(&diag, depth, &mut ids, &mut files)?;
     let file_ids = file::shared_descriptions(&regular, &mut ids, &mut files.objects);
     for (table, row) in tables.iter().zip(&kinds) {
         let states = table
@@ -259,6 +277,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
                 let object = match kind {
                     FdKind::Stdio => stdio_ids.get(&fd.target).copied(),
                     FdKind::Pipe => pipe_ids.get(&pipe::inode_of(&fd.target)).copied(),
+                    FdKind::UnixSocket => socket_ids.get(&unix::inode_of(&fd.target)).copied(),
                     FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
                     _ => None,
                 };
@@ -307,16 +326,16 @@ pub fn command_of(pid: i32) -> String {
 type Refusal = (&'static str, &'static str);
 
 /// The kind of an fd that is not one of the job's standard streams.
-fn classify(fd: &OpenFd) -> Result<FdKind, Refusal> {
+fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind, Refusal> {
     let target = fd.target.as_str();
     if target.starts_with("pipe:") {
         return Ok(FdKind::Pipe);
     }
     if target.starts_with("socket:") {
-        return Err((
-            "a socket",
-            "mlckpt cannot checkpoint sockets yet; close it before the checkpoint, or run the job without it",
-        ));
+        return match unix::refusal(diag.get(&unix::inode_of(target))) {
+            None => Ok(FdKind::UnixSocket),
+            Some(refusal) => Err(refusal),
+        };
     }
     if target.starts_with("anon_inode:") {
         return Err((
@@ -363,6 +382,7 @@ impl SharedObject {
             ObjectKind::Stdio(s) => s.open(),
             ObjectKind::Pipe(p) => p.open(self.id),
             ObjectKind::File(f) => f.open(),
+            ObjectKind::UnixPair(p) => p.open(self.id),
         }
     }
 
@@ -370,6 +390,7 @@ impl SharedObject {
     pub fn slot(&self, fd: &FdState) -> usize {
         match &self.object {
             ObjectKind::Pipe(_) => pipe::slot(fd.flags),
+            ObjectKind::UnixPair(p) => p.slot(&fd.path),
             _ => 0,
         }
     }

@@ -716,3 +716,108 @@ pub fn raise_fd_limit(wanted: i32) -> Result<(), Errno> {
         hard,
     )
 }
+
+/// `SO_PEEK_OFF` of a socket (-1: peeking always starts at the head of the queue).
+pub fn peek_offset(socket: std::os::fd::BorrowedFd) -> Result<i32, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value` and updates `len`.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    Errno::result(ret).map(|_| value)
+}
+
+pub fn set_peek_offset(socket: std::os::fd::BorrowedFd, offset: i32) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the kernel reads one int from `offset`, live for the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&raw const offset).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// What one `MSG_PEEK` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeked {
+    /// A message (or, on a stream socket, bytes) of this length, copied into the buffer.
+    Data(usize),
+    /// The next message carries fds (`SCM_RIGHTS`); the copies the peek installed here are
+    /// closed again.
+    CarriesFds,
+    /// Nothing (more) queued.
+    Empty,
+}
+
+/// Peeks at the next message of a socket without waiting (`recvmsg(MSG_PEEK |
+/// MSG_DONTWAIT)`); with `SO_PEEK_OFF` set, each call moves on to the next one.
+pub fn peek_message(socket: std::os::fd::BorrowedFd, buf: &mut [u8]) -> Result<Peeked, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `msg` points at memory live and large enough for the call.
+    let n = unsafe {
+        libc::recvmsg(
+            socket.as_raw_fd(),
+            &raw mut msg,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match Errno::result(n) {
+        Err(Errno::EAGAIN) => return Ok(Peeked::Empty),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let mut carries_fds = false;
+    // SAFETY: `msg` was filled by recvmsg; the CMSG macros walk its control buffer, which
+    // is still live, and read only inside msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                carries_fds = true;
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    libc::close(data.add(i).read_unaligned());
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    if carries_fds {
+        return Ok(Peeked::CarriesFds);
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(Errno::EMSGSIZE);
+    }
+    match usize::try_from(n).unwrap_or(0) {
+        // 0: the end of a stream whose peer shut down (an empty datagram reads the same,
+        // and ends the walk: a rare loss, see docs/image-format.md).
+        0 => Ok(Peeked::Empty),
+        len => Ok(Peeked::Data(len)),
+    }
+}

@@ -1,8 +1,8 @@
 /*
  * unsupported_tree.c - a job whose processes hold objects mlckpt cannot checkpoint yet, in
- * two processes at once: the root holds an eventfd, its child a unix socketpair. A
- * checkpoint must fail naming every one of them (not only the first it meets), and the job
- * must run on untouched.
+ * two processes at once: the root holds an eventfd (its child inherits it), the child a
+ * TCP socket too. A checkpoint must fail naming every one of them (not only the first it
+ * meets), and the job must run on untouched.
  *
  * Usage:  unsupported_tree <ticks>
  * Output: "pid <pid>", then "tick <i>" every 30 ms (printed by the root), "done child=<status>".
@@ -34,8 +34,7 @@ int main(int argc, char **argv)
     }
     pid_t child = fork();
     if (child == 0) {
-        int sv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+        if (socket(AF_INET, SOCK_STREAM, 0) < 0)
             _exit(1);
         sleep_ms(30 * (ticks + 10));
         _exit(0);

@@ -1,0 +1,469 @@
+//! Unix socket pairs: `socketpair()` between the job's processes (stream, datagram,
+//! seqpacket), with the data queued in them. The kernel tells which socket is whose peer
+//! through `sock_diag` (netlink); queued data is read without taking it out (`MSG_PEEK`
+//! with `SO_PEEK_OFF`, message after message) from a copy of the socket (`pidfd_getfd`).
+//! At restore a new pair gets the same data, sent from the other end. A pair whose other
+//! end is held outside the job comes back with that end closed, as if the process outside
+//! had exited (the policy for pipes). Named and listening sockets are not handled here.
+
+use super::{IdAllocator, JobFiles, ObjectError, ObjectKind, OpenFd, Opened, SharedObject};
+use crate::tracer::sys;
+use nix::errno::Errno;
+use nix::sys::socket::{self as sock, MsgFlags, SockFlag, SockType, sockopt};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketType {
+    Stream,
+    Datagram,
+    Seqpacket,
+}
+
+impl SocketType {
+    fn of(raw: u8) -> Option<SocketType> {
+        match i32::from(raw) {
+            libc::SOCK_STREAM => Some(SocketType::Stream),
+            libc::SOCK_DGRAM => Some(SocketType::Datagram),
+            libc::SOCK_SEQPACKET => Some(SocketType::Seqpacket),
+            _ => None,
+        }
+    }
+
+    fn nix(self) -> SockType {
+        match self {
+            SocketType::Stream => SockType::Stream,
+            SocketType::Datagram => SockType::Datagram,
+            SocketType::Seqpacket => SockType::SeqPacket,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnixPair {
+    #[serde(rename = "type")]
+    pub kind: SocketType,
+    pub ends: [UnixEnd; 2],
+}
+
+/// One socket of a pair.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnixEnd {
+    /// Its inode at checkpoint time (`socket:[inode]`).
+    pub inode: u64,
+    /// Whether a process of the job held it (else it is closed after the restore).
+    pub held: bool,
+    /// File status flags (`O_NONBLOCK`).
+    pub flags: i32,
+    pub send_buffer: u32,
+    pub receive_buffer: u32,
+    /// `shutdown()` done on it: bit 0 receive, bit 1 send.
+    pub shutdown: u8,
+    /// Data waiting to be read from it, oldest first: one entry per message (datagram,
+    /// seqpacket), or all bytes in one (stream).
+    #[serde(with = "messages")]
+    pub queued: Vec<Vec<u8>>,
+}
+
+/// What `sock_diag` says of one unix socket.
+#[derive(Debug, Clone, Default)]
+pub struct DiagEntry {
+    pub kind: u8,
+    pub state: u8,
+    pub peer: u64,
+    pub named: bool,
+    pub shutdown: u8,
+}
+
+const TCP_LISTEN: u8 = 10;
+
+/// Every unix socket of this network namespace, by inode.
+pub fn diag_table() -> Result<BTreeMap<u64, DiagEntry>, Errno> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const UDIAG_SHOW_NAME: u32 = 1;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    let fd = sock::socket(
+        sock::AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        sock::SockProtocol::NetlinkSockDiag,
+    )?;
+    // struct nlmsghdr (16 bytes) + struct unix_diag_req (24 bytes).
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&[0; 8]); // seq, pid
+    let family = u8::try_from(libc::AF_UNIX).expect("AF_UNIX fits a byte");
+    req.extend_from_slice(&[family, 0, 0, 0]); // family, protocol, pad
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&0u32.to_ne_bytes()); // inode: any
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // no cookie
+    sock::sendto(
+        fd.as_raw_fd(),
+        &req,
+        &sock::NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    let mut table = BTreeMap::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = sock::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        let mut at = 0;
+        while at + 16 <= n {
+            let u32_at = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().expect("4"));
+            let u16_at = |i: usize| u16::from_ne_bytes(buf[i..i + 2].try_into().expect("2"));
+            let len = u32_at(at) as usize;
+            let kind = u16_at(at + 4);
+            if kind == NLMSG_DONE {
+                return Ok(table);
+            }
+            if kind == NLMSG_ERROR || len < 16 + 16 || at + len > n {
+                return Err(Errno::EPROTO);
+            }
+            // struct unix_diag_msg: family, type, state, pad, inode, cookie[2].
+            let msg = at + 16;
+            let mut entry = DiagEntry {
+                kind: buf[msg + 1],
+                state: buf[msg + 2],
+                ..DiagEntry::default()
+            };
+            let inode = u64::from(u32_at(msg + 4));
+            let mut attr = msg + 16;
+            while attr + 4 <= at + len {
+                let alen = usize::from(u16_at(attr));
+                let atype = u16_at(attr + 2);
+                if alen < 4 || attr + alen > at + len {
+                    break;
+                }
+                match atype {
+                    0 => entry.named = true,                                    // UNIX_DIAG_NAME
+                    2 if alen >= 8 => entry.peer = u64::from(u32_at(attr + 4)), // UNIX_DIAG_PEER
+                    6 if alen >= 5 => entry.shutdown = buf[attr + 4], // UNIX_DIAG_SHUTDOWN
+                    _ => {}
+                }
+                attr += alen.next_multiple_of(4);
+            }
+            table.insert(inode, entry);
+            at += len.next_multiple_of(4);
+        }
+    }
+}
+
+/// The inode of `socket:[N]`.
+pub fn inode_of(target: &str) -> u64 {
+    target
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Why a socket is not one this module restores, or None if it is.
+pub fn refusal(entry: Option<&DiagEntry>) -> Option<(&'static str, &'static str)> {
+    const LATER: &str = "mlckpt cannot checkpoint it yet; close it before the checkpoint, or run the job without it";
+    let Some(e) = entry else {
+        return Some((
+            "a socket other than a unix socket (TCP, UDP, netlink ...)",
+            LATER,
+        ));
+    };
+    if SocketType::of(e.kind).is_none() {
+        return Some(("a unix socket of an unknown type", LATER));
+    }
+    if e.state == TCP_LISTEN {
+        return Some(("a listening unix socket", LATER));
+    }
+    if e.named {
+        return Some(("a unix socket bound to a name", LATER));
+    }
+    if e.peer == 0 {
+        return Some(("an unconnected unix socket", LATER));
+    }
+    None
+}
+
+/// The job's unix socket fds, by socket.
+#[derive(Debug, Default)]
+pub struct Sockets<'a> {
+    by_inode: BTreeMap<u64, Vec<&'a OpenFd>>,
+}
+
+impl<'a> Sockets<'a> {
+    pub fn add(&mut self, fd: &'a OpenFd) {
+        self.by_inode
+            .entry(inode_of(&fd.target))
+            .or_default()
+            .push(fd);
+    }
+
+    /// One object per pair; returns socket inode -> object id (both ends of a pair).
+    pub fn objects(
+        &self,
+        diag: &BTreeMap<u64, DiagEntry>,
+        depth: super::Depth,
+        ids: &mut IdAllocator,
+        files: &mut JobFiles,
+    ) -> Result<BTreeMap<u64, u64>, ObjectError> {
+        let mut by_inode = BTreeMap::new();
+        for (&inode, fds) in &self.by_inode {
+            if by_inode.contains_key(&inode) {
+                continue; // the other end of a pair already made
+            }
+            let Some(entry) = diag.get(&inode) else {
+                continue;
+            };
+            let kind = SocketType::of(entry.kind).unwrap_or(SocketType::Stream);
+            let peer = entry.peer;
+            let peer_fds = self.by_inode.get(&peer);
+            if peer_fds.is_none() {
+                files.warnings.push(format!(
+                    "fd {} of process {} ({}) is a unix socket ({}) whose peer is outside the \
+                     job: after a restore its peer is gone, as if it had exited (reads see \
+                     end-of-file, writes fail)",
+                    fds[0].fd,
+                    fds[0].pid,
+                    super::command_of(fds[0].pid),
+                    fds[0].target
+                ));
+            }
+            let peer_entry = diag.get(&peer).cloned().unwrap_or_default();
+            let ends = [
+                end(inode, Some(fds), entry, depth)?,
+                end(peer, peer_fds.map(Vec::as_slice), &peer_entry, depth)?,
+            ];
+            let id = ids.allocate();
+            files.objects.push(SharedObject {
+                id,
+                object: ObjectKind::UnixPair(UnixPair { kind, ends }),
+            });
+            by_inode.insert(inode, id);
+            by_inode.insert(peer, id);
+        }
+        Ok(by_inode)
+    }
+}
+
+/// One end as the job holds it (`fds` empty or None: held outside, or by nobody).
+fn end(
+    inode: u64,
+    fds: Option<&[&OpenFd]>,
+    entry: &DiagEntry,
+    depth: super::Depth,
+) -> Result<UnixEnd, ObjectError> {
+    let Some(first) = fds.and_then(|f| f.first()) else {
+        return Ok(UnixEnd {
+            inode,
+            held: false,
+            flags: 0,
+            send_buffer: 0,
+            receive_buffer: 0,
+            shutdown: entry.shutdown,
+            queued: Vec::new(),
+        });
+    };
+    let fail = |what| {
+        move |source| ObjectError::Capture {
+            pid: first.pid,
+            fd: first.fd,
+            what,
+            source,
+        }
+    };
+    let pidfd = sys::pidfd_open(Pid::from_raw(first.pid)).map_err(fail("the socket"))?;
+    let socket = sys::pidfd_getfd(pidfd.as_fd(), first.fd).map_err(fail("the socket"))?;
+    let send_buffer = sock::getsockopt(&socket, sockopt::SndBuf).map_err(fail("its buffers"))?;
+    let receive_buffer = sock::getsockopt(&socket, sockopt::RcvBuf).map_err(fail("its buffers"))?;
+    let queued = match depth {
+        super::Depth::Capture => peek_queue(&socket).map_err(fail("its queued data"))?,
+        super::Depth::Check => Vec::new(),
+    };
+    Ok(UnixEnd {
+        inode,
+        held: true,
+        flags: first.flags & libc::O_NONBLOCK,
+        // The kernel reports twice what was set (its bookkeeping); setting half gives it back.
+        send_buffer: u32::try_from(send_buffer / 2).unwrap_or(u32::MAX),
+        receive_buffer: u32::try_from(receive_buffer / 2).unwrap_or(u32::MAX),
+        shutdown: entry.shutdown,
+        queued,
+    })
+}
+
+/// Every message waiting in the socket's receive queue, left in place: the peek offset
+/// walks the queue (and is put back as it was: the process shares it).
+fn peek_queue(socket: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+    let was = sys::peek_offset(socket.as_fd())?;
+    sys::set_peek_offset(socket.as_fd(), 0)?;
+    let result = peek_all(socket);
+    sys::set_peek_offset(socket.as_fd(), was)?;
+    result
+}
+
+fn peek_all(socket: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut queued = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match sys::peek_message(socket.as_fd(), &mut buf) {
+            Ok(sys::Peeked::Data(n)) => queued.push(buf[..n].to_vec()),
+            // Fds in flight would be installed here by the peek itself (and closed again):
+            // they cannot be captured.
+            Ok(sys::Peeked::CarriesFds) => return Err(Errno::EOPNOTSUPP),
+            Ok(sys::Peeked::Empty) => return Ok(queued),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl UnixPair {
+    /// Which end an fd whose `/proc` target is `target` holds.
+    pub fn slot(&self, target: &str) -> usize {
+        usize::from(self.ends[1].inode == inode_of(target))
+    }
+
+    /// A new pair with each end's queued data, sent from the other end.
+    pub fn open(&self, id: u64) -> Result<Opened, ObjectError> {
+        let fail = |what: &str| {
+            let what = format!(
+                "unix socket pair {id} (was socket:[{}]): {what}",
+                self.ends[0].inode
+            );
+            move |e: Errno| ObjectError::Recreate {
+                what,
+                source: e.into(),
+            }
+        };
+        let (a, b) = sock::socketpair(
+            sock::AddressFamily::Unix,
+            self.kind.nix(),
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .map_err(fail("socketpair"))?;
+        let pair = [a, b];
+        for (k, end) in self.ends.iter().enumerate() {
+            if end.receive_buffer > 0 {
+                let size = usize::try_from(end.receive_buffer).unwrap_or(usize::MAX);
+                sock::setsockopt(&pair[k], sockopt::RcvBuf, &size)
+                    .map_err(fail("set its buffers"))?;
+            }
+            if end.send_buffer > 0 {
+                let size = usize::try_from(end.send_buffer).unwrap_or(usize::MAX);
+                sock::setsockopt(&pair[k], sockopt::SndBuf, &size)
+                    .map_err(fail("set its buffers"))?;
+            }
+        }
+        for (k, end) in self.ends.iter().enumerate() {
+            let from = &pair[1 - k];
+            for message in &end.queued {
+                let sent = sock::send(from.as_raw_fd(), message, MsgFlags::MSG_DONTWAIT)
+                    .map_err(fail("queue its data"))?;
+                if sent != message.len() {
+                    return Err(fail("queue its data")(Errno::EAGAIN));
+                }
+            }
+        }
+        let mut slots = Vec::with_capacity(2);
+        for (end, fd) in self.ends.iter().zip(pair) {
+            if !end.held {
+                slots.push(None);
+                continue;
+            }
+            let flags = nix::fcntl::OFlag::from_bits_truncate(end.flags & libc::O_NONBLOCK);
+            nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+                .map_err(fail("set its flags"))?;
+            let how = match end.shutdown & 3 {
+                1 => Some(sock::Shutdown::Read),
+                2 => Some(sock::Shutdown::Write),
+                3 => Some(sock::Shutdown::Both),
+                _ => None,
+            };
+            if let Some(how) = how {
+                sock::shutdown(fd.as_raw_fd(), how).map_err(fail("shut it down"))?;
+            }
+            slots.push(Some(fd));
+        }
+        Ok(Opened { slots })
+    }
+}
+
+mod messages {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(messages: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(messages.len()))?;
+        for m in messages {
+            seq.serialize_element(&STANDARD.encode(m))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socketpair_is_found_with_its_peer() {
+        let (a, b) = sock::socketpair(
+            sock::AddressFamily::Unix,
+            SockType::Datagram,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let ino = |fd: &OwnedFd| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .ino()
+        };
+        let table = diag_table().unwrap();
+        let entry = &table[&ino(&a)];
+        assert_eq!(entry.peer, ino(&b));
+        assert_eq!(i32::from(entry.kind), libc::SOCK_DGRAM);
+        assert!(refusal(Some(entry)).is_none());
+    }
+
+    #[test]
+    fn queued_messages_are_peeked_in_order_and_left_in_place() {
+        let (a, b) = sock::socketpair(
+            sock::AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        for m in [&b"one"[..], b"two", b"three"] {
+            sock::send(b.as_raw_fd(), m, MsgFlags::empty()).unwrap();
+        }
+        let queued = peek_queue(&a).unwrap();
+        assert_eq!(
+            queued,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+        let mut buf = [0u8; 16];
+        let n = sock::recv(a.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        assert_eq!(&buf[..n], b"one");
+    }
+}
