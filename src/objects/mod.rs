@@ -220,8 +220,8 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
     let stdio = stdio::job_streams(tables.first().map_or(&[][..], |t| &t[..]));
     let mut files = JobFiles::default();
     let mut problems = Vec::new();
-    let mut pipes = pipe::Pipes::default();
-    let mut sockets = unix::Sockets::default();
+    let mut pipes = ByInode::default();
+    let mut sockets = ByInode::default();
     let needs_diag = tables
         .iter()
         .flatten()
@@ -266,8 +266,8 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
     }
     let mut ids = IdAllocator::default();
     let stdio_ids = stdio::objects(&stdio, &mut ids, &mut files.objects);
-    let pipe_ids = pipes.objects(depth, &mut ids, &mut files)?;
-    let socket_ids = sockets.objects(&diag, depth, &mut ids, &mut files)?;
+    let pipe_ids = pipe::objects(&pipes, depth, &mut ids, &mut files)?;
+    let socket_ids = unix::objects(&sockets, &diag, depth, &mut ids, &mut files)?;
     let file_ids = file::shared_descriptions(&regular, &mut ids, &mut files.objects);
     for (table, row) in tables.iter().zip(&kinds) {
         let states = table
@@ -276,8 +276,8 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
             .map(|(fd, &kind)| {
                 let object = match kind {
                     FdKind::Stdio => stdio_ids.get(&fd.target).copied(),
-                    FdKind::Pipe => pipe_ids.get(&pipe::inode_of(&fd.target)).copied(),
-                    FdKind::UnixSocket => socket_ids.get(&unix::inode_of(&fd.target)).copied(),
+                    FdKind::Pipe => pipe_ids.get(&link_inode(&fd.target)).copied(),
+                    FdKind::UnixSocket => socket_ids.get(&link_inode(&fd.target)).copied(),
                     FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
                     _ => None,
                 };
@@ -292,6 +292,33 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
         files.fds.entry(pid.as_raw()).or_default();
     }
     Ok(files)
+}
+
+/// The inode in a `/proc/PID/fd` link such as `pipe:[123]` or `socket:[456]` (0 if none).
+pub fn link_inode(target: &str) -> u64 {
+    target
+        .split_once('[')
+        .and_then(|(_, rest)| rest.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The job's fds of one kind, grouped by the object (inode) they refer to.
+#[derive(Debug, Default)]
+pub struct ByInode<'a>(BTreeMap<u64, Vec<&'a OpenFd>>);
+
+impl<'a> ByInode<'a> {
+    pub fn add(&mut self, fd: &'a OpenFd) {
+        self.0.entry(link_inode(&fd.target)).or_default().push(fd);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[&'a OpenFd])> {
+        self.0.iter().map(|(&inode, fds)| (inode, fds.as_slice()))
+    }
+
+    pub fn get(&self, inode: u64) -> Option<&[&'a OpenFd]> {
+        self.0.get(&inode).map(Vec::as_slice)
+    }
 }
 
 /// Hands out object ids, from 1.
@@ -332,7 +359,7 @@ fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind
         return Ok(FdKind::Pipe);
     }
     if target.starts_with("socket:") {
-        return match unix::refusal(diag.get(&unix::inode_of(target))) {
+        return match unix::refusal(diag.get(&link_inode(target))) {
             None => Ok(FdKind::UnixSocket),
             Some(refusal) => Err(refusal),
         };

@@ -5,7 +5,9 @@
 //! sees end-of-file once the data is read, a writer gets `EPIPE`, as if the process at the
 //! other end had died.
 
-use super::{IdAllocator, JobFiles, ObjectError, ObjectKind, OpenFd, Opened, SharedObject};
+use super::{
+    ByInode, IdAllocator, JobFiles, ObjectError, ObjectKind, OpenFd, Opened, SharedObject,
+};
 use crate::tracer::sys;
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -42,69 +44,46 @@ pub fn slot(flags: i32) -> usize {
     }
 }
 
-/// The inode of `pipe:[N]`.
-pub fn inode_of(target: &str) -> u64 {
-    target
-        .trim_start_matches("pipe:[")
-        .trim_end_matches(']')
-        .parse()
-        .unwrap_or(0)
-}
-
-/// The job's pipe fds, by pipe.
-#[derive(Debug, Default)]
-pub struct Pipes<'a> {
-    by_inode: BTreeMap<u64, Vec<&'a OpenFd>>,
-}
-
-impl<'a> Pipes<'a> {
-    pub fn add(&mut self, fd: &'a OpenFd) {
-        self.by_inode
-            .entry(inode_of(&fd.target))
-            .or_default()
-            .push(fd);
-    }
-
-    /// One object per pipe; returns inode -> object id. Warns of pipes with an end outside.
-    pub fn objects(
-        &self,
-        depth: super::Depth,
-        ids: &mut IdAllocator,
-        files: &mut JobFiles,
-    ) -> Result<BTreeMap<u64, u64>, ObjectError> {
-        let mut by_inode = BTreeMap::new();
-        for (&inode, fds) in &self.by_inode {
-            let end = |want: usize| {
-                fds.iter()
-                    .find(|f| slot(f.flags) == want)
-                    .map(|f| f.flags & !(libc::O_ACCMODE | libc::O_CLOEXEC))
-            };
-            let (read_end, write_end) = (end(READ), end(WRITE));
-            if read_end.is_none() || write_end.is_none() {
-                files
-                    .warnings
-                    .push(outside_warning(fds[0], read_end.is_none()));
-            }
-            let reader = fds.iter().find(|f| slot(f.flags) == READ);
-            let (capacity, data) = match (depth, reader) {
-                (super::Depth::Capture, Some(r)) => peek(r)?,
-                _ => (0, Vec::new()),
-            };
-            let id = ids.allocate();
-            files.objects.push(SharedObject {
-                id,
-                object: ObjectKind::Pipe(PipeState {
-                    inode,
-                    capacity,
-                    read_end,
-                    write_end,
-                    data,
-                }),
-            });
-            by_inode.insert(inode, id);
+/// One object per pipe of `pipes`; returns inode -> object id. Warns of pipes with an
+/// end outside the job.
+pub fn objects(
+    pipes: &ByInode,
+    depth: super::Depth,
+    ids: &mut IdAllocator,
+    files: &mut JobFiles,
+) -> Result<BTreeMap<u64, u64>, ObjectError> {
+    let mut by_inode = BTreeMap::new();
+    for (inode, fds) in pipes.iter() {
+        let end = |want: usize| {
+            fds.iter()
+                .find(|f| slot(f.flags) == want)
+                .map(|f| f.flags & !(libc::O_ACCMODE | libc::O_CLOEXEC))
+        };
+        let (read_end, write_end) = (end(READ), end(WRITE));
+        if read_end.is_none() || write_end.is_none() {
+            files
+                .warnings
+                .push(outside_warning(fds[0], read_end.is_none()));
         }
-        Ok(by_inode)
+        let reader = fds.iter().find(|f| slot(f.flags) == READ);
+        let (capacity, data) = match (depth, reader) {
+            (super::Depth::Capture, Some(r)) => peek(r)?,
+            _ => (0, Vec::new()),
+        };
+        let id = ids.allocate();
+        files.objects.push(SharedObject {
+            id,
+            object: ObjectKind::Pipe(PipeState {
+                inode,
+                capacity,
+                read_end,
+                write_end,
+                data,
+            }),
+        });
+        by_inode.insert(inode, id);
     }
+    Ok(by_inode)
 }
 
 fn outside_warning(fd: &OpenFd, reader_outside: bool) -> String {

@@ -6,7 +6,9 @@
 //! end is held outside the job comes back with that end closed, as if the process outside
 //! had exited (the policy for pipes). Named and listening sockets are not handled here.
 
-use super::{IdAllocator, JobFiles, ObjectError, ObjectKind, OpenFd, Opened, SharedObject};
+use super::{
+    ByInode, IdAllocator, JobFiles, ObjectError, ObjectKind, OpenFd, Opened, SharedObject,
+};
 use crate::tracer::sys;
 use nix::errno::Errno;
 use nix::sys::socket::{self as sock, MsgFlags, SockFlag, SockType, sockopt};
@@ -160,15 +162,6 @@ pub fn diag_table() -> Result<BTreeMap<u64, DiagEntry>, Errno> {
     }
 }
 
-/// The inode of `socket:[N]`.
-pub fn inode_of(target: &str) -> u64 {
-    target
-        .trim_start_matches("socket:[")
-        .trim_end_matches(']')
-        .parse()
-        .unwrap_or(0)
-}
-
 /// Why a socket is not one this module restores, or None if it is.
 pub fn refusal(entry: Option<&DiagEntry>) -> Option<(&'static str, &'static str)> {
     const LATER: &str = "mlckpt cannot checkpoint it yet; close it before the checkpoint, or run the job without it";
@@ -193,65 +186,51 @@ pub fn refusal(entry: Option<&DiagEntry>) -> Option<(&'static str, &'static str)
     None
 }
 
-/// The job's unix socket fds, by socket.
-#[derive(Debug, Default)]
-pub struct Sockets<'a> {
-    by_inode: BTreeMap<u64, Vec<&'a OpenFd>>,
-}
-
-impl<'a> Sockets<'a> {
-    pub fn add(&mut self, fd: &'a OpenFd) {
-        self.by_inode
-            .entry(inode_of(&fd.target))
-            .or_default()
-            .push(fd);
-    }
-
-    /// One object per pair; returns socket inode -> object id (both ends of a pair).
-    pub fn objects(
-        &self,
-        diag: &BTreeMap<u64, DiagEntry>,
-        depth: super::Depth,
-        ids: &mut IdAllocator,
-        files: &mut JobFiles,
-    ) -> Result<BTreeMap<u64, u64>, ObjectError> {
-        let mut by_inode = BTreeMap::new();
-        for (&inode, fds) in &self.by_inode {
-            if by_inode.contains_key(&inode) {
-                continue; // the other end of a pair already made
-            }
-            let Some(entry) = diag.get(&inode) else {
-                continue;
-            };
-            let kind = SocketType::of(entry.kind).unwrap_or(SocketType::Stream);
-            let peer = entry.peer;
-            let peer_fds = self.by_inode.get(&peer);
-            if peer_fds.is_none() {
-                files.warnings.push(format!(
-                    "fd {} of process {} ({}) is a unix socket ({}) whose peer is outside the \
+/// One object per pair of `sockets`; returns socket inode -> object id (both ends of a
+/// pair).
+pub fn objects(
+    sockets: &ByInode,
+    diag: &BTreeMap<u64, DiagEntry>,
+    depth: super::Depth,
+    ids: &mut IdAllocator,
+    files: &mut JobFiles,
+) -> Result<BTreeMap<u64, u64>, ObjectError> {
+    let mut by_inode = BTreeMap::new();
+    for (inode, fds) in sockets.iter() {
+        if by_inode.contains_key(&inode) {
+            continue; // the other end of a pair already made
+        }
+        let Some(entry) = diag.get(&inode) else {
+            continue;
+        };
+        let kind = SocketType::of(entry.kind).unwrap_or(SocketType::Stream);
+        let peer = entry.peer;
+        let peer_fds = sockets.get(peer);
+        if peer_fds.is_none() {
+            files.warnings.push(format!(
+                "fd {} of process {} ({}) is a unix socket ({}) whose peer is outside the \
                      job: after a restore its peer is gone, as if it had exited (reads see \
                      end-of-file, writes fail)",
-                    fds[0].fd,
-                    fds[0].pid,
-                    super::command_of(fds[0].pid),
-                    fds[0].target
-                ));
-            }
-            let peer_entry = diag.get(&peer).cloned().unwrap_or_default();
-            let ends = [
-                end(inode, Some(fds), entry, depth)?,
-                end(peer, peer_fds.map(Vec::as_slice), &peer_entry, depth)?,
-            ];
-            let id = ids.allocate();
-            files.objects.push(SharedObject {
-                id,
-                object: ObjectKind::UnixPair(UnixPair { kind, ends }),
-            });
-            by_inode.insert(inode, id);
-            by_inode.insert(peer, id);
+                fds[0].fd,
+                fds[0].pid,
+                super::command_of(fds[0].pid),
+                fds[0].target
+            ));
         }
-        Ok(by_inode)
+        let peer_entry = diag.get(&peer).cloned().unwrap_or_default();
+        let ends = [
+            end(inode, Some(fds), entry, depth)?,
+            end(peer, peer_fds, &peer_entry, depth)?,
+        ];
+        let id = ids.allocate();
+        files.objects.push(SharedObject {
+            id,
+            object: ObjectKind::UnixPair(UnixPair { kind, ends }),
+        });
+        by_inode.insert(inode, id);
+        by_inode.insert(peer, id);
     }
+    Ok(by_inode)
 }
 
 /// One end as the job holds it (`fds` empty or None: held outside, or by nobody).
@@ -328,7 +307,7 @@ fn peek_all(socket: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
 impl UnixPair {
     /// Which end an fd whose `/proc` target is `target` holds.
     pub fn slot(&self, target: &str) -> usize {
-        usize::from(self.ends[1].inode == inode_of(target))
+        usize::from(self.ends[1].inode == super::link_inode(target))
     }
 
     /// A new pair with each end's queued data, sent from the other end.

@@ -1224,10 +1224,19 @@ fn explain_child_exit(
             .map(|f| f.path.to_string_lossy().into_owned())
     };
     let what = match step {
-        Step::OpenFile | Step::MoveFile | Step::Seek | Step::SetCloexec => {
+        Step::OpenFile | Step::MoveFile | Step::Seek | Step::SetCloexec | Step::DupObject => {
             format!("reopening {}", file(failure.index).unwrap_or_default())
         }
         Step::Chdir => format!("entering {}", plan.cwd.to_string_lossy()),
+        Step::Spawn | Step::ProcessGroup | Step::ReapWait => {
+            let pid = plan.spawn.get(failure.index as usize).map_or(0, |s| s.pid);
+            let doing = match step {
+                Step::Spawn => "creating",
+                Step::ProcessGroup => "putting into its process group",
+                _ => "waiting for the zombie",
+            };
+            format!("{doing} process {pid}")
+        }
         other => format!("{other:?}"),
     };
     RestoreError::Child {

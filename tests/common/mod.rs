@@ -953,6 +953,20 @@ impl Harness {
         self.parse_ckpt(&res)
     }
 
+    /// `mlckpt checkpoint PID --kill`, which must fail, leave the job running and write no
+    /// image; returns what it said.
+    pub fn checkpoint_refused(&self, pid: i32) -> Finished {
+        let res = self
+            .mlckpt(&["checkpoint", &pid.to_string(), "--kill"])
+            .expect_failure();
+        assert!(pid_alive(pid), "a failed checkpoint killed the job");
+        assert!(
+            self.images().is_empty(),
+            "a failed checkpoint left an image"
+        );
+        res
+    }
+
     fn parse_ckpt(&self, res: &Finished) -> Ckpt {
         let fail = |why: &str| -> ! { panic!("checkpoint --json: {why}\n{}", res.describe()) };
         let v: serde_json::Value = serde_json::from_str(res.stdout.trim())

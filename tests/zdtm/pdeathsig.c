@@ -1,0 +1,143 @@
+/*
+ * pdeathsig - a child with PR_SET_PDEATHSIG(SIGUSR1). After restore the child reports
+ * prctl(PR_GET_PDEATHSIG) and its parent over a pipe; it must be SIGUSR1 and the parent.
+ */
+#define _GNU_SOURCE
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t got_usr2;
+static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
+
+/* Line-buffered stdout, the SIGUSR2 handler, and the first line `pid <N>`. */
+static void start(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
+    printf("pid %d\n", (int)getpid());
+}
+
+/* Prints `ready`, then waits (across a checkpoint and restore) for SIGUSR2. */
+static void ready_then_wait(void)
+{
+    printf("ready\n");
+    while (!got_usr2) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static char fail_msg[512];
+
+/* Records the first failure. */
+#define FAILED(...)                                                     \
+    do {                                                                \
+        if (!fail_msg[0])                                               \
+            snprintf(fail_msg, sizeof fail_msg, __VA_ARGS__);           \
+    } while (0)
+
+/* Prints the verdict; the exit status of main. */
+static int verdict(void)
+{
+    if (fail_msg[0]) {
+        printf("FAIL %s\n", fail_msg);
+        return 1;
+    }
+    printf("PASS\n");
+    return 0;
+}
+
+__attribute__((unused)) static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+__attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = read(fd, (char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+int main(void)
+{
+    start();
+    pid_t me = getpid();
+    int sync[2], go[2];
+    if (pipe(sync) || pipe(go)) {
+        printf("FAIL pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    pid_t child = fork();
+    if (child < 0) {
+        printf("FAIL fork: %s\n", strerror(errno));
+        return 1;
+    }
+    if (child == 0) {
+        close(sync[0]);
+        close(go[1]);
+        if (prctl(PR_SET_PDEATHSIG, SIGUSR1) || getppid() != me)
+            _exit(2);
+        if (write_full(sync[1], "s", 1))
+            _exit(3);
+        char c;
+        if (read_full(go[0], &c, 1))
+            _exit(4);
+        int sig = -1;
+        if (prctl(PR_GET_PDEATHSIG, &sig))
+            sig = -2;
+        int report[2] = {sig, (int)getppid()};
+        _exit(write_full(sync[1], report, sizeof report) ? 5 : 0);
+    }
+    close(sync[1]);
+    close(go[0]);
+    char c;
+    if (read_full(sync[0], &c, 1)) {
+        printf("FAIL set-up in the child\n");
+        waitpid(child, NULL, 0);
+        return 1;
+    }
+    ready_then_wait();
+
+    int report[2] = {0, 0};
+    if (write_full(go[1], "g", 1) || read_full(sync[0], report, sizeof report))
+        FAILED("no report from the child");
+    else if (report[0] != SIGUSR1)
+        FAILED("the child's PR_GET_PDEATHSIG is %d, expected %d (SIGUSR1)", report[0], SIGUSR1);
+    else if (report[1] != me)
+        FAILED("the child's parent is %d, expected %d", report[1], (int)me);
+    if (fail_msg[0])
+        kill(child, SIGKILL);
+    int st = 0;
+    if (waitpid(child, &st, 0) != child)
+        FAILED("waitpid: %s", strerror(errno));
+    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        FAILED("child status 0x%x", st);
+    return verdict();
+}

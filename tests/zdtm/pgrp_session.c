@@ -1,0 +1,152 @@
+/*
+ * pgrp_session - the program leads a new session (setsid) and forks a child that leads its
+ * own process group (setpgid(0, 0)). After restore getsid/getpgid of both, seen from the
+ * parent and from the child itself, must be the same.
+ */
+#define _GNU_SOURCE
+#include <sys/wait.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t got_usr2;
+static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
+
+/* Line-buffered stdout, the SIGUSR2 handler, and the first line `pid <N>`. */
+static void start(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
+    printf("pid %d\n", (int)getpid());
+}
+
+/* Prints `ready`, then waits (across a checkpoint and restore) for SIGUSR2. */
+static void ready_then_wait(void)
+{
+    printf("ready\n");
+    while (!got_usr2) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static char fail_msg[512];
+
+/* Records the first failure. */
+#define FAILED(...)                                                     \
+    do {                                                                \
+        if (!fail_msg[0])                                               \
+            snprintf(fail_msg, sizeof fail_msg, __VA_ARGS__);           \
+    } while (0)
+
+/* Prints the verdict; the exit status of main. */
+static int verdict(void)
+{
+    if (fail_msg[0]) {
+        printf("FAIL %s\n", fail_msg);
+        return 1;
+    }
+    printf("PASS\n");
+    return 0;
+}
+
+__attribute__((unused)) static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+__attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = read(fd, (char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+int main(void)
+{
+    start();
+    pid_t me = getpid();
+    if (setsid() != me) {
+        printf("FAIL setsid: %s\n", strerror(errno));
+        return 1;
+    }
+    int sync[2], go[2], back[2];
+    if (pipe(sync) || pipe(go) || pipe(back)) {
+        printf("FAIL pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    pid_t child = fork();
+    if (child < 0) {
+        printf("FAIL fork: %s\n", strerror(errno));
+        return 1;
+    }
+    if (child == 0) {
+        if (setpgid(0, 0))
+            _exit(2);
+        if (write_full(sync[1], "s", 1))
+            _exit(3);
+        char c;
+        if (read_full(go[0], &c, 1))
+            _exit(4);
+        int ids[4] = {(int)getpid(), (int)getsid(0), (int)getpgid(0), (int)getppid()};
+        _exit(write_full(back[1], ids, sizeof ids) ? 5 : 0);
+    }
+    close(sync[1]);
+    close(go[0]);
+    close(back[1]);
+    char c;
+    if (read_full(sync[0], &c, 1)) {
+        printf("FAIL the child did not set up its group\n");
+        waitpid(child, NULL, 0);
+        return 1;
+    }
+    ready_then_wait();
+
+    if (getsid(0) != me)
+        FAILED("getsid(0) = %d, expected %d", (int)getsid(0), (int)me);
+    if (getpgid(0) != me)
+        FAILED("getpgid(0) = %d, expected %d", (int)getpgid(0), (int)me);
+    if (getsid(child) != me)
+        FAILED("getsid(child) = %d, expected %d", (int)getsid(child), (int)me);
+    if (getpgid(child) != child)
+        FAILED("getpgid(child) = %d, expected %d", (int)getpgid(child), (int)child);
+    if (write_full(go[1], "g", 1))
+        FAILED("write go: %s", strerror(errno));
+    int ids[4] = {0, 0, 0, 0};
+    if (read_full(back[0], ids, sizeof ids))
+        FAILED("no report from the child");
+    else if (ids[0] != child || ids[1] != me || ids[2] != child || ids[3] != me)
+        FAILED("child sees pid %d sid %d pgid %d ppid %d, expected %d %d %d %d", ids[0], ids[1],
+               ids[2], ids[3], (int)child, (int)me, (int)child, (int)me);
+    if (fail_msg[0])
+        kill(child, SIGKILL);
+    int st = 0;
+    if (waitpid(child, &st, 0) != child)
+        FAILED("waitpid: %s", strerror(errno));
+    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        FAILED("child status 0x%x", st);
+    return verdict();
+}

@@ -1,0 +1,215 @@
+/*
+ * shm_anon_shared - 1 MiB of MAP_SHARED|MAP_ANONYMOUS memory shared by the parent and a
+ * child. Before the checkpoint each paints a pattern the other checks; after restore the
+ * contents must be unchanged, and writes must still be seen both ways: the child paints a
+ * new pattern the parent must see, then the parent one the child must see.
+ */
+#define _GNU_SOURCE
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t got_usr2;
+static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
+
+/* Line-buffered stdout, the SIGUSR2 handler, and the first line `pid <N>`. */
+static void start(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
+    printf("pid %d\n", (int)getpid());
+}
+
+/* Prints `ready`, then waits (across a checkpoint and restore) for SIGUSR2. */
+static void ready_then_wait(void)
+{
+    printf("ready\n");
+    while (!got_usr2) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static char fail_msg[512];
+
+/* Records the first failure. */
+#define FAILED(...)                                                     \
+    do {                                                                \
+        if (!fail_msg[0])                                               \
+            snprintf(fail_msg, sizeof fail_msg, __VA_ARGS__);           \
+    } while (0)
+
+/* Prints the verdict; the exit status of main. */
+static int verdict(void)
+{
+    if (fail_msg[0]) {
+        printf("FAIL %s\n", fail_msg);
+        return 1;
+    }
+    printf("PASS\n");
+    return 0;
+}
+
+__attribute__((unused)) static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+__attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = read(fd, (char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        done += (size_t)r;
+    }
+    return 0;
+}
+#define SIZE (1 << 20)
+
+static unsigned char *mem;
+static int to_child[2], to_parent[2];
+
+static unsigned char pat(size_t i, int seed)
+{
+    return (unsigned char)(i * 31 + (size_t)seed * 7 + (i >> 12) * 3);
+}
+
+static void paint(int seed)
+{
+    for (size_t i = 0; i < SIZE; i++)
+        mem[i] = pat(i, seed);
+}
+
+/* Offset of the first byte that is not pattern `seed`, or -1. */
+static long first_wrong(int seed)
+{
+    for (size_t i = 0; i < SIZE; i++)
+        if (mem[i] != pat(i, seed))
+            return (long)i;
+    return -1;
+}
+
+/*
+ * The child's side of the ping-pong over the shared memory: before the checkpoint it finds
+ * pattern 1 and paints 2; after the restore it finds 2 and paints 3, then finds 4.
+ * It exits with the step that went wrong (0: none).
+ */
+static void child_main(void)
+{
+    char c;
+    close(to_child[1]);
+    close(to_parent[0]);
+    if (read_full(to_child[0], &c, 1) || first_wrong(1) >= 0)
+        _exit(10);
+    paint(2);
+    if (write_full(to_parent[1], "b", 1))
+        _exit(11);
+    /* checkpoint, kill, restore */
+    if (read_full(to_child[0], &c, 1))
+        _exit(12);
+    if (first_wrong(2) >= 0)
+        _exit(13);
+    paint(3);
+    if (write_full(to_parent[1], "d", 1))
+        _exit(14);
+    if (read_full(to_child[0], &c, 1))
+        _exit(15);
+    _exit(first_wrong(4) >= 0 ? 16 : 0);
+}
+
+/* The parent's side before the checkpoint: paints 1, waits for the child's 2. */
+static int parent_setup(pid_t child)
+{
+    char c;
+    close(to_child[0]);
+    close(to_parent[1]);
+    paint(1);
+    if (write_full(to_child[1], "a", 1) || read_full(to_parent[0], &c, 1)) {
+        printf("FAIL set-up: the child did not answer\n");
+        return -1;
+    }
+    long at = first_wrong(2);
+    if (at >= 0) {
+        printf("FAIL set-up: the child's pattern is not seen at offset %ld\n", at);
+        return -1;
+    }
+    (void)child;
+    return 0;
+}
+
+/* The parent's side after the restore. */
+static void parent_verify(pid_t child)
+{
+    char c;
+    long at = first_wrong(2);
+    if (at >= 0)
+        FAILED("the shared memory changed across the restore (offset %ld)", at);
+    if (write_full(to_child[1], "c", 1) || read_full(to_parent[0], &c, 1))
+        FAILED("the child did not answer after the restore");
+    else if ((at = first_wrong(3)) >= 0)
+        FAILED("the child's writes are not seen by the parent (offset %ld): not shared", at);
+    else {
+        paint(4);
+        if (write_full(to_child[1], "e", 1))
+            FAILED("write: %s", strerror(errno));
+    }
+    if (fail_msg[0])
+        kill(child, SIGKILL);
+    int st = 0;
+    if (waitpid(child, &st, 0) != child)
+        FAILED("waitpid: %s", strerror(errno));
+    else if (WIFEXITED(st) && WEXITSTATUS(st) == 13)
+        FAILED("the child's view of the shared memory changed across the restore");
+    else if (WIFEXITED(st) && WEXITSTATUS(st) == 16)
+        FAILED("the parent's writes are not seen by the child: not shared");
+    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        FAILED("child status 0x%x", st);
+}
+
+int main(void)
+{
+    start();
+    mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED || pipe(to_child) || pipe(to_parent)) {
+        printf("FAIL set-up: %s\n", strerror(errno));
+        return 1;
+    }
+    pid_t child = fork();
+    if (child < 0) {
+        printf("FAIL fork: %s\n", strerror(errno));
+        return 1;
+    }
+    if (child == 0)
+        child_main();
+    if (parent_setup(child)) {
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+        return 1;
+    }
+    ready_then_wait();
+
+    parent_verify(child);
+    return verdict();
+}

@@ -1,0 +1,134 @@
+/*
+ * sigaltstack - an alternate signal stack (64 KiB, static) and a SIGUSR1 handler with
+ * SA_ONSTACK. After restore sigaltstack(NULL, &old) must give the same ss_sp and ss_size,
+ * not SS_DISABLE or SS_ONSTACK, and a raised SIGUSR1 must run on that stack.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t got_usr2;
+static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
+
+/* Line-buffered stdout, the SIGUSR2 handler, and the first line `pid <N>`. */
+static void start(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
+    printf("pid %d\n", (int)getpid());
+}
+
+/* Prints `ready`, then waits (across a checkpoint and restore) for SIGUSR2. */
+static void ready_then_wait(void)
+{
+    printf("ready\n");
+    while (!got_usr2) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static char fail_msg[512];
+
+/* Records the first failure. */
+#define FAILED(...)                                                     \
+    do {                                                                \
+        if (!fail_msg[0])                                               \
+            snprintf(fail_msg, sizeof fail_msg, __VA_ARGS__);           \
+    } while (0)
+
+/* Prints the verdict; the exit status of main. */
+static int verdict(void)
+{
+    if (fail_msg[0]) {
+        printf("FAIL %s\n", fail_msg);
+        return 1;
+    }
+    printf("PASS\n");
+    return 0;
+}
+
+__attribute__((unused)) static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+__attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = read(fd, (char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+#define ALT_SIZE (64 * 1024)
+static char alt[ALT_SIZE] __attribute__((aligned(16)));
+static volatile sig_atomic_t usr1_count, on_alt;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    char here;
+    uintptr_t p = (uintptr_t)&here;
+    on_alt = p >= (uintptr_t)alt && p < (uintptr_t)alt + ALT_SIZE;
+    usr1_count++;
+}
+
+int main(void)
+{
+    start();
+    stack_t ss;
+    memset(&ss, 0, sizeof ss);
+    ss.ss_sp = alt;
+    ss.ss_size = ALT_SIZE;
+    ss.ss_flags = 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_ONSTACK;
+    if (sigaltstack(&ss, NULL) || sigaction(SIGUSR1, &sa, NULL)) {
+        printf("FAIL set-up: %s\n", strerror(errno));
+        return 1;
+    }
+    ready_then_wait();
+
+    stack_t old;
+    memset(&old, 0, sizeof old);
+    if (sigaltstack(NULL, &old))
+        FAILED("sigaltstack: %s", strerror(errno));
+    else if (old.ss_sp != (void *)alt || old.ss_size != ALT_SIZE)
+        FAILED("alternate stack %p+%zu, expected %p+%d", old.ss_sp, old.ss_size, (void *)alt,
+               ALT_SIZE);
+    else if (old.ss_flags != 0)
+        FAILED("alternate stack flags 0x%x, expected 0", old.ss_flags);
+    raise(SIGUSR1);
+    if (usr1_count != 1)
+        FAILED("the SIGUSR1 handler ran %d times", (int)usr1_count);
+    else if (!on_alt)
+        FAILED("the SA_ONSTACK handler did not run on the alternate stack");
+    return verdict();
+}

@@ -1,0 +1,172 @@
+/*
+ * socketpair_stream_child - an AF_UNIX SOCK_STREAM socket pair between the parent and a
+ * child, with data queued both ways at checkpoint time: 3000 bytes parent->child and 2000
+ * bytes child->parent. After restore each side reads and checks what was queued for it,
+ * then they exchange a little more; the child reports by its exit status.
+ */
+#define _GNU_SOURCE
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t got_usr2;
+static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
+
+/* Line-buffered stdout, the SIGUSR2 handler, and the first line `pid <N>`. */
+static void start(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
+    printf("pid %d\n", (int)getpid());
+}
+
+/* Prints `ready`, then waits (across a checkpoint and restore) for SIGUSR2. */
+static void ready_then_wait(void)
+{
+    printf("ready\n");
+    while (!got_usr2) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static char fail_msg[512];
+
+/* Records the first failure. */
+#define FAILED(...)                                                     \
+    do {                                                                \
+        if (!fail_msg[0])                                               \
+            snprintf(fail_msg, sizeof fail_msg, __VA_ARGS__);           \
+    } while (0)
+
+/* Prints the verdict; the exit status of main. */
+static int verdict(void)
+{
+    if (fail_msg[0]) {
+        printf("FAIL %s\n", fail_msg);
+        return 1;
+    }
+    printf("PASS\n");
+    return 0;
+}
+
+__attribute__((unused)) static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+__attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = read(fd, (char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+#define TO_CHILD 3000
+#define TO_PARENT 2000
+
+static void fill(unsigned char *buf, size_t n, int k)
+{
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (unsigned char)(k * 77 + i * 5 + (i >> 6));
+}
+
+static int check(int fd, size_t n, int k)
+{
+    static unsigned char got[8192], want[8192];
+    if (read_full(fd, got, n))
+        return -1;
+    fill(want, n, k);
+    return memcmp(got, want, n) ? -2 : 0;
+}
+
+int main(void)
+{
+    start();
+    int s[2], sync[2], go[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, s) || pipe(sync) || pipe(go)) {
+        printf("FAIL set-up: %s\n", strerror(errno));
+        return 1;
+    }
+    static unsigned char buf[8192];
+    pid_t child = fork();
+    if (child < 0) {
+        printf("FAIL fork: %s\n", strerror(errno));
+        return 1;
+    }
+    if (child == 0) {
+        close(s[0]);
+        close(sync[0]);
+        close(go[1]);
+        fill(buf, TO_PARENT, 2);
+        if (write_full(s[1], buf, TO_PARENT) || write_full(sync[1], "w", 1))
+            _exit(2);
+        char c;
+        if (read_full(go[0], &c, 1))
+            _exit(3);
+        int rc = check(s[1], TO_CHILD, 1);
+        if (rc)
+            _exit(rc == -1 ? 4 : 5);
+        if (write_full(s[1], "pong", 4))
+            _exit(6);
+        if (read_full(s[1], buf, 4) || memcmp(buf, "ping", 4))
+            _exit(7);
+        _exit(0);
+    }
+    close(s[1]);
+    close(sync[1]);
+    close(go[0]);
+    fill(buf, TO_CHILD, 1);
+    char c;
+    if (write_full(s[0], buf, TO_CHILD) || read_full(sync[0], &c, 1)) {
+        printf("FAIL set-up writes: %s\n", strerror(errno));
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+        return 1;
+    }
+    ready_then_wait();
+
+    if (write_full(go[1], "g", 1))
+        FAILED("write go: %s", strerror(errno));
+    int rc = check(s[0], TO_PARENT, 2);
+    if (rc)
+        FAILED("parent: the %d queued bytes %s", TO_PARENT, rc == -1 ? "are missing" : "differ");
+    if (write_full(s[0], "ping", 4))
+        FAILED("write ping: %s", strerror(errno));
+    if (!rc && (read_full(s[0], buf, 4) || memcmp(buf, "pong", 4)))
+        FAILED("no pong from the child");
+    if (fail_msg[0])
+        kill(child, SIGKILL);
+    int st = 0;
+    if (waitpid(child, &st, 0) != child)
+        FAILED("waitpid: %s", strerror(errno));
+    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        FAILED("child status 0x%x (exit 4/5: its %d queued bytes were missing/different)", st,
+               TO_CHILD);
+    return verdict();
+}
