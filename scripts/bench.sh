@@ -3,6 +3,7 @@
 # targets (and 1 GiB with 16 threads), next to this machine's own limits measured in the
 # same run, then the ratios the performance targets are stated in.
 #   scripts/bench.sh [DIR]     DIR: where images go (default: a new dir under /var/tmp)
+#   ONLY=tree scripts/bench.sh   only the process-tree rows
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,9 +151,11 @@ bench_tree() {   # $1 mutations per tick, or "all"
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK; medians of $REPS runs"
 echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
 echo "|--------------|--------|---------|------------|--------|--------|-----------|--------|--------|------|--------|--------|--------|--------|"
-bench 64 1
-bench 1024 1
-bench 1024 16
+if [ "${ONLY:-}" != tree ]; then
+    bench 64 1
+    bench 1024 1
+    bench 1024 16
+fi
 echo
 echo "| job            | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes | rest.ms|"
 echo "|----------------|--------|---------|------------|--------|--------|------------|--------|"

@@ -9,4 +9,7 @@ for fd in $(ls /proc/$$/fd); do
     if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-" || true; fi
 done
 cargo build --release --quiet
-cargo test --release -- --test-threads=2
+cargo test --release -- --test-threads=2 --skip zdtm_conformance
+# The conformance suite (tests/zdtm/, one program per kind of kernel state): its per-kind
+# lines and pass count are printed.
+cargo test --release --test conformance -- --nocapture

@@ -17,17 +17,16 @@ mod common;
 use common::*;
 use std::cell::Cell;
 use std::collections::BTreeSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const CFLAGS: &[&str] = &["-O1", "-g", "-Wall", "-pthread"];
+/// Warnings are errors: a program that warns may not test what it says.
+const CFLAGS: &[&str] = &["-O1", "-g", "-Wall", "-Werror", "-pthread"];
 /// Time the restored process runs before it is told to check its state.
 const SETTLE: Duration = Duration::from_millis(300);
 
@@ -49,38 +48,6 @@ fn programs() -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// Compiles `tests/zdtm/<name>.c`. The binary's name carries a hash of source and flags
-/// and is moved into place atomically, so a binary a process maps is never replaced.
-fn compile(name: &str) -> Result<PathBuf, String> {
-    let src = zdtm_dir().join(format!("{name}.c"));
-    let text = std::fs::read(&src).map_err(|e| format!("read {}: {e}", src.display()))?;
-    let mut hasher = DefaultHasher::new();
-    (&text, CFLAGS).hash(&mut hasher);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlckpt-zdtm");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    let out = dir.join(format!("{name}-{:016x}", hasher.finish()));
-    if out.exists() {
-        return Ok(out);
-    }
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = Command::new("gcc")
-        .args(CFLAGS)
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("run gcc: {e}"))?;
-    if !res.status.success() || !res.stderr.is_empty() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "gcc {name}.c failed or warned: {}",
-            String::from_utf8_lossy(&res.stderr).trim()
-        ));
-    }
-    std::fs::rename(&tmp, &out).map_err(|e| format!("rename: {e}"))?;
-    Ok(out)
 }
 
 /// The state letter of a process (`/proc/PID/stat`), if it exists.
@@ -198,7 +165,9 @@ fn wait_ready(run: &Proc) -> Result<(), String> {
             ));
         }
         if Instant::now() > deadline {
-            return Err(format!("no `ready` within {TICK_TIMEOUT:?}: stdout {out:?}"));
+            return Err(format!(
+                "no `ready` within {TICK_TIMEOUT:?}: stdout {out:?}"
+            ));
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -242,7 +211,11 @@ fn cycle(name: &str, exe: &Path, target: &Cell<i32>) -> Result<(), String> {
         let children = descendants(pid);
         let ckpt = h.checkpoint(pid, true);
         let before = run.finish(CMD_TIMEOUT).expect_code(KILLED);
-        if before.stdout.lines().any(|l| l.starts_with("PASS") || l.starts_with("FAIL")) {
+        if before
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+        {
             return Err(format!(
                 "the program went on before the checkpoint: {:?}",
                 before.stdout
@@ -308,7 +281,7 @@ fn zdtm_conformance() {
     for name in &names {
         eprintln!("conformance: running {name}");
         let target = Cell::new(0);
-        let result = match compile(name) {
+        let result = match compile_c(&zdtm_dir(), name, CFLAGS) {
             Err(e) => Err(e),
             Ok(exe) => match catch_unwind(AssertUnwindSafe(|| cycle(name, &exe, &target))) {
                 Ok(r) => r,

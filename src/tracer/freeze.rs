@@ -208,7 +208,17 @@ impl Frozen {
         let mut first_error = None;
         for t in self.threads.values() {
             match ptrace::detach(t.tid, t.pending) {
-                Ok(()) | Err(PtraceError::Gone { .. }) => {}
+                Ok(()) => {}
+                // ESRCH: gone, or still ours but not stopped (an operation that failed
+                // half-way let it run): stop it, then let it go, or it stays traced and
+                // no later checkpoint can seize it.
+                Err(PtraceError::Gone { .. }) => {
+                    if tracer_of(self.pid, t.tid) == Some(nix::unistd::gettid())
+                        && let Err(e) = stop_and_detach(t.tid, t.pending)
+                    {
+                        first_error.get_or_insert(e);
+                    }
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -216,6 +226,21 @@ impl Frozen {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Detaches a thread we trace that is running: interrupted first (PTRACE_DETACH needs a
+/// stopped tracee).
+fn stop_and_detach(tid: Pid, sig: Option<Signal>) -> Result<(), PtraceError> {
+    ptrace::interrupt(tid)?;
+    loop {
+        match ptrace::wait_stop(tid, "detach")? {
+            Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
+            Stop::Interrupted | Stop::Syscall | Stop::Event(_) => break,
+            // A signal got in first: hand it on at detach.
+            Stop::Signal(s) => return ptrace::detach(tid, Some(s)),
+        }
+    }
+    ptrace::detach(tid, sig)
 }
 
 /// A thread's state letter from `/proc/PID/task/TID/stat` (R, S, D, T, Z ...).

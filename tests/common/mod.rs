@@ -75,32 +75,43 @@ pub fn compiled(name: &str) -> PathBuf {
     if let Some(path) = built.get(name) {
         return path.clone();
     }
-    let src = programs_dir().join(format!("{name}.c"));
-    let text = std::fs::read(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
     let flags: Vec<&str> = CFLAGS.iter().chain(extra_cflags(name)).copied().collect();
-    let mut hasher = DefaultHasher::new();
-    (&text, &flags).hash(&mut hasher);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlckpt-programs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("{name}-{:016x}", hasher.finish()));
-    if !out.exists() {
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let res = Command::new("gcc")
-            .args(&flags)
-            .arg("-o")
-            .arg(&tmp)
-            .arg(&src)
-            .output()
-            .expect("run gcc (is it installed?)");
-        assert!(
-            res.status.success(),
-            "gcc {name}.c failed:\n{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
-        std::fs::rename(&tmp, &out).unwrap();
-    }
+    let out = compile_c(&programs_dir(), name, &flags).unwrap_or_else(|e| panic!("{e}"));
     built.insert(name.to_owned(), out.clone());
     out
+}
+
+/// Compiles `<dir>/<name>.c` with `flags` into the test target directory; the binary's
+/// name carries a hash of source and flags and is moved into place atomically. The error
+/// says what gcc said.
+pub fn compile_c(dir: &Path, name: &str, flags: &[&str]) -> Result<PathBuf, String> {
+    let src = dir.join(format!("{name}.c"));
+    let text = std::fs::read(&src).map_err(|e| format!("read {}: {e}", src.display()))?;
+    let mut hasher = DefaultHasher::new();
+    (&text, flags).hash(&mut hasher);
+    let bin_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlckpt-programs");
+    std::fs::create_dir_all(&bin_dir).map_err(|e| format!("mkdir {}: {e}", bin_dir.display()))?;
+    let out = bin_dir.join(format!("{name}-{:016x}", hasher.finish()));
+    if out.exists() {
+        return Ok(out);
+    }
+    let tmp = bin_dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("run gcc (is it installed?): {e}"))?;
+    if !res.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "gcc {name}.c failed:\n{}",
+            String::from_utf8_lossy(&res.stderr)
+        ));
+    }
+    std::fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", out.display()))?;
+    Ok(out)
 }
 
 /// `name` found in `$PATH`.
