@@ -232,15 +232,12 @@ impl Frozen {
 /// stopped tracee).
 fn stop_and_detach(tid: Pid, sig: Option<Signal>) -> Result<(), PtraceError> {
     ptrace::interrupt(tid)?;
-    loop {
-        match ptrace::wait_stop(tid, "detach")? {
-            Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
-            Stop::Interrupted | Stop::Syscall | Stop::Event(_) => break,
-            // A signal got in first: hand it on at detach.
-            Stop::Signal(s) => return ptrace::detach(tid, Some(s)),
-        }
+    match ptrace::wait_stop(tid, "detach")? {
+        Stop::Exited(_) | Stop::Killed(_) => Ok(()),
+        Stop::Interrupted | Stop::Syscall | Stop::Event(_) => ptrace::detach(tid, sig),
+        // A signal got in first: hand it on at detach.
+        Stop::Signal(s) => ptrace::detach(tid, Some(s)),
     }
-    ptrace::detach(tid, sig)
 }
 
 /// A thread's state letter from `/proc/PID/task/TID/stat` (R, S, D, T, Z ...).
