@@ -204,3 +204,26 @@ fn unix_socket_pairs_with_queued_data() {
         "every pair should hold queued data: {queued:?}"
     );
 }
+
+/// `attach` to a job mlckpt did not start: the tree under the PID given is the job. Its
+/// processes, killed with it, are orphans of the harness's child and left to init, which
+/// reaps them in its own time: the restore waits for their PIDs.
+#[test]
+fn attached_tree_restores() {
+    let h = Harness::new("tree-attach");
+    let prog = Prog::c("waiter", &["60"]);
+    let reference = h.plain(&prog);
+    let mut target = h.unsupervised(&prog);
+    target.wait_for_ticks(5);
+    let pid = target.target_pid();
+    let attach = h.attach(pid);
+    target.wait_for_ticks(12);
+    let ckpt = h.checkpoint(pid, true);
+    let before = target.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    attach.finish(CMD_TIMEOUT).expect_code(0);
+    wait_gone(pid);
+    assert_eq!(manifest(&ckpt).process_count(), 3);
+    let after = h.restore_to_end(&ckpt.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &after, pid);
+}

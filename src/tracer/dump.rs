@@ -187,7 +187,7 @@ pub fn checkpoint(
 /// The write trackers one checkpoint uses: the root's, and those of the members that
 /// have one.
 #[derive(Default)]
-pub struct Trackers<'a> {
+struct Trackers<'a> {
     root: Option<&'a mut WriteTracker>,
     members: Vec<(Pid, &'a mut WriteTracker)>,
 }

@@ -215,6 +215,22 @@ fn pid_taken(pid: i32) -> RestoreError {
     RestoreError::PidTaken { pid, holder }
 }
 
+/// Whether `pid` is free. A zombie handed to init (the job's processes, orphaned when it
+/// was killed) is waited for a little: init reaps it, but not always at once.
+fn pid_free(pid: i32) -> bool {
+    const ZOMBIE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let began = std::time::Instant::now();
+    loop {
+        match super::tree::stat(pid) {
+            None => return true,
+            Some(s) if s.state == 'Z' && s.links.ppid == 1 && began.elapsed() < ZOMBIE_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Some(_) => return false,
+        }
+    }
+}
+
 fn preflight(
     m: &Manifest,
     procs: &[ProcessView],
@@ -239,7 +255,7 @@ fn preflight(
         .map(|p| p.process.pid)
         .chain(m.zombies.iter().map(|z| z.pid));
     for pid in pids {
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() && !opts.new_pid {
+        if !opts.new_pid && !pid_free(pid) {
             return Err(pid_taken(pid));
         }
     }
