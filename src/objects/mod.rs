@@ -276,7 +276,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
             .map(|(fd, &kind)| {
                 let object = match kind {
                     FdKind::Stdio => stdio_ids.get(&fd.target).copied(),
-                    FdKind::Pipe => pipe_ids.get(&link_inode(&fd.target)).copied(),
+                    FdKind::Pipe => pipe_ids.get(&object_inode(fd)).copied(),
                     FdKind::UnixSocket => socket_ids.get(&link_inode(&fd.target)).copied(),
                     FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
                     _ => None,
@@ -303,13 +303,23 @@ pub fn link_inode(target: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The inode of the object `fd` refers to: from its link (`pipe:[N]`), or, for a named
+/// object (a FIFO), its file's.
+fn object_inode(fd: &OpenFd) -> u64 {
+    match (link_inode(&fd.target), &fd.meta) {
+        (0, Some(meta)) => meta.ino(),
+        (inode, _) => inode,
+    }
+}
+
 /// The job's fds of one kind, grouped by the object (inode) they refer to.
 #[derive(Debug, Default)]
 pub struct ByInode<'a>(BTreeMap<u64, Vec<&'a OpenFd>>);
 
 impl<'a> ByInode<'a> {
+    /// Adds `fd` under its object's inode (from the link; for a named object, its file's).
     pub fn add(&mut self, fd: &'a OpenFd) {
-        self.0.entry(link_inode(&fd.target)).or_default().push(fd);
+        self.0.entry(object_inode(fd)).or_default().push(fd);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[&'a OpenFd])> {
@@ -387,11 +397,10 @@ fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind
         Ok(FdKind::Directory)
     } else if ft.is_char_device() {
         Ok(FdKind::CharDevice)
+    } else if ft.is_fifo() {
+        Ok(FdKind::Pipe)
     } else {
-        Err((
-            "a special file (FIFO, socket file or block device)",
-            CLOSE_IT,
-        ))
+        Err(("a special file (socket file or block device)", CLOSE_IT))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Pipes: between the job's processes (`producer | consumer`, a pool's task queues), or
-//! with one end outside the job. The data buffered in a pipe at checkpoint time is read
+//! Pipes and named pipes (FIFOs): between the job's processes (`producer | consumer`, a
+//! pool's task queues), or with one end outside the job. The data buffered in a pipe at checkpoint time is read
 //! without taking it out (`tee` into a scratch pipe) and written into the new pipe at
 //! restore. An end no process of the job holds is closed after the restore: the reader
 //! sees end-of-file once the data is read, a writer gets `EPIPE`, as if the process at the
@@ -30,17 +30,27 @@ pub struct PipeState {
     /// nobody else could read them after the restore).
     #[serde(with = "crate::image::format::base64_bytes")]
     pub data: Vec<u8>,
+    /// A named pipe (FIFO): its path, where it is opened again at restore (it must still be
+    /// a FIFO there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Status flags of a FIFO opened for reading and writing at once (`O_RDWR`), if the job
+    /// held one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_write_end: Option<i32>,
 }
 
 const READ: usize = 0;
 const WRITE: usize = 1;
+/// A FIFO opened `O_RDWR`: both ends in one description.
+const READ_WRITE: usize = 2;
 
 /// Which end an fd with open flags `flags` holds.
 pub fn slot(flags: i32) -> usize {
-    if flags & libc::O_ACCMODE == libc::O_WRONLY {
-        WRITE
-    } else {
-        READ
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => WRITE,
+        libc::O_RDWR => READ_WRITE,
+        _ => READ,
     }
 }
 
@@ -59,13 +69,13 @@ pub fn objects(
                 .find(|f| slot(f.flags) == want)
                 .map(|f| f.flags & !(libc::O_ACCMODE | libc::O_CLOEXEC))
         };
-        let (read_end, write_end) = (end(READ), end(WRITE));
-        if read_end.is_none() || write_end.is_none() {
-            files
-                .warnings
-                .push(outside_warning(fds[0], read_end.is_none()));
+        let (read_end, write_end, read_write_end) = (end(READ), end(WRITE), end(READ_WRITE));
+        let can_read = read_end.or(read_write_end).is_some();
+        let can_write = write_end.or(read_write_end).is_some();
+        if !can_read || !can_write {
+            files.warnings.push(outside_warning(fds[0], !can_read));
         }
-        let reader = fds.iter().find(|f| slot(f.flags) == READ);
+        let reader = fds.iter().find(|f| slot(f.flags) != WRITE);
         let (capacity, data) = match (depth, reader) {
             (super::Depth::Capture, Some(r)) => peek(r)?,
             _ => (0, Vec::new()),
@@ -79,6 +89,11 @@ pub fn objects(
                 read_end,
                 write_end,
                 data,
+                path: fds[0]
+                    .target
+                    .starts_with('/')
+                    .then(|| fds[0].target.clone()),
+                read_write_end,
             }),
         });
         by_inode.insert(inode, id);
@@ -160,7 +175,20 @@ impl PipeState {
                 source: e.into(),
             }
         };
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail("pipe2"))?;
+        // A FIFO is held open read-write while it is set up: opening one end alone would
+        // wait for the other, and the data needs a reader to stay.
+        let (r, w, both) = match &self.path {
+            None => {
+                let (r, w) =
+                    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail("pipe2"))?;
+                (r, w, None)
+            }
+            Some(path) => {
+                let open = |access| open_fifo(path, access).map_err(fail("reopen the FIFO"));
+                let both = open(libc::O_RDWR)?;
+                (open(libc::O_RDONLY)?, open(libc::O_WRONLY)?, Some(both))
+            }
+        };
         if self.capacity > 0 {
             let size = libc::c_int::try_from(self.capacity).unwrap_or(libc::c_int::MAX);
             nix::fcntl::fcntl(w.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size))
@@ -183,8 +211,29 @@ impl PipeState {
             set_status(&w, flags).map_err(fail("set the write end's flags"))?;
             slots[WRITE] = Some(w);
         }
+        if let (Some(flags), Some(both)) = (self.read_write_end, both) {
+            set_status(&both, flags).map_err(fail("set the FIFO's flags"))?;
+            slots.push(Some(both));
+        }
         Ok(Opened { slots })
     }
+}
+
+/// Opens the FIFO at `path` (never following a symlink there, and only a FIFO) without
+/// waiting for the other end.
+fn open_fifo(path: &str, access: i32) -> Result<OwnedFd, Errno> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let is_fifo = file.metadata().is_ok_and(|m| m.file_type().is_fifo());
+    if !is_fifo {
+        return Err(Errno::ENXIO);
+    }
+    Ok(file.into())
 }
 
 fn set_status(fd: &OwnedFd, flags: i32) -> Result<(), Errno> {
@@ -204,6 +253,8 @@ mod tests {
             read_end: Some(0),
             write_end: None,
             data: b"hello".to_vec(),
+            path: None,
+            read_write_end: None,
         };
         let mut opened = state.open(1).unwrap();
         assert!(opened.slots[WRITE].is_none());
