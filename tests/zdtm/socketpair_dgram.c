@@ -14,77 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
-
-/* Line-buffered stdout, the SIGUSR2 handler, and the first line `pid <N>`. */
-static void start(void)
-{
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_usr2;
-    sigaction(SIGUSR2, &sa, NULL);
-    printf("pid %d\n", (int)getpid());
-}
-
-/* Prints `ready`, then waits (across a checkpoint and restore) for SIGUSR2. */
-static void ready_then_wait(void)
-{
-    printf("ready\n");
-    while (!got_usr2) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-}
-
-static char fail_msg[512];
-
-/* Records the first failure. */
-#define FAILED(...)                                                     \
-    do {                                                                \
-        if (!fail_msg[0])                                               \
-            snprintf(fail_msg, sizeof fail_msg, __VA_ARGS__);           \
-    } while (0)
-
-/* Prints the verdict; the exit status of main. */
-static int verdict(void)
-{
-    if (fail_msg[0]) {
-        printf("FAIL %s\n", fail_msg);
-        return 1;
-    }
-    printf("PASS\n");
-    return 0;
-}
-
-__attribute__((unused)) static int write_full(int fd, const void *buf, size_t n)
-{
-    size_t done = 0;
-    while (done < n) {
-        ssize_t w = write(fd, (const char *)buf + done, n - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        done += (size_t)w;
-    }
-    return 0;
-}
-
-__attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
-{
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = read(fd, (char *)buf + done, n - done);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        done += (size_t)r;
-    }
-    return 0;
-}
+#include "zdtm.h"
 
 static const size_t lens[5] = {1, 17, 300, 1000, 4000};
 
