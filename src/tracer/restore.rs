@@ -1018,13 +1018,22 @@ fn child_plans(
     };
     for (i, p) in procs.iter().enumerate().skip(1) {
         let links = p.process.tree;
-        let parent = parent_index(p.process.pid, links.ppid)?;
-        let leads = links.pgid == p.process.pid || links.sid == p.process.pid;
-        let inherited = procs[parent].process.tree.pgid;
+        let pid = p.process.pid;
+        let parent = parent_index(pid, links.ppid)?;
+        // The parent sets the group, as a shell does: a sibling may join the group before
+        // its leader has run at all. A session leader makes its own (`setsid` fails in a
+        // group leader).
+        let group = if links.sid == pid {
+            None
+        } else if links.pgid == pid || links.pgid != procs[parent].process.tree.pgid {
+            Some(links.pgid)
+        } else {
+            None
+        };
         spawns[parent].push(Spawn {
-            pid: p.process.pid,
+            pid,
             exit_signal: links.exit_signal,
-            group: (!leads && links.pgid != inherited).then_some(links.pgid),
+            group,
             what: Spawned::Process(i),
         });
     }
@@ -1039,7 +1048,11 @@ fn child_plans(
     let mut plans = Vec::with_capacity(procs.len());
     for (i, (p, mut spawn)) in procs.iter().zip(spawns).enumerate() {
         // Group leaders before the processes that join their groups.
-        spawn.sort_by_key(|s| s.group.is_some());
+        spawn.sort_by_key(|s| match s.group {
+            None => 0,
+            Some(g) if g == s.pid => 1,
+            Some(_) => 2,
+        });
         let mut plan = child_plan(p, &fds[i], &areas[i], reports.slot(i), object_floor)?;
         plan.spawn = spawn;
         if i == 0 {
@@ -1246,12 +1259,11 @@ fn explain_child_exit(
         Step::Chdir => format!("entering {}", plan.cwd.to_string_lossy()),
         Step::Spawn | Step::ProcessGroup | Step::ReapWait => {
             let pid = plan.spawn.get(failure.index as usize).map_or(0, |s| s.pid);
-            let doing = match step {
-                Step::Spawn => "creating",
-                Step::ProcessGroup => "putting into its process group",
-                _ => "waiting for the zombie",
-            };
-            format!("{doing} process {pid}")
+            match step {
+                Step::Spawn => format!("creating process {pid}"),
+                Step::ProcessGroup => format!("putting process {pid} into its process group"),
+                _ => format!("waiting for zombie {pid} to exit"),
+            }
         }
         other => format!("{other:?}"),
     };
