@@ -227,3 +227,22 @@ fn attached_tree_restores() {
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
     assert_continuation(&reference, &before, &after, pid);
 }
+
+/// Children born and reaped all the time: checkpoints catch them in every state (being
+/// forked, running, zombie, reaped), and neither the checkpointed run nor the restored one
+/// loses or gains a child or a status.
+#[test]
+fn children_born_and_reaped_all_the_time() {
+    let h = Harness::new("tree-forker");
+    let prog = Prog::c("forker", &["100"]);
+    h.checkpoint_kill_restore_around(
+        &prog,
+        30,
+        |pid| {
+            for _ in 0..5 {
+                h.checkpoint(pid, false);
+            }
+        },
+        |_, _, ()| {},
+    );
+}

@@ -97,6 +97,7 @@ impl FrozenMembers {
                 .filter(|s| !known.contains(&s.pid))
                 .collect();
             if fresh.is_empty() {
+                members.drop_reaped_zombies();
                 return Ok(members);
             }
             for s in fresh {
@@ -129,6 +130,13 @@ impl FrozenMembers {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A zombie seen in a listing may have been reaped by its parent before the parent
+    /// was frozen: only those still there (parents are all frozen now) are the job's.
+    fn drop_reaped_zombies(&mut self) {
+        self.zombies
+            .retain(|z| stat(z.pid).is_some_and(|s| is_zombie(&s) && s.links.ppid == z.tree.ppid));
     }
 
     pub fn pids(&self) -> Vec<Pid> {
