@@ -246,3 +246,43 @@ fn children_born_and_reaped_all_the_time() {
         |_, _, ()| {},
     );
 }
+
+/// A tree image whose processes' parent links form a cycle (a crafted manifest, checksums
+/// recomputed) is refused before any process is created, instead of waiting forever for a
+/// process nobody would create.
+#[test]
+fn members_whose_parents_form_a_cycle_are_refused() {
+    let h = Harness::new("tree-cycle");
+    let prog = Prog::c("pipeline", &["80"]);
+    let killed = h.run_until_checkpoint_kill(&prog, 10);
+    let dir = &killed.ckpt.path;
+    let manifest_path = dir.join("manifest.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    let pid_of = |v: &serde_json::Value, i: usize| v["members"][i]["process"]["pid"].clone();
+    let (a, b) = (pid_of(&v, 0), pid_of(&v, 1));
+    v["members"][0]["process"]["tree"]["ppid"] = b;
+    v["members"][1]["process"]["tree"]["ppid"] = a;
+    let text = serde_json::to_string(&v).unwrap();
+    std::fs::write(&manifest_path, &text).unwrap();
+    let sums = std::fs::read_to_string(dir.join("CHECKSUMS")).unwrap();
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    let sums: String = sums
+        .lines()
+        .map(|l| match l.split_once("  ") {
+            Some((_, "manifest.json")) => format!("{hash}  manifest.json\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.join("CHECKSUMS"), sums).unwrap();
+    let res = h.restore(dir, &prog).finish(CMD_TIMEOUT).expect_failure();
+    assert!(
+        res.output().contains("is listed before its parent"),
+        "the restore should name the inconsistency\n{}",
+        res.describe()
+    );
+    assert!(
+        !pid_alive(killed.pid),
+        "a refused restore left the process behind"
+    );
+}

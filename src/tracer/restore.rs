@@ -1020,6 +1020,14 @@ fn child_plans(
         let links = p.process.tree;
         let pid = p.process.pid;
         let parent = parent_index(pid, links.ppid)?;
+        // Parents come before their children in a well-formed image: anything else (a
+        // cycle, a process under a later one) would leave a process nobody creates.
+        if parent >= i {
+            return Err(RestoreError::Inconsistent(format!(
+                "process {pid} is listed before its parent {}",
+                links.ppid
+            )));
+        }
         // The parent sets the group, as a shell does: a sibling may join the group before
         // its leader has run at all. A session leader makes its own (`setsid` fails in a
         // group leader).
