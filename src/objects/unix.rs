@@ -263,8 +263,9 @@ fn end(
     let socket = sys::pidfd_getfd(pidfd.as_fd(), first.fd).map_err(fail("the socket"))?;
     let send_buffer = sock::getsockopt(&socket, sockopt::SndBuf).map_err(fail("its buffers"))?;
     let receive_buffer = sock::getsockopt(&socket, sockopt::RcvBuf).map_err(fail("its buffers"))?;
+    let kind = SocketType::of(entry.kind).unwrap_or(SocketType::Stream);
     let queued = match depth {
-        super::Depth::Capture => peek_queue(&socket).map_err(fail("its queued data"))?,
+        super::Depth::Capture => peek_queue(&socket, kind).map_err(fail("its queued data"))?,
         super::Depth::Check => Vec::new(),
     };
     Ok(UnixEnd {
@@ -281,19 +282,27 @@ fn end(
 
 /// Every message waiting in the socket's receive queue, left in place: the peek offset
 /// walks the queue (and is put back as it was: the process shares it).
-fn peek_queue(socket: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+fn peek_queue(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Vec<u8>>, Errno> {
     let was = sys::peek_offset(socket.as_fd())?;
     sys::set_peek_offset(socket.as_fd(), 0)?;
-    let result = peek_all(socket);
+    let result = peek_all(socket, kind);
     sys::set_peek_offset(socket.as_fd(), was)?;
     result
 }
 
-fn peek_all(socket: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+/// Messages beyond this many in one queue are taken for a peek that does not move on.
+const MAX_QUEUED_MESSAGES: usize = 1 << 20;
+
+fn peek_all(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Vec<u8>>, Errno> {
     let mut queued = Vec::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {
+        if queued.len() >= MAX_QUEUED_MESSAGES {
+            return Err(Errno::EOVERFLOW);
+        }
         match sys::peek_message(socket.as_fd(), &mut buf) {
+            // The end of a stream whose peer shut down.
+            Ok(sys::Peeked::Data(0)) if kind == SocketType::Stream => return Ok(queued),
             Ok(sys::Peeked::Data(n)) => queued.push(buf[..n].to_vec()),
             // Fds in flight would be installed here by the peek itself (and closed again):
             // they cannot be captured.
@@ -433,14 +442,11 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        for m in [&b"one"[..], b"two", b"three"] {
+        for m in [&b"one"[..], b"", b"three"] {
             sock::send(b.as_raw_fd(), m, MsgFlags::empty()).unwrap();
         }
-        let queued = peek_queue(&a).unwrap();
-        assert_eq!(
-            queued,
-            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
-        );
+        let queued = peek_queue(&a, SocketType::Seqpacket).unwrap();
+        assert_eq!(queued, vec![b"one".to_vec(), Vec::new(), b"three".to_vec()]);
         let mut buf = [0u8; 16];
         let n = sock::recv(a.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
         assert_eq!(&buf[..n], b"one");

@@ -754,6 +754,8 @@ pub fn set_peek_offset(socket: std::os::fd::BorrowedFd, offset: i32) -> Result<(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peeked {
     /// A message (or, on a stream socket, bytes) of this length, copied into the buffer.
+    /// With `SO_PEEK_OFF`, the next peek moves past an empty datagram too (the kernel
+    /// marks it peeked).
     Data(usize),
     /// The next message carries fds (`SCM_RIGHTS`); the copies the peek installed here are
     /// closed again.
@@ -814,10 +816,7 @@ pub fn peek_message(socket: std::os::fd::BorrowedFd, buf: &mut [u8]) -> Result<P
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
         return Err(Errno::EMSGSIZE);
     }
-    match usize::try_from(n).unwrap_or(0) {
-        // 0: the end of a stream whose peer shut down (an empty datagram reads the same,
-        // and ends the walk: a rare loss, see docs/image-format.md).
-        0 => Ok(Peeked::Empty),
-        len => Ok(Peeked::Data(len)),
-    }
+    // 0 bytes: an empty datagram, or the end of a stream whose peer shut down; the caller
+    // knows which.
+    Ok(Peeked::Data(usize::try_from(n).unwrap_or(0)))
 }
