@@ -1,7 +1,8 @@
 //! A job holding a pipe whose reader is outside the job (inherited from its launcher): the
 //! checkpoint succeeds with a warning naming the fd, and after the restore the reader is
 //! gone, as if it had exited: the job's writes fail with EPIPE, the rest of it is exact.
-//! (A file of its own: the pipe is inherited by every process this test binary starts.)
+//! The same for a unix socket pair. (A file of its own: these tests hand fds to the
+//! programs they start.)
 
 mod common;
 
@@ -111,4 +112,71 @@ fn outside_pipe_refused_on_request() {
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
     drain.join().unwrap();
     assert_continuation(&reference, &run.stdout, "", pid);
+}
+
+/// The same policy for a unix socket pair whose other end stays with the launcher: the
+/// job's end comes back with its peer gone, and its writes fail with EPIPE.
+#[test]
+fn socket_to_outside_the_job_loses_its_peer_at_restore() {
+    use std::os::unix::process::CommandExt;
+    let h = Harness::new("outside-socket");
+    let (outside, job_end) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut file = std::fs::File::from(outside);
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut file, &mut sink);
+    });
+    let program = compiled("outside_pipe").to_string_lossy().into_owned();
+    let prog = Prog::c("outside_pipe", &[&FD.to_string(), "60"]);
+    let job_fd = job_end.as_raw_fd();
+    let mut cmd = std::process::Command::new(mlckpt_bin());
+    cmd.args(["run", "--config"])
+        .arg(&h.config)
+        .args(["--job", &h.job, "--", &program, &FD.to_string(), "60"])
+        .current_dir(h.run_dir());
+    // SAFETY: dup2 is async-signal-safe; the closure touches no lock or allocation, and
+    // `job_fd` stays open in this process until the child has started.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(job_fd, FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut run = Proc::spawn("mlckpt run", cmd, None);
+    run.wait_for_ticks(12);
+    let pid = run.target_pid();
+    let ckpt = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    assert!(
+        before.stderr.contains(&format!("fd {FD} of process {pid}"))
+            && before.stderr.contains("unix socket"),
+        "the supervisor should warn about the socket\n{}",
+        before.describe()
+    );
+    drop(job_end);
+    wait_gone(pid);
+    let after = h.restore_to_end(&ckpt.path, &prog, pid, |_, _| {});
+    drain.join().unwrap();
+    let ticks: Vec<&str> = after.lines().filter(|l| l.starts_with("tick ")).collect();
+    assert!(
+        ticks.len() > 5 && ticks.iter().all(|l| l.ends_with("write=EPIPE")),
+        "after the restore every write should fail with EPIPE:\n{after}"
+    );
+    assert!(
+        before
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("tick "))
+            .all(|l| l.ends_with("write=ok")),
+        "before the checkpoint the writes should succeed:\n{}",
+        before.stdout
+    );
 }
