@@ -112,6 +112,29 @@ pub struct OpenFd {
 }
 
 impl OpenFd {
+    /// The error for a failure to capture `what` of this fd.
+    pub fn capture_failed(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(nix::errno::Errno) -> ObjectError + use<> {
+        let (pid, fd) = (self.pid, self.fd);
+        move |source| ObjectError::Capture {
+            pid,
+            fd,
+            what,
+            source,
+        }
+    }
+
+    /// A copy of this fd in the calling process: the same open file description.
+    pub fn copy_here(&self, what: &'static str) -> Result<OwnedFd, ObjectError> {
+        use std::os::fd::AsFd;
+        let pid = Pid::from_raw(self.pid);
+        crate::tracer::sys::pidfd_open(pid)
+            .and_then(|pidfd| crate::tracer::sys::pidfd_getfd(pidfd.as_fd(), self.fd))
+            .map_err(self.capture_failed(what))
+    }
+
     fn access(&self) -> i32 {
         self.flags & libc::O_ACCMODE
     }

@@ -10,7 +10,6 @@ use super::{
 };
 use crate::tracer::sys;
 use nix::errno::Errno;
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -122,16 +121,8 @@ fn outside_warning(fd: &OpenFd, reader_outside: bool) -> String {
 
 /// The capacity of the pipe `reader` reads from and the data in it, left in place.
 fn peek(reader: &OpenFd) -> Result<(u32, Vec<u8>), ObjectError> {
-    let fail = |what| {
-        move |source| ObjectError::Capture {
-            pid: reader.pid,
-            fd: reader.fd,
-            what,
-            source,
-        }
-    };
-    let pidfd = sys::pidfd_open(Pid::from_raw(reader.pid)).map_err(fail("the pipe"))?;
-    let pipe = sys::pidfd_getfd(pidfd.as_fd(), reader.fd).map_err(fail("the pipe"))?;
+    let fail = |what| reader.capture_failed(what);
+    let pipe = reader.copy_here("the pipe")?;
     let capacity = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_GETPIPE_SZ)
         .map_err(fail("the pipe's capacity"))?;
     let queued = sys::bytes_queued(pipe.as_fd()).map_err(fail("the pipe's data"))?;

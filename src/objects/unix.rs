@@ -12,7 +12,6 @@ use super::{
 use crate::tracer::sys;
 use nix::errno::Errno;
 use nix::sys::socket::{self as sock, MsgFlags, SockFlag, SockType, sockopt};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -251,16 +250,8 @@ fn end(
             queued: Vec::new(),
         });
     };
-    let fail = |what| {
-        move |source| ObjectError::Capture {
-            pid: first.pid,
-            fd: first.fd,
-            what,
-            source,
-        }
-    };
-    let pidfd = sys::pidfd_open(Pid::from_raw(first.pid)).map_err(fail("the socket"))?;
-    let socket = sys::pidfd_getfd(pidfd.as_fd(), first.fd).map_err(fail("the socket"))?;
+    let fail = |what| first.capture_failed(what);
+    let socket = first.copy_here("the socket")?;
     let send_buffer = sock::getsockopt(&socket, sockopt::SndBuf).map_err(fail("its buffers"))?;
     let receive_buffer = sock::getsockopt(&socket, sockopt::RcvBuf).map_err(fail("its buffers"))?;
     let kind = SocketType::of(entry.kind).unwrap_or(SocketType::Stream);
