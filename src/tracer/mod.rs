@@ -19,6 +19,7 @@ pub mod precopy;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;
+mod restore_process;
 pub mod rethread;
 pub mod snapshot;
 pub mod stub;
