@@ -9,12 +9,11 @@ use std::collections::BTreeMap;
 pub enum FreezeError {
     #[error("process {pid} does not exist (or already exited)")]
     NoProcess { pid: i32 },
-    #[error(
-        "cannot seize process {pid}; another tracer (gdb, strace, a second mlckpt) \
-         may hold it, or /proc/sys/kernel/yama/ptrace_scope forbids it"
-    )]
+    #[error("cannot seize process {pid}; {holder}")]
     Seize {
         pid: i32,
+        /// Who holds it, as far as `/proc` tells.
+        holder: String,
         #[source]
         source: PtraceError,
     },
@@ -117,6 +116,7 @@ impl Frozen {
                 Err(source) => {
                     return Err(FreezeError::Seize {
                         pid: self.pid.as_raw(),
+                        holder: holder(self.pid, tid),
                         source,
                     });
                 }
@@ -237,6 +237,24 @@ fn stop_and_detach(tid: Pid, sig: Option<Signal>) -> Result<(), PtraceError> {
         Stop::Interrupted | Stop::Syscall | Stop::Event(_) => ptrace::detach(tid, sig),
         // A signal got in first: hand it on at detach.
         Stop::Signal(s) => ptrace::detach(tid, Some(s)),
+    }
+}
+
+/// Why a thread may not be seizable: who traces it, if anyone does.
+fn holder(pid: Pid, tid: Pid) -> String {
+    match tracer_of(pid, tid) {
+        Some(tracer) => {
+            let comm = std::fs::read_to_string(format!("/proc/{tracer}/comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!(
+                "it is traced by thread {tracer} ({comm}): a debugger, strace or another \
+                 mlckpt; checkpoint it through that mlckpt, or detach the other tracer"
+            )
+        }
+        None => "another tracer (gdb, strace, a second mlckpt) may hold it, or \
+                 /proc/sys/kernel/yama/ptrace_scope forbids it"
+            .to_string(),
     }
 }
 
