@@ -104,7 +104,7 @@ impl Frozen {
     fn seize_all(&mut self, tids: &[Pid]) -> Result<Vec<Pid>, FreezeError> {
         let mut seized = Vec::new();
         for &tid in tids {
-            match ptrace::seize(tid, ptrace::checkpoint_options()) {
+            match seize_when_free(self.pid, tid) {
                 Ok(()) => {}
                 // Born of a thread stopped inside clone(): the kernel attached it to us
                 // already (PTRACE_O_TRACECLONE), and it starts in a stop of its own.
@@ -237,6 +237,27 @@ fn stop_and_detach(tid: Pid, sig: Option<Signal>) -> Result<(), PtraceError> {
         Stop::Interrupted | Stop::Syscall | Stop::Event(_) => ptrace::detach(tid, sig),
         // A signal got in first: hand it on at detach.
         Stop::Signal(s) => ptrace::detach(tid, Some(s)),
+    }
+}
+
+/// Seizes `tid`; while another tracer holds it, tries again for a moment: a tracer that
+/// only passes by (another mlckpt's short operation, a process still detaching) lets go,
+/// a debugger does not, and the error then names it.
+fn seize_when_free(pid: Pid, tid: Pid) -> Result<(), PtraceError> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+    let began = std::time::Instant::now();
+    loop {
+        match ptrace::seize(tid, ptrace::checkpoint_options()) {
+            Err(PtraceError::Failed {
+                source: nix::errno::Errno::EPERM,
+                ..
+            }) if began.elapsed() < PATIENCE
+                && tracer_of(pid, tid).is_some_and(|t| t != nix::unistd::gettid()) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result,
+        }
     }
 }
 
