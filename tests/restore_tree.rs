@@ -286,3 +286,24 @@ fn members_whose_parents_form_a_cycle_are_refused() {
         "a refused restore left the process behind"
     );
 }
+
+/// A process that left the job's tree (its parent exited; it came to the supervisor, the
+/// job's subreaper) is not left out silently: the checkpoint fails naming it.
+#[test]
+fn a_process_that_left_the_tree_fails_the_checkpoint() {
+    let h = Harness::new("tree-escapee");
+    let prog = Prog::c("escapee", &["80"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let res = h.checkpoint_refused(pid);
+    assert!(
+        res.output().contains("left the job's process tree"),
+        "the escaped process should be named\n{}",
+        res.describe()
+    );
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
+    assert_continuation(&reference.stdout, &run.stdout, "", pid);
+}

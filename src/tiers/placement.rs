@@ -420,6 +420,7 @@ pub fn run_partner_copy(
     let status = Command::new("sh")
         .arg("-c")
         .arg(&line)
+        .env(crate::tracer::tree::HELPER_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .status()

@@ -283,7 +283,8 @@ fn dump(
     clock.lap("frozen.seize");
     // Files first: an unsupported fd fails before any work (the job runs on untouched).
     let job_pids: Vec<Pid> = std::iter::once(req.pid).chain(members.pids()).collect();
-    let sharing = tree::unsupported_sharing(req.pid, &members);
+    let mut sharing = tree::unsupported_sharing(req.pid, &members);
+    sharing.extend(tree::escaped(req.pid));
     let mut files = match (
         objects::collect(&job_pids, Depth::Capture),
         sharing.is_empty(),

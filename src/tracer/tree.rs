@@ -195,6 +195,39 @@ pub fn unsupported_sharing(root: Pid, members: &FrozenMembers) -> Vec<String> {
     problems
 }
 
+/// Set in the environment of the commands mlckpt itself starts (partner copies), so that
+/// they are not taken for processes of the job.
+pub const HELPER_ENV: &str = "MLCKPT_HELPER";
+
+/// Processes of the job that left its tree: children of this process (the supervisor, the
+/// job's child subreaper) other than the root, which came to it when their parent exited.
+/// They cannot be restored where they were (under the supervisor): one line each, for the
+/// checkpoint's error.
+pub fn escaped(root: Pid) -> Vec<String> {
+    let me = std::process::id() as i32;
+    descendants(me)
+        .into_iter()
+        .filter(|s| s.links.ppid == me && s.pid != root.as_raw() && s.state != 'Z')
+        .filter(|s| !is_helper(s.pid))
+        .map(|s| {
+            format!(
+                "process {} ({}) left the job's process tree (its parent exited, so it was \
+                 handed to the supervisor): mlckpt cannot restore it there; keep such \
+                 processes under a parent that stays, or let them finish before a checkpoint",
+                s.pid,
+                crate::objects::command_of(s.pid)
+            )
+        })
+        .collect()
+}
+
+/// Whether `pid` was started by mlckpt itself (see `HELPER_ENV`).
+fn is_helper(pid: i32) -> bool {
+    let marker = format!("{HELPER_ENV}=1");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == marker.as_bytes()))
+}
+
 /// An exited process nobody has waited for yet (a single-threaded zombie; a leader that
 /// exited before its threads shows `Z` too, with threads left).
 fn is_zombie(s: &ProcStat) -> bool {
