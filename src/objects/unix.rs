@@ -239,26 +239,31 @@ fn end(
     entry: &DiagEntry,
     depth: super::Depth,
 ) -> Result<UnixEnd, ObjectError> {
-    let Some(first) = fds.and_then(|f| f.first()) else {
-        return Ok(UnixEnd {
-            inode,
-            held: false,
-            flags: 0,
-            send_buffer: 0,
-            receive_buffer: 0,
-            shutdown: entry.shutdown,
-            queued: Vec::new(),
-        });
+    let unheld = UnixEnd {
+        inode,
+        held: false,
+        flags: 0,
+        send_buffer: 0,
+        receive_buffer: 0,
+        shutdown: entry.shutdown,
+        queued: Vec::new(),
     };
+    let Some(first) = fds.and_then(|f| f.first()) else {
+        return Ok(unheld);
+    };
+    if depth == super::Depth::Check {
+        // Only the kinds matter for a check: the socket's state is not read.
+        return Ok(UnixEnd {
+            held: true,
+            ..unheld
+        });
+    }
     let fail = |what| first.capture_failed(what);
     let socket = first.copy_here("the socket")?;
     let send_buffer = sock::getsockopt(&socket, sockopt::SndBuf).map_err(fail("its buffers"))?;
     let receive_buffer = sock::getsockopt(&socket, sockopt::RcvBuf).map_err(fail("its buffers"))?;
     let kind = SocketType::of(entry.kind).unwrap_or(SocketType::Stream);
-    let queued = match depth {
-        super::Depth::Capture => peek_queue(&socket, kind).map_err(fail("its queued data"))?,
-        super::Depth::Check => Vec::new(),
-    };
+    let queued = peek_queue(&socket, kind).map_err(fail("its queued data"))?;
     Ok(UnixEnd {
         inode,
         held: true,

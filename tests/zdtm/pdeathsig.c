@@ -24,11 +24,7 @@ int main(void)
         printf("FAIL pipe: %s\n", strerror(errno));
         return 1;
     }
-    pid_t child = fork();
-    if (child < 0) {
-        printf("FAIL fork: %s\n", strerror(errno));
-        return 1;
-    }
+    pid_t child = fork_or_fail();
     if (child == 0) {
         close(sync[0]);
         close(go[1]);
@@ -62,12 +58,6 @@ int main(void)
         FAILED("the child's PR_GET_PDEATHSIG is %d, expected %d (SIGUSR1)", report[0], SIGUSR1);
     else if (report[1] != me)
         FAILED("the child's parent is %d, expected %d", report[1], (int)me);
-    if (fail_msg[0])
-        kill(child, SIGKILL);
-    int st = 0;
-    if (waitpid(child, &st, 0) != child)
-        FAILED("waitpid: %s", strerror(errno));
-    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-        FAILED("child status 0x%x", st);
+    reap_child(child);
     return verdict();
 }

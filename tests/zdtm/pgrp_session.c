@@ -28,11 +28,7 @@ int main(void)
         printf("FAIL pipe: %s\n", strerror(errno));
         return 1;
     }
-    pid_t child = fork();
-    if (child < 0) {
-        printf("FAIL fork: %s\n", strerror(errno));
-        return 1;
-    }
+    pid_t child = fork_or_fail();
     if (child == 0) {
         if (setpgid(0, 0))
             _exit(2);
@@ -71,12 +67,6 @@ int main(void)
     else if (ids[0] != child || ids[1] != me || ids[2] != child || ids[3] != me)
         FAILED("child sees pid %d sid %d pgid %d ppid %d, expected %d %d %d %d", ids[0], ids[1],
                ids[2], ids[3], (int)child, (int)me, (int)child, (int)me);
-    if (fail_msg[0])
-        kill(child, SIGKILL);
-    int st = 0;
-    if (waitpid(child, &st, 0) != child)
-        FAILED("waitpid: %s", strerror(errno));
-    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-        FAILED("child status 0x%x", st);
+    reap_child(child);
     return verdict();
 }

@@ -44,11 +44,7 @@ int main(void)
         return 1;
     }
 #endif
-    pid_t child = fork();
-    if (child < 0) {
-        printf("FAIL fork: %s\n", strerror(errno));
-        return 1;
-    }
+    pid_t child = fork_or_fail();
     if (child == 0) {
         close(data[1]);
         close(back[0]);
@@ -104,12 +100,6 @@ int main(void)
     if (report[1] != want)
         FAILED("checksum %016llx, expected %016llx", (unsigned long long)report[1],
                (unsigned long long)want);
-    if (fail_msg[0])
-        kill(child, SIGKILL);
-    int st = 0;
-    if (waitpid(child, &st, 0) != child)
-        FAILED("waitpid: %s", strerror(errno));
-    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-        FAILED("child status 0x%x", st);
+    reap_child(child);
     return verdict();
 }

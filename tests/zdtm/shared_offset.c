@@ -84,13 +84,7 @@ int main(void)
     ssize_t n = pread(fd, got, sizeof got, 0);
     if (n != 115 || memcmp(got, want, 115))
         FAILED("the file has %zd bytes, expected the 115 written in order", n);
-    if (fail_msg[0])
-        kill(child, SIGKILL);
-    int st = 0;
-    if (waitpid(child, &st, 0) != child)
-        FAILED("waitpid: %s", strerror(errno));
-    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-        FAILED("child status 0x%x", st);
+    reap_child(child);
     unlink(path);
     return verdict();
 }

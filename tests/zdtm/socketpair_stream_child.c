@@ -44,11 +44,7 @@ int main(void)
         return 1;
     }
     static unsigned char buf[8192];
-    pid_t child = fork();
-    if (child < 0) {
-        printf("FAIL fork: %s\n", strerror(errno));
-        return 1;
-    }
+    pid_t child = fork_or_fail();
     if (child == 0) {
         close(s[0]);
         close(sync[0]);

@@ -18,11 +18,7 @@
 int main(void)
 {
     start();
-    pid_t child = fork();
-    if (child < 0) {
-        printf("FAIL fork: %s\n", strerror(errno));
-        return 1;
-    }
+    pid_t child = fork_or_fail();
     if (child == 0) {
         raise(SIGSTOP);
         _exit(7);

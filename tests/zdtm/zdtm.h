@@ -7,6 +7,8 @@
 #define MLCKPT_ZDTM_H
 
 #include <errno.h>
+#include <stdlib.h>
+#include <sys/wait.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -99,6 +101,29 @@ __attribute__((unused)) static char proc_state(pid_t pid)
     buf[n] = 0;
     char *p = strrchr(buf, ')');
     return p && p[1] == ' ' ? p[2] : '?';
+}
+
+/* fork(), or `FAIL` and exit. */
+__attribute__((unused)) static pid_t fork_or_fail(void)
+{
+    pid_t child = fork();
+    if (child < 0) {
+        printf("FAIL fork: %s\n", strerror(errno));
+        exit(1);
+    }
+    return child;
+}
+
+/* Reaps `child` (killed first if a failure is recorded already), which must exit 0. */
+__attribute__((unused)) static void reap_child(pid_t child)
+{
+    if (fail_msg[0])
+        kill(child, SIGKILL);
+    int st = 0;
+    if (waitpid(child, &st, 0) != child)
+        FAILED("waitpid: %s", strerror(errno));
+    else if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        FAILED("child status 0x%x", st);
 }
 
 #endif

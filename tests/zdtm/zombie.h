@@ -13,11 +13,7 @@
 int main(void)
 {
     start();
-    pid_t child = fork();
-    if (child < 0) {
-        printf("FAIL fork: %s\n", strerror(errno));
-        return 1;
-    }
+    pid_t child = fork_or_fail();
 #ifdef KILLED
     if (child == 0) {
         for (;;)
