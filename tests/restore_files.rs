@@ -49,3 +49,34 @@ fn a_damaged_image_leaves_grown_files_alone() {
         "a refused restore changed the file"
     );
 }
+
+/// A database updated in place (sqlite rewrites its pages where they are): checkpoint, the
+/// job goes on (rows added, old pages rewritten), dies. The restore gives it back the
+/// database it saw at the checkpoint: it goes on from there, every row as an uninterrupted
+/// run has it, and sqlite's integrity check passes.
+#[test]
+fn database_written_in_place_comes_back_as_at_the_checkpoint() {
+    let h = Harness::new("sqlite");
+    let Some(prog) = Prog::python("sqlite_job.py", &["{dir}/job.db", "60"]) else {
+        return;
+    };
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(15);
+    let pid = run.target_pid();
+    let ckpt = h.checkpoint(pid, false);
+    run.wait_for_ticks(35);
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    let went_on = run.finish(CMD_TIMEOUT).stdout;
+    wait_gone(pid);
+    let after = h.restore_to_end(&ckpt.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    // What the killed run printed up to the checkpoint: everything before the restored
+    // process's first line.
+    let first = after.lines().next().unwrap_or_default();
+    let cut = went_on
+        .find(&format!("{first}\n"))
+        .unwrap_or_else(|| panic!("'{first}' not in the first run's output:\n{went_on}"));
+    assert_continuation(&reference, &went_on[..cut], &after, pid);
+    assert!(after.contains("integrity=ok"), "{after}");
+}

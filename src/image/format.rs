@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// 2: regions may carry `hashed: false` (no page hashes; their changes are write-tracked).
 /// 3: process trees: `members`, `zombies` and `objects`; process tree links; fds may refer
 /// to shared objects; shared memory regions name their object.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: `files` (contents of the files the job writes) and fds' `inode`.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format this version still reads (format 1 is format 2 with every region
 /// hashed).
 pub const OLDEST_READABLE_FORMAT: u32 = 1;
@@ -106,6 +107,10 @@ pub struct Manifest {
     /// shared by several fds, the job's standard streams.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<crate::objects::SharedObject>,
+    /// The files the job writes (open for writing or mapped shared-writable), and how a
+    /// restore puts each back as the checkpoint saw it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::objects::contents::WrittenFile>,
 }
 
 impl Manifest {
@@ -518,6 +523,28 @@ pub struct FdState {
     /// the object once and every fd that names it gets a duplicate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<u64>,
+    /// The file a regular file or directory fd was open on: a restore refuses a path that
+    /// leads to another file now (replaced, or a symlink swapped in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<Inode>,
+}
+
+/// A file as inode number and owner.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Inode {
+    pub ino: u64,
+    pub uid: u32,
+}
+
+impl Inode {
+    pub fn of(meta: &std::fs::Metadata) -> Inode {
+        use std::os::unix::fs::MetadataExt;
+        Inode {
+            ino: meta.ino(),
+            uid: meta.uid(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -66,7 +66,6 @@ pub fn shared_descriptions(
 
 impl SharedFile {
     pub fn open(&self) -> Result<Opened, ObjectError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let fail = |source| ObjectError::Recreate {
             what: self.path.clone(),
             source,
@@ -74,12 +73,7 @@ impl SharedFile {
         let access = self.flags & libc::O_ACCMODE;
         let custom = self.flags
             & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
-        let file = std::fs::OpenOptions::new()
-            .read(access != libc::O_WRONLY)
-            .write(access != libc::O_RDONLY)
-            .custom_flags(custom | libc::O_NOFOLLOW)
-            .open(&self.path)
-            .map_err(fail)?;
+        let file = super::contents::open_recorded(&self.path, access | custom, 0).map_err(fail)?;
         std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(self.offset)).map_err(fail)?;
         Ok(Opened {
             slots: vec![Some(file.into())],

@@ -8,12 +8,13 @@
 //! each fd, and gathers every fd it cannot checkpoint into one error: a checkpoint fails
 //! naming all of them, never the first one only.
 
+pub mod contents;
 pub mod file;
 pub mod pipe;
 pub mod stdio;
 pub mod unix;
 
-use crate::image::format::{FdKind, FdState};
+use crate::image::format::{FdKind, FdState, Inode};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ pub enum ObjectError {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error(transparent)]
+    Write(Box<crate::image::writer::WriteError>),
     #[error("cannot recreate {what}")]
     Recreate {
         what: String,
@@ -154,6 +157,10 @@ impl OpenFd {
             offset: if kind == FdKind::File { self.pos } else { 0 },
             size,
             object,
+            inode: match (kind, &self.meta) {
+                (FdKind::File | FdKind::Directory, Some(m)) => Some(Inode::of(m)),
+                _ => None,
+            },
         }
     }
 }

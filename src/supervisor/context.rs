@@ -108,6 +108,7 @@ impl JobContext {
             full_every: self.config.image.full_every,
             parent: lineage.as_ref().map(|l| l.parent).unwrap_or_default(),
             refuse_outside_peers: self.config.image.outside_peers == OutsidePeers::Refuse,
+            file_copy_limit: self.config.image.file_copy_limit,
         };
         let tracking = lineage
             .as_deref_mut()

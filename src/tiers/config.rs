@@ -29,6 +29,9 @@ const DEFAULT_FULL_EVERY: u32 = 10;
 const SECTIONS: &str = "[job], [storage], [interval], [image] and [topology]";
 const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
 
+/// `[image] file_copy_limit_mib` when not set.
+pub const DEFAULT_FILE_COPY_LIMIT_MIB: u32 = 1024;
+
 /// A complete, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -78,6 +81,9 @@ pub struct ImageConfig {
     pub write_tracking: bool,
     /// What a checkpoint does with a pipe whose other end is outside the job.
     pub outside_peers: OutsidePeers,
+    /// Files the job writes in place up to this size (bytes) are copied into every image;
+    /// larger ones are not, and a restore refuses them if they changed.
+    pub file_copy_limit: u64,
 }
 
 /// `[image] outside_peers`: a pipe whose other end is held by a process outside the job
@@ -180,6 +186,7 @@ impl Config {
                 full_every: DEFAULT_FULL_EVERY,
                 write_tracking: true,
                 outside_peers: OutsidePeers::Warn,
+                file_copy_limit: u64::from(DEFAULT_FILE_COPY_LIMIT_MIB) << 20,
             },
             topology: TopologyConfig {
                 test_mode: false,
@@ -215,6 +222,12 @@ impl Config {
                 )?,
                 write_tracking: raw.image.write_tracking.unwrap_or(true),
                 outside_peers: raw.image.outside_peers.unwrap_or_default(),
+                file_copy_limit: u64::from(count(
+                    &src,
+                    raw.image.file_copy_limit_mib,
+                    "image.file_copy_limit_mib",
+                    DEFAULT_FILE_COPY_LIMIT_MIB,
+                )?) << 20,
             },
             topology: topology(&src, raw.topology)?,
         };
@@ -406,6 +419,7 @@ struct RawImage {
     full_every: Option<Spanned<Count>>,
     write_tracking: Option<bool>,
     outside_peers: Option<OutsidePeers>,
+    file_copy_limit_mib: Option<Spanned<Count>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -7,6 +7,7 @@
 //! replaces its memory with the image's.
 
 use super::sys::{self, jump_to_stub};
+use crate::image::format::Inode;
 use nix::errno::Errno;
 use std::ffi::CString;
 
@@ -21,6 +22,10 @@ pub struct PlannedFile {
     pub cloexec: bool,
     /// An inherited fd (at or above `ChildPlan::object_floor`) to duplicate instead.
     pub dup_from: Option<i32>,
+    /// A path the image recorded (resolved by /proc): opened without following symlinks.
+    pub recorded: bool,
+    /// The file it must be (inode, owner): anything else fails the restore.
+    pub inode: Option<Inode>,
 }
 
 /// The session or process group the process takes itself, before it forks.
@@ -138,6 +143,7 @@ steps!(
     ReapWait,
     DupObject,
     ProcessFlags,
+    FileIdentity,
 );
 
 /// glibc's rseq signature on x86 (RSEQ_SIG).
@@ -290,8 +296,20 @@ fn open_at(plan: &ChildPlan, index: usize, file: &PlannedFile) {
         }
         return;
     }
-    let opened = sys::open_path(&file.path, file.flags | libc::O_CLOEXEC)
-        .unwrap_or_else(|e| fail(plan, Step::OpenFile, e, index));
+    let flags = file.flags | libc::O_CLOEXEC;
+    let opened = if file.recorded {
+        sys::open_no_symlinks(&file.path, flags | libc::O_NOFOLLOW, 0)
+    } else {
+        sys::open_path(&file.path, flags)
+    }
+    .unwrap_or_else(|e| fail(plan, Step::OpenFile, e, index));
+    if let Some(want) = file.inode {
+        let is =
+            sys::inode_and_owner(opened).unwrap_or_else(|e| fail(plan, Step::OpenFile, e, index));
+        if is != (want.ino, want.uid) {
+            fail(plan, Step::FileIdentity, Errno::ESTALE, index);
+        }
+    }
     if opened != file.fd {
         check(sys::dup_onto(opened, file.fd), Step::MoveFile);
         let _ = sys::close(opened);

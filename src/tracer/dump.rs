@@ -14,14 +14,15 @@ use super::threads::ThreadError;
 use super::tracker::{TrackError, WriteTracker};
 use super::tree::{self, FrozenMembers};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, Manifest, MemberProcess, MemoryRegion, PAGE_SIZE,
-    ParentRef, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, FdKind, FdState, Manifest, MemberProcess,
+    MemoryRegion, PAGE_SIZE, ParentRef, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
+use crate::objects::contents::{self, Access, WriteAccess};
 use crate::objects::{self, Depth};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +84,8 @@ pub struct CheckpointRequest<'a> {
     pub parent: ParentChoice,
     /// Fail rather than warn when a pipe's other end is outside the job.
     pub refuse_outside_peers: bool,
+    /// Files written in place up to this size are copied into the image.
+    pub file_copy_limit: u64,
 }
 
 /// The result printed by `mlckpt checkpoint --json`.
@@ -303,6 +306,7 @@ fn dump(
         return Err(DumpError::OutsidePeers(files.warnings));
     }
     warn_once(&files.warnings);
+    let mut writes = fd_writes(&files.fds);
     let fds = files.fds.remove(&req.pid.as_raw()).unwrap_or_default();
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
     clock.lap("frozen.inspect");
@@ -346,6 +350,20 @@ fn dump(
     if !member_images.is_empty() {
         clock.lap("frozen.members");
     }
+    writes.extend(mapping_writes(req.pid, plans.iter().map(|p| &p.region)));
+    for m in &member_images {
+        writes.extend(mapping_writes(Pid::from_raw(m.process.pid), &m.regions));
+    }
+    let parent_files = parent
+        .as_ref()
+        .map(|p| &p.files)
+        .cloned()
+        .unwrap_or_default();
+    let written = contents::capture(&writes, req.file_copy_limit, &parent_files, memory.writer)?;
+    warn_once(&written.warnings);
+    if !written.files.is_empty() {
+        clock.lap("frozen.files");
+    }
     let mut frozen_for = stopped_before + freeze_began.elapsed();
     if !req.kill {
         // Every byte of the image's state is read or held by the snapshot: the job may go
@@ -373,6 +391,10 @@ fn dump(
         .chain(tracked_members.iter().map(|m| &*m.tracker))
         .flat_map(|t| t.index.referenced_images());
     for seq in referenced {
+        let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
+        parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
+    }
+    for &seq in &written.referenced {
         let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
         parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
     }
@@ -418,6 +440,7 @@ fn dump(
         members: member_images,
         zombies: std::mem::take(&mut members.zombies),
         objects: files.objects,
+        files: written.files,
     };
     let committed: CommittedImage = writer.commit(&manifest, &page_hashes)?;
     if let Some(t) = tracker {
@@ -474,6 +497,41 @@ pub fn warn_once(warnings: &[String]) {
             seen.push(w.clone());
         }
     }
+}
+
+/// Every fd of the job open for writing on a regular file.
+fn fd_writes(fds: &BTreeMap<i32, Vec<FdState>>) -> Vec<WriteAccess> {
+    let writable = |f: &&FdState| f.kind == FdKind::File && f.flags & libc::O_ACCMODE != 0;
+    fds.iter()
+        .flat_map(|(&pid, list)| {
+            list.iter().filter(writable).map(move |f| WriteAccess {
+                pid,
+                how: Access::Fd {
+                    fd: f.fd,
+                    flags: f.flags,
+                    offset: f.offset,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Every shared writable file mapping of process `pid`.
+fn mapping_writes<'a>(
+    pid: Pid,
+    regions: impl IntoIterator<Item = &'a MemoryRegion>,
+) -> Vec<WriteAccess> {
+    regions
+        .into_iter()
+        .filter(|r| r.shared && r.prot.write)
+        .filter_map(|r| match &r.backing {
+            Backing::File(id) => Some(WriteAccess {
+                pid: pid.as_raw(),
+                how: Access::Mapping(id.clone()),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A member of the job whose writes are tracked, and what its pre-copy knew.

@@ -8,6 +8,7 @@ use crate::image::format::{PAGE_HASH_BYTES, PAGE_HASHES_FILE, PAGE_SIZE, PageRun
 use crate::image::pagebuf::PageBuf;
 use crate::image::writer::{ImageWriter, PARALLEL_HASH_BYTES};
 use crate::image::{Image, store, verify};
+use crate::objects::contents::ParentFiles;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -41,6 +42,8 @@ pub struct ParentPages {
     depth: u32,
     /// Pages of the parent's hashed regions.
     pages: HashMap<u64, PageRef>,
+    /// Chunks of the files the parent copied.
+    pub files: ParentFiles,
 }
 
 /// Which image of the directory a new one may build on.
@@ -93,6 +96,7 @@ impl ParentPages {
             images,
             depth: image.manifest.chain_depth,
             pages,
+            files: ParentFiles::of(&image.manifest.files, seq),
         })
     }
 

@@ -17,8 +17,9 @@ use super::rethread::Rethreader;
 use super::sys;
 use super::tracker::WriteTracker;
 use crate::image::Image;
-use crate::image::format::{Backing, Manifest, ProcessView};
+use crate::image::format::{Backing, Inode, Manifest, ProcessView};
 use crate::image::verify::VerifyError;
+use crate::objects::contents::PutBack;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -79,6 +80,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
     #[error(transparent)]
+    Files(#[from] crate::objects::contents::FileError),
+    #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
@@ -128,6 +131,15 @@ pub fn restore(
         return Err(RestoreError::TreeNewPid(m.process_count()));
     }
     preflight(m, &procs, opts)?;
+    let put_back = m
+        .files
+        .iter()
+        .map(|f| f.check(opts.keep_files))
+        .collect::<Result<Vec<_>, _>>()?;
+    let created: BTreeMap<&str, Inode> = put_back
+        .iter()
+        .filter_map(|p| Some((p.path(), p.created?)))
+        .collect();
     let floor = object_floor(m, &procs);
     sys::raise_fd_limit(floor + 4 * (m.objects.len() as i32 + 16))
         .map_err(sys_err("raise the open file limit"))?;
@@ -136,7 +148,7 @@ pub fn restore(
     let mut fd_plans = Vec::with_capacity(procs.len());
     let mut areas = Vec::with_capacity(procs.len());
     for p in &procs {
-        let fds = plan_fds(p, m, image, opts, &objects, &memories)?;
+        let fds = plan_fds(p, m, image, opts, &objects, &memories, &created)?;
         let vdso = plan_vdso(p.regions)?;
         areas.push(StubArea::build(p, m.seq, &fds, &vdso)?);
         fd_plans.push(fds);
@@ -179,6 +191,15 @@ pub fn restore(
             for fds in &fd_plans {
                 cut_back(&fds.cut_back)?;
             }
+            if !opts.keep_files {
+                let pages = |seq: Option<u64>| match seq {
+                    None => image.pages_path(),
+                    Some(seq) => image.parent_dir(seq).join(crate::image::format::PAGES_FILE),
+                };
+                for file in &put_back {
+                    file.apply(&pages)?;
+                }
+            }
             // Children first: no process of the job runs before all are complete.
             for ((last, area), p) in rebuilt.into_iter().zip(&areas).zip(&procs).rev() {
                 last.release(area.base, area.len, p.process.tree.stopped)?;
@@ -186,6 +207,7 @@ pub fn restore(
             Ok(tracker)
         });
     if outcome.is_err() {
+        put_back.iter().for_each(PutBack::undo);
         for &pid in pids.iter().rev() {
             let _ = kill(pid, Signal::SIGKILL);
         }
@@ -261,6 +283,17 @@ fn preflight(
         if let Backing::File(id) = &region.backing {
             check_mapped_file(id)?;
         }
+    }
+    // The files the job's fds reopen must be the ones it had (a file written since is the
+    // concern of `Manifest::files`; one replaced, or a symlink put in its way, is refused).
+    let written: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+    for fd in procs.iter().flat_map(|p| p.fds) {
+        let Some(inode) = fd.inode else { continue };
+        if written.contains(&fd.path.as_str()) {
+            continue;
+        }
+        let dir = fd.kind == crate::image::format::FdKind::Directory;
+        crate::objects::contents::open_checked(&fd.path, libc::O_PATH, inode, dir)?;
     }
     Ok(())
 }

@@ -11,9 +11,10 @@ use super::stub::{self, Expect, Op};
 use super::sys;
 use crate::image::Image;
 use crate::image::format::{
-    Advice, Backing, FdKind, FdState, FileIdentity, Manifest, MemoryRegion, PAGE_SIZE, PAGES_FILE,
-    PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
+    Advice, Backing, FdKind, FdState, FileIdentity, Inode, Manifest, MemoryRegion, PAGE_SIZE,
+    PAGES_FILE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
 };
+use crate::objects::contents;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -24,11 +25,20 @@ use std::os::unix::fs::MetadataExt;
 /// Pages of a private file mapping that the process never wrote are read back from the
 /// file, so the file must be the one the checkpoint saw.
 pub(super) fn check_mapped_file(id: &FileIdentity) -> Result<(), RestoreError> {
-    let meta = std::fs::metadata(&id.path).map_err(|source| RestoreError::File {
+    let file_err = |source| RestoreError::File {
         path: id.path.clone(),
         source,
-    })?;
+    };
+    let meta = contents::open_recorded(&id.path, libc::O_PATH, 0)
+        .and_then(|f| f.metadata())
+        .map_err(file_err)?;
     let mtime = FileIdentity::mtime_ns_of(&meta);
+    if meta.ino() != id.inode {
+        return Err(RestoreError::FileChanged {
+            path: id.path.clone(),
+            what: format!("inode {} -> {}: it was replaced", id.inode, meta.ino()),
+        });
+    }
     if meta.size() != id.size || mtime != id.mtime_ns {
         return Err(RestoreError::FileChanged {
             path: id.path.clone(),
@@ -116,11 +126,14 @@ pub(super) fn plan_fds(
     opts: &RestoreOptions,
     objects: &OpenObjects,
     memories: &SharedMemories,
+    created: &BTreeMap<&str, Inode>,
 ) -> Result<FdPlan, RestoreError> {
     let mut files = Vec::new();
     let mut cut_back = Vec::new();
     for fd in p.fds {
-        if fd.kind == FdKind::File
+        // From format 4 on, `Manifest::files` puts written files back.
+        if m.format < 4
+            && fd.kind == FdKind::File
             && let Some(size) = grown_file(fd)?
             && !opts.keep_files
             && !cut_back.iter().any(|(path, _)| path == &fd.path)
@@ -144,6 +157,8 @@ pub(super) fn plan_fds(
             },
             cloexec: fd.cloexec,
             dup_from,
+            recorded: true,
+            inode: created.get(fd.path.as_str()).copied().or(fd.inode),
         });
     }
     let close_stdio = (0..=2)
@@ -151,7 +166,13 @@ pub(super) fn plan_fds(
         .collect();
     let mut next = p.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
     let first_helper_fd = next;
-    let mut helper = |path: &str, flags: i32, dup_from: Option<i32>| -> Result<i32, RestoreError> {
+    // Paths of the image's files are the user's (may hold symlinks); those of the job's
+    // files come from /proc (`recorded`).
+    let mut helper = |path: &str,
+                      flags: i32,
+                      dup_from: Option<i32>,
+                      recorded: bool|
+     -> Result<i32, RestoreError> {
         let fd = next;
         next += 1;
         files.push(PlannedFile {
@@ -161,22 +182,29 @@ pub(super) fn plan_fds(
             offset: 0,
             cloexec: true,
             dup_from,
+            recorded,
+            inode: None,
         });
         Ok(fd)
     };
     let mut pages_fds = BTreeMap::new();
     pages_fds.insert(
         m.seq,
-        helper(&image.pages_path().to_string_lossy(), libc::O_RDONLY, None)?,
+        helper(
+            &image.pages_path().to_string_lossy(),
+            libc::O_RDONLY,
+            None,
+            false,
+        )?,
     );
     for parent in &m.parents {
         let path = image.parent_dir(parent.seq).join(PAGES_FILE);
         pages_fds.insert(
             parent.seq,
-            helper(&path.to_string_lossy(), libc::O_RDONLY, None)?,
+            helper(&path.to_string_lossy(), libc::O_RDONLY, None, false)?,
         );
     }
-    let exe_fd = helper(&p.process.exe, libc::O_RDONLY, None)?;
+    let exe_fd = helper(&p.process.exe, libc::O_RDONLY, None, true)?;
     let mut mapped: Vec<(String, i32)> = Vec::new();
     let mut shared_memory: Vec<(u64, i32)> = Vec::new();
     for region in p.regions {
@@ -188,12 +216,12 @@ pub(super) fn plan_fds(
                     libc::O_RDONLY
                 };
                 if !mapped.iter().any(|(p, _)| p == &id.path) {
-                    mapped.push((id.path.clone(), helper(&id.path, flags, None)?));
+                    mapped.push((id.path.clone(), helper(&id.path, flags, None, true)?));
                 }
             }
             (Backing::SharedAnonymous, Some(o)) if !shared_memory.iter().any(|s| s.0 == o.id) => {
                 let from = memories.fd(o.id);
-                shared_memory.push((o.id, helper("shared memory", libc::O_RDWR, from)?));
+                shared_memory.push((o.id, helper("shared memory", libc::O_RDWR, from, false)?));
             }
             _ => {}
         }
@@ -798,6 +826,10 @@ pub(super) fn explain_child_exit(
         Step::OpenFile | Step::MoveFile | Step::Seek | Step::SetCloexec | Step::DupObject => {
             format!("reopening {}", file(failure.index).unwrap_or_default())
         }
+        Step::FileIdentity => format!(
+            "reopening {}: it is not the file the job had (replaced since the checkpoint)",
+            file(failure.index).unwrap_or_default()
+        ),
         Step::Chdir => format!("entering {}", plan.cwd.to_string_lossy()),
         Step::Spawn | Step::ProcessGroup | Step::ReapWait => {
             let pid = plan.spawn.get(failure.index as usize).map_or(0, |s| s.pid);

@@ -272,6 +272,46 @@ pub fn open_path(path: &std::ffi::CStr, flags: i32) -> Result<i32, Errno> {
     unsafe { raw_syscall(libc::SYS_openat, args) }.map(|fd| fd as i32)
 }
 
+/// `openat2(AT_FDCWD, path, flags, mode)` that fails (`ELOOP`) where any component of
+/// `path` is a symlink, the magic links of `/proc` included: paths an image recorded come
+/// from `/proc/PID/fd` and `maps`, already resolved, so a symlink on the way is one that
+/// was put there since.
+pub fn open_no_symlinks(path: &std::ffi::CStr, flags: i32, mode: u32) -> Result<i32, Errno> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: u64::from(mode),
+        resolve: libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    let args = [
+        libc::AT_FDCWD as u64,
+        path.as_ptr() as u64,
+        (&raw const how) as u64,
+        std::mem::size_of::<OpenHow>() as u64,
+        0,
+        0,
+    ];
+    // SAFETY: `path` is a live NUL-terminated string and `how` a live open_how of the size
+    // passed; the kernel only reads both.
+    unsafe { raw_syscall(libc::SYS_openat2, args) }.map(|fd| fd as i32)
+}
+
+/// Inode number and owner of what `fd` refers to (a raw `fstat`, safe after `fork`).
+pub fn inode_and_owner(fd: i32) -> Result<(u64, u32), Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    let args = [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0];
+    // SAFETY: `st` is a live, writable `struct stat` the kernel fills.
+    unsafe { raw_syscall(libc::SYS_fstat, args) }?;
+    // SAFETY: zero-initialised and filled by a successful fstat: every field is plain data.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_ino, st.st_uid))
+}
+
 /// Puts `from` at number `to` (close-on-exec).
 pub fn dup_onto(from: i32, to: i32) -> Result<(), Errno> {
     int_syscall(
