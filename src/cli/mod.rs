@@ -170,7 +170,9 @@ fn is_usage_error(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 pub fn load_config(args: &JobArgs) -> anyhow::Result<Config> {
-    Ok(Config::load(args.config.as_deref())?)
+    let config = Config::load(args.config.as_deref())?;
+    mlckpt::image::auth::use_key_file(config.security.key_file.clone());
+    Ok(config)
 }
 
 /// Rank, node and partner from `--rank`, the launcher's environment and `[topology]`.

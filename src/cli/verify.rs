@@ -7,8 +7,12 @@ use mlckpt::tiers::inventory;
 use std::path::PathBuf;
 
 pub fn verify(path: Option<PathBuf>, all: bool, config: Option<PathBuf>) -> anyhow::Result<i32> {
+    let loaded = Config::load(config.as_deref());
+    if let Ok(c) = &loaded {
+        image::auth::use_key_file(c.security.key_file.clone());
+    }
     let dirs: Vec<PathBuf> = if all {
-        let config = Config::load(config.as_deref())?;
+        let config = loaded?;
         inventory::scan(&config)
             .into_iter()
             .map(|f| f.path)

@@ -230,6 +230,52 @@ pub struct ProcessState {
     /// `PR_SET_CHILD_SUBREAPER`: orphaned descendants are handed to it.
     #[serde(default)]
     pub child_subreaper: bool,
+    /// Who the process runs as: a restore gives it these credentials, not the restorer's
+    /// (format 4; older images: none recorded, the restorer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// User and group ids (real, effective, saved, file system), supplementary groups and
+/// capability sets of a process, as `/proc/PID/status` shows them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Real, effective, saved, file-system user id.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+}
+
+impl Credentials {
+    /// Those of the calling process.
+    pub fn own() -> Option<Credentials> {
+        let status = procfs::process::Process::myself().ok()?.status().ok()?;
+        Some(Credentials::from_status(&status))
+    }
+
+    pub fn from_status(s: &procfs::process::Status) -> Credentials {
+        Credentials {
+            uids: [s.ruid, s.euid, s.suid, s.fuid],
+            gids: [s.rgid, s.egid, s.sgid, s.fgid],
+            groups: s.groups.clone(),
+            cap_inheritable: s.capinh,
+            cap_permitted: s.capprm,
+            cap_effective: s.capeff,
+            cap_bounding: s.capbnd.unwrap_or(0),
+            cap_ambient: s.capamb.unwrap_or(0),
+        }
+    }
+
+    /// Holds no capability at all (an ordinary user's process).
+    pub fn unprivileged(&self) -> bool {
+        self.cap_inheritable | self.cap_permitted | self.cap_effective | self.cap_ambient == 0
+    }
 }
 
 /// A queued signal with its full `siginfo_t` (128 bytes, base64), re-queued on restore.

@@ -1,5 +1,6 @@
 //! The on-disk image: manifest, page data and checksums. Knows nothing about ptrace.
 
+pub mod auth;
 pub mod format;
 pub mod pagebuf;
 pub mod reader;
@@ -59,7 +60,8 @@ pub fn open_checked(dir: &std::path::Path) -> Result<(Image, PageCheck), verify:
     let own = verify::check_dir(dir, pages_bytes)?;
     // Parsed just before its checksum was checked; images are private to their owner
     // (0600 files in 0700 directories), so nothing swaps it in between.
-    let image = parsed?;
+    let mut image = parsed?;
+    image.signer = Some(own.signer);
     let parents = check_parents(&image)?;
     Ok((image, PageCheck { own, parents }))
 }
@@ -102,6 +104,14 @@ fn check_parents(image: &Image) -> Result<ParentChecks, verify::VerifyError> {
                 parent: dir.clone(),
                 source: Box::new(source),
             })?;
+        if Some(to_check.signer) != image.signer {
+            return Err(VerifyError::MixedSigners {
+                image: image.dir.clone(),
+                parent: dir.clone(),
+                image_signer: image.signer.unwrap_or(u32::MAX),
+                parent_signer: to_check.signer,
+            });
+        }
         if verify::manifest_hash(&dir)? != parent.manifest_blake3 {
             return Err(err(|image, parent| VerifyError::ParentChanged {
                 image,

@@ -38,6 +38,8 @@ pub enum ReadError {
 pub struct Image {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The uid whose key authenticated the image (`auth`), once checked.
+    pub signer: Option<u32>,
 }
 
 impl Image {
@@ -52,6 +54,7 @@ impl Image {
         Ok(Image {
             dir: dir.to_path_buf(),
             manifest,
+            signer: None,
         })
     }
 

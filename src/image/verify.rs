@@ -32,6 +32,17 @@ pub enum VerifyError {
         #[source]
         source: Box<VerifyError>,
     },
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
+    #[error(
+        "{image} was authenticated by uid {image_signer}'s key, its parent {parent} by uid {parent_signer}'s: refused"
+    )]
+    MixedSigners {
+        image: PathBuf,
+        parent: PathBuf,
+        image_signer: u32,
+        parent_signer: u32,
+    },
     #[error("{path} is {found} bytes but the manifest says {expected}: the image is truncated")]
     Size {
         path: PathBuf,
@@ -53,6 +64,7 @@ impl VerifyError {
             | VerifyError::BadChecksums { .. }
             | VerifyError::NotListed { .. } => "unreadable",
             VerifyError::Mismatch { .. } => "checksum mismatch",
+            VerifyError::Auth(_) | VerifyError::MixedSigners { .. } => "unauthenticated",
         }
     }
 }
@@ -79,6 +91,11 @@ pub fn listed_hash(dir: &Path, file: &'static str) -> Result<String, VerifyError
 fn read_checksums(dir: &Path) -> Result<Vec<(String, String)>, VerifyError> {
     let path = dir.join(CHECKSUMS_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| io_or_missing(&path, e))?;
+    parse_checksums(&path, &text)
+}
+
+fn parse_checksums(path: &Path, text: &str) -> Result<Vec<(String, String)>, VerifyError> {
+    let path = path.to_path_buf();
     let mut sums = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let bad = || VerifyError::BadChecksums {
@@ -120,6 +137,8 @@ pub fn verify_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<(), VerifyErro
 pub struct PagesToCheck {
     path: PathBuf,
     expected: String,
+    /// The uid whose key authenticated the image.
+    pub signer: u32,
 }
 
 impl PagesToCheck {
@@ -140,8 +159,12 @@ impl PagesToCheck {
 /// Verifies every file of the image at `dir` but the contents of `pages.bin` (its size is
 /// checked): those are returned to be verified later, e.g. while a restore reads them.
 pub fn check_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<PagesToCheck, VerifyError> {
-    let sums = read_checksums(dir)?;
     let checksums_path = dir.join(CHECKSUMS_FILE);
+    let text =
+        std::fs::read_to_string(&checksums_path).map_err(|e| io_or_missing(&checksums_path, e))?;
+    let sums = parse_checksums(&checksums_path, &text)?;
+    // Who wrote it before what it says: an image nobody trusted wrote is not looked into.
+    let signer = super::auth::check(dir, text.as_bytes())?;
     for file in [MANIFEST_FILE, PAGES_FILE] {
         if !sums.iter().any(|(f, _)| f == file) {
             return Err(VerifyError::NotListed {
@@ -166,10 +189,19 @@ pub fn check_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<PagesToCheck, V
                     found: size,
                 });
             }
-            pages = Some(PagesToCheck { path, expected });
+            pages = Some(PagesToCheck {
+                path,
+                expected,
+                signer,
+            });
             continue;
         }
-        PagesToCheck { path, expected }.verify()?;
+        PagesToCheck {
+            path,
+            expected,
+            signer,
+        }
+        .verify()?;
     }
     Ok(pages.expect("CHECKSUMS lists pages.bin"))
 }

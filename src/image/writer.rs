@@ -6,6 +6,7 @@
 //! the page cache and no dirty-page writeback has to be waited for at the end; the image's
 //! bytes are on the device when the last write returns.
 
+use super::auth::{AUTH_FILE, ImageKey};
 use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, Manifest, PAGE_HASHES_FILE, PAGES_FILE};
 use super::pagebuf::PageBuf;
 use super::store::{ImageDirError, image_dir_name, partial_dir_name};
@@ -258,6 +259,7 @@ impl ImageWriter {
         mut self,
         manifest: &Manifest,
         page_hashes: &[u8],
+        key: &ImageKey,
     ) -> Result<CommittedImage, WriteError> {
         self.flush_stage()?;
         let written = self
@@ -283,6 +285,8 @@ impl ImageWriter {
             checksums.push_str(&format!("{hash}  {PAGE_HASHES_FILE}\n"));
         }
         write_durable(&self.partial.join(CHECKSUMS_FILE), checksums.as_bytes())?;
+        let auth = key.seal(checksums.as_bytes());
+        write_durable(&self.partial.join(AUTH_FILE), auth.as_bytes())?;
         sync_dir(&self.partial)?;
 
         fs::rename(&self.partial, &self.final_path).map_err(write_err(&self.final_path))?;

@@ -97,6 +97,7 @@ impl JobContext {
         in_use: &BTreeSet<PathBuf>,
         mut lineage: Option<&mut Lineage>,
     ) -> Result<CheckpointStats, SuperviseError> {
+        let key = crate::image::auth::ImageKey::own()?;
         let request = CheckpointRequest {
             pid,
             job: &self.job,
@@ -109,6 +110,7 @@ impl JobContext {
             parent: lineage.as_ref().map(|l| l.parent).unwrap_or_default(),
             refuse_outside_peers: self.config.image.outside_peers == OutsidePeers::Refuse,
             file_copy_limit: self.config.image.file_copy_limit,
+            key: &key,
         };
         let tracking = lineage
             .as_deref_mut()

@@ -49,6 +49,8 @@ pub enum SuperviseError {
         #[source]
         source: PlaceError,
     },
+    #[error(transparent)]
+    Key(#[from] crate::image::auth::AuthError),
     #[error("supervisor setup failed ({what})")]
     Setup {
         what: &'static str,

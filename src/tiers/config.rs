@@ -42,6 +42,15 @@ pub struct Config {
     pub interval: IntervalConfig,
     pub image: ImageConfig,
     pub topology: TopologyConfig,
+    pub security: SecurityConfig,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SecurityConfig {
+    /// The key that authenticates this user's images (absolute); `None`:
+    /// `~/.config/mlckpt/image.key`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[job]`
@@ -194,6 +203,7 @@ impl Config {
                 ranks_per_node: 1,
                 partner_copy: None,
             },
+            security: SecurityConfig::default(),
         }
     }
 
@@ -230,6 +240,9 @@ impl Config {
                 )?) << 20,
             },
             topology: topology(&src, raw.topology)?,
+            security: SecurityConfig {
+                key_file: raw.security.key_file.map(|k| base.join(k)),
+            },
         };
         check_global_tier(&src, &config, global_interval_span)?;
         check_partner_tier(&src, &config, partner_interval_span)?;
@@ -389,6 +402,13 @@ struct RawConfig {
     interval: RawInterval,
     image: RawImage,
     topology: RawTopology,
+    security: RawSecurity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [security]")]
+struct RawSecurity {
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]

@@ -220,6 +220,10 @@ pub fn copy_image(src: &Path, dest_dir: &Path, gate: &Gate) -> Result<(PathBuf, 
     }
     let checksums = partial.0.join(CHECKSUMS_FILE);
     bytes += copy_file(&src.join(CHECKSUMS_FILE), &checksums, gate)?.1;
+    let auth = src.join(crate::image::auth::AUTH_FILE);
+    if auth.is_file() {
+        bytes += copy_file(&auth, &partial.0.join(crate::image::auth::AUTH_FILE), gate)?.1;
+    }
     partial.commit(&target)?;
     Ok((target, bytes))
 }

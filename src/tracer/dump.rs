@@ -86,6 +86,8 @@ pub struct CheckpointRequest<'a> {
     pub refuse_outside_peers: bool,
     /// Files written in place up to this size are copied into the image.
     pub file_copy_limit: u64,
+    /// The key that authenticates the image.
+    pub key: &'a crate::image::auth::ImageKey,
 }
 
 /// The result printed by `mlckpt checkpoint --json`.
@@ -442,7 +444,7 @@ fn dump(
         objects: files.objects,
         files: written.files,
     };
-    let committed: CommittedImage = writer.commit(&manifest, &page_hashes)?;
+    let committed: CommittedImage = writer.commit(&manifest, &page_hashes, req.key)?;
     if let Some(t) = tracker {
         t.committed(req.seq, committed.manifest_blake3.clone(), &tracked_ranges);
     }

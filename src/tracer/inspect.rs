@@ -318,13 +318,51 @@ pub fn read_process(pid: Pid) -> Result<ProcessState, InspectError> {
             .unwrap_or_default(),
         parent_death_signal: 0,
         child_subreaper: false,
+        credentials: Some(crate::image::format::Credentials::from_status(&status)),
     })
 }
 
 fn read_rlimits(pid: Pid) -> Result<Vec<Rlimit>, InspectError> {
-    (0..sys::RLIMIT_COUNT)
-        .map(|r| sys::get_rlimit(pid, r).map_err(|e| proc_err(pid, "rlimits")(e.to_string())))
-        .collect()
+    let asked: Result<Vec<Rlimit>, _> = (0..sys::RLIMIT_COUNT)
+        .map(|r| sys::get_rlimit(pid, r))
+        .collect();
+    match asked {
+        // prlimit on another user's process needs CAP_SYS_RESOURCE, which a container's
+        // root may lack; /proc/PID/limits shows the same to everyone.
+        Err(nix::errno::Errno::EPERM) => {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+                .map_err(|e| proc_err(pid, "limits")(e.to_string()))?;
+            parse_limits(&text)
+                .ok_or_else(|| proc_err(pid, "limits")(format!("unexpected: {text}")))
+        }
+        Err(e) => Err(proc_err(pid, "rlimits")(e.to_string())),
+        Ok(limits) => Ok(limits),
+    }
+}
+
+/// The limits of `/proc/PID/limits`: one line per resource, in `RLIMIT_*` order, after a
+/// header; columns start where the header's "Soft Limit" and "Hard Limit" do.
+fn parse_limits(text: &str) -> Option<Vec<Rlimit>> {
+    let mut lines = text.lines();
+    let header = lines.next()?;
+    let (soft_at, hard_at) = (header.find("Soft Limit")?, header.find("Hard Limit")?);
+    let value = |line: &str, at: usize| -> Option<u64> {
+        match line.get(at..)?.split_whitespace().next()? {
+            "unlimited" => Some(u64::MAX),
+            n => n.parse().ok(),
+        }
+    };
+    let limits: Vec<Rlimit> = lines
+        .zip(0..sys::RLIMIT_COUNT)
+        .map(|(line, resource)| {
+            Some(Rlimit {
+                resource,
+                soft: value(line, soft_at)?,
+                hard: value(line, hard_at)?,
+            })
+        })
+        .collect::<Option<_>>()?;
+    (limits.len() == sys::RLIMIT_COUNT as usize).then_some(limits)
 }
 
 pub fn read_auxv(pid: Pid) -> Result<Vec<u64>, InspectError> {
@@ -339,6 +377,17 @@ pub fn read_auxv(pid: Pid) -> Result<Vec<u64>, InspectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_limits_match_prlimit() {
+        let me = nix::unistd::getpid();
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let parsed = parse_limits(&text).unwrap();
+        let asked: Vec<Rlimit> = (0..sys::RLIMIT_COUNT)
+            .map(|r| sys::get_rlimit(me, r).unwrap())
+            .collect();
+        assert_eq!(parsed, asked);
+    }
 
     #[test]
     fn own_process_map_has_heap_stack_and_vdso() {

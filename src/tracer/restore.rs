@@ -17,7 +17,7 @@ use super::rethread::Rethreader;
 use super::sys;
 use super::tracker::WriteTracker;
 use crate::image::Image;
-use crate::image::format::{Backing, Inode, Manifest, ProcessView};
+use crate::image::format::{Backing, Credentials, Inode, Manifest, ProcessView};
 use crate::image::verify::VerifyError;
 use crate::objects::contents::PutBack;
 use nix::errno::Errno;
@@ -75,6 +75,11 @@ pub enum RestoreError {
         "the image holds {0} processes; --new-pid restores a single process only (the          others' PIDs are kept in their parents' memory). Free the PIDs instead"
     )]
     TreeNewPid(usize),
+    #[error(
+        "the image was authenticated by uid {signer}'s key but would run process {pid} {what}: \
+         a user's key can only make processes of that user. Refused"
+    )]
+    Untrusted { signer: u32, pid: i32, what: String },
     #[error("the image is inconsistent: {0}")]
     Inconsistent(String),
     #[error(transparent)]
@@ -131,6 +136,7 @@ pub fn restore(
         return Err(RestoreError::TreeNewPid(m.process_count()));
     }
     preflight(m, &procs, opts)?;
+    check_trust(image, &procs)?;
     let put_back = m
         .files
         .iter()
@@ -296,6 +302,60 @@ fn preflight(
         crate::objects::contents::open_checked(&fd.path, libc::O_PATH, inode, dir)?;
     }
     Ok(())
+}
+
+/// An image authenticated by root's key may make any process; one authenticated by user
+/// U's key only processes of U: U's uids, U's groups, no capability (else whoever can
+/// write U's key or images would get root's processes from root's restore).
+fn check_trust(image: &Image, procs: &[ProcessView]) -> Result<(), RestoreError> {
+    let signer = image.signer.unwrap_or(u32::MAX);
+    if signer == 0 {
+        return Ok(());
+    }
+    let groups = groups_of(signer);
+    for p in procs {
+        if let Some(what) = beyond_signer(signer, &groups, p.process.credentials.as_ref()) {
+            return Err(RestoreError::Untrusted {
+                signer,
+                pid: p.process.pid,
+                what,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What credentials `creds` have that user `signer` (in `groups`) does not.
+fn beyond_signer(signer: u32, groups: &[u32], creds: Option<&Credentials>) -> Option<String> {
+    let Some(c) = creds else {
+        return Some("with unrecorded credentials".into());
+    };
+    if let Some(u) = c.uids.iter().find(|&&u| u != signer) {
+        return Some(format!("as uid {u}"));
+    }
+    if !c.unprivileged() {
+        return Some("with capabilities".into());
+    }
+    let g = c
+        .gids
+        .iter()
+        .chain(&c.groups)
+        .find(|g| !groups.contains(g))?;
+    Some(format!("in group {g}, which uid {signer} is not in"))
+}
+
+/// The groups user `uid` is in (primary and supplementary), from the user database.
+fn groups_of(uid: u32) -> Vec<u32> {
+    use nix::unistd::{User, getgrouplist};
+    let Ok(Some(user)) = User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return vec![user.gid.as_raw()];
+    };
+    getgrouplist(&name, user.gid)
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![user.gid.as_raw()])
 }
 
 /// The lowest fd number no process of the job uses, its helpers for the stub included:
@@ -517,9 +577,44 @@ fn drive_all<'a>(
     let mut rebuilt = Vec::with_capacity(pids.len());
     for (i, &pid) in pids.iter().enumerate() {
         let p = &procs[i];
-        let last = drive_child(pid, &areas[i], &p.process.pending_signals, p.threads)
+        let creds = p.process.credentials.as_ref();
+        let last = drive_child(pid, &areas[i], &p.process.pending_signals, p.threads, creds)
             .map_err(|e| explain_child_exit(e, reports.slot(i), &plans[i]))?;
         rebuilt.push(last);
     }
     Ok(rebuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(uid: u32, gid: u32) -> Credentials {
+        Credentials {
+            uids: [uid; 4],
+            gids: [gid; 4],
+            groups: vec![gid],
+            ..Credentials::default()
+        }
+    }
+
+    #[test]
+    fn a_users_key_makes_only_that_users_processes() {
+        let groups = [1000, 27];
+        assert_eq!(beyond_signer(1000, &groups, Some(&user(1000, 1000))), None);
+        let as_root = beyond_signer(1000, &groups, Some(&user(0, 0))).unwrap();
+        assert!(as_root.contains("uid 0"), "{as_root}");
+        let mut setuid = user(1000, 1000);
+        setuid.uids[2] = 0;
+        assert!(beyond_signer(1000, &groups, Some(&setuid)).is_some());
+        let mut capable = user(1000, 1000);
+        capable.cap_effective = 1 << 21;
+        let caps = beyond_signer(1000, &groups, Some(&capable)).unwrap();
+        assert!(caps.contains("capabilities"), "{caps}");
+        let mut other_group = user(1000, 1000);
+        other_group.groups.push(0);
+        let group = beyond_signer(1000, &groups, Some(&other_group)).unwrap();
+        assert!(group.contains("group 0"), "{group}");
+        assert!(beyond_signer(1000, &groups, None).is_some());
+    }
 }

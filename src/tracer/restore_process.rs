@@ -11,8 +11,8 @@ use super::stub::{self, Expect, Op};
 use super::sys;
 use crate::image::Image;
 use crate::image::format::{
-    Advice, Backing, FdKind, FdState, FileIdentity, Inode, Manifest, MemoryRegion, PAGE_SIZE,
-    PAGES_FILE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
+    Advice, Backing, Credentials, FdKind, FdState, FileIdentity, Inode, Manifest, MemoryRegion,
+    PAGE_SIZE, PAGES_FILE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
 };
 use crate::objects::contents;
 use nix::errno::Errno;
@@ -743,6 +743,7 @@ pub(super) fn drive_child<'a>(
     area: &StubArea,
     process_pending: &[PendingSignal],
     threads: &'a [ThreadState],
+    credentials: Option<&Credentials>,
 ) -> Result<Rethreader<'a>, RestoreError> {
     loop {
         let stop = ptrace::wait_stop(child, "restore")?;
@@ -770,7 +771,7 @@ pub(super) fn drive_child<'a>(
     // --new-pid: the kernel picked the PID, and picks the other TIDs too.
     let new_ids = child.as_raw() != threads[0].tid;
     let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads, new_ids)?;
-    last.recreate_threads()?;
+    last.recreate_threads(credentials)?;
     last.requeue_signals(process_pending)?;
     Ok(last)
 }

@@ -6,6 +6,7 @@ use super::memory::ProcessMemory;
 use super::ptrace::{self, Stop};
 use super::remote::RemoteThread;
 use super::restore::RestoreError;
+use crate::image::format::Credentials;
 use crate::image::format::{PendingSignal, ThreadState};
 use nix::unistd::Pid;
 
@@ -15,6 +16,10 @@ const SET_TID: u64 = 96;
 const ALT_STACK: u64 = 128;
 const SIGINFO: u64 = 256;
 const NAME: u64 = 512;
+const CAPS: u64 = 640;
+/// The supplementary groups, to the end of the page.
+const GROUPS: u64 = 1024;
+const MAX_GROUPS: usize = (4096 - GROUPS as usize) / 4;
 
 /// Threads share everything a pthread shares (what glibc's pthread_create passes), plus
 /// the TLS pointer and the clear-child-tid word `pthread_join` waits on.
@@ -62,8 +67,11 @@ impl<'a> Rethreader<'a> {
     }
 
     /// Gives the leader (already the process) its own kernel state, then creates every
-    /// other thread, each left stopped with its final state.
-    pub fn recreate_threads(&mut self) -> Result<(), RestoreError> {
+    /// other thread, each left stopped with its final state; all get `credentials`.
+    pub fn recreate_threads(
+        &mut self,
+        credentials: Option<&Credentials>,
+    ) -> Result<(), RestoreError> {
         let leader = &self.threads[0];
         // The others get theirs from clone3 (CLONE_CHILD_CLEARTID).
         self.main.checked(
@@ -83,7 +91,13 @@ impl<'a> Rethreader<'a> {
             self.created.push(tid);
             let mut remote = RemoteThread::new(tid, self.gadget)?;
             thread_state(&self.mem, self.scratch, &mut remote, tid, t)?;
+            if let Some(c) = credentials {
+                set_credentials(&self.mem, self.scratch, &mut remote, c)?;
+            }
             set_final_state(tid, t)?;
+        }
+        if let Some(c) = credentials {
+            set_credentials(&self.mem, self.scratch, &mut self.main, c)?;
         }
         Ok(())
     }
@@ -271,4 +285,86 @@ fn clone_args(t: &ThreadState, set_tid_addr: u64, new_ids: bool) -> Vec<u8> {
         0,                 // cgroup
     ];
     fields.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// Gives a thread of the restored process the credentials the process had: groups, gids,
+/// uids, then the capability sets. Per thread (credentials are a thread's, and a raw
+/// syscall changes only its caller's); each thread after the main thread has created all
+/// the others (creating them with their TIDs needs the restorer's privileges). Nothing to
+/// do when they are the restorer's own (a job restored by the user who ran it).
+fn set_credentials(
+    mem: &ProcessMemory,
+    scratch: u64,
+    thread: &mut RemoteThread,
+    want: &Credentials,
+) -> Result<(), RestoreError> {
+    let own = Credentials::own().unwrap_or_default();
+    if &own == want {
+        return Ok(());
+    }
+    let mut call = |what, nr, args: &[u64]| thread.checked(what, nr, args).map(drop);
+    if own.groups != want.groups {
+        if want.groups.len() > MAX_GROUPS {
+            return Err(RestoreError::Inconsistent(format!(
+                "{} supplementary groups (at most {MAX_GROUPS} are restored)",
+                want.groups.len()
+            )));
+        }
+        let bytes: Vec<u8> = want.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        mem.write(scratch + GROUPS, &bytes)?;
+        let n = want.groups.len() as u64;
+        call("setgroups", libc::SYS_setgroups, &[n, scratch + GROUPS])?;
+    }
+    // Dropping from the bounding set needs CAP_SETPCAP: before the uid changes.
+    if own.cap_bounding != want.cap_bounding {
+        for cap in (0..=last_capability()).filter(|c| want.cap_bounding & (1 << c) == 0) {
+            let args = [libc::PR_CAPBSET_DROP as u64, cap];
+            call("prctl(PR_CAPBSET_DROP)", libc::SYS_prctl, &args)?;
+        }
+    }
+    let keepcaps = libc::PR_SET_KEEPCAPS as u64;
+    let keep = u64::from(want.cap_permitted != 0);
+    call("prctl(PR_SET_KEEPCAPS)", libc::SYS_prctl, &[keepcaps, keep])?;
+    let [rg, eg, sg, fg] = want.gids.map(u64::from);
+    let [ru, eu, su, fu] = want.uids.map(u64::from);
+    call("setresgid", libc::SYS_setresgid, &[rg, eg, sg])?;
+    call("setresuid", libc::SYS_setresuid, &[ru, eu, su])?;
+    // setfs*id return the previous id, never an error.
+    call("setfsgid", libc::SYS_setfsgid, &[fg])?;
+    call("setfsuid", libc::SYS_setfsuid, &[fu])?;
+    let mut caps = Vec::with_capacity(32);
+    caps.extend_from_slice(&0x2008_0522u32.to_le_bytes()); // _LINUX_CAPABILITY_VERSION_3
+    caps.extend_from_slice(&0u32.to_le_bytes());
+    for half in [0, 32] {
+        for set in [want.cap_effective, want.cap_permitted, want.cap_inheritable] {
+            caps.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+        }
+    }
+    mem.write(scratch + CAPS, &caps)?;
+    call(
+        "capset",
+        libc::SYS_capset,
+        &[scratch + CAPS, scratch + CAPS + 8],
+    )?;
+    let ambient = [
+        libc::PR_CAP_AMBIENT as u64,
+        libc::PR_CAP_AMBIENT_RAISE as u64,
+    ];
+    for cap in (0..64).filter(|c| want.cap_ambient & (1 << c) != 0) {
+        let args = [ambient[0], ambient[1], cap, 0, 0];
+        call("prctl(PR_CAP_AMBIENT_RAISE)", libc::SYS_prctl, &args)?;
+    }
+    call("prctl(PR_SET_KEEPCAPS)", libc::SYS_prctl, &[keepcaps, 0])?;
+    // Changing ids made it undumpable; a process of one user is dumpable for that user.
+    let args = [libc::PR_SET_DUMPABLE as u64, 1];
+    call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &args)?;
+    Ok(())
+}
+
+/// The highest capability number this kernel knows.
+fn last_capability() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
 }

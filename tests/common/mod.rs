@@ -61,7 +61,7 @@ fn programs_dir() -> PathBuf {
 fn extra_cflags(name: &str) -> &'static [&'static str] {
     match name {
         "avx" => &["-mavx2"],
-        "threads" | "blocked" | "memory" => &["-pthread"],
+        "threads" | "blocked" | "memory" | "ids" => &["-pthread"],
         _ => &[],
     }
 }
@@ -1195,4 +1195,38 @@ pub fn image_seqs(rank_dir: &Path) -> Vec<u64> {
         .collect();
     seqs.sort();
     seqs
+}
+
+/// Re-authenticates the image at `dir` after a test edited it, as its owner (root) could:
+/// CHECKSUMS recomputed for every file it lists, AUTH made with root's key. What an
+/// attacker without the key cannot do.
+pub fn reseal(dir: &Path) {
+    let sums = std::fs::read_to_string(dir.join("CHECKSUMS")).unwrap();
+    let sums: String = sums
+        .lines()
+        .map(|l| {
+            let (_, file) = l.split_once("  ").unwrap();
+            let hash = blake3::hash(&std::fs::read(dir.join(file)).unwrap());
+            format!("{}  {file}\n", hash.to_hex())
+        })
+        .collect();
+    std::fs::write(dir.join("CHECKSUMS"), &sums).unwrap();
+    let key_text = std::fs::read_to_string("/root/.config/mlckpt/image.key").unwrap();
+    let key: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key_text.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let mac = blake3::keyed_hash(&key.try_into().unwrap(), sums.as_bytes());
+    let auth = format!("mlckpt-blake3-keyed-v1 uid=0 {}\n", mac.to_hex());
+    std::fs::write(dir.join("AUTH"), auth).unwrap();
+}
+
+/// Rewrites the manifest of the image at `dir` as `edit` changes it, and [`reseal`]s it.
+pub fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    reseal(dir);
 }
