@@ -103,3 +103,22 @@ fn image_without_auth_is_refused() {
     );
     assert!(!pid_alive(killed.pid));
 }
+
+/// An image others could write is not trusted even though it checks out now: its files
+/// could be swapped between the check and their use.
+#[test]
+fn image_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new("exposed");
+    let prog = Prog::c("sleeper", &["nanosleep", "400", "30"]);
+    let killed = h.run_until_checkpoint_kill(&prog, 5);
+    let dir = &killed.ckpt.path;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let res = h.restore(dir, &prog).finish(CMD_TIMEOUT).expect_failure();
+    assert!(
+        res.output().contains("writable by others"),
+        "{}",
+        res.describe()
+    );
+    assert!(!pid_alive(killed.pid));
+}

@@ -35,6 +35,15 @@ pub enum VerifyError {
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),
     #[error(
+        "{path} is writable by others (owner uid {owner}, mode {mode:o}): someone could swap \
+         the image's files while it is read. Make it writable by its owner only (chmod go-w)"
+    )]
+    Exposed {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
+    #[error(
         "{image} was authenticated by uid {image_signer}'s key, its parent {parent} by uid {parent_signer}'s: refused"
     )]
     MixedSigners {
@@ -64,7 +73,9 @@ impl VerifyError {
             | VerifyError::BadChecksums { .. }
             | VerifyError::NotListed { .. } => "unreadable",
             VerifyError::Mismatch { .. } => "checksum mismatch",
-            VerifyError::Auth(_) | VerifyError::MixedSigners { .. } => "unauthenticated",
+            VerifyError::Auth(_)
+            | VerifyError::MixedSigners { .. }
+            | VerifyError::Exposed { .. } => "unauthenticated",
         }
     }
 }
@@ -156,6 +167,27 @@ impl PagesToCheck {
     }
 }
 
+/// The image directory and the one holding it must be writable by none but their owner,
+/// root or the image's writer: checked once, the image must stay what was checked.
+fn check_private(dir: &Path, signer: u32) -> Result<(), VerifyError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    for path in std::iter::once(dir).chain(dir.parent()) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let trusted_owner = [0, me, signer].contains(&meta.uid());
+        if !trusted_owner || meta.mode() & 0o022 != 0 {
+            return Err(VerifyError::Exposed {
+                path: path.to_path_buf(),
+                owner: meta.uid(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Verifies every file of the image at `dir` but the contents of `pages.bin` (its size is
 /// checked): those are returned to be verified later, e.g. while a restore reads them.
 pub fn check_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<PagesToCheck, VerifyError> {
@@ -165,6 +197,7 @@ pub fn check_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<PagesToCheck, V
     let sums = parse_checksums(&checksums_path, &text)?;
     // Who wrote it before what it says: an image nobody trusted wrote is not looked into.
     let signer = super::auth::check(dir, text.as_bytes())?;
+    check_private(dir, signer)?;
     for file in [MANIFEST_FILE, PAGES_FILE] {
         if !sums.iter().any(|(f, _)| f == file) {
             return Err(VerifyError::NotListed {
