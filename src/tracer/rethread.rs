@@ -195,6 +195,11 @@ impl<'a> Rethreader<'a> {
         if let Some(sig) = later {
             let _ = nix::sys::signal::kill(self.pid, sig);
         }
+        if stopped {
+            // The stop lands when the process is next scheduled: wait for it, so that the
+            // job's other processes (released after this one) find it stopped.
+            wait_stopped(self.pid);
+        }
         Ok(())
     }
 }
@@ -359,6 +364,17 @@ fn set_credentials(
     let args = [libc::PR_SET_DUMPABLE as u64, 1];
     call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &args)?;
     Ok(())
+}
+
+/// Waits (up to a second) until process `pid` is in a group stop.
+fn wait_stopped(pid: Pid) {
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(1) {
+        match super::tree::stat(pid.as_raw()) {
+            Some(s) if s.state != 'T' => std::thread::sleep(std::time::Duration::from_millis(1)),
+            _ => return,
+        }
+    }
 }
 
 /// The highest capability number this kernel knows.
