@@ -301,16 +301,16 @@ fn reap(pid: Pid, is_child: bool) -> i32 {
         return 0;
     }
     loop {
-        match waitpid(pid, None) {
-            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                return exit_code(status);
-            }
+        // The raw status: nix cannot name a real-time signal, and a job may die of one.
+        match sys::wait_status(pid, 0) {
+            Ok(Some(status)) if libc::WIFEXITED(status) => return libc::WEXITSTATUS(status),
+            Ok(Some(status)) if libc::WIFSIGNALED(status) => return 128 + libc::WTERMSIG(status),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             // A checkpoint's tracer wait collected the exit first.
             Err(_) => {
                 return match ptrace::take_collected_exit(pid) {
                     Some(Stop::Exited(code)) => code,
-                    Some(Stop::Killed(sig)) => 128 + sig as i32,
+                    Some(Stop::Killed(sig)) => 128 + sig.0,
                     _ => 1,
                 };
             }

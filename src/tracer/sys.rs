@@ -127,6 +127,16 @@ pub fn set_process_group(pid: i32, pgid: i32) -> Result<(), Errno> {
     int_syscall(libc::SYS_setpgid, [pid as u64, pgid as u64, 0, 0, 0, 0]).map(drop)
 }
 
+/// `waitpid(pid, &status, flags)`: the raw status, or None when `WNOHANG` found nothing.
+/// Raw, because nix's `WaitStatus` cannot hold a real-time signal (its conversion fails
+/// after the status was already collected).
+pub fn wait_status(pid: Pid, flags: i32) -> Result<Option<i32>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a live c_int the kernel writes; nothing else is touched.
+    let ret = unsafe { libc::waitpid(pid.as_raw(), &raw mut status, flags) };
+    Ok((Errno::result(ret)? != 0).then_some(status))
+}
+
 /// Waits until child `pid` has exited, leaving it a zombie (`waitid(WEXITED | WNOWAIT)`).
 pub fn wait_exited_keep(pid: i32) -> Result<(), Errno> {
     let mut info = [0u8; 128];

@@ -38,12 +38,14 @@ pub struct KernelThreadState {
     pub robust_list: Option<RobustList>,
 }
 
-/// Captures frozen thread `tid`, whose registers at the freeze were `regs`.
+/// Captures frozen thread `tid`, whose registers and signal mask at the freeze were `regs`
+/// and `sigmask`.
 pub fn capture(
     tid: Pid,
     regs: &Registers,
     mem: &ProcessMemory,
     kernel: KernelThreadState,
+    sigmask: u64,
 ) -> Result<ThreadState, ThreadError> {
     let rseq = ptrace::get_rseq(tid)?;
     let (mut resume, syscall) = resume_state(tid, regs, mem)?;
@@ -56,7 +58,7 @@ pub fn capture(
         affinity: kernel.affinity,
         regs: resume,
         xstate: ptrace::get_xstate(tid)?,
-        sigmask: ptrace::get_sigmask(tid)?,
+        sigmask,
         pending_signals: pending_signals(tid, false)?,
         rseq,
         robust_list: kernel.robust_list,

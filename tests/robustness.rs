@@ -1,0 +1,134 @@
+//! Robustness (issue 11): a checkpoint that meets a hostile environment (a full disk, a
+//! flood of real-time signals, an unsupervised multi-threaded target killed after its
+//! image, a runtime directory someone else made) either succeeds or fails cleanly, and the
+//! job and its supervisor go on.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// `mlckpt checkpoint PID --json --config CFG --job JOB [--kill]` (no supervisor: mlckpt
+/// seizes the process itself), which must end within `limit` and succeed; the image path.
+fn direct_checkpoint(h: &Harness, pid: i32, kill: bool, limit: Duration) -> std::path::PathBuf {
+    let pid = pid.to_string();
+    let config = h.config.to_str().unwrap();
+    let mut args = vec![
+        "checkpoint",
+        &pid,
+        "--json",
+        "--config",
+        config,
+        "--job",
+        &h.job,
+    ];
+    if kill {
+        args.push("--kill");
+    }
+    let res = h.start(&args, None).finish(limit).expect_code(0);
+    let report: serde_json::Value = serde_json::from_str(res.stdout.trim())
+        .unwrap_or_else(|e| panic!("checkpoint --json: not JSON: {e}\n{}", res.describe()));
+    let path = std::path::PathBuf::from(report["path"].as_str().unwrap_or_default());
+    assert!(
+        path.join("manifest.json").is_file(),
+        "no image at {path:?}\n{}",
+        res.describe()
+    );
+    path
+}
+
+/// The number after `key=` on the last line of `text` that has it.
+fn last_value(text: &str, key: &str) -> Option<u64> {
+    let key = format!("{key}=");
+    text.lines().rev().find_map(|line| {
+        let at = line.find(&key)? + key.len();
+        line[at..].split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Item 2: `checkpoint --kill` of a multi-threaded process nobody supervises must not hang
+/// (the leader's exit is only reported once its threads are reaped), and the image restores.
+#[test]
+fn checkpoint_kill_of_an_unsupervised_threaded_process_ends() {
+    let h = Harness::new("killthreads");
+    let prog = Prog::c("threads", &["4", "60"]);
+    let mut target = h.unsupervised(&prog);
+    target.wait_for_ticks(5);
+    let pid = target.target_pid();
+    let image = direct_checkpoint(&h, pid, true, Duration::from_secs(30));
+    target.finish(CMD_TIMEOUT).expect_code(KILLED);
+    wait_gone(pid);
+    let after = h.restore_to_end(&image, &prog, pid, |_, _| {});
+    assert!(
+        after.contains("final joined=4 new_thread=1 tids_ok=1"),
+        "the restored process did not finish cleanly:\n{after}"
+    );
+}
+
+/// How the flood tests reach the job: directly (mlckpt seizes it) or under `mlckpt run`
+/// (the supervisor's write tracking and pre-copy stop the job too).
+#[derive(Clone, Copy)]
+enum Supervision {
+    None,
+    Run,
+}
+
+/// Item 3: checkpoints taken while another process floods the job with queued real-time
+/// signals all succeed, and every signal sent is delivered exactly once.
+fn realtime_signal_flood(name: &str, how: Supervision) {
+    const SIGNALS: &str = "3000";
+    let h = Harness::new(name);
+    let prog = Prog::c("rtcount", &["700"]);
+    let mut target = match how {
+        Supervision::None => h.unsupervised(&prog),
+        Supervision::Run => h.run(&prog),
+    };
+    let pid = target.target_pid();
+    target.wait_for_ticks(3);
+    let mut send = Command::new(compiled("rtsend"));
+    send.args([&pid.to_string(), SIGNALS, "1000"]);
+    let sender = Proc::spawn("rtsend", send, None);
+    wait_until("the first signals", || {
+        last_value(&target.stdout(), "received").is_some_and(|n| n > 0)
+    });
+    let mut images = Vec::new();
+    for _ in 0..6 {
+        images.push(match how {
+            Supervision::None => direct_checkpoint(&h, pid, false, CMD_TIMEOUT),
+            Supervision::Run => h.checkpoint(pid, false).path,
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !sender.stdout().contains("sent"),
+        "the sender finished before the checkpoints did: the test proves nothing; send more"
+    );
+    let sent = sender.finish(CMD_TIMEOUT).expect_code(0);
+    let sent: u64 = sent
+        .stdout
+        .trim()
+        .strip_prefix("sent ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("rtsend printed no count\n{}", sent.describe()));
+    let run = target.finish(CMD_TIMEOUT).expect_code(0);
+    let received = last_value(&run.stdout, "final received");
+    assert_eq!(
+        received,
+        Some(sent),
+        "signals sent and received differ after {} checkpoints\n{}",
+        images.len(),
+        run.describe()
+    );
+}
+
+#[test]
+fn checkpoints_during_a_realtime_signal_flood_lose_no_signal() {
+    realtime_signal_flood("rtflood", Supervision::None);
+}
+
+#[test]
+fn supervised_checkpoints_during_a_realtime_signal_flood_lose_no_signal() {
+    realtime_signal_flood("rtflood-run", Supervision::Run);
+}
