@@ -5,14 +5,17 @@
 
 mod common;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use nix::sys::signal::Signal;
 
 /// `mlckpt checkpoint PID --json --config CFG --job JOB [--kill]` (no supervisor: mlckpt
 /// seizes the process itself), which must end within `limit` and succeed; the image path.
-fn direct_checkpoint(h: &Harness, pid: i32, kill: bool, limit: Duration) -> std::path::PathBuf {
+fn direct_checkpoint(h: &Harness, pid: i32, kill: bool, limit: Duration) -> PathBuf {
     let pid = pid.to_string();
     let config = h.config.to_str().unwrap();
     let mut args = vec![
@@ -30,7 +33,7 @@ fn direct_checkpoint(h: &Harness, pid: i32, kill: bool, limit: Duration) -> std:
     let res = h.start(&args, None).finish(limit).expect_code(0);
     let report: serde_json::Value = serde_json::from_str(res.stdout.trim())
         .unwrap_or_else(|e| panic!("checkpoint --json: not JSON: {e}\n{}", res.describe()));
-    let path = std::path::PathBuf::from(report["path"].as_str().unwrap_or_default());
+    let path = PathBuf::from(report["path"].as_str().unwrap_or_default());
     assert!(
         path.join("manifest.json").is_file(),
         "no image at {path:?}\n{}",
@@ -131,4 +134,118 @@ fn checkpoints_during_a_realtime_signal_flood_lose_no_signal() {
 #[test]
 fn supervised_checkpoints_during_a_realtime_signal_flood_lose_no_signal() {
     realtime_signal_flood("rtflood-run", Supervision::Run);
+}
+
+/// A small tmpfs mounted for one test; unmounted (lazily: a process may still hold a file
+/// there) when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (`mount -o size=`) on `dir`; None, with the reason printed,
+    /// where mounting is not permitted (no CAP_SYS_ADMIN, a container).
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        if !out.status.success() {
+            eprintln!(
+                "note: cannot mount a tmpfs ({}); skipping this test",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+
+    /// Fills the file system up to about `free` bytes left; returns the filler file.
+    fn fill_leaving(&self, free: u64) -> PathBuf {
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xa5u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        let len = file.metadata().unwrap().len();
+        file.set_len(len.saturating_sub(free)).unwrap();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Item 1: a checkpoint that meets a full disk fails with a message naming the cause and
+/// the directory; the supervisor goes on supervising, the older image stays valid, no
+/// partial image is left, and once there is space again the next checkpoint (SIGTERM's)
+/// works.
+#[test]
+fn a_full_disk_fails_one_checkpoint_and_the_supervisor_goes_on() {
+    let h = Harness::new("fulldisk");
+    // 64 MiB of memory: two images fit in 160 MiB, the second one does not once it is
+    // filled; written in many batches, so the writer thread's error meets later batches.
+    let Some(disk) = SmallDisk::mount(&h.store, "160m") else {
+        return;
+    };
+    // Full images: the failing one is read while the job runs (pre-copy), batch after
+    // batch, where a write error used to be taken for an unreadable page.
+    h.set_config("[interval]\nlocal = 0\n[image]\nfull_every = 1\n");
+    let prog = Prog::c("memory", &["64", "400"]);
+    let mut run = h.run(&prog);
+    let pid = run.target_pid();
+    run.wait_for_ticks(5);
+    let first = h.checkpoint(pid, false);
+
+    let filler = disk.fill_leaving(256 << 10);
+    let failed = h.mlckpt(&["checkpoint", &pid.to_string()]).expect_failure();
+    let said = failed.output();
+    let dir = h.rank_dir().display().to_string();
+    for part in ["ENOSPC", "no space left", &dir, "free space"] {
+        assert!(
+            said.to_lowercase().contains(&part.to_lowercase()),
+            "the error should name {part:?}\n{}",
+            failed.describe()
+        );
+    }
+    assert!(pid_alive(pid), "the failed checkpoint ended the job");
+    assert!(
+        run.stderr().contains("ENOSPC"),
+        "the supervisor should report the failure\n{}",
+        run.stderr()
+    );
+    let partial: Vec<PathBuf> = h
+        .images()
+        .into_iter()
+        .filter(|p| *p != first.path)
+        .collect();
+    assert!(partial.is_empty(), "the failed checkpoint left {partial:?}");
+    h.mlckpt(&["verify".as_ref(), first.path.as_os_str()])
+        .expect_code(0);
+
+    // Space again: the supervisor, still there, takes the SIGTERM checkpoint and ends the job.
+    std::fs::remove_file(filler).unwrap();
+    run.wait_for_ticks(30);
+    run.signal(Signal::SIGTERM);
+    let run = run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    wait_gone(pid);
+    let seqs = image_seqs(&h.rank_dir());
+    assert_eq!(
+        seqs.len(),
+        2,
+        "the first image and SIGTERM's\n{}",
+        run.describe()
+    );
+    let last = h.rank_dir().join(format!("ckpt-{:06}", seqs[1]));
+    h.mlckpt(&["verify".as_ref(), last.as_os_str()])
+        .expect_code(0);
+    drop(disk);
 }
