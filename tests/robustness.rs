@@ -249,3 +249,100 @@ fn a_full_disk_fails_one_checkpoint_and_the_supervisor_goes_on() {
         .expect_code(0);
     drop(disk);
 }
+
+/// `XDG_RUNTIME_DIR` for a test's own runtime directory (`<it>/mlckpt`), made here.
+fn runtime_env(h: &Harness) -> (PathBuf, String) {
+    let xdg = h.dir.path().join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    let text = xdg.to_str().unwrap().to_owned();
+    (xdg.join("mlckpt"), text)
+}
+
+/// Item 4: a runtime directory another user made (and anybody may write to) is refused
+/// before the job starts, with its owner, mode and the fix; a missing one is made private.
+#[test]
+fn a_runtime_dir_of_another_user_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let h = Harness::new("rundir");
+    let (dir, xdg) = runtime_env(&h);
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let env = [("XDG_RUNTIME_DIR", xdg.as_str())];
+    let prog = Prog::c("memory", &["8", "10"]);
+    let refused = h
+        .run_with(&[], &env, &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_failure();
+    let said = refused.output();
+    let dir_text = dir.display().to_string();
+    for part in [
+        dir_text.as_str(),
+        "uid 65534",
+        "mode 777",
+        "XDG_RUNTIME_DIR",
+    ] {
+        assert!(
+            said.contains(part),
+            "the refusal should name {part:?}\n{}",
+            refused.describe()
+        );
+    }
+    assert!(
+        !said.contains("started"),
+        "the job was started anyway\n{}",
+        refused.describe()
+    );
+
+    std::fs::remove_dir(&dir).unwrap();
+    h.run_with(&[], &env, &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_code(0);
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (nix::unistd::getuid().as_raw(), 0o700),
+        "the runtime directory mlckpt made is not private"
+    );
+}
+
+/// Item 4: `mlckpt checkpoint` does not hand a request to whatever listens at the control
+/// socket's path: a process that is not the target's supervisor is named and refused.
+#[test]
+fn checkpoint_does_not_trust_a_socket_held_by_another_process() {
+    use std::os::unix::fs::DirBuilderExt;
+    let h = Harness::new("fakesock");
+    let (dir, xdg) = runtime_env(&h);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+    let mut target = h.unsupervised(&Prog::c("memory", &["8", "300"]));
+    let pid = target.target_pid();
+    let socket = dir.join(format!("sup-{pid}.sock"));
+    let mut listen = Command::new(compiled("unixlisten"));
+    listen.arg(&socket);
+    let holder = Proc::spawn("unixlisten", listen, None);
+    wait_until("the impostor's socket", || socket.exists());
+    let pid_text = pid.to_string();
+    let config = h.config.to_str().unwrap();
+    let args = ["checkpoint", &pid_text, "--config", config, "--job", &h.job];
+    let env = [("XDG_RUNTIME_DIR", xdg.as_str())];
+    let res = h
+        .start_with_env(&args, &env, None)
+        .finish(CMD_TIMEOUT)
+        .expect_failure();
+    let said = res.output();
+    let holder_pid = holder.child_pid().to_string();
+    for part in [
+        "refusing to talk to",
+        &socket.display().to_string(),
+        &holder_pid,
+    ] {
+        assert!(
+            said.contains(part),
+            "the refusal should name {part:?}\n{}",
+            res.describe()
+        );
+    }
+    assert!(pid_alive(pid), "the target is gone");
+    assert!(h.images().is_empty(), "an image was written");
+    target.wait_for_ticks(1);
+}

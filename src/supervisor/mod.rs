@@ -49,12 +49,20 @@ pub enum SuperviseError {
         #[source]
         source: PlaceError,
     },
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
     #[error("supervisor setup failed ({what})")]
     Setup {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Checks, before a job is started or restored, that the control socket can be placed
+/// safely (see [`control::private_runtime_dir`]).
+pub fn check_runtime_dir() -> Result<(), SuperviseError> {
+    Ok(control::private_runtime_dir(&runtime_dir())?)
 }
 
 /// How the supervised process ended, as the supervisor's own exit code (128+N for signal N).
@@ -114,8 +122,7 @@ pub fn supervise(
     // to us, to be reaped: left to init, they might stay zombies, holding PIDs a restore
     // needs.
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| setup("child subreaper")(e.into()))?;
-    let (listener, socket) =
-        control::listen(&runtime_dir(), pid.as_raw()).map_err(setup("control socket"))?;
+    let (listener, socket) = control::listen(&runtime_dir(), pid.as_raw())?;
     let cleanup = RemoveOnDrop(socket);
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| setup("signalfd")(e.into()))?;
@@ -222,6 +229,11 @@ impl Supervisor<'_> {
 
     fn serve_requests(&self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
+            if let Err(refused) = control::check_client(&stream) {
+                eprintln!("mlckpt: control socket: {refused}");
+                respond(&stream, Err(refused));
+                continue;
+            }
             match control::read_request(&stream) {
                 Ok(request) => self.serve(request, stream),
                 Err(e) => respond(&stream, Err(format!("bad request: {e}"))),
