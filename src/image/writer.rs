@@ -146,14 +146,18 @@ impl WriteError {
     /// A full disk said as such, naming the image's directory `rank_dir`: the cause and the
     /// fix, not only the file that happened to hit it.
     fn naming_full_disk(self, rank_dir: &Path) -> WriteError {
+        let full = |source: &std::io::Error| match source.raw_os_error() {
+            Some(errno @ (libc::ENOSPC | libc::EDQUOT)) => Some(nix::errno::Errno::from_raw(errno)),
+            _ => None,
+        };
         match self {
-            WriteError::Write { path, source }
-                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            WriteError::Write { path, source } | WriteError::CreateDir { path, source }
+                if let Some(cause) = full(&source) =>
             {
                 WriteError::NoSpace {
                     dir: rank_dir.to_path_buf(),
                     path,
-                    cause: nix::errno::Errno::from_raw(source.raw_os_error().unwrap_or(0)),
+                    cause,
                 }
             }
             other => other,
@@ -497,6 +501,16 @@ mod tests {
             );
             assert!(text.contains("Free space there"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_made_for_want_of_space_is_a_full_disk() {
+        let e = WriteError::CreateDir {
+            path: PathBuf::from("/store/job/rank0/.ckpt-000002.partial"),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let e = e.naming_full_disk(Path::new("/store/job/rank0"));
+        assert!(matches!(e, WriteError::NoSpace { .. }), "{e}");
     }
 
     #[test]
