@@ -346,3 +346,40 @@ fn checkpoint_does_not_trust_a_socket_held_by_another_process() {
     assert!(h.images().is_empty(), "an image was written");
     target.wait_for_ticks(1);
 }
+
+/// A process of the job orphaned to the supervisor (its subreaper) and killed by a
+/// real-time signal is reaped, not left a zombie holding its PID.
+#[test]
+fn an_orphan_killed_by_a_realtime_signal_is_reaped() {
+    let h = Harness::new("rtorphan");
+    let job = Prog {
+        argv: [
+            "/bin/sh",
+            "-c",
+            "(sleep 300 & echo \"orphan $!\"); sleep 60",
+        ]
+        .map(String::from)
+        .to_vec(),
+        feed: None,
+    };
+    let mut run = h.run(&job);
+    wait_until("the orphan's PID", || run.stdout().contains("orphan "));
+    let orphan: i32 = run
+        .stdout()
+        .trim()
+        .strip_prefix("orphan ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no orphan PID in {:?}", run.stdout()));
+    let supervisor = run.child_pid();
+    wait_until("the orphan to be handed to the supervisor", || {
+        parent_and_group(orphan).is_some_and(|(ppid, _)| ppid == supervisor)
+    });
+    run.set_target(orphan);
+    // One SIGRTMIN, whose default action ends the process.
+    let mut send = Command::new(compiled("rtsend"));
+    send.args([&orphan.to_string(), "1", "0"]);
+    Proc::spawn("rtsend", send, None)
+        .finish(CMD_TIMEOUT)
+        .expect_code(0);
+    wait_until("the orphan to be reaped", || !pid_alive(orphan));
+}

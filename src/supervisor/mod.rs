@@ -25,7 +25,7 @@ use copier::{Copier, Reply};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::os::fd::AsFd;
@@ -333,15 +333,17 @@ fn reap(pid: Pid, is_child: bool) -> i32 {
 /// Reaps the exited children that are not the job's root: processes of the job orphaned
 /// and handed to us as their subreaper. The root's exit is `reap`'s to collect.
 fn reap_orphans(root: Pid) {
-    use nix::sys::wait::{Id, WaitPidFlag, waitid};
-    let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    while let Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) =
-        waitid(Id::All, peek)
-    {
-        if pid == root {
+    while let Some(pid) = sys::exited_child() {
+        if pid == root.as_raw() {
             return;
         }
-        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        // Not collectable after all: leave it for the next SIGCHLD rather than spin.
+        if !matches!(
+            sys::wait_status(Pid::from_raw(pid), libc::WNOHANG),
+            Ok(Some(_))
+        ) {
+            return;
+        }
     }
 }
 

@@ -157,6 +157,27 @@ pub fn wait_exited_keep(pid: i32) -> Result<(), Errno> {
     }
 }
 
+/// The PID of an exited child of the caller, left unreaped (`waitid(P_ALL, WEXITED |
+/// WNOHANG | WNOWAIT)`); None when none has exited. Raw: nix's `waitid` fails on a child
+/// killed by a real-time signal, which would then never be reaped.
+pub fn exited_child() -> Option<i32> {
+    /// `si_pid` in a SIGCHLD `siginfo_t` (after signo, errno, code and padding).
+    const SI_PID: usize = 16;
+    let mut info = [0u8; 128];
+    let args = [
+        libc::P_ALL as u64,
+        0,
+        (&raw mut info) as u64,
+        (libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) as u64,
+        0,
+        0,
+    ];
+    // SAFETY: the kernel writes one siginfo_t (128 bytes) into `info`.
+    unsafe { raw_syscall(libc::SYS_waitid, args) }.ok()?;
+    let pid = i32::from_ne_bytes(info[SI_PID..SI_PID + 4].try_into().ok()?);
+    (pid > 0).then_some(pid)
+}
+
 /// Takes every pending (blocked) `signo` off the calling thread and its process.
 pub fn discard_pending(signo: i32) {
     let set: u64 = 1 << (signo - 1);
