@@ -148,7 +148,7 @@ fn capture_all(
     let mut states = Vec::with_capacity(order.len());
     for ((&tid, regs), a) in order.iter().zip(&saved).zip(answers) {
         // The mask from before the freeze: the frozen thread blocks nearly everything.
-        let sigmask = frozen.sigmask(tid).unwrap_or_default();
+        let sigmask = frozen.sigmask(tid);
         states.push(threads::capture(tid, regs, mem, a.kernel, sigmask)?);
     }
     Ok(Captured {

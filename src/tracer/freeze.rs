@@ -39,9 +39,9 @@ pub struct FrozenThread {
     /// A signal that reached a stop while mlckpt drove the thread (one the freeze could not
     /// block); it is handed back on detach, so the target sees it as if nothing happened.
     pub pending: Option<SignalNumber>,
-    /// The thread's own signal mask. While frozen it blocks every signal it can (see
-    /// `FROZEN_MASK`); this is the mask the image records and the thread gets back.
-    pub sigmask: u64,
+    /// The thread's own signal mask, once its signals are blocked (see `FROZEN_MASK`):
+    /// the mask the image records and the thread gets back. None before that.
+    pub sigmask: Option<u64>,
 }
 
 /// The signal mask of a frozen thread: everything but SIGKILL and SIGSTOP (which cannot be
@@ -148,7 +148,7 @@ impl Frozen {
             let thread = FrozenThread {
                 tid,
                 pending: None,
-                sigmask: 0,
+                sigmask: None,
             };
             self.threads.insert(tid.as_raw(), thread);
             match ptrace::interrupt(tid) {
@@ -202,7 +202,7 @@ impl Frozen {
         match blocked {
             Ok(mask) => {
                 if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
-                    t.sigmask = mask;
+                    t.sigmask = Some(mask);
                 }
                 Ok(())
             }
@@ -214,9 +214,10 @@ impl Frozen {
         }
     }
 
-    /// The signal mask thread `tid` had before the freeze.
+    /// The signal mask thread `tid` had before the freeze (None: its signals were never
+    /// blocked, its mask is its own).
     pub fn sigmask(&self, tid: Pid) -> Option<u64> {
-        self.threads.get(&tid.as_raw()).map(|t| t.sigmask)
+        self.threads.get(&tid.as_raw()).and_then(|t| t.sigmask)
     }
 
     pub fn leader(&self) -> Pid {
@@ -269,7 +270,7 @@ impl Frozen {
         self.released = true;
         let mut first_error = None;
         for t in self.threads.values() {
-            match give_back(t) {
+            match give_back(t, t.pending) {
                 Ok(()) => {}
                 // ESRCH: gone, or still ours but not stopped (an operation that failed
                 // half-way let it run): stop it, then let it go, or it stays traced and
@@ -290,10 +291,12 @@ impl Frozen {
     }
 }
 
-/// Lets a stopped thread go with its own signal mask back and its held signal delivered.
-fn give_back(t: &FrozenThread) -> Result<(), PtraceError> {
-    ptrace::set_sigmask(t.tid, t.sigmask)?;
-    ptrace::detach(t.tid, t.pending)
+/// Lets a stopped thread go with its own signal mask back, delivering `sig`.
+fn give_back(t: &FrozenThread, sig: Option<SignalNumber>) -> Result<(), PtraceError> {
+    if let Some(mask) = t.sigmask {
+        ptrace::set_sigmask(t.tid, mask)?;
+    }
+    ptrace::detach(t.tid, sig)
 }
 
 /// Detaches a thread we trace that is running: interrupted first (PTRACE_DETACH needs a
@@ -302,12 +305,9 @@ fn stop_and_detach(t: &FrozenThread) -> Result<(), PtraceError> {
     ptrace::interrupt(t.tid)?;
     match ptrace::wait_stop(t.tid, "detach")? {
         Stop::Exited(_) | Stop::Killed(_) => Ok(()),
-        Stop::Interrupted | Stop::Syscall | Stop::Event(_) => give_back(t),
+        Stop::Interrupted | Stop::Syscall | Stop::Event(_) => give_back(t, t.pending),
         // A signal got in first: hand it on at detach.
-        Stop::Signal(s) => {
-            ptrace::set_sigmask(t.tid, t.sigmask)?;
-            ptrace::detach(t.tid, Some(s))
-        }
+        Stop::Signal(s) => give_back(t, Some(s)),
     }
 }
 

@@ -38,15 +38,19 @@ pub struct KernelThreadState {
     pub robust_list: Option<RobustList>,
 }
 
-/// Captures frozen thread `tid`, whose registers and signal mask at the freeze were `regs`
-/// and `sigmask`.
+/// Captures frozen thread `tid`, whose registers at the freeze were `regs`, and whose
+/// signal mask was `sigmask` (None: the thread's mask now is still its own).
 pub fn capture(
     tid: Pid,
     regs: &Registers,
     mem: &ProcessMemory,
     kernel: KernelThreadState,
-    sigmask: u64,
+    sigmask: Option<u64>,
 ) -> Result<ThreadState, ThreadError> {
+    let sigmask = match sigmask {
+        Some(mask) => mask,
+        None => ptrace::get_sigmask(tid)?,
+    };
     let rseq = ptrace::get_rseq(tid)?;
     let (mut resume, syscall) = resume_state(tid, regs, mem)?;
     if let Some(rseq) = rseq {
