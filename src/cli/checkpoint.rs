@@ -34,7 +34,10 @@ pub fn checkpoint(
 /// has a supervisor even if its control socket is not there yet (it is set up right after
 /// the job starts): waited for a few seconds, rather than seizing the process while the
 /// supervisor does too.
-fn ask_supervisor(pid: i32, request: &Request) -> std::io::Result<Option<control::Response>> {
+fn ask_supervisor(
+    pid: i32,
+    request: &Request,
+) -> Result<Option<control::Response>, control::ControlError> {
     const STARTING: std::time::Duration = std::time::Duration::from_secs(5);
     let began = std::time::Instant::now();
     loop {

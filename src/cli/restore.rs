@@ -89,6 +89,7 @@ fn in_local_dir(image: &Path, ctx: &JobContext) -> bool {
 fn prepare(ctx: &JobContext, detach: bool) -> anyhow::Result<nix::sys::signal::SigSet> {
     if !detach {
         ctx.check_intervals()?;
+        supervisor::check_runtime_dir()?;
     }
     Ok(supervisor::block_supervisor_signals()?)
 }

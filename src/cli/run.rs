@@ -13,6 +13,7 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
     let ctx = JobContext::new(config, job, topology);
     // A tier that cannot work is a mistake to report before the program starts.
     ctx.check_intervals()?;
+    supervisor::check_runtime_dir()?;
     // Blocked before the child exists, so no signal can slip through between the two;
     // the program itself must start with the mask mlckpt was given.
     let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
@@ -41,6 +42,7 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
 pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
     let ctx = super::context_for_pid(args, pid)?;
     ctx.check_intervals()?;
+    supervisor::check_runtime_dir()?;
     let signals = supervisor::block_supervisor_signals()?;
     eprintln!("mlckpt: supervising PID {pid} ({})", describe(&ctx));
     Ok(supervisor::supervise(

@@ -31,8 +31,27 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
+    /// The file system is full (ENOSPC) or the quota used up (EDQUOT).
+    #[error(
+        "no room for the image in {dir} ({cause}, writing {path}); the partial image is \
+         removed and older images are kept. Free space there, lower `keep`, or point the \
+         tier ([storage] in the config) at a file system with room for an image about the \
+         size of the job's memory"
+    )]
+    NoSpace {
+        dir: PathBuf,
+        path: PathBuf,
+        cause: nix::errno::Errno,
+    },
     #[error("image {path} already exists; refusing to overwrite a committed image")]
     Exists { path: PathBuf },
+    /// A call after the writer thread stopped on an error already reported.
+    #[error("the image in {dir} cannot be written any more after an earlier error")]
+    Stopped { dir: PathBuf },
+    #[error("the page writer thread of the image in {dir} panicked")]
+    WriterPanicked { dir: PathBuf },
+    #[error("cannot serialise the manifest")]
+    Manifest(#[source] serde_json::Error),
     #[error(transparent)]
     Dir(#[from] ImageDirError),
 }
@@ -54,8 +73,11 @@ const HOLD_BYTES: usize = 16 << 20;
 /// An image being written into `.ckpt-SEQ.partial/`. Dropped without `commit`, it removes
 /// the partial directory: a failed checkpoint leaves nothing behind.
 pub struct ImageWriter {
+    /// `<root>/<job>/rank<R>`, named when the disk is full.
+    rank_dir: PathBuf,
     partial: PathBuf,
     final_path: PathBuf,
+    /// None once the writer thread stopped on an error (reported to the caller then).
     pipe: Option<PagePipe>,
     /// `pages.bin` in order, hashed by the submitting thread while the writer thread writes
     /// the batches before.
@@ -121,9 +143,36 @@ pub fn create_private_dir(dir: &Path) -> Result<(), WriteError> {
         })
 }
 
+impl WriteError {
+    /// A full disk said as such, naming the image's directory `rank_dir`: the cause and the
+    /// fix, not only the file that happened to hit it.
+    fn naming_full_disk(self, rank_dir: &Path) -> WriteError {
+        let full = |source: &std::io::Error| match source.raw_os_error() {
+            Some(errno @ (libc::ENOSPC | libc::EDQUOT)) => Some(nix::errno::Errno::from_raw(errno)),
+            _ => None,
+        };
+        match self {
+            WriteError::Write { path, source } | WriteError::CreateDir { path, source }
+                if let Some(cause) = full(&source) =>
+            {
+                WriteError::NoSpace {
+                    dir: rank_dir.to_path_buf(),
+                    path,
+                    cause,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 impl ImageWriter {
     /// Starts image `seq` in `rank_dir` (`<root>/<job>/rank<R>`).
     pub fn create(rank_dir: &Path, seq: u64) -> Result<Self, WriteError> {
+        Self::create_in(rank_dir, seq).map_err(|e| e.naming_full_disk(rank_dir))
+    }
+
+    fn create_in(rank_dir: &Path, seq: u64) -> Result<Self, WriteError> {
         create_private_dir(rank_dir)?;
         let final_path = rank_dir.join(image_dir_name(seq));
         if final_path.exists() {
@@ -150,6 +199,7 @@ impl ImageWriter {
             }
         };
         Ok(ImageWriter {
+            rank_dir: rank_dir.to_path_buf(),
             partial,
             final_path,
             pipe: Some(PagePipe::start(pages, pages_path)),
@@ -177,6 +227,11 @@ impl ImageWriter {
     /// `pages.bin`. Small pieces are gathered first: every direct write waits for the
     /// device, and a checkpoint's frozen phase must not wait once per small region.
     pub fn submit(&mut self, data: PageBuf) -> Result<u64, WriteError> {
+        self.submit_data(data)
+            .map_err(|e| e.naming_full_disk(&self.rank_dir))
+    }
+
+    fn submit_data(&mut self, data: PageBuf) -> Result<u64, WriteError> {
         let offset = self.written;
         self.written += data.len() as u64;
         if data.len() >= PARALLEL_HASH_BYTES {
@@ -218,7 +273,8 @@ impl ImageWriter {
     pub fn let_go(&mut self) -> Result<(), WriteError> {
         self.holding = false;
         if self.stage.len() >= STAGE_BYTES {
-            self.flush_stage()?;
+            self.flush_stage()
+                .map_err(|e| e.naming_full_disk(&self.rank_dir))?;
         }
         Ok(())
     }
@@ -239,13 +295,26 @@ impl ImageWriter {
     }
 
     fn send(&mut self, data: PageBuf) -> Result<(), WriteError> {
-        let pipe = self.pipe.as_mut().expect("pipe lives until commit");
+        let pipe = self.working_pipe()?;
         pipe.sent += 1;
         if pipe.full.send(data).is_err() {
             // The writer thread stopped on an error; `finish` reports it.
-            return self.pipe.take().expect("pipe").finish().map(drop);
+            return self.take_pipe()?.finish(&self.rank_dir).map(drop);
         }
         Ok(())
+    }
+
+    fn working_pipe(&mut self) -> Result<&mut PagePipe, WriteError> {
+        let dir = &self.rank_dir;
+        self.pipe
+            .as_mut()
+            .ok_or_else(|| WriteError::Stopped { dir: dir.clone() })
+    }
+
+    fn take_pipe(&mut self) -> Result<PagePipe, WriteError> {
+        self.pipe.take().ok_or_else(|| WriteError::Stopped {
+            dir: self.rank_dir.clone(),
+        })
     }
 
     pub fn pages_written(&self) -> u64 {
@@ -261,18 +330,25 @@ impl ImageWriter {
         page_hashes: &[u8],
         key: &ImageKey,
     ) -> Result<CommittedImage, WriteError> {
+        let rank_dir = self.rank_dir.clone();
+        self.commit_files(manifest, page_hashes, key)
+            .map_err(|e| e.naming_full_disk(&rank_dir))
+    }
+
+    fn commit_files(
+        &mut self,
+        manifest: &Manifest,
+        page_hashes: &[u8],
+        key: &ImageKey,
+    ) -> Result<CommittedImage, WriteError> {
         self.flush_stage()?;
-        let written = self
-            .pipe
-            .take()
-            .expect("pipe lives until commit")
-            .finish()?;
+        let written = self.take_pipe()?.finish(&self.rank_dir)?;
         written.into_iter().for_each(PageBuf::recycle);
         let pages_hash = self.hasher.finalize();
 
         let manifest_path = self.partial.join(MANIFEST_FILE);
         // Compact: incremental images have many small runs, and `jq` prints it for people.
-        let json = serde_json::to_vec(manifest).expect("manifest serialises");
+        let json = serde_json::to_vec(manifest).map_err(WriteError::Manifest)?;
         write_durable(&manifest_path, &json)?;
         let manifest_blake3 = blake3::hash(&json).to_hex().to_string();
         let mut checksums = format!(
@@ -352,9 +428,13 @@ impl PagePipe {
     }
 
     /// Waits for every batch to be written and durable; returns the buffers written.
-    fn finish(self) -> Result<Vec<PageBuf>, WriteError> {
+    fn finish(self, rank_dir: &Path) -> Result<Vec<PageBuf>, WriteError> {
         drop(self.full);
-        self.thread.join().expect("page writer thread panicked")?;
+        self.thread
+            .join()
+            .map_err(|_| WriteError::WriterPanicked {
+                dir: rank_dir.to_path_buf(),
+            })??;
         Ok(self.free.try_iter().collect())
     }
 }
@@ -400,5 +480,47 @@ impl Drop for ImageWriter {
         }
         std::mem::take(&mut self.stage).recycle();
         self.spare.drain(..).for_each(PageBuf::recycle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_write(errno: i32) -> WriteError {
+        WriteError::Write {
+            path: PathBuf::from("/store/job/rank0/.ckpt-000002.partial/pages.bin"),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    #[test]
+    fn a_full_disk_names_the_cause_the_directory_and_the_fix() {
+        let rank_dir = Path::new("/store/job/rank0");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let text = failed_write(errno).naming_full_disk(rank_dir).to_string();
+            let name = nix::errno::Errno::from_raw(errno).to_string();
+            assert!(
+                text.contains(&format!("in /store/job/rank0 ({name}")),
+                "{text}"
+            );
+            assert!(text.contains("Free space there"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_made_for_want_of_space_is_a_full_disk() {
+        let e = WriteError::CreateDir {
+            path: PathBuf::from("/store/job/rank0/.ckpt-000002.partial"),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let e = e.naming_full_disk(Path::new("/store/job/rank0"));
+        assert!(matches!(e, WriteError::NoSpace { .. }), "{e}");
+    }
+
+    #[test]
+    fn other_write_errors_are_left_as_they_are() {
+        let e = failed_write(libc::EIO).naming_full_disk(Path::new("/store/job/rank0"));
+        assert!(matches!(e, WriteError::Write { .. }), "{e}");
     }
 }

@@ -25,7 +25,7 @@ use copier::{Copier, Reply};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::os::fd::AsFd;
@@ -51,12 +51,20 @@ pub enum SuperviseError {
     },
     #[error(transparent)]
     Key(#[from] crate::image::auth::AuthError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
     #[error("supervisor setup failed ({what})")]
     Setup {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Checks, before a job is started or restored, that the control socket can be placed
+/// safely (see [`control::private_runtime_dir`]).
+pub fn check_runtime_dir() -> Result<(), SuperviseError> {
+    Ok(control::private_runtime_dir(&runtime_dir())?)
 }
 
 /// How the supervised process ended, as the supervisor's own exit code (128+N for signal N).
@@ -116,8 +124,7 @@ pub fn supervise(
     // to us, to be reaped: left to init, they might stay zombies, holding PIDs a restore
     // needs.
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| setup("child subreaper")(e.into()))?;
-    let (listener, socket) =
-        control::listen(&runtime_dir(), pid.as_raw()).map_err(setup("control socket"))?;
+    let (listener, socket) = control::listen(&runtime_dir(), pid.as_raw())?;
     let cleanup = RemoveOnDrop(socket);
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| setup("signalfd")(e.into()))?;
@@ -224,6 +231,11 @@ impl Supervisor<'_> {
 
     fn serve_requests(&self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
+            if let Err(refused) = control::check_client(&stream) {
+                eprintln!("mlckpt: control socket: {refused}");
+                respond(&stream, Err(refused));
+                continue;
+            }
             match control::read_request(&stream) {
                 Ok(request) => self.serve(request, stream),
                 Err(e) => respond(&stream, Err(format!("bad request: {e}"))),
@@ -303,16 +315,16 @@ fn reap(pid: Pid, is_child: bool) -> i32 {
         return 0;
     }
     loop {
-        match waitpid(pid, None) {
-            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                return exit_code(status);
-            }
+        // The raw status: nix cannot name a real-time signal, and a job may die of one.
+        match sys::wait_status(pid, 0) {
+            Ok(Some(status)) if libc::WIFEXITED(status) => return libc::WEXITSTATUS(status),
+            Ok(Some(status)) if libc::WIFSIGNALED(status) => return 128 + libc::WTERMSIG(status),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             // A checkpoint's tracer wait collected the exit first.
             Err(_) => {
                 return match ptrace::take_collected_exit(pid) {
                     Some(Stop::Exited(code)) => code,
-                    Some(Stop::Killed(sig)) => 128 + sig as i32,
+                    Some(Stop::Killed(sig)) => 128 + sig.0,
                     _ => 1,
                 };
             }
@@ -323,15 +335,17 @@ fn reap(pid: Pid, is_child: bool) -> i32 {
 /// Reaps the exited children that are not the job's root: processes of the job orphaned
 /// and handed to us as their subreaper. The root's exit is `reap`'s to collect.
 fn reap_orphans(root: Pid) {
-    use nix::sys::wait::{Id, WaitPidFlag, waitid};
-    let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    while let Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) =
-        waitid(Id::All, peek)
-    {
-        if pid == root {
+    while let Some(pid) = sys::exited_child() {
+        if pid == root.as_raw() {
             return;
         }
-        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        // Not collectable after all: leave it for the next SIGCHLD rather than spin.
+        if !matches!(
+            sys::wait_status(Pid::from_raw(pid), libc::WNOHANG),
+            Ok(Some(_))
+        ) {
+            return;
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use super::dump::{DumpError, DumpMode};
 use super::freeze::Frozen;
 use super::inspect;
 use super::memory::ProcessMemory;
+use super::ptrace::SignalNumber;
 use super::remote::{RemoteError, RemoteThread, find_gadget};
 use super::snapshot::Snapshot;
 use super::stub::{self, Expect, OP_BYTES, Op};
@@ -19,7 +20,6 @@ use super::threads::{self, KernelThreadState};
 use crate::image::format::{
     AltStack, PAGE_SIZE, PendingSignal, RobustList, SignalAction, ThreadState,
 };
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// What the frozen target told about its threads and itself.
@@ -147,7 +147,9 @@ fn capture_all(
     );
     let mut states = Vec::with_capacity(order.len());
     for ((&tid, regs), a) in order.iter().zip(&saved).zip(answers) {
-        states.push(threads::capture(tid, regs, mem, a.kernel)?);
+        // The mask from before the freeze: the frozen thread blocks nearly everything.
+        let sigmask = frozen.sigmask(tid);
+        states.push(threads::capture(tid, regs, mem, a.kernel, sigmask)?);
     }
     Ok(Captured {
         snapshot: None,
@@ -253,7 +255,7 @@ fn fork_snapshot(lead: &mut RemoteThread) -> Option<Snapshot> {
     }
 }
 
-pub fn hold(frozen: &mut Frozen, tid: Pid, sig: Option<Signal>) {
+pub fn hold(frozen: &mut Frozen, tid: Pid, sig: Option<SignalNumber>) {
     if let Some(sig) = sig {
         frozen.hold_signal(tid, sig);
     }

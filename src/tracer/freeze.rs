@@ -1,6 +1,6 @@
 //! Stopping every thread of a target, and letting them all go again.
 
-use super::ptrace::{self, PtraceError, Stop};
+use super::ptrace::{self, PtraceError, SignalNumber, Stop};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -36,9 +36,33 @@ pub enum FreezeError {
 #[derive(Debug)]
 pub struct FrozenThread {
     pub tid: Pid,
-    /// A signal that arrived while freezing; it is handed back on detach, so the target
-    /// sees it as if nothing happened.
-    pub pending: Option<Signal>,
+    /// A signal that reached a stop while mlckpt drove the thread (one the freeze could not
+    /// block); it is handed back on detach, so the target sees it as if nothing happened.
+    pub pending: Option<SignalNumber>,
+    /// The thread's own signal mask, once its signals are blocked (see `FROZEN_MASK`):
+    /// the mask the image records and the thread gets back. None before that.
+    pub sigmask: Option<u64>,
+}
+
+/// The signal mask of a frozen thread: everything but SIGKILL and SIGSTOP (which cannot be
+/// blocked) and the synchronous signals mlckpt's own injected code could raise. A signal
+/// sent while the target is frozen then stays queued in the kernel, in order, instead of
+/// stopping a thread that runs a remote syscall: at such a stop the kernel has already
+/// taken the signal off the queue, and only one per thread could be handed back on detach
+/// (real-time signals queue, so each lost one counts). A blocked SIGTRAP or SIGSEGV would
+/// be worse: the kernel forces such a signal through by resetting the target's handler.
+const FROZEN_MASK: u64 = !(bit(libc::SIGKILL)
+    | bit(libc::SIGSTOP)
+    | bit(libc::SIGTRAP)
+    | bit(libc::SIGSEGV)
+    | bit(libc::SIGBUS)
+    | bit(libc::SIGILL)
+    | bit(libc::SIGFPE)
+    | bit(libc::SIGSYS));
+
+/// Signal `signo`'s bit in a kernel signal mask.
+const fn bit(signo: i32) -> u64 {
+    1 << (signo - 1)
 }
 
 /// Every thread of a process, stopped. Dropping it lets them all run again.
@@ -121,8 +145,12 @@ impl Frozen {
                     });
                 }
             }
-            self.threads
-                .insert(tid.as_raw(), FrozenThread { tid, pending: None });
+            let thread = FrozenThread {
+                tid,
+                pending: None,
+                sigmask: None,
+            };
+            self.threads.insert(tid.as_raw(), thread);
             match ptrace::interrupt(tid) {
                 Ok(()) => seized.push(tid),
                 Err(PtraceError::Gone { .. }) => {
@@ -136,33 +164,60 @@ impl Frozen {
         Ok(seized)
     }
 
-    /// Waits for the interrupt stop; a signal that gets in first is held back for detach.
+    /// Waits for the interrupt stop, then blocks the thread's signals (`FROZEN_MASK`).
     ///
-    /// Any other stop that comes first (a signal, or the clone event of a thread being
-    /// born) consumes the pending interrupt: the kernel clears it at every trap. So the
-    /// thread is interrupted again once it is let go from that stop, or it would run on
-    /// and this wait would never end.
+    /// A signal that gets in first is delivered at once: it came before the freeze, and
+    /// delivered now it keeps its place among the signals queued behind it (the image then
+    /// holds the thread about to run its handler). Any other stop that comes first (a
+    /// signal, or the clone event of a thread being born) consumes the pending interrupt:
+    /// the kernel clears it at every trap. So the thread is interrupted again once it is
+    /// let go from that stop, or it would run on and this wait would never end.
     fn wait_interrupted(&mut self, tid: Pid) -> Result<(), FreezeError> {
         loop {
+            let mut deliver = None;
             match ptrace::wait_stop(tid, "freeze")? {
-                Stop::Interrupted => return Ok(()),
+                Stop::Interrupted => return self.quieten(tid),
                 Stop::Exited(_) | Stop::Killed(_) => {
                     self.threads.remove(&tid.as_raw());
                     return Ok(());
                 }
-                Stop::Signal(sig) => {
-                    if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
-                        t.pending = Some(sig);
-                    }
-                }
+                Stop::Signal(sig) => deliver = Some(sig),
                 Stop::Syscall | Stop::Event(_) => {}
             }
-            match ptrace::cont(tid, None).and_then(|()| ptrace::interrupt(tid)) {
+            match ptrace::cont(tid, deliver).and_then(|()| ptrace::interrupt(tid)) {
                 // Exiting: the next wait collects the exit.
                 Ok(()) | Err(PtraceError::Gone { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Blocks the signals of a thread in its interrupt stop, keeping its own mask. A thread
+    /// that is gone meanwhile is dropped; its exit is collected with the others'.
+    fn quieten(&mut self, tid: Pid) -> Result<(), FreezeError> {
+        let blocked = ptrace::get_sigmask(tid).and_then(|mask| {
+            ptrace::set_sigmask(tid, mask | FROZEN_MASK)?;
+            Ok(mask)
+        });
+        match blocked {
+            Ok(mask) => {
+                if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
+                    t.sigmask = Some(mask);
+                }
+                Ok(())
+            }
+            Err(PtraceError::Gone { .. }) => {
+                self.threads.remove(&tid.as_raw());
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The signal mask thread `tid` had before the freeze (None: its signals were never
+    /// blocked, its mask is its own).
+    pub fn sigmask(&self, tid: Pid) -> Option<u64> {
+        self.threads.get(&tid.as_raw()).and_then(|t| t.sigmask)
     }
 
     pub fn leader(&self) -> Pid {
@@ -174,7 +229,7 @@ impl Frozen {
     }
 
     /// Remembers a signal that a thread received while mlckpt drove it.
-    pub fn hold_signal(&mut self, tid: Pid, sig: Signal) {
+    pub fn hold_signal(&mut self, tid: Pid, sig: SignalNumber) {
         if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
             t.pending = Some(sig);
         }
@@ -189,16 +244,24 @@ impl Frozen {
     /// A dead tracee stays a zombie until its tracer collects it, and a thread group only
     /// finishes exiting when all its threads are collected: collect every thread but a
     /// leader whose parent we are (that exit status is the supervisor's to report).
+    ///
+    /// The other threads go first: the kernel reports a zombie leader only once every other
+    /// thread of its group has been collected, so waiting for it first waits forever. Each
+    /// wait is bounded all the same: a thread that does not end is named, not waited for.
     pub fn kill(&mut self) {
+        const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
         let _ = kill(self.pid, Signal::SIGKILL);
         self.released = true;
         let parent_is_us = parent_of(self.pid) == Some(nix::unistd::getpid());
-        for t in self.threads.values() {
-            if t.tid != self.pid || !parent_is_us {
-                while !matches!(
-                    ptrace::wait_stop(t.tid, "kill"),
-                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
-                ) {}
+        let others = self.threads.values().filter(|t| t.tid != self.pid);
+        let leader = self.threads.values().filter(|t| t.tid == self.pid);
+        for t in others.chain(leader.filter(|_| !parent_is_us)) {
+            if let Ok(false) = ptrace::wait_exit(t.tid, PATIENCE) {
+                eprintln!(
+                    "mlckpt: warning: thread {} of process {} did not end within {PATIENCE:?} \
+                     of SIGKILL",
+                    t.tid, self.pid
+                );
             }
         }
     }
@@ -207,14 +270,14 @@ impl Frozen {
         self.released = true;
         let mut first_error = None;
         for t in self.threads.values() {
-            match ptrace::detach(t.tid, t.pending) {
+            match give_back(t, t.pending) {
                 Ok(()) => {}
                 // ESRCH: gone, or still ours but not stopped (an operation that failed
                 // half-way let it run): stop it, then let it go, or it stays traced and
                 // no later checkpoint can seize it.
                 Err(PtraceError::Gone { .. }) => {
                     if tracer_of(self.pid, t.tid) == Some(nix::unistd::gettid())
-                        && let Err(e) = stop_and_detach(t.tid, t.pending)
+                        && let Err(e) = stop_and_detach(t)
                     {
                         first_error.get_or_insert(e);
                     }
@@ -228,15 +291,23 @@ impl Frozen {
     }
 }
 
+/// Lets a stopped thread go with its own signal mask back, delivering `sig`.
+fn give_back(t: &FrozenThread, sig: Option<SignalNumber>) -> Result<(), PtraceError> {
+    if let Some(mask) = t.sigmask {
+        ptrace::set_sigmask(t.tid, mask)?;
+    }
+    ptrace::detach(t.tid, sig)
+}
+
 /// Detaches a thread we trace that is running: interrupted first (PTRACE_DETACH needs a
 /// stopped tracee).
-fn stop_and_detach(tid: Pid, sig: Option<Signal>) -> Result<(), PtraceError> {
-    ptrace::interrupt(tid)?;
-    match ptrace::wait_stop(tid, "detach")? {
+fn stop_and_detach(t: &FrozenThread) -> Result<(), PtraceError> {
+    ptrace::interrupt(t.tid)?;
+    match ptrace::wait_stop(t.tid, "detach")? {
         Stop::Exited(_) | Stop::Killed(_) => Ok(()),
-        Stop::Interrupted | Stop::Syscall | Stop::Event(_) => ptrace::detach(tid, sig),
+        Stop::Interrupted | Stop::Syscall | Stop::Event(_) => give_back(t, t.pending),
         // A signal got in first: hand it on at detach.
-        Stop::Signal(s) => ptrace::detach(tid, Some(s)),
+        Stop::Signal(s) => give_back(t, Some(s)),
     }
 }
 

@@ -282,7 +282,8 @@ pub fn read_pending(
         let mut runs = Vec::new();
         match sink.store_batch(writer, mem, &batch, &mut runs, &mut Vec::new()) {
             Ok(()) => {}
-            Err(_) if !all_or_error => continue,
+            // Unreadable now; an image that cannot be written (a full disk) fails at once.
+            Err(DumpError::Memory(_)) if !all_or_error => continue,
             Err(e) => return Err(e),
         }
         for run in runs {

@@ -3,11 +3,11 @@
 //! nix covers the common requests; the x86 xstate regset, the signal mask and the rseq
 //! configuration are not in nix, so they are wrapped here once around a single raw call.
 
+use super::sys;
 use crate::image::format::{Registers, RseqState};
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 /// `NT_X86_XSTATE`: the full XSAVE area (not exported by libc or nix).
@@ -33,6 +33,32 @@ pub enum PtraceError {
 }
 
 pub type Result<T> = std::result::Result<T, PtraceError>;
+
+/// A signal number, real-time signals included. nix's `Signal` has no SIGRTMIN..SIGRTMAX,
+/// but a tracer sees every signal the target is sent: a stop for one it cannot name must
+/// not become an error (the kernel has already taken that signal off the queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SignalNumber(pub i32);
+
+impl SignalNumber {
+    pub const SIGTRAP: SignalNumber = SignalNumber(libc::SIGTRAP);
+    pub const SIGSTOP: SignalNumber = SignalNumber(libc::SIGSTOP);
+}
+
+impl From<Signal> for SignalNumber {
+    fn from(sig: Signal) -> Self {
+        SignalNumber(sig as i32)
+    }
+}
+
+impl std::fmt::Display for SignalNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Signal::try_from(self.0) {
+            Ok(sig) => f.write_str(sig.as_str()),
+            Err(_) => write!(f, "signal {}", self.0),
+        }
+    }
+}
 
 fn check(tid: Pid, op: &'static str, res: nix::Result<()>) -> Result<()> {
     res.map_err(|e| map_err(tid, op, e))
@@ -79,16 +105,30 @@ pub fn interrupt(tid: Pid) -> Result<()> {
     check(tid, "interrupt", ptrace::interrupt(tid))
 }
 
-pub fn detach(tid: Pid, sig: Option<Signal>) -> Result<()> {
-    check(tid, "detach", ptrace::detach(tid, sig))
+/// Lets the thread go, delivering `sig` (any signal, real-time ones included) if given.
+pub fn detach(tid: Pid, sig: Option<SignalNumber>) -> Result<()> {
+    resume(tid, "detach", libc::PTRACE_DETACH, sig)
 }
 
-pub fn cont(tid: Pid, sig: Option<Signal>) -> Result<()> {
-    check(tid, "cont", ptrace::cont(tid, sig))
+pub fn cont(tid: Pid, sig: Option<SignalNumber>) -> Result<()> {
+    resume(tid, "cont", libc::PTRACE_CONT, sig)
 }
 
-pub fn resume_to_syscall(tid: Pid, sig: Option<Signal>) -> Result<()> {
-    check(tid, "syscall", ptrace::syscall(tid, sig))
+pub fn resume_to_syscall(tid: Pid, sig: Option<SignalNumber>) -> Result<()> {
+    resume(tid, "syscall", libc::PTRACE_SYSCALL, sig)
+}
+
+/// A request that restarts a stopped thread, with the signal to deliver in `data`.
+fn resume(
+    tid: Pid,
+    op: &'static str,
+    request: libc::c_uint,
+    sig: Option<SignalNumber>,
+) -> Result<()> {
+    let signo = sig.map_or(0, |s| s.0);
+    // SAFETY: for PTRACE_CONT, PTRACE_SYSCALL and PTRACE_DETACH the kernel reads `data` as
+    // a signal number, never as a pointer; `addr` is ignored.
+    unsafe { raw_request(tid, op, request, 0, signo as usize as *mut libc::c_void) }.map(drop)
 }
 
 /// Why a traced thread stopped (or that it ended).
@@ -100,10 +140,11 @@ pub enum Stop {
     Syscall,
     /// Another ptrace event (clone, exec, exit ...), with its number.
     Event(i32),
-    /// A signal is about to be delivered; the tracer decides whether it is.
-    Signal(Signal),
+    /// A signal is about to be delivered; the tracer decides whether it is. The kernel
+    /// has taken it off the queue: resumed without it, it is lost.
+    Signal(SignalNumber),
     Exited(i32),
-    Killed(Signal),
+    Killed(SignalNumber),
 }
 
 /// Exits that a tracer wait collected. The tracer of a process is often also its parent
@@ -121,32 +162,72 @@ pub fn take_collected_exit(pid: Pid) -> Option<Stop> {
 /// Waits for the next stop of one thread (`__WALL`: threads are not children).
 pub fn wait_stop(tid: Pid, op: &'static str) -> Result<Stop> {
     let stop = wait_stop_raw(tid, op)?;
+    remember_exit(tid, stop);
+    Ok(stop)
+}
+
+fn remember_exit(tid: Pid, stop: Stop) {
     if matches!(stop, Stop::Exited(_) | Stop::Killed(_)) {
         let mut exits = COLLECTED_EXITS.lock().unwrap_or_else(|e| e.into_inner());
         exits.push((tid.as_raw(), stop));
     }
-    Ok(stop)
 }
 
 fn wait_stop_raw(tid: Pid, op: &'static str) -> Result<Stop> {
     loop {
-        let status = match waitpid(tid, Some(WaitPidFlag::__WALL)) {
-            Err(Errno::EINTR) => continue,
+        let status = match sys::wait_status(tid, libc::__WALL) {
+            Err(Errno::EINTR) | Ok(None) => continue,
             Err(e) => return Err(map_err(tid, op, e)),
-            Ok(s) => s,
+            Ok(Some(s)) => s,
         };
-        return Ok(match status {
-            WaitStatus::Exited(_, code) => Stop::Exited(code),
-            WaitStatus::Signaled(_, sig, _) => Stop::Killed(sig),
-            WaitStatus::Stopped(_, sig) => Stop::Signal(sig),
-            WaitStatus::PtraceSyscall(_) => Stop::Syscall,
-            WaitStatus::PtraceEvent(_, _, event) if event == libc::PTRACE_EVENT_STOP => {
-                Stop::Interrupted
-            }
-            WaitStatus::PtraceEvent(_, _, event) => Stop::Event(event),
-            WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
-        });
+        if let Some(stop) = decode_status(status) {
+            return Ok(stop);
+        }
     }
+}
+
+/// Waits until thread `tid` has ended (and collects it), for at most `patience`.
+/// `Ok(false)`: it has not ended by then.
+pub fn wait_exit(tid: Pid, patience: std::time::Duration) -> Result<bool> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match sys::wait_status(tid, libc::__WALL | libc::WNOHANG) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(map_err(tid, "wait for exit", e)),
+            Ok(Some(status)) => {
+                if let Some(stop @ (Stop::Exited(_) | Stop::Killed(_))) = decode_status(status) {
+                    remember_exit(tid, stop);
+                    return Ok(true);
+                }
+            }
+            Ok(None) if std::time::Instant::now() >= deadline => return Ok(false),
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+}
+
+/// What a `waitpid` status says about a traced thread; None for "continued".
+fn decode_status(status: i32) -> Option<Stop> {
+    if libc::WIFEXITED(status) {
+        return Some(Stop::Exited(libc::WEXITSTATUS(status)));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Some(Stop::Killed(SignalNumber(libc::WTERMSIG(status))));
+    }
+    if !libc::WIFSTOPPED(status) {
+        return None;
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    Some(if sig == libc::SIGTRAP | 0x80 {
+        Stop::Syscall
+    } else if event == libc::PTRACE_EVENT_STOP {
+        Stop::Interrupted
+    } else if event != 0 {
+        Stop::Event(event)
+    } else {
+        Stop::Signal(SignalNumber(sig))
+    })
 }
 
 pub fn get_regs(tid: Pid) -> Result<Registers> {
@@ -353,3 +434,40 @@ convert_registers!(
     r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs,
     eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stop status as the kernel encodes it: signal and event in the high bytes, 0x7f.
+    fn stopped(sig: i32, event: i32) -> i32 {
+        (((event << 8) | sig) << 8) | 0x7f
+    }
+
+    #[test]
+    fn real_time_signals_are_named_not_refused() {
+        let rt = libc::SIGRTMIN();
+        assert_eq!(
+            decode_status(stopped(rt, 0)),
+            Some(Stop::Signal(SignalNumber(rt)))
+        );
+        assert_eq!(decode_status(rt), Some(Stop::Killed(SignalNumber(rt))));
+        assert_eq!(SignalNumber(rt).to_string(), format!("signal {rt}"));
+        assert_eq!(SignalNumber::SIGTRAP.to_string(), "SIGTRAP");
+    }
+
+    #[test]
+    fn ptrace_stops_are_told_apart() {
+        assert_eq!(decode_status(3 << 8), Some(Stop::Exited(3)));
+        let syscall = stopped(libc::SIGTRAP | 0x80, 0);
+        assert_eq!(decode_status(syscall), Some(Stop::Syscall));
+        let interrupt = stopped(libc::SIGTRAP, libc::PTRACE_EVENT_STOP);
+        assert_eq!(decode_status(interrupt), Some(Stop::Interrupted));
+        let clone = stopped(libc::SIGTRAP, libc::PTRACE_EVENT_CLONE);
+        assert_eq!(
+            decode_status(clone),
+            Some(Stop::Event(libc::PTRACE_EVENT_CLONE))
+        );
+        assert_eq!(decode_status(0xffff), None); // continued
+    }
+}

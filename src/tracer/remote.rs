@@ -6,9 +6,8 @@
 //! `stub`), loaded into a page mapped for it, to its final `int3`.
 
 use super::memory::ProcessMemory;
-use super::ptrace::{self, PtraceError, Stop};
+use super::ptrace::{self, PtraceError, SignalNumber, Stop};
 use crate::image::format::Registers;
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// Kernel-internal "restart me" codes a thread shows while stopped inside a syscall
@@ -42,8 +41,9 @@ pub struct RemoteThread {
     tid: Pid,
     saved: Registers,
     gadget: u64,
-    /// Signals that arrived while borrowed, to hand back on detach.
-    pub held_signal: Option<Signal>,
+    /// A signal that stopped the thread while borrowed, to hand back on detach. A frozen
+    /// thread blocks all signals but a few (see `freeze`), so this is one of those.
+    pub held_signal: Option<SignalNumber>,
     /// The thread sits in a syscall-exit stop (after `syscall`), where the kernel applies
     /// no syscall-restart logic any more; after a stub run it sits in a signal-delivery
     /// stop, where it still does.
@@ -117,7 +117,7 @@ impl RemoteThread {
     pub fn wait_stub(&mut self, done_rip: u64) -> Result<(), RemoteError> {
         loop {
             match ptrace::wait_stop(self.tid, "injected code")? {
-                Stop::Signal(Signal::SIGTRAP) => {
+                Stop::Signal(SignalNumber::SIGTRAP) => {
                     self.at_syscall_exit = false;
                     let rip = ptrace::get_regs(self.tid)?.rip;
                     if rip == done_rip {
@@ -188,7 +188,7 @@ impl RemoteThread {
     /// Puts the thread's registers back. In a syscall-exit stop the kernel no longer
     /// restarts an interrupted syscall by itself, so do what it would have done on the way
     /// out of the original stop; in a signal-delivery stop it still will.
-    pub fn finish(self) -> Result<Option<Signal>, RemoteError> {
+    pub fn finish(self) -> Result<Option<SignalNumber>, RemoteError> {
         let regs = if self.at_syscall_exit {
             live_restart(&self.saved)
         } else {

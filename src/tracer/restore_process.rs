@@ -4,7 +4,7 @@
 //! final registers are left. `restore` sits above it and handles the job as a tree.
 
 use super::child::{ChildFailure, ChildPlan, Leadership, PlannedFile, Step};
-use super::ptrace::{self, Stop};
+use super::ptrace::{self, SignalNumber, Stop};
 use super::restore::{OpenObjects, RestoreError, RestoreOptions, SharedMemories, sys_err};
 use super::rethread::Rethreader;
 use super::stub::{self, Expect, Op};
@@ -16,7 +16,6 @@ use crate::image::format::{
 };
 use crate::objects::contents;
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -748,7 +747,7 @@ pub(super) fn drive_child<'a>(
     loop {
         let stop = ptrace::wait_stop(child, "restore")?;
         match stop {
-            Stop::Signal(Signal::SIGTRAP) => break,
+            Stop::Signal(SignalNumber::SIGTRAP) => break,
             Stop::Interrupted | Stop::Event(_) | Stop::Syscall => ptrace::cont(child, None)?,
             Stop::Signal(sig) => return Err(crash_report(child, sig, area)),
             other => return Err(RestoreError::Unexpected(format!("{other:?}"))),
@@ -777,7 +776,7 @@ pub(super) fn drive_child<'a>(
 }
 
 /// Where a process under restore crashed, in terms of the stub's program if it was there.
-pub(super) fn crash_report(child: Pid, sig: Signal, area: &StubArea) -> RestoreError {
+pub(super) fn crash_report(child: Pid, sig: SignalNumber, area: &StubArea) -> RestoreError {
     let Ok(regs) = ptrace::get_regs(child) else {
         return RestoreError::Unexpected(format!("{sig}"));
     };

@@ -178,7 +178,7 @@ impl<'a> Rethreader<'a> {
         )?;
         set_final_state(self.pid, &self.threads[0])?;
         let (first, later) = match (stopped, self.main.held_signal) {
-            (true, None) => (Some(nix::sys::signal::Signal::SIGSTOP), None),
+            (true, None) => (Some(ptrace::SignalNumber::SIGSTOP), None),
             (true, held) => (held, Some(nix::sys::signal::Signal::SIGSTOP)),
             (false, held) => (held, None),
         };

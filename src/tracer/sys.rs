@@ -127,6 +127,16 @@ pub fn set_process_group(pid: i32, pgid: i32) -> Result<(), Errno> {
     int_syscall(libc::SYS_setpgid, [pid as u64, pgid as u64, 0, 0, 0, 0]).map(drop)
 }
 
+/// `waitpid(pid, &status, flags)`: the raw status, or None when `WNOHANG` found nothing.
+/// Raw, because nix's `WaitStatus` cannot hold a real-time signal (its conversion fails
+/// after the status was already collected).
+pub fn wait_status(pid: Pid, flags: i32) -> Result<Option<i32>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a live c_int the kernel writes; nothing else is touched.
+    let ret = unsafe { libc::waitpid(pid.as_raw(), &raw mut status, flags) };
+    Ok((Errno::result(ret)? != 0).then_some(status))
+}
+
 /// Waits until child `pid` has exited, leaving it a zombie (`waitid(WEXITED | WNOWAIT)`).
 pub fn wait_exited_keep(pid: i32) -> Result<(), Errno> {
     let mut info = [0u8; 128];
@@ -145,6 +155,27 @@ pub fn wait_exited_keep(pid: i32) -> Result<(), Errno> {
             other => return other.map(drop),
         }
     }
+}
+
+/// The PID of an exited child of the caller, left unreaped (`waitid(P_ALL, WEXITED |
+/// WNOHANG | WNOWAIT)`); None when none has exited. Raw: nix's `waitid` fails on a child
+/// killed by a real-time signal, which would then never be reaped.
+pub fn exited_child() -> Option<i32> {
+    /// `si_pid` in a SIGCHLD `siginfo_t` (after signo, errno, code and padding).
+    const SI_PID: usize = 16;
+    let mut info = [0u8; 128];
+    let args = [
+        libc::P_ALL as u64,
+        0,
+        (&raw mut info) as u64,
+        (libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) as u64,
+        0,
+        0,
+    ];
+    // SAFETY: the kernel writes one siginfo_t (128 bytes) into `info`.
+    unsafe { raw_syscall(libc::SYS_waitid, args) }.ok()?;
+    let pid = i32::from_ne_bytes(info[SI_PID..SI_PID + 4].try_into().ok()?);
+    (pid > 0).then_some(pid)
 }
 
 /// Takes every pending (blocked) `signo` off the calling thread and its process.

@@ -38,13 +38,19 @@ pub struct KernelThreadState {
     pub robust_list: Option<RobustList>,
 }
 
-/// Captures frozen thread `tid`, whose registers at the freeze were `regs`.
+/// Captures frozen thread `tid`, whose registers at the freeze were `regs`, and whose
+/// signal mask was `sigmask` (None: the thread's mask now is still its own).
 pub fn capture(
     tid: Pid,
     regs: &Registers,
     mem: &ProcessMemory,
     kernel: KernelThreadState,
+    sigmask: Option<u64>,
 ) -> Result<ThreadState, ThreadError> {
+    let sigmask = match sigmask {
+        Some(mask) => mask,
+        None => ptrace::get_sigmask(tid)?,
+    };
     let rseq = ptrace::get_rseq(tid)?;
     let (mut resume, syscall) = resume_state(tid, regs, mem)?;
     if let Some(rseq) = rseq {
@@ -56,7 +62,7 @@ pub fn capture(
         affinity: kernel.affinity,
         regs: resume,
         xstate: ptrace::get_xstate(tid)?,
-        sigmask: ptrace::get_sigmask(tid)?,
+        sigmask,
         pending_signals: pending_signals(tid, false)?,
         rseq,
         robust_list: kernel.robust_list,
