@@ -208,7 +208,7 @@ fn try_candidate(
 ) -> (Verdict, Option<anyhow::Result<(Image, Restored)>>) {
     let bad = |e: &image::verify::VerifyError| Verdict::Bad {
         what: e.verdict(),
-        why: e.to_string(),
+        why: mlckpt::error_chain(e),
     };
     let (image, pages) = match image::open_checked(&c.path) {
         Ok(opened) => opened,

@@ -1,9 +1,11 @@
 //! The on-disk image: manifest, page data and checksums. Knows nothing about ptrace.
 
 pub mod format;
+pub mod name;
 pub mod pagebuf;
 pub mod reader;
 pub mod store;
+pub mod validate;
 pub mod verify;
 pub mod writer;
 
@@ -96,6 +98,14 @@ fn check_parents(image: &Image) -> Result<ParentChecks, verify::VerifyError> {
         let pages_bytes = reader::Image::open(&dir)
             .ok()
             .map(|i| i.manifest.pages_bytes);
+        if let Some(bytes) = pages_bytes {
+            validate::check_parent_pages(&image.manifest, parent.seq, bytes).map_err(|source| {
+                reader::ReadError::Invalid {
+                    path: image.dir.join(format::MANIFEST_FILE),
+                    source,
+                }
+            })?;
+        }
         let to_check =
             verify::check_dir(&dir, pages_bytes).map_err(|source| VerifyError::BrokenParent {
                 image: image.dir.clone(),

@@ -31,6 +31,12 @@ pub enum ReadError {
          {OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}; use the mlckpt version that wrote it"
     )]
     Version { path: PathBuf, found: u64 },
+    #[error("{path} does not describe a consistent image")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: super::validate::InvalidManifest,
+    },
 }
 
 /// A committed image directory.
@@ -46,6 +52,11 @@ impl Image {
         let text = read_limited(&path)?;
         check_format(&path, &text)?;
         let manifest = serde_json::from_slice(&text).map_err(|source| ReadError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        // Before anyone uses it: a restore must not build anything from an inconsistent one.
+        super::validate::validate(&manifest).map_err(|source| ReadError::Invalid {
             path: path.clone(),
             source,
         })?;

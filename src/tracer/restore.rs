@@ -38,6 +38,11 @@ pub enum RestoreError {
     )]
     Cpu { image: u64, here: u64 },
     #[error(
+        "the image holds {image} bytes of register state (xstate) per thread, this CPU/kernel \
+         takes at most {here}; restore on a node with the same CPU type"
+    )]
+    Xstate { image: u32, here: u32 },
+    #[error(
         "{path} changed since the checkpoint ({what}); the image relies on it. Restore the \
          original file or pass --keep-files to accept the change for open files"
     )]
@@ -81,6 +86,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
+    Invalid(#[from] crate::image::validate::InvalidManifest),
+    #[error(transparent)]
     Ptrace(#[from] PtraceError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -120,6 +127,8 @@ pub fn restore(
     pages_verified: impl FnOnce() -> Result<(), VerifyError>,
 ) -> Result<Restored, RestoreError> {
     let m = &image.manifest;
+    // The reader validated it; an image built by other means is checked here all the same.
+    crate::image::validate::validate(m)?;
     let procs = m.processes();
     if procs.iter().any(|p| p.threads.is_empty()) {
         return Err(RestoreError::NoThreads);
@@ -248,6 +257,13 @@ fn preflight(
             here: xcr0,
         });
     }
+    let xstate_here = sys::xstate_size();
+    if xstate_here > 0 && m.cpu.xstate_size > xstate_here {
+        return Err(RestoreError::Xstate {
+            image: m.cpu.xstate_size,
+            here: xstate_here,
+        });
+    }
     let pids = procs
         .iter()
         .map(|p| p.process.pid)
@@ -272,7 +288,13 @@ fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
     procs
         .iter()
         .map(|p| {
-            let top = p.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+            let top = p
+                .fds
+                .iter()
+                .map(|f| f.fd.saturating_add(1))
+                .max()
+                .unwrap_or(3)
+                .max(3);
             let mut files: Vec<&str> = Vec::new();
             let mut shm: Vec<u64> = Vec::new();
             for r in p.regions {
@@ -285,7 +307,7 @@ fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
                 }
             }
             let helpers = 2 + m.parents.len() + files.len() + shm.len();
-            top + helpers as i32
+            top.saturating_add(i32::try_from(helpers).unwrap_or(i32::MAX))
         })
         .max()
         .unwrap_or(3)
@@ -324,7 +346,7 @@ impl SharedMemories {
         for r in procs.iter().flat_map(|p| p.regions) {
             if let (Backing::SharedAnonymous, Some(o)) = (&r.backing, r.shared_object) {
                 let end = sizes.entry(o.id).or_default();
-                *end = (*end).max(o.offset + r.len());
+                *end = (*end).max(o.offset.saturating_add(r.len()));
             }
         }
         let mut by_id = BTreeMap::new();

@@ -603,6 +603,29 @@ pub fn damage(file: &Path, how: Damage) {
     }
 }
 
+/// Edits the manifest of the image at `image` with `edit`, then rewrites its CHECKSUMS line
+/// as the writer does (`<blake3 hex>  manifest.json`): only the validator can catch the edit.
+pub fn rewrite_manifest(image: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    let text = serde_json::to_vec_pretty(&manifest).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let sums_path = image.join("CHECKSUMS");
+    let sums = std::fs::read_to_string(&sums_path).unwrap();
+    let hash = blake3::hash(&text).to_hex().to_string();
+    let rewritten: String = sums
+        .lines()
+        .map(|line| match line.split_once("  ") {
+            Some((_, "manifest.json")) => format!("{hash}  manifest.json\n"),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assert_ne!(sums, rewritten, "CHECKSUMS has no manifest.json line");
+    std::fs::write(&sums_path, rewritten).unwrap();
+}
+
 /// Copies the flat image directory `image` to `<to>/<image's name>`.
 pub fn copy_image(image: &Path, to: &Path) -> PathBuf {
     let copy = to.join(image.file_name().unwrap());
