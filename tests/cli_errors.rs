@@ -168,3 +168,57 @@ fn restore_while_the_pid_is_in_use() {
     let total = before.matches('\n').count();
     assert_resumed(&reference, &before, &after, asked..total, pid, new_pid);
 }
+
+/// `--job` becomes a directory name: a path (`../../x`, `/abs`), an empty name or odd
+/// characters are usage errors on every command that takes it, and nothing is created.
+/// Out-of-range ranks likewise.
+#[test]
+fn job_names_and_ranks_that_are_not_directory_names_are_refused() {
+    let h = Harness::new("badjob");
+    let marker = h.dir.path().join("started");
+    let cfg = h.config.to_str().unwrap();
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("60");
+    let sleeper = Proc::spawn("sleep", sleep, None);
+    let live_pid = sleeper.child_pid().to_string();
+    for name in ["../../x", "/abs", "", "a b", ".hidden", &"n".repeat(200)] {
+        let commands: [Vec<&str>; 5] = [
+            vec!["run", "--job", name, "--config", cfg, "--", "touch"],
+            vec!["attach", "--job", name, "--config", cfg, &live_pid],
+            vec!["checkpoint", &live_pid, "--job", name, "--config", cfg],
+            vec!["restore", "--auto", "--job", name, "--config", cfg],
+            vec!["list", "--job", name, "--config", cfg],
+        ];
+        for mut args in commands {
+            if args[0] == "run" {
+                args.push(marker.to_str().unwrap());
+            }
+            let res = h.mlckpt(&args).expect_code(2);
+            assert!(
+                res.stderr.contains("--job") && res.stderr.contains("cannot be a job name"),
+                "the error should say {name:?} cannot be a job name\n{}",
+                res.describe()
+            );
+            assert!(!res.stderr.contains("panicked"), "{}", res.describe());
+        }
+    }
+    for rank in ["-1", "99999999999", "16777216"] {
+        let res = h
+            .mlckpt(&["run", "--rank", rank, "--config", cfg, "--", "true"])
+            .expect_code(2);
+        assert!(res.stderr.contains("rank"), "{}", res.describe());
+    }
+    let res = h
+        .start_with_env(
+            &["run", "--config", cfg, "--", "true"],
+            &[("MLCKPT_RANK", "16777216")],
+            None,
+        )
+        .finish(CMD_TIMEOUT)
+        .expect_code(2);
+    assert!(res.stderr.contains("too large"), "{}", res.describe());
+    assert!(!marker.exists(), "run started the program");
+    assert!(!h.dir.path().join("x").exists() && !Path::new("/abs").exists());
+    assert!(h.images().is_empty(), "images: {:?}", h.images());
+    drop(sleeper);
+}

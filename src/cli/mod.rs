@@ -31,7 +31,7 @@ pub struct JobArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Job name (default: [job] name in the config, else the program's file name)
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_job_name)]
     pub job: Option<String>,
     /// Rank of this process (default: MLCKPT_RANK, SLURM_PROCID, OMPI_COMM_WORLD_RANK, PMI_RANK, else 0)
     #[arg(long, value_name = "R")]
@@ -111,6 +111,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+/// `--job`: a name that becomes a directory name, checked as the config's `[job] name` is.
+fn parse_job_name(name: &str) -> Result<String, String> {
+    mlckpt::image::name::check_job_name(name)
+        .map(|()| name.to_string())
+        .map_err(|e| format!("{name:?} cannot be a job name: it {e}"))
 }
 
 /// Exit codes of design.md §2.
@@ -199,9 +206,10 @@ pub fn job_name(args: &JobArgs, config: &Config, program: &str) -> String {
         .clone()
         .or_else(|| config.job.name.clone())
         .unwrap_or_else(|| {
-            std::path::Path::new(program)
+            let file_name = std::path::Path::new(program)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "job".into())
+                .unwrap_or_default();
+            mlckpt::image::name::job_name_from_program(&file_name)
         })
 }

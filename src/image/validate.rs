@@ -650,4 +650,6 @@ fn check_fds(c: &mut Checker, at: &str, fds: &[FdState], objects: &BTreeMap<u64,
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

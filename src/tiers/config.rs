@@ -26,6 +26,10 @@ pub const FILE_NAME: &str = "mlckpt.toml";
 const DEFAULT_KEEP: u32 = 2;
 const DEFAULT_LOCAL_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_FULL_EVERY: u32 = 10;
+/// The shortest interval a tier may have (`docs/configuration.md`). A checkpoint takes
+/// milliseconds at best, so anything shorter only keeps the job frozen; sub-second
+/// intervals remain for tests that need checkpoints back to back.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 const SECTIONS: &str = "[job], [storage], [interval], [image] and [topology]";
 const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
 
@@ -545,10 +549,13 @@ fn seconds(
         ));
     }
     match Duration::try_from_secs_f64(secs) {
-        Ok(d) if d.is_zero() && secs > 0.0 => Err(src.invalid(
+        Ok(d) if secs > 0.0 && d < MIN_INTERVAL => Err(src.invalid(
             span,
             key,
-            format!("{secs} seconds is below the 1 ns resolution; {off_hint}"),
+            format!(
+                "{secs} seconds is shorter than the minimum, {} s; {off_hint}",
+                MIN_INTERVAL.as_secs_f64()
+            ),
         )),
         Ok(d) => Ok(d),
         Err(_) => Err(src.invalid(span, key, format!("{secs} seconds is too long; {off_hint}"))),
@@ -587,14 +594,14 @@ fn count(
 fn job_name(src: &Source<'_>, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let (span, name) = (raw.span(), raw.into_inner());
-    let bad = name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']);
-    if bad {
-        let msg = format!(
-            "{name:?} cannot be a directory name; use letters, digits, `-`, `_` or `.`, no `/`"
-        );
-        return Err(src.invalid(span, "job.name", msg));
+    match crate::image::name::check_job_name(&name) {
+        Ok(()) => Ok(Some(name)),
+        Err(e) => Err(src.invalid(
+            span,
+            "job.name",
+            format!("{name:?} cannot be a job name: it {e}"),
+        )),
     }
-    Ok(Some(name))
 }
 
 fn storage(src: &Source<'_>, raw: RawStorage, base: &Path) -> Result<StorageConfig, ConfigError> {
@@ -1094,6 +1101,28 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert_at(&err("[job]\nname = \"a/b\"\n"), 2, "job.name");
         assert_at(&err("[job]\nname = \"..\"\n"), 2, "job.name");
         assert_at(&err("[job]\nname = \"\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"../../x\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"/abs\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"a b\"\n"), 2, "job.name");
+        assert_at(
+            &err(&format!("[job]\nname = \"{}\"\n", "x".repeat(200))),
+            2,
+            "job.name",
+        );
+    }
+
+    #[test]
+    fn intervals_below_the_minimum_are_refused() {
+        let message = err("[interval]\nlocal = 1e-9\n");
+        assert_at(&message, 2, "interval.local");
+        assert!(message.contains("minimum"), "{message}");
+        assert_at(
+            &err("[interval]\npartner = 0.0009\n"),
+            2,
+            "interval.partner",
+        );
+        let ok = Config::parse("[interval]\nlocal = 0.001\n", Path::new(ORIGIN)).unwrap();
+        assert_eq!(ok.interval.local, MIN_INTERVAL);
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn fd(n: i32, kind: FdKind, path: &str, object: Option<u64>) -> FdState {
 }
 
 /// A two-process, incremental image that passes.
-fn sample() -> Manifest {
+pub(super) fn sample() -> Manifest {
     Manifest {
         format: crate::image::format::FORMAT_VERSION,
         mlckpt_version: "0.1.0".into(),
