@@ -176,8 +176,15 @@ fn is_usage_error(e: &(dyn std::error::Error + 'static)) -> bool {
         )
 }
 
+/// The config, for commands that only read images: nothing is created.
 pub fn load_config(args: &JobArgs) -> anyhow::Result<Config> {
     Ok(Config::load(args.config.as_deref())?)
+}
+
+/// The config, for commands that write images: storage directories are created and
+/// checked writable before the job starts.
+pub fn load_config_for_writing(args: &JobArgs) -> anyhow::Result<Config> {
+    Ok(Config::load_for_writing(args.config.as_deref())?)
 }
 
 /// Rank, node and partner from `--rank`, the launcher's environment and `[topology]`.
@@ -192,7 +199,7 @@ pub fn topology(args: &JobArgs, config: &Config) -> anyhow::Result<Topology> {
 /// The job context for an existing process: its program names the job unless told.
 pub fn context_for_pid(args: &JobArgs, pid: i32) -> anyhow::Result<JobContext> {
     use anyhow::Context;
-    let config = load_config(args)?;
+    let config = load_config_for_writing(args)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .with_context(|| format!("process {pid} does not exist"))?;
     let job = job_name(args, &config, &exe.to_string_lossy());

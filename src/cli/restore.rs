@@ -5,7 +5,7 @@
 //! only once its pages proved intact. With `--auto`, a candidate whose pages turn out
 //! damaged is dropped (its process killed) and the next one is tried.
 
-use super::{JobArgs, load_config, topology};
+use super::{JobArgs, load_config_for_writing, topology};
 use anyhow::{Context, bail};
 use mlckpt::image::{self, Image, PageCheck};
 use mlckpt::supervisor::{self, JobContext, Lineage};
@@ -28,7 +28,7 @@ pub fn restore(
     detach: bool,
     flags: Flags,
 ) -> anyhow::Result<i32> {
-    let config = load_config(args)?;
+    let config = load_config_for_writing(args)?;
     let opts = RestoreOptions {
         new_pid: flags.new_pid,
         keep_files: flags.keep_files,

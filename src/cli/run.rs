@@ -1,13 +1,13 @@
 //! `mlckpt run` and `mlckpt attach`.
 
-use super::{JobArgs, job_name, load_config, topology};
+use super::{JobArgs, job_name, load_config_for_writing, topology};
 use anyhow::Context;
 use mlckpt::supervisor::{self, JobContext, Lineage};
 use nix::unistd::Pid;
 use std::process::Command;
 
 pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
-    let config = load_config(args)?;
+    let config = load_config_for_writing(args)?;
     let job = job_name(args, &config, &argv[0]);
     let topology = topology(args, &config)?;
     let ctx = JobContext::new(config, job, topology);
