@@ -222,3 +222,66 @@ fn job_names_and_ranks_that_are_not_directory_names_are_refused() {
     assert!(h.images().is_empty(), "images: {:?}", h.images());
     drop(sleeper);
 }
+
+/// A target that has exited (a zombie its parent has not collected) is named as such, not
+/// as a failure to open its memory or a missing process.
+#[test]
+fn checkpoint_of_an_exited_process_says_it_exited() {
+    let h = Harness::new("exited");
+    // The shell's background child exits at once; `exec sleep` never collects it.
+    let mut parent = std::process::Command::new("sh");
+    parent
+        .args(["-c", "true & echo $!; exec sleep 30"])
+        .stdout(std::process::Stdio::piped());
+    let mut parent = parent.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let zombie: i32 = line.trim().parse().unwrap();
+    wait_until("the child is a zombie", || {
+        std::fs::read_to_string(format!("/proc/{zombie}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|f| f.trim_start().starts_with('Z'))
+        })
+    });
+    let res = h
+        .mlckpt(&[
+            "checkpoint",
+            &zombie.to_string(),
+            "--config",
+            h.config.to_str().unwrap(),
+        ])
+        .expect_code(1);
+    let _ = parent.kill();
+    let _ = parent.wait();
+    assert!(
+        res.stderr.contains(&format!("process {zombie} has exited")),
+        "the error should say process {zombie} has exited\n{}",
+        res.describe()
+    );
+    assert!(
+        !res.stderr.contains("memory") && !res.stderr.contains("does not exist"),
+        "{}",
+        res.describe()
+    );
+    assert!(h.images().is_empty(), "images: {:?}", h.images());
+}
+
+/// An interval below the documented minimum is a usage error naming the key.
+#[test]
+fn an_interval_below_the_minimum_is_refused() {
+    let h = Harness::new("tinyinterval");
+    h.set_config("[interval]\nlocal = 1e-9\n");
+    let res = h
+        .mlckpt(&["run", "--config", h.config.to_str().unwrap(), "--", "true"])
+        .expect_code(2);
+    assert!(
+        res.stderr.contains("interval.local") && res.stderr.contains("minimum"),
+        "the error should name interval.local and the minimum\n{}",
+        res.describe()
+    );
+}

@@ -199,9 +199,12 @@ pub fn topology(args: &JobArgs, config: &Config) -> anyhow::Result<Topology> {
 /// The job context for an existing process: its program names the job unless told.
 pub fn context_for_pid(args: &JobArgs, pid: i32) -> anyhow::Result<JobContext> {
     use anyhow::Context;
+    // First: whether there is a process we may trace at all (it may have exited, or be
+    // someone else's) says more than any later step failing on it.
+    mlckpt::tracer::access::check_target(nix::unistd::Pid::from_raw(pid))?;
     let config = load_config_for_writing(args)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .with_context(|| format!("process {pid} does not exist"))?;
+        .with_context(|| format!("cannot read the executable of process {pid}"))?;
     let job = job_name(args, &config, &exe.to_string_lossy());
     let topology = topology(args, &config)?;
     Ok(JobContext::new(config, job, topology))

@@ -28,6 +28,8 @@ pub fn restore(
     detach: bool,
     flags: Flags,
 ) -> anyhow::Result<i32> {
+    // Before anything is read or created: without it every restore fails half-way.
+    mlckpt::tracer::access::Privileges::current().check_restore()?;
     let config = load_config_for_writing(args)?;
     let opts = RestoreOptions {
         new_pid: flags.new_pid,
