@@ -177,7 +177,8 @@ fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Im
     let mut outcome: Option<anyhow::Result<(Image, Restored)>> = None;
     let choice = recovery::choose(recovery::candidates(&dirs), |c| {
         let (verdict, result) = try_candidate(c, &tracking_from(opts, &c.path, ctx));
-        print_candidate(c, &verdict);
+        let restored = matches!(result, Some(Ok(_)));
+        print_candidate(c, &verdict, restored);
         outcome = result;
         verdict
     });
@@ -229,7 +230,9 @@ fn try_candidate(
     }
 }
 
-fn print_candidate(c: &Candidate, verdict: &Verdict) {
+/// A candidate's line: its verdict, and whether it was chosen (intact and restored) or
+/// intact but the restore itself failed (the error follows).
+fn print_candidate(c: &Candidate, verdict: &Verdict, restored: bool) {
     let head = format!(
         "mlckpt: candidate seq {} {} ({})",
         c.seq,
@@ -237,7 +240,10 @@ fn print_candidate(c: &Candidate, verdict: &Verdict) {
         c.path.display()
     );
     match verdict {
-        Verdict::Ok => eprintln!("{head}: ok -> chosen"),
+        Verdict::Ok if restored => eprintln!("{head}: ok -> chosen"),
+        Verdict::Ok => {
+            eprintln!("{head}: intact (with every image it needs), but restoring it failed")
+        }
         Verdict::Bad { what, why } => eprintln!("{head}: {what} ({why})"),
     }
 }

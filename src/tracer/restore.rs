@@ -120,11 +120,27 @@ pub struct Restored {
 /// under it as they were) and lets them run.
 /// `pages_verified` says whether the image's page contents are intact (the caller may be
 /// checking them while they are read): it is asked before anything that cannot be undone,
-/// cutting back files or letting the processes run; on failure they are killed.
+/// cutting back files or letting the processes run; on failure they are killed. A restore
+/// that fails before it asked asks anyway: damaged pages (of the image or a parent) are
+/// then the error, so that `restore --auto` passes over the image instead of stopping.
 pub fn restore(
     image: &Image,
     opts: &RestoreOptions,
     pages_verified: impl FnOnce() -> Result<(), VerifyError>,
+) -> Result<Restored, RestoreError> {
+    let mut check = Some(pages_verified);
+    let mut verified = || check.take().map_or(Ok(()), |verify| verify());
+    let result = rebuild(image, opts, &mut verified);
+    match (result, verified()) {
+        (Err(_), Err(damage)) => Err(RestoreError::Verify(damage)),
+        (result, _) => result,
+    }
+}
+
+fn rebuild(
+    image: &Image,
+    opts: &RestoreOptions,
+    pages_verified: &mut dyn FnMut() -> Result<(), VerifyError>,
 ) -> Result<Restored, RestoreError> {
     let m = &image.manifest;
     // The reader validated it; an image built by other means is checked here all the same.
