@@ -277,7 +277,8 @@ fn members_whose_parents_form_a_cycle_are_refused() {
     std::fs::write(dir.join("CHECKSUMS"), sums).unwrap();
     let res = h.restore(dir, &prog).finish(CMD_TIMEOUT).expect_failure();
     assert!(
-        res.output().contains("is listed before its parent"),
+        res.output().contains("members[0].process.tree.ppid")
+            && res.output().contains("parents come first"),
         "the restore should name the inconsistency\n{}",
         res.describe()
     );

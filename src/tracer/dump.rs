@@ -535,7 +535,10 @@ fn precopy_members<'a>(
                 hints,
                 ranges: Vec::new(),
             }),
-            Err(DumpError::Freeze(FreezeError::NoProcess { .. })) => tracker.abandoned(),
+            Err(DumpError::Freeze(
+                FreezeError::NoProcess { .. }
+                | FreezeError::Target(TargetError::Gone { .. } | TargetError::Exited { .. }),
+            )) => tracker.abandoned(),
             Err(e) => return Err(e),
         }
     }
