@@ -93,9 +93,17 @@ fn check(text: &str) {
     }
 }
 
+/// `MLCKPT_FUZZ_CASES` overrides the budget for a longer hunt by hand.
+fn cases() -> u32 {
+    std::env::var("MLCKPT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CASES)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: CASES,
+        cases: cases(),
         max_shrink_iters: 2000,
         failure_persistence: None,
         ..ProptestConfig::default()

@@ -13,9 +13,14 @@ use std::path::Path;
 /// Cases per property: the three take about 10 s together in release on 2 busy cores.
 const CASES: u32 = 10_000;
 
+/// `MLCKPT_FUZZ_CASES` overrides the budget for a longer hunt by hand.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("MLCKPT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CASES);
     ProptestConfig {
-        cases: CASES,
+        cases,
         // A failure is shrunk to a small input, within the same budget.
         max_shrink_iters: 2000,
         failure_persistence: None,
