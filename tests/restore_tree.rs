@@ -256,25 +256,12 @@ fn members_whose_parents_form_a_cycle_are_refused() {
     let prog = Prog::c("pipeline", &["80"]);
     let killed = h.run_until_checkpoint_kill(&prog, 10);
     let dir = &killed.ckpt.path;
-    let manifest_path = dir.join("manifest.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
-    let pid_of = |v: &serde_json::Value, i: usize| v["members"][i]["process"]["pid"].clone();
-    let (a, b) = (pid_of(&v, 0), pid_of(&v, 1));
-    v["members"][0]["process"]["tree"]["ppid"] = b;
-    v["members"][1]["process"]["tree"]["ppid"] = a;
-    let text = serde_json::to_string(&v).unwrap();
-    std::fs::write(&manifest_path, &text).unwrap();
-    let sums = std::fs::read_to_string(dir.join("CHECKSUMS")).unwrap();
-    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
-    let sums: String = sums
-        .lines()
-        .map(|l| match l.split_once("  ") {
-            Some((_, "manifest.json")) => format!("{hash}  manifest.json\n"),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(dir.join("CHECKSUMS"), sums).unwrap();
+    rewrite_manifest(dir, |v| {
+        let pid_of = |v: &serde_json::Value, i: usize| v["members"][i]["process"]["pid"].clone();
+        let (a, b) = (pid_of(v, 0), pid_of(v, 1));
+        v["members"][0]["process"]["tree"]["ppid"] = b;
+        v["members"][1]["process"]["tree"]["ppid"] = a;
+    });
     let res = h.restore(dir, &prog).finish(CMD_TIMEOUT).expect_failure();
     assert!(
         res.output().contains("members[0].process.tree.ppid")

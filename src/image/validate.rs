@@ -190,11 +190,7 @@ pub fn validate(m: &Manifest) -> Result<(), InvalidManifest> {
     let procs = m.processes();
     let mut earlier_pids = BTreeSet::new();
     for (i, p) in procs.iter().enumerate() {
-        let at = if i == 0 {
-            String::new()
-        } else {
-            format!("members[{}].", i - 1)
-        };
+        let at = process_field_prefix(i);
         let pid = p.process.pid;
         check_process(&mut c, &at, p.process, &mut ids);
         if i > 0 {
@@ -245,11 +241,7 @@ pub fn check_parent_pages(
 ) -> Result<(), InvalidManifest> {
     let mut c = Checker::default();
     for (i, p) in m.processes().iter().enumerate() {
-        let at = if i == 0 {
-            String::new()
-        } else {
-            format!("members[{}].", i - 1)
-        };
+        let at = process_field_prefix(i);
         for (k, r) in p.regions.iter().enumerate() {
             for (j, run) in r.runs.iter().enumerate() {
                 let inside = run
@@ -268,6 +260,15 @@ pub fn check_parent_pages(
         }
     }
     c.finish()
+}
+
+/// Where the fields of process `i` of [`Manifest::processes`] are: the root's at the top,
+/// a member's under `members[i-1].`.
+fn process_field_prefix(i: usize) -> String {
+    match i.checked_sub(1) {
+        None => String::new(),
+        Some(member) => format!("members[{member}]."),
+    }
 }
 
 /// PIDs and TIDs share one number space: none may appear twice in an image.
