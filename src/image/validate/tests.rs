@@ -429,3 +429,15 @@ fn runs_beyond_a_parents_pages() {
     // Runs of other images are not this parent's business.
     assert_eq!(check_parent_pages(&m, 1, 0), Ok(()));
 }
+
+#[test]
+fn a_single_process_image_before_format_3_has_no_tree_links() {
+    let mut m = sample();
+    m.format = 2;
+    m.members.clear();
+    m.zombies.clear();
+    m.objects.clear();
+    m.fds[0].object = None;
+    m.process.tree = TreeLinks::default();
+    assert_eq!(validate(&m), Ok(()));
+}
