@@ -228,10 +228,14 @@ fn job_names_and_ranks_that_are_not_directory_names_are_refused() {
 #[test]
 fn checkpoint_of_an_exited_process_says_it_exited() {
     let h = Harness::new("exited");
-    // The shell's background child exits at once; `exec sleep` never collects it.
-    let mut parent = std::process::Command::new("sh");
+    // The child exits at once; its parent never collects it (a shell might, at any time).
+    let mut parent = std::process::Command::new("python3");
     parent
-        .args(["-c", "true & echo $!; exec sleep 30"])
+        .args([
+            "-c",
+            "import os, time\npid = os.fork()\nif pid == 0: os._exit(0)\n\
+             print(pid, flush=True)\ntime.sleep(30)",
+        ])
         .stdout(std::process::Stdio::piped());
     let mut parent = parent.spawn().unwrap();
     let mut line = String::new();
