@@ -168,3 +168,124 @@ fn restore_while_the_pid_is_in_use() {
     let total = before.matches('\n').count();
     assert_resumed(&reference, &before, &after, asked..total, pid, new_pid);
 }
+
+/// `--job` becomes a directory name: a path (`../../x`, `/abs`), an empty name or odd
+/// characters are usage errors on every command that takes it, and nothing is created.
+/// Out-of-range ranks likewise.
+#[test]
+fn job_names_and_ranks_that_are_not_directory_names_are_refused() {
+    let h = Harness::new("badjob");
+    let marker = h.dir.path().join("started");
+    let cfg = h.config.to_str().unwrap();
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("60");
+    let sleeper = Proc::spawn("sleep", sleep, None);
+    let live_pid = sleeper.child_pid().to_string();
+    for name in ["../../x", "/abs", "", "a b", ".hidden", &"n".repeat(200)] {
+        let commands: [Vec<&str>; 5] = [
+            vec!["run", "--job", name, "--config", cfg, "--", "touch"],
+            vec!["attach", "--job", name, "--config", cfg, &live_pid],
+            vec!["checkpoint", &live_pid, "--job", name, "--config", cfg],
+            vec!["restore", "--auto", "--job", name, "--config", cfg],
+            vec!["list", "--job", name, "--config", cfg],
+        ];
+        for mut args in commands {
+            if args[0] == "run" {
+                args.push(marker.to_str().unwrap());
+            }
+            let res = h.mlckpt(&args).expect_code(2);
+            assert!(
+                res.stderr.contains("--job") && res.stderr.contains("cannot be a job name"),
+                "the error should say {name:?} cannot be a job name\n{}",
+                res.describe()
+            );
+            assert!(!res.stderr.contains("panicked"), "{}", res.describe());
+        }
+    }
+    for rank in ["-1", "99999999999", "16777216"] {
+        let res = h
+            .mlckpt(&["run", "--rank", rank, "--config", cfg, "--", "true"])
+            .expect_code(2);
+        assert!(res.stderr.contains("rank"), "{}", res.describe());
+    }
+    let res = h
+        .start_with_env(
+            &["run", "--config", cfg, "--", "true"],
+            &[("MLCKPT_RANK", "16777216")],
+            None,
+        )
+        .finish(CMD_TIMEOUT)
+        .expect_code(2);
+    assert!(res.stderr.contains("too large"), "{}", res.describe());
+    assert!(!marker.exists(), "run started the program");
+    assert!(!h.dir.path().join("x").exists() && !Path::new("/abs").exists());
+    assert!(h.images().is_empty(), "images: {:?}", h.images());
+    drop(sleeper);
+}
+
+/// A target that has exited (a zombie its parent has not collected) is named as such, not
+/// as a failure to open its memory or a missing process.
+#[test]
+fn checkpoint_of_an_exited_process_says_it_exited() {
+    let h = Harness::new("exited");
+    // The child exits at once; its parent never collects it (a shell might, at any time).
+    let mut parent = std::process::Command::new("python3");
+    parent
+        .args([
+            "-c",
+            "import os, time\npid = os.fork()\nif pid == 0: os._exit(0)\n\
+             print(pid, flush=True)\ntime.sleep(30)",
+        ])
+        .stdout(std::process::Stdio::piped());
+    let mut parent = parent.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let zombie: i32 = line.trim().parse().unwrap();
+    wait_until("the child is a zombie", || {
+        std::fs::read_to_string(format!("/proc/{zombie}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|f| f.trim_start().starts_with('Z'))
+        })
+    });
+    let res = h
+        .mlckpt(&[
+            "checkpoint",
+            &zombie.to_string(),
+            "--config",
+            h.config.to_str().unwrap(),
+        ])
+        .expect_code(1);
+    let _ = parent.kill();
+    let _ = parent.wait();
+    assert!(
+        res.stderr.contains(&format!("process {zombie} has exited")),
+        "the error should say process {zombie} has exited\n{}",
+        res.describe()
+    );
+    assert!(
+        !res.stderr.contains("memory") && !res.stderr.contains("does not exist"),
+        "{}",
+        res.describe()
+    );
+    assert!(h.images().is_empty(), "images: {:?}", h.images());
+}
+
+/// An interval below the documented minimum is a usage error naming the key.
+#[test]
+fn an_interval_below_the_minimum_is_refused() {
+    let h = Harness::new("tinyinterval");
+    h.set_config("[interval]\nlocal = 1e-9\n");
+    let res = h
+        .mlckpt(&["run", "--config", h.config.to_str().unwrap(), "--", "true"])
+        .expect_code(2);
+    assert!(
+        res.stderr.contains("interval.local") && res.stderr.contains("minimum"),
+        "the error should name interval.local and the minimum\n{}",
+        res.describe()
+    );
+}

@@ -207,3 +207,77 @@ fn checkpoints_after_a_damaged_image_do_not_build_on_it() {
         t.pid,
     );
 }
+
+/// The newest image is intact but an image it takes pages from is damaged: `--auto` finds
+/// that before choosing it (never "ok -> chosen" for it, even when its restore would fail
+/// for another reason first), and goes on to older candidates until one whose whole chain
+/// is intact.
+#[test]
+fn auto_checks_the_whole_chain_and_falls_back_past_a_damaged_parent() {
+    let h = Harness::new("auto-chain");
+    let prog = prog();
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let asked_first = run.line_count();
+    let first = h.checkpoint(pid, false);
+    run.wait_for_ticks(asked_first + 10);
+    let asked_second = run.line_count();
+    let second = h.checkpoint(pid, false);
+    run.wait_for_ticks(asked_second + 10);
+    let third = h.checkpoint(pid, false);
+    assert_eq!((first.seq, second.seq, third.seq), (1, 2, 3));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(third.path.join("manifest.json")).unwrap()).unwrap();
+    let needs_second = manifest["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["seq"].as_u64() == Some(2));
+    assert!(
+        needs_second,
+        "seq 3 should take pages from seq 2: {manifest:#}"
+    );
+    damage(&second.path.join("pages.bin"), Damage::FlipBit);
+
+    // The original still runs, so any restore fails on its PID: the damage must be what is
+    // reported for seq 3 and 2, not "chosen" followed by the PID error.
+    let res = h
+        .restore_with(&["--auto", "--job", &h.job], &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_code(1);
+    assert_line(
+        &res,
+        &["candidate", "seq 3", "checksum mismatch", "ckpt-000002"],
+    );
+    assert_line(&res, &["candidate", "seq 2", "checksum mismatch"]);
+    assert!(
+        !res.stderr.contains("chosen"),
+        "nothing may be chosen while its restore fails\n{}",
+        res.describe()
+    );
+    assert_line(&res, &["candidate", "seq 1", "restoring it failed"]);
+    assert_line(&res, &[&format!("PID {pid}"), "in use"]);
+
+    // Once the PID is free, seq 1 is chosen and the program goes on from it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    let res = restore_auto(&h, pid);
+    assert_line(&res, &["candidate", "seq 3", "checksum mismatch"]);
+    assert_chosen(&res, &first);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_resumed(
+        &reference,
+        &before,
+        &res.stdout,
+        asked_first..asked_second,
+        pid,
+        pid,
+    );
+}

@@ -256,7 +256,7 @@ fn members_whose_parents_form_a_cycle_are_refused() {
     let prog = Prog::c("pipeline", &["80"]);
     let killed = h.run_until_checkpoint_kill(&prog, 10);
     let dir = &killed.ckpt.path;
-    edit_manifest(dir, |v| {
+    rewrite_manifest(dir, |v| {
         let pid_of = |v: &serde_json::Value, i: usize| v["members"][i]["process"]["pid"].clone();
         let (a, b) = (pid_of(v, 0), pid_of(v, 1));
         v["members"][0]["process"]["tree"]["ppid"] = b;
@@ -264,7 +264,8 @@ fn members_whose_parents_form_a_cycle_are_refused() {
     });
     let res = h.restore(dir, &prog).finish(CMD_TIMEOUT).expect_failure();
     assert!(
-        res.output().contains("is listed before its parent"),
+        res.output().contains("members[0].process.tree.ppid")
+            && res.output().contains("parents come first"),
         "the restore should name the inconsistency\n{}",
         res.describe()
     );

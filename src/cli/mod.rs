@@ -31,7 +31,7 @@ pub struct JobArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Job name (default: [job] name in the config, else the program's file name)
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_job_name)]
     pub job: Option<String>,
     /// Rank of this process (default: MLCKPT_RANK, SLURM_PROCID, OMPI_COMM_WORLD_RANK, PMI_RANK, else 0)
     #[arg(long, value_name = "R")]
@@ -113,6 +113,13 @@ enum Command {
     },
 }
 
+/// `--job`: a name that becomes a directory name, checked as the config's `[job] name` is.
+fn parse_job_name(name: &str) -> Result<String, String> {
+    mlckpt::image::name::check_job_name(name)
+        .map(|()| name.to_string())
+        .map_err(|e| format!("{name:?} cannot be a job name: it {e}"))
+}
+
 /// Exit codes of design.md §2.
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -169,10 +176,17 @@ fn is_usage_error(e: &(dyn std::error::Error + 'static)) -> bool {
         )
 }
 
+/// The config, for commands that only read images: nothing is created.
 pub fn load_config(args: &JobArgs) -> anyhow::Result<Config> {
     let config = Config::load(args.config.as_deref())?;
     mlckpt::image::auth::use_key_file(config.security.key_file.clone());
     Ok(config)
+}
+
+/// The config, for commands that write images: storage directories are created and
+/// checked writable before the job starts.
+pub fn load_config_for_writing(args: &JobArgs) -> anyhow::Result<Config> {
+    Ok(Config::load_for_writing(args.config.as_deref())?)
 }
 
 /// Rank, node and partner from `--rank`, the launcher's environment and `[topology]`.
@@ -187,9 +201,12 @@ pub fn topology(args: &JobArgs, config: &Config) -> anyhow::Result<Topology> {
 /// The job context for an existing process: its program names the job unless told.
 pub fn context_for_pid(args: &JobArgs, pid: i32) -> anyhow::Result<JobContext> {
     use anyhow::Context;
-    let config = load_config(args)?;
+    // First: whether there is a process we may trace at all (it may have exited, or be
+    // someone else's) says more than any later step failing on it.
+    mlckpt::tracer::access::check_target(nix::unistd::Pid::from_raw(pid))?;
+    let config = load_config_for_writing(args)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .with_context(|| format!("process {pid} does not exist"))?;
+        .with_context(|| format!("cannot read the executable of process {pid}"))?;
     let job = job_name(args, &config, &exe.to_string_lossy());
     let topology = topology(args, &config)?;
     Ok(JobContext::new(config, job, topology))
@@ -201,9 +218,10 @@ pub fn job_name(args: &JobArgs, config: &Config, program: &str) -> String {
         .clone()
         .or_else(|| config.job.name.clone())
         .unwrap_or_else(|| {
-            std::path::Path::new(program)
+            let file_name = std::path::Path::new(program)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "job".into())
+                .unwrap_or_default();
+            mlckpt::image::name::job_name_from_program(&file_name)
         })
 }

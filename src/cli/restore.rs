@@ -5,7 +5,7 @@
 //! only once its pages proved intact. With `--auto`, a candidate whose pages turn out
 //! damaged is dropped (its process killed) and the next one is tried.
 
-use super::{JobArgs, load_config, topology};
+use super::{JobArgs, load_config_for_writing, topology};
 use anyhow::{Context, bail};
 use mlckpt::image::{self, Image, PageCheck};
 use mlckpt::supervisor::{self, JobContext, Lineage};
@@ -28,7 +28,9 @@ pub fn restore(
     detach: bool,
     flags: Flags,
 ) -> anyhow::Result<i32> {
-    let config = load_config(args)?;
+    // Before anything is read or created: without it every restore fails half-way.
+    mlckpt::tracer::access::Privileges::current().check_restore()?;
+    let config = load_config_for_writing(args)?;
     let opts = RestoreOptions {
         new_pid: flags.new_pid,
         keep_files: flags.keep_files,
@@ -176,7 +178,8 @@ fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Im
     let mut outcome: Option<anyhow::Result<(Image, Restored)>> = None;
     let choice = recovery::choose(recovery::candidates(&dirs), |c| {
         let (verdict, result) = try_candidate(c, &tracking_from(opts, &c.path, ctx));
-        print_candidate(c, &verdict);
+        let restored = matches!(result, Some(Ok(_)));
+        print_candidate(c, &verdict, restored);
         outcome = result;
         verdict
     });
@@ -209,7 +212,7 @@ fn try_candidate(
 ) -> (Verdict, Option<anyhow::Result<(Image, Restored)>>) {
     let bad = |e: &image::verify::VerifyError| Verdict::Bad {
         what: e.verdict(),
-        why: e.to_string(),
+        why: mlckpt::error_chain(e),
     };
     let (image, pages) = match image::open_checked(&c.path) {
         Ok(opened) => opened,
@@ -228,7 +231,9 @@ fn try_candidate(
     }
 }
 
-fn print_candidate(c: &Candidate, verdict: &Verdict) {
+/// A candidate's line: its verdict, and whether it was chosen (intact and restored) or
+/// intact but the restore itself failed (the error follows).
+fn print_candidate(c: &Candidate, verdict: &Verdict, restored: bool) {
     let head = format!(
         "mlckpt: candidate seq {} {} ({})",
         c.seq,
@@ -236,7 +241,10 @@ fn print_candidate(c: &Candidate, verdict: &Verdict) {
         c.path.display()
     );
     match verdict {
-        Verdict::Ok => eprintln!("{head}: ok -> chosen"),
+        Verdict::Ok if restored => eprintln!("{head}: ok -> chosen"),
+        Verdict::Ok => {
+            eprintln!("{head}: intact (with every image it needs), but restoring it failed")
+        }
         Verdict::Bad { what, why } => eprintln!("{head}: {what} ({why})"),
     }
 }

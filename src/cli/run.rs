@@ -1,13 +1,15 @@
 //! `mlckpt run` and `mlckpt attach`.
 
-use super::{JobArgs, job_name, load_config, topology};
+use super::{JobArgs, job_name, load_config_for_writing, topology};
 use anyhow::Context;
 use mlckpt::supervisor::{self, JobContext, Lineage};
+use mlckpt::tracer::access::Privileges;
 use nix::unistd::Pid;
 use std::process::Command;
 
 pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
-    let config = load_config(args)?;
+    check_privileges(true)?;
+    let config = load_config_for_writing(args)?;
     let job = job_name(args, &config, &argv[0]);
     let topology = topology(args, &config)?;
     let ctx = JobContext::new(config, job, topology);
@@ -40,6 +42,7 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
 }
 
 pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
+    check_privileges(false)?;
     let ctx = super::context_for_pid(args, pid)?;
     ctx.check_intervals()?;
     supervisor::check_runtime_dir()?;
@@ -52,6 +55,17 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
         signals,
         Lineage::default(),
     )?)
+}
+
+/// Refuses to supervise a job whose checkpoints would all fail for want of a privilege, and
+/// says now what a restore of its images will need that the caller lacks.
+fn check_privileges(own_child: bool) -> anyhow::Result<()> {
+    let me = Privileges::current();
+    me.check_tracing(own_child)?;
+    if let Err(e) = me.check_restore() {
+        eprintln!("mlckpt: note: checkpoints will work, but {e}");
+    }
+    Ok(())
 }
 
 /// `job sim, rank 1` and, with several nodes, `node 1 of 2, partner node 0`.

@@ -31,7 +31,7 @@ pub fn verify(path: Option<PathBuf>, all: bool, config: Option<PathBuf>) -> anyh
             Ok(_) => println!("ok  {}", dir.display()),
             Err(e) => {
                 bad += 1;
-                println!("BAD {}: {e}", dir.display());
+                println!("BAD {}: {}", dir.display(), mlckpt::error_chain(&e));
             }
         }
     }

@@ -484,12 +484,13 @@ fn is_yes(b: &bool) -> bool {
 }
 
 impl MemoryRegion {
+    /// Bytes it spans (0 for a reversed range, which the validator refuses).
     pub fn len(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.end == self.start
+        self.end <= self.start
     }
 }
 

@@ -2,9 +2,11 @@
 
 pub mod auth;
 pub mod format;
+pub mod name;
 pub mod pagebuf;
 pub mod reader;
 pub mod store;
+pub mod validate;
 pub mod verify;
 pub mod writer;
 
@@ -95,9 +97,8 @@ fn check_parents(image: &Image) -> Result<ParentChecks, verify::VerifyError> {
                 parent,
             }));
         }
-        let pages_bytes = reader::Image::open(&dir)
-            .ok()
-            .map(|i| i.manifest.pages_bytes);
+        let opened = reader::Image::open(&dir);
+        let pages_bytes = opened.as_ref().ok().map(|i| i.manifest.pages_bytes);
         let to_check =
             verify::check_dir(&dir, pages_bytes).map_err(|source| VerifyError::BrokenParent {
                 image: image.dir.clone(),
@@ -118,6 +119,18 @@ fn check_parents(image: &Image) -> Result<ParentChecks, verify::VerifyError> {
                 parent,
             }));
         }
+        // Intact and the very parent: an inconsistent one is as broken as a damaged one.
+        let opened = opened.map_err(|source| VerifyError::BrokenParent {
+            image: image.dir.clone(),
+            parent: dir.clone(),
+            source: Box::new(source.into()),
+        })?;
+        // Only now is it known to be the image the runs were written against.
+        validate::check_parent_pages(&image.manifest, parent.seq, opened.manifest.pages_bytes)
+            .map_err(|source| reader::ReadError::Invalid {
+                path: image.dir.join(format::MANIFEST_FILE),
+                source,
+            })?;
         pages.push((image.dir.clone(), dir, to_check));
     }
     Ok(pages)

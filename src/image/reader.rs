@@ -31,6 +31,12 @@ pub enum ReadError {
          {OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}; use the mlckpt version that wrote it"
     )]
     Version { path: PathBuf, found: u64 },
+    #[error("{path} does not describe a consistent image")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: super::validate::InvalidManifest,
+    },
 }
 
 /// A committed image directory.
@@ -46,11 +52,7 @@ impl Image {
     pub fn open(dir: &Path) -> Result<Image, ReadError> {
         let path = dir.join(MANIFEST_FILE);
         let text = read_limited(&path)?;
-        check_format(&path, &text)?;
-        let manifest = serde_json::from_slice(&text).map_err(|source| ReadError::Parse {
-            path: path.clone(),
-            source,
-        })?;
+        let manifest = parse_manifest(&path, &text)?;
         Ok(Image {
             dir: dir.to_path_buf(),
             manifest,
@@ -65,6 +67,22 @@ impl Image {
     pub fn checksums_path(&self) -> PathBuf {
         self.dir.join(CHECKSUMS_FILE)
     }
+}
+
+/// Parses and validates the manifest text read from `path` (named in errors): the format
+/// first, then the fields, then their consistency. A restore must not build anything from a
+/// manifest that fails any of these.
+pub fn parse_manifest(path: &Path, text: &[u8]) -> Result<Manifest, ReadError> {
+    check_format(path, text)?;
+    let manifest = serde_json::from_slice(text).map_err(|source| ReadError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    super::validate::validate(&manifest).map_err(|source| ReadError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(manifest)
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, ReadError> {

@@ -69,6 +69,7 @@ impl VerifyError {
             | VerifyError::MissingParent { .. }
             | VerifyError::ParentChanged { .. } => "incomplete",
             VerifyError::BrokenParent { source, .. } => source.verdict(),
+            VerifyError::Read(ReadError::Invalid { .. }) => "inconsistent",
             VerifyError::Read(_)
             | VerifyError::BadChecksums { .. }
             | VerifyError::NotListed { .. } => "unreadable",

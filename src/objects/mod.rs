@@ -189,8 +189,12 @@ pub fn read_fd_table(pid: Pid) -> Result<Vec<OpenFd>, ObjectError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(err("fd link")(e)),
         };
-        let info =
-            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(err("fdinfo"))?;
+        let info = match std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) {
+            Ok(info) => info,
+            // Closed (or the process exited) since the link was read: as above.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err("fdinfo")(e)),
+        };
         let (pos, flags) = parse_fdinfo(&info).ok_or_else(|| ObjectError::Proc {
             pid,
             what: "fdinfo",

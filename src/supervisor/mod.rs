@@ -16,6 +16,7 @@ use crate::image::format::TierKind;
 use crate::tiers::config::runtime_dir;
 use crate::tiers::placement::{Gate, PlaceError};
 use crate::tiers::schedule::Schedule;
+use crate::tracer::access::TargetError;
 use crate::tracer::dump::{CheckpointStats, DumpError};
 use crate::tracer::ptrace::{self, Stop};
 use crate::tracer::sys;
@@ -358,6 +359,11 @@ fn report(result: Result<CheckpointStats, SuperviseError>, what: &str) {
             s.freeze_ms,
             s.total_ms
         ),
+        // A job that ends while its checkpoint is due is no failure: the supervisor is
+        // about to collect its exit.
+        Err(SuperviseError::Dump(DumpError::Target(
+            e @ (TargetError::Exited { .. } | TargetError::Gone { .. }),
+        ))) => eprintln!("mlckpt: {what} skipped: {e}"),
         // The job keeps running: a failed checkpoint must not take it down.
         Err(e) => eprintln!("mlckpt: {what} failed: {}", error_chain(&e)),
     }

@@ -26,6 +26,10 @@ pub const FILE_NAME: &str = "mlckpt.toml";
 const DEFAULT_KEEP: u32 = 2;
 const DEFAULT_LOCAL_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_FULL_EVERY: u32 = 10;
+/// The shortest interval a tier may have (`docs/configuration.md`). A checkpoint takes
+/// milliseconds at best, so anything shorter only keeps the job frozen; sub-second
+/// intervals remain for tests that need checkpoints back to back.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 const SECTIONS: &str = "[job], [storage], [interval], [image] and [topology]";
 const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
 
@@ -249,39 +253,57 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads `path`, parses it and creates the storage directories.
+    /// Reads `path` and parses it. Creates nothing: readers (`list`, `verify`) work on
+    /// read-only storage.
     pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_file(path).map(|(config, _)| config)
+    }
+
+    fn read_file(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.to_path_buf(),
             error,
         })?;
         let config = Config::parse(&text, path)?;
-        config.ensure_dirs().map_err(|e| with_line(e, &text))?;
-        Ok(config)
+        Ok((config, text))
     }
 
     /// The explicit `--config` path if given (it must exist); else the first existing file of
-    /// [`candidate_paths`]; else [`Config::defaults`]. Storage directories are created.
+    /// [`candidate_paths`]; else [`Config::defaults`]. Creates nothing; a command that writes
+    /// images uses [`Config::load_for_writing`].
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::find_and_read(explicit).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], then the storage directories are created if missing and checked
+    /// writable (see [`Config::ensure_dirs`]): for commands that write images.
+    pub fn load_for_writing(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let (config, text) = Config::find_and_read(explicit)?;
+        config.ensure_dirs().map_err(|e| match &text {
+            Some(text) => with_line(e, text),
+            None => e,
+        })?;
+        Ok(config)
+    }
+
+    /// The config and, when it came from a file, the file's text (for error lines).
+    fn find_and_read(explicit: Option<&Path>) -> Result<(Config, Option<String>), ConfigError> {
+        let from_file = |path: &Path| Config::read_file(path).map(|(c, text)| (c, Some(text)));
         if let Some(path) = explicit {
             if !path.exists() {
                 return Err(ConfigError::NotFound {
                     path: path.to_path_buf(),
                 });
             }
-            return Config::load_file(path);
+            return from_file(path);
         }
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let home = std::env::var_os("HOME")
             .filter(|h| !h.is_empty())
             .map(PathBuf::from);
         match first_existing(candidate_paths(&cwd, home.as_deref())) {
-            Some(path) => Config::load_file(&path),
-            None => {
-                let config = Config::defaults();
-                config.ensure_dirs()?;
-                Ok(config)
-            }
+            Some(path) => from_file(&path),
+            None => Ok((Config::defaults(), None)),
         }
     }
 
@@ -579,10 +601,13 @@ fn seconds(
         ));
     }
     match Duration::try_from_secs_f64(secs) {
-        Ok(d) if d.is_zero() && secs > 0.0 => Err(src.invalid(
+        Ok(d) if secs > 0.0 && d < MIN_INTERVAL => Err(src.invalid(
             span,
             key,
-            format!("{secs} seconds is below the 1 ns resolution; {off_hint}"),
+            format!(
+                "{secs} seconds is shorter than the minimum, {} s; {off_hint}",
+                MIN_INTERVAL.as_secs_f64()
+            ),
         )),
         Ok(d) => Ok(d),
         Err(_) => Err(src.invalid(span, key, format!("{secs} seconds is too long; {off_hint}"))),
@@ -621,14 +646,14 @@ fn count(
 fn job_name(src: &Source<'_>, raw: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let (span, name) = (raw.span(), raw.into_inner());
-    let bad = name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']);
-    if bad {
-        let msg = format!(
-            "{name:?} cannot be a directory name; use letters, digits, `-`, `_` or `.`, no `/`"
-        );
-        return Err(src.invalid(span, "job.name", msg));
+    match crate::image::name::check_job_name(&name) {
+        Ok(()) => Ok(Some(name)),
+        Err(e) => Err(src.invalid(
+            span,
+            "job.name",
+            format!("{name:?} cannot be a job name: it {e}"),
+        )),
     }
-    Ok(Some(name))
 }
 
 fn storage(src: &Source<'_>, raw: RawStorage, base: &Path) -> Result<StorageConfig, ConfigError> {
@@ -1128,6 +1153,28 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert_at(&err("[job]\nname = \"a/b\"\n"), 2, "job.name");
         assert_at(&err("[job]\nname = \"..\"\n"), 2, "job.name");
         assert_at(&err("[job]\nname = \"\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"../../x\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"/abs\"\n"), 2, "job.name");
+        assert_at(&err("[job]\nname = \"a b\"\n"), 2, "job.name");
+        assert_at(
+            &err(&format!("[job]\nname = \"{}\"\n", "x".repeat(200))),
+            2,
+            "job.name",
+        );
+    }
+
+    #[test]
+    fn intervals_below_the_minimum_are_refused() {
+        let message = err("[interval]\nlocal = 1e-9\n");
+        assert_at(&message, 2, "interval.local");
+        assert!(message.contains("minimum"), "{message}");
+        assert_at(
+            &err("[interval]\npartner = 0.0009\n"),
+            2,
+            "interval.partner",
+        );
+        let ok = Config::parse("[interval]\nlocal = 0.001\n", Path::new(ORIGIN)).unwrap();
+        assert_eq!(ok.interval.local, MIN_INTERVAL);
     }
 
     #[test]
@@ -1150,7 +1197,9 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         fs::write(dir.path().join("file"), "").unwrap();
         let file = dir.path().join(FILE_NAME);
         fs::write(&file, "[job]\n\n[storage]\nlocal = \"file/sub\"\n").unwrap();
-        let message = Config::load_file(&file).unwrap_err().to_string();
+        let message = Config::load_for_writing(Some(&file))
+            .unwrap_err()
+            .to_string();
         let prefix = format!("{}:4: storage.local: ", file.display());
         assert!(
             message.starts_with(&prefix),
@@ -1160,11 +1209,14 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
     }
 
     #[test]
-    fn load_file_creates_private_dirs() {
+    fn loading_creates_nothing_loading_for_writing_creates_private_dirs() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(FILE_NAME);
         fs::write(&file, "[storage]\nlocal = \"l/x\"\nglobal = \"g\"\n").unwrap();
-        let c = Config::load_file(&file).unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert!(!c.storage.local.exists() && !dir.path().join("g").exists());
+        assert!(!dir.path().join("l").exists());
+        let c = Config::load_for_writing(Some(&file)).unwrap();
         for path in [c.storage.local, c.storage.global.unwrap()] {
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{}", path.display());
@@ -1207,7 +1259,7 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         fs::write(&file, "[storage]\nlocal = \"ckpt\"\nkeep = 5\n").unwrap();
         let c = Config::load(Some(&file)).unwrap();
         assert_eq!(c.storage.keep, 5);
-        assert!(dir.path().join("ckpt").is_dir());
+        assert_eq!(c.storage.local, dir.path().join("ckpt"));
     }
 
     #[test]

@@ -33,6 +33,11 @@ const MAX_HOSTS: usize = 1 << 20;
 pub enum TopologyError {
     #[error("{var}={value:?} is not a whole number >= 0")]
     NotANumber { var: String, value: String },
+    #[error(
+        "rank {rank} (from {from}) is too large: ranks of a job are below {}",
+        crate::image::validate::MAX_RANK
+    )]
+    RankTooLarge { rank: u32, from: &'static str },
     #[error("{var} is 0; it must be at least 1")]
     Zero { var: &'static str },
     #[error(
@@ -96,6 +101,12 @@ impl Topology {
             Some(rank) => (rank, "--rank"),
             None => env_rank(env)?,
         };
+        if rank >= crate::image::validate::MAX_RANK {
+            return Err(TopologyError::RankTooLarge {
+                rank,
+                from: rank_from,
+            });
+        }
         let (node, nodes, node_from) = node_of(rank, env, config)?;
         if node >= nodes {
             return Err(TopologyError::NodeOutOfRange {

@@ -1,5 +1,6 @@
 //! A checkpoint: freeze, capture, stream memory into an image, let go (or kill).
 
+use super::access::TargetError;
 use super::capture;
 use super::freeze::{FreezeError, Frozen, parent_of};
 use super::hugepages;
@@ -30,6 +31,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub enum DumpError {
     #[error(transparent)]
     Freeze(#[from] FreezeError),
+    #[error(transparent)]
+    Target(#[from] super::access::TargetError),
     #[error(transparent)]
     Inspect(#[from] InspectError),
     #[error(transparent)]
@@ -156,6 +159,20 @@ pub enum DumpMode {
 /// tracked memory is pre-copied while the target runs; without, memory is read from a
 /// fork-snapshot (when the target is our child) or while frozen.
 pub fn checkpoint(
+    req: &CheckpointRequest,
+    tracking: Option<&mut Tracking>,
+) -> Result<CheckpointStats, DumpError> {
+    // A target that exited (or never was) fails the step that first notices, with that
+    // step's error ("cannot open memory ... No such process"): say what happened instead.
+    let exited = |e: DumpError| match super::access::check_target(req.pid) {
+        Err(gone @ (TargetError::Gone { .. } | TargetError::Exited { .. })) => gone.into(),
+        _ => e,
+    };
+    super::access::check_target(req.pid)?;
+    checkpoint_tracked(req, tracking).map_err(exited)
+}
+
+fn checkpoint_tracked(
     req: &CheckpointRequest,
     tracking: Option<&mut Tracking>,
 ) -> Result<CheckpointStats, DumpError> {
@@ -578,7 +595,10 @@ fn precopy_members<'a>(
                 hints,
                 ranges: Vec::new(),
             }),
-            Err(DumpError::Freeze(FreezeError::NoProcess { .. })) => tracker.abandoned(),
+            Err(DumpError::Freeze(
+                FreezeError::NoProcess { .. }
+                | FreezeError::Target(TargetError::Gone { .. } | TargetError::Exited { .. }),
+            )) => tracker.abandoned(),
             Err(e) => return Err(e),
         }
     }

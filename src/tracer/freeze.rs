@@ -24,6 +24,8 @@ pub enum FreezeError {
     ZombieLeader { pid: i32 },
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
+    #[error(transparent)]
+    Target(#[from] super::access::TargetError),
     #[error("cannot list threads of process {pid}")]
     ListThreads {
         pid: i32,
@@ -98,6 +100,7 @@ impl Frozen {
     /// Seizes and interrupts every thread, listing `/proc/PID/task` again until no new
     /// thread appears: threads may be born while the first ones are being stopped.
     pub fn freeze(pid: Pid) -> Result<Frozen, FreezeError> {
+        super::access::check_target(pid)?;
         if thread_state(pid, pid) == Some('Z') {
             return Err(FreezeError::ZombieLeader { pid: pid.as_raw() });
         }

@@ -6,6 +6,7 @@
 //! for the image format, the tiers and the CLI.
 #![allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
 
+pub mod access;
 pub mod capture;
 pub mod child;
 pub mod dump;

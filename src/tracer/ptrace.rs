@@ -80,12 +80,17 @@ pub fn map_err(tid: Pid, op: &'static str, e: Errno) -> PtraceError {
 }
 
 /// Options for a checkpoint: the target must survive anything that goes wrong, so no
-/// EXITKILL; seccomp filters must not veto our remote syscalls.
+/// EXITKILL; seccomp filters must not veto our remote syscalls (suspending them needs
+/// CAP_SYS_ADMIN: without it the option would make every seize fail with EPERM, and a
+/// target with filters is refused by `access::check_target` instead).
 /// TRACECLONE makes a fork-snapshot child start stopped.
 pub fn checkpoint_options() -> Options {
-    Options::PTRACE_O_TRACESYSGOOD
-        | Options::PTRACE_O_TRACECLONE
-        | Options::from_bits_retain(PTRACE_O_SUSPEND_SECCOMP)
+    let base = Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACECLONE;
+    if super::access::Privileges::current().may_suspend_seccomp() {
+        base | Options::from_bits_retain(PTRACE_O_SUSPEND_SECCOMP)
+    } else {
+        base
+    }
 }
 
 /// Options for a process under restore: a half-built process must die with its restorer;

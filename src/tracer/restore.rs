@@ -39,6 +39,11 @@ pub enum RestoreError {
     )]
     Cpu { image: u64, here: u64 },
     #[error(
+        "the image holds {image} bytes of register state (xstate) per thread, this CPU/kernel \
+         takes at most {here}; restore on a node with the same CPU type"
+    )]
+    Xstate { image: u32, here: u32 },
+    #[error(
         "{path} changed since the checkpoint ({what}); the image relies on it. Restore the \
          original file or pass --keep-files to accept the change for open files"
     )]
@@ -89,6 +94,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
+    Invalid(#[from] crate::image::validate::InvalidManifest),
+    #[error(transparent)]
     Ptrace(#[from] PtraceError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -121,13 +128,31 @@ pub struct Restored {
 /// under it as they were) and lets them run.
 /// `pages_verified` says whether the image's page contents are intact (the caller may be
 /// checking them while they are read): it is asked before anything that cannot be undone,
-/// cutting back files or letting the processes run; on failure they are killed.
+/// cutting back files or letting the processes run; on failure they are killed. A restore
+/// that fails before it asked asks anyway: damaged pages (of the image or a parent) are
+/// then the error, so that `restore --auto` passes over the image instead of stopping.
 pub fn restore(
     image: &Image,
     opts: &RestoreOptions,
     pages_verified: impl FnOnce() -> Result<(), VerifyError>,
 ) -> Result<Restored, RestoreError> {
+    let mut check = Some(pages_verified);
+    let mut verified = || check.take().map_or(Ok(()), |verify| verify());
+    let result = rebuild(image, opts, &mut verified);
+    match (result, verified()) {
+        (Err(_), Err(damage)) => Err(RestoreError::Verify(damage)),
+        (result, _) => result,
+    }
+}
+
+fn rebuild(
+    image: &Image,
+    opts: &RestoreOptions,
+    pages_verified: &mut dyn FnMut() -> Result<(), VerifyError>,
+) -> Result<Restored, RestoreError> {
     let m = &image.manifest;
+    // The reader validated it; an image built by other means is checked here all the same.
+    crate::image::validate::validate(m)?;
     let procs = m.processes();
     if procs.iter().any(|p| p.threads.is_empty()) {
         return Err(RestoreError::NoThreads);
@@ -276,6 +301,13 @@ fn preflight(
             here: xcr0,
         });
     }
+    let xstate_here = sys::xstate_size();
+    if xstate_here > 0 && m.cpu.xstate_size > xstate_here {
+        return Err(RestoreError::Xstate {
+            image: m.cpu.xstate_size,
+            here: xstate_here,
+        });
+    }
     let pids = procs
         .iter()
         .map(|p| p.process.pid)
@@ -365,7 +397,13 @@ fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
     procs
         .iter()
         .map(|p| {
-            let top = p.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+            let top = p
+                .fds
+                .iter()
+                .map(|f| f.fd.saturating_add(1))
+                .max()
+                .unwrap_or(3)
+                .max(3);
             let mut files: Vec<&str> = Vec::new();
             let mut shm: Vec<u64> = Vec::new();
             for r in p.regions {
@@ -378,7 +416,7 @@ fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
                 }
             }
             let helpers = 2 + m.parents.len() + files.len() + shm.len();
-            top + helpers as i32
+            top.saturating_add(i32::try_from(helpers).unwrap_or(i32::MAX))
         })
         .max()
         .unwrap_or(3)
@@ -417,7 +455,7 @@ impl SharedMemories {
         for r in procs.iter().flat_map(|p| p.regions) {
             if let (Backing::SharedAnonymous, Some(o)) = (&r.backing, r.shared_object) {
                 let end = sizes.entry(o.id).or_default();
-                *end = (*end).max(o.offset + r.len());
+                *end = (*end).max(o.offset.saturating_add(r.len()));
             }
         }
         let mut by_id = BTreeMap::new();

@@ -163,7 +163,13 @@ pub(super) fn plan_fds(
     let close_stdio = (0..=2)
         .filter(|n| !p.fds.iter().any(|f| f.fd == *n))
         .collect();
-    let mut next = p.fds.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+    let mut next = p
+        .fds
+        .iter()
+        .map(|f| f.fd.saturating_add(1))
+        .max()
+        .unwrap_or(3)
+        .max(3);
     let first_helper_fd = next;
     // Paths of the image's files are the user's (may hold symlinks); those of the job's
     // files come from /proc (`recorded`).
@@ -312,8 +318,7 @@ pub(super) struct StubArea {
 }
 
 const STUB_STACK: u64 = 16 * 1024;
-/// Top of the x86-64 user address space (47-bit).
-const TASK_TOP: u64 = 0x7fff_ffff_f000;
+use crate::image::validate::TASK_TOP;
 
 pub(super) fn page_up(n: u64) -> u64 {
     n.div_ceil(PAGE_SIZE) * PAGE_SIZE
@@ -328,13 +333,13 @@ impl StubArea {
     ) -> Result<StubArea, RestoreError> {
         // The op count does not depend on addresses, so size the table with a dry run.
         let dry = Layout::new(0, 0);
-        let count = build_ops(p, seq, fds, vdso, &dry).len() as u64;
+        let count = build_ops(p, seq, fds, vdso, &dry)?.len() as u64;
         let table_len = page_up(count * stub::OP_BYTES as u64);
         let scratch_len: u64 = vdso.iter().map(|v| v.len).sum();
         let len = PAGE_SIZE + table_len + PAGE_SIZE + STUB_STACK + scratch_len;
         let base = place(len, p.regions)?;
         let layout = Layout::new(base, table_len);
-        let ops = build_ops(p, seq, fds, vdso, &layout.with_len(len));
+        let ops = build_ops(p, seq, fds, vdso, &layout.with_len(len))?;
         let stub = stub::assemble(base, layout.table, ops.len() as u64)
             .map_err(|e| RestoreError::Assemble(e.to_string()))?;
         let area = StubArea {
@@ -346,16 +351,21 @@ impl StubArea {
             data: layout.data,
             mapped_here: true,
         };
-        area.fill(&layout, p.process, fds.exe_fd);
+        area.fill(&layout, p.process, fds.exe_fd)?;
         sys::make_executable(base as *mut u8, PAGE_SIZE as usize)
             .map_err(sys_err("make the restorer stub executable"))?;
         Ok(area)
     }
 
     /// Writes code, table and data into the mapping (inherited by the child at clone).
-    fn fill(&self, layout: &Layout, process: &ProcessState, exe_fd: i32) {
+    fn fill(
+        &self,
+        layout: &Layout,
+        process: &ProcessState,
+        exe_fd: i32,
+    ) -> Result<(), RestoreError> {
         let table = stub::encode_table(&self.ops);
-        let data = stub_data(process, layout, exe_fd);
+        let data = stub_data(process, layout, exe_fd)?;
         let write = |addr: u64, bytes: &[u8]| {
             // SAFETY: [addr, addr+len) lies inside the area this StubArea mapped
             // read-write at `base` (checked by the layout), which nothing else references.
@@ -366,6 +376,7 @@ impl StubArea {
         write(self.base, &self.stub.code);
         write(layout.table, &table);
         write(layout.data, &data);
+        Ok(())
     }
 
     pub(super) fn unmap_here(&mut self) {
@@ -394,7 +405,7 @@ pub(super) fn place(len: u64, regions: &[MemoryRegion]) -> Result<u64, RestoreEr
         }
         prev = prev.max(e);
     }
-    gaps.push((prev, TASK_TOP));
+    gaps.push((prev, TASK_TOP.max(prev)));
     // Largest gaps first; try a few spots in each, since this process has its own maps.
     gaps.sort_by_key(|&(s, e)| std::cmp::Reverse(e - s));
     let margin = 1 << 20;
@@ -452,9 +463,21 @@ impl Layout {
     }
 }
 
-/// `struct prctl_mm_map` and auxv, as the stub's `PR_SET_MM_MAP` reads them.
-pub(super) fn stub_data(process: &ProcessState, layout: &Layout, exe_fd: i32) -> Vec<u8> {
+/// `struct prctl_mm_map` and auxv, as the stub's `PR_SET_MM_MAP` reads them: one page.
+pub(super) fn stub_data(
+    process: &ProcessState,
+    layout: &Layout,
+    exe_fd: i32,
+) -> Result<Vec<u8>, RestoreError> {
     let mut data = vec![0u8; PAGE_SIZE as usize];
+    let room = (data.len() - DATA_AUXV as usize) / 8;
+    if process.auxv.len() > room {
+        return Err(RestoreError::Inconsistent(format!(
+            "process {} has an auxv of {} words, more than the {room} the restorer passes on",
+            process.pid,
+            process.auxv.len()
+        )));
+    }
     let mm = &process.mm;
     let words = [
         mm.start_code,
@@ -480,7 +503,7 @@ pub(super) fn stub_data(process: &ProcessState, layout: &Layout, exe_fd: i32) ->
         let at = DATA_AUXV as usize + i * 8;
         data[at..at + 8].copy_from_slice(&w.to_le_bytes());
     }
-    data
+    Ok(data)
 }
 
 /// The stub's program.
@@ -490,7 +513,7 @@ pub(super) fn build_ops(
     fds: &FdPlan,
     vdso: &[VdsoMove],
     l: &Layout,
-) -> Vec<Op> {
+) -> Result<Vec<Op>, RestoreError> {
     let mut ops = Vec::new();
     let mremap = |from: u64, to: u64, len: u64, what: String| {
         Op::new(
@@ -540,7 +563,7 @@ pub(super) fn build_ops(
         scratch += v.len;
     }
     for region in p.regions.iter().filter(|r| r.backing != Backing::Vdso) {
-        region_ops(region, seq, fds, &mut ops);
+        region_ops(region, seq, fds, &mut ops)?;
     }
     ops.push(mm_map_op(l));
     for f in fds.files.iter().filter(|f| f.fd >= fds.first_helper_fd) {
@@ -551,7 +574,7 @@ pub(super) fn build_ops(
             "close helper fd",
         ));
     }
-    ops
+    Ok(ops)
 }
 
 pub(super) fn mm_map_op(l: &Layout) -> Op {
@@ -569,7 +592,12 @@ pub(super) fn mm_map_op(l: &Layout) -> Op {
     )
 }
 
-pub(super) fn region_ops(r: &MemoryRegion, own_seq: u64, fds: &FdPlan, ops: &mut Vec<Op>) {
+pub(super) fn region_ops(
+    r: &MemoryRegion,
+    own_seq: u64,
+    fds: &FdPlan,
+    ops: &mut Vec<Op>,
+) -> Result<(), RestoreError> {
     let prot = r.prot.bits();
     let fill = !r.runs.is_empty();
     let initial = if fill { prot | libc::PROT_WRITE } else { prot };
@@ -629,7 +657,12 @@ pub(super) fn region_ops(r: &MemoryRegion, own_seq: u64, fds: &FdPlan, ops: &mut
     const MAX_READ: u64 = 1 << 30;
     for run in &r.runs {
         let source = run.image.unwrap_or(own_seq);
-        let pages_fd = fds.pages_fds[&source];
+        let pages_fd = *fds.pages_fds.get(&source).ok_or_else(|| {
+            RestoreError::Inconsistent(format!(
+                "pages of {name} at {:#x} are in image {source}, which is not a parent of this one",
+                run.addr
+            ))
+        })?;
         let mut done = 0;
         while done < run.len {
             let n = (run.len - done).min(MAX_READ);
@@ -650,6 +683,7 @@ pub(super) fn region_ops(r: &MemoryRegion, own_seq: u64, fds: &FdPlan, ops: &mut
             format!("protect {name}"),
         ));
     }
+    Ok(())
 }
 
 /// Pre-faults the memory `runs` are read into, in bulk: one `MADV_POPULATE_WRITE` costs a
@@ -755,7 +789,10 @@ pub(super) fn drive_child<'a>(
     }
     let regs = ptrace::get_regs(child)?;
     if regs.rip == area.stub.fail_rip {
-        let op = &area.ops[regs.r13 as usize];
+        let op = area
+            .ops
+            .get(usize::try_from(regs.r13).unwrap_or(usize::MAX))
+            .ok_or_else(|| RestoreError::Unexpected(format!("stub failed at op {}", regs.r13)))?;
         return Err(RestoreError::StubOp {
             what: op.what.clone(),
             result: describe_result(regs.rax, op),
@@ -768,7 +805,8 @@ pub(super) fn drive_child<'a>(
         )));
     }
     // --new-pid: the kernel picked the PID, and picks the other TIDs too.
-    let new_ids = child.as_raw() != threads[0].tid;
+    let leader = threads.first().ok_or(RestoreError::NoThreads)?;
+    let new_ids = child.as_raw() != leader.tid;
     let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads, new_ids)?;
     last.recreate_threads(credentials)?;
     last.requeue_signals(process_pending)?;

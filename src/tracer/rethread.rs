@@ -40,6 +40,7 @@ pub struct Rethreader<'a> {
     /// The stub's data page.
     pub scratch: u64,
     pub gadget: u64,
+    /// The image's threads; never empty (`new` refuses that), the leader first.
     pub threads: &'a [ThreadState],
     /// The process got a new PID (`--new-pid`): threads get new TIDs too.
     pub new_ids: bool,
@@ -54,6 +55,9 @@ impl<'a> Rethreader<'a> {
         threads: &'a [ThreadState],
         new_ids: bool,
     ) -> Result<Self, RestoreError> {
+        if threads.is_empty() {
+            return Err(RestoreError::NoThreads);
+        }
         Ok(Rethreader {
             pid,
             main: RemoteThread::new(pid, gadget)?,
@@ -72,7 +76,7 @@ impl<'a> Rethreader<'a> {
         &mut self,
         credentials: Option<&Credentials>,
     ) -> Result<(), RestoreError> {
-        let leader = &self.threads[0];
+        let (leader, others) = self.threads.split_first().ok_or(RestoreError::NoThreads)?;
         // The others get theirs from clone3 (CLONE_CHILD_CLEARTID).
         self.main.checked(
             "set_tid_address",
@@ -86,7 +90,7 @@ impl<'a> Rethreader<'a> {
             self.mem
                 .write(leader.clear_child_tid, &self.pid.as_raw().to_le_bytes())?;
         }
-        for t in &self.threads[1..] {
+        for t in others {
             let tid = self.spawn(t)?;
             self.created.push(tid);
             let mut remote = RemoteThread::new(tid, self.gadget)?;
@@ -176,7 +180,8 @@ impl<'a> Rethreader<'a> {
             libc::SYS_munmap,
             &[stub_base, stub_len],
         )?;
-        set_final_state(self.pid, &self.threads[0])?;
+        let leader = self.threads.first().ok_or(RestoreError::NoThreads)?;
+        set_final_state(self.pid, leader)?;
         let (first, later) = match (stopped, self.main.held_signal) {
             (true, None) => (Some(ptrace::SignalNumber::SIGSTOP), None),
             (true, held) => (held, Some(nix::sys::signal::Signal::SIGSTOP)),

@@ -59,6 +59,16 @@ pub fn xcr0() -> u64 {
     }
 }
 
+/// Bytes of the XSAVE area for the features XCR0 enables (CPUID leaf 0xD, EBX): the
+/// largest xstate this kernel accepts for a thread (0 without XSAVE).
+pub fn xstate_size() -> u32 {
+    let xsave = std::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0;
+    if !xsave {
+        return 0;
+    }
+    std::arch::x86_64::__cpuid_count(0xd, 0).ebx
+}
+
 /// The running kernel's release string (`uname -r`).
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()

@@ -2,6 +2,7 @@
 //! moment, and letting them all go again. Per-process work (threads, memory) stays in
 //! `freeze`, `capture` and `dump`; this module only knows who is whose child.
 
+use super::access::TargetError;
 use super::freeze::{FreezeError, Frozen};
 use crate::image::format::{TreeLinks, ZombieProcess};
 use nix::unistd::Pid;
@@ -124,7 +125,10 @@ impl FrozenMembers {
                 self.live.push((frozen, s.links));
                 Ok(true)
             }
-            Err(FreezeError::NoProcess { .. }) => Ok(false),
+            Err(
+                FreezeError::NoProcess { .. }
+                | FreezeError::Target(TargetError::Gone { .. } | TargetError::Exited { .. }),
+            ) => Ok(false),
             Err(FreezeError::ZombieLeader { .. }) if stat(s.pid).is_some_and(|s| is_zombie(&s)) => {
                 Ok(false)
             }

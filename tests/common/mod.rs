@@ -603,6 +603,17 @@ pub fn damage(file: &Path, how: Damage) {
     }
 }
 
+/// Edits the manifest of the image at `image` with `edit`, then [`reseal`]s it as its owner
+/// could (CHECKSUMS and AUTH recomputed): only the validator can catch the edit.
+pub fn rewrite_manifest(image: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    reseal(image);
+}
+
 /// Copies the flat image directory `image` to `<to>/<image's name>`.
 pub fn copy_image(image: &Path, to: &Path) -> PathBuf {
     let copy = to.join(image.file_name().unwrap());
@@ -1219,14 +1230,4 @@ pub fn reseal(dir: &Path) {
     let mac = blake3::keyed_hash(&key.try_into().unwrap(), sums.as_bytes());
     let auth = format!("mlckpt-blake3-keyed-v1 uid=0 {}\n", mac.to_hex());
     std::fs::write(dir.join("AUTH"), auth).unwrap();
-}
-
-/// Rewrites the manifest of the image at `dir` as `edit` changes it, and [`reseal`]s it.
-pub fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("manifest.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    edit(&mut v);
-    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
-    reseal(dir);
 }
