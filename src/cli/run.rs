@@ -20,6 +20,8 @@ pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
     // the program itself must start with the mask mlckpt was given.
     let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
     let signals = supervisor::block_supervisor_signals()?;
+    // Before the child exists: a process its job orphans at once must come to us too.
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
     mlckpt::tracer::sys::restore_mask_on_exec(&mut command, original_mask);

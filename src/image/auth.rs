@@ -87,14 +87,21 @@ impl ImageKey {
     /// The calling user's key, created the first time.
     pub fn own() -> Result<ImageKey, AuthError> {
         let uid = effective_uid();
+        // A user's own key follows their $HOME; root's is always in root's home (a HOME
+        // kept by sudo would put it in a directory a user owns).
+        let home = std::env::var_os("HOME")
+            .filter(|h| uid != 0 && !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".config/mlckpt/image.key"));
         let path = match configured() {
             Some(p) => p.to_path_buf(),
-            None => default_key_path(uid).ok_or_else(|| AuthError::Key {
-                path: "~/.config/mlckpt/image.key".into(),
-                problem: format!(
-                    "uid {uid} has no home directory; set [security] key_file in the config"
-                ),
-            })?,
+            None => home
+                .or_else(|| default_key_path(uid))
+                .ok_or_else(|| AuthError::Key {
+                    path: "~/.config/mlckpt/image.key".into(),
+                    problem: format!(
+                        "uid {uid} has no home directory; set [security] key_file in the config"
+                    ),
+                })?,
         };
         match ImageKey::load(&path, uid) {
             Err(AuthError::Key { .. }) if !path.exists() => ImageKey::create(&path, uid),
