@@ -28,12 +28,30 @@ fn checkpoint_go_on_kill_restore(
     wait_gone(pid);
     let after = h.restore_to_end(&ckpt.path, prog, pid, |_, _| {});
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    let first = after.lines().next().unwrap_or_default().to_string();
+    assert_continuation(&reference, printed_before(&went_on, &after), &after, pid);
+    ckpt
+}
+
+/// Restores `killed`'s image, which must be refused with a message holding every one of
+/// `words`, and no process may run.
+fn refused_restore(h: &Harness, killed: &Killed, prog: &Prog, words: &[&str]) {
+    let res = h
+        .restore(&killed.ckpt.path, prog)
+        .finish(CMD_TIMEOUT)
+        .expect_failure();
+    let out = res.output();
+    assert!(words.iter().all(|w| out.contains(w)), "{}", res.describe());
+    assert!(!pid_alive(killed.pid), "a process ran");
+}
+
+/// What the killed run printed up to the checkpoint: everything before the restored
+/// process's first line.
+fn printed_before<'a>(went_on: &'a str, after: &str) -> &'a str {
+    let first = after.lines().next().unwrap_or_default();
     let cut = went_on
         .find(&format!("{first}\n"))
         .unwrap_or_else(|| panic!("'{first}' not in the first run's output:\n{went_on}"));
-    assert_continuation(&reference, &went_on[..cut], &after, pid);
-    ckpt
+    &went_on[..cut]
 }
 
 fn same_file(h: &Harness, name: &str) {
@@ -92,11 +110,7 @@ fn file_written_in_place_comes_back_exact_and_increments_store_changed_chunks() 
     );
     let after = h.restore_to_end(&second.path, &prog, pid, |_, _| {});
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    let line = after.lines().next().unwrap_or_default().to_string();
-    let cut = went_on
-        .find(&format!("{line}\n"))
-        .expect("first restored line");
-    assert_continuation(&reference, &went_on[..cut], &after, pid);
+    assert_continuation(&reference, printed_before(&went_on, &after), &after, pid);
     same_file(&h, "data.bin");
 }
 
@@ -123,17 +137,12 @@ fn appended_file_rewritten_before_its_end_is_refused() {
     bytes[3] = b'#';
     bytes.extend_from_slice(b"written after the checkpoint\n");
     std::fs::write(&log, &bytes).unwrap();
-    let res = h
-        .restore(&killed.ckpt.path, &prog)
-        .finish(CMD_TIMEOUT)
-        .expect_failure();
-    let out = res.output();
-    assert!(
-        out.contains("log.txt") && out.contains("rewritten") && out.contains("--keep-files"),
-        "{}",
-        res.describe()
+    refused_restore(
+        &h,
+        &killed,
+        &prog,
+        &["log.txt", "rewritten", "--keep-files"],
     );
-    assert!(!pid_alive(killed.pid), "a process ran");
     assert_eq!(
         std::fs::read(&log).unwrap(),
         bytes,
@@ -152,15 +161,7 @@ fn file_over_the_copy_limit_that_changed_is_refused_naming_the_limit() {
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[100] ^= 1;
     std::fs::write(&data, &bytes).unwrap();
-    let res = h
-        .restore(&killed.ckpt.path, &prog)
-        .finish(CMD_TIMEOUT)
-        .expect_failure();
-    assert!(
-        res.output().contains("data.bin") && res.output().contains("file_copy_limit_mib"),
-        "{}",
-        res.describe()
-    );
+    refused_restore(&h, &killed, &prog, &["data.bin", "file_copy_limit_mib"]);
     assert_eq!(std::fs::read(&data).unwrap(), bytes);
 }
 
@@ -177,16 +178,7 @@ fn symlink_swapped_in_for_a_file_is_not_followed() {
     std::fs::write(&victim, &precious).unwrap();
     std::fs::remove_file(&log).unwrap();
     std::os::unix::fs::symlink(&victim, &log).unwrap();
-    let res = h
-        .restore(&killed.ckpt.path, &prog)
-        .finish(CMD_TIMEOUT)
-        .expect_failure();
-    assert!(
-        res.output().contains("log.txt") && res.output().contains("symlink"),
-        "{}",
-        res.describe()
-    );
-    assert!(!pid_alive(killed.pid), "a process ran");
+    refused_restore(&h, &killed, &prog, &["log.txt", "symlink"]);
     assert_eq!(
         std::fs::read(&victim).unwrap(),
         precious,
@@ -207,14 +199,5 @@ fn replaced_file_is_refused() {
     let new = h.run_dir().join("log.new");
     std::fs::write(&new, &bytes).unwrap();
     std::fs::rename(&new, &log).unwrap();
-    let res = h
-        .restore(&killed.ckpt.path, &prog)
-        .finish(CMD_TIMEOUT)
-        .expect_failure();
-    assert!(
-        res.output().contains("log.txt") && res.output().contains("replaced"),
-        "{}",
-        res.describe()
-    );
-    assert!(!pid_alive(killed.pid), "a process ran");
+    refused_restore(&h, &killed, &prog, &["log.txt", "replaced"]);
 }

@@ -109,15 +109,17 @@ impl Frozen {
             threads: BTreeMap::new(),
             released: false,
         };
+        // Threads found exiting: still listed until reaped, never to be seized.
+        let mut exited = std::collections::BTreeSet::new();
         loop {
             let fresh: Vec<Pid> = list_threads(pid)?
                 .into_iter()
-                .filter(|t| !frozen.threads.contains_key(&t.as_raw()))
+                .filter(|t| !frozen.threads.contains_key(&t.as_raw()) && !exited.contains(t))
                 .collect();
             if fresh.is_empty() {
                 break;
             }
-            let seized = frozen.seize_all(&fresh)?;
+            let seized = frozen.seize_all(&fresh, &mut exited)?;
             for tid in seized {
                 frozen.wait_interrupted(tid)?;
             }
@@ -128,7 +130,11 @@ impl Frozen {
         Ok(frozen)
     }
 
-    fn seize_all(&mut self, tids: &[Pid]) -> Result<Vec<Pid>, FreezeError> {
+    fn seize_all(
+        &mut self,
+        tids: &[Pid],
+        exited: &mut std::collections::BTreeSet<Pid>,
+    ) -> Result<Vec<Pid>, FreezeError> {
         let mut seized = Vec::new();
         for &tid in tids {
             match seize_when_free(self.pid, tid) {
@@ -138,8 +144,14 @@ impl Frozen {
                 Err(_) if tracer_of(self.pid, tid) == Some(nix::unistd::gettid()) => {}
                 // Exited between listing and seizing (ESRCH once gone, EPERM while it
                 // is exiting): nothing to checkpoint.
-                Err(PtraceError::Gone { .. }) => continue,
-                Err(_) if exiting(self.pid, tid) => continue,
+                Err(PtraceError::Gone { .. }) => {
+                    exited.insert(tid);
+                    continue;
+                }
+                Err(_) if exiting(self.pid, tid) => {
+                    exited.insert(tid);
+                    continue;
+                }
                 Err(source) => {
                     return Err(FreezeError::Seize {
                         pid: self.pid.as_raw(),

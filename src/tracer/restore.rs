@@ -11,7 +11,7 @@ use super::ptrace::{self, PtraceError};
 use super::remote::RemoteError;
 use super::restore_process::{
     FdPlan, StubArea, check_mapped_file, child_plan, cut_back, drive_child, explain_child_exit,
-    plan_fds, plan_vdso,
+    first_fd_above, plan_fds, plan_vdso,
 };
 use super::rethread::Rethreader;
 use super::sys;
@@ -397,13 +397,7 @@ fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
     procs
         .iter()
         .map(|p| {
-            let top = p
-                .fds
-                .iter()
-                .map(|f| f.fd.saturating_add(1))
-                .max()
-                .unwrap_or(3)
-                .max(3);
+            let top = first_fd_above(p.fds);
             let mut files: Vec<&str> = Vec::new();
             let mut shm: Vec<u64> = Vec::new();
             for r in p.regions {

@@ -163,13 +163,7 @@ pub(super) fn plan_fds(
     let close_stdio = (0..=2)
         .filter(|n| !p.fds.iter().any(|f| f.fd == *n))
         .collect();
-    let mut next = p
-        .fds
-        .iter()
-        .map(|f| f.fd.saturating_add(1))
-        .max()
-        .unwrap_or(3)
-        .max(3);
+    let mut next = first_fd_above(p.fds);
     let first_helper_fd = next;
     // Paths of the image's files are the user's (may hold symlinks); those of the job's
     // files come from /proc (`recorded`).
@@ -319,6 +313,15 @@ pub(super) struct StubArea {
 
 const STUB_STACK: u64 = 16 * 1024;
 use crate::image::validate::TASK_TOP;
+
+/// The first fd number above the image's own fds (and above stdio).
+pub(super) fn first_fd_above(fds: &[FdState]) -> i32 {
+    fds.iter()
+        .map(|f| f.fd.saturating_add(1))
+        .max()
+        .unwrap_or(3)
+        .max(3)
+}
 
 pub(super) fn page_up(n: u64) -> u64 {
     n.div_ceil(PAGE_SIZE) * PAGE_SIZE
