@@ -44,16 +44,6 @@ fn refused_restore(h: &Harness, killed: &Killed, prog: &Prog, words: &[&str]) {
     assert!(!pid_alive(killed.pid), "a process ran");
 }
 
-/// What the killed run printed up to the checkpoint: everything before the restored
-/// process's first line.
-fn printed_before<'a>(went_on: &'a str, after: &str) -> &'a str {
-    let first = after.lines().next().unwrap_or_default();
-    let cut = went_on
-        .find(&format!("{first}\n"))
-        .unwrap_or_else(|| panic!("'{first}' not in the first run's output:\n{went_on}"));
-    &went_on[..cut]
-}
-
 fn same_file(h: &Harness, name: &str) {
     let got = std::fs::read(h.run_dir().join(name)).unwrap();
     let want = std::fs::read(h.ref_dir().join(name)).unwrap();

@@ -71,12 +71,6 @@ fn database_written_in_place_comes_back_as_at_the_checkpoint() {
     wait_gone(pid);
     let after = h.restore_to_end(&ckpt.path, &prog, pid, |_, _| {});
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    // What the killed run printed up to the checkpoint: everything before the restored
-    // process's first line.
-    let first = after.lines().next().unwrap_or_default();
-    let cut = went_on
-        .find(&format!("{first}\n"))
-        .unwrap_or_else(|| panic!("'{first}' not in the first run's output:\n{went_on}"));
-    assert_continuation(&reference, &went_on[..cut], &after, pid);
+    assert_continuation(&reference, printed_before(&went_on, &after), &after, pid);
     assert!(after.contains("integrity=ok"), "{after}");
 }

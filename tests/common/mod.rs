@@ -1231,3 +1231,13 @@ pub fn reseal(dir: &Path) {
     let auth = format!("mlckpt-blake3-keyed-v1 uid=0 {}\n", mac.to_hex());
     std::fs::write(dir.join("AUTH"), auth).unwrap();
 }
+
+/// What the killed run printed up to the checkpoint: everything before the restored
+/// process's first line.
+pub fn printed_before<'a>(went_on: &'a str, after: &str) -> &'a str {
+    let first = after.lines().next().unwrap_or_default();
+    let cut = went_on
+        .find(&format!("{first}\n"))
+        .unwrap_or_else(|| panic!("'{first}' not in the first run's output:\n{went_on}"));
+    &went_on[..cut]
+}
