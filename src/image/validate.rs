@@ -463,14 +463,16 @@ fn check_objects(c: &mut Checker, m: &Manifest) -> BTreeMap<u64, &'static str> {
 }
 
 fn check_tree(c: &mut Checker, at: &str, t: &TreeLinks) {
-    // The root's parent, group and session may be outside the job, but are processes.
-    c.check(
-        (0..=PID_MAX).contains(&t.ppid),
-        format!("{at}.ppid"),
-        format!("{} is not a process id", t.ppid),
-    );
-    c.id(format!("{at}.pgid"), t.pgid);
-    c.id(format!("{at}.sid"), t.sid);
+    // The root's parent, group and session may be outside the job, even outside its pid
+    // namespace, where the kernel shows them as 0 (a job started in a container whose session
+    // leader lives in the host's namespace).
+    for (field, id) in [("ppid", t.ppid), ("pgid", t.pgid), ("sid", t.sid)] {
+        c.check(
+            (0..=PID_MAX).contains(&id),
+            format!("{at}.{field}"),
+            format!("{id} is not a process id (0..={PID_MAX})"),
+        );
+    }
     c.signal(format!("{at}.exit_signal"), t.exit_signal, true);
 }
 

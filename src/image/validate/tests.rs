@@ -284,6 +284,17 @@ fn bad_thread_and_process_ids() {
 }
 
 #[test]
+fn a_session_or_group_outside_the_pid_namespace_is_zero() {
+    // A job started in a container whose session leader lives in the host's namespace.
+    let mut m = sample();
+    m.process.tree.sid = 0;
+    m.process.tree.pgid = 0;
+    m.members[0].process.tree.sid = 0;
+    m.members[0].process.tree.pgid = 0;
+    assert_eq!(validate(&m), Ok(()));
+}
+
+#[test]
 fn an_empty_thread_list() {
     refused("threads", |m| m.threads.clear());
     refused("members[0].threads", |m| m.members[0].threads.clear());
