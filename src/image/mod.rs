@@ -4,6 +4,7 @@ pub mod auth;
 pub mod format;
 pub mod name;
 pub mod pagebuf;
+pub mod pages_hash;
 pub mod reader;
 pub mod store;
 pub mod validate;

@@ -9,6 +9,7 @@
 use super::auth::{AUTH_FILE, ImageKey};
 use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, Manifest, PAGE_HASHES_FILE, PAGES_FILE};
 use super::pagebuf::PageBuf;
+use super::pages_hash::{PagesHash, RewriteError};
 use super::store::{ImageDirError, image_dir_name, partial_dir_name};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -50,6 +51,13 @@ pub enum WriteError {
     Stopped { dir: PathBuf },
     #[error("the page writer thread of the image in {dir} panicked")]
     WriterPanicked { dir: PathBuf },
+    /// Page data that cannot go where it was asked to (a bug of the caller).
+    #[error("page data cannot be written to the image in {dir}")]
+    Pages {
+        dir: PathBuf,
+        #[source]
+        source: RewriteError,
+    },
     #[error("cannot serialise the manifest")]
     Manifest(#[source] serde_json::Error),
     #[error(transparent)]
@@ -79,9 +87,9 @@ pub struct ImageWriter {
     final_path: PathBuf,
     /// None once the writer thread stopped on an error (reported to the caller then).
     pipe: Option<PagePipe>,
-    /// `pages.bin` in order, hashed by the submitting thread while the writer thread writes
+    /// `pages.bin`'s hash, computed by the submitting thread while the writer thread writes
     /// the batches before.
-    hasher: blake3::Hasher,
+    hash: PagesHash,
     /// Small submissions not yet handed to the writer thread.
     stage: PageBuf,
     /// While the target is frozen, submissions wait in `stage` (up to HOLD_BYTES) rather
@@ -90,6 +98,10 @@ pub struct ImageWriter {
     /// Buffers of small submissions, for `take_buffer` to hand out again: their memory is
     /// already mapped, so a checkpoint's frozen phase fills them without page faults.
     spare: Vec<PageBuf>,
+    /// Where in `pages.bin` the staged bytes go.
+    staged_at: u64,
+    /// Rewrites of pages handed to the writer thread already, kept while holding.
+    held_rewrites: Vec<(Vec<Place>, PageBuf)>,
     written: u64,
     committed: bool,
 }
@@ -203,10 +215,12 @@ impl ImageWriter {
             partial,
             final_path,
             pipe: Some(PagePipe::start(pages, pages_path)),
-            hasher: blake3::Hasher::new(),
+            hash: PagesHash::default(),
             stage: PageBuf::mapped(2 * STAGE_BYTES),
             holding: false,
             spare: vec![PageBuf::mapped(STAGE_BYTES)],
+            staged_at: 0,
+            held_rewrites: Vec::new(),
             written: 0,
             committed: false,
         })
@@ -227,25 +241,94 @@ impl ImageWriter {
     /// `pages.bin`. Small pieces are gathered first: every direct write waits for the
     /// device, and a checkpoint's frozen phase must not wait once per small region.
     pub fn submit(&mut self, data: PageBuf) -> Result<u64, WriteError> {
-        self.submit_data(data)
+        self.submit_data(data, false)
             .map_err(|e| e.naming_full_disk(&self.rank_dir))
     }
 
-    fn submit_data(&mut self, data: PageBuf) -> Result<u64, WriteError> {
-        let offset = self.written;
-        self.written += data.len() as u64;
-        if data.len() >= PARALLEL_HASH_BYTES {
-            self.hasher.update_rayon(data.as_bytes());
-        } else {
-            self.hasher.update(data.as_bytes());
+    /// As `submit`, for pages that may be written again in place later (`rewrite`): read
+    /// while the target runs, they may change before the freeze. Their hashing costs about
+    /// twice as much.
+    pub fn submit_revisable(&mut self, data: PageBuf) -> Result<u64, WriteError> {
+        self.submit_data(data, true)
+            .map_err(|e| e.naming_full_disk(&self.rank_dir))
+    }
+
+    /// Writes `data` over pages submitted revisable before: `places` lists, in `data`'s
+    /// order, where each piece goes in `pages.bin` and its length. The image keeps one copy
+    /// of each page, its last.
+    pub fn rewrite(&mut self, places: &[(u64, u64)], data: PageBuf) -> Result<(), WriteError> {
+        self.rewrite_data(places, data)
+            .map_err(|e| e.naming_full_disk(&self.rank_dir))
+    }
+
+    // Lengths and distances within one buffer in memory fit a usize.
+    #[allow(clippy::cast_possible_truncation)]
+    fn rewrite_data(&mut self, places: &[(u64, u64)], data: PageBuf) -> Result<(), WriteError> {
+        let mut sent = Vec::new();
+        let mut from = 0;
+        for &(offset, len) in places {
+            let piece = data
+                .as_bytes()
+                .get(from..from + len as usize)
+                .ok_or_else(|| WriteError::Pages {
+                    dir: self.rank_dir.clone(),
+                    source: RewriteError::NotPages { len: data.len() },
+                })?;
+            self.hash
+                .rewrite(offset, piece)
+                .map_err(|source| WriteError::Pages {
+                    dir: self.rank_dir.clone(),
+                    source,
+                })?;
+            // Still staged here, or (in part) handed to the writer thread, which writes in
+            // order: after the first copy.
+            let end = offset + len;
+            if offset < self.staged_at {
+                let head = (end.min(self.staged_at) - offset) as usize;
+                sent.push(Place {
+                    at: offset,
+                    from,
+                    len: head,
+                });
+            }
+            if end > self.staged_at {
+                let at = offset.max(self.staged_at);
+                let src = &piece[(at - offset) as usize..];
+                let into = (at - self.staged_at) as usize;
+                self.stage.as_bytes_mut()[into..into + src.len()].copy_from_slice(src);
+            }
+            from += len as usize;
         }
+        if sent.is_empty() {
+            self.keep_spare(data);
+            return Ok(());
+        }
+        let held: usize = self.held_rewrites.iter().map(|(_, d)| d.len()).sum();
+        if self.holding && held + data.len() <= HOLD_BYTES {
+            self.held_rewrites.push((sent, data));
+            Ok(())
+        } else {
+            self.send_places(sent, data)
+        }
+    }
+
+    fn submit_data(&mut self, data: PageBuf, revisable: bool) -> Result<u64, WriteError> {
+        let offset = self.written;
+        self.hash
+            .append(data.as_bytes(), revisable)
+            .map_err(|source| WriteError::Pages {
+                dir: self.rank_dir.clone(),
+                source,
+            })?;
+        self.written += data.len() as u64;
         let held = self.holding && self.stage.len() + data.len() <= HOLD_BYTES;
         if held {
             self.stage.append(&data);
             self.keep_spare(data);
         } else if data.len() >= STAGE_BYTES {
             self.flush_stage()?;
-            self.send(data)?;
+            self.send(offset, data)?;
+            self.staged_at = self.written;
         } else {
             self.stage.append(&data);
             self.keep_spare(data);
@@ -272,9 +355,16 @@ impl ImageWriter {
     /// Ends `hold`: what was kept goes to the writer thread.
     pub fn let_go(&mut self) -> Result<(), WriteError> {
         self.holding = false;
+        self.release_held()
+            .map_err(|e| e.naming_full_disk(&self.rank_dir))
+    }
+
+    fn release_held(&mut self) -> Result<(), WriteError> {
+        for (places, data) in std::mem::take(&mut self.held_rewrites) {
+            self.send_places(places, data)?;
+        }
         if self.stage.len() >= STAGE_BYTES {
-            self.flush_stage()
-                .map_err(|e| e.naming_full_disk(&self.rank_dir))?;
+            self.flush_stage()?;
         }
         Ok(())
     }
@@ -289,15 +379,28 @@ impl ImageWriter {
         if self.stage.is_empty() {
             return Ok(());
         }
+        let at = self.staged_at;
+        self.staged_at += self.stage.len() as u64;
         let fresh = self.take_buffer(0);
         let full = std::mem::replace(&mut self.stage, fresh);
-        self.send(full)
+        self.send(at, full)
     }
 
-    fn send(&mut self, data: PageBuf) -> Result<(), WriteError> {
+    /// Hands `data` to the writer thread, to be written at `at`.
+    fn send(&mut self, at: u64, data: PageBuf) -> Result<(), WriteError> {
+        let place = Place {
+            at,
+            from: 0,
+            len: data.len(),
+        };
+        self.send_places(vec![place], data)
+    }
+
+    /// Hands `data` to the writer thread, to be written in pieces at `places`.
+    fn send_places(&mut self, places: Vec<Place>, data: PageBuf) -> Result<(), WriteError> {
         let pipe = self.working_pipe()?;
         pipe.sent += 1;
-        if pipe.full.send(data).is_err() {
+        if pipe.full.send((places, data)).is_err() {
             // The writer thread stopped on an error; `finish` reports it.
             return self.take_pipe()?.finish(&self.rank_dir).map(drop);
         }
@@ -344,7 +447,7 @@ impl ImageWriter {
         self.flush_stage()?;
         let written = self.take_pipe()?.finish(&self.rank_dir)?;
         written.into_iter().for_each(PageBuf::recycle);
-        let pages_hash = self.hasher.finalize();
+        let pages_hash = self.hash.finalize();
 
         let manifest_path = self.partial.join(MANIFEST_FILE);
         // Compact: incremental images have many small runs, and `jq` prints it for people.
@@ -381,10 +484,18 @@ impl ImageWriter {
     }
 }
 
+/// A piece of a batch: `len` bytes from `from` in the buffer go to `at` in `pages.bin`.
+struct Place {
+    at: u64,
+    from: usize,
+    len: usize,
+}
+
 /// The writer thread: writes page batches in order while the dumping thread reads and
 /// hashes the next ones.
 struct PagePipe {
-    full: SyncSender<PageBuf>,
+    /// Batches and where they go in the file.
+    full: SyncSender<(Vec<Place>, PageBuf)>,
     free: Receiver<PageBuf>,
     /// One message per batch written.
     written: Receiver<()>,
@@ -396,14 +507,15 @@ struct PagePipe {
 
 impl PagePipe {
     fn start(file: File, path: PathBuf) -> PagePipe {
-        let (full, full_rx) = sync_channel::<PageBuf>(BUFFERS_IN_FLIGHT - 1);
+        let (full, full_rx) = sync_channel::<(Vec<Place>, PageBuf)>(BUFFERS_IN_FLIGHT - 1);
         let (free_tx, free) = sync_channel::<PageBuf>(BUFFERS_IN_FLIGHT);
         let (written_tx, written) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let mut at = 0;
-            for buf in full_rx {
-                write_pages(&file, buf.as_bytes(), at).map_err(write_err(&path))?;
-                at += buf.len() as u64;
+            for (places, buf) in full_rx {
+                for p in places {
+                    let piece = &buf.as_bytes()[p.from..p.from + p.len];
+                    write_pages(&file, piece, p.at).map_err(write_err(&path))?;
+                }
                 let _ = free_tx.try_send(buf);
                 let _ = written_tx.send(());
             }
@@ -516,6 +628,57 @@ mod tests {
         };
         let e = e.naming_full_disk(Path::new("/store/job/rank0"));
         assert!(matches!(e, WriteError::NoSpace { .. }), "{e}");
+    }
+
+    fn pages(n: usize, seed: u8) -> PageBuf {
+        let mut buf = PageBuf::mapped(n * 4096);
+        buf.resize(n * 4096);
+        for (i, b) in buf.as_bytes_mut().iter_mut().enumerate() {
+            *b = (i / 4096) as u8 ^ seed;
+        }
+        buf
+    }
+
+    /// Rewrites land where the pages went first, whether those were still staged or
+    /// already written, and the hash is the final file's.
+    #[test]
+    fn rewritten_pages_replace_their_first_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ImageWriter::create(dir.path(), 1).unwrap();
+        let mut expected = Vec::new();
+        let big = STAGE_BYTES / 4096 + 3;
+        for (n, seed, revisable) in [(big, 1, true), (5, 2, true), (7, 3, false)] {
+            let data = pages(n, seed);
+            expected.extend_from_slice(data.as_bytes());
+            let at = if revisable {
+                w.submit_revisable(data).unwrap()
+            } else {
+                w.submit(data).unwrap()
+            };
+            assert_eq!(at as usize + n * 4096, expected.len());
+        }
+        // Two pages at the end of the sent batch, and two pages that are still staged.
+        let data = pages(4, 0x80);
+        for (i, at) in [big - 2, big + 1].into_iter().enumerate() {
+            expected[at * 4096..(at + 2) * 4096]
+                .copy_from_slice(&data.as_bytes()[i * 8192..(i + 1) * 8192]);
+        }
+        let places = [
+            (((big - 2) * 4096) as u64, 8192),
+            (((big + 1) * 4096) as u64, 8192),
+        ];
+        w.hold();
+        w.rewrite(&places, data).unwrap();
+        w.let_go().unwrap();
+        assert!(
+            w.rewrite(&[(((big + 5) * 4096) as u64, 4096)], pages(1, 9))
+                .is_err()
+        );
+        w.flush_stage().unwrap();
+        w.take_pipe().unwrap().finish(dir.path()).unwrap();
+        let file = fs::read(w.partial.join(PAGES_FILE)).unwrap();
+        assert!(file == expected, "pages.bin differs");
+        assert_eq!(w.hash.finalize(), blake3::hash(&expected));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::inspect;
 use super::memory::ProcessMemory;
 use super::ptrace::SignalNumber;
 use super::remote::{RemoteError, RemoteThread, find_gadget};
-use super::snapshot::Snapshot;
+use super::snapshot::{Snapshot, SnapshotParent};
 use super::stub::{self, Expect, OP_BYTES, Op};
 use super::threads::{self, KernelThreadState};
 use crate::image::format::{
@@ -33,12 +33,13 @@ pub struct Captured {
     pub flags: ProcessFlags,
 }
 
-/// Captures every thread of `frozen`; with `try_snapshot`, forks a snapshot of the target
-/// last, once the injected pages are gone from its address space.
+/// Captures every thread of `frozen`; with `snapshot`, forks a snapshot of the target
+/// last (whose child it is said there), once the injected pages are gone from its address
+/// space.
 pub fn capture_threads(
     frozen: &mut Frozen,
     mem: &ProcessMemory,
-    try_snapshot: bool,
+    snapshot: Option<SnapshotParent>,
 ) -> Result<Captured, DumpError> {
     let leader = frozen.leader();
     let gadget = find_syscall_gadget(mem, leader)?;
@@ -52,8 +53,8 @@ pub fn capture_threads(
         }
         Err(e) => (Err(e), Ok(())),
     };
-    let snapshot = match (&result, &unmapped, try_snapshot) {
-        (Ok(_), Ok(()), true) => fork_snapshot(&mut lead),
+    let snapshot = match (&result, &unmapped, snapshot) {
+        (Ok(_), Ok(()), Some(parent)) => fork_snapshot(&mut lead, parent),
         _ => None,
     };
     hold(frozen, leader, lead.finish()?);
@@ -242,8 +243,8 @@ fn give_back(frozen: &mut Frozen, threads: Vec<RemoteThread>) -> Result<(), Dump
 
 /// A snapshot, or None (with a note) when the target cannot fork: memory or process
 /// limits. The checkpoint then dumps while frozen, as it would without snapshots.
-fn fork_snapshot(lead: &mut RemoteThread) -> Option<Snapshot> {
-    match Snapshot::fork(lead) {
+fn fork_snapshot(lead: &mut RemoteThread, parent: SnapshotParent) -> Option<Snapshot> {
+    match Snapshot::fork(lead, parent) {
         Ok(s) => Some(s),
         Err(e) => {
             eprintln!(

@@ -9,7 +9,7 @@ use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::pages::{PageSink, ParentChoice, ParentPages};
 use super::precopy::{self, Tracking};
 use super::remote::RemoteError;
-use super::snapshot::Snapshot;
+use super::snapshot::{Snapshot, SnapshotParent};
 use super::sys;
 use super::threads::ThreadError;
 use super::tracker::{TrackError, WriteTracker};
@@ -106,6 +106,10 @@ pub struct CheckpointStats {
     /// How memory was read: from a fork-snapshot while the target ran on, or frozen.
     #[serde(default)]
     pub mode: DumpMode,
+    /// Why that mode: what was measured (the target's write rate against the read rate,
+    /// what was left at the freeze).
+    #[serde(default)]
+    pub why: String,
     /// Where the time went, phase after phase; the `frozen.*` ones add up to the freeze.
     #[serde(default)]
     pub phases: Vec<Phase>,
@@ -276,20 +280,27 @@ fn dump(
         !req.kill,
         &mut clock,
     )?;
+    let snapshot_parent = snapshot_parent(req);
+    let mut precopied = None;
     if let Some(t) = tracker.as_deref_mut() {
         // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
         // than after it (the check while frozen below is the one that counts).
         check_files(req.pid, req.refuse_outside_peers)?;
         let plans = inspect::read_regions_with(req.pid, &hints)?;
-        let passes = !req.kill;
         let before = precopy::Before {
             plans: &plans,
             hints: &hints,
             parent: parent.as_ref(),
             mem: &mem,
         };
-        precopy::before_freeze(t, &before, &mut writer, passes, &mut clock)
-            .map_err(|e| gone_as_exited(e, req.pid))?;
+        let mode = precopy::PrecopyMode {
+            passes: !req.kill,
+            can_snapshot: snapshot_parent.is_some(),
+        };
+        precopied = Some(
+            precopy::before_freeze(t, &before, &mut writer, mode, &mut clock)
+                .map_err(|e| gone_as_exited(e, req.pid))?,
+        );
     }
 
     // A snapshot would split the huge pages the target writes meanwhile: note them.
@@ -329,9 +340,23 @@ fn dump(
     let fds = files.fds.remove(&req.pid.as_raw()).unwrap_or_default();
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
     clock.lap("frozen.inspect");
+    if let Some(t) = tracker.as_deref_mut() {
+        // What the target wrote since the last pass decides, not what was left after it.
+        t.scan().map_err(|e| gone_as_exited(e.into(), req.pid))?;
+    }
     let estimate = tracked_plans(&plans, tracker.as_deref());
-    let try_snapshot = worth_a_snapshot(req, &plans, &estimate, tracker.as_deref(), &hints);
+    let (try_snapshot, mut why) = choose_snapshot(
+        snapshot_parent,
+        precopied.as_ref(),
+        &plans,
+        &estimate,
+        tracker.as_deref(),
+        &hints,
+    );
     let mut captured = capture::capture_threads(&mut frozen, &mem, try_snapshot)?;
+    if try_snapshot.is_some() && captured.mode != DumpMode::Snapshot {
+        why = "frozen: the fork-snapshot failed (see the note)".to_string();
+    }
     let mut process = inspect::read_process(req.pid)?;
     clock.lap("frozen.capture");
     // The last scan comes after the capture: its threads returning to user space made the
@@ -393,8 +418,12 @@ fn dump(
     }
     memory.writer.let_go()?;
     memory.after_release(&mut plans, &later)?;
-    drop(snapshot);
     clock.lap("snapshot.memory");
+    if let Some(snapshot) = snapshot {
+        // A snapshot that is the target's child costs a second, short stop to reap it.
+        frozen_for += snapshot.end();
+        clock.lap("snapshot.end");
+    }
     if captured.mode == DumpMode::Snapshot && !huge_before.is_empty() {
         hugepages::collapse(req.pid, &huge_before);
         clock.lap("hugepages");
@@ -487,6 +516,7 @@ fn dump(
         freeze_ms: frozen_for.as_secs_f64() * 1e3,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
         mode,
+        why,
         phases: clock.phases,
     })
 }
@@ -586,10 +616,15 @@ fn precopy_members<'a>(
             parent,
             mem: &mem,
         };
-        match precopy::before_freeze(tracker, &before, writer, passes, clock)
+        // Members are read while frozen: no snapshot.
+        let mode = precopy::PrecopyMode {
+            passes,
+            can_snapshot: false,
+        };
+        match precopy::before_freeze(tracker, &before, writer, mode, clock)
             .map_err(|e| gone_as_exited(e, pid))
         {
-            Ok(()) => tracked.push(TrackedMember {
+            Ok(_) => tracked.push(TrackedMember {
                 pid,
                 tracker,
                 hints,
@@ -618,7 +653,7 @@ fn dump_members(
     for (frozen, links) in &mut members.live {
         let pid = frozen.pid;
         let mem = ProcessMemory::open(pid)?;
-        let mut captured = capture::capture_threads(frozen, &mem, false)?;
+        let mut captured = capture::capture_threads(frozen, &mem, None)?;
         let mut process = inspect::read_process(pid)?;
         process.mm.brk = captured.brk;
         process.pending_signals = std::mem::take(&mut captured.process_pending);
@@ -680,21 +715,44 @@ fn tracked_plans(plans: &[RegionPlan], tracker: Option<&WriteTracker>) -> Vec<us
         .collect()
 }
 
-/// Whether to fork a snapshot of the frozen target. Only our own child can be forked (its
-/// snapshot must be ours to reap), and with --kill the target stays frozen anyway. With
-/// write tracking, only when much would be read frozen otherwise: forking copies the page
-/// tables, ~25 ms per GiB mapped.
-fn worth_a_snapshot(
-    req: &CheckpointRequest,
+/// Whose child a snapshot of the target would be; None if the target stays frozen anyway
+/// (--kill).
+fn snapshot_parent(req: &CheckpointRequest) -> Option<SnapshotParent> {
+    match (req.kill, parent_of(req.pid) == Some(nix::unistd::getpid())) {
+        (true, _) => None,
+        (false, true) => Some(SnapshotParent::Us),
+        (false, false) => Some(SnapshotParent::Target(req.pid)),
+    }
+}
+
+/// Whether to fork a snapshot of the frozen target, and why. Without write tracking,
+/// always (when possible); with it, when the pre-copy found the target writing too fast,
+/// or when much is left to read at the freeze: forking copies the page tables, ~25 ms per
+/// GiB mapped.
+fn choose_snapshot(
+    parent: Option<SnapshotParent>,
+    precopied: Option<&precopy::Precopied>,
     plans: &[RegionPlan],
     tracked: &[usize],
     tracker: Option<&WriteTracker>,
     hints: &FlagHints,
-) -> bool {
-    let can_fork = !req.kill && parent_of(req.pid) == Some(nix::unistd::getpid());
-    let Some(t) = tracker else {
-        return can_fork;
+) -> (Option<SnapshotParent>, String) {
+    let Some(parent) = parent else {
+        let why = precopied.map_or(
+            "frozen: the target stays frozen (--kill)".to_string(),
+            |p| p.why.clone(),
+        );
+        return (None, why);
     };
+    let (Some(t), Some(precopied)) = (tracker, precopied) else {
+        return (
+            Some(parent),
+            "snapshot: memory is not write-tracked".to_string(),
+        );
+    };
+    if precopied.snapshot_wanted {
+        return (Some(parent), precopied.why.clone());
+    }
     let untracked: u64 = (0..plans.len())
         .filter(|i| !tracked.contains(i) && plans[*i].store != StorePolicy::Nothing)
         .map(|i| {
@@ -702,7 +760,18 @@ fn worth_a_snapshot(
             hints.resident((r.start, r.end)).unwrap_or(r.len())
         })
         .sum();
-    can_fork && t.index.pending_bytes() + untracked > SNAPSHOT_MIN_BYTES
+    let left = t.index.pending_bytes() + untracked;
+    let left_text = precopy::human_bytes(left);
+    if left > SNAPSHOT_MIN_BYTES {
+        let why = format!(
+            "{}; snapshot for the {left_text} left at the freeze",
+            precopied.why
+        );
+        (Some(parent), why)
+    } else {
+        let why = format!("{}; {left_text} read while frozen", precopied.why);
+        (None, why)
+    }
 }
 
 /// Where the memory of the image comes from, and where it goes.

@@ -13,6 +13,9 @@ pub enum PageSource {
     Pending,
     /// In `pages.bin` of image `image` (None: the image being written) at `offset`.
     Stored { image: Option<u64>, offset: u64 },
+    /// Stored in the image being written at `offset`, and written since: read it again
+    /// into the same place (an image holds each page once).
+    Stale { offset: u64 },
 }
 
 impl PageSource {
@@ -24,8 +27,32 @@ impl PageSource {
                 image,
                 offset: offset + bytes,
             },
+            PageSource::Stale { offset } => PageSource::Stale {
+                offset: offset + bytes,
+            },
         }
     }
+
+    /// The source of a page of this run once it was written again.
+    fn written(self) -> PageSource {
+        match self {
+            PageSource::Stored {
+                image: None,
+                offset,
+            }
+            | PageSource::Stale { offset } => PageSource::Stale { offset },
+            PageSource::Pending | PageSource::Stored { .. } => PageSource::Pending,
+        }
+    }
+}
+
+/// A range to read (again) before the image is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingRun {
+    pub addr: u64,
+    pub len: u64,
+    /// Where the image being written holds an older copy, to be replaced.
+    pub slot: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +100,31 @@ impl PageIndex {
         }
     }
 
+    /// Pages `[start, end)` were written and hold data: each must be read again, into its
+    /// slot of the image being written if it has one there.
+    pub fn mark_written(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        self.split_at(start);
+        self.split_at(end);
+        let mut pieces = Vec::new();
+        let mut at = start;
+        for (&addr, run) in self.runs.range(start..end) {
+            if addr > at {
+                pieces.push((at, addr, PageSource::Pending));
+            }
+            pieces.push((addr, addr + run.len, run.source.written()));
+            at = addr + run.len;
+        }
+        if at < end {
+            pieces.push((at, end, PageSource::Pending));
+        }
+        for (from, to, source) in pieces {
+            self.set(from, to, source);
+        }
+    }
+
     /// Every page with data becomes pending: the next image stores all of them itself.
     pub fn mark_all_pending(&mut self) {
         let all: Vec<(u64, u64)> = self.runs.iter().map(|(&a, r)| (a, a + r.len)).collect();
@@ -95,22 +147,31 @@ impl PageIndex {
         }
     }
 
-    /// Pending ranges `(addr, len)`, in address order.
-    pub fn pending(&self) -> Vec<(u64, u64)> {
+    /// Ranges still to be read, in address order.
+    pub fn pending(&self) -> Vec<PendingRun> {
         self.runs
             .iter()
-            .filter(|(_, r)| r.source == PageSource::Pending)
-            .map(|(&a, r)| (a, r.len))
+            .filter_map(|(&addr, r)| {
+                let slot = match r.source {
+                    PageSource::Pending => None,
+                    PageSource::Stale { offset } => Some(offset),
+                    PageSource::Stored { .. } => return None,
+                };
+                Some(PendingRun {
+                    addr,
+                    len: r.len,
+                    slot,
+                })
+            })
             .collect()
     }
 
     pub fn pending_bytes(&self) -> u64 {
-        self.pending().iter().map(|r| r.1).sum()
+        self.pending().iter().map(|r| r.len).sum()
     }
 
     /// Bytes of every page with data.
-    #[cfg(test)]
-    fn data_bytes(&self) -> u64 {
+    pub fn data_bytes(&self) -> u64 {
         self.runs.values().map(|r| r.len).sum()
     }
 
@@ -129,7 +190,7 @@ impl PageIndex {
             let from = addr.max(start);
             let to = (addr + run.len).min(end);
             match run.source.advanced(from - addr) {
-                PageSource::Pending => return None,
+                PageSource::Pending | PageSource::Stale { .. } => return None,
                 PageSource::Stored { image, offset } => out.push(PageRun {
                     addr: from,
                     len: to - from,
@@ -147,7 +208,7 @@ impl PageIndex {
             .values()
             .filter_map(|r| match r.source {
                 PageSource::Stored { image, .. } => image,
-                PageSource::Pending => None,
+                PageSource::Pending | PageSource::Stale { .. } => None,
             })
             .collect()
     }
@@ -222,12 +283,38 @@ mod tests {
         PageSource::Stored { image, offset }
     }
 
+    fn ranges(idx: &PageIndex) -> Vec<(u64, u64)> {
+        idx.pending().iter().map(|r| (r.addr, r.len)).collect()
+    }
+
+    #[test]
+    fn pages_written_again_keep_their_slot_in_the_image_being_written() {
+        let mut idx = PageIndex::default();
+        idx.set(0, 4 * P, stored(Some(1), 0));
+        idx.set(4 * P, 8 * P, stored(None, 40 * P));
+        idx.mark_written(2 * P, 10 * P);
+        let view: Vec<(u64, u64, Option<u64>)> = idx
+            .pending()
+            .iter()
+            .map(|r| (r.addr / P, r.len / P, r.slot.map(|s| s / P)))
+            .collect();
+        assert_eq!(
+            view,
+            vec![(2, 2, None), (4, 4, Some(40)), (8, 2, None)],
+            "a parent's page is read anew, one of this image goes back to its slot"
+        );
+        idx.set(5 * P, 6 * P, stored(None, 41 * P));
+        idx.mark_written(5 * P, 6 * P);
+        assert_eq!(idx.pending()[1].slot, Some(40 * P), "still one slot run");
+        assert_eq!(idx.pending_bytes(), 8 * P);
+    }
+
     #[test]
     fn setting_a_middle_range_splits_and_advances_offsets() {
         let mut idx = PageIndex::default();
         idx.set(0, 10 * P, stored(Some(1), 0));
         idx.set(3 * P, 5 * P, PageSource::Pending);
-        assert_eq!(idx.pending(), vec![(3 * P, 2 * P)]);
+        assert_eq!(ranges(&idx), vec![(3 * P, 2 * P)]);
         assert_eq!(
             idx.image_runs(0, 10 * P),
             None,
@@ -274,7 +361,7 @@ mod tests {
         idx.committed_as(7);
         assert_eq!(idx.referenced_images(), BTreeSet::from([7]));
         idx.mark_all_pending();
-        assert_eq!(idx.pending(), vec![(0, 8 * P)]);
+        assert_eq!(ranges(&idx), vec![(0, 8 * P)]);
         assert!(idx.referenced_images().is_empty());
     }
 
@@ -283,6 +370,6 @@ mod tests {
         let mut idx = PageIndex::default();
         idx.set(0, 100 * P, PageSource::Pending);
         idx.retain_within(&[(10 * P, 20 * P), (50 * P, 60 * P)]);
-        assert_eq!(idx.pending(), vec![(10 * P, 10 * P), (50 * P, 10 * P)]);
+        assert_eq!(ranges(&idx), vec![(10 * P, 10 * P), (50 * P, 10 * P)]);
     }
 }

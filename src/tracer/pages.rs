@@ -139,6 +139,8 @@ pub struct PageSink<'a> {
     /// With a parent, read batches are not handed to the writer (only changed pages are):
     /// one buffer serves every read.
     read_buf: PageBuf,
+    /// Pages are stored so that they can be written again in place (see `revisable`).
+    revisable: bool,
 }
 
 impl<'a> PageSink<'a> {
@@ -148,7 +150,15 @@ impl<'a> PageSink<'a> {
             hash_pages,
             used: BTreeMap::new(),
             read_buf: PageBuf::default(),
+            revisable: false,
         }
+    }
+
+    /// Stores pages read while the target runs: a page written again before the freeze is
+    /// read once more into the same place of the image ([`ImageWriter::rewrite`]).
+    pub fn revisable(mut self) -> Self {
+        self.revisable = true;
+        self
     }
 
     /// Reads `[addr, addr+len)` ranges from `mem`; returns the image runs and page hashes
@@ -207,7 +217,10 @@ impl<'a> PageSink<'a> {
                 self.read_buf = buf;
             }
             None => {
-                let offset = writer.submit(buf)?;
+                let offset = match self.revisable {
+                    true => writer.submit_revisable(buf)?,
+                    false => writer.submit(buf)?,
+                };
                 own_runs(batch, offset, runs);
             }
         }

@@ -9,7 +9,7 @@ use super::dump::{Clock, DumpError};
 use super::freeze::Frozen;
 use super::inspect::{self, FlagHints, RegionPlan};
 use super::memory::ProcessMemory;
-use super::page_index::PageSource;
+use super::page_index::{PageSource, PendingRun};
 use super::pages::{PageSink, ParentPages, batches};
 use super::remote::RemoteThread;
 use super::tracker::{TrackError, WriteTracker, pins_memory};
@@ -24,6 +24,21 @@ const FINAL_PENDING_BYTES: u64 = 4 << 20;
 
 /// Pre-copy passes at most, the first one included.
 const MAX_PASSES: usize = 6;
+
+/// How long the write rate is measured before the first pass.
+const RATE_PROBE: Duration = Duration::from_millis(20);
+
+/// The read rate assumed before a pass measured one: what a modest disk sustains.
+const ASSUMED_READ_RATE: f64 = 1e9;
+
+/// Pre-copying goes on only while the target writes at most this share of what a pass
+/// reads in the same time: every page written during a pass is read (and written to disk)
+/// once more by the next.
+const MAX_DIRTY_SHARE: f64 = 0.05;
+
+/// An increment in which more than this share of the pages changed is written as a full
+/// image instead.
+const FULL_INSTEAD_OF_INCREMENT: f64 = 0.8;
 
 /// Members of the job with less resident memory than this are not write-tracked: reading
 /// them while frozen costs less than a tracker (and short-lived step programs come and go
@@ -224,16 +239,39 @@ pub struct Before<'a> {
     pub mem: &'a ProcessMemory,
 }
 
-/// Registers new regions, decides between increment and full image, and (with `passes`)
-/// reads the tracked memory while the target runs, pass after pass. A checkpoint that
-/// stops the target anyway makes no passes: they would only put the stop off.
+/// How a checkpoint's pre-copy may go.
+#[derive(Debug, Clone, Copy)]
+pub struct PrecopyMode {
+    /// Read while the target runs. A checkpoint that stops the target anyway makes no
+    /// passes: they would only put the stop off.
+    pub passes: bool,
+    /// The rest may come from a fork-snapshot instead of the frozen target.
+    pub can_snapshot: bool,
+}
+
+/// What the pre-copy found.
+#[derive(Debug, Clone)]
+pub struct Precopied {
+    /// The target writes too fast for pre-copying to converge: the rest should come from
+    /// a snapshot.
+    pub snapshot_wanted: bool,
+    /// Why, for `--json` and the log.
+    pub why: String,
+}
+
+/// Registers new regions, decides between increment and full image, measures how fast the
+/// target writes, and reads the tracked memory while the target runs, pass after pass, as
+/// long as that converges: each pass must leave much less written behind than it read.
+/// A target that writes faster than a twentieth of the read rate would only make the
+/// passes read the same pages again and again; its memory is better taken from a
+/// snapshot, whose freeze does not depend on how fast it writes.
 pub fn before_freeze(
     tracker: &mut WriteTracker,
     before: &Before,
     writer: &mut ImageWriter,
-    passes: bool,
+    mode: PrecopyMode,
     clock: &mut Clock,
-) -> Result<(), DumpError> {
+) -> Result<Precopied, DumpError> {
     tracker.register_new(before.plans, before.hints);
     let increment = before.parent.is_some_and(|p| {
         p.image_hash(p.seq)
@@ -242,34 +280,99 @@ pub fn before_freeze(
     if !increment {
         tracker.start_full();
     }
+    tracker.scan()?;
+    let mut why = String::new();
+    let (changed, data) = (tracker.index.pending_bytes(), tracker.index.data_bytes());
+    if increment && changed as f64 > FULL_INSTEAD_OF_INCREMENT * data as f64 {
+        // An increment would save little and lengthen the chain every restore reads.
+        tracker.start_full();
+        why = format!(
+            "full image ({} of {} changed since the last); ",
+            human_bytes(changed),
+            human_bytes(data)
+        );
+    }
+    if !mode.passes {
+        why.push_str("the target stays frozen: read while frozen");
+        return Ok(Precopied {
+            snapshot_wanted: false,
+            why,
+        });
+    }
+    let probe = Instant::now();
+    std::thread::sleep(RATE_PROBE);
+    let mut dirty_rate = per_second(tracker.scan()?, probe.elapsed());
+    clock.lap("precopy.probe");
+    let mut passes = 0;
     let mut last_read = u64::MAX;
-    for _ in 0..if passes { MAX_PASSES } else { 0 } {
-        tracker.scan()?;
+    loop {
+        let read_rate = tracker.read_rate.unwrap_or(ASSUMED_READ_RATE);
+        if mode.can_snapshot && dirty_rate > MAX_DIRTY_SHARE * read_rate {
+            why.push_str(&format!(
+                "snapshot after {passes} pre-copy pass(es): the target writes {}/s, over \
+                 {:.0}% of the {}/s a pass reads",
+                human_bytes(dirty_rate as u64),
+                MAX_DIRTY_SHARE * 100.0,
+                human_bytes(read_rate as u64),
+            ));
+            return Ok(Precopied {
+                snapshot_wanted: true,
+                why,
+            });
+        }
         let pending = tracker.index.pending_bytes();
-        // Done when little is left, or when the target writes so fast that another pass
-        // would not leave much less.
-        if pending <= FINAL_PENDING_BYTES || pending > last_read / 2 {
-            clock.lap("precopy.scan");
+        // Done when little is left, or when another pass would not leave much less.
+        if pending <= FINAL_PENDING_BYTES || pending > last_read / 2 || passes == MAX_PASSES {
             break;
         }
+        let began = Instant::now();
         read_pending(tracker, before.mem, writer, false)?;
+        let took = began.elapsed();
+        tracker.read_rate = Some(per_second(pending, took));
+        dirty_rate = per_second(tracker.scan()?, took);
         clock.lap("precopy.pass");
+        passes += 1;
         last_read = pending;
     }
-    if passes {
-        // The freeze should not compete with the last batches' writes: let them finish,
-        // then read what was written meanwhile.
-        writer.drain();
-        tracker.scan()?;
-        read_pending(tracker, before.mem, writer, false)?;
-        clock.lap("precopy.drain");
-    }
-    Ok(())
+    // The freeze should not compete with the last batches' writes: let them finish, then
+    // read what was written meanwhile.
+    writer.drain();
+    tracker.scan()?;
+    read_pending(tracker, before.mem, writer, false)?;
+    clock.lap("precopy.drain");
+    why.push_str(&format!(
+        "pre-copy: {passes} pass(es) while the target ran, which writes {}/s",
+        human_bytes(dirty_rate as u64)
+    ));
+    Ok(Precopied {
+        snapshot_wanted: false,
+        why,
+    })
 }
 
-/// Reads every pending page from `mem` (the target, or its snapshot) into the image. With
+fn per_second(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / took.as_secs_f64().max(1e-6)
+}
+
+/// `n` bytes for people: "12.3 MiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+/// Reads every pending page from `mem` (the target, or its snapshot) into the image; a
+/// page the image holds already (read in an earlier pass) goes back to its place. With
 /// `all_or_error` false (the target is running), a page that cannot be read now stays
-/// pending for the frozen pass.
+/// pending for the frozen pass, and what is read may be rewritten by a later pass.
 pub fn read_pending(
     tracker: &mut WriteTracker,
     mem: &ProcessMemory,
@@ -277,8 +380,19 @@ pub fn read_pending(
     all_or_error: bool,
 ) -> Result<(), DumpError> {
     let pending = tracker.index.pending();
+    let mut fresh = Vec::new();
+    let mut stale = Vec::new();
+    for PendingRun { addr, len, slot } in pending {
+        match slot {
+            None => fresh.push((addr, len)),
+            Some(slot) => stale.push((addr, len, slot)),
+        }
+    }
     let mut sink = PageSink::new(None, false);
-    for batch in batches(&pending) {
+    if !all_or_error {
+        sink = sink.revisable();
+    }
+    for batch in batches(&fresh) {
         let mut runs = Vec::new();
         match sink.store_batch(writer, mem, &batch, &mut runs, &mut Vec::new()) {
             Ok(()) => {}
@@ -292,6 +406,45 @@ pub fn read_pending(
                 offset: run.offset,
             };
             tracker.index.set(run.addr, run.addr + run.len, stored);
+        }
+    }
+    reread_stale(tracker, mem, writer, &stale, all_or_error)
+}
+
+/// Reads pages written again since an earlier pass stored them, into their places.
+fn reread_stale(
+    tracker: &mut WriteTracker,
+    mem: &ProcessMemory,
+    writer: &mut ImageWriter,
+    stale: &[(u64, u64, u64)],
+    all_or_error: bool,
+) -> Result<(), DumpError> {
+    let ranges: Vec<(u64, u64)> = stale.iter().map(|r| (r.0, r.1)).collect();
+    // Batches split runs: a piece's place is its run's, advanced.
+    let slot_of = |addr: u64| {
+        let (start, _, slot) = stale[stale.partition_point(|r| r.0 <= addr).saturating_sub(1)];
+        slot + (addr - start)
+    };
+    for batch in batches(&ranges) {
+        let total: usize = batch.iter().map(|r| r.1).sum();
+        let mut buf = writer.take_buffer(total);
+        buf.resize(total);
+        match mem.read_ranges(&batch, buf.as_bytes_mut()) {
+            Ok(()) => {}
+            Err(_) if !all_or_error => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let places: Vec<(u64, u64)> = batch
+            .iter()
+            .map(|&(addr, len)| (slot_of(addr), len as u64))
+            .collect();
+        writer.rewrite(&places, buf)?;
+        for (&(addr, len), &(offset, _)) in batch.iter().zip(&places) {
+            let stored = PageSource::Stored {
+                image: None,
+                offset,
+            };
+            tracker.index.set(addr, addr + len as u64, stored);
         }
     }
     Ok(())

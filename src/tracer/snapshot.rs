@@ -1,11 +1,18 @@
 //! Fork-snapshot checkpoints: a copy-on-write child of the frozen target holds its memory
 //! as it was, so the target can run on while the snapshot is dumped.
 //!
-//! The child is made with `clone(CLONE_PARENT)` and no exit signal, run inside the target:
-//! its parent is the target's parent, the supervisor, which reaps it; the target's own
-//! `wait()` never sees it. It never runs: `PTRACE_O_TRACECLONE` stops it before its first
-//! instruction.
+//! The child is made with `clone` and no exit signal, run inside the target, and never
+//! runs: `PTRACE_O_TRACECLONE` stops it before its first instruction. Without an exit
+//! signal it is a "clone" child, which `wait()` and `waitpid()` without `__WALL` never
+//! report, and no SIGCHLD announces its end.
+//!
+//! When the target is our child (a supervised job), `CLONE_PARENT` makes the snapshot ours
+//! too, and we reap it. Otherwise (`mlckpt checkpoint PID` of a process no supervisor
+//! watches, or a process of a job's tree) the snapshot is the target's child: once it is
+//! dumped and killed, the target is stopped a second time, for about a millisecond, to
+//! reap it with a `wait4(__WALL)` of its own, so that no zombie is left in the job.
 
+use super::freeze::Frozen;
 use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::ptrace::{self, PtraceError, Stop};
 use super::remote::{RemoteError, RemoteThread};
@@ -25,32 +32,46 @@ pub enum SnapshotError {
     Vanished(i32),
 }
 
+/// Whose child a snapshot is, and so who reaps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotParent {
+    /// Ours (the target is our child: `CLONE_PARENT`).
+    Us,
+    /// The target's (process `pid`).
+    Target(Pid),
+}
+
 /// A stopped copy-on-write copy of the target's address space; killed and reaped on drop.
 pub struct Snapshot {
     pid: Pid,
     pub mem: ProcessMemory,
     pub pagemap: PageMap,
+    /// The target, when the snapshot is its child (not ours): it reaps it.
+    reaped_by: Option<Pid>,
 }
 
 impl Snapshot {
     /// Forks the target through its borrowed leader thread.
-    pub fn fork(leader: &mut RemoteThread) -> Result<Snapshot, SnapshotError> {
+    pub fn fork(
+        leader: &mut RemoteThread,
+        parent: SnapshotParent,
+    ) -> Result<Snapshot, SnapshotError> {
+        let (flags, reaped_by) = match parent {
+            SnapshotParent::Us => (libc::CLONE_PARENT as u64, None),
+            SnapshotParent::Target(pid) => (0, Some(pid)),
+        };
         let child = leader
-            .checked(
-                "clone(snapshot)",
-                libc::SYS_clone,
-                &[libc::CLONE_PARENT as u64, 0, 0, 0, 0],
-            )
+            .checked("clone(snapshot)", libc::SYS_clone, &[flags, 0, 0, 0, 0])
             .map_err(SnapshotError::Fork)?;
         let pid = Pid::from_raw(child as i32);
         if pid.as_raw() <= 0 {
             // Never let the reaper's kill() reach a process group.
             return Err(SnapshotError::Vanished(pid.as_raw()));
         }
-        Snapshot::stopped(pid)
+        Snapshot::stopped(pid, reaped_by)
     }
 
-    fn stopped(pid: Pid) -> Result<Snapshot, SnapshotError> {
+    fn stopped(pid: Pid, reaped_by: Option<Pid>) -> Result<Snapshot, SnapshotError> {
         loop {
             match ptrace::wait_stop(pid, "snapshot start")? {
                 Stop::Interrupted | Stop::Event(_) => break,
@@ -60,11 +81,12 @@ impl Snapshot {
                 }
             }
         }
-        let guard = Reaper(pid);
+        let guard = Reaper { pid, reaped_by };
         let snapshot = Snapshot {
             pid,
             mem: ProcessMemory::open_shared(pid)?,
             pagemap: PageMap::open(pid)?,
+            reaped_by,
         };
         std::mem::forget(guard);
         Ok(snapshot)
@@ -79,22 +101,80 @@ impl Snapshot {
     }
 }
 
-/// Kills and reaps a snapshot process (we are its tracer and, through CLONE_PARENT, its
-/// parent: one wait releases it).
-struct Reaper(Pid);
+/// Kills and reaps a snapshot process that could not be made a `Snapshot`.
+struct Reaper {
+    pid: Pid,
+    reaped_by: Option<Pid>,
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let _ = kill(self.0, Signal::SIGKILL);
-        while !matches!(
-            ptrace::wait_stop(self.0, "snapshot end"),
-            Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
-        ) {}
+        kill_and_reap(self.pid, self.reaped_by);
+    }
+}
+
+/// Kills a snapshot process and has it reaped; returns how long the target was stopped for
+/// that. We are its tracer: one wait sees its end. When it is our child (CLONE_PARENT)
+/// that wait releases it; otherwise its parent `reaped_by`, the target, must reap it.
+fn kill_and_reap(pid: Pid, reaped_by: Option<Pid>) -> std::time::Duration {
+    let _ = kill(pid, Signal::SIGKILL);
+    while !matches!(
+        ptrace::wait_stop(pid, "snapshot end"),
+        Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
+    ) {}
+    let Some(parent) = reaped_by else {
+        return std::time::Duration::ZERO;
+    };
+    let began = std::time::Instant::now();
+    if let Err(e) = reap_in(parent, pid) {
+        eprintln!(
+            "mlckpt: warning: the snapshot process {pid} stays a zombie child of process \
+             {parent} until that process ends ({})",
+            crate::error_chain(&*e)
+        );
+    }
+    began.elapsed()
+}
+
+/// Makes `parent` reap its dead child `child`: a short stop in which `parent` calls
+/// `wait4(child, NULL, __WALL, NULL)`. A parent that reaped it itself meanwhile (a wait
+/// with `__WALL`) is fine (ECHILD); one that is gone left it to init.
+fn reap_in(parent: Pid, child: Pid) -> Result<(), Box<dyn std::error::Error>> {
+    let mut frozen = match Frozen::freeze(parent) {
+        Ok(f) => f,
+        Err(_) if !std::path::Path::new(&format!("/proc/{parent}")).exists() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mem = ProcessMemory::open(parent)?;
+    let gadget = super::capture::find_syscall_gadget(&mem, parent)?;
+    let mut lead = RemoteThread::new(parent, gadget)?;
+    let reaped = lead.syscall(
+        libc::SYS_wait4,
+        &[child.as_raw() as u64, 0, libc::__WALL as u64, 0],
+    );
+    if let Some(sig) = lead.finish()? {
+        frozen.hold_signal(parent, sig);
+    }
+    frozen.release()?;
+    match reaped? {
+        r if r == i64::from(child.as_raw()) || r == -i64::from(libc::ECHILD) => Ok(()),
+        r => Err(format!("wait4 in process {parent} returned {r}").into()),
+    }
+}
+
+impl Snapshot {
+    /// Kills and reaps the snapshot; returns how long the target was stopped for that (zero
+    /// when the snapshot is our child).
+    pub fn end(mut self) -> std::time::Duration {
+        let pid = std::mem::replace(&mut self.pid, Pid::from_raw(0));
+        kill_and_reap(pid, self.reaped_by)
     }
 }
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
-        drop(Reaper(self.pid));
+        if self.pid.as_raw() > 0 {
+            kill_and_reap(self.pid, self.reaped_by);
+        }
     }
 }

@@ -135,6 +135,8 @@ pub struct WriteTracker {
     /// None: no image holds what the index refers to, the next one reads everything.
     epoch: Option<(u64, String)>,
     scan_out: Vec<PageRegion>,
+    /// How fast a pre-copy pass read this target's pages last time (bytes per second).
+    pub read_rate: Option<f64>,
 }
 
 impl WriteTracker {
@@ -179,6 +181,7 @@ impl WriteTracker {
             index: PageIndex::default(),
             epoch: None,
             scan_out: vec![PageRegion::default(); SCAN_BATCH],
+            read_rate: None,
         })
     }
 
@@ -296,10 +299,14 @@ impl WriteTracker {
     ///
     /// After an exec the tracker's pagemap and uffd still name the old address space, where
     /// a scan finds nothing written: that is checked too (`TrackError::Replaced`).
-    pub fn scan(&mut self) -> Result<(), TrackError> {
+    ///
+    /// Returns the bytes written since the last scan (of pages that were written, whether
+    /// they hold data now or not).
+    pub fn scan(&mut self) -> Result<u64, TrackError> {
         self.still_valid()?;
-        self.scan_ranges()?;
-        self.still_valid()
+        let written = self.scan_ranges()?;
+        self.still_valid()?;
+        Ok(written)
     }
 
     fn still_valid(&self) -> Result<(), TrackError> {
@@ -321,10 +328,11 @@ impl WriteTracker {
         self.pagemap.read_at(&mut entry, 0).is_ok_and(|n| n == 8)
     }
 
-    fn scan_ranges(&mut self) -> Result<(), TrackError> {
+    fn scan_ranges(&mut self) -> Result<u64, TrackError> {
+        let mut written = 0;
         for (start, end) in self.ranges.clone() {
             match self.scan_range(start, end) {
-                Ok(()) => {}
+                Ok(bytes) => written += bytes,
                 Err(TrackError::Scan {
                     source: Errno::EPERM,
                     ..
@@ -332,10 +340,11 @@ impl WriteTracker {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(written)
     }
 
-    fn scan_range(&mut self, start: u64, end: u64) -> Result<(), TrackError> {
+    fn scan_range(&mut self, start: u64, end: u64) -> Result<u64, TrackError> {
+        let mut written = 0;
         let mut req = ScanRequest {
             flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
             start,
@@ -349,11 +358,11 @@ impl WriteTracker {
                 sys::pagemap_scan(self.pagemap.as_fd(), &req, &mut self.scan_out)
                     .map_err(|source| TrackError::Scan { start, end, source })?;
             for region in &self.scan_out[..filled] {
+                written += region.end - region.start;
                 let data = region.categories & PAGE_IS_SWAPPED != 0
                     || region.categories & (PAGE_IS_PRESENT | PAGE_IS_PFNZERO) == PAGE_IS_PRESENT;
                 if data {
-                    self.index
-                        .set(region.start, region.end, PageSource::Pending);
+                    self.index.mark_written(region.start, region.end);
                 } else {
                     self.index.remove(region.start, region.end);
                 }
@@ -363,7 +372,7 @@ impl WriteTracker {
             }
             req.start = walk_end;
         }
-        Ok(())
+        Ok(written)
     }
 
     fn drop_range(&mut self, start: u64, end: u64) {
