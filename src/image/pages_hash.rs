@@ -206,6 +206,7 @@ fn hash_pieces(base: u64, data: &[u8], pieces: &[(u64, u64)]) -> Vec<Subtree> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data wraps on purpose
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -596,6 +596,7 @@ impl Drop for ImageWriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data wraps on purpose
 mod tests {
     use super::*;
 
