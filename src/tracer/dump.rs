@@ -5,6 +5,7 @@ use super::capture;
 use super::freeze::{FreezeError, Frozen, parent_of};
 use super::hugepages;
 use super::inspect::{self, FlagHints, InspectError, RegionPlan, StorePolicy};
+use super::members;
 use super::memory::{MemoryError, PageMap, ProcessMemory};
 use super::pages::{PageSink, ParentChoice, ParentPages};
 use super::precopy::{self, Tracking};
@@ -15,8 +16,8 @@ use super::threads::ThreadError;
 use super::tracker::{TrackError, WriteTracker};
 use super::tree::{self, FrozenMembers};
 use crate::image::format::{
-    Advice, Backing, CpuFeatures, FORMAT_VERSION, FdKind, FdState, Manifest, MemberProcess,
-    MemoryRegion, PAGE_SIZE, ParentRef, TierKind,
+    Advice, Backing, CpuFeatures, FORMAT_VERSION, FdKind, FdState, Manifest, MemoryRegion,
+    PAGE_SIZE, ParentRef, TierKind,
 };
 use crate::image::writer::{CommittedImage, ImageWriter, WriteError};
 use crate::objects::contents::{self, Access, WriteAccess};
@@ -251,7 +252,7 @@ fn live_members(root: Pid) -> Vec<Pid> {
 
 /// Below this much memory to read from the frozen target, a fork-snapshot (whose page
 /// table copy costs ~25 ms per GiB mapped) is not worth it when memory is write-tracked.
-const SNAPSHOT_MIN_BYTES: u64 = 32 << 20;
+pub(super) const SNAPSHOT_MIN_BYTES: u64 = 32 << 20;
 
 fn dump(
     req: &CheckpointRequest,
@@ -273,14 +274,18 @@ fn dump(
     let mem = ProcessMemory::open(req.pid)?;
     clock.lap("prepare.writer");
     // The members' pre-copy first, the root's last: its drain comes right before the freeze.
-    let mut tracked_members = precopy_members(
+    let snapshot_parent = snapshot_parent(req);
+    let member_mode = precopy::PrecopyMode {
+        passes: !req.kill,
+        can_snapshot: snapshot_parent.is_some(),
+    };
+    let mut tracked_members = members::precopy_members(
         member_trackers,
         parent.as_ref(),
         &mut writer,
-        !req.kill,
+        member_mode,
         &mut clock,
     )?;
-    let snapshot_parent = snapshot_parent(req);
     let mut precopied = None;
     if let Some(t) = tracker.as_deref_mut() {
         // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
@@ -385,19 +390,21 @@ fn dump(
         tracker: tracker.as_deref_mut(),
     };
     let later = memory.while_frozen(req.pid, &mut plans, &tracked, &mut clock)?;
-    let member_images = dump_members(
+    let member_dumps = members::dump_members(
         &mut members,
         &mut files,
         memory.writer,
         &mut tracked_members,
+        snapshot_parent.is_some(),
     )?;
-    if !member_images.is_empty() {
+    if !member_dumps.is_empty() {
         clock.lap("frozen.members");
     }
     writes.extend(mapping_writes(req.pid, plans.iter().map(|p| &p.region)));
-    for m in &member_images {
-        writes.extend(mapping_writes(Pid::from_raw(m.process.pid), &m.regions));
+    for m in &member_dumps {
+        writes.extend(mapping_writes(m.pid(), m.regions()));
     }
+    let members_snapshotted = member_dumps.iter().filter(|m| m.snapshotted()).count();
     let parent_files = parent
         .as_ref()
         .map(|p| &p.files)
@@ -419,6 +426,15 @@ fn dump(
     memory.writer.let_go()?;
     memory.after_release(&mut plans, &later)?;
     clock.lap("snapshot.memory");
+    let (member_images, reaping) =
+        members::finish(member_dumps, memory.writer, &mut tracked_members)?;
+    frozen_for += reaping;
+    if members_snapshotted > 0 {
+        clock.lap("snapshot.members");
+        why.push_str(&format!(
+            "; {members_snapshotted} other process(es) read from snapshots"
+        ));
+    }
     if let Some(snapshot) = snapshot {
         // A snapshot that is the target's child costs a second, short stop to reap it.
         frozen_for += snapshot.end();
@@ -583,130 +599,8 @@ fn mapping_writes<'a>(
         .collect()
 }
 
-/// A member of the job whose writes are tracked, and what its pre-copy knew.
-struct TrackedMember<'a> {
-    pid: Pid,
-    tracker: &'a mut WriteTracker,
-    hints: FlagHints,
-    /// The ranges its image takes from the tracker (set when it is dumped).
-    ranges: Vec<(u64, u64)>,
-}
-
-/// Pre-copies every tracked member (see `precopy::before_freeze`). A member that exits
-/// meanwhile is simply not tracked in this checkpoint.
-fn precopy_members<'a>(
-    trackers: Vec<(Pid, &'a mut WriteTracker)>,
-    parent: Option<&ParentPages>,
-    writer: &mut ImageWriter,
-    passes: bool,
-    clock: &mut Clock,
-) -> Result<Vec<TrackedMember<'a>>, DumpError> {
-    let mut tracked = Vec::with_capacity(trackers.len());
-    for (pid, tracker) in trackers {
-        let Ok(hints) = inspect::flag_hints(pid) else {
-            continue;
-        };
-        let Ok(mem) = ProcessMemory::open(pid) else {
-            continue;
-        };
-        let plans = inspect::read_regions_with(pid, &hints)?;
-        let before = precopy::Before {
-            plans: &plans,
-            hints: &hints,
-            parent,
-            mem: &mem,
-        };
-        // Members are read while frozen: no snapshot.
-        let mode = precopy::PrecopyMode {
-            passes,
-            can_snapshot: false,
-        };
-        match precopy::before_freeze(tracker, &before, writer, mode, clock)
-            .map_err(|e| gone_as_exited(e, pid))
-        {
-            Ok(_) => tracked.push(TrackedMember {
-                pid,
-                tracker,
-                hints,
-                ranges: Vec::new(),
-            }),
-            Err(DumpError::Freeze(
-                FreezeError::NoProcess { .. }
-                | FreezeError::Target(TargetError::Gone { .. } | TargetError::Exited { .. }),
-            )) => tracker.abandoned(),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(tracked)
-}
-
-/// Captures the job's processes other than its root, all frozen: threads, state and
-/// memory. A tracked member's image takes its tracked regions from its tracker (pages
-/// pre-copied, or stored in earlier images); everything else is read now.
-fn dump_members(
-    members: &mut FrozenMembers,
-    files: &mut objects::JobFiles,
-    writer: &mut ImageWriter,
-    tracked: &mut Vec<TrackedMember>,
-) -> Result<Vec<MemberProcess>, DumpError> {
-    let mut images = Vec::with_capacity(members.live.len());
-    for (frozen, links) in &mut members.live {
-        let pid = frozen.pid;
-        let mem = ProcessMemory::open(pid)?;
-        let mut captured = capture::capture_threads(frozen, &mem, None)?;
-        let mut process = inspect::read_process(pid)?;
-        process.mm.brk = captured.brk;
-        process.pending_signals = std::mem::take(&mut captured.process_pending);
-        process.parent_death_signal = captured.flags.parent_death_signal;
-        process.child_subreaper = captured.flags.child_subreaper;
-        process.tree = *links;
-        let mut tracker = tracked.iter_mut().find(|m| m.pid == pid);
-        let mut plans = match &tracker {
-            Some(m) => inspect::read_regions_with(pid, &m.hints)?,
-            None => inspect::read_regions(pid)?,
-        };
-        let mut by_tracker = Vec::new();
-        if let Some(m) = tracker.as_deref_mut() {
-            // After the capture, as for the root (rseq areas).
-            m.tracker.scan()?;
-            by_tracker = tracked_plans(&plans, Some(&*m.tracker));
-            m.ranges = by_tracker
-                .iter()
-                .map(|&i| (plans[i].region.start, plans[i].region.end))
-                .collect();
-            m.tracker.index.retain_within(&m.ranges);
-        }
-        let read_now: Vec<usize> = (0..plans.len())
-            .filter(|i| !by_tracker.contains(i))
-            .collect();
-        let pagemap = PageMap::open(pid)?;
-        let mut sink = PageSink::new(None, false);
-        dump_regions(&pagemap, &mem, &mut plans, &read_now, &mut sink, writer)?;
-        if let Some(m) = tracker {
-            precopy::read_pending(m.tracker, &mem, writer, true)?;
-            tracked_runs(m.tracker, &mut plans, &by_tracker)?;
-        }
-        images.push(MemberProcess {
-            process,
-            threads: captured.threads,
-            regions: plans
-                .into_iter()
-                .map(|p| MemoryRegion {
-                    hashed: false,
-                    ..p.region
-                })
-                .collect(),
-            fds: files.fds.remove(&pid.as_raw()).unwrap_or_default(),
-            signals: captured.signals,
-        });
-    }
-    // Tracked before the freeze but gone since: nothing of theirs is in the image.
-    tracked.retain(|m| members.live.iter().any(|(f, _)| f.pid == m.pid));
-    Ok(images)
-}
-
 /// Indexes of the plans whose regions `tracker` tracks.
-fn tracked_plans(plans: &[RegionPlan], tracker: Option<&WriteTracker>) -> Vec<usize> {
+pub(super) fn tracked_plans(plans: &[RegionPlan], tracker: Option<&WriteTracker>) -> Vec<usize> {
     let Some(t) = tracker else {
         return Vec::new();
     };
@@ -753,14 +647,7 @@ fn choose_snapshot(
     if precopied.snapshot_wanted {
         return (Some(parent), precopied.why.clone());
     }
-    let untracked: u64 = (0..plans.len())
-        .filter(|i| !tracked.contains(i) && plans[*i].store != StorePolicy::Nothing)
-        .map(|i| {
-            let r = &plans[i].region;
-            hints.resident((r.start, r.end)).unwrap_or(r.len())
-        })
-        .sum();
-    let left = t.index.pending_bytes() + untracked;
+    let left = t.index.pending_bytes() + untracked_bytes(plans, tracked, hints);
     let left_text = precopy::human_bytes(left);
     if left > SNAPSHOT_MIN_BYTES {
         let why = format!(
@@ -772,6 +659,17 @@ fn choose_snapshot(
         let why = format!("{}; {left_text} read while frozen", precopied.why);
         (None, why)
     }
+}
+
+/// Resident bytes of the regions of `plans` with contents to store that are not tracked.
+pub(super) fn untracked_bytes(plans: &[RegionPlan], tracked: &[usize], hints: &FlagHints) -> u64 {
+    (0..plans.len())
+        .filter(|i| !tracked.contains(i) && plans[*i].store != StorePolicy::Nothing)
+        .map(|i| {
+            let r = &plans[i].region;
+            hints.resident((r.start, r.end)).unwrap_or(r.len())
+        })
+        .sum()
 }
 
 /// Where the memory of the image comes from, and where it goes.
@@ -840,7 +738,7 @@ impl Memory<'_, '_> {
 
 /// Fills the runs of the tracked regions from the tracker's index: they store no page
 /// hashes (the next image asks the tracker, not the contents, what changed).
-fn tracked_runs(
+pub(super) fn tracked_runs(
     tracker: &WriteTracker,
     plans: &mut [RegionPlan],
     tracked: &[usize],
@@ -857,7 +755,7 @@ fn tracked_runs(
 }
 
 /// A tracker error because the address space is gone means the target exited.
-fn gone_as_exited(e: DumpError, pid: Pid) -> DumpError {
+pub(super) fn gone_as_exited(e: DumpError, pid: Pid) -> DumpError {
     match e {
         DumpError::Track(TrackError::Scan {
             source: nix::errno::Errno::ESRCH,
@@ -871,7 +769,7 @@ fn gone_as_exited(e: DumpError, pid: Pid) -> DumpError {
 /// goes on changing under the running target; `MADV_DONTFORK` memory is not in the child
 /// (its range is missing there) and `MADV_WIPEONFORK` memory is zero there: all three are
 /// dumped while frozen, as is a region whose flags are not known.
-fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool {
+pub(super) fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool {
     let r = &plan.region;
     plan.flags_known
         && in_snapshot.contains(&(r.start, r.end))
@@ -885,7 +783,7 @@ fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool
 
 /// Decides which pages each region of `which` stores and streams them into the image,
 /// reading from `mem` (the target, or its snapshot).
-fn dump_regions(
+pub(super) fn dump_regions(
     pagemap: &PageMap,
     mem: &ProcessMemory,
     plans: &mut [RegionPlan],

@@ -13,6 +13,7 @@ pub mod dump;
 pub mod freeze;
 pub mod hugepages;
 pub mod inspect;
+pub mod members;
 pub mod memory;
 pub mod page_index;
 pub mod pages;

@@ -110,7 +110,7 @@ fn members_ready<'a>(
 }
 
 /// Resident memory of `pid` (`/proc/PID/statm`), 0 if it is gone.
-fn resident_bytes(pid: Pid) -> u64 {
+pub fn resident_bytes(pid: Pid) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/statm"))
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
