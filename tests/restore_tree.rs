@@ -166,6 +166,42 @@ fn tracked_members_make_increments_that_restore_exactly() {
     assert_continuation(&reference, &before, &after, pid);
 }
 
+/// A tree whose processes rewrite all their memory every tick (the simulation pattern):
+/// pre-copy cannot converge, so every process's memory comes from a fork-snapshot of it.
+/// The image taken while the job ran on restores exactly (each process as at the freeze)
+/// and holds each page once.
+#[test]
+fn a_tree_rewriting_all_its_memory_is_snapshotted_and_restores_exactly() {
+    const MIB: u64 = 1 << 20;
+    let h = Harness::new("tree-all");
+    h.set_config("keep = 10\n[interval]\nlocal = 0\n");
+    let prog = Prog::c("tree_memory", &["3", "48", "120", "all"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(5);
+    let pid = run.target_pid();
+    let asked = run.line_count();
+    let live = h.checkpoint(pid, false);
+    assert_eq!(live.mode, "snapshot", "{live:?}");
+    run.wait_for_ticks(20);
+    let last = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    let m = manifest(&live);
+    assert_eq!(m.members.len(), 2);
+    assert!(
+        m.pages_bytes < 3 * 48 * MIB * 102 / 100 + 16 * MIB,
+        "pages stored more than once: {} bytes for 3 x 48 MiB",
+        m.pages_bytes
+    );
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    let after = h.restore_to_end(&last.path, &prog, pid, |_, _| {});
+    assert_continuation(&reference, &before, &after, pid);
+    let whole = format!("{before}{after}");
+    let restored = h.restore_to_end(&live.path, &prog, pid, |_, _| {});
+    assert_resumed(&reference, &whole, &restored, asked..asked + 12, pid, pid);
+}
+
 /// What only a process can read of itself (child subreaper, parent-death signal) and a
 /// stopped member come back: the root is a subreaper again, its child asked for SIGUSR1
 /// at its parent's death again, the stopped child is stopped until the root continues it.
