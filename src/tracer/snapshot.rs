@@ -30,6 +30,11 @@ pub enum SnapshotError {
     Memory(#[from] MemoryError),
     #[error("the snapshot process {0} ended before it could be dumped")]
     Vanished(i32),
+    #[error(
+        "process {0} lives in another pid namespace: the pid its fork returns would name \
+         another process here"
+    )]
+    OtherNamespace(i32),
 }
 
 /// Whose child a snapshot is, and so who reaps it.
@@ -60,6 +65,11 @@ impl Snapshot {
             SnapshotParent::Us => (libc::CLONE_PARENT as u64, None),
             SnapshotParent::Target(pid) => (0, Some(pid)),
         };
+        if let Some(target) = reaped_by
+            && !same_pid_namespace(target)
+        {
+            return Err(SnapshotError::OtherNamespace(target.as_raw()));
+        }
         let child = leader
             .checked("clone(snapshot)", libc::SYS_clone, &[flags, 0, 0, 0, 0])
             .map_err(SnapshotError::Fork)?;
@@ -134,6 +144,14 @@ fn kill_and_reap(pid: Pid, reaped_by: Option<Pid>) -> std::time::Duration {
         );
     }
     began.elapsed()
+}
+
+/// Whether `pid`'s children get pids of our namespace (a `clone` inside it returns a pid
+/// we can use).
+fn same_pid_namespace(pid: Pid) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid_for_children")).ok();
+    let ours = std::fs::read_link("/proc/self/ns/pid").ok();
+    ours.is_some() && ns(&pid.to_string()) == ours
 }
 
 /// Makes `parent` reap its dead child `child`: a short stop in which `parent` calls
