@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: freeze, checkpoint and restore times and image sizes for 64 MiB and 1 GiB
-# targets (and 1 GiB with 16 threads), next to this machine's own limits measured in the
+# targets (and 1 GiB with 16 threads), process trees, and jobs that write every page again
+# and again (the simulation pattern), next to this machine's own limits measured in the
 # same run, then the ratios the performance targets are stated in.
 #   scripts/bench.sh [DIR]     DIR: where images go (default: a new dir under /var/tmp)
-#   ONLY=tree scripts/bench.sh   only the process-tree rows
+#   ONLY=memory|tree|dirty scripts/bench.sh   only that section's rows
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,11 @@ WORK=${1:-$(mktemp -d /var/tmp/mlckpt-bench.XXXXXX)}
 mkdir -p "$WORK"
 gcc -O2 -pthread -o "$WORK/memory" tests/programs/memory.c
 gcc -O2 -o "$WORK/tree_memory" tests/programs/tree_memory.c
+want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
+if want dirty; then
+    gcc -O2 -pthread -o "$WORK/dirty" tests/programs/dirty.c
+    gcc -O2 -fopenmp -o "$WORK/stencil" tests/programs/stencil.c   # OpenMP: needs libgomp
+fi
 cat > "$WORK/touch.c" <<'C'
 #include <stdlib.h>
 #include <string.h>
@@ -61,113 +67,165 @@ restore_ms() {   # $1 image; prints ms until the restored processes run; kills t
     ms "$t0" "$t1"
 }
 
-ticks() { grep -c '^tick' "$WORK/out.txt"; }
+lines() { awk -v w="$1" '$1 == w {n++} END {print n + 0}' "$WORK/out.txt" 2>/dev/null || echo 0; }
+wait_lines() {   # $1 word, $2 count: waits for that many lines; exits if the job ($sup) ended
+    until [ "$(lines "$1")" -ge "$2" ]; do
+        if ! kill -0 "$sup" 2>/dev/null; then
+            tail -5 "$WORK/out.txt" "$WORK/run.err" >&2
+            exit 1
+        fi
+        sleep 0.01
+    done
+}
 MUTATIONS=25   # per 30 ms tick: slow enough that 1 % of 1 GiB outlasts the full checkpoint
 RATIOS=""
+declare -A M   # medians of the last measurement, by name
 
-bench() {   # $1 MiB, $2 threads
-    local mib=$1 threads=$2 sup pid full inc hwm t0 changed_ticks label img r
-    local f_frz=() f_ms=() f_b=() i_frz=() i_ms=() i_b=() warm=() cold=() dd=() direct=() cat=() touch=()
-    label="$mib MiB"
-    if [ "$threads" -gt 1 ]; then label="$label x$threads"; fi
+# measure JOB WORD GAP CMD...: runs CMD under `mlckpt run --job JOB` until it printed two
+# lines whose first word is WORD, then REPS times: a full checkpoint (the target's VmRSS in
+# kB read just before it), GAP more such lines, the next checkpoint. Then the supervisor's
+# peak RSS, --kill, and REPS restores of the last full image: warm, and with COLD=1 also
+# cold (page cache dropped) before each. Leaves the medians in M (named as the arrays
+# below), the modes seen in M[mode] and M[i_mode], the supervisor's peak RSS in M[hwm] (MiB).
+measure() {
+    local job=$1 word=$2 gap=$3 sup pid full inc r v
+    shift 3
+    local f_frz=() f_ms=() f_b=() i_frz=() i_ms=() i_b=() rss=() warm=() cold=() modes=() i_modes=()
+    M=()
     rm -rf "$WORK/store" "$WORK/out.txt"
-    "$BIN" run --config "$WORK/mlckpt.toml" --job "m$mib" -- \
-        "$WORK/memory" "$mib" 1000000 "$MUTATIONS" "$threads" > "$WORK/out.txt" 2> "$WORK/run.err" &
+    "$BIN" run --config "$WORK/mlckpt.toml" --job "$job" -- "$@" > "$WORK/out.txt" 2> "$WORK/run.err" &
     sup=$!
-    until grep -q '^tick 1 ' "$WORK/out.txt" 2>/dev/null; do sleep 0.05; done
+    wait_lines "$word" 2
     pid=$(head -1 "$WORK/out.txt" | cut -d' ' -f2)
-    # memory.c changes MUTATIONS random words per tick: 1 % of the pages takes this many
-    # ticks, counted from the state the full image holds (the end of its checkpoint).
-    changed_ticks=$(( (mib * 256 / 100 + MUTATIONS - 1) / MUTATIONS ))
     for r in $(seq "$REPS"); do
+        rss+=("$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")")
         full=$("$BIN" checkpoint "$pid" --json)
-        t0=$(ticks)
-        until [ "$(ticks)" -ge $((t0 + changed_ticks)) ]; do sleep 0.01; done
+        wait_lines "$word" $(($(lines "$word") + gap))
         inc=$("$BIN" checkpoint "$pid" --json)
         f_frz+=("$(field "$full" freeze_ms)"); f_ms+=("$(field "$full" total_ms)")
-        f_b+=("$(field "$full" bytes)")
+        f_b+=("$(field "$full" bytes)"); modes+=("$(field "$full" mode)")
         i_frz+=("$(field "$inc" freeze_ms)"); i_ms+=("$(field "$inc" total_ms)")
-        i_b+=("$(field "$inc" bytes)")
+        i_b+=("$(field "$inc" bytes)"); i_modes+=("$(field "$inc" mode)")
     done
-    hwm=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$sup/status" 2>/dev/null || echo "?")
+    M[hwm]=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$sup/status" 2>/dev/null || echo "?")
     "$BIN" checkpoint "$pid" --kill --json > /dev/null
     wait "$sup" || true
-    img=$(field "$full" path)
     for r in $(seq "$REPS"); do
-        drop_caches
-        cold+=("$(restore_ms "$img")")
-        warm+=("$(restore_ms "$img")")
+        if [ "${COLD:-0}" = 1 ]; then
+            drop_caches
+            cold+=("$(restore_ms "$(field "$full" path)")")
+        fi
+        warm+=("$(restore_ms "$(field "$full" path)")")
     done
+    for v in f_frz f_ms f_b i_frz i_ms i_b rss warm cold; do
+        eval "[ \${#$v[@]} -eq 0 ] || M[$v]=\$(median \"\${$v[@]}\")"
+    done
+    M[mode]=$(printf '%s\n' "${modes[@]}" | awk '!seen[$0]++' | paste -sd,)
+    M[i_mode]=$(printf '%s\n' "${i_modes[@]}" | awk '!seen[$0]++' | paste -sd,)
+}
+
+# This machine's limits for $1 MiB (see limits), medians of REPS, into M.
+machine_limits() {
+    local dd=() direct=() cat=() touch=() a b c d r v
     for r in $(seq "$REPS"); do
-        read -r a b c d < <(limits "$mib")
+        read -r a b c d < <(limits "$1")
         dd+=("$a"); direct+=("$b"); cat+=("$c"); touch+=("$d")
     done
-    local m=()
-    for v in f_frz f_ms f_b i_frz i_ms i_b warm cold dd direct cat touch; do
-        eval "m+=(\"\$(median \"\${$v[@]}\")\")"
-    done
+    for v in dd direct cat touch; do eval "M[$v]=\$(median \"\${$v[@]}\")"; done
+}
+
+# Evaluates a python expression over the medians (M's names as variables) and prints it.
+ratios() {
+    local k args=()
+    for k in "${!M[@]}"; do args+=("$k=${M[$k]}"); done
+    python3 -c "
+import sys
+m = {}
+for a in sys.argv[2:]:
+    k, v = a.split('=', 1)
+    try: m[k] = float(v)
+    except ValueError: m[k] = v
+print(eval(sys.argv[1], {}, m))" "$1" "${args[@]}"
+}
+
+bench() {   # $1 MiB, $2 threads
+    local mib=$1 threads=$2 label="$1 MiB"
+    if [ "$threads" -gt 1 ]; then label="$label x$threads"; fi
+    # memory.c changes MUTATIONS random words per tick: 1 % of the pages takes this many
+    # ticks, counted from the state the full image holds (the end of its checkpoint).
+    COLD=1 measure "m$mib" tick $(( (mib * 256 / 100 + MUTATIONS - 1) / MUTATIONS )) \
+        "$WORK/memory" "$mib" 1000000 "$MUTATIONS" "$threads"
+    machine_limits "$mib"
     printf "| %-12s | %6.1f | %7.0f | %10.0f | %6.1f | %6.1f | %9.0f | %6.0f | %6.0f | %4s | %6.0f | %6.0f | %6.0f | %6.0f |\n" \
-        "$label" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" "${m[4]}" "${m[5]}" "${m[6]}" "${m[7]}" \
-        "$hwm" "${m[8]}" "${m[9]}" "${m[10]}" "${m[11]}"
-    RATIOS+=$(python3 -c "
-f_frz, f_ms, f_b, i_frz, i_ms, i_b, warm, cold, dd, direct, cat, touch = map(float, '${m[*]}'.split())
-print('%-12s  freeze %4.1f / %4.1f ms (full / incr.) | ckpt/dd %.2f (ckpt/dd-direct %.2f) | incr/full: time %.3f, bytes %.4f | cold restore/(cat+touch) %.2f | RSS %s MiB' % (
-    '$label', f_frz, i_frz, f_ms / dd, f_ms / direct, i_ms / f_ms, i_b / f_b, cold / (cat + touch), '$hwm'))")$'\n'
+        "$label" "${M[f_frz]}" "${M[f_ms]}" "${M[f_b]}" "${M[i_frz]}" "${M[i_ms]}" "${M[i_b]}" \
+        "${M[warm]}" "${M[cold]}" "${M[hwm]}" "${M[dd]}" "${M[direct]}" "${M[cat]}" "${M[touch]}"
+    RATIOS+=$(ratios "'%-12s  freeze %4.1f / %4.1f ms (full / incr.) | ckpt/dd %.2f (ckpt/dd-direct %.2f) | incr/full: time %.3f, bytes %.4f | cold restore/(cat+touch) %.2f | RSS %s MiB' % (
+    '$label', f_frz, i_frz, f_ms / dd, f_ms / direct, i_ms / f_ms, i_b / f_b, cold / (cat + touch), '${M[hwm]}')")$'\n'
 }
 
 # A job of 4 processes with 256 MiB each (the root and three workers, tree_memory.c), light
 # ($MUTATIONS words per process per tick) or rewriting every page every tick ("all").
 bench_tree() {   # $1 mutations per tick, or "all"
-    local mode=$1 sup pid full inc label f_frz=() f_ms=() f_b=() i_frz=() i_ms=() i_b=() warm=() r
-    label="tree 4x256 MiB"; [ "$mode" = all ] && label="tree 4x256 all"
-    rm -rf "$WORK/store" "$WORK/out.txt"
-    "$BIN" run --config "$WORK/mlckpt.toml" --job "tree" -- \
-        "$WORK/tree_memory" 4 256 1000000 "$mode" > "$WORK/out.txt" 2> "$WORK/run.err" &
-    sup=$!
-    until grep -q '^tick 1 ' "$WORK/out.txt" 2>/dev/null; do sleep 0.05; done
-    pid=$(head -1 "$WORK/out.txt" | cut -d' ' -f2)
-    for r in $(seq "$REPS"); do
-        full=$("$BIN" checkpoint "$pid" --json)
-        t0=$(ticks)
-        # 1 % of each process's pages (light), or a few ticks of rewriting everything.
-        until [ "$(ticks)" -ge $((t0 + 256 * 256 / 100 / MUTATIONS + 1)) ]; do sleep 0.01; done
-        inc=$("$BIN" checkpoint "$pid" --json)
-        f_frz+=("$(field "$full" freeze_ms)"); f_ms+=("$(field "$full" total_ms)")
-        f_b+=("$(field "$full" bytes)")
-        i_frz+=("$(field "$inc" freeze_ms)"); i_ms+=("$(field "$inc" total_ms)")
-        i_b+=("$(field "$inc" bytes)")
-    done
-    "$BIN" checkpoint "$pid" --kill --json > /dev/null
-    wait "$sup" || true
-    for r in $(seq "$REPS"); do warm+=("$(restore_ms "$(field "$full" path)")"); done
-    local m=()
-    for v in f_frz f_ms f_b i_frz i_ms i_b warm; do
-        eval "m+=(\"\$(median \"\${$v[@]}\")\")"
-    done
+    local mode=$1 label="tree 4x256 MiB"
+    [ "$mode" = all ] && label="tree 4x256 all"
+    # 1 % of each process's pages (light), or a few ticks of rewriting everything.
+    measure tree tick $((256 * 256 / 100 / MUTATIONS + 1)) "$WORK/tree_memory" 4 256 1000000 "$mode"
     printf "| %-14s | %6.1f | %7.0f | %10.0f | %6.1f | %6.1f | %10.0f | %6.0f |\n" \
-        "$label" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" "${m[4]}" "${m[5]}" "${m[6]}"
+        "$label" "${M[f_frz]}" "${M[f_ms]}" "${M[f_b]}" "${M[i_frz]}" "${M[i_ms]}" "${M[i_b]}" "${M[warm]}"
+}
+
+# The simulation pattern, every page written again and again: dirty.c (a window of a share
+# of the pages rewritten each step, moving on each step) and the OpenMP stencil. The
+# increment is taken 3 steps after the full image.
+bench_dirty() {   # $1 label, $2 MiB (for the limits), then the command
+    local label=$1 mib=$2
+    shift 2
+    COLD=1 measure dirty step 3 "$@"
+    machine_limits "$mib"
+    printf "| %-20s | %-8s | %6.0f | %7.0f | %10.0f | %7.0f | %-8s | %6.0f | %6.0f | %10.0f | %6.0f | %6.0f | %4s | %6.0f | %6.0f | %6.0f | %6.0f |\n" \
+        "$label" "${M[mode]}" "${M[f_frz]}" "${M[f_ms]}" "${M[f_b]}" "$(( ${M[rss]%.*} / 1024 ))" \
+        "${M[i_mode]}" "${M[i_frz]}" "${M[i_ms]}" "${M[i_b]}" "${M[warm]}" "${M[cold]}" "${M[hwm]}" \
+        "${M[dd]}" "${M[direct]}" "${M[cat]}" "${M[touch]}"
+    RATIOS+=$(ratios "'%-20s  freeze %5.0f / %5.0f ms (full / incr.) | ckpt/dd %.2f | bytes/RSS %.2f | incr/full bytes %.3f | cold restore/(cat+touch) %.2f' % (
+    '$label', f_frz, i_frz, f_ms / dd, f_b / (rss * 1024), i_b / f_b, cold / (cat + touch))")$'\n'
 }
 
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK; medians of $REPS runs"
-echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
-echo "|--------------|--------|---------|------------|--------|--------|-----------|--------|--------|------|--------|--------|--------|--------|"
-if [ "${ONLY:-}" != tree ]; then
+if want memory; then
+    echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
+    echo "|--------------|--------|---------|------------|--------|--------|-----------|--------|--------|------|--------|--------|--------|--------|"
     bench 64 1
     bench 1024 1
     bench 1024 16
+    echo
 fi
-echo
-echo "| job            | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes | rest.ms|"
-echo "|----------------|--------|---------|------------|--------|--------|------------|--------|"
-bench_tree "$MUTATIONS"
-bench_tree all
-echo
+if want tree; then
+    echo "| job            | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes | rest.ms|"
+    echo "|----------------|--------|---------|------------|--------|--------|------------|--------|"
+    bench_tree "$MUTATIONS"
+    bench_tree all
+    echo
+fi
+if want dirty; then
+    echo "| every page written   | mode     | freeze | ckpt ms | bytes      | tgt MiB | i.mode   | i.frz  | incr ms| incr bytes | rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
+    echo "|----------------------|----------|--------|---------|------------|---------|----------|--------|--------|------------|--------|--------|------|--------|--------|--------|--------|"
+    for percent in 100 10; do
+        for period in 50 200; do
+            bench_dirty "1 GiB $percent% ${period}ms" 1024 "$WORK/dirty" 1024 "$percent" "$period"
+        done
+    done
+    bench_dirty "1 GiB 100% 200ms x16" 1024 "$WORK/dirty" 1024 100 200 16
+    bench_dirty "stencil 512 MiB x2" 512 "$WORK/stencil" 512 -1 2
+    echo
+fi
 printf "%s" "$RATIOS"
 echo
 echo "freeze / ckpt ms / bytes: full checkpoint of the running target (freeze: ms it was stopped)."
-echo "i.frz / incr ms / incr bytes: the next checkpoint, after ~1 % of the pages changed."
+echo "i.frz / incr ms / incr bytes: the next checkpoint, after ~1 % of the pages changed (every"
+echo "page written: 3 steps later). mode / i.mode: how memory was read (checkpoint --json)."
 echo "rest. / cold: 'mlckpt restore --detach' of the full image until the process runs, page cache"
 echo "warm / dropped (includes verifying the image). RSS: supervisor peak, MiB. dd: write of the"
 echo "same size with fdatasync (page cache); direct: the same with O_DIRECT, 8 MiB blocks; cat: read"
-echo "it back, cache dropped; touch: first touch of as much new memory."
-[ -z "${1:-}" ] && rm -rf "$WORK"
+echo "it back, cache dropped; touch: first touch of as much new memory. tgt MiB: the target's"
+echo "VmRSS just before the full checkpoint (bytes/RSS: the full image's bytes over it)."
+if [ -z "${1:-}" ]; then rm -rf "$WORK"; fi
