@@ -4,7 +4,7 @@
 # and again (the simulation pattern), next to this machine's own limits measured in the
 # same run, then the ratios the performance targets are stated in.
 #   scripts/bench.sh [DIR]     DIR: where images go (default: a new dir under /var/tmp)
-#   ONLY=memory|tree|dirty scripts/bench.sh   only that section's rows
+#   ONLY=memory|tree|dirty|chain scripts/bench.sh   only that section's rows
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -190,6 +190,36 @@ bench_dirty() {   # $1 label, $2 MiB (for the limits), then the command
     '$label', f_frz, i_frz, f_ms / dd, f_b / (rss * 1024), i_b / f_b, cold / (cat + touch))")$'\n'
 }
 
+# A chain: a full image of 1 GiB and four increments (1 % of the pages each), restored from
+# its last image, next to a restore of the full image alone (both cold).
+bench_chain() {
+    local sup pid full last i r gap=$(( (1024 * 256 / 100 + MUTATIONS - 1) / MUTATIONS ))
+    local chain=() alone=()
+    sed 's/full_every = 2/full_every = 5/' "$WORK/mlckpt.toml" > "$WORK/chain.toml"
+    rm -rf "$WORK/store" "$WORK/out.txt"
+    "$BIN" run --config "$WORK/chain.toml" --job chain -- \
+        "$WORK/memory" 1024 1000000 "$MUTATIONS" 1 > "$WORK/out.txt" 2> "$WORK/run.err" &
+    sup=$!
+    wait_lines tick 2
+    pid=$(head -1 "$WORK/out.txt" | cut -d' ' -f2)
+    full=$(field "$("$BIN" checkpoint "$pid" --json)" path)
+    for i in 1 2 3 4; do
+        wait_lines tick $(($(lines tick) + gap))
+        last=$(field "$("$BIN" checkpoint "$pid" --json)" path)
+    done
+    kill -9 "$pid"
+    wait "$sup" || true
+    for r in $(seq "$REPS"); do
+        drop_caches
+        alone+=("$(restore_ms "$full")")
+        drop_caches
+        chain+=("$(restore_ms "$last")")
+    done
+    machine_limits 1024
+    printf "| %-30s | %9.0f | %10.0f | %6.0f | %6.0f |\n" "1 GiB + 4 increments of 1 %" \
+        "$(median "${alone[@]}")" "$(median "${chain[@]}")" "${M[cat]}" "${M[touch]}"
+}
+
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK; medians of $REPS runs"
 if want memory; then
     echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
@@ -216,6 +246,12 @@ if want dirty; then
     done
     bench_dirty "1 GiB 100% 200ms x16" 1024 "$WORK/dirty" 1024 100 200 16
     bench_dirty "stencil 512 MiB x2" 512 "$WORK/stencil" 512 -1 2
+    echo
+fi
+if want chain; then
+    echo "| cold restore of a chain        | full ms   | chain ms   | cat ms | touch  |"
+    echo "|--------------------------------|-----------|------------|--------|--------|"
+    bench_chain
     echo
 fi
 printf "%s" "$RATIOS"
