@@ -32,6 +32,16 @@ fn chain_depth(image: &Path) -> u64 {
     manifest["chain_depth"].as_u64().unwrap()
 }
 
+/// The processes whose parent is `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| parent_and_group(p).is_some_and(|(ppid, _)| ppid == pid))
+        .collect()
+}
+
 /// `mlckpt checkpoint PID --json [--kill]`, which must succeed; the image's path. The
 /// unsupervised job's images go to the harness's store under its job name.
 fn checkpoint(h: &Harness, pid: i32, watch: Watch, kill: bool) -> PathBuf {
@@ -44,6 +54,13 @@ fn checkpoint(h: &Harness, pid: i32, watch: Watch, kill: bool) -> PathBuf {
         args.push("--kill");
     }
     let report = h.checkpoint_json(pid, &args);
+    if !kill {
+        // Pre-copy cannot converge on this job: its memory came from a fork-snapshot,
+        // killed and reaped by now, also when the job is not our child: no zombie is left
+        // in it.
+        assert_eq!(report["mode"], "snapshot", "{report}");
+        assert_eq!(children(pid), Vec::<i32>::new(), "the snapshot is gone");
+    }
     // Not asserted (this test is not timed); shown for whoever reads a failure.
     eprintln!(
         "checkpoint of {pid}: mode {}, freeze {} ms, total {} ms, {} bytes",
