@@ -692,13 +692,7 @@ impl Memory<'_, '_> {
         tracked: &[usize],
         clock: &mut Clock,
     ) -> Result<Vec<usize>, DumpError> {
-        let in_snapshot = match self.snapshot {
-            Some(s) => s.ranges()?,
-            None => HashSet::new(),
-        };
-        let (later, now): (Vec<usize>, Vec<usize>) = (0..plans.len())
-            .filter(|i| !tracked.contains(i))
-            .partition(|&i| snapshot_has_it(&plans[i], &in_snapshot));
+        let (later, now) = later_and_now(plans, tracked, self.snapshot)?;
         let pagemap = PageMap::open(pid)?;
         dump_regions(&pagemap, self.target, plans, &now, self.sink, self.writer)?;
         clock.lap("frozen.untracked");
@@ -765,11 +759,27 @@ pub(super) fn gone_as_exited(e: DumpError, pid: Pid) -> DumpError {
     }
 }
 
+/// The untracked regions of `plans` (not in `tracked`): those `snapshot` holds, to read
+/// from it once the job runs again, and those to read now.
+pub(super) fn later_and_now(
+    plans: &[RegionPlan],
+    tracked: &[usize],
+    snapshot: Option<&Snapshot>,
+) -> Result<(Vec<usize>, Vec<usize>), DumpError> {
+    let in_snapshot = match snapshot {
+        Some(s) => s.ranges()?,
+        None => HashSet::new(),
+    };
+    Ok((0..plans.len())
+        .filter(|i| !tracked.contains(i))
+        .partition(|&i| snapshot_has_it(&plans[i], &in_snapshot)))
+}
+
 /// Whether a fork-snapshot holds the region's checkpoint-time contents. Shared memory
 /// goes on changing under the running target; `MADV_DONTFORK` memory is not in the child
 /// (its range is missing there) and `MADV_WIPEONFORK` memory is zero there: all three are
 /// dumped while frozen, as is a region whose flags are not known.
-pub(super) fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool {
+fn snapshot_has_it(plan: &RegionPlan, in_snapshot: &HashSet<(u64, u64)>) -> bool {
     let r = &plan.region;
     plan.flags_known
         && in_snapshot.contains(&(r.start, r.end))

@@ -6,7 +6,7 @@
 use super::access::TargetError;
 use super::capture;
 use super::dump::{
-    Clock, DumpError, SNAPSHOT_MIN_BYTES, dump_regions, gone_as_exited, snapshot_has_it,
+    Clock, DumpError, SNAPSHOT_MIN_BYTES, dump_regions, gone_as_exited, later_and_now,
     tracked_plans, tracked_runs, untracked_bytes,
 };
 use super::freeze::FreezeError;
@@ -21,7 +21,6 @@ use crate::image::format::{MemberProcess, MemoryRegion};
 use crate::image::writer::ImageWriter;
 use crate::objects;
 use nix::unistd::Pid;
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// A member of the job whose writes are tracked, and what its pre-copy knew.
@@ -151,13 +150,7 @@ pub fn dump_members(
             m.tracker.index.retain_within(&m.ranges);
         }
         let snapshot = captured.snapshot.take();
-        let in_snapshot = match &snapshot {
-            Some(s) => s.ranges()?,
-            None => HashSet::new(),
-        };
-        let (later, now): (Vec<usize>, Vec<usize>) = (0..plans.len())
-            .filter(|i| !by_tracker.contains(i))
-            .partition(|&i| snapshot_has_it(&plans[i], &in_snapshot));
+        let (later, now) = later_and_now(&plans, &by_tracker, snapshot.as_ref())?;
         let pagemap = PageMap::open(pid)?;
         let mut sink = PageSink::new(None, false);
         dump_regions(&pagemap, &mem, &mut plans, &now, &mut sink, writer)?;
