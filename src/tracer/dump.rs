@@ -174,6 +174,7 @@ pub fn checkpoint(
         _ => e,
     };
     super::access::check_target(req.pid)?;
+    let _ahead = super::priority::CheckpointPriority::raise();
     checkpoint_tracked(req, tracking).map_err(exited)
 }
 

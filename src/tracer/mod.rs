@@ -18,6 +18,7 @@ pub mod memory;
 pub mod page_index;
 pub mod pages;
 pub mod precopy;
+pub mod priority;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;

@@ -46,6 +46,25 @@ pub fn set_affinity(tid: Pid, words: &[u64]) -> Result<(), Errno> {
     Errno::result(ret).map(drop)
 }
 
+/// The nice value of thread `tid` (0 = the calling thread).
+pub fn thread_nice(tid: i32) -> Result<i32, Errno> {
+    Errno::clear();
+    // SAFETY: getpriority touches no memory of ours.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, tid as libc::id_t) };
+    // -1 is a valid nice value: only errno tells an error.
+    match (nice, Errno::last_raw()) {
+        (-1, errno) if errno != 0 => Err(Errno::from_raw(errno)),
+        _ => Ok(nice),
+    }
+}
+
+/// Sets the nice value of thread `tid` (0 = the calling thread).
+pub fn set_thread_nice(tid: i32, nice: i32) -> Result<(), Errno> {
+    // SAFETY: setpriority touches no memory of ours.
+    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, nice) };
+    Errno::result(ret).map(drop)
+}
+
 /// XCR0: the xsave state components this CPU and kernel enable.
 pub fn xcr0() -> u64 {
     // SAFETY: CPUID leaf 1 exists on every x86-64 CPU; XGETBV runs only when CPUID says
