@@ -251,10 +251,6 @@ fn live_members(root: Pid) -> Vec<Pid> {
         .collect()
 }
 
-/// Below this much memory to read from the frozen target, a fork-snapshot (whose page
-/// table copy costs ~25 ms per GiB mapped) is not worth it when memory is write-tracked.
-pub(super) const SNAPSHOT_MIN_BYTES: u64 = 32 << 20;
-
 fn dump(
     req: &CheckpointRequest,
     trackers: Trackers,
@@ -650,7 +646,7 @@ fn choose_snapshot(
     }
     let left = t.index.pending_bytes() + untracked_bytes(plans, tracked, hints);
     let left_text = precopy::human_bytes(left);
-    if left > SNAPSHOT_MIN_BYTES {
+    if left > precopy::SNAPSHOT_MIN_BYTES {
         let why = format!(
             "{}; snapshot for the {left_text} left at the freeze",
             precopied.why

@@ -6,8 +6,8 @@
 use super::access::TargetError;
 use super::capture;
 use super::dump::{
-    Clock, DumpError, SNAPSHOT_MIN_BYTES, dump_regions, gone_as_exited, later_and_now,
-    tracked_plans, tracked_runs, untracked_bytes,
+    Clock, DumpError, dump_regions, gone_as_exited, later_and_now, tracked_plans, tracked_runs,
+    untracked_bytes,
 };
 use super::freeze::FreezeError;
 use super::inspect::{self, FlagHints, RegionPlan};
@@ -184,14 +184,14 @@ pub fn dump_members(
 /// while the job is stopped).
 fn worth_a_snapshot(plans: &[RegionPlan], tracker: Option<&TrackedMember>, pid: Pid) -> bool {
     let Some(m) = tracker else {
-        return precopy::resident_bytes(pid) > SNAPSHOT_MIN_BYTES;
+        return precopy::resident_bytes(pid) > precopy::SNAPSHOT_MIN_BYTES;
     };
     if m.snapshot_wanted {
         return true;
     }
     let tracked = tracked_plans(plans, Some(&*m.tracker));
     untracked_bytes(plans, &tracked, &m.hints) + m.tracker.index.pending_bytes()
-        > SNAPSHOT_MIN_BYTES
+        > precopy::SNAPSHOT_MIN_BYTES
 }
 
 /// Reads what the members' snapshots hold (the job runs again meanwhile) and completes

@@ -36,6 +36,10 @@ const ASSUMED_READ_RATE: f64 = 1e9;
 /// once more by the next.
 const MAX_DIRTY_SHARE: f64 = 0.05;
 
+/// Below this much memory left to read at the freeze, a fork-snapshot (whose page table
+/// copy costs ~20 ms per GiB mapped) is not worth it.
+pub const SNAPSHOT_MIN_BYTES: u64 = 32 << 20;
+
 /// An increment in which more than this share of the pages changed is written as a full
 /// image instead.
 const FULL_INSTEAD_OF_INCREMENT: f64 = 0.8;
@@ -301,13 +305,19 @@ pub fn before_freeze(
     }
     let probe = Instant::now();
     std::thread::sleep(RATE_PROBE);
-    let mut dirty_rate = per_second(tracker.scan()?, probe.elapsed());
+    // Bytes written in the last window (the probe, then each pass), and how fast.
+    let mut written = tracker.scan()?;
+    let mut dirty_rate = per_second(written, probe.elapsed());
     clock.lap("precopy.probe");
     let mut passes = 0;
     let mut last_read = u64::MAX;
     loop {
         let read_rate = tracker.read_rate.unwrap_or(ASSUMED_READ_RATE);
-        if mode.can_snapshot && dirty_rate > MAX_DIRTY_SHARE * read_rate {
+        // A small set of pages written over and over (a hot loop's arrays) makes a high
+        // rate too, but pre-copy still ends with little left: only a rate that also leaves
+        // much to read calls for a snapshot.
+        let much_left = written > SNAPSHOT_MIN_BYTES;
+        if mode.can_snapshot && much_left && dirty_rate > MAX_DIRTY_SHARE * read_rate {
             why.push_str(&format!(
                 "snapshot after {passes} pre-copy pass(es): the target writes {}/s, over \
                  {:.0}% of the {}/s a pass reads",
@@ -329,7 +339,8 @@ pub fn before_freeze(
         read_pending(tracker, before.mem, writer, false)?;
         let took = began.elapsed();
         tracker.read_rate = Some(per_second(pending, took));
-        dirty_rate = per_second(tracker.scan()?, took);
+        written = tracker.scan()?;
+        dirty_rate = per_second(written, took);
         clock.lap("precopy.pass");
         passes += 1;
         last_read = pending;
