@@ -233,3 +233,40 @@ fn an_image_with_both_page_files_is_refused_until_one_is_removed() {
     std::fs::remove_file(copy.join("pages.bin.zst")).unwrap();
     h.mlckpt(&["verify", copy.to_str().unwrap()]).expect_code(0);
 }
+
+/// A file the job writes in place is copied into the image (in pages.bin): restored from a
+/// compressed copy, it is put back from the decompressed pages, exactly as it was at the
+/// checkpoint, though it was changed since and the local image is gone.
+#[test]
+fn files_written_in_place_come_back_from_a_compressed_copy() {
+    let h = Harness::new("compress-files");
+    configure(&h);
+    let prog = Prog::c("filewriter", &["inplace", "{dir}/data.bin", "60"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run_with(&["--rank", "0"], &[], &prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let (_, copy) = checkpoint_to(&h, pid, "global", &["--kill"]);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    assert!(copy.join("pages.bin.zst").is_file());
+    assert_eq!(
+        manifest(&copy)["files"][0]["contents"]["kind"],
+        "copied",
+        "{}",
+        manifest(&copy)["files"]
+    );
+    let data = h.run_dir().join("data.bin");
+    let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x5a; 8192], 1 << 20).unwrap();
+    drop(file);
+    std::fs::remove_dir_all(h.store.join("node0")).unwrap();
+    let res = restore_auto(&h, pid);
+    line_with(&res, &["candidate", "global", "ok -> chosen"]);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &res.stdout, pid);
+    assert!(
+        std::fs::read(&data).unwrap() == std::fs::read(h.ref_dir().join("data.bin")).unwrap(),
+        "data.bin differs from the uninterrupted run's"
+    );
+}

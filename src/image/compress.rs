@@ -259,7 +259,8 @@ fn frame_content_size(path: &Path, expected: u64) -> Result<Option<u64>, UnpackE
 /// Decompresses `path`, which must hold exactly `expected` bytes of pages, handing them to
 /// `sink` in order; returns their blake3. A second thread decompresses while this one
 /// hashes and sinks. Stops as soon as the stream proves damaged or too long: a hostile
-/// copy cannot make it write more than `expected` bytes.
+/// copy cannot make it write more than `expected` bytes. A failing `sink` is reported as
+/// memory that cannot be had: the one sink that can fail fills a memory file.
 pub fn unpack(
     path: &Path,
     expected: u64,
