@@ -3,6 +3,7 @@
 //! must give a config or an error naming the file, never a panic; a config that loads keeps
 //! the promises its users rely on.
 
+use mlckpt::image::compress::{self, Compression};
 use mlckpt::tiers::config::{Config, ConfigError, MIN_INTERVAL};
 use proptest::prelude::*;
 use std::path::Path;
@@ -14,7 +15,16 @@ const KEYS: &[(&str, &[&str])] = &[
     ("job", &["name"]),
     ("storage", &["local", "global", "keep"]),
     ("interval", &["local", "partner", "global"]),
-    ("image", &["full_every", "write_tracking", "outside_peers"]),
+    (
+        "image",
+        &[
+            "full_every",
+            "write_tracking",
+            "outside_peers",
+            "compress",
+            "compress_level",
+        ],
+    ),
     (
         "topology",
         &["test_mode", "nodes", "ranks_per_node", "partner_copy"],
@@ -38,6 +48,9 @@ fn value() -> impl Strategy<Value = String> {
         Just("[1, 2]".to_string()),
         Just("{ a = 1 }".to_string()),
         Just("\"rsync -a {src}/ {host}:{dst}/\"".to_string()),
+        Just("\"zstd\"".to_string()),
+        Just("\"none\"".to_string()),
+        (-2i64..25).prop_map(|n| n.to_string()),
     ]
 }
 
@@ -81,6 +94,12 @@ fn check(text: &str) {
                 );
             }
             assert!(c.storage.local.is_absolute());
+            if let Compression::Zstd { level } = c.image.compress {
+                assert!(
+                    (compress::MIN_LEVEL..=compress::MAX_LEVEL).contains(&level),
+                    "zstd level {level} accepted from\n{text}"
+                );
+            }
         }
         Err(e) => {
             let message = e.to_string();

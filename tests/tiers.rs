@@ -528,7 +528,8 @@ fn throughput(h: &Harness, image: &Path) {
     let ways: [(&str, Copy); 3] = [
         ("mlckpt copy (blake3 + fsync + rename)", &|to: &Path| {
             let gate = mlckpt::tiers::placement::Gate::default();
-            mlckpt::tiers::placement::copy_image(image, to, &gate).unwrap();
+            let raw = mlckpt::image::compress::Compression::None;
+            mlckpt::tiers::placement::copy_image(image, to, &gate, raw).unwrap();
         }),
         ("cp -r", &|to: &Path| cp(to, false)),
         ("cp -r + sync", &|to: &Path| cp(to, true)),

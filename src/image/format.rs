@@ -16,6 +16,10 @@ pub const OLDEST_READABLE_FORMAT: u32 = 1;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PAGES_FILE: &str = "pages.bin";
+/// `pages.bin` compressed (a copy on the partner or global tier, `[image] compress`): a
+/// zstd stream whose decompressed bytes are exactly `pages.bin`. CHECKSUMS still lists
+/// `pages.bin`, whose blake3 a reader computes while it decompresses.
+pub const PAGES_ZSTD_FILE: &str = "pages.bin.zst";
 pub const CHECKSUMS_FILE: &str = "CHECKSUMS";
 /// A 16-byte blake3 per page of every `hashed` region, in `runs` order: how the next
 /// checkpoint tells by content which pages of a region it cannot write-track changed.

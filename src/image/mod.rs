@@ -1,6 +1,7 @@
 //! The on-disk image: manifest, page data and checksums. Knows nothing about ptrace.
 
 pub mod auth;
+pub mod compress;
 pub mod format;
 pub mod name;
 pub mod pagebuf;
@@ -31,25 +32,71 @@ pub fn open_verified(dir: &std::path::Path) -> Result<Image, verify::VerifyError
 /// The page contents of an image and its parents, still to be verified.
 #[derive(Debug)]
 pub struct PageCheck {
-    own: verify::PagesToCheck,
-    parents: ParentChecks,
+    /// The image's own first, then its parents.
+    pages: Vec<ImagePages>,
+}
+
+/// The page file of one image of a restore.
+#[derive(Debug)]
+struct ImagePages {
+    seq: u64,
+    /// For a parent: the image that needs it and the parent's directory, which a failure
+    /// names.
+    needed_by: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    check: verify::PagesToCheck,
+}
+
+/// A parent's failure says which image needs it.
+fn blame(
+    needed_by: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    source: verify::VerifyError,
+) -> verify::VerifyError {
+    match needed_by {
+        None => source,
+        Some((image, parent)) => verify::VerifyError::BrokenParent {
+            image,
+            parent,
+            source: Box::new(source),
+        },
+    }
 }
 
 impl PageCheck {
-    /// Hashes every pages.bin; an error names the file (and, for a parent, which image
-    /// needs it).
+    /// Hashes every page file (decompressing compressed ones); an error names the file
+    /// (and, for a parent, which image needs it).
     pub fn verify(self) -> Result<(), verify::VerifyError> {
-        self.own.verify()?;
-        for (image, parent, pages) in self.parents {
+        for pages in self.pages {
             pages
+                .check
                 .verify()
-                .map_err(|source| verify::VerifyError::BrokenParent {
-                    image,
-                    parent,
-                    source: Box::new(source),
-                })?;
+                .map_err(|e| blame(pages.needed_by, e))?;
         }
         Ok(())
+    }
+
+    /// Decompresses every compressed page file (copies from the partner or global tier)
+    /// into memory, verifying it on the way: a restore reads those pages from memory. The
+    /// raw page files are left in the returned check, to verify while the restore reads
+    /// them.
+    pub fn unpack_compressed(
+        self,
+    ) -> Result<(compress::UnpackedPages, PageCheck), verify::VerifyError> {
+        let mut unpacked = compress::UnpackedPages::default();
+        let mut raw = Vec::new();
+        for pages in self.pages {
+            if !pages.check.is_compressed() {
+                raw.push(pages);
+                continue;
+            }
+            let size = pages.check.size();
+            let name = format!("mlckpt-pages-{}", pages.seq);
+            match pages.check.unpack(&name) {
+                Ok(Some(memory)) => unpacked.insert(pages.seq, memory, size),
+                Ok(None) => {}
+                Err(e) => return Err(blame(pages.needed_by, e)),
+            }
+        }
+        Ok((unpacked, PageCheck { pages: raw }))
     }
 }
 
@@ -65,8 +112,13 @@ pub fn open_checked(dir: &std::path::Path) -> Result<(Image, PageCheck), verify:
     // (0600 files in 0700 directories), so nothing swaps it in between.
     let mut image = parsed?;
     image.signer = Some(own.signer);
-    let parents = check_parents(&image)?;
-    Ok((image, PageCheck { own, parents }))
+    let mut pages = vec![ImagePages {
+        seq: image.manifest.seq,
+        needed_by: None,
+        check: own,
+    }];
+    pages.extend(check_parents(&image)?);
+    Ok((image, PageCheck { pages }))
 }
 
 impl Image {
@@ -79,12 +131,9 @@ impl Image {
     }
 }
 
-/// Each parent's pages, with the paths a failure names (the image, the parent).
-type ParentChecks = Vec<(std::path::PathBuf, std::path::PathBuf, verify::PagesToCheck)>;
-
 /// Every parent must be present, intact, and the very image the child was made against;
 /// their page contents are returned to be checked.
-fn check_parents(image: &Image) -> Result<ParentChecks, verify::VerifyError> {
+fn check_parents(image: &Image) -> Result<Vec<ImagePages>, verify::VerifyError> {
     use verify::VerifyError;
     let mut pages = Vec::new();
     for parent in &image.manifest.parents {
@@ -132,7 +181,11 @@ fn check_parents(image: &Image) -> Result<ParentChecks, verify::VerifyError> {
                 path: image.dir.join(format::MANIFEST_FILE),
                 source,
             })?;
-        pages.push((image.dir.clone(), dir, to_check));
+        pages.push(ImagePages {
+            seq: parent.seq,
+            needed_by: Some((image.dir.clone(), dir)),
+            check: to_check,
+        });
     }
     Ok(pages)
 }

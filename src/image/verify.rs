@@ -1,7 +1,9 @@
 //! Checking an image against its CHECKSUMS file (the `b3sum` format: `b3sum -c` agrees).
 
+use super::compress::{self, FindPagesError, StoredPages, UnpackError};
 use super::format::{CHECKSUMS_FILE, MANIFEST_FILE, PAGES_FILE};
 use super::reader::{ReadError, io_or_missing};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,12 @@ pub enum VerifyError {
         expected: u64,
         found: u64,
     },
+    /// Both page files, or neither.
+    #[error(transparent)]
+    PageFile(#[from] FindPagesError),
+    /// A compressed page file that does not decompress to the manifest's size.
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
 }
 
 impl VerifyError {
@@ -77,6 +85,10 @@ impl VerifyError {
             VerifyError::Auth(_)
             | VerifyError::MixedSigners { .. }
             | VerifyError::Exposed { .. } => "unauthenticated",
+            VerifyError::PageFile(FindPagesError::Neither { .. }) => "incomplete",
+            VerifyError::PageFile(FindPagesError::Both { .. }) => "inconsistent",
+            VerifyError::PageFile(FindPagesError::Io { .. }) => "unreadable",
+            VerifyError::Unpack(e) => e.verdict(),
         }
     }
 }
@@ -144,27 +156,67 @@ pub fn verify_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<(), VerifyErro
     check_dir(dir, pages_bytes)?.verify()
 }
 
-/// The contents of a `pages.bin` still to be checked against CHECKSUMS.
+/// Checks the file at `path` against its CHECKSUMS entry.
+fn check_file(path: PathBuf, expected: String) -> Result<(), VerifyError> {
+    let (hash, _) = hash_file(&path)?;
+    compare(path, expected, hash)
+}
+
+fn compare(path: PathBuf, expected: String, hash: blake3::Hash) -> Result<(), VerifyError> {
+    let found = hash.to_hex().to_string();
+    if found != expected {
+        return Err(VerifyError::Mismatch {
+            path,
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// The contents of an image's page file (`pages.bin`, or `pages.bin.zst` whose
+/// decompressed bytes are `pages.bin`) still to be checked against CHECKSUMS.
 #[derive(Debug)]
 pub struct PagesToCheck {
-    path: PathBuf,
+    stored: StoredPages,
+    /// The blake3 CHECKSUMS lists for `pages.bin`.
     expected: String,
+    /// The bytes of pages: the manifest's `pages_bytes`, or what a compressed file's header
+    /// records when the manifest could not be read.
+    size: u64,
     /// The uid whose key authenticated the image.
     pub signer: u32,
 }
 
 impl PagesToCheck {
     pub fn verify(self) -> Result<(), VerifyError> {
-        let (hash, _) = hash_file(&self.path)?;
-        let found = hash.to_hex().to_string();
-        if found != self.expected {
-            return Err(VerifyError::Mismatch {
-                path: self.path,
-                expected: self.expected,
-                found,
-            });
-        }
-        Ok(())
+        let hash = match &self.stored {
+            StoredPages::Raw(path) => hash_file(path)?.0,
+            StoredPages::Zstd(path) => compress::unpack(path, self.size, &mut |_| Ok(()))?,
+        };
+        compare(self.stored.path().to_path_buf(), self.expected, hash)
+    }
+
+    /// Whether the pages are stored compressed: a restore decompresses them first.
+    pub fn is_compressed(&self) -> bool {
+        matches!(self.stored, StoredPages::Zstd(_))
+    }
+
+    /// The bytes of pages.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Decompresses compressed pages into a sealed memory file (`name` shows in
+    /// `/proc/PID/fd`), verifying them on the way as `verify` does: one pass over the
+    /// file. Raw pages are verified and no memory file is made (`None`).
+    pub fn unpack(self, name: &str) -> Result<Option<OwnedFd>, VerifyError> {
+        let StoredPages::Zstd(path) = &self.stored else {
+            return self.verify().map(|()| None);
+        };
+        let (memory, hash) = compress::unpack_to_memory(path, self.size, name)?;
+        compare(path.clone(), self.expected, hash)?;
+        Ok(Some(memory))
     }
 }
 
@@ -209,33 +261,214 @@ pub fn check_dir(dir: &Path, pages_bytes: Option<u64>) -> Result<PagesToCheck, V
     }
     let mut pages = None;
     for (file, expected) in sums {
-        let path = dir.join(&file);
         if file == PAGES_FILE {
-            let size = std::fs::metadata(&path)
-                .map_err(|e| io_or_missing(&path, e))?
+            pages = Some(pages_to_check(dir, pages_bytes, expected, signer)?);
+            continue;
+        }
+        check_file(dir.join(&file), expected)?;
+    }
+    // Listed, as checked above.
+    pages.ok_or(VerifyError::NotListed {
+        path: checksums_path,
+        file: PAGES_FILE,
+    })
+}
+
+/// The page file of the image at `dir`, its size checked against `pages_bytes` (when the
+/// manifest could be read): a raw file's own size, a compressed file's recorded one.
+fn pages_to_check(
+    dir: &Path,
+    pages_bytes: Option<u64>,
+    expected: String,
+    signer: u32,
+) -> Result<PagesToCheck, VerifyError> {
+    let stored = StoredPages::find(dir)?;
+    let size = match &stored {
+        StoredPages::Raw(path) => {
+            let size = std::fs::metadata(path)
+                .map_err(|e| io_or_missing(path, e))?
                 .len();
             if let Some(want) = pages_bytes
                 && want != size
             {
                 return Err(VerifyError::Size {
-                    path,
+                    path: path.clone(),
                     expected: want,
                     found: size,
                 });
             }
-            pages = Some(PagesToCheck {
-                path,
-                expected,
-                signer,
-            });
-            continue;
+            size
         }
-        PagesToCheck {
-            path,
-            expected,
-            signer,
-        }
-        .verify()?;
+        StoredPages::Zstd(path) => match pages_bytes {
+            Some(want) => {
+                compress::check_header(path, want)?;
+                want
+            }
+            None => compress::recorded_size(path)?,
+        },
+    };
+    Ok(PagesToCheck {
+        stored,
+        expected,
+        size,
+        signer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::auth::{AUTH_FILE, ImageKey};
+    use crate::image::format::PAGES_ZSTD_FILE;
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+
+    /// This test process's image key, in a private directory of its own.
+    fn key() -> ImageKey {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+        crate::image::auth::use_key_file(Some(dir.path().join("image.key")));
+        ImageKey::own().unwrap()
     }
-    Ok(pages.expect("CHECKSUMS lists pages.bin"))
+
+    #[allow(clippy::cast_possible_truncation)] // test data wraps on purpose
+    fn pages(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i / 4096) as u8 ^ seed).collect()
+    }
+
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        let mut e = compress::encoder(Vec::new(), 1, Some(data.len() as u64)).unwrap();
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A sealed image in `root` whose pages (`pages`, listed as pages.bin) are stored as
+    /// `stored` under `name`.
+    fn image(root: &Path, pages: &[u8], name: &str, stored: &[u8]) -> PathBuf {
+        let dir = root.join("ckpt-000001");
+        std::fs::create_dir(&dir).unwrap();
+        let manifest = b"{\"format\": 4}";
+        std::fs::write(dir.join(MANIFEST_FILE), manifest).unwrap();
+        std::fs::write(dir.join(name), stored).unwrap();
+        let sums = format!(
+            "{}  {MANIFEST_FILE}\n{}  {PAGES_FILE}\n",
+            blake3::hash(manifest).to_hex(),
+            blake3::hash(pages).to_hex()
+        );
+        std::fs::write(dir.join(CHECKSUMS_FILE), &sums).unwrap();
+        std::fs::write(dir.join(AUTH_FILE), key().seal(sums.as_bytes())).unwrap();
+        dir
+    }
+
+    fn compressed_image(root: &Path, pages: &[u8]) -> PathBuf {
+        image(root, pages, PAGES_ZSTD_FILE, &zstd(pages))
+    }
+
+    #[test]
+    fn a_compressed_image_verifies_and_unpacks_in_one_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pages(5 << 20, 1);
+        let dir = compressed_image(tmp.path(), &data);
+        let size = Some(data.len() as u64);
+        verify_dir(&dir, size).unwrap();
+        let check = check_dir(&dir, size).unwrap();
+        assert!(check.is_compressed());
+        let memory = check.unpack("test").unwrap().expect("a memory file");
+        let mut back = vec![0u8; data.len()];
+        std::fs::File::from(memory)
+            .read_exact_at(&mut back, 0)
+            .unwrap();
+        assert!(back == data, "the unpacked pages differ");
+        // A raw image has nothing to unpack.
+        let raw = tempfile::tempdir().unwrap();
+        let dir = image(raw.path(), &data, PAGES_FILE, &data);
+        let check = check_dir(&dir, size).unwrap();
+        assert!(!check.is_compressed());
+        assert!(check.unpack("test").unwrap().is_none());
+    }
+
+    #[test]
+    fn compressed_pages_of_other_contents_are_a_checksum_mismatch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pages(1 << 20, 1);
+        let dir = image(
+            tmp.path(),
+            &data,
+            PAGES_ZSTD_FILE,
+            &zstd(&pages(1 << 20, 2)),
+        );
+        let e = verify_dir(&dir, Some(data.len() as u64)).unwrap_err();
+        assert!(matches!(e, VerifyError::Mismatch { .. }), "{e}");
+        assert_eq!(e.verdict(), "checksum mismatch");
+        assert!(e.to_string().contains(PAGES_ZSTD_FILE), "{e}");
+        let check = check_dir(&dir, Some(data.len() as u64)).unwrap();
+        let e = check.unpack("test").unwrap_err();
+        assert!(matches!(e, VerifyError::Mismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_or_truncated_stream_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pages(9 << 20, 3);
+        let dir = compressed_image(tmp.path(), &data);
+        let path = dir.join(PAGES_ZSTD_FILE);
+        let packed = std::fs::read(&path).unwrap();
+        let size = Some(data.len() as u64);
+
+        std::fs::write(&path, &packed[..packed.len() * 2 / 3]).unwrap();
+        let e = verify_dir(&dir, size).unwrap_err();
+        assert!(
+            matches!(e, VerifyError::Unpack(UnpackError::Truncated { .. })),
+            "{e}"
+        );
+        assert_eq!(e.verdict(), "incomplete");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+
+        let mut damaged = packed.clone();
+        for b in &mut damaged[packed.len() / 2..packed.len() / 2 + 64] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&path, &damaged).unwrap();
+        let e = verify_dir(&dir, size).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VerifyError::Unpack(UnpackError::Damaged { .. }) | VerifyError::Mismatch { .. }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains(PAGES_ZSTD_FILE), "{e}");
+
+        // Another size than the manifest's is refused before anything is decompressed.
+        std::fs::write(&path, &packed).unwrap();
+        let e = check_dir(&dir, Some(data.len() as u64 - 4096)).unwrap_err();
+        assert!(
+            matches!(e, VerifyError::Unpack(UnpackError::WrongSize { .. })),
+            "{e}"
+        );
+        assert_eq!(e.verdict(), "damaged");
+    }
+
+    #[test]
+    fn an_image_with_both_page_files_or_neither_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pages(1 << 20, 4);
+        let dir = compressed_image(tmp.path(), &data);
+        let size = Some(data.len() as u64);
+        std::fs::write(dir.join(PAGES_FILE), &data).unwrap();
+        let e = verify_dir(&dir, size).unwrap_err();
+        assert!(
+            matches!(e, VerifyError::PageFile(FindPagesError::Both { .. })),
+            "{e}"
+        );
+        assert_eq!(e.verdict(), "inconsistent");
+        std::fs::remove_file(dir.join(PAGES_FILE)).unwrap();
+        std::fs::remove_file(dir.join(PAGES_ZSTD_FILE)).unwrap();
+        let e = verify_dir(&dir, size).unwrap_err();
+        assert!(
+            matches!(e, VerifyError::PageFile(FindPagesError::Neither { .. })),
+            "{e}"
+        );
+        assert_eq!(e.verdict(), "incomplete");
+    }
 }

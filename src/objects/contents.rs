@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
 
 /// A file the job writes, and how a restore gives it back as it was.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -532,10 +531,14 @@ impl WrittenFile {
 }
 
 impl PutBack<'_> {
-    /// Gives the file back its checkpoint-time contents. `pages` is the `pages.bin` of image
-    /// `seq` (`None`: this image). Checks everything again on the opened file: nothing is
-    /// written through a path that changed since `check`.
-    pub fn apply(&self, pages: &dyn Fn(Option<u64>) -> PathBuf) -> Result<(), FileError> {
+    /// Gives the file back its checkpoint-time contents. `pages` opens the pages of image
+    /// `seq` (`None`: this image; decompressed, when they are stored compressed). Checks
+    /// everything again on the opened file: nothing is written through a path that changed
+    /// since `check`.
+    pub fn apply(
+        &self,
+        pages: &dyn Fn(Option<u64>) -> std::io::Result<File>,
+    ) -> Result<(), FileError> {
         let f = self.file;
         let path = f.path.as_str();
         let file = match self.created {
@@ -551,10 +554,9 @@ impl PutBack<'_> {
             for chunk in chunks {
                 let source = match sources.entry(chunk.image) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        let p = pages(chunk.image);
-                        v.insert(File::open(&p).map_err(io(path, "read its copy in the image"))?)
-                    }
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(
+                        pages(chunk.image).map_err(io(path, "read its copy in the image"))?,
+                    ),
                 };
                 write_chunk(path, &file, source, chunk)?;
             }

@@ -146,7 +146,9 @@ impl JobContext {
         let Some(dest) = self.paths.destination(tier) else {
             return Ok(stats);
         };
-        let copied = Placer::new(dest, self.config.storage.keep).place(&stats.path);
+        let copied = Placer::new(dest, self.config.storage.keep)
+            .with_compression(self.config.image.compress)
+            .place(&stats.path);
         if let Ok(c) = &copied {
             report_retention(&c.pruned);
         }

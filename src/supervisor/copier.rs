@@ -5,6 +5,7 @@
 //! comes before it starts, only the newest waits (an older copy nobody waits for is not
 //! worth making any more). Copies someone waits for (`checkpoint --tier`) are never dropped.
 
+use crate::image::compress::Compression;
 use crate::image::format::TierKind;
 use crate::tiers::layout::RankPaths;
 use crate::tiers::placement::{Copied, Gate, PlaceError, Placer};
@@ -42,16 +43,18 @@ pub struct Copier {
 }
 
 impl Copier {
-    /// A thread for every tier above local that `paths` can place images on; copies wait
-    /// while `gate` is held.
-    pub fn start(paths: &RankPaths, keep: u32, gate: &Gate) -> Copier {
+    /// A thread for every tier above local that `paths` can place images on, storing
+    /// pages with `compression`; copies wait while `gate` is held.
+    pub fn start(paths: &RankPaths, keep: u32, compression: Compression, gate: &Gate) -> Copier {
         let workers = [TierKind::Partner, TierKind::Global]
             .into_iter()
             .filter_map(|tier| Some((tier, paths.destination(tier)?)))
             .map(|(tier, dest)| {
                 let shared = Shared::default();
                 let queue = shared.clone();
-                let placer = Placer::new(dest, keep).with_gate(gate.clone());
+                let placer = Placer::new(dest, keep)
+                    .with_gate(gate.clone())
+                    .with_compression(compression);
                 let thread = std::thread::Builder::new()
                     .name(format!("mlckpt-copy-{tier}"))
                     .spawn(move || work(tier, placer, &queue))
@@ -139,14 +142,24 @@ fn log(tier: TierKind, src: &Path, result: &Result<Copied, PlaceError>) {
     let name = src.file_name().unwrap_or_default().to_string_lossy();
     match result {
         Ok(c) => {
-            let mib = c.bytes as f64 / f64::from(1u32 << 20);
+            let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
             let secs = c.elapsed.as_secs_f64().max(1e-6);
+            // Said only when it differs: the pages were compressed.
+            let stored = match c.compression {
+                Compression::Zstd { .. } if c.bytes > 0 => format!(
+                    ", stored as {:.1} MiB with {}",
+                    mib(c.stored),
+                    c.compression
+                ),
+                _ => String::new(),
+            };
             eprintln!(
-                "mlckpt: copied {name} to the {tier} tier: {} ({mib:.1} MiB in {:.1} ms, \
-                 {:.0} MiB/s)",
+                "mlckpt: copied {name} to the {tier} tier: {} ({:.1} MiB in {:.1} ms, \
+                 {:.0} MiB/s{stored})",
                 c.path.display(),
+                mib(c.bytes),
                 secs * 1000.0,
-                mib / secs
+                mib(c.bytes) / secs
             );
             super::context::report_retention(&c.pruned);
         }

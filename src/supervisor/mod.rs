@@ -134,7 +134,12 @@ pub fn supervise(
     let mut sup = Supervisor {
         ctx,
         pid,
-        copier: Copier::start(&ctx.paths, ctx.config.storage.keep, &gate),
+        copier: Copier::start(
+            &ctx.paths,
+            ctx.config.storage.keep,
+            ctx.config.image.compress,
+            &gate,
+        ),
         gate,
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
         lineage: RefCell::new(lineage),

@@ -20,6 +20,8 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::image::compress::{self, Compression};
+
 /// The file name searched for in the working directory and in `~/.config/mlckpt/`.
 pub const FILE_NAME: &str = "mlckpt.toml";
 
@@ -35,6 +37,10 @@ const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
 
 /// `[image] file_copy_limit_mib` when not set.
 pub const DEFAULT_FILE_COPY_LIMIT_MIB: u32 = 1024;
+
+/// `[image] compress` when not set (`scripts/compress_bench.sh` measures both ways;
+/// docs/compression.md says why this one).
+pub const DEFAULT_COMPRESSION: Compression = Compression::None;
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +103,17 @@ pub struct ImageConfig {
     /// Files the job writes in place up to this size (bytes) are copied into every image;
     /// larger ones are not, and a restore refuses them if they changed.
     pub file_copy_limit: u64,
+    /// How copies on the partner and global tiers store page data (`compress`,
+    /// `compress_level`); local images are always raw.
+    pub compress: Compression,
+}
+
+/// `[image] compress` as written; the level comes from `compress_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CompressName {
+    None,
+    Zstd,
 }
 
 /// `[image] outside_peers`: a pipe whose other end is held by a process outside the job
@@ -200,6 +217,7 @@ impl Config {
                 write_tracking: true,
                 outside_peers: OutsidePeers::Warn,
                 file_copy_limit: u64::from(DEFAULT_FILE_COPY_LIMIT_MIB) << 20,
+                compress: DEFAULT_COMPRESSION,
             },
             topology: TopologyConfig {
                 test_mode: false,
@@ -242,6 +260,7 @@ impl Config {
                     "image.file_copy_limit_mib",
                     DEFAULT_FILE_COPY_LIMIT_MIB,
                 )?) << 20,
+                compress: compression(&src, raw.image.compress, raw.image.compress_level)?,
             },
             topology: topology(&src, raw.topology)?,
             security: SecurityConfig {
@@ -462,6 +481,8 @@ struct RawImage {
     write_tracking: Option<bool>,
     outside_peers: Option<OutsidePeers>,
     file_copy_limit_mib: Option<Spanned<Count>>,
+    compress: Option<CompressName>,
+    compress_level: Option<Spanned<Count>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -640,6 +661,38 @@ fn count(
     }
     u32::try_from(n)
         .map_err(|_| src.invalid(span, key, format!("must be at most {}, got {n}", u32::MAX)))
+}
+
+/// `[image] compress` with `compress_level` (which only counts for zstd, so a file that
+/// turns compression off keeps its level for later).
+fn compression(
+    src: &Source<'_>,
+    name: Option<CompressName>,
+    level: Option<Spanned<Count>>,
+) -> Result<Compression, ConfigError> {
+    let level = match level {
+        None => compress::DEFAULT_LEVEL,
+        Some(raw) => {
+            let (span, Count(n)) = (raw.span(), raw.into_inner());
+            let allowed = i64::from(compress::MIN_LEVEL)..=i64::from(compress::MAX_LEVEL);
+            if !allowed.contains(&n) {
+                let msg = format!(
+                    "must be a zstd level from {} (fastest) to {} (smallest), got {n}; \
+                     remove the key to use the default, {}",
+                    compress::MIN_LEVEL,
+                    compress::MAX_LEVEL,
+                    compress::DEFAULT_LEVEL
+                );
+                return Err(src.invalid(span, "image.compress_level", msg));
+            }
+            i32::try_from(n).unwrap_or(compress::DEFAULT_LEVEL)
+        }
+    };
+    Ok(match name {
+        None => DEFAULT_COMPRESSION,
+        Some(CompressName::None) => Compression::None,
+        Some(CompressName::Zstd) => Compression::Zstd { level },
+    })
 }
 
 /// The job name becomes a directory name (`<root>/<job>/rank<R>`).
@@ -943,6 +996,53 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert_eq!(
             c.topology.partner_copy.as_deref(),
             Some("rsync -a {src}/ {host}:{dst}/")
+        );
+    }
+
+    #[test]
+    fn compression_of_copies() {
+        assert_eq!(parse("").image.compress, DEFAULT_COMPRESSION);
+        let zstd = |text: &str| parse(&format!("[image]\n{text}")).image.compress;
+        assert_eq!(
+            zstd("compress = \"zstd\"\n"),
+            Compression::Zstd {
+                level: compress::DEFAULT_LEVEL
+            }
+        );
+        assert_eq!(
+            zstd("compress = \"zstd\"\ncompress_level = 19\n"),
+            Compression::Zstd { level: 19 }
+        );
+        // A level kept for later while compression is off is no mistake.
+        assert_eq!(
+            zstd("compress = \"none\"\ncompress_level = 3\n"),
+            Compression::None
+        );
+    }
+
+    #[test]
+    fn bad_compression_names_line_and_key() {
+        let message = err("[image]\ncompress = \"lz4\"\n");
+        assert_at(&message, 2, "image.compress");
+        assert!(message.contains("`none` or `zstd`"), "{message}");
+        assert_at(&err("[image]\ncompress = true\n"), 2, "image.compress");
+        for level in ["0", "20", "-1", "99999999999"] {
+            let message = err(&format!(
+                "[image]\ncompress = \"zstd\"\ncompress_level = {level}\n"
+            ));
+            assert_eq!(
+                message,
+                format!(
+                    "/x/mlckpt.toml:3:18: image.compress_level: must be a zstd level from 1 \
+                     (fastest) to 19 (smallest), got {level}; remove the key to use the \
+                     default, 1"
+                )
+            );
+        }
+        assert_at(
+            &err("[image]\ncompress_level = 1.5\n"),
+            2,
+            "image.compress_level",
         );
     }
 

@@ -7,13 +7,18 @@
 //! removes its partial directory and leaves older copies alone. Images an incremental image
 //! takes pages from are copied first when the destination lacks them.
 //!
+//! With `[image] compress = "zstd"` a copy stores `pages.bin` as `pages.bin.zst`
+//! (`image::compress`): the hash is still taken of the bytes read, before compression, so
+//! the copy's CHECKSUMS and AUTH are the local image's, unchanged.
+//!
 //! Outside test mode the partner node's storage is not reachable as a path: the
-//! `partner_copy` command copies the image, and the copy is only verified when a restore
-//! reads it.
+//! `partner_copy` command copies the image (as it is, uncompressed), and the copy is only
+//! verified when a restore reads it.
 
 use super::layout::Destination;
 use super::retention;
-use crate::image::format::CHECKSUMS_FILE;
+use crate::image::compress::{self, Compression, FindPagesError, StoredPages};
+use crate::image::format::{CHECKSUMS_FILE, PAGES_FILE};
 use crate::image::store::{self, ImageDirError};
 use crate::image::writer::{self, WriteError};
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
@@ -30,6 +35,12 @@ use std::time::{Duration, Instant};
 /// Bytes read, hashed and written at a time; also how far a copy gets after the gate
 /// closes (a few ms of work).
 const CHUNK: usize = 4 << 20;
+
+/// Bytes per `write` call of a copy. Buffered writes of 1 MiB and more are far slower on
+/// this kind of machine than smaller ones, for the same bytes (1 GiB with fdatasync: 3.5 s
+/// in 1 MiB writes, 1.0 s in 128 KiB ones; scripts/compress_bench.sh shows both); zstd
+/// hands its output on in pieces of about this size too.
+const WRITE_PIECE: usize = 128 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
@@ -77,6 +88,8 @@ pub enum PlaceError {
     List(#[from] ImageDirError),
     #[error(transparent)]
     Image(#[from] WriteError),
+    #[error(transparent)]
+    Pages(#[from] FindPagesError),
 }
 
 /// A committed copy.
@@ -84,8 +97,13 @@ pub enum PlaceError {
 pub struct Copied {
     /// The copy (for a remote partner: its path on the partner node).
     pub path: PathBuf,
-    /// Bytes copied, parents included; 0 if the copy was already there.
+    /// Bytes copied, as read from the image, parents included; 0 if the copy was already
+    /// there.
     pub bytes: u64,
+    /// What they take at the destination (less than `bytes` when compressed).
+    pub stored: u64,
+    /// How the copy stores its pages.
+    pub compression: Compression,
     pub elapsed: Duration,
     /// Older copies retention deleted after this one was committed, or why it could not
     /// (the copy itself is committed either way).
@@ -132,6 +150,9 @@ pub struct Placer {
     dest: Destination,
     keep: u32,
     gate: Gate,
+    /// How copies into a directory store their pages (a remote partner's command copies
+    /// the image as it is).
+    compression: Compression,
     /// Images a remote partner already received from us: the command cannot tell.
     sent: BTreeSet<PathBuf>,
 }
@@ -142,6 +163,7 @@ impl Placer {
             dest,
             keep,
             gate: Gate::default(),
+            compression: Compression::None,
             sent: BTreeSet::new(),
         }
     }
@@ -151,27 +173,42 @@ impl Placer {
         Placer { gate, ..self }
     }
 
+    /// Copies into a directory store their pages with `compression` (`[image] compress`).
+    pub fn with_compression(self, compression: Compression) -> Placer {
+        Placer {
+            compression,
+            ..self
+        }
+    }
+
     /// Copies the committed image `src` (and parents the destination lacks), then deletes
     /// copies beyond `keep` there.
     pub fn place(&mut self, src: &Path) -> Result<Copied, PlaceError> {
         let started = Instant::now();
         let seq = image_seq(src)?;
-        let (path, bytes, pruned) = match &self.dest {
+        let (path, size, compression, pruned) = match &self.dest {
             Destination::Dir(dir) => {
-                let (path, bytes) = copy_image(src, dir, &self.gate)?;
+                let (path, size) = copy_image(src, dir, &self.gate, self.compression)?;
                 let protect = BTreeSet::from([path.clone()]);
                 let pruned = retention::prune(dir, self.keep, seq, &protect);
-                (path, bytes, pruned)
+                (path, size, self.compression, pruned)
             }
             Destination::Remote { command, host, dir } => {
                 self.gate.pass();
                 let bytes = send_with_parents(src, command, host, dir, &mut self.sent)?;
-                (dir.join(store::image_dir_name(seq)), bytes, Ok(Vec::new()))
+                let size = CopySize {
+                    read: bytes,
+                    stored: bytes,
+                };
+                let path = dir.join(store::image_dir_name(seq));
+                (path, size, Compression::None, Ok(Vec::new()))
             }
         };
         Ok(Copied {
             path,
-            bytes,
+            bytes: size.read,
+            stored: size.stored,
+            compression,
             elapsed: started.elapsed(),
             pruned,
         })
@@ -187,45 +224,75 @@ fn image_seq(path: &Path) -> Result<u64, PlaceError> {
         })
 }
 
+/// Bytes of a copy: as read from the image, and as stored at the destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopySize {
+    pub read: u64,
+    pub stored: u64,
+}
+
+impl std::ops::AddAssign for CopySize {
+    fn add_assign(&mut self, other: CopySize) {
+        self.read += other.read;
+        self.stored += other.stored;
+    }
+}
+
 /// Copies committed image `src` into `dest_dir` under the same name, parents first,
-/// pausing while `gate` is held; returns the copy and the bytes copied. A copy already
-/// there is complete (it was committed by rename) and is not copied again.
-pub fn copy_image(src: &Path, dest_dir: &Path, gate: &Gate) -> Result<(PathBuf, u64), PlaceError> {
-    let mut bytes = 0;
+/// pausing while `gate` is held, its pages stored with `compression`; returns the copy and
+/// the bytes copied. A copy already there is complete (it was committed by rename) and is
+/// not copied again.
+pub fn copy_image(
+    src: &Path,
+    dest_dir: &Path,
+    gate: &Gate,
+    compression: Compression,
+) -> Result<(PathBuf, CopySize), PlaceError> {
+    let mut size = CopySize::default();
     for parent in store::dependencies(src) {
         let name = parent.file_name().unwrap_or_default();
         if !dest_dir.join(name).is_dir() {
-            bytes += copy_image(&parent, dest_dir, gate)?.1;
+            size += copy_image(&parent, dest_dir, gate, compression)?.1;
         }
     }
     let seq = image_seq(src)?;
     let target = dest_dir.join(store::image_dir_name(seq));
     if target.is_dir() {
-        return Ok((target, bytes));
+        return Ok((target, size));
     }
     writer::create_private_dir(dest_dir)?;
     let partial = Partial::create(dest_dir.join(store::partial_dir_name(seq)))?;
     for (file, expected) in read_checksums(src)? {
-        let copied = partial.0.join(&file);
-        let (hash, n) = copy_file(&src.join(&file), &copied, gate)?;
+        // CHECKSUMS lists `pages.bin` whichever way the pages are stored; only they are
+        // compressed (the other files are small).
+        let (from, to, encoding) = if file == PAGES_FILE {
+            let to = partial.0.join(compression.pages_file());
+            (StoredPages::find(src)?, to, compression)
+        } else {
+            let to = partial.0.join(&file);
+            (StoredPages::Raw(src.join(&file)), to, Compression::None)
+        };
+        let (hash, n) = copy_file(&from, &to, gate, encoding)?;
         let found = hash.to_hex().to_string();
         if found != expected {
             return Err(PlaceError::Mismatch {
-                path: src.join(&file),
+                path: from.path().to_path_buf(),
                 expected,
                 found,
             });
         }
-        bytes += n;
+        size += n;
     }
-    let checksums = partial.0.join(CHECKSUMS_FILE);
-    bytes += copy_file(&src.join(CHECKSUMS_FILE), &checksums, gate)?.1;
-    let auth = src.join(crate::image::auth::AUTH_FILE);
-    if auth.is_file() {
-        bytes += copy_file(&auth, &partial.0.join(crate::image::auth::AUTH_FILE), gate)?.1;
+    for file in [CHECKSUMS_FILE, crate::image::auth::AUTH_FILE] {
+        let from = src.join(file);
+        // Images before AUTH existed have none; a restore refuses them, a copy keeps them.
+        if file == CHECKSUMS_FILE || from.is_file() {
+            let raw = StoredPages::Raw(from);
+            size += copy_file(&raw, &partial.0.join(file), gate, Compression::None)?.1;
+        }
     }
     partial.commit(&target)?;
-    Ok((target, bytes))
+    Ok((target, size))
 }
 
 /// (file, blake3 hex) of every line of `<image>/CHECKSUMS`.
@@ -252,18 +319,30 @@ fn read_checksums(image: &Path) -> Result<Vec<(String, String)>, PlaceError> {
         .collect()
 }
 
-/// Copies `from` to the new file `to` (mode 0600), durably; the blake3 of what was
-/// written and its length. This thread reads and hashes while a second one writes.
-fn copy_file(from: &Path, to: &Path, gate: &Gate) -> Result<(blake3::Hash, u64), PlaceError> {
+/// Copies `from` to the new file `to` (mode 0600), durably, stored with `encoding`; the
+/// blake3 of what was read (decompressed, for a compressed `from`) and the bytes read and
+/// written. This thread reads and hashes while a second one compresses and writes.
+fn copy_file(
+    from: &StoredPages,
+    to: &Path,
+    gate: &Gate,
+    encoding: Compression,
+) -> Result<(blake3::Hash, CopySize), PlaceError> {
     let read_err = |source| PlaceError::Read {
-        path: from.to_path_buf(),
+        path: from.path().to_path_buf(),
         source,
     };
     let write_err = |source| PlaceError::Write {
         path: to.to_path_buf(),
         source,
     };
-    let mut src = File::open(from).map_err(read_err)?;
+    let mut src = from.open().map_err(read_err)?;
+    // Recorded in a compressed copy's header, so a reader can check it before
+    // decompressing; a compressed source's size is known only once decompressed.
+    let size = match from {
+        StoredPages::Raw(path) => Some(fs::metadata(path).map_err(read_err)?.len()),
+        StoredPages::Zstd(_) => None,
+    };
     let dst = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -273,9 +352,10 @@ fn copy_file(from: &Path, to: &Path, gate: &Gate) -> Result<(blake3::Hash, u64),
     let (full, filled) = sync_channel::<Vec<u8>>(1);
     let (give_back, free) = sync_channel::<Vec<u8>>(3);
     std::thread::scope(|scope| {
-        let writer = scope.spawn(move || write_all(dst, filled, &give_back));
+        let writer = scope.spawn(move || write_all(dst, encoding, size, filled, &give_back));
         let mut hasher = blake3::Hasher::new();
-        let read = loop {
+        let mut read = 0u64;
+        let reading = loop {
             gate.pass();
             let mut buf = free.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
             buf.resize(CHUNK, 0);
@@ -285,6 +365,7 @@ fn copy_file(from: &Path, to: &Path, gate: &Gate) -> Result<(blake3::Hash, u64),
                 Err(e) => break Err(e),
             }
             hasher.update_rayon(&buf);
+            read += buf.len() as u64;
             if full.send(buf).is_err() {
                 break Ok(()); // the writer failed; it says why
             }
@@ -292,37 +373,104 @@ fn copy_file(from: &Path, to: &Path, gate: &Gate) -> Result<(blake3::Hash, u64),
         drop(full);
         let written = writer
             .join()
-            .expect("copy writer panicked")
+            .map_err(|_| write_err(io::Error::other("the copy's writer thread panicked")))?
             .map_err(write_err)?;
-        read.map_err(read_err)?;
-        Ok((hasher.finalize(), written))
+        reading.map_err(read_err)?;
+        Ok((
+            hasher.finalize(),
+            CopySize {
+                read,
+                stored: written,
+            },
+        ))
     })
 }
 
-/// Writes the buffers in order, starting their writeback at once so the final fsync
-/// finds little left to do (and the copy does not crowd the page cache).
+/// Writes the buffers in order, compressed with `encoding` (`size`: the bytes that will
+/// come, when known), then makes the file durable; returns the bytes written.
 fn write_all(
-    mut dst: File,
+    dst: File,
+    encoding: Compression,
+    size: Option<u64>,
     buffers: Receiver<Vec<u8>>,
     give_back: &SyncSender<Vec<u8>>,
 ) -> io::Result<u64> {
-    let mut at = 0u64;
-    for buf in buffers {
-        dst.write_all(&buf)?;
-        let len = buf.len() as u64;
-        let (off, n) = (i64::try_from(at), i64::try_from(len));
-        if let (Ok(off), Ok(n)) = (off, n) {
-            let _ = posix_fadvise(&dst, off, n, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    let mut out = Output::new(dst);
+    match encoding {
+        Compression::None => {
+            for buf in buffers {
+                for piece in buf.chunks(WRITE_PIECE) {
+                    out.write_all(piece)?;
+                }
+                let _ = give_back.try_send(buf);
+            }
         }
-        at += len;
-        let _ = give_back.try_send(buf);
+        Compression::Zstd { level } => {
+            let mut encoder = compress::encoder(&mut out, level, size)?;
+            for buf in buffers {
+                encoder.write_all(&buf)?;
+                let _ = give_back.try_send(buf);
+            }
+            encoder.finish()?;
+        }
     }
-    dst.sync_all()?;
-    Ok(at)
+    out.finish()
+}
+
+/// The file a copy writes, its writeback started every CHUNK bytes so the final fsync
+/// finds little left to do (and the copy does not crowd the page cache).
+struct Output {
+    file: File,
+    written: u64,
+    /// Where the writeback started last.
+    advised: u64,
+}
+
+impl Output {
+    fn new(file: File) -> Output {
+        Output {
+            file,
+            written: 0,
+            advised: 0,
+        }
+    }
+
+    fn start_writeback(&mut self) {
+        let (off, n) = (
+            i64::try_from(self.advised),
+            i64::try_from(self.written - self.advised),
+        );
+        if let (Ok(off), Ok(n)) = (off, n) {
+            let _ = posix_fadvise(&self.file, off, n, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+        }
+        self.advised = self.written;
+    }
+
+    /// Durable; the bytes written.
+    fn finish(mut self) -> io::Result<u64> {
+        self.start_writeback();
+        self.file.sync_all()?;
+        Ok(self.written)
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.advised >= CHUNK as u64 {
+            self.start_writeback();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads until `buf` is full or the file ends: fewer, larger hashing calls.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {
@@ -506,19 +654,125 @@ mod tests {
             &[("pages.bin", &big), ("m", b"{}")],
         );
         let dest = tmp.path().join("b/job/rank0");
-        let (copy, bytes) = copy_image(&src, &dest, &Gate::default()).unwrap();
+        let (copy, size) = copy_image(&src, &dest, &Gate::default(), Compression::None).unwrap();
         assert_eq!(copy, dest.join("ckpt-000003"));
         assert_eq!(names(&dest), ["ckpt-000003"]);
         assert_eq!(names(&copy), ["CHECKSUMS", "m", "pages.bin"]);
         assert_eq!(fs::read(copy.join("pages.bin")).unwrap(), big);
-        assert!(bytes > big.len() as u64);
+        assert!(size.read > big.len() as u64);
+        assert_eq!(size.read, size.stored);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!((mode(&copy), mode(&copy.join("m"))), (0o700, 0o600));
         // Already there: not copied again.
         assert_eq!(
-            copy_image(&src, &dest, &Gate::default()).unwrap(),
-            (copy, 0)
+            copy_image(&src, &dest, &Gate::default(), Compression::None).unwrap(),
+            (copy, CopySize::default())
         );
+    }
+
+    const ZSTD: Compression = Compression::Zstd { level: 1 };
+
+    /// Pages that compress: page numbers with some noise.
+    #[allow(clippy::cast_possible_truncation)] // test data wraps on purpose
+    fn compressible(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                if i % 512 == 0 {
+                    (i / 7) as u8
+                } else {
+                    (i / 4096) as u8
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_compressed_copy_holds_the_same_pages_and_checksums() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pages = compressible(3 * CHUNK + 4096);
+        let src = image(
+            &tmp.path().join("a"),
+            4,
+            &[("manifest.json", b"{}"), ("pages.bin", &pages)],
+        );
+        fs::write(src.join("AUTH"), b"auth").unwrap();
+        let dest = tmp.path().join("b");
+        let (copy, size) = copy_image(&src, &dest, &Gate::default(), ZSTD).unwrap();
+        assert_eq!(
+            names(&copy),
+            ["AUTH", "CHECKSUMS", "manifest.json", "pages.bin.zst"]
+        );
+        // Integrity is unchanged: the copy's CHECKSUMS and AUTH are the image's own.
+        for file in ["AUTH", "CHECKSUMS", "manifest.json"] {
+            assert_eq!(
+                fs::read(copy.join(file)).unwrap(),
+                fs::read(src.join(file)).unwrap(),
+                "{file}"
+            );
+        }
+        let packed = fs::metadata(copy.join("pages.bin.zst")).unwrap().len();
+        assert!(packed < pages.len() as u64 / 4, "{packed} bytes");
+        assert!(size.stored < size.read / 4, "{size:?}");
+        let mut back = Vec::new();
+        let hash = compress::unpack(&copy.join("pages.bin.zst"), pages.len() as u64, &mut |d| {
+            back.extend_from_slice(d);
+            Ok(())
+        })
+        .unwrap();
+        assert!(back == pages, "the pages differ");
+        assert_eq!(hash, blake3::hash(&pages));
+        // A compressed copy can be copied again, either way; its pages stay the same.
+        let (raw, _) = copy_image(
+            &copy,
+            &tmp.path().join("c"),
+            &Gate::default(),
+            Compression::None,
+        )
+        .unwrap();
+        assert_eq!(fs::read(raw.join("pages.bin")).unwrap(), pages);
+        let (again, _) = copy_image(&copy, &tmp.path().join("d"), &Gate::default(), ZSTD).unwrap();
+        assert!(again.join("pages.bin.zst").is_file());
+    }
+
+    #[test]
+    fn a_damaged_source_is_not_compressed_either() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pages = compressible(CHUNK + 4096);
+        let src = image(&tmp.path().join("a"), 1, &[("pages.bin", &pages)]);
+        let mut bad = pages.clone();
+        bad[CHUNK] ^= 1;
+        fs::write(src.join("pages.bin"), &bad).unwrap();
+        let dest = tmp.path().join("b");
+        let e = copy_image(&src, &dest, &Gate::default(), ZSTD).unwrap_err();
+        assert!(matches!(e, PlaceError::Mismatch { .. }), "{e}");
+        assert!(names(&dest).is_empty(), "{:?}", names(&dest));
+    }
+
+    #[test]
+    fn a_source_with_both_page_files_is_not_copied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = image(&tmp.path().join("a"), 1, &[("pages.bin", b"p")]);
+        fs::write(src.join("pages.bin.zst"), b"z").unwrap();
+        let e = copy_image(&src, &tmp.path().join("b"), &Gate::default(), ZSTD).unwrap_err();
+        assert!(
+            matches!(e, PlaceError::Pages(FindPagesError::Both { .. })),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn placing_compressed_copies_prunes_them_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rank = tmp.path().join("a");
+        let dest = tmp.path().join("b");
+        let mut placer = Placer::new(Destination::Dir(dest.clone()), 1).with_compression(ZSTD);
+        for seq in 1u8..=3 {
+            let src = image(&rank, seq.into(), &[("pages.bin", &[seq; 10000])]);
+            let copied = placer.place(&src).unwrap();
+            assert_eq!(copied.compression, ZSTD);
+            assert!(copied.stored < copied.bytes, "{copied:?}");
+        }
+        assert_eq!(names(&dest), ["ckpt-000003"]);
     }
 
     #[test]
@@ -556,7 +810,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let src = image(&tmp.path().join("a"), 1, &[("pages.bin", b"x")]);
         fs::write(src.join(CHECKSUMS_FILE), "abc  ../../etc/passwd\n").unwrap();
-        let e = copy_image(&src, &tmp.path().join("b"), &Gate::default()).unwrap_err();
+        let e = copy_image(
+            &src,
+            &tmp.path().join("b"),
+            &Gate::default(),
+            Compression::None,
+        )
+        .unwrap_err();
         assert!(matches!(e, PlaceError::BadChecksums { line: 1, .. }), "{e}");
         assert!(names(&tmp.path().join("b")).is_empty());
     }

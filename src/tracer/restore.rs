@@ -17,6 +17,7 @@ use super::rethread::Rethreader;
 use super::sys;
 use super::tracker::WriteTracker;
 use crate::image::Image;
+use crate::image::compress::UnpackedPages;
 use crate::image::format::{Backing, Credentials, Inode, Manifest, ProcessView};
 use crate::image::verify::VerifyError;
 use crate::objects::contents::PutBack;
@@ -24,7 +25,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -126,6 +128,9 @@ pub struct Restored {
 
 /// Rebuilds the image's processes (the job's root as a child of the caller, the others
 /// under it as they were) and lets them run.
+/// `unpacked` holds the pages of the image and parents that are stored compressed,
+/// decompressed and verified (`PageCheck::unpack_compressed`): they are read from there,
+/// every other image's from its `pages.bin`.
 /// `pages_verified` says whether the image's page contents are intact (the caller may be
 /// checking them while they are read): it is asked before anything that cannot be undone,
 /// cutting back files or letting the processes run; on failure they are killed. A restore
@@ -133,12 +138,13 @@ pub struct Restored {
 /// then the error, so that `restore --auto` passes over the image instead of stopping.
 pub fn restore(
     image: &Image,
+    unpacked: &UnpackedPages,
     opts: &RestoreOptions,
     pages_verified: impl FnOnce() -> Result<(), VerifyError>,
 ) -> Result<Restored, RestoreError> {
     let mut check = Some(pages_verified);
     let mut verified = || check.take().map_or(Ok(()), |verify| verify());
-    let result = rebuild(image, opts, &mut verified);
+    let result = rebuild(image, unpacked, opts, &mut verified);
     match (result, verified()) {
         (Err(_), Err(damage)) => Err(RestoreError::Verify(damage)),
         (result, _) => result,
@@ -147,6 +153,7 @@ pub fn restore(
 
 fn rebuild(
     image: &Image,
+    unpacked: &UnpackedPages,
     opts: &RestoreOptions,
     pages_verified: &mut dyn FnMut() -> Result<(), VerifyError>,
 ) -> Result<Restored, RestoreError> {
@@ -176,10 +183,11 @@ fn rebuild(
         .map_err(sys_err("raise the open file limit"))?;
     let objects = open_objects(m, floor)?;
     let memories = SharedMemories::create(&procs, floor)?;
+    let page_sources = PageSources::new(image, unpacked, floor)?;
     let mut fd_plans = Vec::with_capacity(procs.len());
     let mut areas = Vec::with_capacity(procs.len());
     for p in &procs {
-        let fds = plan_fds(p, m, image, opts, &objects, &memories, &created)?;
+        let fds = plan_fds(p, m, &page_sources, opts, &objects, &memories, &created)?;
         let vdso = plan_vdso(p.regions)?;
         areas.push(StubArea::build(p, m.seq, &fds, &vdso)?);
         fd_plans.push(fds);
@@ -204,7 +212,7 @@ fn rebuild(
         Err(e) => return Err(sys_err("clone3 with the image's PID")(e)),
     };
     // The root holds them now, and hands them to the processes it forks.
-    drop((sync_r, objects, memories));
+    drop((sync_r, objects, memories, page_sources));
     for area in &mut areas {
         area.unmap_here();
     }
@@ -223,9 +231,12 @@ fn rebuild(
                 cut_back(&fds.cut_back)?;
             }
             if !opts.keep_files {
-                let pages = |seq: Option<u64>| match seq {
-                    None => image.pages_path(),
-                    Some(seq) => image.parent_dir(seq).join(crate::image::format::PAGES_FILE),
+                let pages = |seq: Option<u64>| {
+                    let seq = seq.unwrap_or(m.seq);
+                    match unpacked.get(seq) {
+                        Some(memory) => memory.try_clone_to_owned().map(std::fs::File::from),
+                        None => std::fs::File::open(pages_path(image, seq)),
+                    }
                 };
                 for file in &put_back {
                     file.apply(&pages)?;
@@ -248,6 +259,58 @@ fn rebuild(
         pid: child,
         tracker,
     })
+}
+
+/// `pages.bin` of image `seq`: the image itself, or one of its parents beside it.
+fn pages_path(image: &Image, seq: u64) -> PathBuf {
+    if seq == image.manifest.seq {
+        image.pages_path()
+    } else {
+        image.parent_dir(seq).join(crate::image::format::PAGES_FILE)
+    }
+}
+
+/// Where each process's restorer stub reads the pages of the image and of each parent:
+/// `pages.bin` by path, opened by the process itself; or, for pages stored compressed,
+/// the memory file they were decompressed into, which the restorer holds at `floor` or
+/// above, so that every process of the job inherits it (the process duplicates it into
+/// place; a path like `/proc/self/fd/N` would name the process's own fd table, not ours).
+pub(super) struct PageSources {
+    by_seq: BTreeMap<u64, PageSource>,
+}
+
+pub(super) enum PageSource {
+    File(PathBuf),
+    /// Decompressed pages; the path names them in messages.
+    Memory {
+        fd: OwnedFd,
+        path: PathBuf,
+    },
+}
+
+impl PageSources {
+    fn new(image: &Image, unpacked: &UnpackedPages, floor: i32) -> Result<Self, RestoreError> {
+        let m = &image.manifest;
+        let mut by_seq = BTreeMap::new();
+        for seq in std::iter::once(m.seq).chain(m.parents.iter().map(|p| p.seq)) {
+            let path = pages_path(image, seq);
+            let source = match unpacked.get(seq) {
+                None => PageSource::File(path),
+                Some(memory) => PageSource::Memory {
+                    fd: sys::dup_at_least(memory.as_raw_fd(), floor)
+                        .map_err(sys_err("duplicate decompressed pages above the job's fds"))?,
+                    path: path.with_file_name(crate::image::format::PAGES_ZSTD_FILE),
+                },
+            };
+            by_seq.insert(seq, source);
+        }
+        Ok(PageSources { by_seq })
+    }
+
+    /// The pages of image `seq` (this image or a parent).
+    pub(super) fn get(&self, seq: u64) -> Option<&PageSource> {
+        self.by_seq.get(&seq)
+    }
 }
 
 /// Write tracking of the restored process, set up while none of its threads has run. None

@@ -5,20 +5,22 @@
 
 use super::child::{ChildFailure, ChildPlan, Leadership, PlannedFile, Step};
 use super::ptrace::{self, SignalNumber, Stop};
-use super::restore::{OpenObjects, RestoreError, RestoreOptions, SharedMemories, sys_err};
+use super::restore::{
+    OpenObjects, PageSource, PageSources, RestoreError, RestoreOptions, SharedMemories, sys_err,
+};
 use super::rethread::Rethreader;
 use super::stub::{self, Expect, Op};
 use super::sys;
-use crate::image::Image;
 use crate::image::format::{
     Advice, Backing, Credentials, FdKind, FdState, FileIdentity, Inode, Manifest, MemoryRegion,
-    PAGE_SIZE, PAGES_FILE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
+    PAGE_SIZE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
 };
 use crate::objects::contents;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
 /// Pages of a private file mapping that the process never wrote are read back from the
@@ -107,7 +109,7 @@ pub(super) struct FdPlan {
     pub(super) close_stdio: Vec<i32>,
     /// The first fd above the image's own: everything from here on is the stub's.
     pub(super) first_helper_fd: i32,
-    /// `pages.bin` of this image and of each parent it takes pages from, by seq.
+    /// The pages of this image and of each parent it takes pages from, by seq.
     pub(super) pages_fds: BTreeMap<u64, i32>,
     pub(super) exe_fd: i32,
     /// Fd of each distinct mapped file, by path.
@@ -121,7 +123,7 @@ pub(super) struct FdPlan {
 pub(super) fn plan_fds(
     p: &ProcessView,
     m: &Manifest,
-    image: &Image,
+    pages: &PageSources,
     opts: &RestoreOptions,
     objects: &OpenObjects,
     memories: &SharedMemories,
@@ -187,21 +189,22 @@ pub(super) fn plan_fds(
         Ok(fd)
     };
     let mut pages_fds = BTreeMap::new();
-    pages_fds.insert(
-        m.seq,
-        helper(
-            &image.pages_path().to_string_lossy(),
-            libc::O_RDONLY,
-            None,
-            false,
-        )?,
-    );
-    for parent in &m.parents {
-        let path = image.parent_dir(parent.seq).join(PAGES_FILE);
-        pages_fds.insert(
-            parent.seq,
-            helper(&path.to_string_lossy(), libc::O_RDONLY, None, false)?,
-        );
+    for seq in std::iter::once(m.seq).chain(m.parents.iter().map(|p| p.seq)) {
+        let fd = match pages.get(seq) {
+            Some(PageSource::File(path)) => {
+                helper(&path.to_string_lossy(), libc::O_RDONLY, None, false)?
+            }
+            Some(PageSource::Memory { fd, path }) => {
+                let what = format!("{} (decompressed in memory)", path.display());
+                helper(&what, libc::O_RDONLY, Some(fd.as_raw_fd()), false)?
+            }
+            None => {
+                return Err(RestoreError::Inconsistent(format!(
+                    "the pages of image {seq} were not prepared"
+                )));
+            }
+        };
+        pages_fds.insert(seq, fd);
     }
     let exe_fd = helper(&p.process.exe, libc::O_RDONLY, None, true)?;
     let mut mapped: Vec<(String, i32)> = Vec::new();
