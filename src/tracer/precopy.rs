@@ -315,8 +315,8 @@ pub fn before_freeze(
         let read_rate = tracker.read_rate.unwrap_or(ASSUMED_READ_RATE);
         // A small set of pages written over and over (a hot loop's arrays) makes a high
         // rate too, but pre-copy still ends with little left: only a rate that also leaves
-        // much to read calls for a snapshot.
-        let much_left = written > SNAPSHOT_MIN_BYTES;
+        // more than the rest a freeze should read calls for a snapshot.
+        let much_left = written > FINAL_PENDING_BYTES;
         if mode.can_snapshot && much_left && dirty_rate > MAX_DIRTY_SHARE * read_rate {
             why.push_str(&format!(
                 "snapshot after {passes} pre-copy pass(es): the target writes {}/s, over \
