@@ -36,29 +36,6 @@ fn configure(h: &Harness) {
     ));
 }
 
-/// `checkpoint PID --json --tier TIER EXTRA`: (seq, path of the copy on `tier`).
-fn checkpoint_to(h: &Harness, pid: i32, tier: &str, extra: &[&str]) -> (u64, PathBuf) {
-    let mut args = vec!["--tier", tier];
-    args.extend(extra);
-    let v = h.checkpoint_json(pid, &args);
-    assert_eq!(v["tier"], tier, "{v}");
-    let path = PathBuf::from(v["path"].as_str().expect("path"));
-    (v["seq"].as_u64().expect("seq"), path)
-}
-
-/// Asserts some stderr line of `res` contains every one of `parts`.
-fn line_with<'a>(res: &'a Finished, parts: &[&str]) -> &'a str {
-    res.stderr
-        .lines()
-        .find(|l| parts.iter().all(|p| l.contains(p)))
-        .unwrap_or_else(|| {
-            panic!(
-                "no stderr line contains all of {parts:?}\n{}",
-                res.describe()
-            )
-        })
-}
-
 fn restore_auto(h: &Harness, pid: i32) -> Finished {
     let mut restore = h.restore_with(&["--auto", "--job", &h.job, "--rank", "0"], &prog());
     restore.set_target(pid);

@@ -1251,3 +1251,27 @@ pub fn printed_before<'a>(went_on: &'a str, after: &str) -> &'a str {
         .unwrap_or_else(|| panic!("'{first}' not in the first run's output:\n{went_on}"));
     &went_on[..cut]
 }
+
+/// `checkpoint PID --json --tier TIER EXTRA`: (seq, path); the path must be on `tier`.
+pub fn checkpoint_to(h: &Harness, pid: i32, tier: &str, extra: &[&str]) -> (u64, PathBuf) {
+    let mut args = vec!["--tier", tier];
+    args.extend(extra);
+    let v = h.checkpoint_json(pid, &args);
+    assert_eq!(v["tier"], tier, "{v}");
+    let path = PathBuf::from(v["path"].as_str().expect("path"));
+    assert!(path.join("CHECKSUMS").is_file(), "{v}");
+    (v["seq"].as_u64().expect("seq"), path)
+}
+
+/// Asserts some stderr line of `res` contains every one of `parts`; returns it.
+pub fn line_with<'a>(res: &'a Finished, parts: &[&str]) -> &'a str {
+    res.stderr
+        .lines()
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no stderr line contains all of {parts:?}\n{}",
+                res.describe()
+            )
+        })
+}
