@@ -21,13 +21,22 @@ use rayon::prelude::*;
 #[allow(clippy::cast_possible_truncation)] // 4096 fits every usize
 const PAGE: usize = PAGE_SIZE as usize;
 
-/// A subtree of the file: `len` bytes at `offset`, a power of two no larger than the
-/// alignment of `offset` (but for the first page).
-#[derive(Debug, Clone, Copy)]
-struct Subtree {
+/// A piece of the file: `len` bytes at `offset`, and the chaining values that stand for it.
+#[derive(Debug, Clone)]
+struct Leaf {
     offset: u64,
     len: u64,
-    cv: ChainingValue,
+    cvs: LeafCvs,
+}
+
+#[derive(Debug, Clone)]
+enum LeafCvs {
+    /// One subtree: `len` is a power of two no larger than the alignment of `offset` (but
+    /// for the first page).
+    Subtree(ChainingValue),
+    /// Pages that may be rewritten, one subtree each (32 bytes per page: a GiB read while
+    /// the job runs keeps 8 MiB of them).
+    Pages(Vec<ChainingValue>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,7 +51,7 @@ pub enum RewriteError {
 #[derive(Default)]
 pub struct PagesHash {
     /// In offset order, covering `[0, len)` without gaps.
-    subtrees: Vec<Subtree>,
+    leaves: Vec<Leaf>,
     len: u64,
     /// The first page's bytes: a file of one page has no interior node to merge, its hash
     /// is that page's root hash.
@@ -56,19 +65,32 @@ impl PagesHash {
         if !data.len().is_multiple_of(PAGE) {
             return Err(RewriteError::NotPages { len: data.len() });
         }
+        if data.is_empty() {
+            return Ok(());
+        }
         if self.len == 0
             && let Some(first) = data.get(..PAGE)
         {
             self.first_page = Some(first.into());
         }
         let offset = self.len;
-        let pieces = if revisable {
-            pages_of(offset, data.len())
+        if revisable {
+            let cvs = hash_pieces(offset, data, &pages_of(offset, data.len()));
+            self.leaves.push(Leaf {
+                offset,
+                len: data.len() as u64,
+                cvs: LeafCvs::Pages(cvs),
+            });
         } else {
-            subtrees_of(offset, data.len())
-        };
-        let hashed = hash_pieces(offset, data, &pieces);
-        self.subtrees.extend(hashed);
+            let pieces = subtrees_of(offset, data.len());
+            let cvs = hash_pieces(offset, data, &pieces);
+            self.leaves
+                .extend(pieces.iter().zip(cvs).map(|(&(offset, len), cv)| Leaf {
+                    offset,
+                    len,
+                    cvs: LeafCvs::Subtree(cv),
+                }));
+        }
         self.len += data.len() as u64;
         Ok(())
     }
@@ -82,31 +104,40 @@ impl PagesHash {
         if !data.len().is_multiple_of(PAGE) || !offset.is_multiple_of(PAGE_SIZE) {
             return Err(not_revisable);
         }
-        let first = self.subtrees.partition_point(|s| s.offset < offset);
-        let pages = data.len() / PAGE;
-        let slots = self
-            .subtrees
-            .get(first..first + pages)
-            .ok_or(not_revisable)?;
-        let contiguous = slots
-            .iter()
-            .enumerate()
-            .all(|(i, s)| s.len == PAGE_SIZE && s.offset == offset + (i * PAGE) as u64);
-        if !contiguous {
-            return Err(RewriteError::NotRevisable {
-                offset,
-                len: data.len(),
-            });
+        let pages = pages_of(offset, data.len());
+        // Where each page's value lives; nothing changes unless every page has one.
+        let slots: Option<Vec<(usize, usize)>> =
+            pages.iter().map(|&(at, _)| self.page_slot(at)).collect();
+        let slots = slots.ok_or(not_revisable)?;
+        let cvs = hash_pieces(offset, data, &pages);
+        for ((leaf, page), cv) in slots.into_iter().zip(cvs) {
+            if let LeafCvs::Pages(values) = &mut self.leaves[leaf].cvs {
+                values[page] = cv;
+            }
         }
-        let pieces = pages_of(offset, data.len());
-        let hashed = hash_pieces(offset, data, &pieces);
-        self.subtrees[first..first + pages].copy_from_slice(&hashed);
         if offset == 0
             && let Some(page) = data.get(..PAGE)
         {
             self.first_page = Some(page.into());
         }
         Ok(())
+    }
+
+    /// The leaf and index of the revisable page at `offset`.
+    fn page_slot(&self, offset: u64) -> Option<(usize, usize)> {
+        let i = self
+            .leaves
+            .partition_point(|l| l.offset <= offset)
+            .checked_sub(1)?;
+        let leaf = &self.leaves[i];
+        match &leaf.cvs {
+            LeafCvs::Pages(_) if offset < leaf.offset + leaf.len => {
+                #[allow(clippy::cast_possible_truncation)] // a page index within a leaf
+                let page = ((offset - leaf.offset) / PAGE_SIZE) as usize;
+                Some((i, page))
+            }
+            _ => None,
+        }
     }
 
     /// The blake3 of the file as it is now.
@@ -116,40 +147,45 @@ impl PagesHash {
             (len, Some(page)) if len == PAGE_SIZE => blake3::hash(page),
             _ => {
                 let left = left_subtree_len(self.len);
-                let split = self.subtrees.partition_point(|s| s.offset < left);
-                let (l, r) = self.subtrees.split_at(split);
                 merge_subtrees_root(
-                    &node(l, 0, left),
-                    &node(r, left, self.len - left),
+                    &self.node(0, left),
+                    &self.node(left, self.len - left),
                     Mode::Hash,
                 )
             }
         }
     }
+
+    /// The chaining value of the tree node covering `[offset, offset+len)`.
+    fn node(&self, offset: u64, len: u64) -> ChainingValue {
+        let i = self.leaves.partition_point(|l| l.offset <= offset) - 1;
+        let leaf = &self.leaves[i];
+        match &leaf.cvs {
+            LeafCvs::Subtree(cv) if leaf.offset == offset && leaf.len == len => return *cv,
+            LeafCvs::Pages(cvs) if len == PAGE_SIZE => {
+                #[allow(clippy::cast_possible_truncation)] // a page index within a leaf
+                return cvs[((offset - leaf.offset) / PAGE_SIZE) as usize];
+            }
+            _ => {}
+        }
+        let left = left_subtree_len(len);
+        let (lcv, rcv) = if len > PARALLEL_NODE_BYTES {
+            rayon::join(
+                || self.node(offset, left),
+                || self.node(offset + left, len - left),
+            )
+        } else {
+            (
+                self.node(offset, left),
+                self.node(offset + left, len - left),
+            )
+        };
+        merge_subtrees_non_root(&lcv, &rcv, Mode::Hash)
+    }
 }
 
-/// The chaining value of the node covering `[offset, offset+len)`, made of `parts` (which
-/// cover exactly that range).
-fn node(parts: &[Subtree], offset: u64, len: u64) -> ChainingValue {
-    if let [only] = parts
-        && only.offset == offset
-        && only.len == len
-    {
-        return only.cv;
-    }
-    let left = left_subtree_len(len);
-    let split = parts.partition_point(|s| s.offset < offset + left);
-    let (l, r) = parts.split_at(split);
-    let (lcv, rcv) = if parts.len() > 4096 {
-        rayon::join(
-            || node(l, offset, left),
-            || node(r, offset + left, len - left),
-        )
-    } else {
-        (node(l, offset, left), node(r, offset + left, len - left))
-    };
-    merge_subtrees_non_root(&lcv, &rcv, Mode::Hash)
-}
+/// Nodes over more than this are merged on all cores.
+const PARALLEL_NODE_BYTES: u64 = 64 << 20;
 
 /// `(offset, len)` of each page of `len` bytes at `offset`.
 fn pages_of(offset: u64, len: usize) -> Vec<(u64, u64)> {
@@ -180,7 +216,7 @@ fn subtrees_of(mut offset: u64, len: usize) -> Vec<(u64, u64)> {
 }
 
 /// Chaining values of `pieces` (ranges of the file, within `data`, which starts at `base`).
-fn hash_pieces(base: u64, data: &[u8], pieces: &[(u64, u64)]) -> Vec<Subtree> {
+fn hash_pieces(base: u64, data: &[u8], pieces: &[(u64, u64)]) -> Vec<ChainingValue> {
     let hash_one = |&(offset, len): &(u64, u64)| {
         #[allow(clippy::cast_possible_truncation)] // within `data`
         let (at, len_in_data) = ((offset - base) as usize, len as usize);
@@ -192,11 +228,7 @@ fn hash_pieces(base: u64, data: &[u8], pieces: &[(u64, u64)]) -> Vec<Subtree> {
         } else {
             hasher.update(bytes);
         }
-        Subtree {
-            offset,
-            len,
-            cv: hasher.finalize_non_root(),
-        }
+        hasher.finalize_non_root()
     };
     if data.len() >= PARALLEL_HASH_BYTES && pieces.len() > 1 {
         pieces.par_iter().map(hash_one).collect()
