@@ -7,12 +7,7 @@
 #   ONLY=memory|tree|dirty|chain scripts/bench.sh   only that section's rows
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-for fd in $(ls /proc/$$/fd); do   # a leaked pipe in the target would (rightly) refuse the checkpoint
-    if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-" || true; fi
-done
-cargo build --release --quiet
-BIN=$PWD/target/release/mlckpt
+source "$(dirname "$0")/setup.sh"
 WORK=${1:-$(mktemp -d /var/tmp/mlckpt-bench.XXXXXX)}
 mkdir -p "$WORK"
 gcc -O2 -pthread -o "$WORK/memory" tests/programs/memory.c

@@ -19,12 +19,7 @@
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches). Do not run it next to a
 # cargo build: it measures CPU-bound work.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-for fd in $(ls /proc/$$/fd); do   # a leaked pipe in the target would (rightly) refuse the checkpoint
-    if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-" || true; fi
-done
-cargo build --release --quiet
-BIN=$PWD/target/release/mlckpt
+source "$(dirname "$0")/setup.sh"
 WORK=${1:-$(mktemp -d /var/tmp/mlckpt-compress.XXXXXX)}
 MIB=${MIB:-1024}
 REPS=${REPS:-3}   # every number is the median of this many measurements
