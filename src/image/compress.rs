@@ -345,8 +345,9 @@ fn stream_error(path: &Path, e: io::Error, unpacked: u64, expected: u64) -> Unpa
     }
 }
 
-/// Reads until `buf` is full or the stream ends.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the stream ends (fewer, larger hashing and writing calls);
+/// returns how much it read.
+pub(crate) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

@@ -24,7 +24,7 @@ use crate::image::writer::{self, WriteError};
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -359,7 +359,7 @@ fn copy_file(
             gate.pass();
             let mut buf = free.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
             buf.resize(CHUNK, 0);
-            match read_full(&mut src, &mut buf) {
+            match crate::image::compress::read_full(&mut src, &mut buf) {
                 Ok(0) => break Ok(()),
                 Ok(n) => buf.truncate(n),
                 Err(e) => break Err(e),
@@ -467,20 +467,6 @@ impl Write for Output {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// Reads until `buf` is full or the file ends: fewer, larger hashing calls.
-fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// A `.ckpt-SEQ.partial` copy being written; removed unless committed.
