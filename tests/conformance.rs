@@ -34,8 +34,12 @@ fn zdtm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zdtm")
 }
 
-/// The program names: every `tests/zdtm/*.c`, sorted.
+/// The program names: every `tests/zdtm/*.c`, sorted; with `ZDTM_ONLY=a,b` only those
+/// (to work on a few programs without running them all).
 fn programs() -> Vec<String> {
+    let only: Option<Vec<String>> = std::env::var("ZDTM_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let mut names: Vec<String> = std::fs::read_dir(zdtm_dir())
         .expect("tests/zdtm")
         .flatten()
@@ -45,6 +49,7 @@ fn programs() -> Vec<String> {
                 .strip_suffix(".c")
                 .map(str::to_owned)
         })
+        .filter(|n| only.as_ref().is_none_or(|o| o.contains(n)))
         .collect();
     names.sort();
     names
