@@ -598,7 +598,7 @@ impl Inode {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum FdKind {
     /// Regular file, reopened by path at its offset.
@@ -614,6 +614,20 @@ pub enum FdKind {
     Pipe,
     /// One end of a connected pair of unix sockets (its object holds the pair).
     UnixSocket,
+    /// The kinds below are restored from their object (`objects::*`): an eventfd,
+    EventFd,
+    /// a timerfd,
+    TimerFd,
+    /// a signalfd,
+    SignalFd,
+    /// an epoll instance,
+    Epoll,
+    /// an inotify instance,
+    Inotify,
+    /// a pidfd of a process of the job,
+    Pidfd,
+    /// a memfd or a regular file deleted while open (its contents are in the image).
+    Unlinked,
 }
 
 /// `struct sigaction` as the kernel keeps it (`rt_sigaction`).

@@ -186,7 +186,7 @@ pub fn validate(m: &Manifest) -> Result<(), InvalidManifest> {
     );
     let parents = check_parents(&mut c, m);
     let mut ids = IdsSeen::default();
-    let objects = check_objects(&mut c, m);
+    let objects = check_objects(&mut c, m, &parents);
     let procs = m.processes();
     let mut earlier_pids = BTreeSet::new();
     for (i, p) in procs.iter().enumerate() {
@@ -236,8 +236,7 @@ pub fn validate(m: &Manifest) -> Result<(), InvalidManifest> {
 /// The files a restore writes back: chunks that cover the file once, in order, stored
 /// inside a pages.bin this image may read; hashes that are hashes.
 fn check_written_files(c: &mut Checker, m: &Manifest, parents: &BTreeSet<u64>) {
-    use crate::objects::contents::{CHUNK_BYTES, Contents};
-    let is_hash = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    use crate::objects::contents::Contents;
     for (i, f) in m.files.iter().enumerate() {
         let at = format!("files[{i}]");
         c.text(format!("{at}.path"), &f.path, libc::PATH_MAX as usize);
@@ -253,49 +252,7 @@ fn check_written_files(c: &mut Checker, m: &Manifest, parents: &BTreeSet<u64>) {
         );
         match &f.contents {
             Contents::Copied { chunks } => {
-                let mut next = 0u64;
-                for (k, ch) in chunks.iter().enumerate() {
-                    let field = format!("{at}.contents.chunks[{k}]");
-                    c.check(
-                        ch.offset == next,
-                        &field,
-                        format!("starts at {}, not {next}", ch.offset),
-                    );
-                    c.check(
-                        (1..=CHUNK_BYTES).contains(&ch.len),
-                        &field,
-                        format!("{} bytes is not a chunk length", ch.len),
-                    );
-                    c.check(is_hash(&ch.blake3), &field, "blake3 is not a hash");
-                    c.check(
-                        page_aligned(ch.pages_offset),
-                        &field,
-                        "pages_offset is not page-aligned",
-                    );
-                    match ch.image {
-                        None => {
-                            let end = ch
-                                .pages_offset
-                                .checked_add(ch.len.div_ceil(PAGE_SIZE) * PAGE_SIZE);
-                            c.check(
-                                end.is_some_and(|e| e <= m.pages_bytes),
-                                &field,
-                                "lies beyond pages.bin",
-                            );
-                        }
-                        Some(seq) => c.check(
-                            parents.contains(&seq),
-                            &field,
-                            format!("image {seq} is not a parent of this image"),
-                        ),
-                    }
-                    next = next.saturating_add(ch.len);
-                }
-                c.check(
-                    next == f.size,
-                    format!("{at}.size"),
-                    format!("is {}, the chunks hold {next}", f.size),
-                );
+                check_chunks(c, &at, chunks, f.size, m, parents);
             }
             Contents::Appended {
                 head_blake3,
@@ -316,6 +273,66 @@ fn check_written_files(c: &mut Checker, m: &Manifest, parents: &BTreeSet<u64>) {
             Contents::NotCopied { .. } => {}
         }
     }
+}
+
+/// A file's contents in chunks: they cover its `size` bytes once, in order, inside a
+/// pages.bin this image may read, with hashes that are hashes.
+fn check_chunks(
+    c: &mut Checker,
+    at: &str,
+    chunks: &[crate::objects::contents::Chunk],
+    size: u64,
+    m: &Manifest,
+    parents: &BTreeSet<u64>,
+) {
+    use crate::objects::contents::CHUNK_BYTES;
+    let mut next = 0u64;
+    for (k, ch) in chunks.iter().enumerate() {
+        let field = format!("{at}.contents.chunks[{k}]");
+        c.check(
+            ch.offset == next,
+            &field,
+            format!("starts at {}, not {next}", ch.offset),
+        );
+        c.check(
+            (1..=CHUNK_BYTES).contains(&ch.len),
+            &field,
+            format!("{} bytes is not a chunk length", ch.len),
+        );
+        c.check(is_hash(&ch.blake3), &field, "blake3 is not a hash");
+        c.check(
+            page_aligned(ch.pages_offset),
+            &field,
+            "pages_offset is not page-aligned",
+        );
+        match ch.image {
+            None => {
+                let end = ch
+                    .pages_offset
+                    .checked_add(ch.len.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+                c.check(
+                    end.is_some_and(|e| e <= m.pages_bytes),
+                    &field,
+                    "lies beyond pages.bin",
+                );
+            }
+            Some(seq) => c.check(
+                parents.contains(&seq),
+                &field,
+                format!("image {seq} is not a parent of this image"),
+            ),
+        }
+        next = next.saturating_add(ch.len);
+    }
+    c.check(
+        next == size,
+        format!("{at}.size"),
+        format!("is {size}, the chunks hold {next}"),
+    );
+}
+
+fn is_hash(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The runs of `m` stored in parent `parent_seq` must lie inside that parent's pages.bin
@@ -433,7 +450,11 @@ fn check_parents(c: &mut Checker, m: &Manifest) -> BTreeSet<u64> {
 }
 
 /// Object ids, each once. Returns each id's kind.
-fn check_objects(c: &mut Checker, m: &Manifest) -> BTreeMap<u64, &'static str> {
+fn check_objects(
+    c: &mut Checker,
+    m: &Manifest,
+    parents: &BTreeSet<u64>,
+) -> BTreeMap<u64, &'static str> {
     use crate::objects::ObjectKind;
     let mut kinds = BTreeMap::new();
     for (i, o) in m.objects.iter().enumerate() {
@@ -452,6 +473,49 @@ fn check_objects(c: &mut Checker, m: &Manifest) -> BTreeMap<u64, &'static str> {
                 "file"
             }
             ObjectKind::UnixPair(_) => "unix_pair",
+            ObjectKind::EventFd(_) => "eventfd",
+            ObjectKind::SignalFd(_) => "signalfd",
+            ObjectKind::TimerFd(t) => {
+                let time = |(s, ns): (i64, i64)| s >= 0 && (0..1_000_000_000).contains(&ns);
+                c.check(
+                    crate::objects::timerfd::CLOCKS.contains(&t.clock)
+                        && time(t.left)
+                        && time(t.interval)
+                        && t.expires_at.is_none_or(time),
+                    format!("objects[{i}].object"),
+                    "is not a timer a timerfd can have",
+                );
+                "timerfd"
+            }
+            ObjectKind::Epoll(e) => {
+                for (k, item) in e.items.iter().enumerate() {
+                    c.check(
+                        (0..MAX_FD).contains(&item.fd) && (0..MAX_FD).contains(&item.epfd),
+                        format!("objects[{i}].object.items[{k}]"),
+                        "names an fd number out of range",
+                    );
+                }
+                "epoll"
+            }
+            ObjectKind::Inotify(n) => {
+                for (k, w) in n.watches.iter().enumerate() {
+                    c.path(format!("objects[{i}].object.watches[{k}].path"), &w.path);
+                    c.check(
+                        w.wd > 0,
+                        format!("objects[{i}].object.watches[{k}].wd"),
+                        "is not a watch descriptor",
+                    );
+                }
+                "inotify"
+            }
+            ObjectKind::Pidfd(p) => {
+                c.id(format!("objects[{i}].object.pid"), p.pid);
+                "pidfd"
+            }
+            ObjectKind::Unlinked(u) => {
+                check_unlinked(c, &format!("objects[{i}].object"), u, m, parents);
+                "unlinked"
+            }
         };
         c.check(
             kinds.insert(o.id, kind).is_none(),
@@ -460,6 +524,38 @@ fn check_objects(c: &mut Checker, m: &Manifest) -> BTreeMap<u64, &'static str> {
         );
     }
     kinds
+}
+
+fn check_unlinked(
+    c: &mut Checker,
+    at: &str,
+    u: &crate::objects::unlinked::UnlinkedFile,
+    m: &Manifest,
+    parents: &BTreeSet<u64>,
+) {
+    use crate::objects::unlinked::Origin;
+    match &u.origin {
+        Origin::Memfd { name, .. } => c.text(format!("{at}.origin.name"), name, 249),
+        Origin::Deleted { path } => c.path(format!("{at}.origin.path"), path),
+    }
+    c.check(
+        u.mode <= 0o7777,
+        format!("{at}.mode"),
+        format!("{:o} is not a mode", u.mode),
+    );
+    check_chunks(c, at, &u.chunks, u.size, m, parents);
+    c.check(
+        u.members
+            .iter()
+            .all(|x| x.description < u.descriptions.len()),
+        format!("{at}.members"),
+        "name a description the file does not have",
+    );
+    c.check(
+        u.descriptions.iter().all(|d| d.offset <= i64::MAX as u64),
+        format!("{at}.descriptions"),
+        "hold an offset beyond what a file can have",
+    );
 }
 
 fn check_tree(c: &mut Checker, at: &str, t: &TreeLinks) {
@@ -743,9 +839,17 @@ fn check_fds(c: &mut Checker, at: &str, fds: &[FdState], objects: &BTreeMap<u64,
             ),
             // Opened again by path: pipes and sockets cannot be.
             None => match fd.kind {
-                FdKind::Pipe | FdKind::UnixSocket => c.fail(
+                FdKind::Pipe
+                | FdKind::UnixSocket
+                | FdKind::EventFd
+                | FdKind::TimerFd
+                | FdKind::SignalFd
+                | FdKind::Epoll
+                | FdKind::Inotify
+                | FdKind::Pidfd
+                | FdKind::Unlinked => c.fail(
                     format!("{field}.object"),
-                    "is missing: a pipe or socket is restored from its object",
+                    "is missing: an fd of this kind is restored from its object",
                 ),
                 FdKind::File | FdKind::Directory | FdKind::CharDevice => {
                     c.path(format!("{field}.path"), &fd.path);

@@ -311,6 +311,31 @@ fn copy(
     Ok(chunks)
 }
 
+/// Copies the whole of `file` (`size` bytes) into the image; its chunks and the bytes
+/// stored. For files that exist only while open (memfds, deleted files): nothing to
+/// compare with, nothing to refer to in a parent.
+pub fn copy_whole(
+    file: &File,
+    size: u64,
+    writer: &mut ImageWriter,
+) -> Result<(Vec<Chunk>, u64), ObjectError> {
+    let mut out = CapturedFiles::default();
+    let meta = file.metadata().map_err(|e| ObjectError::Recreate {
+        what: "an unlinked file's contents".into(),
+        source: e,
+    })?;
+    let chunks = copy(file, size, &meta, &ParentFiles::default(), writer, &mut out).map_err(
+        |e| match e {
+            CopyError::Read(source) => ObjectError::Recreate {
+                what: "an unlinked file's contents".into(),
+                source,
+            },
+            CopyError::Write(e) => ObjectError::Write(Box::new(e)),
+        },
+    )?;
+    Ok((chunks, out.stored))
+}
+
 fn usize_of(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -550,16 +575,7 @@ impl PutBack<'_> {
             }
         };
         if let Contents::Copied { chunks } = &f.contents {
-            let mut sources: BTreeMap<Option<u64>, File> = BTreeMap::new();
-            for chunk in chunks {
-                let source = match sources.entry(chunk.image) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => v.insert(
-                        pages(chunk.image).map_err(io(path, "read its copy in the image"))?,
-                    ),
-                };
-                write_chunk(path, &file, source, chunk)?;
-            }
+            write_back(path, &file, chunks, pages)?;
         }
         file.set_len(f.size).map_err(io(path, "set its size"))?;
         let mtime = nix::sys::time::TimeSpec::new(
@@ -587,6 +603,26 @@ impl PutBack<'_> {
             let _ = std::fs::remove_file(&self.file.path);
         }
     }
+}
+
+/// Writes the chunks into `file` (named `path` in messages), where its bytes differ.
+pub fn write_back(
+    path: &str,
+    file: &File,
+    chunks: &[Chunk],
+    pages: &dyn Fn(Option<u64>) -> std::io::Result<File>,
+) -> Result<(), FileError> {
+    let mut sources: BTreeMap<Option<u64>, File> = BTreeMap::new();
+    for chunk in chunks {
+        let source = match sources.entry(chunk.image) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(pages(chunk.image).map_err(io(path, "read its copy in the image"))?)
+            }
+        };
+        write_chunk(path, file, source, chunk)?;
+    }
+    Ok(())
 }
 
 /// Writes one chunk back where the file's bytes differ from it.

@@ -77,6 +77,7 @@ impl SharedFile {
         std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(self.offset)).map_err(fail)?;
         Ok(Opened {
             slots: vec![Some(file.into())],
+            mapping: None,
         })
     }
 }

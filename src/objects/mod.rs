@@ -1,18 +1,27 @@
 //! The kernel objects a job's fds refer to. Each kind has one module holding its manifest
 //! type, how it is captured and how it is opened again at restore: `stdio` (the job's
 //! standard streams), `pipe` (pipes between the job's processes, or to outside), `file`
-//! (an open file description shared by several fds). Adding a kind is a module and a
-//! variant of [`ObjectKind`].
+//! (an open file description shared by several fds), `unix` (socket pairs), and the
+//! objects without a path: `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify`, `pidfd`,
+//! `unlinked` (memfds and deleted files). Adding a kind is a module, a variant of
+//! [`ObjectKind`] and of [`FdKind`], and a line in [`capture_described`].
 //!
 //! This module walks the fd tables of every process of the job once, decides the kind of
 //! each fd, and gathers every fd it cannot checkpoint into one error: a checkpoint fails
 //! naming all of them, never the first one only.
 
 pub mod contents;
+pub mod epoll;
+pub mod eventfd;
 pub mod file;
+pub mod inotify;
+pub mod pidfd;
 pub mod pipe;
+pub mod signalfd;
 pub mod stdio;
+pub mod timerfd;
 pub mod unix;
+pub mod unlinked;
 
 use crate::image::format::{FdKind, FdState, Inode};
 use nix::unistd::Pid;
@@ -36,6 +45,13 @@ pub enum ObjectKind {
     Pipe(pipe::PipeState),
     File(file::SharedFile),
     UnixPair(unix::UnixPair),
+    EventFd(eventfd::EventFdState),
+    TimerFd(timerfd::TimerFdState),
+    SignalFd(signalfd::SignalFdState),
+    Epoll(epoll::EpollState),
+    Inotify(inotify::InotifyState),
+    Pidfd(pidfd::PidfdState),
+    Unlinked(unlinked::UnlinkedFile),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +74,8 @@ pub enum ObjectError {
     },
     #[error(transparent)]
     Write(Box<crate::image::writer::WriteError>),
+    #[error(transparent)]
+    Files(#[from] contents::FileError),
     #[error("cannot recreate {what}")]
     Recreate {
         what: String,
@@ -72,17 +90,25 @@ pub struct Unsupported {
     pub pid: i32,
     pub command: String,
     pub fd: i32,
-    pub what: &'static str,
+    pub what: String,
     pub target: String,
     pub hint: &'static str,
 }
 
+/// The `fd` of an [`Unsupported`] that is the process's working directory.
+pub const CWD: i32 = libc::AT_FDCWD;
+
 impl std::fmt::Display for Unsupported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let which = if self.fd == CWD {
+            "working directory".to_string()
+        } else {
+            format!("fd {}", self.fd)
+        };
         write!(
             f,
-            "process {} ({}) fd {}: {} ({}); {}",
-            self.pid, self.command, self.fd, self.what, self.target, self.hint
+            "process {} ({}) {which}: {} ({}); {}",
+            self.pid, self.command, self.what, self.target, self.hint
         )
     }
 }
@@ -112,6 +138,8 @@ pub struct OpenFd {
     /// Open flags, `O_CLOEXEC` included.
     pub flags: i32,
     pub meta: Option<std::fs::Metadata>,
+    /// `/proc/PID/fdinfo/N` as read: kinds without a path keep their state there.
+    pub info: String,
 }
 
 impl OpenFd {
@@ -140,6 +168,11 @@ impl OpenFd {
 
     fn access(&self) -> i32 {
         self.flags & libc::O_ACCMODE
+    }
+
+    /// `O_NONBLOCK` is set on its open file description.
+    pub fn nonblocking(&self) -> bool {
+        self.flags & libc::O_NONBLOCK != 0
     }
 
     fn state(&self, kind: FdKind, object: Option<u64>) -> FdState {
@@ -207,6 +240,7 @@ pub fn read_fd_table(pid: Pid) -> Result<Vec<OpenFd>, ObjectError> {
             pos,
             flags,
             meta: std::fs::metadata(&link).ok(),
+            info,
         });
     }
     Ok(table)
@@ -214,14 +248,37 @@ pub fn read_fd_table(pid: Pid) -> Result<Vec<OpenFd>, ObjectError> {
 
 /// `pos` and `flags` from `/proc/PID/fdinfo/N` (flags are octal there).
 fn parse_fdinfo(text: &str) -> Option<(u64, i32)> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let pos = field("pos:")?.parse().ok()?;
-    let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
+    let pos = info_field(text, "pos:")?.parse().ok()?;
+    let flags = i32::from_str_radix(info_field(text, "flags:")?, 8).ok()?;
     Some((pos, flags))
+}
+
+/// The value of the first line of an fdinfo text that starts with `name` (`"pos:"`).
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+}
+
+/// The value after `key` (`"wd:"`) in one fdinfo line of `key:value` words.
+pub fn line_word<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+/// Groups fds into open file descriptions (`kcmp`): the fds of a group share offset and
+/// status flags, and are one object at restore.
+pub fn descriptions<'a>(fds: &[&'a OpenFd]) -> Vec<Vec<&'a OpenFd>> {
+    let mut groups: Vec<Vec<&OpenFd>> = Vec::new();
+    for &fd in fds {
+        let found = groups.iter_mut().find(|g| {
+            crate::tracer::sys::same_open_file(g[0].pid, g[0].fd, fd.pid, fd.fd).unwrap_or(false)
+        });
+        match found {
+            Some(g) => g.push(fd),
+            None => groups.push(vec![fd]),
+        }
+    }
+    groups
 }
 
 /// What the checkpoint keeps of the job's files.
@@ -253,7 +310,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
         .collect::<Result<_, _>>()?;
     let stdio = stdio::job_streams(tables.first().map_or(&[][..], |t| &t[..]));
     let mut files = JobFiles::default();
-    let mut problems = Vec::new();
+    let mut problems = removed_working_dirs(pids);
     let mut pipes = ByInode::default();
     let mut sockets = ByInode::default();
     let needs_diag = tables
@@ -270,6 +327,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
         BTreeMap::new()
     };
     let mut regular: Vec<&OpenFd> = Vec::new();
+    let mut described: BTreeMap<FdKind, Vec<&OpenFd>> = BTreeMap::new();
     let mut kinds: Vec<Vec<FdKind>> = Vec::new();
     for table in &tables {
         let mut row = Vec::new();
@@ -289,16 +347,23 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
                 FdKind::Pipe => pipes.add(fd),
                 FdKind::UnixSocket => sockets.add(fd),
                 FdKind::File => regular.push(fd),
+                k if is_described(k) => described.entry(k).or_default().push(fd),
                 _ => {}
             }
             row.push(kind);
         }
         kinds.push(row);
     }
+    let job = Job {
+        pids,
+        tables: &tables,
+    };
+    let mut ids = IdAllocator::default();
+    let described_ids =
+        capture_all_described(&described, &job, depth, &mut ids, &mut files, &mut problems);
     if !problems.is_empty() {
         return Err(ObjectError::Unsupported(problems));
     }
-    let mut ids = IdAllocator::default();
     let stdio_ids = stdio::objects(&stdio, &mut ids, &mut files.objects);
     let pipe_ids = pipe::objects(&pipes, depth, &mut ids, &mut files)?;
     let socket_ids = unix::objects(&sockets, &diag, depth, &mut ids, &mut files)?;
@@ -313,7 +378,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
                     FdKind::Pipe => pipe_ids.get(&object_inode(fd)).copied(),
                     FdKind::UnixSocket => socket_ids.get(&link_inode(&fd.target)).copied(),
                     FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
-                    _ => None,
+                    _ => described_ids.get(&(fd.pid, fd.fd)).copied(),
                 };
                 fd.state(kind, object)
             })
@@ -326,6 +391,148 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
         files.fds.entry(pid.as_raw()).or_default();
     }
     Ok(files)
+}
+
+/// The job's processes and their fd tables, for kinds whose state refers to other fds or
+/// processes (an epoll's watched fds, a pidfd's process).
+pub struct Job<'a> {
+    pub pids: &'a [Pid],
+    pub tables: &'a [Vec<OpenFd>],
+}
+
+impl Job<'_> {
+    /// Fd `fd` of process `pid`, if it has it.
+    pub fn fd(&self, pid: i32, fd: i32) -> Option<&OpenFd> {
+        self.tables
+            .iter()
+            .flatten()
+            .find(|f| f.pid == pid && f.fd == fd)
+    }
+
+    pub fn has_process(&self, pid: i32) -> bool {
+        self.pids.iter().any(|p| p.as_raw() == pid)
+    }
+}
+
+/// Kinds captured from their fdinfo and open file description, one object per
+/// description (or, for unlinked files, per file).
+fn is_described(kind: FdKind) -> bool {
+    matches!(
+        kind,
+        FdKind::EventFd
+            | FdKind::TimerFd
+            | FdKind::SignalFd
+            | FdKind::Epoll
+            | FdKind::Inotify
+            | FdKind::Pidfd
+            | FdKind::Unlinked
+    )
+}
+
+/// Captures one object of a described kind from the fds of one description (`group`).
+fn capture_described(
+    kind: FdKind,
+    group: &[&OpenFd],
+    job: &Job,
+    depth: Depth,
+) -> Result<ObjectKind, (String, &'static str)> {
+    Ok(match kind {
+        FdKind::EventFd => ObjectKind::EventFd(eventfd::capture(group[0])?),
+        FdKind::TimerFd => ObjectKind::TimerFd(timerfd::capture(group[0])?),
+        FdKind::SignalFd => ObjectKind::SignalFd(signalfd::capture(group[0])?),
+        FdKind::Epoll => ObjectKind::Epoll(epoll::capture(group)?),
+        FdKind::Inotify => ObjectKind::Inotify(inotify::capture(group[0], depth)?),
+        FdKind::Pidfd => ObjectKind::Pidfd(pidfd::capture(group, job)?),
+        other => unreachable!("{other:?} is not captured per description"),
+    })
+}
+
+/// One object per open file description of every described kind (per file for unlinked
+/// files); returns (pid, fd) -> object id. Fds that cannot be captured go to `problems`.
+fn capture_all_described(
+    described: &BTreeMap<FdKind, Vec<&OpenFd>>,
+    job: &Job,
+    depth: Depth,
+    ids: &mut IdAllocator,
+    files: &mut JobFiles,
+    problems: &mut Vec<Unsupported>,
+) -> BTreeMap<(i32, i32), u64> {
+    let mut by_fd = BTreeMap::new();
+    for (&kind, fds) in described {
+        let groups = if kind == FdKind::Unlinked {
+            unlinked::by_file(fds)
+        } else {
+            descriptions(fds)
+        };
+        for group in groups {
+            let object = if kind == FdKind::Unlinked {
+                unlinked::capture(&group).map(ObjectKind::Unlinked)
+            } else {
+                capture_described(kind, &group, job, depth)
+            };
+            match object {
+                Ok(object) => {
+                    if let ObjectKind::Inotify(i) = &object
+                        && i.queued > 0
+                    {
+                        files.warnings.push(format!(
+                            "fd {} of process {} ({}) is an inotify instance with {} bytes of \
+                             events not read yet: they are not in the image",
+                            group[0].fd,
+                            group[0].pid,
+                            command_of(group[0].pid),
+                            i.queued
+                        ));
+                    }
+                    let id = ids.allocate();
+                    for fd in &group {
+                        by_fd.insert((fd.pid, fd.fd), id);
+                    }
+                    files.objects.push(SharedObject { id, object });
+                }
+                Err((what, hint)) => problems.push(unsupported(group[0], what, hint)),
+            }
+        }
+    }
+    by_fd
+}
+
+/// Processes whose working directory was removed: a restore could not enter it.
+fn removed_working_dirs(pids: &[Pid]) -> Vec<Unsupported> {
+    pids.iter()
+        .filter_map(|pid| {
+            let pid = pid.as_raw();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            let cwd = cwd.to_string_lossy();
+            cwd.ends_with(" (deleted)").then(|| Unsupported {
+                pid,
+                command: command_of(pid),
+                fd: CWD,
+                what: "a directory that was removed".into(),
+                target: cwd.into_owned(),
+                hint: "a restore could not enter it; let the job change to an existing directory \
+                       before the checkpoint",
+            })
+        })
+        .collect()
+}
+
+/// `net`, `mnt` ... for a namespace link such as `net:[4026531833]`.
+fn namespace_link(target: &str) -> Option<&str> {
+    const KINDS: [&str; 10] = [
+        "cgroup",
+        "ipc",
+        "mnt",
+        "net",
+        "pid",
+        "pid_for_children",
+        "time",
+        "time_for_children",
+        "user",
+        "uts",
+    ];
+    let (kind, rest) = target.split_once(":[")?;
+    (KINDS.contains(&kind) && rest.ends_with(']')).then_some(kind)
 }
 
 /// The inode in a `/proc/PID/fd` link such as `pipe:[123]` or `socket:[456]` (0 if none).
@@ -376,7 +583,7 @@ impl IdAllocator {
     }
 }
 
-fn unsupported(fd: &OpenFd, what: &'static str, hint: &'static str) -> Unsupported {
+fn unsupported(fd: &OpenFd, what: String, hint: &'static str) -> Unsupported {
     Unsupported {
         pid: fd.pid,
         command: command_of(fd.pid),
@@ -394,7 +601,18 @@ pub fn command_of(pid: i32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-type Refusal = (&'static str, &'static str);
+pub type Refusal = (String, &'static str);
+
+/// The refusal of an fd of `kind` whose fdinfo does not read as expected.
+pub fn unreadable(kind: &str, fd: &OpenFd) -> Refusal {
+    (
+        format!(
+            "a {kind} whose state /proc/{}/fdinfo/{} does not show as expected",
+            fd.pid, fd.fd
+        ),
+        CLOSE_IT,
+    )
+}
 
 /// The kind of an fd that is not one of the job's standard streams.
 fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind, Refusal> {
@@ -405,23 +623,45 @@ fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind
     if target.starts_with("socket:") {
         return match unix::refusal(diag.get(&link_inode(target))) {
             None => Ok(FdKind::UnixSocket),
-            Some(refusal) => Err(refusal),
+            Some((what, hint)) => Err((what.into(), hint)),
         };
     }
-    if target.starts_with("anon_inode:") {
+    if let Some(name) = target.strip_prefix("anon_inode:") {
+        return match name.trim_matches(['[', ']']) {
+            "eventfd" => Ok(FdKind::EventFd),
+            "timerfd" => Ok(FdKind::TimerFd),
+            "signalfd" => Ok(FdKind::SignalFd),
+            "eventpoll" => Ok(FdKind::Epoll),
+            "inotify" => Ok(FdKind::Inotify),
+            "pidfd" => Ok(FdKind::Pidfd),
+            _ => Err((
+                format!("an anonymous inode of a kind mlckpt does not know ({name})"),
+                CLOSE_IT,
+            )),
+        };
+    }
+    if target.starts_with("pidfd:") {
+        return Ok(FdKind::Pidfd);
+    }
+    if let Some(ns) = namespace_link(target) {
         return Err((
-            "an anonymous inode (eventfd, epoll, timerfd, signalfd ...)",
+            format!(
+                "a namespace ({ns}): mlckpt restores processes into the namespaces of the restoring command"
+            ),
             CLOSE_IT,
         ));
     }
+    if unlinked::is_unlinked(fd) {
+        return Ok(FdKind::Unlinked);
+    }
     if target.ends_with(" (deleted)") {
         return Err((
-            "a deleted file",
-            "a deleted file cannot be reopened at restore; keep the file until the checkpoint is done",
+            "a deleted directory or special file".into(),
+            "it cannot be opened again at restore; keep it until the checkpoint is done",
         ));
     }
     let Some(meta) = &fd.meta else {
-        return Err(("an unreadable file", CLOSE_IT));
+        return Err(("an unreadable file".into(), CLOSE_IT));
     };
     use std::os::unix::fs::FileTypeExt;
     let ft = meta.file_type();
@@ -434,33 +674,57 @@ fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind
     } else if ft.is_fifo() {
         Ok(FdKind::Pipe)
     } else {
-        Err(("a special file (socket file or block device)", CLOSE_IT))
+        Err((
+            "a special file (socket file or block device)".into(),
+            CLOSE_IT,
+        ))
     }
 }
+
+/// Opens the pages of image `seq` (`None`: the image being restored), decompressed.
+pub type PagesOpener<'a> = dyn Fn(Option<u64>) -> std::io::Result<std::fs::File> + 'a;
 
 /// An object opened again at restore: the fds to duplicate, by `slot`.
 #[derive(Debug, Default)]
 pub struct Opened {
     pub slots: Vec<Option<OwnedFd>>,
+    /// A read-write fd for the shared mappings of the object (unlinked files).
+    pub mapping: Option<OwnedFd>,
 }
 
 impl SharedObject {
     /// Creates the object again in the calling process (the restorer), before the job's
-    /// processes are created: they inherit it.
-    pub fn open(&self) -> Result<Opened, ObjectError> {
+    /// processes are created: they inherit it. `pages` opens the pages of an image (`None`:
+    /// this one), where unlinked files keep their contents.
+    pub fn open(&self, pages: &PagesOpener<'_>) -> Result<Opened, ObjectError> {
+        let one = |fd: Result<OwnedFd, ObjectError>| {
+            fd.map(|fd| Opened {
+                slots: vec![Some(fd)],
+                mapping: None,
+            })
+        };
         match &self.object {
             ObjectKind::Stdio(s) => s.open(),
             ObjectKind::Pipe(p) => p.open(self.id),
             ObjectKind::File(f) => f.open(),
             ObjectKind::UnixPair(p) => p.open(self.id),
+            ObjectKind::EventFd(e) => one(e.open()),
+            ObjectKind::TimerFd(t) => one(t.open()),
+            ObjectKind::SignalFd(s) => one(s.open()),
+            ObjectKind::Epoll(e) => one(e.open()),
+            ObjectKind::Inotify(i) => one(i.open()),
+            // Opened by the process that holds it, once the process it refers to exists.
+            ObjectKind::Pidfd(_) => Ok(Opened::default()),
+            ObjectKind::Unlinked(u) => u.open(pages),
         }
     }
 
-    /// Which of the opened fds `fd` duplicates.
-    pub fn slot(&self, fd: &FdState) -> usize {
+    /// Which of the opened fds fd `fd` of process `pid` duplicates.
+    pub fn slot(&self, pid: i32, fd: &FdState) -> usize {
         match &self.object {
             ObjectKind::Pipe(_) => pipe::slot(fd.flags),
             ObjectKind::UnixPair(p) => p.slot(&fd.path),
+            ObjectKind::Unlinked(u) => u.slot(pid, fd.fd),
             _ => 0,
         }
     }
@@ -492,7 +756,7 @@ mod tests {
             pid: 7,
             command: "job".into(),
             fd,
-            what: "a socket",
+            what: "a socket".into(),
             target: format!("socket:[{fd}]"),
             hint: "close it",
         };

@@ -206,7 +206,10 @@ impl PipeState {
             set_status(&both, flags).map_err(fail("set the FIFO's flags"))?;
             slots.push(Some(both));
         }
-        Ok(Opened { slots })
+        Ok(Opened {
+            slots,
+            mapping: None,
+        })
     }
 }
 

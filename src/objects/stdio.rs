@@ -77,6 +77,7 @@ impl StdioStream {
         };
         Ok(Opened {
             slots: vec![Some(fd)],
+            mapping: None,
         })
     }
 }

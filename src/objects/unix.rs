@@ -377,7 +377,10 @@ impl UnixPair {
             }
             slots.push(Some(fd));
         }
-        Ok(Opened { slots })
+        Ok(Opened {
+            slots,
+            mapping: None,
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! before the clone: no allocation, no locks), then jumps into the restorer stub, which
 //! replaces its memory with the image's.
 
+use super::fd_syscalls;
 use super::sys::{self, jump_to_stub};
 use crate::image::format::Inode;
 use nix::errno::Errno;
@@ -26,6 +27,15 @@ pub struct PlannedFile {
     pub recorded: bool,
     /// The file it must be (inode, owner): anything else fails the restore.
     pub inode: Option<Inode>,
+}
+
+/// A pidfd the process opens (on `pid`, which exists by then) and puts at `fd`.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedPidfd {
+    pub fd: i32,
+    pub pid: i32,
+    pub flags: i32,
+    pub cloexec: bool,
 }
 
 /// The session or process group the process takes itself, before it forks.
@@ -82,6 +92,9 @@ pub struct ChildPlan {
     pub close_stdio: Vec<i32>,
     /// The image's fds, then the stub's helpers (pages.bin, exe, mapped files).
     pub files: Vec<PlannedFile>,
+    pub pidfds: Vec<PlannedPidfd>,
+    /// Added once every fd is in place (they name fds by number).
+    pub epoll_adds: Vec<crate::objects::epoll::EpollItem>,
     pub cwd: CString,
     pub umask: u32,
     /// (signo, handler, flags, restorer, mask) for every signal 1..=64 but KILL/STOP.
@@ -144,6 +157,8 @@ steps!(
     DupObject,
     ProcessFlags,
     FileIdentity,
+    Pidfd,
+    EpollAdd,
 );
 
 /// glibc's rseq signature on x86 (RSEQ_SIG).
@@ -199,6 +214,16 @@ pub fn child_main(plans: &[ChildPlan], index: usize) -> ! {
     }
     for (i, file) in plan.files.iter().enumerate() {
         open_at(plan, i, file);
+    }
+    for (i, pidfd) in plan.pidfds.iter().enumerate() {
+        open_pidfd(plan, i, pidfd);
+    }
+    for (i, item) in plan.epoll_adds.iter().enumerate() {
+        check(
+            fd_syscalls::epoll_add(item.epfd, item.fd, item.events, item.data),
+            Step::EpollAdd,
+            i,
+        );
     }
     check(
         sys::close_from(plan.object_floor as u32),
@@ -284,6 +309,19 @@ fn unregister_rseq(plan: &ChildPlan) {
         }
     }
     fail(plan, Step::Rseq, last, 0)
+}
+
+fn open_pidfd(plan: &ChildPlan, index: usize, pidfd: &PlannedPidfd) {
+    let check = |r: Result<(), Errno>| r.unwrap_or_else(|e| fail(plan, Step::Pidfd, e, index));
+    let opened = fd_syscalls::pidfd_open_raw(pidfd.pid, pidfd.flags)
+        .unwrap_or_else(|e| fail(plan, Step::Pidfd, e, index));
+    if opened != pidfd.fd {
+        check(sys::dup_onto(opened, pidfd.fd));
+        let _ = sys::close(opened);
+    }
+    if !pidfd.cloexec {
+        check(sys::clear_cloexec(pidfd.fd));
+    }
 }
 
 fn open_at(plan: &ChildPlan, index: usize, file: &PlannedFile) {

@@ -408,6 +408,8 @@ fn dump(
         .cloned()
         .unwrap_or_default();
     let written = contents::capture(&writes, req.file_copy_limit, &parent_files, memory.writer)?;
+    // Memfds and deleted files: their contents exist nowhere else.
+    objects::unlinked::store_all(&mut files.objects, memory.writer)?;
     warn_once(&written.warnings);
     if !written.files.is_empty() {
         clock.lap("frozen.files");

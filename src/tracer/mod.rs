@@ -10,6 +10,7 @@ pub mod access;
 pub mod capture;
 pub mod child;
 pub mod dump;
+pub mod fd_syscalls;
 pub mod freeze;
 pub mod hugepages;
 pub mod inspect;

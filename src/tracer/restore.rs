@@ -181,8 +181,15 @@ fn rebuild(
     let floor = object_floor(m, &procs);
     sys::raise_fd_limit(floor + 4 * (m.objects.len() as i32 + 16))
         .map_err(sys_err("raise the open file limit"))?;
-    let objects = open_objects(m, floor)?;
-    let memories = SharedMemories::create(&procs, floor)?;
+    let pages = |seq: Option<u64>| {
+        let seq = seq.unwrap_or(m.seq);
+        match unpacked.get(seq) {
+            Some(memory) => memory.try_clone_to_owned().map(std::fs::File::from),
+            None => std::fs::File::open(pages_path(image, seq)),
+        }
+    };
+    let (objects, mapped_files) = open_objects(m, floor, &pages)?;
+    let memories = SharedMemories::create(&procs, floor, mapped_files)?;
     let page_sources = PageSources::new(image, unpacked, floor)?;
     let mut fd_plans = Vec::with_capacity(procs.len());
     let mut areas = Vec::with_capacity(procs.len());
@@ -231,13 +238,6 @@ fn rebuild(
                 cut_back(&fds.cut_back)?;
             }
             if !opts.keep_files {
-                let pages = |seq: Option<u64>| {
-                    let seq = seq.unwrap_or(m.seq);
-                    match unpacked.get(seq) {
-                        Some(memory) => memory.try_clone_to_owned().map(std::fs::File::from),
-                        None => std::fs::File::open(pages_path(image, seq)),
-                    }
-                };
                 for file in &put_back {
                     file.apply(&pages)?;
                 }
@@ -483,10 +483,17 @@ fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
 /// fds to duplicate, by slot.
 pub(super) type OpenObjects = BTreeMap<u64, Vec<Option<OwnedFd>>>;
 
-fn open_objects(m: &Manifest, floor: i32) -> Result<OpenObjects, RestoreError> {
+/// Opens the objects; also returns, by inode, the fds through which unlinked files
+/// (memfds, deleted files) are mapped.
+fn open_objects(
+    m: &Manifest,
+    floor: i32,
+    pages: &crate::objects::PagesOpener<'_>,
+) -> Result<(OpenObjects, BTreeMap<u64, OwnedFd>), RestoreError> {
     let mut open = BTreeMap::new();
+    let mut mapped = BTreeMap::new();
     for object in &m.objects {
-        let opened = object.open()?;
+        let opened = object.open(pages)?;
         let raised = opened
             .slots
             .into_iter()
@@ -496,8 +503,13 @@ fn open_objects(m: &Manifest, floor: i32) -> Result<OpenObjects, RestoreError> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         open.insert(object.id, raised);
+        if let (Some(fd), crate::objects::ObjectKind::Unlinked(u)) =
+            (opened.mapping, &object.object)
+        {
+            mapped.insert(u.inode, crate::objects::raise_fd(fd, floor)?);
+        }
     }
-    Ok(open)
+    Ok((open, mapped))
 }
 
 /// Shared memory objects (shared anonymous memory, deleted shared files), one per object
@@ -507,7 +519,13 @@ pub(super) struct SharedMemories {
 }
 
 impl SharedMemories {
-    fn create(procs: &[ProcessView], floor: i32) -> Result<SharedMemories, RestoreError> {
+    /// `files`: unlinked files the job still had fds on, by inode: their mappings map them
+    /// (one object for fds and mappings), the others get new shared memory.
+    fn create(
+        procs: &[ProcessView],
+        floor: i32,
+        mut files: BTreeMap<u64, OwnedFd>,
+    ) -> Result<SharedMemories, RestoreError> {
         let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
         for r in procs.iter().flat_map(|p| p.regions) {
             if let (Backing::SharedAnonymous, Some(o)) = (&r.backing, r.shared_object) {
@@ -517,8 +535,14 @@ impl SharedMemories {
         }
         let mut by_id = BTreeMap::new();
         for (id, size) in sizes {
-            let fd = shmem_object(size).map_err(sys_err("create shared memory"))?;
-            by_id.insert(id, crate::objects::raise_fd(fd, floor)?);
+            let fd = match files.remove(&id) {
+                Some(fd) => fd,
+                None => {
+                    let fd = shmem_object(size).map_err(sys_err("create shared memory"))?;
+                    crate::objects::raise_fd(fd, floor)?
+                }
+            };
+            by_id.insert(id, fd);
         }
         Ok(SharedMemories { by_id })
     }

@@ -3,7 +3,7 @@
 //! (`ChildPlan`), and driving it through the stub to the point where only its threads and
 //! final registers are left. `restore` sits above it and handles the job as a tree.
 
-use super::child::{ChildFailure, ChildPlan, Leadership, PlannedFile, Step};
+use super::child::{ChildFailure, ChildPlan, Leadership, PlannedFile, PlannedPidfd, Step};
 use super::ptrace::{self, SignalNumber, Stop};
 use super::restore::{
     OpenObjects, PageSource, PageSources, RestoreError, RestoreOptions, SharedMemories, sys_err,
@@ -15,7 +15,9 @@ use crate::image::format::{
     Advice, Backing, Credentials, FdKind, FdState, FileIdentity, Inode, Manifest, MemoryRegion,
     PAGE_SIZE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
 };
+use crate::objects::ObjectKind;
 use crate::objects::contents;
+use crate::objects::epoll::EpollItem;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -118,6 +120,10 @@ pub(super) struct FdPlan {
     pub(super) shared_memory: Vec<(u64, i32)>,
     /// Files that grew since the checkpoint, and the size to cut each back to.
     pub(super) cut_back: Vec<(String, u64)>,
+    /// Pidfds the process opens itself, once its children exist.
+    pub(super) pidfds: Vec<PlannedPidfd>,
+    /// Epoll items the process adds once its fds are in place.
+    pub(super) epoll_adds: Vec<EpollItem>,
 }
 
 pub(super) fn plan_fds(
@@ -131,7 +137,27 @@ pub(super) fn plan_fds(
 ) -> Result<FdPlan, RestoreError> {
     let mut files = Vec::new();
     let mut cut_back = Vec::new();
+    let mut pidfds = Vec::new();
+    let mut epoll_adds = Vec::new();
+    let pid = p.process.pid;
     for fd in p.fds {
+        let object = fd
+            .object
+            .and_then(|id| m.objects.iter().find(|o| o.id == id))
+            .map(|o| &o.object);
+        match object {
+            Some(ObjectKind::Pidfd(target)) => {
+                pidfds.push(PlannedPidfd {
+                    fd: fd.fd,
+                    pid: target.pid,
+                    flags: target.flags,
+                    cloexec: fd.cloexec,
+                });
+                continue;
+            }
+            Some(ObjectKind::Epoll(epoll)) => epoll_adds.extend(epoll.items_of(pid, fd.fd)),
+            _ => {}
+        }
         // From format 4 on, `Manifest::files` puts written files back.
         if m.format < 4
             && fd.kind == FdKind::File
@@ -142,7 +168,7 @@ pub(super) fn plan_fds(
             cut_back.push((fd.path.clone(), size));
         }
         let dup_from = match fd.object {
-            Some(id) => Some(object_fd(m, objects, id, fd)?),
+            Some(id) => Some(object_fd(m, objects, id, pid, fd)?),
             // Images before format 3: stdio is left as the restore command has it.
             None if fd.kind == FdKind::Stdio => continue,
             None => None,
@@ -237,6 +263,8 @@ pub(super) fn plan_fds(
         mapped,
         shared_memory,
         cut_back,
+        pidfds,
+        epoll_adds,
     })
 }
 
@@ -245,10 +273,11 @@ pub(super) fn object_fd(
     m: &Manifest,
     objects: &OpenObjects,
     id: u64,
+    pid: i32,
     fd: &FdState,
 ) -> Result<i32, RestoreError> {
     let object = m.objects.iter().find(|o| o.id == id);
-    let slot = object.map(|o| o.slot(fd));
+    let slot = object.map(|o| o.slot(pid, fd));
     slot.and_then(|slot| objects.get(&id)?.get(slot)?.as_ref())
         .map(std::os::fd::AsRawFd::as_raw_fd)
         .ok_or_else(|| {
@@ -762,6 +791,8 @@ pub(super) fn child_plan(
         report,
         close_stdio: fds.close_stdio.clone(),
         files: fds.files.clone(),
+        pidfds: fds.pidfds.clone(),
+        epoll_adds: fds.epoll_adds.clone(),
         cwd: cstring(&p.process.cwd)?,
         umask: p.process.umask,
         signals,
@@ -875,6 +906,18 @@ pub(super) fn explain_child_exit(
             file(failure.index).unwrap_or_default()
         ),
         Step::Chdir => format!("entering {}", plan.cwd.to_string_lossy()),
+        Step::Pidfd => {
+            let p = plan.pidfds.get(failure.index as usize);
+            p.map_or(String::new(), |p| {
+                format!("opening fd {} as a pidfd of process {}", p.fd, p.pid)
+            })
+        }
+        Step::EpollAdd => {
+            let i = plan.epoll_adds.get(failure.index as usize);
+            i.map_or(String::new(), |i| {
+                format!("adding fd {} to the epoll at fd {}", i.fd, i.epfd)
+            })
+        }
         Step::Spawn | Step::ProcessGroup | Step::ReapWait => {
             let pid = plan.spawn.get(failure.index as usize).map_or(0, |s| s.pid);
             match step {

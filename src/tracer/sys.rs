@@ -269,7 +269,7 @@ unsafe fn raw_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
 }
 
 /// A syscall whose arguments are all plain integers: it cannot touch this process's memory.
-fn int_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
+pub(super) fn int_syscall(nr: libc::c_long, args: [u64; 6]) -> Result<i64, Errno> {
     // SAFETY: callers pass no pointers, only numbers and fds.
     unsafe { raw_syscall(nr, args) }
 }

@@ -1,7 +1,7 @@
 /*
  * unsupported_tree.c - a job whose processes hold objects mlckpt cannot checkpoint yet, in
- * two processes at once: the root holds an eventfd (its child inherits it), the child a
- * TCP socket too. A checkpoint must fail naming every one of them (not only the first it
+ * two processes at once: the root holds an fd on its network namespace (its child inherits
+ * it), the child a TCP socket too. A checkpoint must fail naming every one of them (not only the first it
  * meets), and the job must run on untouched.
  *
  * Usage:  unsupported_tree <ticks>
@@ -10,7 +10,7 @@
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -27,9 +27,9 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     long ticks = argc > 1 ? strtol(argv[1], NULL, 10) : 60;
     printf("pid %d\n", getpid());
-    int efd = eventfd(0, 0);
-    if (efd < 0) {
-        perror("eventfd");
+    int nsfd = open("/proc/self/ns/net", O_RDONLY);
+    if (nsfd < 0) {
+        perror("open /proc/self/ns/net");
         return 1;
     }
     pid_t child = fork();
