@@ -1,0 +1,61 @@
+//! (13) Kernel objects behind anonymous inodes and unlinked files: jobs using timerfd,
+//! signalfd, eventfd and epoll together, a memfd and a deleted file as their state, and a
+//! Python asyncio program with a subprocess continue after `checkpoint --kill` and restore
+//! exactly as an uninterrupted run; a job holding a namespace fd and a removed working
+//! directory is refused at checkpoint time, both named in one message, and runs on.
+
+mod common;
+
+use common::*;
+
+/// Every program prints a tick every 50 ms for 4 s; the checkpoint comes in the middle.
+const TICKS: &str = "80";
+const CHECKPOINT_AT: usize = 35;
+
+#[test]
+fn timerfd_signalfd_eventfd_epoll_job_continues() {
+    let h = Harness::new("events");
+    h.checkpoint_kill_restore(&Prog::c("events_job", &[TICKS]), CHECKPOINT_AT);
+}
+
+#[test]
+fn memfd_and_deleted_file_job_continues() {
+    let h = Harness::new("memfd");
+    h.checkpoint_kill_restore(&Prog::c("memfd_job", &[TICKS]), CHECKPOINT_AT);
+}
+
+#[test]
+fn python_asyncio_job_with_subprocess_continues() {
+    let Some(prog) = Prog::python("asyncio_job.py", &[TICKS]) else {
+        return;
+    };
+    let h = Harness::new("asyncio");
+    h.checkpoint_kill_restore(&prog, CHECKPOINT_AT);
+}
+
+#[test]
+fn namespace_fd_and_removed_cwd_are_refused_together() {
+    let h = Harness::new("ns-cwd");
+    let prog = Prog::c("ns_cwd", &[TICKS]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let refused = h.checkpoint_refused(pid);
+    let text = refused.output();
+    assert!(
+        text.contains("net:[") || text.contains("ns/net"),
+        "the refusal does not name the namespace fd\n{}",
+        refused.describe()
+    );
+    assert!(
+        text.contains(&format!("mlckpt-removed-cwd-{pid}")),
+        "the refusal does not name the removed working directory\n{}",
+        refused.describe()
+    );
+    // The job ran on untouched: its whole output (each tick checks both objects) is the
+    // uninterrupted run's.
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
+    assert_continuation(&reference.stdout, &run.stdout, "", pid);
+}
