@@ -354,10 +354,7 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
         }
         kinds.push(row);
     }
-    let job = Job {
-        pids,
-        tables: &tables,
-    };
+    let job = Job { pids };
     let mut ids = IdAllocator::default();
     let described_ids =
         capture_all_described(&described, &job, depth, &mut ids, &mut files, &mut problems);
@@ -393,22 +390,12 @@ pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
     Ok(files)
 }
 
-/// The job's processes and their fd tables, for kinds whose state refers to other fds or
-/// processes (an epoll's watched fds, a pidfd's process).
+/// The job's processes, for kinds whose state refers to them (a pidfd's process).
 pub struct Job<'a> {
     pub pids: &'a [Pid],
-    pub tables: &'a [Vec<OpenFd>],
 }
 
 impl Job<'_> {
-    /// Fd `fd` of process `pid`, if it has it.
-    pub fn fd(&self, pid: i32, fd: i32) -> Option<&OpenFd> {
-        self.tables
-            .iter()
-            .flatten()
-            .find(|f| f.pid == pid && f.fd == fd)
-    }
-
     pub fn has_process(&self, pid: i32) -> bool {
         self.pids.iter().any(|p| p.as_raw() == pid)
     }

@@ -89,6 +89,11 @@ pub enum RestoreError {
     Untrusted { signer: u32, pid: i32, what: String },
     #[error("the image is inconsistent: {0}")]
     Inconsistent(String),
+    #[error(
+        "fd {fd} is a pidfd of the process itself, which --new-pid would give another PID; \
+         free PID {pid} and restore without --new-pid"
+    )]
+    PidfdNewPid { fd: i32, pid: i32 },
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
     #[error(transparent)]

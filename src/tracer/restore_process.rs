@@ -147,6 +147,12 @@ pub(super) fn plan_fds(
             .map(|o| &o.object);
         match object {
             Some(ObjectKind::Pidfd(target)) => {
+                if opts.new_pid {
+                    return Err(RestoreError::PidfdNewPid {
+                        fd: fd.fd,
+                        pid: target.pid,
+                    });
+                }
                 pidfds.push(PlannedPidfd {
                     fd: fd.fd,
                     pid: target.pid,
