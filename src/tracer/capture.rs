@@ -31,6 +31,8 @@ pub struct Captured {
     pub signals: Vec<SignalAction>,
     pub brk: u64,
     pub flags: ProcessFlags,
+    /// Timers and other attributes (see `attributes`).
+    pub attributes: crate::image::attributes::ProcessAttributes,
 }
 
 /// Captures every thread of `frozen`; with `snapshot`, forks a snapshot of the target
@@ -47,7 +49,17 @@ pub fn capture_threads(
     let layout = Layout::new(frozen.tids().len());
     let (result, unmapped) = match map_pages(&mut lead, &layout) {
         Ok(at) => {
-            let result = capture_all(frozen, &mut lead, mem, &layout.at(at));
+            let placed = layout.at(at);
+            let result = capture_all(frozen, &mut lead, mem, &placed).and_then(|mut c| {
+                c.attributes = super::attributes::capture(super::attributes::Capturing {
+                    frozen,
+                    lead: &mut lead,
+                    mem,
+                    scratch: placed.data,
+                    injected: (at, at + layout.len()),
+                })?;
+                Ok(c)
+            });
             let unmapped = lead.checked("munmap(capture)", libc::SYS_munmap, &[at, layout.len()]);
             (result, unmapped.map(drop))
         }
@@ -160,6 +172,7 @@ fn capture_all(
         signals,
         brk,
         flags,
+        attributes: Default::default(),
     })
 }
 

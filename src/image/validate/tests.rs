@@ -56,6 +56,7 @@ fn process(pid: i32, ppid: i32) -> ProcessState {
         parent_death_signal: 0,
         child_subreaper: false,
         credentials: None,
+        attributes: Default::default(),
     }
 }
 
