@@ -223,12 +223,32 @@ fn locked_memory(pid: Pid, injected: (u64, u64)) -> Result<(Vec<LockedRange>, bo
         return Ok((Vec::new(), false));
     }
     let smaps = proc_text(pid, "smaps")?;
-    let mut locked = parse_locked(&smaps);
+    let locked = parse_locked(&smaps);
     let future = locked
         .iter()
-        .any(|r| r.start <= injected.0 && injected.1 <= r.end);
-    locked.retain(|r| r.end <= injected.0 || r.start >= injected.1);
-    Ok((locked, future))
+        .any(|r| r.start < injected.1 && injected.0 < r.end);
+    Ok((without(locked, injected), future))
+}
+
+/// `ranges` less the range `cut` (the injected pages may have merged with a neighbour of
+/// the same flags, or been split by their protections).
+fn without(ranges: Vec<LockedRange>, cut: (u64, u64)) -> Vec<LockedRange> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        if r.start < cut.0 {
+            out.push(LockedRange {
+                end: r.end.min(cut.0),
+                ..r
+            });
+        }
+        if r.end > cut.1 {
+            out.push(LockedRange {
+                start: r.start.max(cut.1),
+                ..r
+            });
+        }
+    }
+    out
 }
 
 /// The locked ranges of an `smaps` text.
@@ -520,6 +540,20 @@ VmFlags: rd wr mr mw me lo lf ac
                 },
             ]
         );
+    }
+
+    #[test]
+    fn injected_pages_are_cut_out_of_locked_ranges() {
+        let r = |start, end| LockedRange {
+            start,
+            end,
+            on_fault: false,
+        };
+        let cut = without(
+            vec![r(0x1000, 0x5000), r(0x5000, 0x6000), r(0x8000, 0x9000)],
+            (0x3000, 0x6000),
+        );
+        assert_eq!(cut, vec![r(0x1000, 0x3000), r(0x8000, 0x9000)]);
     }
 
     #[test]
