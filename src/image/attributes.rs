@@ -75,24 +75,36 @@ impl ProcessAttributes {
         if self.posix_timers.len() > MAX_POSIX_TIMERS {
             fail(
                 "posix_timers".into(),
-                format!("{} timers, more than {MAX_POSIX_TIMERS}", self.posix_timers.len()),
+                format!(
+                    "{} timers, more than {MAX_POSIX_TIMERS}",
+                    self.posix_timers.len()
+                ),
             );
         }
         let mut ids = std::collections::BTreeSet::new();
         for (i, t) in self.posix_timers.iter().take(MAX_POSIX_TIMERS).enumerate() {
             let at = format!("posix_timers[{i}]");
             if t.id < 0 || !ids.insert(t.id) {
-                fail(format!("{at}.id"), format!("{} is negative or listed twice", t.id));
+                fail(
+                    format!("{at}.id"),
+                    format!("{} is negative or listed twice", t.id),
+                );
             }
             if !matches!(t.notify, 0 | 1 | 2 | 4) {
                 fail(
                     format!("{at}.notify"),
-                    format!("{} is not SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD or SIGEV_THREAD_ID", t.notify),
+                    format!(
+                        "{} is not SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD or SIGEV_THREAD_ID",
+                        t.notify
+                    ),
                 );
             }
             let needs_signal = t.notify != SIGEV_NONE;
             if needs_signal && !(1..=MAX_SIGNAL).contains(&t.signo) {
-                fail(format!("{at}.signo"), format!("{} is not a signal", t.signo));
+                fail(
+                    format!("{at}.signo"),
+                    format!("{} is not a signal", t.signo),
+                );
             }
             if t.notify == SIGEV_THREAD_ID && t.tid <= 0 {
                 fail(format!("{at}.tid"), format!("{} is not a thread id", t.tid));
@@ -103,14 +115,23 @@ impl ProcessAttributes {
         for (i, t) in self.interval_timers.iter().enumerate() {
             let at = format!("interval_timers[{i}]");
             if !(0..=2).contains(&t.which) || !which.insert(t.which) {
-                fail(format!("{at}.which"), format!("{} is not ITIMER_REAL/VIRTUAL/PROF, or is listed twice", t.which));
+                fail(
+                    format!("{at}.which"),
+                    format!(
+                        "{} is not ITIMER_REAL/VIRTUAL/PROF, or is listed twice",
+                        t.which
+                    ),
+                );
             }
             check_times(&mut fail, &at, t.value_ns, t.interval_ns);
         }
         if let Some(adj) = self.oom_score_adj
             && !(-1000..=1000).contains(&adj)
         {
-            fail("oom_score_adj".into(), format!("{adj} is outside -1000..=1000"));
+            fail(
+                "oom_score_adj".into(),
+                format!("{adj} is outside -1000..=1000"),
+            );
         }
         if let Some(d) = self.dumpable
             && d > 2
@@ -118,22 +139,50 @@ impl ProcessAttributes {
             fail("dumpable".into(), format!("{d} is not 0, 1 or 2"));
         }
         if self.locked.len() > MAX_LOCKED_RANGES {
-            fail("locked".into(), format!("{} ranges, more than {MAX_LOCKED_RANGES}", self.locked.len()));
+            fail(
+                "locked".into(),
+                format!(
+                    "{} ranges, more than {MAX_LOCKED_RANGES}",
+                    self.locked.len()
+                ),
+            );
         }
         for (i, r) in self.locked.iter().take(MAX_LOCKED_RANGES).enumerate() {
-            let aligned = r.start % super::format::PAGE_SIZE == 0 && r.end % super::format::PAGE_SIZE == 0;
+            let aligned =
+                r.start % super::format::PAGE_SIZE == 0 && r.end % super::format::PAGE_SIZE == 0;
             if !(aligned && r.start < r.end && r.end <= crate::image::validate::TASK_TOP) {
-                fail(format!("locked[{i}]"), format!("{:#x}..{:#x} is not a page-aligned range of user space", r.start, r.end));
+                fail(
+                    format!("locked[{i}]"),
+                    format!(
+                        "{:#x}..{:#x} is not a page-aligned range of user space",
+                        r.start, r.end
+                    ),
+                );
             }
         }
         for (i, t) in self.threads.iter().enumerate() {
             let at = format!("threads[{i}]");
             if let Some(s) = &t.sched {
                 if !(-20..=19).contains(&s.nice) {
-                    fail(format!("{at}.sched.nice"), format!("{} is outside -20..=19", s.nice));
+                    fail(
+                        format!("{at}.sched.nice"),
+                        format!("{} is outside -20..=19", s.nice),
+                    );
+                }
+                if !matches!(s.policy, 0 | 1 | 2 | 3 | 5) {
+                    fail(
+                        format!("{at}.sched.policy"),
+                        format!(
+                            "{} is not SCHED_OTHER, _FIFO, _RR, _BATCH or _IDLE",
+                            s.policy
+                        ),
+                    );
                 }
                 if s.priority > 99 {
-                    fail(format!("{at}.sched.priority"), format!("{} is above 99", s.priority));
+                    fail(
+                        format!("{at}.sched.priority"),
+                        format!("{} is above 99", s.priority),
+                    );
                 }
             }
         }
@@ -144,7 +193,10 @@ impl ProcessAttributes {
 fn check_times(fail: &mut impl FnMut(String, String), at: &str, value_ns: u64, interval_ns: u64) {
     for (name, ns) in [("value_ns", value_ns), ("interval_ns", interval_ns)] {
         if ns > MAX_TIMER_NS {
-            fail(format!("{at}.{name}"), format!("{ns} ns is more than {MAX_TIMER_NS}"));
+            fail(
+                format!("{at}.{name}"),
+                format!("{ns} ns is more than {MAX_TIMER_NS}"),
+            );
         }
     }
 }

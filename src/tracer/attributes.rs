@@ -19,9 +19,7 @@ use super::memory::{MemoryError, ProcessMemory};
 use super::remote::{RemoteError, RemoteThread};
 use super::rethread::Rethreader;
 use super::timers::{self, TimerError};
-use crate::image::attributes::{
-    LockedRange, ProcessAttributes, Scheduling, ThreadAttributes,
-};
+use crate::image::attributes::{LockedRange, ProcessAttributes, Scheduling, ThreadAttributes};
 use crate::image::format::SignalAction;
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -122,11 +120,20 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
     };
     let posix_timers = timers::capture_posix(pid, &mut remote)?;
     let interval_timers = timers::capture_interval(&mut remote)?;
-    let prctl = |remote: &mut Remote, name, option| remote.call(name, libc::SYS_prctl, &[option, 0, 0, 0, 0]);
+    let prctl = |remote: &mut Remote, name, option| {
+        remote.call(name, libc::SYS_prctl, &[option, 0, 0, 0, 0])
+    };
     let thp_disable = prctl(&mut remote, "prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE)? != 0;
-    let dumpable = prctl(&mut remote, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE as u64)?;
-    let no_new_privs =
-        prctl(&mut remote, "prctl(PR_GET_NO_NEW_PRIVS)", libc::PR_GET_NO_NEW_PRIVS as u64)? != 0;
+    let dumpable = prctl(
+        &mut remote,
+        "prctl(PR_GET_DUMPABLE)",
+        libc::PR_GET_DUMPABLE as u64,
+    )?;
+    let no_new_privs = prctl(
+        &mut remote,
+        "prctl(PR_GET_NO_NEW_PRIVS)",
+        libc::PR_GET_NO_NEW_PRIVS as u64,
+    )? != 0;
     let leader_slack = prctl(&mut remote, "prctl(PR_GET_TIMERSLACK)", PR_GET_TIMERSLACK)?;
     // Older kernels answer EINVAL: no registrations they could report.
     let membarrier = u32::try_from(remote.try_call(
@@ -212,7 +219,10 @@ fn read_oom_score_adj(pid: Pid) -> Result<i32, AttributeError> {
 /// Ranges with VmFlags `lo` (and whether `lf`, lock on fault), and whether the injected
 /// range is locked (it was mapped after any `mlockall(MCL_FUTURE)`). `smaps` walks page
 /// tables, so it is only read when `VmLck` says something is locked.
-fn locked_memory(pid: Pid, injected: (u64, u64)) -> Result<(Vec<LockedRange>, bool), AttributeError> {
+fn locked_memory(
+    pid: Pid,
+    injected: (u64, u64),
+) -> Result<(Vec<LockedRange>, bool), AttributeError> {
     let status = proc_text(pid, "status")?;
     let vm_lck = status
         .lines()
@@ -314,7 +324,13 @@ fn get_sched_attr(tid: Pid) -> Result<SchedAttr, Errno> {
     // SAFETY: the kernel writes at most `size` bytes into `attr`, a live SchedAttr of
     // exactly that size.
     let ret = unsafe {
-        libc::syscall(libc::SYS_sched_getattr, tid.as_raw(), &raw mut attr, size, 0)
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            tid.as_raw(),
+            &raw mut attr,
+            size,
+            0,
+        )
     };
     Errno::result(ret).map(|_| attr)
 }
@@ -346,8 +362,8 @@ pub fn unsupported(pids: &[Pid]) -> Vec<String> {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
         for tid in tids {
-            let status =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                .unwrap_or_default();
             let seccomp = status
                 .lines()
                 .find_map(|l| l.strip_prefix("Seccomp:"))
@@ -407,10 +423,18 @@ pub fn restore_privileged(r: &mut Rethreader, a: &ProcessAttributes) -> Result<(
     }
     for l in &a.locked {
         let flags = if l.on_fault { MLOCK_ONFAULT } else { 0 };
-        remote.call("mlock2", libc::SYS_mlock2, &[l.start, l.end - l.start, flags])?;
+        remote.call(
+            "mlock2",
+            libc::SYS_mlock2,
+            &[l.start, l.end - l.start, flags],
+        )?;
     }
     if a.lock_future {
-        remote.call("mlockall(MCL_FUTURE)", libc::SYS_mlockall, &[libc::MCL_FUTURE as u64])?;
+        remote.call(
+            "mlockall(MCL_FUTURE)",
+            libc::SYS_mlockall,
+            &[libc::MCL_FUTURE as u64],
+        )?;
     }
     let leader = a.threads.iter().find(|t| Some(t.tid) == leader_tid);
     if let Some(slack) = leader.and_then(|t| t.timer_slack_ns) {
@@ -428,13 +452,13 @@ pub fn restore_privileged(r: &mut Rethreader, a: &ProcessAttributes) -> Result<(
         })?;
     }
     if let Some(adj) = a.oom_score_adj {
-        std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).map_err(|source| {
-            AttributeError::ProcWrite {
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).map_err(
+            |source| AttributeError::ProcWrite {
                 pid: pid.as_raw(),
                 what: "oom_score_adj",
                 source,
-            }
-        })?;
+            },
+        )?;
     }
     Ok(())
 }

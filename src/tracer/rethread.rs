@@ -2,11 +2,11 @@
 //! threads are recreated with their TIDs, pending signals are queued again, the stub is
 //! unmapped and every thread gets its final registers. No thread runs before all are done.
 
+use super::attributes;
 use super::memory::ProcessMemory;
 use super::ptrace::{self, Stop};
 use super::remote::RemoteThread;
 use super::restore::RestoreError;
-use super::attributes;
 use crate::image::attributes::ProcessAttributes;
 use crate::image::format::Credentials;
 use crate::image::format::{PendingSignal, ThreadState};

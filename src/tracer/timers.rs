@@ -26,7 +26,9 @@ pub enum TimerError {
     },
     #[error("/proc/{pid}/timers: unexpected line {line:?}")]
     Parse { pid: i32, line: String },
-    #[error("process {pid} has {count} POSIX timers, more than the {MAX_POSIX_TIMERS} an image holds")]
+    #[error(
+        "process {pid} has {count} POSIX timers, more than the {MAX_POSIX_TIMERS} an image holds"
+    )]
     TooMany { pid: i32, count: usize },
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -37,11 +39,11 @@ pub enum TimerError {
          (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.13)"
     )]
     WrongId { want: i32, got: i32 },
-    #[error(
-        "POSIX timer {id} signals thread {tid}, which the restored process does not have"
-    )]
+    #[error("POSIX timer {id} signals thread {tid}, which the restored process does not have")]
     NoThread { id: i32, tid: i32 },
-    #[error("POSIX timer {id} counts the CPU time of process or thread {pid}, which has another id after a restore with a new PID")]
+    #[error(
+        "POSIX timer {id} counts the CPU time of process or thread {pid}, which has another id after a restore with a new PID"
+    )]
     CpuClockOfOldPid { id: i32, pid: i32 },
 }
 
@@ -208,7 +210,10 @@ pub fn capture_interval(remote: &mut Remote) -> Result<Vec<IntervalTimer>, Timer
         let at = remote.scratch + TIMES;
         remote.call("getitimer", libc::SYS_getitimer, &[which, at])?;
         let w = words(&remote.read(at, 32)?);
-        let (interval_ns, value_ns) = (timespec_ns(w[0], w[1] * 1000), timespec_ns(w[2], w[3] * 1000));
+        let (interval_ns, value_ns) = (
+            timespec_ns(w[0], w[1] * 1000),
+            timespec_ns(w[2], w[3] * 1000),
+        );
         if value_ns != 0 {
             out.push(IntervalTimer {
                 which: which as i32,
@@ -263,11 +268,18 @@ pub fn restore_posix(
     Ok(())
 }
 
-fn create_all(remote: &mut Remote, timers: &[PosixTimer], tid_now: TidMap) -> Result<(), TimerError> {
+fn create_all(
+    remote: &mut Remote,
+    timers: &[PosixTimer],
+    tid_now: TidMap,
+) -> Result<(), TimerError> {
     for t in timers {
         let tid = if t.notify & SIGEV_THREAD_ID != 0 {
             tid_now(t.tid)
-                .ok_or(TimerError::NoThread { id: t.id, tid: t.tid })?
+                .ok_or(TimerError::NoThread {
+                    id: t.id,
+                    tid: t.tid,
+                })?
                 .as_raw()
         } else {
             0
@@ -300,11 +312,7 @@ pub fn restore_interval(remote: &mut Remote, timers: &[IntervalTimer]) -> Result
     for t in timers {
         let at = remote.scratch + TIMES;
         remote.write(at, &itimerval(t.interval_ns, t.value_ns))?;
-        remote.call(
-            "setitimer",
-            libc::SYS_setitimer,
-            &[t.which as u64, at, 0],
-        )?;
+        remote.call("setitimer", libc::SYS_setitimer, &[t.which as u64, at, 0])?;
     }
     Ok(())
 }
@@ -332,7 +340,10 @@ mod tests {
             }
         );
         assert_eq!((t[1].notify, t[1].clock), (SIGEV_NONE, -6));
-        assert_eq!((t[2].signo, t[2].sigval, t[2].notify), (14, 0x7ffd_0000_0010, SIGEV_SIGNAL));
+        assert_eq!(
+            (t[2].signo, t[2].sigval, t[2].notify),
+            (14, 0x7ffd_0000_0010, SIGEV_SIGNAL)
+        );
         assert!(parse(1, "signal: 3/0\n").is_err());
         assert!(parse(1, "ID: 1\nnotify: bogus/pid.3\n").is_err());
     }
