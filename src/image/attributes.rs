@@ -61,6 +61,9 @@ pub struct ProcessAttributes {
     /// Scheduling and timer slack of each thread, by TID (in the image's thread order).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub threads: Vec<ThreadAttributes>,
+    /// Seccomp filters of the threads, when any has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<SeccompFilters>,
 }
 
 impl ProcessAttributes {
@@ -158,6 +161,11 @@ impl ProcessAttributes {
                         r.start, r.end
                     ),
                 );
+            }
+        }
+        if let Some(s) = &self.seccomp {
+            for (field, problem) in s.problems() {
+                fail(format!("seccomp.{field}"), problem);
             }
         }
         for (i, t) in self.threads.iter().enumerate() {
@@ -282,6 +290,91 @@ pub struct Scheduling {
     pub nice: i32,
     /// Real-time priority (SCHED_FIFO, SCHED_RR).
     pub priority: u32,
+}
+
+/// Seccomp filters: each distinct filter once, and each thread's chain of them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompFilters {
+    pub filters: Vec<SeccompFilter>,
+    /// Every thread of the process (those without filters with an empty chain).
+    pub threads: Vec<SeccompChain>,
+}
+
+/// A classic BPF program as `seccomp(SECCOMP_SET_MODE_FILTER)` takes it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompFilter {
+    /// SECCOMP_FILTER_FLAG_* it was installed with, as far as the kernel reports them
+    /// (SECCOMP_FILTER_FLAG_LOG).
+    pub flags: u64,
+    /// `struct sock_filter` instructions (code, jt, jf, k), each as one little-endian word.
+    pub program: Vec<u64>,
+}
+
+/// One thread's filters, oldest first, as indices into `SeccompFilters::filters`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompChain {
+    pub tid: i32,
+    pub filters: Vec<usize>,
+}
+
+/// BPF_MAXINSNS: the longest program the kernel accepts.
+const MAX_FILTER_INSNS: usize = 4096;
+/// MAX_INSNS_PER_PATH (kernel/seccomp.c): all of a thread's filters together, each
+/// counting 4 more.
+const MAX_CHAIN_INSNS: usize = 32768;
+/// SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW.
+const RESTORED_FILTER_FLAGS: u64 = 2 | 4;
+
+impl SeccompFilters {
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, f) in self.filters.iter().enumerate() {
+            if f.program.is_empty() || f.program.len() > MAX_FILTER_INSNS {
+                out.push((
+                    format!("filters[{i}].program"),
+                    format!(
+                        "{} instructions, not 1..={MAX_FILTER_INSNS}",
+                        f.program.len()
+                    ),
+                ));
+            }
+            if f.flags & !RESTORED_FILTER_FLAGS != 0 {
+                out.push((
+                    format!("filters[{i}].flags"),
+                    format!("{:#x} has flags a restore does not set", f.flags),
+                ));
+            }
+        }
+        let mut tids = std::collections::BTreeSet::new();
+        for (i, t) in self.threads.iter().enumerate() {
+            if !tids.insert(t.tid) {
+                out.push((
+                    format!("threads[{i}].tid"),
+                    format!("{} is listed twice", t.tid),
+                ));
+            }
+            let mut total = 0usize;
+            for &k in &t.filters {
+                match self.filters.get(k) {
+                    Some(f) => total = total.saturating_add(f.program.len() + 4),
+                    None => out.push((
+                        format!("threads[{i}].filters"),
+                        format!("filter {k} does not exist"),
+                    )),
+                }
+            }
+            if total > MAX_CHAIN_INSNS {
+                out.push((
+                    format!("threads[{i}].filters"),
+                    format!("{total} instructions in all, more than {MAX_CHAIN_INSNS}"),
+                ));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

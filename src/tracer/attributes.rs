@@ -11,13 +11,15 @@
 //!   restorer's last `int3` (whose SIGTRAP, raised with every signal blocked, made the
 //!   kernel reset the SIGTRAP action to the default).
 //!
-//! What cannot be restored is refused at checkpoint by `unsupported`: seccomp filters and
-//! SCHED_DEADLINE threads.
+//! Seccomp filters (see `seccomp`) are installed by `restore_privileged` and
+//! `restore_thread`. What cannot be restored is refused at checkpoint by `unsupported`:
+//! seccomp strict mode and SCHED_DEADLINE threads.
 
 use super::freeze::Frozen;
 use super::memory::{MemoryError, ProcessMemory};
 use super::remote::{RemoteError, RemoteThread};
 use super::rethread::Rethreader;
+use super::seccomp::{self, SeccompError};
 use super::timers::{self, TimerError};
 use crate::image::attributes::{LockedRange, ProcessAttributes, Scheduling, ThreadAttributes};
 use crate::image::format::SignalAction;
@@ -28,6 +30,8 @@ use nix::unistd::Pid;
 pub enum AttributeError {
     #[error(transparent)]
     Timer(#[from] TimerError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
     #[error(transparent)]
@@ -169,6 +173,7 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
         lock_future,
         locked,
         threads,
+        seccomp: seccomp::capture(&c.frozen.tids())?,
     })
 }
 
@@ -350,8 +355,7 @@ fn set_sched_attr(tid: Pid, s: &Scheduling) -> Result<(), Errno> {
 }
 
 /// What of processes `pids` a checkpoint cannot restore, one line per object: seccomp
-/// filters (their BPF programs are not captured), SCHED_DEADLINE threads (their runtime
-/// reservation is not).
+/// strict mode, SCHED_DEADLINE threads (their runtime reservation is not captured).
 pub fn unsupported(pids: &[Pid]) -> Vec<String> {
     let mut out = Vec::new();
     for &pid in pids {
@@ -368,14 +372,10 @@ pub fn unsupported(pids: &[Pid]) -> Vec<String> {
                 .lines()
                 .find_map(|l| l.strip_prefix("Seccomp:"))
                 .map_or("0", str::trim);
-            match seccomp {
-                "0" => {}
-                "1" => out.push(format!(
+            if seccomp == "1" {
+                out.push(format!(
                     "thread {tid} of process {pid}: seccomp strict mode (SECCOMP_MODE_STRICT) is not restorable"
-                )),
-                _ => out.push(format!(
-                    "thread {tid} of process {pid}: a seccomp filter is installed; mlckpt does not restore seccomp filters, and a restore without it would lift the sandbox"
-                )),
+                ));
             }
             if let Ok(a) = get_sched_attr(Pid::from_raw(tid))
                 && a.policy == SCHED_DEADLINE
@@ -395,6 +395,7 @@ pub fn restore_privileged(r: &mut Rethreader, a: &ProcessAttributes) -> Result<(
     let pid = r.pid;
     let new_ids = r.new_ids;
     let leader_tid = r.threads.first().map(|t| t.tid);
+    let image_threads = r.threads.len();
     let map: Vec<(i32, Pid)> = r
         .threads
         .iter()
@@ -451,6 +452,10 @@ pub fn restore_privileged(r: &mut Rethreader, a: &ProcessAttributes) -> Result<(
             source,
         })?;
     }
+    if let Some(s) = &a.seccomp {
+        let image_main = leader_tid.unwrap_or(pid.as_raw());
+        seccomp::restore_main(&mut remote, pid, image_main, image_threads, s)?;
+    }
     if let Some(adj) = a.oom_score_adj {
         std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).map_err(
             |source| AttributeError::ProcWrite {
@@ -481,16 +486,18 @@ pub fn restore_thread(
     image_tid: i32,
     a: &ProcessAttributes,
 ) -> Result<(), AttributeError> {
-    let Some(t) = a.threads.iter().find(|t| t.tid == image_tid) else {
-        return Ok(());
+    let tid = thread.tid();
+    let mut remote = Remote {
+        thread,
+        mem,
+        scratch,
     };
-    if let Some(slack) = t.timer_slack_ns {
-        let mut remote = Remote {
-            thread,
-            mem,
-            scratch,
-        };
+    let own = a.threads.iter().find(|t| t.tid == image_tid);
+    if let Some(slack) = own.and_then(|t| t.timer_slack_ns) {
         set_slack(&mut remote, slack)?;
+    }
+    if let Some(s) = &a.seccomp {
+        seccomp::restore_thread(&mut remote, tid, image_tid, s)?;
     }
     Ok(())
 }

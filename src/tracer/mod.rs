@@ -25,6 +25,7 @@ pub mod remote;
 pub mod restore;
 mod restore_process;
 pub mod rethread;
+pub mod seccomp;
 pub mod snapshot;
 pub mod stub;
 pub mod sys;
