@@ -73,7 +73,7 @@ impl Remote<'_> {
     }
 
     /// The raw result: a negative errno is an answer here, not a failure.
-    fn try_call(&mut self, nr: i64, args: &[u64]) -> Result<i64, RemoteError> {
+    pub fn try_call(&mut self, nr: i64, args: &[u64]) -> Result<i64, RemoteError> {
         self.thread.syscall(nr, args)
     }
 

@@ -116,13 +116,29 @@ fn thread_filters(tid: Pid) -> Result<Vec<SeccompFilter>, SeccompError> {
     Ok(newest_first)
 }
 
+/// Whether thread `tid` is in seccomp filter mode (`Seccomp: 2` in its status).
+fn in_filter_mode(tid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/status")).is_ok_and(|s| {
+        s.lines()
+            .filter_map(|l| l.strip_prefix("Seccomp:"))
+            .any(|v| v.trim() == "2")
+    })
+}
+
 /// The filters of the frozen threads `tids` (None: no thread has any).
 pub fn capture(tids: &[Pid]) -> Result<Option<SeccompFilters>, SeccompError> {
     let mut filters: Vec<SeccompFilter> = Vec::new();
     let mut threads = Vec::new();
     for &tid in tids {
         let mut chain = Vec::new();
-        for f in thread_filters(tid)? {
+        // Reading filters needs CAP_SYS_ADMIN even where there are none: ask only about
+        // threads that have some (a checkpointer without it is refused those earlier).
+        let filtered = in_filter_mode(tid);
+        for f in filtered
+            .then(|| thread_filters(tid))
+            .transpose()?
+            .unwrap_or_default()
+        {
             let at = match filters.iter().position(|g| g == &f) {
                 Some(at) => at,
                 None => {

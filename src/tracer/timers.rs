@@ -250,12 +250,24 @@ pub fn restore_posix(
         }
     }
     let on = [PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0];
-    remote.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", libc::SYS_prctl, &on)?;
+    let switched_on = remote.try_call(libc::SYS_prctl, &on)?;
+    // Without CAP_CHECKPOINT_RESTORE (a user's `--new-pid` restore) the ids come out
+    // 0, 1, 2 … as a new process's do: good enough when they were those, an error
+    // (`WrongId`) otherwise.
+    if switched_on != 0 && switched_on != -i64::from(libc::EPERM) {
+        return Err(RemoteError::Syscall {
+            tid: remote.thread.tid().as_raw(),
+            name: "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            source: std::io::Error::from_raw_os_error(-switched_on as i32),
+        }
+        .into());
+    }
     let created = create_all(remote, timers, tid_now);
-    let off = [PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0];
-    let switched_off = remote.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", libc::SYS_prctl, &off);
+    if switched_on == 0 {
+        let off = [PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0];
+        remote.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", libc::SYS_prctl, &off)?;
+    }
     created?;
-    switched_off?;
     for t in timers.iter().filter(|t| t.value_ns != 0) {
         let at = remote.scratch + TIMES;
         remote.write(at, &itimerspec(t.interval_ns, t.value_ns))?;
