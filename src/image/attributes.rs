@@ -240,6 +240,11 @@ pub struct PosixTimer {
     /// set it, and it counts from the next expiry after a restore).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub overrun: i32,
+    /// Its signal was queued and not yet delivered: the restore makes the timer expire at
+    /// once (so the kernel queues its own signal, counting overruns until it is taken)
+    /// instead of queueing a copy beside a timer that would queue another.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signal_pending: bool,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -394,6 +399,7 @@ mod tests {
                 value_ns: u64::MAX,
                 interval_ns: 0,
                 overrun: 0,
+                signal_pending: false,
             }],
             interval_timers: vec![IntervalTimer {
                 which: 7,

@@ -22,7 +22,7 @@ use super::rethread::Rethreader;
 use super::seccomp::{self, SeccompError};
 use super::timers::{self, TimerError};
 use crate::image::attributes::{LockedRange, ProcessAttributes, Scheduling, ThreadAttributes};
-use crate::image::format::SignalAction;
+use crate::image::format::{PendingSignal, SignalAction};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
@@ -111,6 +111,9 @@ pub struct Capturing<'a> {
     /// The range the checkpoint mapped into the target (the scratch is inside): not the
     /// job's memory, but it shows whether `mlockall(MCL_FUTURE)` is in force.
     pub injected: (u64, u64),
+    /// The signals queued for the process and for each thread, as captured: timers' own
+    /// signals are taken out (see `timers::take_pending`).
+    pub pending: Vec<&'a mut Vec<PendingSignal>>,
 }
 
 /// Captures the frozen process's attributes; run from `capture` while its pages are
@@ -122,7 +125,9 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
         mem: c.mem,
         scratch: c.scratch,
     };
-    let posix_timers = timers::capture_posix(pid, &mut remote)?;
+    let mut posix_timers = timers::capture_posix(pid, &mut remote)?;
+    let mut pending = c.pending;
+    timers::take_pending(&mut posix_timers, &mut pending);
     let interval_timers = timers::capture_interval(&mut remote)?;
     let prctl = |remote: &mut Remote, name, option| {
         remote.call(name, libc::SYS_prctl, &[option, 0, 0, 0, 0])

@@ -51,12 +51,16 @@ pub fn capture_threads(
         Ok(at) => {
             let placed = layout.at(at);
             let result = capture_all(frozen, &mut lead, mem, &placed).and_then(|mut c| {
+                let pending = std::iter::once(&mut c.process_pending)
+                    .chain(c.threads.iter_mut().map(|t| &mut t.pending_signals))
+                    .collect();
                 c.attributes = super::attributes::capture(super::attributes::Capturing {
                     frozen,
                     lead: &mut lead,
                     mem,
                     scratch: placed.data,
                     injected: (at, at + layout.len()),
+                    pending,
                 })?;
                 Ok(c)
             });

@@ -14,6 +14,7 @@ use crate::image::attributes::{
     IntervalTimer, MAX_POSIX_TIMERS, PosixTimer, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD,
     SIGEV_THREAD_ID,
 };
+use crate::image::format::PendingSignal;
 use nix::unistd::Pid;
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +197,7 @@ pub fn capture_posix(pid: Pid, remote: &mut Remote) -> Result<Vec<PosixTimer>, T
             interval_ns: timespec_ns(w[0], w[1]),
             value_ns: timespec_ns(w[2], w[3]),
             overrun: i32::try_from(overrun).unwrap_or(i32::MAX),
+            signal_pending: false,
         });
     }
     // Ascending ids: restored in that order, each id is free when its turn comes.
@@ -223,6 +225,39 @@ pub fn capture_interval(remote: &mut Remote) -> Result<Vec<IntervalTimer>, Timer
         }
     }
     Ok(out)
+}
+
+/// `si_code` of a timer's signal.
+const SI_TIMER: i32 = -2;
+
+/// The timer whose signal `info` is (a `siginfo_t`: signo, errno, code, then for
+/// SI_TIMER the timer id).
+fn timer_of(info: &[u8]) -> Option<i32> {
+    let int = |at: usize| Some(i32::from_le_bytes(info.get(at..at + 4)?.try_into().ok()?));
+    (int(8)? == SI_TIMER).then(|| int(16)).flatten()
+}
+
+/// Takes the queued signals of `timers` out of `pending` (the process's and each
+/// thread's queued signals) and marks those timers `signal_pending`: a timer whose signal
+/// is queued queues no other until it is delivered, which a copy queued by the restore
+/// beside a re-armed timer would not respect.
+pub fn take_pending(timers: &mut [PosixTimer], pending: &mut [&mut Vec<PendingSignal>]) {
+    for queue in pending.iter_mut() {
+        queue.retain(|p| {
+            let own = timer_of(&p.siginfo).and_then(|id| {
+                timers
+                    .iter_mut()
+                    .find(|t| t.id == id && t.signo == p.signo && t.notify != SIGEV_NONE)
+            });
+            match own {
+                Some(t) => {
+                    t.signal_pending = true;
+                    false
+                }
+                None => true,
+            }
+        });
+    }
 }
 
 /// Where a restored thread is now, by its TID in the image.
@@ -268,9 +303,14 @@ pub fn restore_posix(
         remote.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", libc::SYS_prctl, &off)?;
     }
     created?;
-    for t in timers.iter().filter(|t| t.value_ns != 0) {
+    for t in timers
+        .iter()
+        .filter(|t| t.value_ns != 0 || t.signal_pending)
+    {
+        // 1 ns: expire now, and queue the signal that was pending.
+        let value_ns = if t.signal_pending { 1 } else { t.value_ns };
         let at = remote.scratch + TIMES;
-        remote.write(at, &itimerspec(t.interval_ns, t.value_ns))?;
+        remote.write(at, &itimerspec(t.interval_ns, value_ns))?;
         remote.call(
             "timer_settime",
             libc::SYS_timer_settime,
@@ -358,6 +398,39 @@ mod tests {
         );
         assert!(parse(1, "signal: 3/0\n").is_err());
         assert!(parse(1, "ID: 1\nnotify: bogus/pid.3\n").is_err());
+    }
+
+    #[test]
+    fn a_queued_timer_signal_marks_its_timer() {
+        let timer = |id| PosixTimer {
+            id,
+            clock: 1,
+            notify: SIGEV_SIGNAL,
+            signo: 34,
+            sigval: 0,
+            tid: 0,
+            value_ns: 0,
+            interval_ns: 0,
+            overrun: 0,
+            signal_pending: false,
+        };
+        let info = |code: i32, id: i32| {
+            let mut b = vec![0u8; 128];
+            b[0..4].copy_from_slice(&34i32.to_le_bytes());
+            b[8..12].copy_from_slice(&code.to_le_bytes());
+            b[16..20].copy_from_slice(&id.to_le_bytes());
+            PendingSignal {
+                signo: 34,
+                siginfo: b,
+            }
+        };
+        let mut timers = vec![timer(0), timer(3)];
+        // A timer's signal, and a sigqueue()d one (SI_QUEUE) of the same number.
+        let mut process = vec![info(SI_TIMER, 3), info(-1, 3)];
+        let mut thread = vec![];
+        take_pending(&mut timers, &mut [&mut process, &mut thread]);
+        assert_eq!(process.len(), 1);
+        assert!(timers[1].signal_pending && !timers[0].signal_pending);
     }
 
     #[test]
