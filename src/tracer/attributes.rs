@@ -94,7 +94,6 @@ const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 /// `PR_{GET,SET}_THP_DISABLE`, `PR_{GET,SET}_TIMERSLACK`.
 const PR_GET_THP_DISABLE: u64 = 42;
 const PR_SET_THP_DISABLE: u64 = 41;
-const PR_GET_TIMERSLACK: u64 = 30;
 const PR_SET_TIMERSLACK: u64 = 29;
 const SCHED_DEADLINE: u32 = 6;
 /// `sched_flags` restored: SCHED_FLAG_RESET_ON_FORK. (Utilization clamps are not.)
@@ -114,6 +113,8 @@ pub struct Capturing<'a> {
     /// The signals queued for the process and for each thread, as captured: timers' own
     /// signals are taken out (see `timers::take_pending`).
     pub pending: Vec<&'a mut Vec<PendingSignal>>,
+    /// Each thread's timer slack, as the capture's op tables asked it in every thread.
+    pub timer_slack: &'a [(Pid, u64)],
 }
 
 /// Captures the frozen process's attributes; run from `capture` while its pages are
@@ -143,7 +144,6 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
         "prctl(PR_GET_NO_NEW_PRIVS)",
         libc::PR_GET_NO_NEW_PRIVS as u64,
     )? != 0;
-    let leader_slack = prctl(&mut remote, "prctl(PR_GET_TIMERSLACK)", PR_GET_TIMERSLACK)?;
     // Older kernels answer EINVAL: no registrations they could report.
     let membarrier = u32::try_from(remote.try_call(
         libc::SYS_membarrier,
@@ -151,18 +151,12 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
     )?)
     .ok();
     let (locked, lock_future) = locked_memory(pid, c.injected)?;
-    let gadget = remote.thread.gadget();
     let mut threads = Vec::new();
-    for tid in c.frozen.tids() {
-        let timer_slack_ns = if tid == pid {
-            leader_slack
-        } else {
-            other_thread_slack(c.frozen, tid, gadget)?
-        };
+    for &(tid, slack) in c.timer_slack {
         threads.push(ThreadAttributes {
             tid: tid.as_raw(),
             sched: Some(sched_of(tid)?),
-            timer_slack_ns: Some(timer_slack_ns),
+            timer_slack_ns: Some(slack),
         });
     }
     threads.sort_by_key(|t| t.tid);
@@ -180,22 +174,6 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
         threads,
         seccomp: seccomp::capture(&c.frozen.tids())?,
     })
-}
-
-/// PR_GET_TIMERSLACK in thread `tid` (timer slack is a thread's own).
-fn other_thread_slack(frozen: &mut Frozen, tid: Pid, gadget: u64) -> Result<u64, AttributeError> {
-    let mut thread = RemoteThread::new(tid, gadget)?;
-    let slack = thread.checked(
-        "prctl(PR_GET_TIMERSLACK)",
-        libc::SYS_prctl,
-        &[PR_GET_TIMERSLACK, 0, 0, 0, 0],
-    );
-    let given_back = thread.finish();
-    if let Ok(Some(sig)) = given_back {
-        frozen.hold_signal(tid, sig);
-    }
-    given_back?;
-    Ok(slack?)
 }
 
 fn proc_text(pid: Pid, name: &str) -> Result<String, AttributeError> {

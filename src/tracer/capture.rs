@@ -33,6 +33,8 @@ pub struct Captured {
     pub flags: ProcessFlags,
     /// Timers and other attributes (see `attributes`).
     pub attributes: crate::image::attributes::ProcessAttributes,
+    /// Each thread's timer slack (by TID), for `attributes`.
+    pub timer_slack: Vec<(Pid, u64)>,
 }
 
 /// Captures every thread of `frozen`; with `snapshot`, forks a snapshot of the target
@@ -61,6 +63,7 @@ pub fn capture_threads(
                     scratch: placed.data,
                     injected: (at, at + layout.len()),
                     pending,
+                    timer_slack: &c.timer_slack,
                 })?;
                 Ok(c)
             });
@@ -162,6 +165,11 @@ fn capture_all(
         answers[0].brk,
         answers[0].flags,
     );
+    let timer_slack = order
+        .iter()
+        .zip(&answers)
+        .map(|(&tid, a)| (tid, a.timer_slack_ns))
+        .collect();
     let mut states = Vec::with_capacity(order.len());
     for ((&tid, regs), a) in order.iter().zip(&saved).zip(answers) {
         // The mask from before the freeze: the frozen thread blocks nearly everything.
@@ -177,6 +185,7 @@ fn capture_all(
         brk,
         flags,
         attributes: Default::default(),
+        timer_slack,
     })
 }
 
@@ -326,10 +335,12 @@ const OUT_ROBUST_HEAD: u64 = OUT_AFFINITY + AFFINITY_BYTES;
 const OUT_ROBUST_LEN: u64 = OUT_ROBUST_HEAD + 8;
 const THREAD_OUT_BYTES: u64 = OUT_ROBUST_LEN + 8;
 /// Calls every thread makes: prctl(PR_GET_TID_ADDRESS), sigaltstack, prctl(PR_GET_NAME),
-/// sched_getaffinity, get_robust_list.
-const THREAD_OPS: u64 = 5;
+/// sched_getaffinity, get_robust_list, prctl(PR_GET_TIMERSLACK).
+const THREAD_OPS: u64 = 6;
 /// The op whose result is the CPU mask's size.
 const AFFINITY_OP: usize = 3;
+/// The op whose result is the thread's timer slack.
+const TIMER_SLACK_OP: usize = 5;
 /// The leader's `brk(0)`, right after the calls every thread makes.
 const BRK_OP: usize = THREAD_OPS as usize;
 /// A non-leader thread's slot: its table and outputs.
@@ -405,6 +416,7 @@ struct Table {
 /// What one thread's calls answered.
 struct Answers {
     kernel: KernelThreadState,
+    timer_slack_ns: u64,
     brk: u64,
     signals: Vec<SignalAction>,
     flags: ProcessFlags,
@@ -448,6 +460,11 @@ impl Table {
                 libc::SYS_get_robust_list,
                 vec![0, out + OUT_ROBUST_HEAD, out + OUT_ROBUST_LEN],
                 "get_robust_list",
+            ),
+            (
+                libc::SYS_prctl,
+                vec![libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
+                "prctl(PR_GET_TIMERSLACK)",
             ),
         ];
         if leader {
@@ -562,6 +579,7 @@ impl Table {
         };
         Ok(Answers {
             kernel,
+            timer_slack_ns: result(TIMER_SLACK_OP),
             brk: if self.leader { result(BRK_OP) } else { 0 },
             signals,
             flags,

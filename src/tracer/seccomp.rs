@@ -105,6 +105,9 @@ fn thread_filters(tid: Pid) -> Result<Vec<SeccompFilter>, SeccompError> {
             Ok(n) => n,
             // Past the oldest filter (ENOENT), or no filter mode at all (EINVAL).
             Err(Errno::ENOENT | Errno::EINVAL) => break,
+            // Without CAP_SYS_ADMIN even a thread without filters answers EACCES (a
+            // checkpointer without it is refused threads with filters earlier).
+            Err(Errno::EACCES) if index == 0 && !in_filter_mode(tid) => break,
             Err(e) => return Err(err(index)(e)),
         };
         let mut program = vec![0u64; n];
@@ -131,14 +134,7 @@ pub fn capture(tids: &[Pid]) -> Result<Option<SeccompFilters>, SeccompError> {
     let mut threads = Vec::new();
     for &tid in tids {
         let mut chain = Vec::new();
-        // Reading filters needs CAP_SYS_ADMIN even where there are none: ask only about
-        // threads that have some (a checkpointer without it is refused those earlier).
-        let filtered = in_filter_mode(tid);
-        for f in filtered
-            .then(|| thread_filters(tid))
-            .transpose()?
-            .unwrap_or_default()
-        {
+        for f in thread_filters(tid)? {
             let at = match filters.iter().position(|g| g == &f) {
                 Some(at) => at,
                 None => {
