@@ -39,9 +39,10 @@ pub struct ProcessAttributes {
     /// `/proc/PID/oom_score_adj`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
-    /// `PR_GET_THP_DISABLE`.
+    /// `PR_GET_THP_DISABLE`: 0, 1 (disabled), or 3 (disabled except where advised,
+    /// `PR_THP_DISABLE_EXCEPT_ADVISED`, Linux 6.18).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thp_disable: Option<bool>,
+    pub thp_disable: Option<u32>,
     /// `PR_GET_DUMPABLE` (0, 1 or 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dumpable: Option<u32>,
@@ -135,6 +136,11 @@ impl ProcessAttributes {
                 "oom_score_adj".into(),
                 format!("{adj} is outside -1000..=1000"),
             );
+        }
+        if let Some(t) = self.thp_disable
+            && !matches!(t, 0 | 1 | 3)
+        {
+            fail("thp_disable".into(), format!("{t} is not 0, 1 or 3"));
         }
         if let Some(d) = self.dumpable
             && d > 2

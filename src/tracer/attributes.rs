@@ -133,7 +133,7 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
     let prctl = |remote: &mut Remote, name, option| {
         remote.call(name, libc::SYS_prctl, &[option, 0, 0, 0, 0])
     };
-    let thp_disable = prctl(&mut remote, "prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE)? != 0;
+    let thp_disable = prctl(&mut remote, "prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE)?;
     let dumpable = prctl(
         &mut remote,
         "prctl(PR_GET_DUMPABLE)",
@@ -165,7 +165,7 @@ pub fn capture(c: Capturing) -> Result<ProcessAttributes, AttributeError> {
         interval_timers,
         personality: Some(read_personality(pid)?),
         oom_score_adj: Some(read_oom_score_adj(pid)?),
-        thp_disable: Some(thp_disable),
+        thp_disable: Some(thp_disable as u32),
         dumpable: Some(dumpable as u32),
         no_new_privs: Some(no_new_privs),
         membarrier,
@@ -396,7 +396,14 @@ pub fn restore_privileged(r: &mut Rethreader, a: &ProcessAttributes) -> Result<(
         remote.call("personality", libc::SYS_personality, &[u64::from(p)])?;
     }
     if let Some(off) = a.thp_disable {
-        let args = [PR_SET_THP_DISABLE, u64::from(off), 0, 0, 0];
+        // Bit 1 is PR_THP_DISABLE_EXCEPT_ADVISED, which the setter takes as a flag.
+        let args = [
+            PR_SET_THP_DISABLE,
+            u64::from(off & 1),
+            u64::from(off & 2),
+            0,
+            0,
+        ];
         remote.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &args)?;
     }
     if let Some(mask) = a.membarrier {

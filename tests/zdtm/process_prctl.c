@@ -1,6 +1,6 @@
 /*
  * process_prctl - process attributes: personality (ADDR_NO_RANDOMIZE | STICKY_TIMEOUTS),
- * oom_score_adj 345, PR_SET_THP_DISABLE, PR_SET_DUMPABLE 0, PR_SET_NO_NEW_PRIVS and a
+ * oom_score_adj 345, PR_SET_THP_DISABLE (except where advised), PR_SET_DUMPABLE 0, PR_SET_NO_NEW_PRIVS and a
  * membarrier registration (PRIVATE_EXPEDITED). After restore each must read back the same,
  * and MEMBARRIER_CMD_PRIVATE_EXPEDITED must work (it fails unless registered).
  */
@@ -18,6 +18,8 @@
 
 #define PERSONA (ADDR_NO_RANDOMIZE | STICKY_TIMEOUTS)
 #define GET_REGISTRATIONS (1 << 9)
+/* PR_THP_DISABLE_EXCEPT_ADVISED (Linux 6.18; not in older headers). */
+#define THP_EXCEPT_ADVISED (1 << 1)
 
 static int oom_adj(void)
 {
@@ -39,7 +41,7 @@ int main(void)
         printf("FAIL set-up: oom_score_adj: %s\n", strerror(errno));
         return 1;
     }
-    if (personality(PERSONA) < 0 || prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) ||
+    if (personality(PERSONA) < 0 || prctl(PR_SET_THP_DISABLE, 1, THP_EXCEPT_ADVISED, 0, 0) ||
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
         syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0)) {
         printf("FAIL set-up: %s\n", strerror(errno));
@@ -53,8 +55,9 @@ int main(void)
         FAILED("personality 0x%x, want 0x%x", p, PERSONA);
     if (oom_adj() != 345)
         FAILED("oom_score_adj %d, want 345", oom_adj());
-    if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1)
-        FAILED("THP is no longer disabled");
+    if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != (1 | THP_EXCEPT_ADVISED))
+        FAILED("PR_GET_THP_DISABLE says %d, want 3 (disabled except where advised)",
+               prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0));
     if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0)
         FAILED("dumpable is %d, want 0", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
     if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1)
