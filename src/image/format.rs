@@ -238,6 +238,12 @@ pub struct ProcessState {
     /// (format 4; older images: none recorded, the restorer's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
+    /// Timers, scheduling and prctl attributes (see `image::attributes`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::image::attributes::ProcessAttributes::is_empty"
+    )]
+    pub attributes: crate::image::attributes::ProcessAttributes,
 }
 
 /// User and group ids (real, effective, saved, file system), supplementary groups and

@@ -1,5 +1,6 @@
 //! The on-disk image: manifest, page data and checksums. Knows nothing about ptrace.
 
+pub mod attributes;
 pub mod auth;
 pub mod compress;
 pub mod format;

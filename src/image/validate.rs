@@ -620,6 +620,9 @@ fn check_process(c: &mut Checker, at: &str, p: &ProcessState, ids: &mut IdsSeen)
         p.parent_death_signal,
         true,
     );
+    for (field, problem) in p.attributes.problems() {
+        c.fail(format!("{at}process.attributes.{field}"), problem);
+    }
 }
 
 /// Pairs of (type, value) words ending with AT_NULL, as the kernel keeps them.

@@ -31,6 +31,10 @@ pub struct Captured {
     pub signals: Vec<SignalAction>,
     pub brk: u64,
     pub flags: ProcessFlags,
+    /// Timers and other attributes (see `attributes`).
+    pub attributes: crate::image::attributes::ProcessAttributes,
+    /// Each thread's timer slack (by TID), for `attributes`.
+    pub timer_slack: Vec<(Pid, u64)>,
 }
 
 /// Captures every thread of `frozen`; with `snapshot`, forks a snapshot of the target
@@ -47,7 +51,22 @@ pub fn capture_threads(
     let layout = Layout::new(frozen.tids().len());
     let (result, unmapped) = match map_pages(&mut lead, &layout) {
         Ok(at) => {
-            let result = capture_all(frozen, &mut lead, mem, &layout.at(at));
+            let placed = layout.at(at);
+            let result = capture_all(frozen, &mut lead, mem, &placed).and_then(|mut c| {
+                let pending = std::iter::once(&mut c.process_pending)
+                    .chain(c.threads.iter_mut().map(|t| &mut t.pending_signals))
+                    .collect();
+                c.attributes = super::attributes::capture(super::attributes::Capturing {
+                    frozen,
+                    lead: &mut lead,
+                    mem,
+                    scratch: placed.data,
+                    injected: (at, at + layout.len()),
+                    pending,
+                    timer_slack: &c.timer_slack,
+                })?;
+                Ok(c)
+            });
             let unmapped = lead.checked("munmap(capture)", libc::SYS_munmap, &[at, layout.len()]);
             (result, unmapped.map(drop))
         }
@@ -146,6 +165,11 @@ fn capture_all(
         answers[0].brk,
         answers[0].flags,
     );
+    let timer_slack = order
+        .iter()
+        .zip(&answers)
+        .map(|(&tid, a)| (tid, a.timer_slack_ns))
+        .collect();
     let mut states = Vec::with_capacity(order.len());
     for ((&tid, regs), a) in order.iter().zip(&saved).zip(answers) {
         // The mask from before the freeze: the frozen thread blocks nearly everything.
@@ -160,6 +184,8 @@ fn capture_all(
         signals,
         brk,
         flags,
+        attributes: Default::default(),
+        timer_slack,
     })
 }
 
@@ -309,10 +335,12 @@ const OUT_ROBUST_HEAD: u64 = OUT_AFFINITY + AFFINITY_BYTES;
 const OUT_ROBUST_LEN: u64 = OUT_ROBUST_HEAD + 8;
 const THREAD_OUT_BYTES: u64 = OUT_ROBUST_LEN + 8;
 /// Calls every thread makes: prctl(PR_GET_TID_ADDRESS), sigaltstack, prctl(PR_GET_NAME),
-/// sched_getaffinity, get_robust_list.
-const THREAD_OPS: u64 = 5;
+/// sched_getaffinity, get_robust_list, prctl(PR_GET_TIMERSLACK).
+const THREAD_OPS: u64 = 6;
 /// The op whose result is the CPU mask's size.
 const AFFINITY_OP: usize = 3;
+/// The op whose result is the thread's timer slack.
+const TIMER_SLACK_OP: usize = 5;
 /// The leader's `brk(0)`, right after the calls every thread makes.
 const BRK_OP: usize = THREAD_OPS as usize;
 /// A non-leader thread's slot: its table and outputs.
@@ -388,6 +416,7 @@ struct Table {
 /// What one thread's calls answered.
 struct Answers {
     kernel: KernelThreadState,
+    timer_slack_ns: u64,
     brk: u64,
     signals: Vec<SignalAction>,
     flags: ProcessFlags,
@@ -431,6 +460,11 @@ impl Table {
                 libc::SYS_get_robust_list,
                 vec![0, out + OUT_ROBUST_HEAD, out + OUT_ROBUST_LEN],
                 "get_robust_list",
+            ),
+            (
+                libc::SYS_prctl,
+                vec![libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
+                "prctl(PR_GET_TIMERSLACK)",
             ),
         ];
         if leader {
@@ -545,6 +579,7 @@ impl Table {
         };
         Ok(Answers {
             kernel,
+            timer_slack_ns: result(TIMER_SLACK_OP),
             brk: if self.leader { result(BRK_OP) } else { 0 },
             signals,
             flags,

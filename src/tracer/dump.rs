@@ -50,6 +50,8 @@ pub enum DumpError {
     Track(TrackError),
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
+    #[error(transparent)]
+    Attributes(#[from] super::attributes::AttributeError),
     #[error("cannot assemble the injected code: {0}")]
     Assemble(String),
     #[error(
@@ -320,6 +322,7 @@ fn dump(
     let job_pids: Vec<Pid> = std::iter::once(req.pid).chain(members.pids()).collect();
     let mut sharing = tree::unsupported_sharing(req.pid, &members);
     sharing.extend(tree::escaped(req.pid));
+    sharing.extend(super::attributes::unsupported(&job_pids));
     let mut files = match (
         objects::collect(&job_pids, Depth::Capture),
         sharing.is_empty(),
@@ -473,6 +476,7 @@ fn dump(
     process.pending_signals = std::mem::take(&mut captured.process_pending);
     process.parent_death_signal = captured.flags.parent_death_signal;
     process.child_subreaper = captured.flags.child_subreaper;
+    process.attributes = std::mem::take(&mut captured.attributes);
     let manifest = Manifest {
         format: FORMAT_VERSION,
         mlckpt_version: env!("CARGO_PKG_VERSION").to_string(),

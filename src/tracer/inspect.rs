@@ -319,6 +319,7 @@ pub fn read_process(pid: Pid) -> Result<ProcessState, InspectError> {
         parent_death_signal: 0,
         child_subreaper: false,
         credentials: Some(crate::image::format::Credentials::from_status(&status)),
+        attributes: Default::default(),
     })
 }
 

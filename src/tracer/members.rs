@@ -137,6 +137,7 @@ pub fn dump_members(
         process.pending_signals = std::mem::take(&mut captured.process_pending);
         process.parent_death_signal = captured.flags.parent_death_signal;
         process.child_subreaper = captured.flags.child_subreaper;
+        process.attributes = std::mem::take(&mut captured.attributes);
         process.tree = *links;
         let mut by_tracker = Vec::new();
         if let Some(m) = tracker.as_deref_mut() {

@@ -7,6 +7,7 @@
 #![allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
 
 pub mod access;
+pub mod attributes;
 pub mod capture;
 pub mod child;
 pub mod dump;
@@ -25,9 +26,11 @@ pub mod remote;
 pub mod restore;
 mod restore_process;
 pub mod rethread;
+pub mod seccomp;
 pub mod snapshot;
 pub mod stub;
 pub mod sys;
 pub mod threads;
+pub mod timers;
 pub mod tracker;
 pub mod tree;

@@ -97,6 +97,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
     #[error(transparent)]
+    Attributes(#[from] super::attributes::AttributeError),
+    #[error(transparent)]
     Files(#[from] crate::objects::contents::FileError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
@@ -702,8 +704,16 @@ fn drive_all<'a>(
     for (i, &pid) in pids.iter().enumerate() {
         let p = &procs[i];
         let creds = p.process.credentials.as_ref();
-        let last = drive_child(pid, &areas[i], &p.process.pending_signals, p.threads, creds)
-            .map_err(|e| explain_child_exit(e, reports.slot(i), &plans[i]))?;
+        let last_steps = (&p.process.attributes, p.signals);
+        let last = drive_child(
+            pid,
+            &areas[i],
+            &p.process.pending_signals,
+            p.threads,
+            creds,
+            last_steps,
+        )
+        .map_err(|e| explain_child_exit(e, reports.slot(i), &plans[i]))?;
         rebuilt.push(last);
     }
     Ok(rebuilt)

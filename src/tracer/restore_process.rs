@@ -11,9 +11,10 @@ use super::restore::{
 use super::rethread::Rethreader;
 use super::stub::{self, Expect, Op};
 use super::sys;
+use crate::image::attributes::ProcessAttributes;
 use crate::image::format::{
     Advice, Backing, Credentials, FdKind, FdState, FileIdentity, Inode, Manifest, MemoryRegion,
-    PAGE_SIZE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
+    PAGE_SIZE, PageRun, PendingSignal, ProcessState, ProcessView, SignalAction, ThreadState,
 };
 use crate::objects::ObjectKind;
 use crate::objects::contents;
@@ -820,6 +821,7 @@ pub(super) fn drive_child<'a>(
     process_pending: &[PendingSignal],
     threads: &'a [ThreadState],
     credentials: Option<&Credentials>,
+    last_steps: (&ProcessAttributes, &[SignalAction]),
 ) -> Result<Rethreader<'a>, RestoreError> {
     loop {
         let stop = ptrace::wait_stop(child, "restore")?;
@@ -851,8 +853,10 @@ pub(super) fn drive_child<'a>(
     let leader = threads.first().ok_or(RestoreError::NoThreads)?;
     let new_ids = child.as_raw() != leader.tid;
     let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads, new_ids)?;
-    last.recreate_threads(credentials)?;
+    let (attributes, signals) = last_steps;
+    last.recreate_threads(credentials, attributes)?;
     last.requeue_signals(process_pending)?;
+    super::attributes::restore_last(&mut last, attributes, signals)?;
     Ok(last)
 }
 

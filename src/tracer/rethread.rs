@@ -2,10 +2,12 @@
 //! threads are recreated with their TIDs, pending signals are queued again, the stub is
 //! unmapped and every thread gets its final registers. No thread runs before all are done.
 
+use super::attributes;
 use super::memory::ProcessMemory;
 use super::ptrace::{self, Stop};
 use super::remote::RemoteThread;
 use super::restore::RestoreError;
+use crate::image::attributes::ProcessAttributes;
 use crate::image::format::Credentials;
 use crate::image::format::{PendingSignal, ThreadState};
 use nix::unistd::Pid;
@@ -75,6 +77,7 @@ impl<'a> Rethreader<'a> {
     pub fn recreate_threads(
         &mut self,
         credentials: Option<&Credentials>,
+        attributes: &ProcessAttributes,
     ) -> Result<(), RestoreError> {
         let (leader, others) = self.threads.split_first().ok_or(RestoreError::NoThreads)?;
         // The others get theirs from clone3 (CLONE_CHILD_CLEARTID).
@@ -95,15 +98,28 @@ impl<'a> Rethreader<'a> {
             self.created.push(tid);
             let mut remote = RemoteThread::new(tid, self.gadget)?;
             thread_state(&self.mem, self.scratch, &mut remote, tid, t)?;
+            attributes::restore_thread(&mut remote, &self.mem, self.scratch, t.tid, attributes)?;
             if let Some(c) = credentials {
                 set_credentials(&self.mem, self.scratch, &mut remote, c)?;
             }
             set_final_state(tid, t)?;
         }
+        attributes::restore_privileged(self, attributes)?;
         if let Some(c) = credentials {
             set_credentials(&self.mem, self.scratch, &mut self.main, c)?;
         }
         Ok(())
+    }
+
+    /// The TID now of the thread that had `image_tid` in the image (another under
+    /// `--new-pid`), once it is created.
+    pub fn current_tid(&self, image_tid: i32) -> Option<Pid> {
+        let now = std::iter::once(self.pid).chain(self.created.iter().copied());
+        self.threads
+            .iter()
+            .zip(now)
+            .find(|(t, _)| t.tid == image_tid)
+            .map(|(_, now)| now)
     }
 
     /// `clone3` run by the main thread, with the thread's original TID.

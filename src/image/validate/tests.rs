@@ -56,6 +56,7 @@ fn process(pid: i32, ppid: i32) -> ProcessState {
         parent_death_signal: 0,
         child_subreaper: false,
         credentials: None,
+        attributes: Default::default(),
     }
 }
 
@@ -501,5 +502,42 @@ fn written_files_whose_chunks_do_not_cover_them_or_lie_outside() {
         let mut f = file(vec![], 0);
         f.path = "relative".into();
         m.files = vec![f];
+    });
+}
+
+#[test]
+fn hostile_process_attributes() {
+    use crate::image::attributes::{IntervalTimer, LockedRange, Scheduling, ThreadAttributes};
+    refused("process.attributes.oom_score_adj", |m| {
+        m.process.attributes.oom_score_adj = Some(i32::MAX)
+    });
+    refused("process.attributes.interval_timers[0].value_ns", |m| {
+        m.process.attributes.interval_timers = vec![IntervalTimer {
+            which: 0,
+            value_ns: u64::MAX,
+            interval_ns: 0,
+        }]
+    });
+    refused("process.attributes.locked", |m| {
+        m.process.attributes.locked = vec![
+            LockedRange {
+                start: 0x1000,
+                end: 0x2000,
+                on_fault: false
+            };
+            crate::image::attributes::MAX_LOCKED_RANGES + 1
+        ]
+    });
+    refused("process.attributes.threads[0].sched.nice", |m| {
+        m.process.attributes.threads = vec![ThreadAttributes {
+            tid: 100,
+            sched: Some(Scheduling {
+                policy: 0,
+                flags: 0,
+                nice: -400,
+                priority: 0,
+            }),
+            timer_slack_ns: None,
+        }]
     });
 }
