@@ -12,6 +12,7 @@ pub mod contents;
 pub mod file;
 pub mod pipe;
 pub mod stdio;
+pub mod sysv_shm;
 pub mod unix;
 
 use crate::image::format::{FdKind, FdState, Inode};

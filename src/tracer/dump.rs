@@ -401,6 +401,13 @@ fn dump(
     for m in &member_dumps {
         writes.extend(mapping_writes(m.pid(), m.regions()));
     }
+    let attaches: Vec<(i32, Vec<&MemoryRegion>)> = std::iter::once((
+        req.pid.as_raw(),
+        plans.iter().map(|p| &p.region).collect(),
+    ))
+    .chain(member_dumps.iter().map(|m| (m.pid().as_raw(), m.regions().collect())))
+    .collect();
+    let sysv_shm = crate::objects::sysv_shm::capture(&attaches).map_err(InspectError::from)?;
     let members_snapshotted = member_dumps.iter().filter(|m| m.snapshotted()).count();
     let parent_files = parent
         .as_ref()
@@ -502,6 +509,7 @@ fn dump(
         zombies: std::mem::take(&mut members.zombies),
         objects: files.objects,
         files: written.files,
+        sysv_shm,
     };
     let committed: CommittedImage = writer.commit(&manifest, &page_hashes, req.key)?;
     if let Some(t) = tracker {

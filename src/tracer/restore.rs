@@ -21,6 +21,7 @@ use crate::image::compress::UnpackedPages;
 use crate::image::format::{Backing, Credentials, Inode, Manifest, ProcessView};
 use crate::image::verify::VerifyError;
 use crate::objects::contents::PutBack;
+use crate::objects::sysv_shm::Recreated as SysvSegments;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -93,6 +94,8 @@ pub enum RestoreError {
     Objects(#[from] crate::objects::ObjectError),
     #[error(transparent)]
     Files(#[from] crate::objects::contents::FileError),
+    #[error(transparent)]
+    Sysv(#[from] crate::objects::sysv_shm::SysvError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
@@ -169,6 +172,7 @@ fn rebuild(
     }
     preflight(m, &procs, opts)?;
     check_trust(image, &procs)?;
+    let sysv_leftovers = SysvSegments::leftovers(m)?;
     let put_back = m
         .files
         .iter()
@@ -192,6 +196,12 @@ fn rebuild(
         areas.push(StubArea::build(p, m.seq, &fds, &vdso)?);
         fd_plans.push(fds);
     }
+    if !sysv_leftovers.is_empty() {
+        // Removing them cannot be undone: only for an image known to be intact.
+        pages_verified()?;
+    }
+    let pages = |seq: Option<u64>| open_pages(image, unpacked, seq);
+    let segments = SysvSegments::create(m, &procs, &sysv_leftovers, &pages)?;
     let reports = Reports::map(procs.len())?;
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create sync pipe"))?;
@@ -231,17 +241,11 @@ fn rebuild(
                 cut_back(&fds.cut_back)?;
             }
             if !opts.keep_files {
-                let pages = |seq: Option<u64>| {
-                    let seq = seq.unwrap_or(m.seq);
-                    match unpacked.get(seq) {
-                        Some(memory) => memory.try_clone_to_owned().map(std::fs::File::from),
-                        None => std::fs::File::open(pages_path(image, seq)),
-                    }
-                };
                 for file in &put_back {
                     file.apply(&pages)?;
                 }
             }
+            segments.attached()?;
             // Children first: no process of the job runs before all are complete.
             for ((last, area), p) in rebuilt.into_iter().zip(&areas).zip(&procs).rev() {
                 last.release(area.base, area.len, p.process.tree.stopped)?;
@@ -259,6 +263,20 @@ fn rebuild(
         pid: child,
         tracker,
     })
+}
+
+/// The page data of image `seq` (None: the image itself), decompressed if it is stored
+/// compressed.
+fn open_pages(
+    image: &Image,
+    unpacked: &UnpackedPages,
+    seq: Option<u64>,
+) -> std::io::Result<std::fs::File> {
+    let seq = seq.unwrap_or(image.manifest.seq);
+    match unpacked.get(seq) {
+        Some(memory) => memory.try_clone_to_owned().map(std::fs::File::from),
+        None => std::fs::File::open(pages_path(image, seq)),
+    }
 }
 
 /// `pages.bin` of image `seq`: the image itself, or one of its parents beside it.

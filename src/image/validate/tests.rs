@@ -171,6 +171,7 @@ pub(super) fn sample() -> Manifest {
             object: ObjectKind::Stdio(StdioStream { fd: 1 }),
         }],
         files: Vec::new(),
+        sysv_shm: Vec::new(),
     }
 }
 
@@ -260,6 +261,7 @@ fn bad_regions() {
             size: 1,
             mtime_ns: 0,
             inode: 1,
+            may_write: false,
         });
     });
     refused("regions[0].runs", |m| m.regions[0].backing = Backing::Vdso);
