@@ -635,7 +635,7 @@ mod tests {
     use crate::image::format::{Prot, SharedMemoryRef};
 
     const TABLE: &str = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap
-     4660          7  1600                 8192   100   101      2     0     0     0     0 1764684000          0 1764684000                  8192                     0
+     4660          7   600                 8192   100   101      2     0     0     0     0 1764684000          0 1764684000                  8192                     0
         0          9  1600                 4096   100   100      1  1000  1000     0     0 1764684000          0 1764684000                  4096                     0
 ";
 
@@ -655,7 +655,7 @@ mod tests {
             }
         );
         assert_eq!((t[0].nattch, t[0].lpid), (2, 101));
-        assert!(t[1].segment.mode & SHM_DEST == 0);
+        assert!(t[1].segment.removed() && !t[0].segment.removed());
         assert!(parse_table("h\n1 2\n").is_err());
     }
 
