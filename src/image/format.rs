@@ -119,6 +119,9 @@ pub struct Manifest {
     /// region with `Backing::SysvShm`): recreated with their ids before the processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysv_shm: Vec<crate::objects::sysv_shm::SysvSegment>,
+    /// File locks and leases the job's processes hold: taken again by each at restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<crate::objects::locks::HeldLock>,
 }
 
 impl Manifest {

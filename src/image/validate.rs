@@ -220,7 +220,9 @@ pub fn validate(m: &Manifest) -> Result<(), InvalidManifest> {
         }
     }
     check_written_files(&mut c, m, &parents);
-    for (field, problem) in crate::objects::sysv_shm::problems(m) {
+    let kernel_objects =
+        crate::objects::sysv_shm::problems(m).into_iter().chain(crate::objects::locks::problems(m));
+    for (field, problem) in kernel_objects {
         c.fail(field, problem);
     }
     for (k, z) in m.zombies.iter().enumerate() {

@@ -10,6 +10,7 @@
 
 pub mod contents;
 pub mod file;
+pub mod locks;
 pub mod pipe;
 pub mod stdio;
 pub mod sysv_shm;

@@ -50,6 +50,8 @@ pub enum DumpError {
     Track(TrackError),
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectError),
+    #[error(transparent)]
+    Locks(#[from] crate::objects::locks::LockError),
     #[error("cannot assemble the injected code: {0}")]
     Assemble(String),
     #[error(
@@ -339,6 +341,7 @@ fn dump(
     }
     warn_once(&files.warnings);
     let mut writes = fd_writes(&files.fds);
+    let locks = crate::objects::locks::capture(&files.fds)?;
     let fds = files.fds.remove(&req.pid.as_raw()).unwrap_or_default();
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
     clock.lap("frozen.inspect");
@@ -510,6 +513,7 @@ fn dump(
         objects: files.objects,
         files: written.files,
         sysv_shm,
+        locks,
     };
     let committed: CommittedImage = writer.commit(&manifest, &page_hashes, req.key)?;
     if let Some(t) = tracker {

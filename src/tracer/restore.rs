@@ -97,6 +97,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Sysv(#[from] crate::objects::sysv_shm::SysvError),
     #[error(transparent)]
+    Locks(#[from] crate::objects::locks::LockError),
+    #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Invalid(#[from] crate::image::validate::InvalidManifest),
@@ -230,7 +232,7 @@ fn rebuild(
         .chain(procs[1..].iter().map(|p| Pid::from_raw(p.process.pid)))
         .collect();
     let outcome =
-        drive_all(&pids, sync_w, &areas, &procs, &reports, &plans).and_then(|mut rebuilt| {
+        drive_all(&pids, sync_w, &areas, &procs, &reports, &plans, &m.locks).and_then(|mut rebuilt| {
             // Before the wait for the page check, which it may overlap.
             let tracker = opts
                 .track_writes
@@ -683,6 +685,7 @@ fn drive_all<'a>(
     procs: &[ProcessView<'a>],
     reports: &Reports,
     plans: &[ChildPlan],
+    locks: &[crate::objects::locks::HeldLock],
 ) -> Result<Vec<Rethreader<'a>>, RestoreError> {
     ptrace::seize(pids[0], ptrace::restore_options())?;
     nix::unistd::write(&sync_w, &[1]).map_err(sys_err("release the new process"))?;
@@ -691,7 +694,7 @@ fn drive_all<'a>(
     for (i, &pid) in pids.iter().enumerate() {
         let p = &procs[i];
         let creds = p.process.credentials.as_ref();
-        let last = drive_child(pid, &areas[i], &p.process.pending_signals, p.threads, creds)
+        let last = drive_child(pid, &areas[i], p, locks, creds)
             .map_err(|e| explain_child_exit(e, reports.slot(i), &plans[i]))?;
         rebuilt.push(last);
     }

@@ -172,6 +172,7 @@ pub(super) fn sample() -> Manifest {
         }],
         files: Vec::new(),
         sysv_shm: Vec::new(),
+        locks: Vec::new(),
     }
 }
 
