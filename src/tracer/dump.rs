@@ -590,16 +590,17 @@ fn fd_writes(fds: &BTreeMap<i32, Vec<FdState>>) -> Vec<WriteAccess> {
         .collect()
 }
 
-/// Every shared writable file mapping of process `pid`.
+/// Every shared file mapping of process `pid` that is writable, or may be made so again
+/// (`mprotect` after the checkpoint: its writes reach the file all the same).
 fn mapping_writes<'a>(
     pid: Pid,
     regions: impl IntoIterator<Item = &'a MemoryRegion>,
 ) -> Vec<WriteAccess> {
     regions
         .into_iter()
-        .filter(|r| r.shared && r.prot.write)
+        .filter(|r| r.shared)
         .filter_map(|r| match &r.backing {
-            Backing::File(id) => Some(WriteAccess {
+            Backing::File(id) if r.prot.write || id.may_write => Some(WriteAccess {
                 pid: pid.as_raw(),
                 how: Access::Mapping(id.clone()),
             }),

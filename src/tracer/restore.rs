@@ -400,14 +400,18 @@ fn preflight(
             return Err(pid_taken(pid));
         }
     }
+    // A file the job writes (a shared-writable mapping: a /dev/shm object, say) is the
+    // concern of `Manifest::files`, which puts it back, or creates it again if it is gone.
+    let written: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
     for region in procs.iter().flat_map(|p| p.regions) {
-        if let Backing::File(id) = &region.backing {
+        if let Backing::File(id) = &region.backing
+            && !written.contains(&id.path.as_str())
+        {
             check_mapped_file(id)?;
         }
     }
     // The files the job's fds reopen must be the ones it had (a file written since is the
     // concern of `Manifest::files`; one replaced, or a symlink put in its way, is refused).
-    let written: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
     for fd in procs.iter().flat_map(|p| p.fds) {
         let Some(inode) = fd.inode else { continue };
         if written.contains(&fd.path.as_str()) {
