@@ -30,7 +30,12 @@ impl Attach {
     fn new(shmid: i32) -> Attach {
         // SAFETY: shmat with a null address lets the kernel choose a free range.
         let at = unsafe { libc::shmat(shmid, std::ptr::null(), 0) };
-        assert_ne!(at as isize, -1, "shmat({shmid}): {}", std::io::Error::last_os_error());
+        assert_ne!(
+            at as isize,
+            -1,
+            "shmat({shmid}): {}",
+            std::io::Error::last_os_error()
+        );
         Attach(at.cast())
     }
 
@@ -65,7 +70,11 @@ fn sysv_producer_and_consumer_continue_exactly() {
     // The job removed the ring at its end; the tally, marked for removal again at
     // restore, went with the last detach. Neither may outlive the job.
     for s in &m.sysv_shm {
-        assert!(!segment_exists(s.shmid), "segment {} outlived the job", s.shmid);
+        assert!(
+            !segment_exists(s.shmid),
+            "segment {} outlived the job",
+            s.shmid
+        );
     }
 }
 
@@ -79,10 +88,16 @@ fn a_leftover_segment_is_replaced_and_one_in_use_is_refused() {
     let ring = m.sysv_shm.iter().find(|s| s.key != 0).expect("the ring");
     // The killed job's ring outlives it (it was not marked for removal). Someone changes
     // it and keeps it attached: the restore must neither use it nor pull it away.
-    assert!(segment_exists(ring.shmid), "the ring outlived the killed job");
+    assert!(
+        segment_exists(ring.shmid),
+        "the ring outlived the killed job"
+    );
     let attach = Attach::new(ring.shmid);
-    attach.scribble(ring.size as usize);
-    let refused = h.restore(&ckpt.path, &prog).finish(CMD_TIMEOUT).expect_failure();
+    attach.scribble(usize::try_from(ring.size).unwrap());
+    let refused = h
+        .restore(&ckpt.path, &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_failure();
     let text = refused.output();
     assert!(
         text.contains(&format!("segment {}", ring.shmid)) && text.contains("in use"),

@@ -220,8 +220,9 @@ pub fn validate(m: &Manifest) -> Result<(), InvalidManifest> {
         }
     }
     check_written_files(&mut c, m, &parents);
-    let kernel_objects =
-        crate::objects::sysv_shm::problems(m).into_iter().chain(crate::objects::locks::problems(m));
+    let kernel_objects = crate::objects::sysv_shm::problems(m)
+        .into_iter()
+        .chain(crate::objects::locks::problems(m));
     for (field, problem) in kernel_objects {
         c.fail(field, problem);
     }

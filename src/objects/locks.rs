@@ -16,6 +16,9 @@
 //! the lock it had or block. A lease is taken again by the restored process and tells it
 //! (its fd's owner) when broken; an `F_SETSIG` signal number for it is not kept.
 
+// Syscall arguments and results are registers: an int goes in as its 64-bit value.
+#![allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+
 use crate::image::format::{FdKind, FdState, Manifest};
 use crate::tracer::memory::ProcessMemory;
 use crate::tracer::remote::RemoteThread;
@@ -94,7 +97,9 @@ pub enum LockError {
 
 /// One `lock:` line of fdinfo, e.g. `lock:\t1: POSIX  ADVISORY  WRITE 17862 fe:00:10011059 5 14`.
 /// Ok(None): not a lock line; Err: a lock that cannot be taken again (why).
-fn parse_line(line: &str) -> Result<Option<(LockKind, LockMode, u64, Option<u64>)>, String> {
+type ParsedLock = (LockKind, LockMode, u64, Option<u64>);
+
+fn parse_line(line: &str) -> Result<Option<ParsedLock>, String> {
     let Some(rest) = line.strip_prefix("lock:") else {
         return Ok(None);
     };
@@ -138,7 +143,13 @@ pub fn capture(fds: &BTreeMap<i32, Vec<FdState>>) -> Result<Vec<HeldLock>, LockE
         for fd in table {
             let info = match std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.fd)) {
                 Ok(info) => info,
-                Err(source) => return Err(LockError::Proc { pid, fd: fd.fd, source }),
+                Err(source) => {
+                    return Err(LockError::Proc {
+                        pid,
+                        fd: fd.fd,
+                        source,
+                    });
+                }
             };
             for line in info.lines() {
                 let (kind, mode, start, end) = match parse_line(line) {
@@ -189,11 +200,17 @@ pub fn problems(m: &Manifest) -> Vec<(String, String)> {
     for (i, l) in m.locks.iter().enumerate() {
         let at = format!("locks[{i}]");
         let Some(p) = procs.iter().find(|p| p.process.pid == l.pid) else {
-            out.push((format!("{at}.pid"), format!("{} is not a process of the image", l.pid)));
+            out.push((
+                format!("{at}.pid"),
+                format!("{} is not a process of the image", l.pid),
+            ));
             continue;
         };
         if !p.fds.iter().any(|f| f.fd == l.fd) {
-            out.push((format!("{at}.fd"), format!("process {} has no fd {}", l.pid, l.fd)));
+            out.push((
+                format!("{at}.fd"),
+                format!("process {} has no fd {}", l.pid, l.fd),
+            ));
         }
         let range_ok = match l.end {
             Some(end) => end >= l.start && end <= i64::MAX as u64,
@@ -255,7 +272,10 @@ pub fn retake(
                     LockMode::Read => libc::F_RDLCK,
                     LockMode::Write => libc::F_WRLCK,
                 };
-                (libc::SYS_fcntl, vec![fd, libc::F_SETLEASE as u64, lease as u64])
+                (
+                    libc::SYS_fcntl,
+                    vec![fd, libc::F_SETLEASE as u64, lease as u64],
+                )
             }
         };
         let ret = thread.syscall(nr, &args)?;

@@ -20,6 +20,10 @@
 //! checkpoint's contents, once the image is known intact; any other (attached by some
 //! process, or someone else's) makes the restore fail, naming it.
 
+// Syscall arguments are registers (an int goes in as its 64-bit value); segment offsets and
+// sizes are checked to fit the address space before they are used as such.
+#![allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+
 use crate::image::format::{Backing, Manifest, MemoryRegion, PAGE_SIZE, ProcessView};
 use crate::tracer::stub::{Expect, Op};
 use nix::errno::Errno;
@@ -276,16 +280,25 @@ pub fn problems(m: &Manifest) -> Vec<(String, String)> {
     for (i, s) in m.sysv_shm.iter().enumerate() {
         let at = format!("sysv_shm[{i}]");
         if s.shmid < 0 || !ids.insert(s.shmid) {
-            out.push((format!("{at}.shmid"), format!("{} is negative or listed twice", s.shmid)));
+            out.push((
+                format!("{at}.shmid"),
+                format!("{} is negative or listed twice", s.shmid),
+            ));
         }
         if s.size == 0 || s.size > MAX_SEGMENT_BYTES {
             out.push((
                 format!("{at}.size"),
-                format!("{} bytes is not a segment size (1..={MAX_SEGMENT_BYTES})", s.size),
+                format!(
+                    "{} bytes is not a segment size (1..={MAX_SEGMENT_BYTES})",
+                    s.size
+                ),
             ));
         }
         if s.mode > 0o7777 {
-            out.push((format!("{at}.mode"), format!("{:#o} is not a segment mode", s.mode)));
+            out.push((
+                format!("{at}.mode"),
+                format!("{:#o} is not a segment mode", s.mode),
+            ));
         }
     }
     for (p, view) in m.processes().iter().enumerate() {
@@ -364,9 +377,9 @@ pub struct Recreated {
 /// A segment of the machine in the way of one of the image, and whether it can be
 /// replaced (the job's own, attached by nobody).
 fn in_the_way(want: &SysvSegment, listed: &[Listed]) -> Result<Option<i32>, String> {
-    let clash = listed.iter().find(|l| {
-        l.segment.shmid == want.shmid || (want.key != 0 && l.segment.key == want.key)
-    });
+    let clash = listed
+        .iter()
+        .find(|l| l.segment.shmid == want.shmid || (want.key != 0 && l.segment.key == want.key));
     let Some(l) = clash else { return Ok(None) };
     let have = &l.segment;
     let what = format!(
@@ -522,7 +535,7 @@ fn fill(
         what: "mapping it".into(),
         source: Errno::EFBIG,
     })?;
-    let attach = Attached::new(seg.shmid, len).map_err(|source| SysvError::Recreate {
+    let mut attach = Attached::new(seg.shmid, len).map_err(|source| SysvError::Recreate {
         shmid: seg.shmid,
         what: "attaching it to fill it".into(),
         source,
@@ -542,7 +555,10 @@ fn fill(
             let at = base + (run.addr - r.start);
             let first = (at / PAGE_SIZE) as usize;
             let count = (run.len / PAGE_SIZE) as usize;
-            if filled.get(first..first + count).is_none_or(|f| f.iter().all(|&x| x)) {
+            if filled
+                .get(first..first + count)
+                .is_none_or(|f| f.iter().all(|&x| x))
+            {
                 continue;
             }
             let file = match files.entry(run.image) {
@@ -555,7 +571,9 @@ fn fill(
                 pages_err(std::io::Error::other("a run lies outside the segment"))
             })?;
             file.read_exact_at(target, run.offset).map_err(pages_err)?;
-            filled[first..first + count].iter_mut().for_each(|f| *f = true);
+            filled[first..first + count]
+                .iter_mut()
+                .for_each(|f| *f = true);
         }
     }
     Ok(())
@@ -579,7 +597,7 @@ impl Attached {
     }
 
     /// Bytes `[offset, offset+len)` of the segment, if inside it.
-    fn slice(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
+    fn slice(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
         if offset.checked_add(len)? > self.len {
             return None;
         }
@@ -692,7 +710,10 @@ mod tests {
             whole_attaches(1, &refs, &segs).len()
         };
         assert_eq!(check(&[attach(0x10000, 0x12000, 0)]), 0);
-        let split = [attach(0x10000, 0x11000, 0), attach(0x11000, 0x12000, 0x1000)];
+        let split = [
+            attach(0x10000, 0x11000, 0),
+            attach(0x11000, 0x12000, 0x1000),
+        ];
         assert_eq!(check(&split), 0);
         assert_eq!(check(&[attach(0x10000, 0x11000, 0)]), 1, "head only");
         assert_eq!(check(&[attach(0x11000, 0x12000, 0x1000)]), 1, "tail only");
@@ -704,19 +725,25 @@ mod tests {
     fn attach_ops_attach_once_and_protect_pieces() {
         let mut ro = attach(0x10000, 0x11000, 0);
         ro.prot.write = false;
-        let ops = attach_ops(&ro, &SysvAttach {
-            shmid: 7,
-            read_only: false,
-            exec: false,
-        });
+        let ops = attach_ops(
+            &ro,
+            &SysvAttach {
+                shmid: 7,
+                read_only: false,
+                exec: false,
+            },
+        );
         assert_eq!(ops.len(), 2, "attach then mprotect to read-only");
         assert_eq!(ops[0].args[..3], [7, 0x10000, 0]);
         let tail = attach(0x11000, 0x12000, 0x1000);
-        let ops = attach_ops(&tail, &SysvAttach {
-            shmid: 7,
-            read_only: false,
-            exec: false,
-        });
+        let ops = attach_ops(
+            &tail,
+            &SysvAttach {
+                shmid: 7,
+                read_only: false,
+                exec: false,
+            },
+        );
         assert_eq!(ops.len(), 1);
         assert_eq!(ops[0].nr, libc::SYS_mprotect);
     }

@@ -404,12 +404,14 @@ fn dump(
     for m in &member_dumps {
         writes.extend(mapping_writes(m.pid(), m.regions()));
     }
-    let attaches: Vec<(i32, Vec<&MemoryRegion>)> = std::iter::once((
-        req.pid.as_raw(),
-        plans.iter().map(|p| &p.region).collect(),
-    ))
-    .chain(member_dumps.iter().map(|m| (m.pid().as_raw(), m.regions().collect())))
-    .collect();
+    let attaches: Vec<(i32, Vec<&MemoryRegion>)> =
+        std::iter::once((req.pid.as_raw(), plans.iter().map(|p| &p.region).collect()))
+            .chain(
+                member_dumps
+                    .iter()
+                    .map(|m| (m.pid().as_raw(), m.regions().collect())),
+            )
+            .collect();
     let sysv_shm = crate::objects::sysv_shm::capture(&attaches).map_err(InspectError::from)?;
     let members_snapshotted = member_dumps.iter().filter(|m| m.snapshotted()).count();
     let parent_files = parent

@@ -291,8 +291,7 @@ fn classify_file(
         && flags.map_or(map.perms.contains(MMPermissions::WRITE), |f| {
             f.contains(VmFlags::MW)
         });
-    if may_write && let Err(e) = crate::objects::contents::open_recorded(&text, libc::O_RDWR, 0)
-    {
+    if may_write && let Err(e) = crate::objects::contents::open_recorded(&text, libc::O_RDWR, 0) {
         return Err(InspectError::MappedFileNotWritable {
             pid: pid.as_raw(),
             path: text.into_owned(),

@@ -231,8 +231,8 @@ fn rebuild(
     let pids: Vec<Pid> = std::iter::once(child)
         .chain(procs[1..].iter().map(|p| Pid::from_raw(p.process.pid)))
         .collect();
-    let outcome =
-        drive_all(&pids, sync_w, &areas, &procs, &reports, &plans, &m.locks).and_then(|mut rebuilt| {
+    let outcome = drive_all(&pids, sync_w, &areas, &procs, &reports, &plans, &m.locks).and_then(
+        |mut rebuilt| {
             // Before the wait for the page check, which it may overlap.
             let tracker = opts
                 .track_writes
@@ -253,7 +253,8 @@ fn rebuild(
                 last.release(area.base, area.len, p.process.tree.stopped)?;
             }
             Ok(tracker)
-        });
+        },
+    );
     if outcome.is_err() {
         put_back.iter().for_each(PutBack::undo);
         for &pid in pids.iter().rev() {

@@ -506,3 +506,70 @@ fn written_files_whose_chunks_do_not_cover_them_or_lie_outside() {
         m.files = vec![f];
     });
 }
+
+/// The sample with region 0 an attach of a 16 KiB System V segment and a lock on fd 3.
+fn with_sysv_and_lock() -> Manifest {
+    use crate::objects::locks::{HeldLock, LockKind, LockMode};
+    use crate::objects::sysv_shm::{SysvAttach, SysvSegment};
+    let mut m = sample();
+    m.sysv_shm = vec![SysvSegment {
+        shmid: 7,
+        key: 0x1234,
+        size: 0x4000,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    }];
+    m.regions[0].shared = true;
+    m.regions[0].backing = Backing::SysvShm(SysvAttach {
+        shmid: 7,
+        read_only: false,
+        exec: false,
+    });
+    m.regions[0].shared_object = Some(SharedMemoryRef { id: 7, offset: 0 });
+    m.locks = vec![HeldLock {
+        pid: 1000,
+        fd: 3,
+        kind: LockKind::Posix,
+        mode: LockMode::Write,
+        start: 0,
+        end: Some(99),
+    }];
+    m
+}
+
+#[test]
+fn sysv_segments_and_locks() {
+    assert_eq!(validate(&with_sysv_and_lock()), Ok(()));
+    let refused = |field: &str, edit: fn(&mut Manifest)| {
+        let mut m = with_sysv_and_lock();
+        edit(&mut m);
+        let err = validate(&m).expect_err("an inconsistent manifest passed");
+        assert!(
+            err.names(field),
+            "expected a problem at {field}, got: {err}"
+        );
+    };
+    refused("sysv_shm[0].size", |m| m.sysv_shm[0].size = u64::MAX);
+    refused("sysv_shm[0].size", |m| m.sysv_shm[0].size = 0);
+    refused("sysv_shm[0].shmid", |m| m.sysv_shm[0].shmid = -1);
+    refused("sysv_shm[0].mode", |m| m.sysv_shm[0].mode = u32::MAX);
+    refused("sysv_shm[1].shmid", |m| {
+        let twice = m.sysv_shm[0].clone();
+        m.sysv_shm.push(twice);
+    });
+    refused("regions[0].backing.shmid", |m| m.sysv_shm.clear());
+    refused("regions[0].shared_object", |m| m.sysv_shm[0].size = 0x1000);
+    refused("regions[0].shared_object", |m| {
+        m.regions[0].shared_object = Some(SharedMemoryRef {
+            id: 7,
+            offset: !0xfff,
+        });
+    });
+    refused("locks[0].pid", |m| m.locks[0].pid = 4242);
+    refused("locks[0].fd", |m| m.locks[0].fd = 9);
+    refused("locks[0].end", |m| {
+        m.locks[0].start = 100;
+        m.locks[0].end = Some(5);
+    });
+}
