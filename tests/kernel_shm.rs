@@ -130,3 +130,24 @@ fn a_posix_shm_object_lost_since_the_checkpoint_comes_back() {
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
     assert_continuation(&reference, &before, &after, pid);
 }
+
+/// An attach of which a part was unmapped cannot be made again (`shmat` maps the whole
+/// segment): the checkpoint fails saying so, and the job runs on untouched.
+#[test]
+fn a_partly_unmapped_attach_is_refused_and_the_job_runs_on() {
+    let h = Harness::new("shm-sysv-partial");
+    let prog = Prog::c("sysv_job", &["40", "partial"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(8);
+    let pid = run.target_pid();
+    let res = h.checkpoint_refused(pid);
+    assert!(
+        res.output().contains("part of it was unmapped"),
+        "the refusal should say what is wrong\n{}",
+        res.describe()
+    );
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
+    assert_continuation(&reference.stdout, &run.stdout, "", pid);
+}

@@ -221,26 +221,27 @@ fn offset_of(r: &MemoryRegion) -> u64 {
 /// whole segment at once): pieces that follow each other from offset 0 to its end, with
 /// one attach mode.
 fn whole_attaches(pid: i32, regions: &[&MemoryRegion], segments: &[SysvSegment]) -> Vec<String> {
+    let cut = |seg: &SysvSegment, base: u64, mapped: u64| {
+        format!(
+            "process {pid} attaches segment {} at {base:#x} but part of it was unmapped \
+             (only {mapped:#x} of {:#x} bytes are mapped); restore cannot attach part of a \
+             segment: keep the whole attach or detach it",
+            seg.shmid,
+            seg.mapped_len()
+        )
+    };
     let mut problems = Vec::new();
     // The attach being followed: its segment, its base address, where the next piece starts.
     let mut open: Option<(&SysvAttach, &SysvSegment, u64, u64)> = None;
     for &r in regions {
         let attach = attach_of(r);
-        if let Some((a, seg, base, next)) = open {
+        if let Some((a, seg, base, next)) = open.take() {
             let continues = attach == Some(a) && r.start == next && offset_of(r) == next - base;
             if continues {
                 open = (r.end - base < seg.mapped_len()).then_some((a, seg, base, r.end));
                 continue;
             }
-            problems.push(format!(
-                "process {pid} attaches segment {} at {base:#x} but part of it was unmapped \
-                 (only {:#x} of {:#x} bytes are mapped); restore cannot attach part of a \
-                 segment: keep the whole attach or detach it",
-                seg.shmid,
-                next - base,
-                seg.mapped_len()
-            ));
-            open = None;
+            problems.push(cut(seg, base, next - base));
         }
         let Some(a) = attach else { continue };
         let Some(seg) = segments.iter().find(|s| s.shmid == a.shmid) else {
@@ -261,13 +262,7 @@ fn whole_attaches(pid: i32, regions: &[&MemoryRegion], segments: &[SysvSegment])
         }
     }
     if let Some((_, seg, base, next)) = open {
-        problems.push(format!(
-            "process {pid} attaches segment {} at {base:#x} but only {:#x} of {:#x} bytes \
-             are mapped; restore cannot attach part of a segment",
-            seg.shmid,
-            next - base,
-            seg.mapped_len()
-        ));
+        problems.push(cut(seg, base, next - base));
     }
     problems
 }

@@ -8,7 +8,9 @@
  * a segment that comes back as a copy instead of the shared one stalls or prints a wrong
  * sum, one whose contents are lost prints wrong values.
  *
- * Usage:  sysv_job <ticks>
+ * Usage:  sysv_job <ticks> [partial]
+ *         partial: the producer unmaps the last page of its ring attach (which it never
+ *         uses), an attach a restore could not make again
  * Output: "pid <pid>"
  *         "tick <i> value=<v> sum=<s> check=<c>"   i = 1..ticks
  *         "done child=<exit status>"
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -91,6 +94,7 @@ int main(int argc, char **argv)
         return 1;
     }
     shmctl(tally_id, IPC_RMID, NULL);
+    int partial = argc > 2 && strcmp(argv[2], "partial") == 0;
     pid_t child = fork();
     if (child < 0) {
         printf("FAIL fork: %s\n", strerror(errno));
@@ -99,6 +103,10 @@ int main(int argc, char **argv)
     }
     if (child == 0)
         consumer(r, t);
+    if (partial && munmap((char *)r + 3 * 4096, 4096)) {
+        printf("FAIL munmap: %s\n", strerror(errno));
+        return 1;
+    }
     for (uint64_t i = 1; i <= (uint64_t)ticks; i++) {
         r->history[i % 4096] = (unsigned char)(i * 7);
         r->value = value_of(i);
