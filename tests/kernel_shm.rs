@@ -151,3 +151,37 @@ fn a_partly_unmapped_attach_is_refused_and_the_job_runs_on() {
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
     assert_continuation(&reference.stdout, &run.stdout, "", pid);
 }
+
+/// An increment stores only the segment pages that changed since its parent: a restore
+/// from it fills the segments from both images.
+#[test]
+fn sysv_segments_restore_from_an_increment() {
+    let h = Harness::new("shm-sysv-incr");
+    h.set_config("keep = 10\n[interval]\nlocal = 0\n[image]\nfull_every = 4\n");
+    let prog = Prog::c("sysv_job", &["50"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(5);
+    let pid = run.target_pid();
+    h.checkpoint(pid, false);
+    run.wait_for_ticks(15);
+    let last = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    let m = manifest(&last);
+    assert_eq!(m.chain_depth, 1, "the last image should be an increment");
+    let from_parent = m
+        .processes()
+        .iter()
+        .flat_map(|p| p.regions.iter())
+        .filter(|r| matches!(r.backing, Backing::SysvShm(_)))
+        .flat_map(|r| &r.runs)
+        .any(|run| run.image.is_some());
+    assert!(
+        from_parent,
+        "unchanged segment pages should come from the parent"
+    );
+    let after = h.restore_to_end(&last.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &after, pid);
+}
