@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// 3: process trees: `members`, `zombies` and `objects`; process tree links; fds may refer
 /// to shared objects; shared memory regions name their object.
 /// 4: `files` (contents of the files the job writes) and fds' `inode`.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: `sysv_shm` (System V segments), `locks` (file locks), regions backed by `sysv_shm`,
+/// file backings' `may_write`.
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format this version still reads (format 1 is format 2 with every region
 /// hashed).
 pub const OLDEST_READABLE_FORMAT: u32 = 1;
