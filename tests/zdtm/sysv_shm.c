@@ -1,6 +1,6 @@
 /*
  * sysv_shm - System V shared memory: segment A (a key, 3 pages and a bit) attached
- * read-write by the parent, with its last page mprotect-ed read-only, and read-only
+ * read-write by the parent (and SHM_LOCK-ed), with its last page mprotect-ed read-only, and read-only
  * (SHM_RDONLY) by a child; segment B (IPC_PRIVATE) attached by the parent and marked for
  * removal (IPC_RMID), which the child inherits. After restore: same ids, keys, sizes, modes and attach counts, the
  * same addresses and protections, the contents of the checkpoint, writes of the parent
@@ -105,6 +105,11 @@ int main(void)
     for (size_t i = 0; i < B_SIZE; i++)
         b[i] = pat(i, 7);
     shmctl(b_id, IPC_RMID, NULL);
+    if (shmctl(a_id, SHM_LOCK, NULL)) {
+        printf("FAIL SHM_LOCK: %s\n", strerror(errno));
+        shmctl(a_id, IPC_RMID, NULL);
+        return 1;
+    }
     pid_t child = fork_or_fail();
     if (child == 0)
         child_main(a_id, a);
@@ -139,6 +144,8 @@ int main(void)
         FAILED("segment A: key %#x size %zu mode %o nattch %lu, want %#x %d 640 %lu",
                ds.shm_perm.__key, ds.shm_segsz, ds.shm_perm.mode & 0777,
                (unsigned long)ds.shm_nattch, key, A_SIZE, a_nattch);
+    else if (!(ds.shm_perm.mode & SHM_LOCKED))
+        FAILED("segment A is no longer locked (SHM_LOCK)");
     if (shmget(key, 0, 0) != a_id)
         FAILED("key %#x does not lead to segment %d", key, a_id);
     if (shmctl(b_id, IPC_STAT, &ds))
