@@ -239,8 +239,8 @@ fn flock_struct(mode: LockMode, start: u64, end: Option<u64>) -> [u8; 32] {
     out
 }
 
-/// Process `pid` (driven through `thread`, with `scratch` a page of its own it does not
-/// use yet) takes `locks` again, those of the image that are its own.
+/// Process `pid` (driven through `thread`, with `scratch` a page of its own free for the
+/// calls) takes `locks` again, those of the image that are its own.
 pub fn retake(
     thread: &mut RemoteThread,
     mem: &ProcessMemory,

@@ -231,8 +231,19 @@ fn rebuild(
     let pids: Vec<Pid> = std::iter::once(child)
         .chain(procs[1..].iter().map(|p| Pid::from_raw(p.process.pid)))
         .collect();
-    let outcome = drive_all(&pids, sync_w, &areas, &procs, &reports, &plans, &m.locks).and_then(
-        |mut rebuilt| {
+    let outcome =
+        drive_all(&pids, sync_w, &areas, &procs, &reports, &plans).and_then(|mut rebuilt| {
+            // Their fds are in place, none of their threads has run.
+            for (last, p) in rebuilt.iter_mut().zip(&procs) {
+                let pid = p.process.pid;
+                crate::objects::locks::retake(
+                    &mut last.main,
+                    &last.mem,
+                    last.scratch,
+                    pid,
+                    &m.locks,
+                )?;
+            }
             // Before the wait for the page check, which it may overlap.
             let tracker = opts
                 .track_writes
@@ -253,8 +264,7 @@ fn rebuild(
                 last.release(area.base, area.len, p.process.tree.stopped)?;
             }
             Ok(tracker)
-        },
-    );
+        });
     if outcome.is_err() {
         put_back.iter().for_each(PutBack::undo);
         for &pid in pids.iter().rev() {
@@ -690,7 +700,6 @@ fn drive_all<'a>(
     procs: &[ProcessView<'a>],
     reports: &Reports,
     plans: &[ChildPlan],
-    locks: &[crate::objects::locks::HeldLock],
 ) -> Result<Vec<Rethreader<'a>>, RestoreError> {
     ptrace::seize(pids[0], ptrace::restore_options())?;
     nix::unistd::write(&sync_w, &[1]).map_err(sys_err("release the new process"))?;
@@ -699,7 +708,7 @@ fn drive_all<'a>(
     for (i, &pid) in pids.iter().enumerate() {
         let p = &procs[i];
         let creds = p.process.credentials.as_ref();
-        let last = drive_child(pid, &areas[i], p, locks, creds)
+        let last = drive_child(pid, &areas[i], &p.process.pending_signals, p.threads, creds)
             .map_err(|e| explain_child_exit(e, reports.slot(i), &plans[i]))?;
         rebuilt.push(last);
     }

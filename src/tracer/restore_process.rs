@@ -13,7 +13,7 @@ use super::stub::{self, Expect, Op};
 use super::sys;
 use crate::image::format::{
     Advice, Backing, Credentials, FdKind, FdState, FileIdentity, Inode, Manifest, MemoryRegion,
-    PAGE_SIZE, PageRun, ProcessState, ProcessView,
+    PAGE_SIZE, PageRun, PendingSignal, ProcessState, ProcessView, ThreadState,
 };
 use crate::objects::contents;
 use nix::errno::Errno;
@@ -794,15 +794,13 @@ pub(super) fn child_plan(
 }
 
 /// Lets a seized process under restore run the stub, then recreates its threads.
-/// `locks`: the image's file locks, of which the process takes its own again.
 pub(super) fn drive_child<'a>(
     child: Pid,
     area: &StubArea,
-    p: &ProcessView<'a>,
-    locks: &[crate::objects::locks::HeldLock],
+    process_pending: &[PendingSignal],
+    threads: &'a [ThreadState],
     credentials: Option<&Credentials>,
 ) -> Result<Rethreader<'a>, RestoreError> {
-    let threads = p.threads;
     loop {
         let stop = ptrace::wait_stop(child, "restore")?;
         match stop {
@@ -833,11 +831,8 @@ pub(super) fn drive_child<'a>(
     let leader = threads.first().ok_or(RestoreError::NoThreads)?;
     let new_ids = child.as_raw() != leader.tid;
     let mut last = Rethreader::new(child, area.stub.syscall_gadget, area.data, threads, new_ids)?;
-    // Its fds are in place and none of its threads runs yet.
-    let pid = p.process.pid;
-    crate::objects::locks::retake(&mut last.main, &last.mem, last.scratch, pid, locks)?;
     last.recreate_threads(credentials)?;
-    last.requeue_signals(&p.process.pending_signals)?;
+    last.requeue_signals(process_pending)?;
     Ok(last)
 }
 
