@@ -296,6 +296,24 @@ pub fn problems(m: &Manifest) -> Vec<(String, String)> {
             ));
         }
     }
+    let procs = m.processes();
+    for (i, s) in m.sysv_shm.iter().enumerate() {
+        // A restore fills the segment from its first whole attach: it must hold it all.
+        let stored: u64 = first_attach(s, &procs)
+            .flat_map(|r| r.runs.iter())
+            .map(|run| run.len)
+            .sum();
+        if stored != s.mapped_len() {
+            out.push((
+                format!("sysv_shm[{i}]"),
+                format!(
+                    "the image stores {stored:#x} of its {:#x} bytes (through the attaches of \
+                     its processes)",
+                    s.mapped_len()
+                ),
+            ));
+        }
+    }
     for (p, view) in m.processes().iter().enumerate() {
         let prefix = if p == 0 {
             String::new()
@@ -518,8 +536,28 @@ fn create_one(seg: &SysvSegment) -> Result<(), SysvError> {
     Ok(())
 }
 
-/// Writes the segment's pages, read from the first regions (of any process) that cover
-/// each page: every attach is whole, so one attach holds them all.
+/// Every attach is whole and holds every page: the pieces of attaches of `seg` that follow
+/// each other from offset 0 (those of the first attach, in address order) hold it once.
+fn first_attach<'a>(
+    seg: &'a SysvSegment,
+    procs: &'a [ProcessView<'a>],
+) -> impl Iterator<Item = &'a MemoryRegion> + 'a {
+    let mut covered = 0;
+    procs
+        .iter()
+        .flat_map(|p| p.regions.iter())
+        .filter(move |r| {
+            let next = covered < seg.mapped_len()
+                && attach_of(r).is_some_and(|a| a.shmid == seg.shmid)
+                && offset_of(r) == covered;
+            if next {
+                covered += r.len();
+            }
+            next
+        })
+}
+
+/// Writes the segment's pages, read from its first attach (see `first_attach`).
 fn fill(
     seg: &SysvSegment,
     procs: &[ProcessView],
@@ -538,40 +576,24 @@ fn fill(
     // Every page of an attach is stored: fault them all in at once, cheaper than page by
     // page inside the reads (as the restorer stub does for the memory it fills).
     attach.populate();
-    let mut filled = vec![false; len / PAGE_SIZE as usize];
     let mut files: BTreeMap<Option<u64>, std::fs::File> = BTreeMap::new();
     let pages_err = |source| SysvError::Pages {
         shmid: seg.shmid,
         source,
     };
-    for r in procs.iter().flat_map(|p| p.regions) {
-        if attach_of(r).is_none_or(|a| a.shmid != seg.shmid) {
-            continue;
-        }
-        let base = offset_of(r);
+    for r in first_attach(seg, procs) {
         for run in &r.runs {
-            let at = base + (run.addr - r.start);
-            let first = (at / PAGE_SIZE) as usize;
-            let count = (run.len / PAGE_SIZE) as usize;
-            if filled
-                .get(first..first + count)
-                .is_none_or(|f| f.iter().all(|&x| x))
-            {
-                continue;
-            }
             let file = match files.entry(run.image) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert(pages(run.image).map_err(pages_err)?)
                 }
             };
+            let at = offset_of(r) + (run.addr - r.start);
             let target = attach.slice(at as usize, run.len as usize).ok_or_else(|| {
                 pages_err(std::io::Error::other("a run lies outside the segment"))
             })?;
             file.read_exact_at(target, run.offset).map_err(pages_err)?;
-            filled[first..first + count]
-                .iter_mut()
-                .for_each(|f| *f = true);
         }
     }
     Ok(())

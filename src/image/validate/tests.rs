@@ -527,6 +527,11 @@ fn with_sysv_and_lock() -> Manifest {
         exec: false,
     });
     m.regions[0].shared_object = Some(SharedMemoryRef { id: 7, offset: 0 });
+    // Every page of an attach is stored (two pages here, two more in the parent).
+    m.regions[0].runs = vec![
+        run(0x1000_0000, 0x2000, 0, None),
+        run(0x1000_2000, 0x2000, 0, Some(2)),
+    ];
     m.locks = vec![HeldLock {
         pid: 1000,
         fd: 3,
@@ -559,6 +564,10 @@ fn sysv_segments_and_locks() {
         m.sysv_shm.push(twice);
     });
     refused("regions[0].backing.shmid", |m| m.sysv_shm.clear());
+    refused("sysv_shm[0]", |m| {
+        m.regions[0].backing = Backing::SharedAnonymous
+    });
+    refused("sysv_shm[0]", |m| m.regions[0].runs.clear());
     refused("regions[0].shared_object", |m| m.sysv_shm[0].size = 0x1000);
     refused("regions[0].shared_object", |m| {
         m.regions[0].shared_object = Some(SharedMemoryRef {
