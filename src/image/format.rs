@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// 3: process trees: `members`, `zombies` and `objects`; process tree links; fds may refer
 /// to shared objects; shared memory regions name their object.
 /// 4: `files` (contents of the files the job writes) and fds' `inode`.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: `sysv_shm` (System V segments), `locks` (file locks), regions backed by `sysv_shm`,
+/// file backings' `may_write`.
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format this version still reads (format 1 is format 2 with every region
 /// hashed).
 pub const OLDEST_READABLE_FORMAT: u32 = 1;
@@ -115,6 +117,13 @@ pub struct Manifest {
     /// restore puts each back as the checkpoint saw it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<crate::objects::contents::WrittenFile>,
+    /// System V shared memory segments the job's processes attach (each attach is a
+    /// region with `Backing::SysvShm`): recreated with their ids before the processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysv_shm: Vec<crate::objects::sysv_shm::SysvSegment>,
+    /// File locks and leases the job's processes hold: taken again by each at restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<crate::objects::locks::HeldLock>,
 }
 
 impl Manifest {
@@ -527,6 +536,9 @@ pub enum Backing {
     /// `[vdso]`, `[vvar]`, `[vvar_vclock]`: not stored, the restoring kernel's own are moved
     /// to this address.
     Vdso,
+    /// An attach of a System V shared memory segment (`Manifest::sysv_shm`); all of it is
+    /// stored, and the restore attaches the recreated segment here.
+    SysvShm(crate::objects::sysv_shm::SysvAttach),
 }
 
 /// A file as it was at checkpoint time: a restore refuses a file that changed under a
@@ -540,6 +552,16 @@ pub struct FileIdentity {
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
+    /// A shared mapping the process may make writable (`VM_MAYWRITE`, VmFlags `mw`: its
+    /// file was open read-write when it was mapped), even if it is read-only now: the
+    /// restore opens the file read-write, or `mprotect` back to writable would fail.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub may_write: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl FileIdentity {
@@ -696,6 +718,7 @@ mod tests {
             size: 10,
             mtime_ns: 1,
             inode: 2,
+            may_write: false,
         });
         let json = serde_json::to_string(&b).unwrap();
         assert!(json.starts_with("{\"kind\":\"file\""), "{json}");

@@ -220,6 +220,12 @@ pub fn validate(m: &Manifest) -> Result<(), InvalidManifest> {
         }
     }
     check_written_files(&mut c, m, &parents);
+    let kernel_objects = crate::objects::sysv_shm::problems(m)
+        .into_iter()
+        .chain(crate::objects::locks::problems(m));
+    for (field, problem) in kernel_objects {
+        c.fail(field, problem);
+    }
     for (k, z) in m.zombies.iter().enumerate() {
         let at = format!("zombies[{k}]");
         ids.process(&mut c, &format!("{at}.pid"), z.pid);
@@ -753,7 +759,7 @@ fn check_regions(c: &mut Checker, at: &str, regions: &[MemoryRegion], pages: &Pa
                 format!("{field}.runs"),
                 "the vDSO has no stored pages",
             ),
-            Backing::Anonymous | Backing::SharedAnonymous => {}
+            Backing::Anonymous | Backing::SharedAnonymous | Backing::SysvShm(_) => {}
         }
         if let Some(o) = r.shared_object {
             c.check(

@@ -52,6 +52,8 @@ pub enum DumpError {
     Objects(#[from] crate::objects::ObjectError),
     #[error(transparent)]
     Attributes(#[from] super::attributes::AttributeError),
+    #[error(transparent)]
+    Locks(#[from] crate::objects::locks::LockError),
     #[error("cannot assemble the injected code: {0}")]
     Assemble(String),
     #[error(
@@ -342,6 +344,7 @@ fn dump(
     }
     warn_once(&files.warnings);
     let mut writes = fd_writes(&files.fds);
+    let locks = crate::objects::locks::capture(&files.fds)?;
     let fds = files.fds.remove(&req.pid.as_raw()).unwrap_or_default();
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
     clock.lap("frozen.inspect");
@@ -404,6 +407,15 @@ fn dump(
     for m in &member_dumps {
         writes.extend(mapping_writes(m.pid(), m.regions()));
     }
+    let attaches: Vec<(i32, Vec<&MemoryRegion>)> =
+        std::iter::once((req.pid.as_raw(), plans.iter().map(|p| &p.region).collect()))
+            .chain(
+                member_dumps
+                    .iter()
+                    .map(|m| (m.pid().as_raw(), m.regions().collect())),
+            )
+            .collect();
+    let sysv_shm = crate::objects::sysv_shm::capture(&attaches).map_err(InspectError::from)?;
     let members_snapshotted = member_dumps.iter().filter(|m| m.snapshotted()).count();
     let parent_files = parent
         .as_ref()
@@ -508,6 +520,8 @@ fn dump(
         zombies: std::mem::take(&mut members.zombies),
         objects: files.objects,
         files: written.files,
+        sysv_shm,
+        locks,
     };
     let committed: CommittedImage = writer.commit(&manifest, &page_hashes, req.key)?;
     if let Some(t) = tracker {
@@ -584,16 +598,17 @@ fn fd_writes(fds: &BTreeMap<i32, Vec<FdState>>) -> Vec<WriteAccess> {
         .collect()
 }
 
-/// Every shared writable file mapping of process `pid`.
+/// Every shared file mapping of process `pid` that is writable, or may be made so again
+/// (`mprotect` after the checkpoint: its writes reach the file all the same).
 fn mapping_writes<'a>(
     pid: Pid,
     regions: impl IntoIterator<Item = &'a MemoryRegion>,
 ) -> Vec<WriteAccess> {
     regions
         .into_iter()
-        .filter(|r| r.shared && r.prot.write)
+        .filter(|r| r.shared)
         .filter_map(|r| match &r.backing {
-            Backing::File(id) => Some(WriteAccess {
+            Backing::File(id) if r.prot.write || id.may_write => Some(WriteAccess {
                 pid: pid.as_raw(),
                 how: Access::Mapping(id.clone()),
             }),

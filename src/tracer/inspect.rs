@@ -21,6 +21,18 @@ pub enum InspectError {
     },
     #[error("process {pid} maps {what} at {start:#x}: mlckpt cannot checkpoint it yet")]
     UnsupportedMapping { pid: i32, what: String, start: u64 },
+    #[error(
+        "process {pid} maps {path} shared at {start:#x}, with leave to make it writable, but \
+         the file cannot be opened read-write ({message}): a restore could not map it so"
+    )]
+    MappedFileNotWritable {
+        pid: i32,
+        path: String,
+        start: u64,
+        message: String,
+    },
+    #[error(transparent)]
+    Sysv(#[from] crate::objects::sysv_shm::SysvError),
 }
 
 fn proc_err(pid: Pid, what: &'static str) -> impl FnOnce(String) -> InspectError {
@@ -140,14 +152,17 @@ pub fn read_regions_with(pid: Pid, hints: &FlagHints) -> Result<Vec<RegionPlan>,
     let mut plans = Vec::new();
     for map in maps {
         let (start, end) = map.address;
-        let Some((backing, store)) = classify(pid, &map.pathname, &map, start)? else {
+        let hint = hints.0.get(&map.address).map(|h| h.flags);
+        let Some((backing, store)) = classify(pid, &map.pathname, &map, start, hint)? else {
             continue;
         };
-        let shared_object = (backing == Backing::SharedAnonymous).then_some(SharedMemoryRef {
-            id: map.inode,
-            offset: map.offset,
-        });
-        let hint = hints.0.get(&map.address).map(|h| h.flags);
+        let shared_object = match &backing {
+            Backing::SharedAnonymous | Backing::SysvShm(_) => Some(SharedMemoryRef {
+                id: map.inode,
+                offset: map.offset,
+            }),
+            _ => None,
+        };
         let flags = hint.unwrap_or(VmFlags::NONE);
         plans.push(RegionPlan {
             region: MemoryRegion {
@@ -212,6 +227,7 @@ fn classify(
     path: &MMapPath,
     map: &procfs::process::MemoryMap,
     start: u64,
+    flags: Option<VmFlags>,
 ) -> Result<Classified, InspectError> {
     let shared = map.perms.contains(MMPermissions::SHARED);
     let anon = if shared {
@@ -227,7 +243,11 @@ fn classify(
         }
         MMapPath::Other(s) if s.starts_with("anon:") || s.starts_with("anon_shmem:") => anon,
         MMapPath::Heap | MMapPath::Stack | MMapPath::TStack(_) | MMapPath::Anonymous => anon,
-        MMapPath::Path(p) => classify_file(p, map, shared),
+        MMapPath::Path(p) => classify_file(pid, p, map, shared, flags)?,
+        MMapPath::Vsys(_) => (
+            crate::objects::sysv_shm::backing(pid.as_raw(), map, flags)?,
+            StorePolicy::Everything,
+        ),
         other => {
             return Err(InspectError::UnsupportedMapping {
                 pid: pid.as_raw(),
@@ -242,11 +262,15 @@ const DELETED: &str = " (deleted)";
 
 /// A file mapping whose file is still where maps says keeps the file as backing; one whose
 /// file is gone or replaced (deleted, memfd, `/dev/zero` shared memory) is stored in full.
+/// A shared mapping whose file was opened read-write is reopened so at restore (see
+/// `FileIdentity::may_write`): the checkpoint fails now if that cannot be done.
 fn classify_file(
+    pid: Pid,
     path: &Path,
     map: &procfs::process::MemoryMap,
     shared: bool,
-) -> (Backing, StorePolicy) {
+    flags: Option<VmFlags>,
+) -> Result<(Backing, StorePolicy), InspectError> {
     let whole = if shared {
         (Backing::SharedAnonymous, StorePolicy::Everything)
     } else {
@@ -254,13 +278,26 @@ fn classify_file(
     };
     let text = path.to_string_lossy();
     if text.ends_with(DELETED) {
-        return whole;
+        return Ok(whole);
     }
     let Ok(meta) = std::fs::metadata(path) else {
-        return whole;
+        return Ok(whole);
     };
     if meta.ino() != map.inode || !meta.is_file() {
-        return whole;
+        return Ok(whole);
+    }
+    // Flags unknown (the region changed since smaps was read): what it allows now.
+    let may_write = shared
+        && flags.map_or(map.perms.contains(MMPermissions::WRITE), |f| {
+            f.contains(VmFlags::MW)
+        });
+    if may_write && let Err(e) = crate::objects::contents::open_recorded(&text, libc::O_RDWR, 0) {
+        return Err(InspectError::MappedFileNotWritable {
+            pid: pid.as_raw(),
+            path: text.into_owned(),
+            start: map.address.0,
+            message: e.to_string(),
+        });
     }
     let identity = FileIdentity {
         path: text.into_owned(),
@@ -268,13 +305,14 @@ fn classify_file(
         size: meta.size(),
         mtime_ns: FileIdentity::mtime_ns_of(&meta),
         inode: meta.ino(),
+        may_write,
     };
     let store = if shared {
         StorePolicy::Nothing
     } else {
         StorePolicy::PrivateData
     };
-    (Backing::File(identity), store)
+    Ok((Backing::File(identity), store))
 }
 
 /// Everything about the process but its threads and memory contents. `mm.brk`, the

@@ -21,6 +21,7 @@ use crate::image::compress::UnpackedPages;
 use crate::image::format::{Backing, Credentials, Inode, Manifest, ProcessView};
 use crate::image::verify::VerifyError;
 use crate::objects::contents::PutBack;
+use crate::objects::sysv_shm::Recreated as SysvSegments;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -101,6 +102,10 @@ pub enum RestoreError {
     #[error(transparent)]
     Files(#[from] crate::objects::contents::FileError),
     #[error(transparent)]
+    Sysv(#[from] crate::objects::sysv_shm::SysvError),
+    #[error(transparent)]
+    Locks(#[from] crate::objects::locks::LockError),
+    #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Invalid(#[from] crate::image::validate::InvalidManifest),
@@ -176,6 +181,7 @@ fn rebuild(
     }
     preflight(m, &procs, opts)?;
     check_trust(image, &procs)?;
+    let sysv_leftovers = SysvSegments::leftovers(m)?;
     let put_back = m
         .files
         .iter()
@@ -206,6 +212,12 @@ fn rebuild(
         areas.push(StubArea::build(p, m.seq, &fds, &vdso)?);
         fd_plans.push(fds);
     }
+    if !sysv_leftovers.is_empty() {
+        // Removing them cannot be undone: only for an image known to be intact.
+        pages_verified()?;
+    }
+    let pages = |seq: Option<u64>| open_pages(image, unpacked, seq);
+    let segments = SysvSegments::create(m, &procs, &sysv_leftovers, &pages)?;
     let reports = Reports::map(procs.len())?;
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create sync pipe"))?;
@@ -235,6 +247,17 @@ fn rebuild(
         .collect();
     let outcome =
         drive_all(&pids, sync_w, &areas, &procs, &reports, &plans).and_then(|mut rebuilt| {
+            // Their fds are in place, none of their threads has run.
+            for (last, p) in rebuilt.iter_mut().zip(&procs) {
+                let pid = p.process.pid;
+                crate::objects::locks::retake(
+                    &mut last.main,
+                    &last.mem,
+                    last.scratch,
+                    pid,
+                    &m.locks,
+                )?;
+            }
             // Before the wait for the page check, which it may overlap.
             let tracker = opts
                 .track_writes
@@ -249,6 +272,7 @@ fn rebuild(
                     file.apply(&pages)?;
                 }
             }
+            segments.attached()?;
             // Children first: no process of the job runs before all are complete.
             for ((last, area), p) in rebuilt.into_iter().zip(&areas).zip(&procs).rev() {
                 last.release(area.base, area.len, p.process.tree.stopped)?;
@@ -266,6 +290,20 @@ fn rebuild(
         pid: child,
         tracker,
     })
+}
+
+/// The page data of image `seq` (None: the image itself), decompressed if it is stored
+/// compressed.
+fn open_pages(
+    image: &Image,
+    unpacked: &UnpackedPages,
+    seq: Option<u64>,
+) -> std::io::Result<std::fs::File> {
+    let seq = seq.unwrap_or(image.manifest.seq);
+    match unpacked.get(seq) {
+        Some(memory) => memory.try_clone_to_owned().map(std::fs::File::from),
+        None => std::fs::File::open(pages_path(image, seq)),
+    }
 }
 
 /// `pages.bin` of image `seq`: the image itself, or one of its parents beside it.
@@ -387,14 +425,18 @@ fn preflight(
             return Err(pid_taken(pid));
         }
     }
+    // A file the job writes (a shared-writable mapping: a /dev/shm object, say) is the
+    // concern of `Manifest::files`, which puts it back, or creates it again if it is gone.
+    let written: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
     for region in procs.iter().flat_map(|p| p.regions) {
-        if let Backing::File(id) = &region.backing {
+        if let Backing::File(id) = &region.backing
+            && !written.contains(&id.path.as_str())
+        {
             check_mapped_file(id)?;
         }
     }
     // The files the job's fds reopen must be the ones it had (a file written since is the
     // concern of `Manifest::files`; one replaced, or a symlink put in its way, is refused).
-    let written: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
     for fd in procs.iter().flat_map(|p| p.fds) {
         let Some(inode) = fd.inode else { continue };
         if written.contains(&fd.path.as_str()) {

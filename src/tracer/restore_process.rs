@@ -245,7 +245,14 @@ pub(super) fn plan_fds(
     for region in p.regions {
         match (&region.backing, region.shared_object) {
             (Backing::File(id), _) => {
-                let flags = if region.shared && region.prot.write {
+                // One fd serves every mapping of the file: read-write if any needs it.
+                let writes = |r: &MemoryRegion| match &r.backing {
+                    Backing::File(other) if other.path == id.path => {
+                        r.shared && (r.prot.write || other.may_write)
+                    }
+                    _ => false,
+                };
+                let flags = if p.regions.iter().any(writes) {
                     libc::O_RDWR
                 } else {
                     libc::O_RDONLY
@@ -640,6 +647,12 @@ pub(super) fn region_ops(
     fds: &FdPlan,
     ops: &mut Vec<Op>,
 ) -> Result<(), RestoreError> {
+    if let Backing::SysvShm(attach) = &r.backing {
+        // The restorer filled the segment; the process only attaches it.
+        ops.extend(crate::objects::sysv_shm::attach_ops(r, attach));
+        advice_ops(r, ops);
+        return Ok(());
+    }
     let prot = r.prot.bits();
     let fill = !r.runs.is_empty();
     let initial = if fill { prot | libc::PROT_WRITE } else { prot };
@@ -685,14 +698,7 @@ pub(super) fn region_ops(
         format!("map {name} at {:#x}", r.start),
     ));
     // Advice first: with MADV_HUGEPAGE in force, the reads below fault in huge pages.
-    for advice in &r.advice {
-        ops.push(Op::new(
-            libc::SYS_madvise,
-            &[r.start, r.len(), advice_code(*advice)],
-            Expect::Anything,
-            "madvise",
-        ));
-    }
+    advice_ops(r, ops);
     if !matches!(r.backing, Backing::File(_)) {
         populate_ops(&r.runs, ops);
     }
@@ -726,6 +732,17 @@ pub(super) fn region_ops(
         ));
     }
     Ok(())
+}
+
+fn advice_ops(r: &MemoryRegion, ops: &mut Vec<Op>) {
+    for advice in &r.advice {
+        ops.push(Op::new(
+            libc::SYS_madvise,
+            &[r.start, r.len(), advice_code(*advice)],
+            Expect::Anything,
+            "madvise",
+        ));
+    }
 }
 
 /// Pre-faults the memory `runs` are read into, in bulk: one `MADV_POPULATE_WRITE` costs a

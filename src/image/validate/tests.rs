@@ -172,6 +172,8 @@ pub(super) fn sample() -> Manifest {
             object: ObjectKind::Stdio(StdioStream { fd: 1 }),
         }],
         files: Vec::new(),
+        sysv_shm: Vec::new(),
+        locks: Vec::new(),
     }
 }
 
@@ -261,6 +263,7 @@ fn bad_regions() {
             size: 1,
             mtime_ns: 0,
             inode: 1,
+            may_write: false,
         });
     });
     refused("regions[0].runs", |m| m.regions[0].backing = Backing::Vdso);
@@ -539,5 +542,81 @@ fn hostile_process_attributes() {
             }),
             timer_slack_ns: None,
         }]
+    });
+}
+
+/// The sample with region 0 an attach of a 16 KiB System V segment and a lock on fd 3.
+fn with_sysv_and_lock() -> Manifest {
+    use crate::objects::locks::{HeldLock, LockKind, LockMode};
+    use crate::objects::sysv_shm::{SysvAttach, SysvSegment};
+    let mut m = sample();
+    m.sysv_shm = vec![SysvSegment {
+        shmid: 7,
+        key: 0x1234,
+        size: 0x4000,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    }];
+    m.regions[0].shared = true;
+    m.regions[0].backing = Backing::SysvShm(SysvAttach {
+        shmid: 7,
+        read_only: false,
+        exec: false,
+    });
+    m.regions[0].shared_object = Some(SharedMemoryRef { id: 7, offset: 0 });
+    // Every page of an attach is stored (two pages here, two more in the parent).
+    m.regions[0].runs = vec![
+        run(0x1000_0000, 0x2000, 0, None),
+        run(0x1000_2000, 0x2000, 0, Some(2)),
+    ];
+    m.locks = vec![HeldLock {
+        pid: 1000,
+        fd: 3,
+        kind: LockKind::Posix,
+        mode: LockMode::Write,
+        start: 0,
+        end: Some(99),
+    }];
+    m
+}
+
+#[test]
+fn sysv_segments_and_locks() {
+    assert_eq!(validate(&with_sysv_and_lock()), Ok(()));
+    let refused = |field: &str, edit: fn(&mut Manifest)| {
+        let mut m = with_sysv_and_lock();
+        edit(&mut m);
+        let err = validate(&m).expect_err("an inconsistent manifest passed");
+        assert!(
+            err.names(field),
+            "expected a problem at {field}, got: {err}"
+        );
+    };
+    refused("sysv_shm[0].size", |m| m.sysv_shm[0].size = u64::MAX);
+    refused("sysv_shm[0].size", |m| m.sysv_shm[0].size = 0);
+    refused("sysv_shm[0].shmid", |m| m.sysv_shm[0].shmid = -1);
+    refused("sysv_shm[0].mode", |m| m.sysv_shm[0].mode = u32::MAX);
+    refused("sysv_shm[1].shmid", |m| {
+        let twice = m.sysv_shm[0].clone();
+        m.sysv_shm.push(twice);
+    });
+    refused("regions[0].backing.shmid", |m| m.sysv_shm.clear());
+    refused("sysv_shm[0]", |m| {
+        m.regions[0].backing = Backing::SharedAnonymous
+    });
+    refused("sysv_shm[0]", |m| m.regions[0].runs.clear());
+    refused("regions[0].shared_object", |m| m.sysv_shm[0].size = 0x1000);
+    refused("regions[0].shared_object", |m| {
+        m.regions[0].shared_object = Some(SharedMemoryRef {
+            id: 7,
+            offset: !0xfff,
+        });
+    });
+    refused("locks[0].pid", |m| m.locks[0].pid = 4242);
+    refused("locks[0].fd", |m| m.locks[0].fd = 9);
+    refused("locks[0].end", |m| {
+        m.locks[0].start = 100;
+        m.locks[0].end = Some(5);
     });
 }
