@@ -1,11 +1,7 @@
 /*
- * timerfd - four timers:
+ * timerfd - three timers (timerfd_late.c has a fourth kind):
  *   one-shot: CLOCK_MONOTONIC, relative, 30 s, TFD_NONBLOCK;
  *   interval: CLOCK_MONOTONIC, every 100 ms, TFD_NONBLOCK, expirations left unread;
- *   late:     CLOCK_MONOTONIC, first expiry after 50 ms then every 10 s, never read nor
- *             queried: at the checkpoint it has expired and the kernel has not re-armed it
- *             yet (it does that on read or timerfd_gettime), so its fdinfo shows
- *             `it_value: (0, 0)` with `ticks: 1` although it is a running periodic timer;
  *   absolute: CLOCK_REALTIME, TFD_TIMER_ABSTIME one day ahead, interval 1 h, TFD_CLOEXEC.
  * Before `ready`: the one-shot's and interval timer's timerfd_gettime, the interval
  * timer's expiration count (fdinfo `ticks:` after a timerfd_gettime, which folds the
@@ -22,8 +18,6 @@
  *     that plus the expirations `elapsed` allows (+1); the period is 100 ms, the next expiry
  *     at most one period away, and it keeps firing: a read ~250 ms later gives the
  *     expirations that time allows (+-1);
- *   - late: still a periodic timer: interval 10 s, armed, at most 10 s left, its read()
- *     gives its one expiration (more only if `elapsed` went past 10 s);
  *   - absolute: not fired, expires at the same CLOCK_REALTIME instant (+-100 ms), keeps its
  *     1 h interval.
  */
@@ -40,36 +34,18 @@
 
 #include "zdtm.h"
 #include "fdinfo.h"
+#include "timerfd.h"
 
-#define MS 1000000LL
-#define SEC 1000000000LL
 #define PERIOD (100 * MS)
 #define ONESHOT (30 * SEC)
-#define LATE_FIRST (50 * MS)
-#define LATE_PERIOD (10 * SEC)
 #define DAY (86400 * SEC)
 #define HOUR (3600 * SEC)
 
-enum { ONE, TICK, LATE, ABS, NTIMERS };
-static const char *const names[NTIMERS] = {"one-shot timer", "interval timer", "late timer",
+enum { ONE, TICK, ABS, NTIMERS };
+static const char *const names[NTIMERS] = {"one-shot timer", "interval timer",
                                             "absolute timer"};
 static const char *const keys[] = {"clockid:", "settime flags:"};
 #define NKEYS (sizeof keys / sizeof keys[0])
-
-static long long ns_of(struct timespec t) { return t.tv_sec * SEC + t.tv_nsec; }
-
-static struct timespec ts_of(long long ns)
-{
-    struct timespec t = {ns / SEC, ns % SEC};
-    return t;
-}
-
-static long long now(clockid_t clock)
-{
-    struct timespec t;
-    clock_gettime(clock, &t);
-    return ns_of(t);
-}
 
 struct saved {
     struct fd_flags flags;
@@ -99,16 +75,6 @@ static int readable(int fd)
     return poll(&p, 1, 0) == 1;
 }
 
-/* One read(): the expiration count, or -errno. */
-static long long read_count(int fd)
-{
-    uint64_t n;
-    ssize_t r = read(fd, &n, sizeof n);
-    if (r < 0)
-        return -errno;
-    return r == sizeof n ? (long long)n : -EIO;
-}
-
 /* Expirations of a timer due `left` from now with `period`, in the next `span`. */
 static long long due_in(long long left, long long period, long long span)
 {
@@ -121,27 +87,23 @@ int main(void)
     int fds[NTIMERS] = {
         timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK),
         timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK),
-        timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK),
         timerfd_create(CLOCK_REALTIME, TFD_CLOEXEC),
     };
     long long abs_at = (now(CLOCK_REALTIME) / SEC) * SEC + DAY;
     struct itimerspec one = {ts_of(0), ts_of(ONESHOT)};
     struct itimerspec tick = {ts_of(PERIOD), ts_of(PERIOD)};
-    struct itimerspec late = {ts_of(LATE_PERIOD), ts_of(LATE_FIRST)};
     struct itimerspec abs = {ts_of(HOUR), ts_of(abs_at)};
     for (int i = 0; i < NTIMERS; i++)
         if (fds[i] < 0) {
             printf("FAIL set-up: timerfd_create: %s\n", strerror(errno));
             return 1;
         }
-    long long late_set = now(CLOCK_MONOTONIC);
     if (timerfd_settime(fds[ONE], 0, &one, NULL) || timerfd_settime(fds[TICK], 0, &tick, NULL) ||
-        timerfd_settime(fds[LATE], 0, &late, NULL) ||
         timerfd_settime(fds[ABS], TFD_TIMER_ABSTIME, &abs, NULL)) {
         printf("FAIL set-up: timerfd_settime: %s\n", strerror(errno));
         return 1;
     }
-    /* Let a few expirations of the interval timer pile up, and the late one expire. */
+    /* Let a few expirations of the interval timer pile up. */
     struct timespec wait = ts_of(350 * MS);
     nanosleep(&wait, NULL);
 
@@ -151,15 +113,6 @@ int main(void)
             printf("FAIL set-up: %s: fdinfo\n", names[i]);
             return 1;
         }
-    char late_value[32] = "", late_ticks[32] = "";
-    if (fdinfo_value(fds[LATE], "it_value:", late_value, sizeof late_value) != 1 ||
-        strcmp(late_value, "(0, 0)") ||
-        fdinfo_value(fds[LATE], "ticks:", late_ticks, sizeof late_ticks) != 1 ||
-        strcmp(late_ticks, "1")) {
-        printf("FAIL set-up: the late timer shows it_value %s ticks %s, expected (0, 0) and 1\n",
-               late_value, late_ticks);
-        return 1;
-    }
     struct itimerspec cur0[NTIMERS];
     if (timerfd_gettime(fds[ONE], &cur0[ONE]) || timerfd_gettime(fds[TICK], &cur0[TICK])) {
         printf("FAIL set-up: timerfd_gettime: %s\n", strerror(errno));
@@ -229,20 +182,6 @@ int main(void)
         FAILED("interval timer gave %lld expirations in the %lld ms after restore's first "
                "read, expected %lld (+-1)",
                again, slept / MS, slept / PERIOD);
-
-    /* Late: the expired, not yet re-armed periodic timer is still periodic. */
-    long long late_left = ns_of(cur[LATE].it_value);
-    long long late_most = 1 + (t1 - late_set - LATE_FIRST) / LATE_PERIOD;
-    if (ns_of(cur[LATE].it_interval) != LATE_PERIOD)
-        FAILED("late timer interval %lld ns, expected %lld (it had expired once, unread, at "
-               "the checkpoint)",
-               ns_of(cur[LATE].it_interval), LATE_PERIOD);
-    else if (late_left <= 0 || late_left > LATE_PERIOD)
-        FAILED("late timer next expiry in %lld ms, expected within its 10 s period",
-               late_left / MS);
-    long long late_got = read_count(fds[LATE]);
-    if (late_got < 1 || late_got > late_most)
-        FAILED("late timer read %lld, expected 1 to %lld expirations", late_got, late_most);
 
     /* Absolute: the same CLOCK_REALTIME instant, the same interval. */
     long long abs_left = ns_of(cur[ABS].it_value);
