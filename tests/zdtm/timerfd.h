@@ -10,7 +10,10 @@
 #define MS 1000000LL
 #define SEC 1000000000LL
 
-__attribute__((unused)) static long long ns_of(struct timespec t) { return t.tv_sec * SEC + t.tv_nsec; }
+__attribute__((unused)) static long long ns_of(struct timespec t)
+{
+    return t.tv_sec * SEC + t.tv_nsec;
+}
 
 __attribute__((unused)) static struct timespec ts_of(long long ns)
 {
