@@ -42,15 +42,16 @@ fn namespace_fd_and_removed_cwd_are_refused_together() {
     run.wait_for_ticks(10);
     let pid = run.target_pid();
     let refused = h.checkpoint_refused(pid);
-    let text = refused.output();
+    // Every object is named at once: one message (from one `mlckpt:` line to the next)
+    // names both, not a first refusal that stops at the first object.
+    let removed_dir = format!("mlckpt-removed-cwd-{pid}");
+    let names_both = messages(&refused.output())
+        .iter()
+        .any(|m| (m.contains("net:[") || m.contains("ns/net")) && m.contains(removed_dir.as_str()));
     assert!(
-        text.contains("net:[") || text.contains("ns/net"),
-        "the refusal does not name the namespace fd\n{}",
-        refused.describe()
-    );
-    assert!(
-        text.contains(&format!("mlckpt-removed-cwd-{pid}")),
-        "the refusal does not name the removed working directory\n{}",
+        names_both,
+        "no message of the refusal names both the namespace fd and the removed working \
+         directory ({removed_dir})\n{}",
         refused.describe()
     );
     // The job ran on untouched: its whole output (each tick checks both objects) is the
@@ -58,4 +59,16 @@ fn namespace_fd_and_removed_cwd_are_refused_together() {
     let run = run.finish(CMD_TIMEOUT).expect_code(0);
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
     assert_continuation(&reference.stdout, &run.stdout, "", pid);
+}
+
+/// The messages in a command's output: each starts at a line beginning with `mlckpt:` and
+/// runs until the next one (a list of objects continues on indented lines).
+fn messages(output: &str) -> Vec<&str> {
+    let mut starts: Vec<usize> = output
+        .match_indices("mlckpt:")
+        .map(|(i, _)| i)
+        .filter(|&i| i == 0 || output.as_bytes()[i - 1] == b'\n')
+        .collect();
+    starts.push(output.len());
+    starts.windows(2).map(|w| &output[w[0]..w[1]]).collect()
 }

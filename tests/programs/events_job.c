@@ -11,11 +11,17 @@
  *     at t % 10 == 0 it reads it from the signalfd and re-arms the one-shot;
  *   - each one-shot reports its fd once per arming: `efd_notices` and `sig_notices` count
  *     those reports (a restore that re-arms a disarmed one-shot, or loses an armed one,
- *     changes them).
+ *     changes them);
+ *   - a second, slow timerfd (first expiry at 525 ms, then every second: half-way between
+ *     two ticks, ten ticks before each read) is read only at t % 20 == 0, without waiting:
+ *     between its expiry and that read it is a periodic timer the kernel has expired and
+ *     not re-armed yet, the state a checkpoint usually finds it in. Every read must find at
+ *     least one expiration (`slow=` counts the reads that did), so a restore that turns it
+ *     into a disarmed timer shows.
  *
  * Usage:  events_job <ticks>
  * Output: "pid <pid>"
- *         "tick <i> pid=<pid> sum=<n> efd_notices=<n> sigs=<n> sig_notices=<n>"
+ *         "tick <i> pid=<pid> sum=<n> efd_notices=<n> sigs=<n> sig_notices=<n> slow=<n>"
  *         "done ticks=<n> sum=<n> sigs=<n>"
  */
 #define _GNU_SOURCE
@@ -32,6 +38,7 @@
 #include <unistd.h>
 
 #define TICK_NS 50000000L
+#define SLOW_FIRST_NS 525000000L
 /* Longest wait for any event: the timer ticks every 50 ms. */
 #define SILENCE_MS 5000
 
@@ -69,20 +76,22 @@ int main(int argc, char **argv)
     if (sigprocmask(SIG_BLOCK, &usr1, NULL))
         die("sigprocmask");
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    int slow = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     int sfd = signalfd(-1, &usr1, SFD_NONBLOCK | SFD_CLOEXEC);
     int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (tfd < 0 || efd < 0 || sfd < 0 || ep < 0)
+    if (tfd < 0 || slow < 0 || efd < 0 || sfd < 0 || ep < 0)
         die("create");
     struct itimerspec every = {{0, TICK_NS}, {0, TICK_NS}};
-    if (timerfd_settime(tfd, 0, &every, NULL))
+    struct itimerspec every_second = {{1, 0}, {0, SLOW_FIRST_NS}};
+    if (timerfd_settime(tfd, 0, &every, NULL) || timerfd_settime(slow, 0, &every_second, NULL))
         die("timerfd_settime");
     arm(ep, EPOLL_CTL_ADD, tfd, EPOLLIN, TIMER);
     arm(ep, EPOLL_CTL_ADD, efd, EPOLLIN | EPOLLONESHOT, COUNTER);
     arm(ep, EPOLL_CTL_ADD, sfd, EPOLLIN | EPOLLONESHOT, SIGNALS);
 
     uint64_t sum = 0;
-    long efd_notices = 0, sigs = 0, sig_notices = 0;
+    long efd_notices = 0, sigs = 0, sig_notices = 0, slow_reads = 0;
     for (long t = 1; t <= ticks;) {
         struct epoll_event evs[4];
         int n = epoll_wait(ep, evs, 4, SILENCE_MS);
@@ -133,8 +142,14 @@ int main(int argc, char **argv)
             sigs++;
             arm(ep, EPOLL_CTL_MOD, sfd, EPOLLIN | EPOLLONESHOT, SIGNALS);
         }
-        printf("tick %ld pid=%d sum=%llu efd_notices=%ld sigs=%ld sig_notices=%ld\n", t,
-               (int)getpid(), (unsigned long long)sum, efd_notices, sigs, sig_notices);
+        if (t % 20 == 0) {
+            uint64_t n = 0;
+            if (read(slow, &n, sizeof n) == sizeof n && n > 0)
+                slow_reads++;
+        }
+        printf("tick %ld pid=%d sum=%llu efd_notices=%ld sigs=%ld sig_notices=%ld slow=%ld\n",
+               t, (int)getpid(), (unsigned long long)sum, efd_notices, sigs, sig_notices,
+               slow_reads);
         t++;
     }
     printf("done ticks=%ld sum=%llu sigs=%ld\n", ticks, (unsigned long long)sum, sigs);

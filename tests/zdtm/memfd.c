@@ -1,11 +1,14 @@
 /*
  * memfd - memfd_create("mlckpt-test", MFD_ALLOW_SEALING|MFD_CLOEXEC), 1 MiB of patterned
  * data written through the fd, offset 12345, seals F_SEAL_SHRINK|F_SEAL_GROW, also mapped
- * MAP_SHARED (and one page changed through the mapping before the checkpoint).
+ * MAP_SHARED (and one page changed through the mapping before the checkpoint); a forked
+ * child that inherited the mapping and the fd. (unlinked_maponly.c: a memfd only mapped.)
  * After restore: fcntl flags, the link `/memfd:mlckpt-test (deleted)`, size, offset and
  * seals (exactly SHRINK|GROW, and they still refuse a shrink and a grow) are right; the
  * contents read through the fd and seen through the mapping are the data; the mapping's
  * /proc/self/maps entry is the fd's inode, and writes through either side show in the other.
+ * The child (told with SIGUSR2) stores into its mapping; the parent sees the store through
+ * the fd and its own mapping: one object in both processes, not a copy each.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +27,9 @@
 #define OFFSET 12345
 #define SEALS (F_SEAL_SHRINK | F_SEAL_GROW)
 #define LINK "/memfd:mlckpt-test (deleted)"
+#define CHILD_AT 777
+#define CHILD_MARK "stored by the child after restore"
+
 
 int main(void)
 {
@@ -36,6 +42,9 @@ int main(void)
         printf("FAIL set-up: %s\n", strerror(errno));
         return 1;
     }
+    pid_t child = fork_or_fail();
+    if (child == 0)
+        child_stores(map, CHILD_AT, CHILD_MARK, sizeof CHILD_MARK);
     char link[256];
     if (fd_link(fd, link, sizeof link) || strcmp(link, LINK)) {
         printf("FAIL set-up: the memfd's link is `%s`, expected `%s`\n", link, LINK);
@@ -62,5 +71,13 @@ int main(void)
     check_contents("memfd", fd, map, expect, SIZE);
     check_one_object("memfd", fd, map, expect, SIZE, LINK);
     check_offset("memfd (after the checks)", fd, OFFSET);
+
+    if (kill(child, SIGUSR2))
+        FAILED("kill child: %s", strerror(errno));
+    reap_child(child);
+    memcpy(expect + CHILD_AT, CHILD_MARK, sizeof CHILD_MARK);
+    if (memcmp(map + CHILD_AT, CHILD_MARK, sizeof CHILD_MARK))
+        FAILED("the child's store into the memfd is not in the parent's mapping");
+    check_contents("memfd (after the child's store)", fd, map, expect, SIZE);
     return verdict();
 }

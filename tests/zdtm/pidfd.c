@@ -4,6 +4,7 @@
  * (the child's PID) are unchanged; neither pidfd polls readable while the child lives;
  * pidfd_send_signal(SIGUSR1) through the first reaches the child; both then poll readable
  * (within 10 s) and waitid(P_PIDFD) on the non-blocking one collects exit status 42.
+ * (pidfd_zombie.c: a pidfd of a child that has exited.)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,35 +19,12 @@
 
 #include "zdtm.h"
 #include "fdinfo.h"
-
-#ifndef PIDFD_NONBLOCK
-#define PIDFD_NONBLOCK O_NONBLOCK
-#endif
-#ifndef P_PIDFD
-#define P_PIDFD 3
-#endif
+#include "pidfd.h"
 
 #define EXIT_CODE 42
 
 static volatile sig_atomic_t got_usr1;
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
-
-static int pidfd_open(pid_t pid, unsigned flags)
-{
-    return (int)syscall(SYS_pidfd_open, pid, flags);
-}
-
-static int pidfd_send_signal(int pidfd, int sig)
-{
-    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
-}
-
-/* Whether pidfd polls readable (the process exited) within timeout_ms. */
-static int exited(int pidfd, int timeout_ms)
-{
-    struct pollfd p = {pidfd, POLLIN, 0};
-    return poll(&p, 1, timeout_ms) == 1 && (p.revents & POLLIN);
-}
 
 int main(void)
 {

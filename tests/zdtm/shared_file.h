@@ -18,11 +18,13 @@
 #include "zdtm.h"
 
 /* A byte of the pattern: differs from its neighbours, from page to page and per seed. */
+__attribute__((unused))
 static uint8_t pattern_byte(size_t i, unsigned seed)
 {
     return (uint8_t)(((i * 2654435761u) >> 11) ^ (i >> 12) ^ seed);
 }
 
+__attribute__((unused))
 static void fill_pattern(uint8_t *buf, size_t n, unsigned seed)
 {
     for (size_t i = 0; i < n; i++)
@@ -30,6 +32,7 @@ static void fill_pattern(uint8_t *buf, size_t n, unsigned seed)
 }
 
 /* The first offset where a and b differ, or -1. */
+__attribute__((unused))
 static long first_difference(const uint8_t *a, const uint8_t *b, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -39,6 +42,7 @@ static long first_difference(const uint8_t *a, const uint8_t *b, size_t n)
 }
 
 /* The file's contents read through fd (pread) and seen through map must both be `expect`. */
+__attribute__((unused))
 static void check_contents(const char *name, int fd, const uint8_t *map, const uint8_t *expect,
                            size_t size)
 {
@@ -64,6 +68,7 @@ static void check_contents(const char *name, int fd, const uint8_t *map, const u
  * The /proc/self/maps line of the mapping at `map`: its inode and path (from the sixth
  * field on) into path; -1 when there is no such mapping.
  */
+__attribute__((unused))
 static int map_entry(const void *map, unsigned long *inode, char *path, size_t size)
 {
     FILE *f = fopen("/proc/self/maps", "re");
@@ -90,6 +95,7 @@ static int map_entry(const void *map, unsigned long *inode, char *path, size_t s
  * pwrite through the fd shows in the mapping and a store to the mapping shows in a pread
  * (a restore that made two copies fails here). `expect` is updated with both writes.
  */
+__attribute__((unused))
 static void check_one_object(const char *name, int fd, uint8_t *map, uint8_t *expect,
                              size_t size, const char *link)
 {
@@ -126,6 +132,7 @@ static void check_one_object(const char *name, int fd, uint8_t *map, uint8_t *ex
 }
 
 /* Maps fd's first `size` bytes MAP_SHARED read-write, or NULL. */
+__attribute__((unused))
 static uint8_t *map_shared(int fd, size_t size)
 {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -137,6 +144,7 @@ static uint8_t *map_shared(int fd, size_t size)
  * offset at `offset`, and stores through the mapping into page 3 before the checkpoint; the
  * same into `expect`. 0 or -1.
  */
+__attribute__((unused))
 static int fill_file(int fd, uint8_t *map, uint8_t *expect, size_t size, off_t offset,
                      unsigned seed)
 {
@@ -149,7 +157,21 @@ static int fill_file(int fd, uint8_t *map, uint8_t *expect, size_t size, off_t o
     return 0;
 }
 
+/* A forked child's part: after SIGUSR2 (from the parent, after restore) it stores `n`
+ * bytes of `mark` at `map + at`, then exits. */
+__attribute__((unused))
+static void child_stores(uint8_t *map, size_t at, const char *mark, size_t n)
+{
+    while (!got_usr2) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    memcpy(map + at, mark, n);
+    _exit(0);
+}
+
 /* lseek(fd, 0, SEEK_CUR) must be `offset`. */
+__attribute__((unused))
 static void check_offset(const char *name, int fd, off_t offset)
 {
     off_t at = lseek(fd, 0, SEEK_CUR);
