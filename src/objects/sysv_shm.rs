@@ -50,7 +50,8 @@ pub struct SysvAttach {
     pub shmid: i32,
     /// Attached with `SHM_RDONLY` (the mapping may never be made writable).
     pub read_only: bool,
-    /// Attached with `SHM_EXEC` (the mapping may be made executable).
+    /// Executable: attached with `SHM_EXEC`. (Any attach may be made executable later:
+    /// VmFlags show `me` for every attach, the shm mount being executable.)
     pub exec: bool,
 }
 
@@ -131,7 +132,7 @@ pub fn backing(pid: i32, map: &MemoryMap, flags: Option<VmFlags>) -> Result<Back
     Ok(Backing::SysvShm(SysvAttach {
         shmid,
         read_only: !may(VmFlags::MW, MMPermissions::WRITE),
-        exec: may(VmFlags::ME, MMPermissions::EXECUTE),
+        exec: map.perms.contains(MMPermissions::EXECUTE),
     }))
 }
 

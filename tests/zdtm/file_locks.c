@@ -1,7 +1,8 @@
 /*
  * file_locks - locks held across a restore: a POSIX write lock on bytes 0..99 of file A
  * and an OFD read lock from byte 200 to its end (another open of A); flock LOCK_EX on
- * file B; a read lease on file D; and a child holding flock LOCK_SH on file C. After
+ * file B; a read lease on file D; and a child holding flock LOCK_SH on file C and a
+ * POSIX read lock on its bytes 0..9. After
  * restore a new child checks with F_GETLK, F_OFD_GETLK and flock(LOCK_NB) that every
  * lock is held again by the same holder; the parent checks its lease with F_GETLEASE.
  */
@@ -44,7 +45,8 @@ static void holder_main(void)
     close(to_child[1]);
     close(to_parent[0]);
     int fd = open(path_c, O_RDONLY);
-    if (fd < 0 || flock(fd, LOCK_SH))
+    struct flock rd = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+    if (fd < 0 || flock(fd, LOCK_SH) || fcntl(fd, F_SETLK, &rd))
         _exit(10);
     if (write_full(to_parent[1], "h", 1))
         _exit(11);
@@ -54,7 +56,7 @@ static void holder_main(void)
 }
 
 /* The checker, forked after the restore: exits with the first check that failed. */
-static void checker_main(pid_t parent)
+static void checker_main(pid_t parent, pid_t holder)
 {
     int a = open(path_a, O_RDWR);
     if (a < 0)
@@ -78,6 +80,10 @@ static void checker_main(pid_t parent)
         _exit(25); /* the child's LOCK_SH on C */
     if (flock(c, LOCK_SH | LOCK_NB))
         _exit(26); /* ... which is shared */
+    int cw = open(path_c, O_RDWR);
+    struct flock wr = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 5, .l_len = 1};
+    if (cw < 0 || fcntl(cw, F_GETLK, &wr) || wr.l_type != F_RDLCK || wr.l_pid != holder)
+        _exit(27); /* the child's POSIX lock on C */
     _exit(0);
 }
 
@@ -118,13 +124,13 @@ int main(void)
         FAILED("the read lease on D is not held (F_GETLEASE %d)", lease);
     pid_t checker = fork_or_fail();
     if (checker == 0)
-        checker_main(getppid());
+        checker_main(getppid(), holder);
     int st = 0;
     if (waitpid(checker, &st, 0) != checker || !WIFEXITED(st))
         FAILED("checker: status 0x%x", st);
     else if (WEXITSTATUS(st) != 0)
         FAILED("checker: check %d failed (21 POSIX, 22 OFD, 23 extra lock, 24 flock B, "
-               "25/26 child's flock C)", WEXITSTATUS(st));
+               "25/26 child's flock C, 27 child's POSIX lock on C)", WEXITSTATUS(st));
     if (write_full(to_child[1], "x", 1))
         FAILED("write: %s", strerror(errno));
     reap_child(holder);
