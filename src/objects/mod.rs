@@ -398,8 +398,13 @@ pub struct Job<'a> {
 }
 
 impl Job<'_> {
+    /// Whether `pid` is a process of the job, or a zombie child of one (zombies are
+    /// restored too).
     pub fn has_process(&self, pid: i32) -> bool {
-        self.pids.iter().any(|p| p.as_raw() == pid)
+        let member = |pid: i32| self.pids.iter().any(|p| p.as_raw() == pid);
+        member(pid)
+            || crate::tracer::tree::stat(pid)
+                .is_some_and(|s| s.state == 'Z' && member(s.links.ppid))
     }
 }
 

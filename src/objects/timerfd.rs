@@ -44,7 +44,15 @@ fn pair(text: &str) -> Option<(i64, i64)> {
 }
 
 pub fn capture(fd: &OpenFd) -> Result<TimerFdState, Refusal> {
-    let field = |name| info_field(&fd.info, name);
+    // A periodic timer that expired and was not read shows `it_value (0, 0)` until the
+    // kernel is asked: ask, then read fdinfo again.
+    let updated = fd
+        .copy_here("the timerfd")
+        .ok()
+        .filter(|copy| fd_syscalls::timerfd_update(copy.as_fd()).is_ok())
+        .and_then(|_| std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", fd.pid, fd.fd)).ok());
+    let info = updated.as_deref().unwrap_or(&fd.info);
+    let field = |name| info_field(info, name);
     let parsed = (|| {
         let clock: i32 = field("clockid:")?.parse().ok()?;
         let ticks = field("ticks:")?.parse().ok()?;

@@ -57,6 +57,16 @@ pub fn timerfd_settime(
     Errno::result(ret).map(drop)
 }
 
+/// `timerfd_gettime`, for its side effect: a periodic timer that expired and was not read
+/// yet is re-armed (and its expirations counted) only when asked, and fdinfo shows it
+/// disarmed until then.
+pub fn timerfd_update(fd: BorrowedFd) -> Result<(), Errno> {
+    let mut spec = std::mem::MaybeUninit::<libc::itimerspec>::uninit();
+    // SAFETY: the kernel writes one itimerspec through the pointer, live for the call.
+    let ret = unsafe { libc::timerfd_gettime(fd.as_raw_fd(), spec.as_mut_ptr()) };
+    Errno::result(ret).map(drop)
+}
+
 /// `TFD_IOC_SET_TICKS`: the expirations a read will return (after `timerfd_settime`,
 /// which clears them).
 pub fn timerfd_set_ticks(fd: BorrowedFd, ticks: u64) -> Result<(), Errno> {
