@@ -35,8 +35,11 @@ pub struct UnlinkedFile {
     pub chunks: Vec<Chunk>,
     /// Each open file description: flags (without `O_CLOEXEC`) and offset.
     pub descriptions: Vec<Description>,
-    /// Which description each fd of the job is.
+    /// Which description each fd of the job is (none: the job only maps it).
     pub members: Vec<Member>,
+    /// Where its contents are read from at checkpoint time (a `/proc` path).
+    #[serde(skip)]
+    pub source: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -135,7 +138,67 @@ pub fn capture(group: &[&OpenFd]) -> Result<UnlinkedFile, Refusal> {
         chunks: Vec::new(),
         descriptions: descs,
         members,
+        source: format!("/proc/{}/fd/{}", first.pid, first.fd),
     })
+}
+
+/// Memfds and deleted files that process `pid` maps shared but holds no fd on: one object
+/// each (read through `/proc/PID/map_files`), so that its mappings map a file of the same
+/// name and contents again, not anonymous memory. One that cannot be opened there stays
+/// anonymous shared memory (its mapped pages are in the image all the same).
+pub fn add_mapped<'r>(
+    objects: &mut Vec<super::SharedObject>,
+    pid: i32,
+    regions: impl Iterator<Item = &'r crate::image::format::MemoryRegion>,
+) {
+    use crate::image::format::Backing;
+    for r in regions {
+        let (Backing::SharedAnonymous, Some(shared)) = (&r.backing, r.shared_object) else {
+            continue;
+        };
+        let Some(name) = r.name.strip_suffix(DELETED) else {
+            continue;
+        };
+        let known = objects
+            .iter()
+            .any(|o| matches!(&o.object, super::ObjectKind::Unlinked(u) if u.inode == shared.id));
+        if name == "/dev/zero" || !name.starts_with('/') || known {
+            continue;
+        }
+        let source = format!("/proc/{pid}/map_files/{:x}-{:x}", r.start, r.end);
+        let Ok(file) = std::fs::File::open(&source) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else { continue };
+        if !meta.is_file() || meta.ino() != shared.id {
+            continue;
+        }
+        let origin = match name.strip_prefix(MEMFD_PREFIX) {
+            Some(memfd) => Origin::Memfd {
+                name: memfd.to_string(),
+                seals: crate::tracer::fd_syscalls::seals(file.as_fd()).unwrap_or(0),
+            },
+            None => Origin::Deleted {
+                path: name.to_string(),
+            },
+        };
+        let id = objects.iter().map(|o| o.id).max().unwrap_or(0) + 1;
+        objects.push(super::SharedObject {
+            id,
+            object: super::ObjectKind::Unlinked(UnlinkedFile {
+                origin,
+                inode: meta.ino(),
+                size: meta.size(),
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                chunks: Vec::new(),
+                descriptions: Vec::new(),
+                members: Vec::new(),
+                source,
+            }),
+        });
+    }
 }
 
 /// Copies the contents of every unlinked file of `objects` into the image (the job is
@@ -149,15 +212,11 @@ pub fn store_all(
         let super::ObjectKind::Unlinked(file) = &mut object.object else {
             continue;
         };
-        let Some(m) = file.members.first() else {
-            continue;
-        };
-        let source = std::fs::File::open(format!("/proc/{}/fd/{}", m.pid, m.fd)).map_err(|e| {
-            super::ObjectError::Recreate {
-                what: format!("the contents of fd {} of process {}", m.fd, m.pid),
+        let source =
+            std::fs::File::open(&file.source).map_err(|e| super::ObjectError::Recreate {
+                what: format!("the contents of {} ({})", file.describe(), file.source),
                 source: e,
-            }
-        })?;
+            })?;
         // The size now: the job is frozen, but it may have changed since the fds were read.
         file.size = source.metadata().map(|m| m.size()).unwrap_or(file.size);
         let (chunks, bytes) = contents::copy_whole(&source, file.size, writer)?;

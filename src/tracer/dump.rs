@@ -424,6 +424,11 @@ fn dump(
         .unwrap_or_default();
     let written = contents::capture(&writes, req.file_copy_limit, &parent_files, memory.writer)?;
     // Memfds and deleted files: their contents exist nowhere else.
+    let root_regions = plans.iter().map(|p| &p.region);
+    objects::unlinked::add_mapped(&mut files.objects, req.pid.as_raw(), root_regions);
+    for m in &member_dumps {
+        objects::unlinked::add_mapped(&mut files.objects, m.pid().as_raw(), m.regions());
+    }
     objects::unlinked::store_all(&mut files.objects, memory.writer)?;
     warn_once(&written.warnings);
     if !written.files.is_empty() {
