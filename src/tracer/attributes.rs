@@ -86,9 +86,6 @@ impl Remote<'_> {
     }
 }
 
-/// Bytes of scratch memory `capture` and the restore steps use.
-pub const SCRATCH_BYTES: u64 = timers::SCRATCH_BYTES;
-
 /// `membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)` (Linux 6.3).
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 /// `PR_{GET,SET}_THP_DISABLE`, `PR_{GET,SET}_TIMERSLACK`.
@@ -105,7 +102,7 @@ pub struct Capturing<'a> {
     pub frozen: &'a mut Frozen,
     pub lead: &'a mut RemoteThread,
     pub mem: &'a ProcessMemory,
-    /// Scratch memory mapped in the target (at least `SCRATCH_BYTES`).
+    /// Scratch memory mapped in the target (a page at least).
     pub scratch: u64,
     /// The range the checkpoint mapped into the target (the scratch is inside): not the
     /// job's memory, but it shows whether `mlockall(MCL_FUTURE)` is in force.

@@ -59,8 +59,6 @@ const TIMES: u64 = 0;
 const SIGEVENT: u64 = 64;
 const SIGEVENT_BYTES: usize = 64;
 const TIMER_ID: u64 = 128;
-/// Bytes of scratch the calls here use.
-pub const SCRATCH_BYTES: u64 = 136;
 
 const NANOS: u64 = 1_000_000_000;
 
