@@ -128,18 +128,10 @@ pub fn capture(group: &[&OpenFd]) -> Result<UnlinkedFile, Refusal> {
             description: k,
         }));
     }
-    Ok(UnlinkedFile {
-        origin,
-        inode: meta.ino(),
-        size: meta.size(),
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        chunks: Vec::new(),
-        descriptions: descs,
-        members,
-        source: format!("/proc/{}/fd/{}", first.pid, first.fd),
-    })
+    let mut file = UnlinkedFile::of(origin, meta, format!("/proc/{}/fd/{}", first.pid, first.fd));
+    file.descriptions = descs;
+    file.members = members;
+    Ok(file)
 }
 
 /// Memfds and deleted files that process `pid` maps shared but holds no fd on: one object
@@ -185,18 +177,7 @@ pub fn add_mapped<'r>(
         let id = objects.iter().map(|o| o.id).max().unwrap_or(0) + 1;
         objects.push(super::SharedObject {
             id,
-            object: super::ObjectKind::Unlinked(UnlinkedFile {
-                origin,
-                inode: meta.ino(),
-                size: meta.size(),
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                chunks: Vec::new(),
-                descriptions: Vec::new(),
-                members: Vec::new(),
-                source,
-            }),
+            object: super::ObjectKind::Unlinked(UnlinkedFile::of(origin, &meta, source)),
         });
     }
 }
@@ -227,6 +208,22 @@ pub fn store_all(
 }
 
 impl UnlinkedFile {
+    /// The file as `meta` shows it, without fds or contents yet.
+    fn of(origin: Origin, meta: &std::fs::Metadata, source: String) -> UnlinkedFile {
+        UnlinkedFile {
+            origin,
+            inode: meta.ino(),
+            size: meta.size(),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            chunks: Vec::new(),
+            descriptions: Vec::new(),
+            members: Vec::new(),
+            source,
+        }
+    }
+
     /// What the file is, for messages.
     pub fn describe(&self) -> String {
         match &self.origin {
