@@ -99,7 +99,7 @@ const MLOCK_ONFAULT: u64 = 1;
 
 /// What `capture` needs of the checkpoint in progress.
 pub struct Capturing<'a> {
-    pub frozen: &'a mut Frozen,
+    pub frozen: &'a Frozen,
     pub lead: &'a mut RemoteThread,
     pub mem: &'a ProcessMemory,
     /// Scratch memory mapped in the target (a page at least).
