@@ -5,7 +5,6 @@
 //! and devices keep no offset that matters.
 
 use super::{IdAllocator, ObjectError, ObjectKind, OpenFd, Opened, SharedObject};
-use crate::tracer::sys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -35,16 +34,7 @@ pub fn shared_descriptions(
     }
     let mut result = BTreeMap::new();
     for same_file in by_file.values().filter(|v| v.len() > 1) {
-        let mut groups: Vec<Vec<&OpenFd>> = Vec::new();
-        for fd in same_file {
-            let found = groups
-                .iter_mut()
-                .find(|g| sys::same_open_file(g[0].pid, g[0].fd, fd.pid, fd.fd).unwrap_or(false));
-            match found {
-                Some(g) => g.push(fd),
-                None => groups.push(vec![fd]),
-            }
-        }
+        let groups = super::descriptions(same_file);
         for group in groups.into_iter().filter(|g| g.len() > 1) {
             let first = group[0];
             let id = ids.allocate();

@@ -268,16 +268,23 @@ pub fn line_word<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Groups fds into open file descriptions (`kcmp`): the fds of a group share offset and
-/// status flags, and are one object at restore.
+/// status flags, and are one object at restore. Sorted in the kernel's order of files
+/// first, so that a process with thousands of eventfds costs O(n log n) `kcmp` calls.
 pub fn descriptions<'a>(fds: &[&'a OpenFd]) -> Vec<Vec<&'a OpenFd>> {
+    use crate::tracer::sys::file_order;
+    use std::cmp::Ordering;
+    let order = |a: &OpenFd, b: &OpenFd| file_order(a.pid, a.fd, b.pid, b.fd);
+    let mut sorted: Vec<&OpenFd> = fds.to_vec();
+    if sorted.windows(2).any(|w| order(w[0], w[1]).is_err()) {
+        // An fd closed meanwhile (a check while the job runs): one group each.
+        return sorted.into_iter().map(|fd| vec![fd]).collect();
+    }
+    sorted.sort_by(|a, b| order(a, b).unwrap_or(Ordering::Equal));
     let mut groups: Vec<Vec<&OpenFd>> = Vec::new();
-    for &fd in fds {
-        let found = groups.iter_mut().find(|g| {
-            crate::tracer::sys::same_open_file(g[0].pid, g[0].fd, fd.pid, fd.fd).unwrap_or(false)
-        });
-        match found {
-            Some(g) => g.push(fd),
-            None => groups.push(vec![fd]),
+    for fd in sorted {
+        match groups.last_mut() {
+            Some(g) if order(g[0], fd) == Ok(Ordering::Equal) => g.push(fd),
+            _ => groups.push(vec![fd]),
         }
     }
     groups

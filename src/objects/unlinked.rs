@@ -151,9 +151,10 @@ pub fn add_mapped<'r>(
         let Some(name) = r.name.strip_suffix(DELETED) else {
             continue;
         };
-        let known = objects
-            .iter()
-            .any(|o| matches!(&o.object, super::ObjectKind::Unlinked(u) if u.inode == shared.id));
+        let known = objects.iter().any(|o| {
+            matches!(&o.object, super::ObjectKind::Unlinked(u)
+                if u.inode == shared.id && u.map_name() == r.name)
+        });
         if name == "/dev/zero" || !name.starts_with('/') || known {
             continue;
         }
@@ -180,6 +181,18 @@ pub fn add_mapped<'r>(
             object: super::ObjectKind::Unlinked(UnlinkedFile::of(origin, &meta, source)),
         });
     }
+}
+
+/// The unlinked files among `objects`, as (inode, name in the memory map): shared
+/// mappings of them need not store their pages, the file's contents in the image hold them.
+pub fn mapped_names(objects: &[super::SharedObject]) -> std::collections::BTreeSet<(u64, String)> {
+    objects
+        .iter()
+        .filter_map(|o| match &o.object {
+            super::ObjectKind::Unlinked(u) => Some((u.inode, u.map_name())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Copies the contents of every unlinked file of `objects` into the image (the job is
@@ -221,6 +234,15 @@ impl UnlinkedFile {
             descriptions: Vec::new(),
             members: Vec::new(),
             source,
+        }
+    }
+
+    /// How `/proc/PID/maps` names a mapping of it (the inode alone could be another file
+    /// system's).
+    pub fn map_name(&self) -> String {
+        match &self.origin {
+            Origin::Memfd { name, .. } => format!("{MEMFD_PREFIX}{name}{DELETED}"),
+            Origin::Deleted { path } => format!("{path}{DELETED}"),
         }
     }
 

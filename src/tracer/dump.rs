@@ -347,6 +347,10 @@ fn dump(
     let locks = crate::objects::locks::capture(&files.fds)?;
     let fds = files.fds.remove(&req.pid.as_raw()).unwrap_or_default();
     let mut plans = inspect::read_regions_with(req.pid, &hints)?;
+    // Memfds and deleted files: their contents are stored once, as objects.
+    let root_regions = plans.iter().map(|p| &p.region);
+    objects::unlinked::add_mapped(&mut files.objects, req.pid.as_raw(), root_regions);
+    inspect::leave_to_files(&mut plans, &objects::unlinked::mapped_names(&files.objects));
     clock.lap("frozen.inspect");
     if let Some(t) = tracker.as_deref_mut() {
         // What the target wrote since the last pass decides, not what was left after it.
@@ -424,11 +428,6 @@ fn dump(
         .unwrap_or_default();
     let written = contents::capture(&writes, req.file_copy_limit, &parent_files, memory.writer)?;
     // Memfds and deleted files: their contents exist nowhere else.
-    let root_regions = plans.iter().map(|p| &p.region);
-    objects::unlinked::add_mapped(&mut files.objects, req.pid.as_raw(), root_regions);
-    for m in &member_dumps {
-        objects::unlinked::add_mapped(&mut files.objects, m.pid().as_raw(), m.regions());
-    }
     objects::unlinked::store_all(&mut files.objects, memory.writer)?;
     warn_once(&written.warnings);
     if !written.files.is_empty() {

@@ -135,6 +135,20 @@ pub fn flag_hints(pid: Pid) -> Result<FlagHints, InspectError> {
     ))
 }
 
+/// Shared mappings of the `files` (inode, mapped name: memfds, deleted files whose
+/// contents the image holds as objects) store no pages: a restore maps the restored file.
+pub fn leave_to_files(plans: &mut [RegionPlan], files: &std::collections::BTreeSet<(u64, String)>) {
+    for plan in plans {
+        let r = &plan.region;
+        if r.backing == Backing::SharedAnonymous
+            && r.shared_object
+                .is_some_and(|o| files.contains(&(o.id, r.name.clone())))
+        {
+            plan.store = StorePolicy::Nothing;
+        }
+    }
+}
+
 /// The memory map, classified. `[vsyscall]` is left out: every process has the same one.
 pub fn read_regions(pid: Pid) -> Result<Vec<RegionPlan>, InspectError> {
     let hints = flag_hints(pid)?;

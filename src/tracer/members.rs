@@ -126,6 +126,9 @@ pub fn dump_members(
             Some(m) => inspect::read_regions_with(pid, &m.hints)?,
             None => inspect::read_regions(pid)?,
         };
+        let regions = plans.iter().map(|p| &p.region);
+        objects::unlinked::add_mapped(&mut files.objects, pid.as_raw(), regions);
+        inspect::leave_to_files(&mut plans, &objects::unlinked::mapped_names(&files.objects));
         if let Some(m) = tracker.as_deref_mut() {
             m.tracker.scan()?;
         }

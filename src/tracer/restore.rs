@@ -532,13 +532,15 @@ fn object_floor(m: &Manifest, procs: &[ProcessView]) -> i32 {
 /// fds to duplicate, by slot.
 pub(super) type OpenObjects = BTreeMap<u64, Vec<Option<OwnedFd>>>;
 
-/// Opens the objects; also returns, by inode, the fds through which unlinked files
-/// (memfds, deleted files) are mapped.
+/// Unlinked files (memfds, deleted files) to map, by inode and mapped name.
+type MappedFiles = BTreeMap<(u64, String), OwnedFd>;
+
+/// Opens the objects; also returns the fds through which unlinked files are mapped.
 fn open_objects(
     m: &Manifest,
     floor: i32,
     pages: &crate::objects::PagesOpener<'_>,
-) -> Result<(OpenObjects, BTreeMap<u64, OwnedFd>), RestoreError> {
+) -> Result<(OpenObjects, MappedFiles), RestoreError> {
     let mut open = BTreeMap::new();
     let mut mapped = BTreeMap::new();
     for object in &m.objects {
@@ -555,7 +557,10 @@ fn open_objects(
         if let (Some(fd), crate::objects::ObjectKind::Unlinked(u)) =
             (opened.mapping, &object.object)
         {
-            mapped.insert(u.inode, crate::objects::raise_fd(fd, floor)?);
+            mapped.insert(
+                (u.inode, u.map_name()),
+                crate::objects::raise_fd(fd, floor)?,
+            );
         }
     }
     Ok((open, mapped))
@@ -568,23 +573,23 @@ pub(super) struct SharedMemories {
 }
 
 impl SharedMemories {
-    /// `files`: unlinked files the job still had fds on, by inode: their mappings map them
-    /// (one object for fds and mappings), the others get new shared memory.
+    /// `files`: unlinked files of the image: their mappings map them (one object for fds
+    /// and mappings), the others get new shared memory.
     fn create(
         procs: &[ProcessView],
         floor: i32,
-        mut files: BTreeMap<u64, OwnedFd>,
+        mut files: MappedFiles,
     ) -> Result<SharedMemories, RestoreError> {
-        let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut sizes: BTreeMap<u64, (u64, &str)> = BTreeMap::new();
         for r in procs.iter().flat_map(|p| p.regions) {
             if let (Backing::SharedAnonymous, Some(o)) = (&r.backing, r.shared_object) {
-                let end = sizes.entry(o.id).or_default();
+                let (end, _) = sizes.entry(o.id).or_insert((0, &r.name));
                 *end = (*end).max(o.offset.saturating_add(r.len()));
             }
         }
         let mut by_id = BTreeMap::new();
-        for (id, size) in sizes {
-            let fd = match files.remove(&id) {
+        for (id, (size, name)) in sizes {
+            let fd = match files.remove(&(id, name.to_string())) {
                 Some(fd) => fd,
                 None => {
                     let fd = shmem_object(size).map_err(sys_err("create shared memory"))?;

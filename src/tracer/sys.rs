@@ -761,6 +761,25 @@ pub enum Kcmp {
     Sighand = 4,
 }
 
+/// How two open files compare in the kernel's (obfuscated, but consistent) order of
+/// objects: `Equal` when fds `fd1` of `pid1` and `fd2` of `pid2` are one description.
+pub fn file_order(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<std::cmp::Ordering, Errno> {
+    let args = [
+        pid1 as u64,
+        pid2 as u64,
+        Kcmp::File as u64,
+        fd1 as u64,
+        fd2 as u64,
+        0,
+    ];
+    match int_syscall(libc::SYS_kcmp, args)? {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
 /// Whether two processes share the kernel object `what` (for `File`, fds `idx1`, `idx2`).
 pub fn kcmp(pid1: i32, pid2: i32, what: Kcmp, idx1: i32, idx2: i32) -> Result<bool, Errno> {
     let args = [
