@@ -4,7 +4,7 @@
 # and again (the simulation pattern), next to this machine's own limits measured in the
 # same run, then the ratios the performance targets are stated in.
 #   scripts/bench.sh [DIR]     DIR: where images go (default: a new dir under /var/tmp)
-#   ONLY=memory|tree|dirty|chain scripts/bench.sh   only that section's rows
+#   ONLY=memory|tree|dirty|chain|objects scripts/bench.sh   only that section's rows
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
@@ -16,6 +16,9 @@ want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
 if want dirty; then
     gcc -O2 -pthread -o "$WORK/dirty" tests/programs/dirty.c
     gcc -O2 -fopenmp -o "$WORK/stencil" tests/programs/stencil.c   # OpenMP: needs libgomp
+fi
+if want objects; then
+    gcc -O2 -o "$WORK/objects_job" tests/programs/objects_job.c
 fi
 cat > "$WORK/touch.c" <<'C'
 #include <stdlib.h>
@@ -215,6 +218,17 @@ bench_chain() {
         "$(median "${alone[@]}")" "$(median "${chain[@]}")" "${M[cat]}" "${M[touch]}"
 }
 
+# An event-loop job: 1000 eventfds in an epoll, a timerfd, a signalfd and a memfd of $1 MiB
+# mapped shared as its state (objects_job.c): what the objects cost next to the memory.
+bench_objects() {   # $1 MiB of memfd
+    local mib=$1
+    COLD=1 measure objects tick 3 "$WORK/objects_job" 1000 "$mib"
+    machine_limits "$mib"
+    printf "| %-28s | %6.1f | %7.0f | %10.0f | %6.1f | %6.1f | %10.0f | %6.0f | %6.0f | %6.0f | %6.0f |\n" \
+        "1000 eventfds, memfd $mib MiB" "${M[f_frz]}" "${M[f_ms]}" "${M[f_b]}" "${M[i_frz]}" \
+        "${M[i_ms]}" "${M[i_b]}" "${M[warm]}" "${M[cold]}" "${M[dd]}" "${M[cat]}"
+}
+
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK; medians of $REPS runs"
 if want memory; then
     echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
@@ -247,6 +261,13 @@ if want chain; then
     echo "| cold restore of a chain        | full ms   | chain ms   | cat ms | touch  |"
     echo "|--------------------------------|-----------|------------|--------|--------|"
     bench_chain
+    echo
+fi
+if want objects; then
+    echo "| kernel objects               | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes | rest.ms| cold ms| dd ms  | cat ms |"
+    echo "|------------------------------|--------|---------|------------|--------|--------|------------|--------|--------|--------|--------|"
+    bench_objects 16
+    bench_objects 256
     echo
 fi
 printf "%s" "$RATIOS"

@@ -368,19 +368,37 @@ pub fn check_parent_pages(
             }
         }
     }
-    for (i, f) in m.files.iter().enumerate() {
-        if let crate::objects::contents::Contents::Copied { chunks } = &f.contents {
-            for (k, ch) in chunks.iter().enumerate() {
-                let inside = ch
-                    .pages_offset
-                    .checked_add(ch.len)
-                    .is_some_and(|e| e <= parent_pages_bytes);
-                c.check(
-                    ch.image != Some(parent_seq) || inside,
-                    format!("files[{i}].contents.chunks[{k}]"),
-                    format!("lies beyond pages.bin of image {parent_seq}"),
-                );
+    let written = m
+        .files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| match &f.contents {
+            crate::objects::contents::Contents::Copied { chunks } => {
+                Some((format!("files[{i}].contents"), chunks))
             }
+            _ => None,
+        });
+    let unlinked = m
+        .objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match &o.object {
+            crate::objects::ObjectKind::Unlinked(u) => {
+                Some((format!("objects[{i}].object"), &u.chunks))
+            }
+            _ => None,
+        });
+    for (at, chunks) in written.chain(unlinked) {
+        for (k, ch) in chunks.iter().enumerate() {
+            let inside = ch
+                .pages_offset
+                .checked_add(ch.len)
+                .is_some_and(|e| e <= parent_pages_bytes);
+            c.check(
+                ch.image != Some(parent_seq) || inside,
+                format!("{at}.chunks[{k}]"),
+                format!("lies beyond pages.bin of image {parent_seq}"),
+            );
         }
     }
     c.finish()

@@ -140,17 +140,22 @@ pub struct ParentFiles {
 impl ParentFiles {
     /// The files of image `seq`.
     pub fn of(files: &[WrittenFile], seq: u64) -> ParentFiles {
-        let mut chunks = BTreeMap::new();
+        let mut parent = ParentFiles::default();
         for f in files {
-            if let Contents::Copied { chunks: list } = &f.contents {
-                for c in list {
-                    let mut c = c.clone();
-                    c.image = Some(c.image.unwrap_or(seq));
-                    chunks.insert((f.inode.ino, c.offset), c);
-                }
+            if let Contents::Copied { chunks } = &f.contents {
+                parent.add(f.inode.ino, chunks, seq);
             }
         }
-        ParentFiles { chunks }
+        parent
+    }
+
+    /// Adds the chunks of file `inode` of image `seq` (a chunk names the image holding it).
+    pub fn add(&mut self, inode: u64, chunks: &[Chunk], seq: u64) {
+        for c in chunks {
+            let mut c = c.clone();
+            c.image = Some(c.image.unwrap_or(seq));
+            self.chunks.insert((inode, c.offset), c);
+        }
     }
 }
 
@@ -311,29 +316,28 @@ fn copy(
     Ok(chunks)
 }
 
-/// Copies the whole of `file` (`size` bytes) into the image; its chunks and the bytes
-/// stored. For files that exist only while open (memfds, deleted files): nothing to
-/// compare with, nothing to refer to in a parent.
+/// Copies the whole of `file` (`size` bytes) into the image, referring to the chunks of
+/// the parent image that did not change. For files that exist only while open (memfds,
+/// deleted files).
 pub fn copy_whole(
     file: &File,
     size: u64,
+    parent: &ParentFiles,
     writer: &mut ImageWriter,
-) -> Result<(Vec<Chunk>, u64), ObjectError> {
+) -> Result<(Vec<Chunk>, CapturedFiles), ObjectError> {
     let mut out = CapturedFiles::default();
     let meta = file.metadata().map_err(|e| ObjectError::Recreate {
         what: "an unlinked file's contents".into(),
         source: e,
     })?;
-    let chunks = copy(file, size, &meta, &ParentFiles::default(), writer, &mut out).map_err(
-        |e| match e {
-            CopyError::Read(source) => ObjectError::Recreate {
-                what: "an unlinked file's contents".into(),
-                source,
-            },
-            CopyError::Write(e) => ObjectError::Write(Box::new(e)),
+    let chunks = copy(file, size, &meta, parent, writer, &mut out).map_err(|e| match e {
+        CopyError::Read(source) => ObjectError::Recreate {
+            what: "an unlinked file's contents".into(),
+            source,
         },
-    )?;
-    Ok((chunks, out.stored))
+        CopyError::Write(e) => ObjectError::Write(Box::new(e)),
+    })?;
+    Ok((chunks, out))
 }
 
 fn usize_of(n: u64) -> usize {

@@ -196,12 +196,13 @@ pub fn mapped_names(objects: &[super::SharedObject]) -> std::collections::BTreeS
 }
 
 /// Copies the contents of every unlinked file of `objects` into the image (the job is
-/// frozen); the bytes stored.
+/// frozen), referring to the parent's unchanged chunks; the parent images referred to.
 pub fn store_all(
     objects: &mut [super::SharedObject],
+    parent: &contents::ParentFiles,
     writer: &mut ImageWriter,
-) -> Result<u64, super::ObjectError> {
-    let mut stored = 0;
+) -> Result<std::collections::BTreeSet<u64>, super::ObjectError> {
+    let mut referenced = std::collections::BTreeSet::new();
     for object in objects {
         let super::ObjectKind::Unlinked(file) = &mut object.object else {
             continue;
@@ -213,11 +214,24 @@ pub fn store_all(
             })?;
         // The size now: the job is frozen, but it may have changed since the fds were read.
         file.size = source.metadata().map(|m| m.size()).unwrap_or(file.size);
-        let (chunks, bytes) = contents::copy_whole(&source, file.size, writer)?;
+        let (chunks, captured) = contents::copy_whole(&source, file.size, parent, writer)?;
         file.chunks = chunks;
-        stored += bytes;
+        referenced.extend(captured.referenced);
     }
-    Ok(stored)
+    Ok(referenced)
+}
+
+/// Adds the chunks of the unlinked files of `objects` (of image `seq`) to `parent`.
+pub fn add_to_parent(
+    parent: &mut contents::ParentFiles,
+    objects: &[super::SharedObject],
+    seq: u64,
+) {
+    for o in objects {
+        if let super::ObjectKind::Unlinked(u) = &o.object {
+            parent.add(u.inode, &u.chunks, seq);
+        }
+    }
 }
 
 impl UnlinkedFile {

@@ -428,7 +428,8 @@ fn dump(
         .unwrap_or_default();
     let written = contents::capture(&writes, req.file_copy_limit, &parent_files, memory.writer)?;
     // Memfds and deleted files: their contents exist nowhere else.
-    objects::unlinked::store_all(&mut files.objects, memory.writer)?;
+    let unlinked_parents =
+        objects::unlinked::store_all(&mut files.objects, &parent_files, memory.writer)?;
     warn_once(&written.warnings);
     if !written.files.is_empty() {
         clock.lap("frozen.files");
@@ -476,7 +477,7 @@ fn dump(
         let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
         parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
     }
-    for &seq in &written.referenced {
+    for &seq in written.referenced.iter().chain(&unlinked_parents) {
         let hash = parent.as_ref().and_then(|p| p.image_hash(seq));
         parents.insert(seq, hash.ok_or(DumpError::LostParent(seq))?.to_string());
     }

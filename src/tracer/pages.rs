@@ -91,12 +91,14 @@ impl ParentPages {
             .collect();
         images.insert(seq, verify::manifest_hash(&dir).ok()?);
         let pages = page_table(&image, seq, &table)?;
+        let mut files = ParentFiles::of(&image.manifest.files, seq);
+        crate::objects::unlinked::add_to_parent(&mut files, &image.manifest.objects, seq);
         Some(ParentPages {
             seq,
             images,
             depth: image.manifest.chain_depth,
             pages,
-            files: ParentFiles::of(&image.manifest.files, seq),
+            files,
         })
     }
 
