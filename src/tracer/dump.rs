@@ -325,6 +325,10 @@ fn dump(
     let mut sharing = tree::unsupported_sharing(req.pid, &members);
     sharing.extend(tree::escaped(req.pid));
     sharing.extend(super::attributes::unsupported(&job_pids));
+    for &pid in &job_pids {
+        let own = (pid == req.pid).then_some(&hints);
+        sharing.extend(inspect::mapping_refusals(pid, own));
+    }
     let mut files = match (
         objects::collect(&job_pids, Depth::Capture),
         sharing.is_empty(),

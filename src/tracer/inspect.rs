@@ -135,6 +135,27 @@ pub fn flag_hints(pid: Pid) -> Result<FlagHints, InspectError> {
     ))
 }
 
+/// Every mapping of process `pid` a checkpoint cannot take, as messages: checked from the
+/// plain map (VmFlags from `hints` where it has them) together with the fds, so that one
+/// refusal names them all.
+pub fn mapping_refusals(pid: Pid, hints: Option<&FlagHints>) -> Vec<String> {
+    let Ok(maps) = Process::new(pid.as_raw()).and_then(|p| p.maps()) else {
+        return Vec::new();
+    };
+    maps.iter()
+        .filter_map(|map| {
+            let flags = hints.and_then(|h| h.0.get(&map.address)).map(|h| h.flags);
+            match classify(pid, &map.pathname, map, map.address.0, flags) {
+                Err(
+                    e @ (InspectError::UnsupportedMapping { .. }
+                    | InspectError::MappedFileNotWritable { .. }),
+                ) => Some(e.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Shared mappings of the `files` (inode, mapped name: memfds, deleted files whose
 /// contents the image holds as objects) store no pages: a restore maps the restored file.
 pub fn leave_to_files(plans: &mut [RegionPlan], files: &std::collections::BTreeSet<(u64, String)>) {
