@@ -159,7 +159,7 @@ fn sigterm_to_the_supervisor_checkpoints_and_ends_the_job() {
     run.wait_for_ticks(10);
     let pid = run.target_pid();
     run.signal(Signal::SIGTERM);
-    let run = run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    let run = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
     wait_gone(pid);
     assert!(
         run.stderr.contains("SIGTERM"),
@@ -174,6 +174,39 @@ fn sigterm_to_the_supervisor_checkpoints_and_ends_the_job() {
     let after = h.restore_to_end(image, &prog, pid, |_, _| {});
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
     assert_continuation(&reference, &run.stdout, &after, pid);
+}
+
+/// One command for the first start and every requeue: `run --resume` starts the program
+/// when the job has no image, and resumes the newest one when it has; the stop on SIGTERM
+/// exits with its own code, not as a crash.
+#[test]
+fn run_resume_starts_then_resumes_after_a_stop() {
+    let h = Harness::new("resume");
+    let prog = prog(150);
+    let reference = h.plain(&prog);
+    let mut run = h.run_with(&["--resume"], &[], &prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    run.signal(Signal::SIGTERM);
+    let first = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
+    wait_gone(pid);
+    assert!(
+        first.stderr.contains("started"),
+        "the first --resume should start the program\n{}",
+        first.describe()
+    );
+    let second = h
+        .run_with(&["--resume"], &[], &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_code(0);
+    line_with(&second, &["restored", "as PID"]);
+    assert!(
+        !second.stderr.contains("mlckpt: started"),
+        "the second --resume should not start the program again\n{}",
+        second.describe()
+    );
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &first.stdout, &second.stdout, pid);
 }
 
 #[test]
