@@ -153,7 +153,7 @@ pub fn supervise(
     };
     // Said now, not at the first checkpoint an hour later: what will not come back as it is.
     let refuse = ctx.config.image.outside_peers == crate::tiers::config::OutsidePeers::Refuse;
-    match crate::tracer::dump::check_files(pid, refuse) {
+    match crate::tracer::dump::check_files(pid, refuse, ctx.config.image.stdio_files) {
         Ok(files) => crate::tracer::dump::warn_once(&files.warnings),
         Err(e) => eprintln!(
             "mlckpt: warning: checkpoints of process {pid} will fail while this lasts: {}",
