@@ -123,6 +123,7 @@ enum Command {
         /// Print what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
+        /// Config file naming the tiers (default: as for `run`)
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
