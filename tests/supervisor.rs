@@ -209,6 +209,31 @@ fn run_resume_starts_then_resumes_after_a_stop() {
     assert_continuation(&reference, &first.stdout, &second.stdout, pid);
 }
 
+/// A job whose program exited by itself is complete: `run --resume` starts it afresh
+/// instead of resuming its last image (which would repeat the end of a finished run).
+#[test]
+fn run_resume_starts_a_finished_job_afresh() {
+    let h = Harness::new("resume-done");
+    let prog = prog(40);
+    let mut run = h.run_with(&["--resume"], &[], &prog);
+    run.wait_for_ticks(5);
+    let pid = run.target_pid();
+    h.checkpoint(pid, false);
+    let first = run.finish(CMD_TIMEOUT).expect_code(0);
+    let second = h
+        .run_with(&["--resume"], &[], &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_code(0);
+    line_with(&second, &["finished (exit 0)", "afresh"]);
+    line_with(&second, &["mlckpt: started"]);
+    let ticks = |text: &str| text.lines().filter(|l| l.starts_with("tick")).count();
+    assert_eq!(
+        ticks(&first.stdout),
+        ticks(&second.stdout),
+        "the whole run again"
+    );
+}
+
 /// A batch job's output is a regular file (SLURM's `.out`): after a restore the job writes
 /// to the restoring command's own output (the requeued job's new `.out`), and the old file
 /// keeps what was written to it since the checkpoint (it is not cut back).

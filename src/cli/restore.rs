@@ -247,7 +247,21 @@ pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Resu
         keep_files: false,
         track_writes: config.image.write_tracking,
     };
-    if recovery::candidates(&recovery::look(&ctx.paths)).is_empty() {
+    let candidates = recovery::candidates(&recovery::look(&ctx.paths));
+    let Some(newest) = candidates.iter().map(|c| c.seq).max() else {
+        return Ok(None);
+    };
+    if let Some(done) = mlckpt::tiers::finished::read(&ctx.paths)
+        && done.after_seq >= newest
+    {
+        eprintln!(
+            "mlckpt: job {} rank {} finished (exit {}) after its image {}: starting the \
+             program afresh",
+            ctx.job,
+            ctx.rank(),
+            done.exit_code,
+            done.after_seq
+        );
         return Ok(None);
     }
     mlckpt::tracer::access::Privileges::current().check_restore()?;

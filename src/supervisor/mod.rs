@@ -185,9 +185,18 @@ pub fn supervise(
         let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
         let (exited, asked, signalled) = (ready(0), ready(1), ready(2));
         if exited {
-            let mut code = reap(pid, is_child);
+            let (mut code, exited_itself) = reap(pid, is_child);
             if sup.stopped.get() && code == 128 + libc::SIGKILL {
                 code = CHECKPOINTED_AND_STOPPED;
+            }
+            if exited_itself && !sup.stopped.get() {
+                let finished = crate::tiers::finished::Finished {
+                    after_seq: ctx.next_seq() - 1,
+                    exit_code: code,
+                };
+                for problem in crate::tiers::finished::mark(&ctx.paths, finished) {
+                    eprintln!("mlckpt: warning: {problem}");
+                }
             }
             reap_orphans(pid);
             // Nobody is answered any more: close the socket before waiting for copies.
@@ -332,23 +341,29 @@ fn respond(stream: &UnixStream, result: Result<CheckpointStats, String>) {
     let _ = control::send_response(stream, &response);
 }
 
-fn reap(pid: Pid, is_child: bool) -> i32 {
+/// The exit code to pass on, and whether the program exited by itself (not by a signal;
+/// unknown for a process that is not our child).
+fn reap(pid: Pid, is_child: bool) -> (i32, bool) {
     if !is_child {
         eprintln!("mlckpt: process {pid} exited (not our child: its exit status is unknown)");
-        return 0;
+        return (0, false);
     }
     loop {
         // The raw status: nix cannot name a real-time signal, and a job may die of one.
         match sys::wait_status(pid, 0) {
-            Ok(Some(status)) if libc::WIFEXITED(status) => return libc::WEXITSTATUS(status),
-            Ok(Some(status)) if libc::WIFSIGNALED(status) => return 128 + libc::WTERMSIG(status),
+            Ok(Some(status)) if libc::WIFEXITED(status) => {
+                return (libc::WEXITSTATUS(status), true);
+            }
+            Ok(Some(status)) if libc::WIFSIGNALED(status) => {
+                return (128 + libc::WTERMSIG(status), false);
+            }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             // A checkpoint's tracer wait collected the exit first.
             Err(_) => {
                 return match ptrace::take_collected_exit(pid) {
-                    Some(Stop::Exited(code)) => code,
-                    Some(Stop::Killed(sig)) => 128 + sig.0,
-                    _ => 1,
+                    Some(Stop::Exited(code)) => (code, true),
+                    Some(Stop::Killed(sig)) => (128 + sig.0, false),
+                    _ => (1, false),
                 };
             }
         }

@@ -267,6 +267,9 @@ fn remove_empty_parents(image: &JobImage) {
     let Some(rank_dir) = image.path.parent() else {
         return;
     };
+    // The mark of a finished run speaks of the images just deleted: a new run of the job
+    // numbers its images from 1 again, and must be resumable.
+    let _ = std::fs::remove_file(rank_dir.join(super::finished::MARKER));
     for dir in rank_dir
         .ancestors()
         .take_while(|dir| *dir != image.tier_root)
