@@ -5,6 +5,7 @@
 pub mod config;
 pub mod inventory;
 pub mod layout;
+pub mod path_vars;
 pub mod placement;
 pub mod recovery;
 pub mod retention;
