@@ -9,5 +9,6 @@ pub mod path_vars;
 pub mod placement;
 pub mod recovery;
 pub mod retention;
+pub mod reuse;
 pub mod schedule;
 pub mod topology;
