@@ -235,7 +235,7 @@ fn a_full_disk_fails_one_checkpoint_and_the_supervisor_goes_on() {
     std::fs::remove_file(filler).unwrap();
     run.wait_for_ticks(30);
     run.signal(Signal::SIGTERM);
-    let run = run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    let run = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
     wait_gone(pid);
     let seqs = image_seqs(&h.rank_dir());
     assert_eq!(

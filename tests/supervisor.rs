@@ -160,7 +160,7 @@ fn sigterm_to_the_supervisor_checkpoints_and_ends_the_job() {
     run.wait_for_ticks(10);
     let pid = run.target_pid();
     run.signal(Signal::SIGTERM);
-    let run = run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    let run = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
     wait_gone(pid);
     assert!(
         run.stderr.contains("SIGTERM"),
@@ -179,21 +179,22 @@ fn sigterm_to_the_supervisor_checkpoints_and_ends_the_job() {
 
 /// A second `run` under a job name that already has images says so once (how many, the
 /// newest seq, `--job NAME`) before retention deletes them, as it then does (keep = 1); the
-/// first run, with nothing there, says nothing.
+/// first run, with nothing there, says nothing, and neither does `run --resume` when it
+/// finds no valid image to resume and starts the program (those images are its own past).
 #[test]
 fn a_run_reusing_a_job_name_warns_about_its_earlier_images() {
     let h = Harness::new("reuse");
     h.set_config("keep = 1\n[interval]\nlocal = 0\n");
-    let run_and_checkpoint = || {
-        let mut run = h.run(&prog(300));
+    let run_and_checkpoint = |extra: &[&str]| {
+        let mut run = h.run_with(extra, &[], &prog(300));
         run.wait_for_ticks(3);
         let ckpt = h.checkpoint(run.target_pid(), true);
         (ckpt, run.finish(CMD_TIMEOUT).expect_code(KILLED))
     };
     let warnings = |res: &Finished| res.stderr.matches("from an earlier run").count();
-    let (old, first) = run_and_checkpoint();
+    let (old, first) = run_and_checkpoint(&[]);
     assert_eq!(warnings(&first), 0, "{}", first.describe());
-    let (new, second) = run_and_checkpoint();
+    let (new, second) = run_and_checkpoint(&[]);
     let newest = format!("newest seq {}", old.seq);
     line_with(
         &second,
@@ -202,6 +203,44 @@ fn a_run_reusing_a_job_name_warns_about_its_earlier_images() {
     assert_eq!(warnings(&second), 1, "{}", second.describe());
     assert!(new.seq > old.seq, "{} after {}", new.seq, old.seq);
     assert_eq!(image_seqs(&h.rank_dir()), [new.seq]);
+    // An image that cannot be resumed: --resume starts the program, without the warning.
+    damage(&new.path.join("CHECKSUMS"), Damage::Truncate);
+    let (_, resumed) = run_and_checkpoint(&["--resume"]);
+    line_with(&resumed, &["no valid image", "starting the program afresh"]);
+    assert_eq!(warnings(&resumed), 0, "{}", resumed.describe());
+}
+
+/// One command for the first start and every requeue: `run --resume` starts the program
+/// when the job has no image, and resumes the newest one when it has; the stop on SIGTERM
+/// exits with its own code, not as a crash.
+#[test]
+fn run_resume_starts_then_resumes_after_a_stop() {
+    let h = Harness::new("resume");
+    let prog = prog(150);
+    let reference = h.plain(&prog);
+    let mut run = h.run_with(&["--resume"], &[], &prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    run.signal(Signal::SIGTERM);
+    let first = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
+    wait_gone(pid);
+    assert!(
+        first.stderr.contains("started"),
+        "the first --resume should start the program\n{}",
+        first.describe()
+    );
+    let second = h
+        .run_with(&["--resume"], &[], &prog)
+        .finish(CMD_TIMEOUT)
+        .expect_code(0);
+    line_with(&second, &["restored", "as PID"]);
+    assert!(
+        !second.stderr.contains("mlckpt: started"),
+        "the second --resume should not start the program again\n{}",
+        second.describe()
+    );
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &first.stdout, &second.stdout, pid);
 }
 
 #[test]

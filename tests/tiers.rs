@@ -347,7 +347,7 @@ fn sigterm_and_direct_checkpoints_reach_higher_tiers() {
     run.wait_for_ticks(5);
     let pid = run.target_pid();
     run.signal(Signal::SIGTERM);
-    let run = run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    let run = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
     wait_gone(pid);
     line_with(&run, &["checkpoint on SIGTERM (global)", "ckpt-000001"]);
     line_with(&run, &["copied ckpt-000001 to the global tier"]);

@@ -18,7 +18,11 @@ use std::process::ExitCode;
 #[command(
     name = "mlckpt",
     version,
-    about = "Checkpoint and restore running Linux processes, on several storage tiers"
+    about = "Checkpoint and restore running Linux processes, on several storage tiers",
+    after_help = "Exit codes: 0 ok (run/restore: the program's own exit status), 1 error, \
+                  2 usage or config error, 3 the job was checkpointed and ended on SIGTERM \
+                  (preemption: resume it with `run --resume`), 128+N the program was killed \
+                  by signal N."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +48,10 @@ enum Command {
     Run {
         #[command(flatten)]
         job: JobArgs,
+        /// Restore the newest valid image of this job and rank instead, if there is one
+        /// (as `restore --auto`); start PROG only when there is none
+        #[arg(long)]
+        resume: bool,
         /// Program and its arguments
         #[arg(
             required = true,
@@ -127,7 +135,7 @@ const EXIT_USAGE: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { job, argv } => run::run(&job, &argv),
+        Command::Run { job, argv, resume } => run::run(&job, &argv, resume),
         Command::Attach { job, pid } => run::attach(&job, pid),
         Command::Checkpoint {
             pid,

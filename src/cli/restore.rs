@@ -55,7 +55,9 @@ pub fn restore(
             let topology = topology(args, &config)?;
             let ctx = JobContext::new(config.clone(), job, topology);
             let signals = prepare(&ctx, detach)?;
-            let (image, process) = restore_newest(&ctx, &opts)?;
+            let Some((image, process)) = restore_newest(&ctx, &opts)? else {
+                bail!("{}", no_valid_image(&ctx));
+            };
             return restored(&image, process, &config, args, detach, signals);
         }
     };
@@ -179,8 +181,12 @@ fn rebuild_checking(
     })
 }
 
-/// Restores the newest valid image on any tier, saying what each candidate it looked at was.
-fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Image, Restored)> {
+/// Restores the newest valid image on any tier, saying what each candidate it looked at was;
+/// `None` when no candidate is intact.
+fn restore_newest(
+    ctx: &JobContext,
+    opts: &RestoreOptions,
+) -> anyhow::Result<Option<(Image, Restored)>> {
     let dirs = recovery::look(&ctx.paths);
     for d in &dirs {
         match &d.images {
@@ -213,15 +219,47 @@ fn restore_newest(ctx: &JobContext, opts: &RestoreOptions) -> anyhow::Result<(Im
         );
     }
     match outcome {
-        Some(result) if choice.chosen.is_some() => result,
-        _ => {
-            let looked: Vec<String> = dirs.iter().map(|d| d.dir.display().to_string()).collect();
-            bail!(
-                "no valid image of job {} rank {} on any tier (looked in {})",
-                ctx.job,
-                ctx.rank(),
-                looked.join(", ")
-            )
+        Some(result) if choice.chosen.is_some() => result.map(Some),
+        // The newest intact image failed to restore: that error, not a fresh start.
+        Some(Err(e)) => Err(e),
+        _ => Ok(None),
+    }
+}
+
+fn no_valid_image(ctx: &JobContext) -> String {
+    let looked: Vec<String> = recovery::look(&ctx.paths)
+        .iter()
+        .map(|d| d.dir.display().to_string())
+        .collect();
+    format!(
+        "no valid image of job {} rank {} on any tier (looked in {})",
+        ctx.job,
+        ctx.rank(),
+        looked.join(", ")
+    )
+}
+
+/// `run --resume`: restores the newest valid image of the job and supervises it, as
+/// `restore --auto` does; `None` when there is none (the program is started instead).
+pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Result<Option<i32>> {
+    let opts = RestoreOptions {
+        new_pid: false,
+        keep_files: false,
+        track_writes: config.image.write_tracking,
+    };
+    if recovery::candidates(&recovery::look(&ctx.paths)).is_empty() {
+        return Ok(None);
+    }
+    mlckpt::tracer::access::Privileges::current().check_restore()?;
+    let signals = prepare(ctx, false)?;
+    match restore_newest(ctx, &opts)? {
+        Some((image, process)) => restored(&image, process, config, args, false, signals).map(Some),
+        None => {
+            eprintln!(
+                "mlckpt: {}: starting the program afresh",
+                no_valid_image(ctx)
+            );
+            Ok(None)
         }
     }
 }

@@ -8,16 +8,26 @@ use mlckpt::tracer::access::Privileges;
 use nix::unistd::Pid;
 use std::process::Command;
 
-pub fn run(args: &JobArgs, argv: &[String]) -> anyhow::Result<i32> {
+/// `mlckpt run`; with `resume`, the newest valid image of the job and rank is restored
+/// instead of starting the program, when there is one (one job script for the first start
+/// and every requeue).
+pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32> {
     check_privileges(true)?;
     let config = load_config_for_writing(args)?;
     let job = job_name(args, &config, &argv[0]);
     let topology = topology(args, &config)?;
-    let ctx = JobContext::new(config, job, topology);
+    let ctx = JobContext::new(config.clone(), job, topology);
     // A tier that cannot work is a mistake to report before the program starts.
     ctx.check_intervals()?;
+    if resume && let Some(code) = super::restore::resume(args, &ctx, &config)? {
+        return Ok(code);
+    }
     supervisor::check_runtime_dir()?;
-    warn_about_earlier_images(&ctx);
+    // With --resume, earlier images are this run's own past (none was valid, or we would
+    // have resumed from it).
+    if !resume {
+        warn_about_earlier_images(&ctx);
+    }
     // Blocked before the child exists, so no signal can slip through between the two;
     // the program itself must start with the mask mlckpt was given.
     let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;

@@ -108,7 +108,13 @@ struct Supervisor<'a> {
     gate: Gate,
     schedule: Schedule,
     lineage: RefCell<Lineage>,
+    /// The job was checkpointed and ended on SIGTERM: it did not fail.
+    stopped: std::cell::Cell<bool>,
 }
+
+/// The exit code of `run`/`restore` when the job was checkpointed and ended on SIGTERM
+/// (preemption, a time limit): not a crash, resume it with `run --resume`.
+pub const CHECKPOINTED_AND_STOPPED: i32 = 3;
 
 /// Supervises `pid` until it exits; returns the exit code to pass on. Copies still under
 /// way when it exits are finished first.
@@ -143,6 +149,7 @@ pub fn supervise(
         gate,
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
         lineage: RefCell::new(lineage),
+        stopped: std::cell::Cell::new(false),
     };
     // Said now, not at the first checkpoint an hour later: what will not come back as it is.
     let refuse = ctx.config.image.outside_peers == crate::tiers::config::OutsidePeers::Refuse;
@@ -172,7 +179,10 @@ pub fn supervise(
         let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
         let (exited, asked, signalled) = (ready(0), ready(1), ready(2));
         if exited {
-            let code = reap(pid, is_child);
+            let mut code = reap(pid, is_child);
+            if sup.stopped.get() && code == 128 + libc::SIGKILL {
+                code = CHECKPOINTED_AND_STOPPED;
+            }
             reap_orphans(pid);
             // Nobody is answered any more: close the socket before waiting for copies.
             drop((listener, cleanup));
@@ -293,6 +303,7 @@ impl Supervisor<'_> {
             let tier = self.ctx.paths.highest();
             let result = self.checkpoint(tier, true, |_| None);
             let failed = result.is_err();
+            self.stopped.set(!failed);
             report(result, &format!("checkpoint on SIGTERM ({tier})"));
             if failed {
                 let _ = nix::sys::signal::kill(self.pid, Signal::SIGTERM);

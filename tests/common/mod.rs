@@ -33,6 +33,8 @@ pub const TICK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(180);
 /// Exit status of `mlckpt run` whose target was killed by `checkpoint --kill` (128 + SIGKILL).
 pub const KILLED: i32 = 128 + 9;
+/// `run`'s exit code after a checkpoint-and-stop on SIGTERM.
+pub const STOPPED: i32 = 3;
 
 const POLL: Duration = Duration::from_millis(10);
 const CFLAGS: &[&str] = &["-O1", "-g", "-Wall"];
