@@ -243,6 +243,52 @@ fn run_resume_starts_then_resumes_after_a_stop() {
     assert_continuation(&reference, &first.stdout, &second.stdout, pid);
 }
 
+/// A batch job's output is a regular file (SLURM's `.out`): after a restore the job writes
+/// to the restoring command's own output (the requeued job's new `.out`), and the old file
+/// keeps what was written to it since the checkpoint (it is not cut back).
+#[test]
+fn a_stdout_file_follows_the_restoring_command() {
+    let h = Harness::new("stdout-file");
+    let prog = prog(150);
+    let reference = h.plain(&prog);
+    let out = h.run_dir().join("job.out");
+    let mut argv: Vec<String> = [
+        "sh",
+        "-c",
+        "echo pid $$; exec \"$0\" \"$@\" > '{dir}/job.out'",
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.extend(prog.argv.iter().cloned());
+    let job = Prog { argv, feed: None };
+    let mut run = h.run(&job);
+    let pid = run.target_pid();
+    let ticks = |text: &str| text.lines().filter(|l| l.starts_with("tick")).count();
+    let deadline = std::time::Instant::now() + TICK_TIMEOUT;
+    while ticks(&std::fs::read_to_string(&out).unwrap_or_default()) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ticks in {}",
+            out.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ckpt = h.checkpoint(pid, true);
+    run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    wait_gone(pid);
+    let before = std::fs::read_to_string(&out).unwrap();
+    // What the old job's log got after the checkpoint (here: a line the user added).
+    std::fs::write(&out, format!("{before}written after the checkpoint\n")).unwrap();
+    let after = h.restore_to_end(&ckpt.path, &prog, pid, |_, _| {});
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        format!("{before}written after the checkpoint\n"),
+        "the old output file should be left as it was"
+    );
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &after, pid);
+}
+
 #[test]
 fn attach_supervises_a_process_mlckpt_did_not_start() {
     let h = Harness::new("attach");

@@ -1,6 +1,7 @@
 //! Command-line parsing and wiring; each verb lives in its own file.
 
 mod checkpoint;
+mod forget;
 mod list;
 mod restore;
 mod run;
@@ -119,6 +120,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Delete every image of a finished job (all ranks, or one) on every tier, partial ones too
+    Forget {
+        /// The job whose images go; refused while a supervisor of it runs on this machine
+        #[arg(long, value_name = "NAME")]
+        job: String,
+        /// Only this rank's images
+        #[arg(long, value_name = "R")]
+        rank: Option<u32>,
+        /// Print what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Config file naming the tiers (default: as for `run`)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `--job`: a name that becomes a directory name, checked as the config's `[job] name` is.
@@ -163,6 +179,12 @@ pub fn main() -> ExitCode {
         ),
         Command::List { json, job } => list::list(&job, json),
         Command::Verify { path, all, config } => verify::verify(path, all, config),
+        Command::Forget {
+            job,
+            rank,
+            dry_run,
+            config,
+        } => forget::forget(config, &job, rank, dry_run),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),

@@ -30,7 +30,8 @@ pub fn parse_image_dir_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn parse_partial_name(name: &str) -> Option<u64> {
+/// The sequence number of a `.ckpt-SEQ.partial` directory name, or None for anything else.
+pub fn parse_partial_name(name: &str) -> Option<u64> {
     parse_image_dir_name(name.strip_prefix('.')?.strip_suffix(".partial")?)
 }
 

@@ -312,12 +312,16 @@ pub enum Depth {
 /// Classifies every fd of the job's processes (`pids[0]` is the job's root) and, with
 /// `Depth::Capture`, captures the state of the objects they share. Fails listing every fd
 /// that cannot be checkpointed.
-pub fn collect(pids: &[Pid], depth: Depth) -> Result<JobFiles, ObjectError> {
+pub fn collect(
+    pids: &[Pid],
+    depth: Depth,
+    stdio_files: stdio::StdioFiles,
+) -> Result<JobFiles, ObjectError> {
     let tables: Vec<Vec<OpenFd>> = pids
         .iter()
         .map(|&p| read_fd_table(p))
         .collect::<Result<_, _>>()?;
-    let stdio = stdio::job_streams(tables.first().map_or(&[][..], |t| &t[..]));
+    let stdio = stdio::job_streams(tables.first().map_or(&[][..], |t| &t[..]), stdio_files);
     let mut files = JobFiles::default();
     let mut problems = removed_working_dirs(pids);
     let mut pipes = ByInode::default();

@@ -15,12 +15,28 @@ pub struct StdioStream {
     pub fd: i32,
 }
 
+/// `[image] stdio_files`: what a restore does with the job's fds 0-2 that are regular files
+/// (a batch job's `.out` and `.err`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StdioFiles {
+    /// They are streams like a terminal or pipe: the restoring command's own fds 0-2 take
+    /// their place (a requeued job writes to its new output), and the old files are left
+    /// as they are (not put back to their checkpoint-time contents).
+    #[default]
+    Follow,
+    /// They are reopened by path at their offsets, and put back to their checkpoint-time
+    /// contents like any file the job writes.
+    Reopen,
+}
+
 /// The root's fds 0-2 that lead outside the job, by `/proc` link target: target -> fd.
-/// Regular files are not streams: they are reopened by path like any file.
-pub fn job_streams(root: &[OpenFd]) -> BTreeMap<String, i32> {
+/// Regular files count with `StdioFiles::Follow` only.
+pub fn job_streams(root: &[OpenFd], files: StdioFiles) -> BTreeMap<String, i32> {
     let mut streams = BTreeMap::new();
     for fd in root.iter().filter(|f| (0..=2).contains(&f.fd)) {
-        if is_stream(fd) {
+        let file = files == StdioFiles::Follow && fd.meta.as_ref().is_some_and(|m| m.is_file());
+        if file || is_stream(fd) {
             streams.entry(fd.target.clone()).or_insert(fd.fd);
         }
     }

@@ -109,6 +109,7 @@ impl JobContext {
             full_every: self.config.image.full_every,
             parent: lineage.as_ref().map(|l| l.parent).unwrap_or_default(),
             refuse_outside_peers: self.config.image.outside_peers == OutsidePeers::Refuse,
+            stdio_files: self.config.image.stdio_files,
             file_copy_limit: self.config.image.file_copy_limit,
             key: &key,
         };

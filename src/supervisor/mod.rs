@@ -9,6 +9,7 @@
 mod context;
 pub mod control;
 mod copier;
+pub mod job_lock;
 
 pub use context::{JobContext, Lineage};
 
@@ -54,6 +55,8 @@ pub enum SuperviseError {
     Key(#[from] crate::image::auth::AuthError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error(transparent)]
+    JobLock(#[from] job_lock::JobLockError),
     #[error("supervisor setup failed ({what})")]
     Setup {
         what: &'static str,
@@ -131,6 +134,9 @@ pub fn supervise(
     // to us, to be reaped: left to init, they might stay zombies, holding PIDs a restore
     // needs.
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| setup("child subreaper")(e.into()))?;
+    // Tells `mlckpt forget` the job is alive (taken before the socket is there, so anyone
+    // who sees the socket sees the lock); waits while `forget` deletes the job's images.
+    let _job_lock = job_lock::supervising(&runtime_dir(), &ctx.job)?;
     let (listener, socket) = control::listen(&runtime_dir(), pid.as_raw())?;
     let cleanup = RemoveOnDrop(socket);
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
@@ -153,7 +159,7 @@ pub fn supervise(
     };
     // Said now, not at the first checkpoint an hour later: what will not come back as it is.
     let refuse = ctx.config.image.outside_peers == crate::tiers::config::OutsidePeers::Refuse;
-    match crate::tracer::dump::check_files(pid, refuse) {
+    match crate::tracer::dump::check_files(pid, refuse, ctx.config.image.stdio_files) {
         Ok(files) => crate::tracer::dump::warn_once(&files.warnings),
         Err(e) => eprintln!(
             "mlckpt: warning: checkpoints of process {pid} will fail while this lasts: {}",

@@ -102,6 +102,8 @@ pub struct ImageConfig {
     pub write_tracking: bool,
     /// What a checkpoint does with a pipe whose other end is outside the job.
     pub outside_peers: OutsidePeers,
+    /// Whether the job's fds 0-2 that are regular files follow the restoring command's.
+    pub stdio_files: crate::objects::stdio::StdioFiles,
     /// Files the job writes in place up to this size (bytes) are copied into every image;
     /// larger ones are not, and a restore refuses them if they changed.
     pub file_copy_limit: u64,
@@ -218,6 +220,7 @@ impl Config {
                 full_every: DEFAULT_FULL_EVERY,
                 write_tracking: true,
                 outside_peers: OutsidePeers::Warn,
+                stdio_files: crate::objects::stdio::StdioFiles::Follow,
                 file_copy_limit: u64::from(DEFAULT_FILE_COPY_LIMIT_MIB) << 20,
                 compress: DEFAULT_COMPRESSION,
             },
@@ -267,6 +270,7 @@ impl Config {
                 )?,
                 write_tracking: raw.image.write_tracking.unwrap_or(true),
                 outside_peers: raw.image.outside_peers.unwrap_or_default(),
+                stdio_files: raw.image.stdio_files.unwrap_or_default(),
                 file_copy_limit: u64::from(count(
                     &src,
                     raw.image.file_copy_limit_mib,
@@ -493,6 +497,7 @@ struct RawImage {
     full_every: Option<Spanned<Count>>,
     write_tracking: Option<bool>,
     outside_peers: Option<OutsidePeers>,
+    stdio_files: Option<crate::objects::stdio::StdioFiles>,
     file_copy_limit_mib: Option<Spanned<Count>>,
     compress: Option<CompressName>,
     compress_level: Option<Spanned<Count>>,

@@ -83,7 +83,7 @@ fn scan_ranks(
 }
 
 /// N of a directory named `<prefix>N`.
-fn numbered(dir: &Path, prefix: &str) -> Option<u32> {
+pub(super) fn numbered(dir: &Path, prefix: &str) -> Option<u32> {
     let digits = dir.file_name()?.to_str()?.strip_prefix(prefix)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -91,7 +91,7 @@ fn numbered(dir: &Path, prefix: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn subdirs(dir: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -3,6 +3,7 @@
 //! partner and global tiers, retention, and the choice among recovery candidates.
 
 pub mod config;
+pub mod forget;
 pub mod inventory;
 pub mod layout;
 pub mod path_vars;

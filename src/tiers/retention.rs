@@ -76,7 +76,7 @@ pub fn prune(
 
 /// Renamed to its partial name first, so a deletion cut short leaves nothing that looks
 /// like a committed image.
-fn remove_image(path: &Path) -> Result<(), PlaceError> {
+pub(super) fn remove_image(path: &Path) -> Result<(), PlaceError> {
     let name = path.file_name().and_then(|n| n.to_str());
     let Some(seq) = name.and_then(store::parse_image_dir_name) else {
         return remove_dir(path);
@@ -90,7 +90,7 @@ fn remove_image(path: &Path) -> Result<(), PlaceError> {
     remove_dir(&hidden)
 }
 
-fn remove_dir(path: &Path) -> Result<(), PlaceError> {
+pub(super) fn remove_dir(path: &Path) -> Result<(), PlaceError> {
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PlaceError::Remove {
             path: path.to_path_buf(),
@@ -109,10 +109,7 @@ fn stale_partials(rank_dir: &Path, below: u64) -> Vec<PathBuf> {
         .flatten()
         .filter(|e| {
             let name = e.file_name();
-            let seq = name
-                .to_str()
-                .and_then(|n| n.strip_prefix('.')?.strip_suffix(".partial"))
-                .and_then(store::parse_image_dir_name);
+            let seq = name.to_str().and_then(store::parse_partial_name);
             seq.is_some_and(|s| s < below)
         })
         .map(|e| e.path())

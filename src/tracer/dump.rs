@@ -92,6 +92,8 @@ pub struct CheckpointRequest<'a> {
     pub parent: ParentChoice,
     /// Fail rather than warn when a pipe's other end is outside the job.
     pub refuse_outside_peers: bool,
+    /// Whether fds 0-2 that are regular files follow the restoring command's stdio.
+    pub stdio_files: objects::stdio::StdioFiles,
     /// Files written in place up to this size are copied into the image.
     pub file_copy_limit: u64,
     /// The key that authenticates the image.
@@ -291,7 +293,7 @@ fn dump(
     if let Some(t) = tracker.as_deref_mut() {
         // An fd mlckpt cannot restore fails the checkpoint: better before the pre-copy
         // than after it (the check while frozen below is the one that counts).
-        check_files(req.pid, req.refuse_outside_peers)?;
+        check_files(req.pid, req.refuse_outside_peers, req.stdio_files)?;
         let plans = inspect::read_regions_with(req.pid, &hints)?;
         let before = precopy::Before {
             plans: &plans,
@@ -330,7 +332,7 @@ fn dump(
         sharing.extend(inspect::mapping_refusals(pid, own));
     }
     let mut files = match (
-        objects::collect(&job_pids, Depth::Capture),
+        objects::collect(&job_pids, Depth::Capture, req.stdio_files),
         sharing.is_empty(),
     ) {
         (result, true) => result?,
@@ -566,9 +568,13 @@ fn dump(
 /// Fails, listing every fd the job holds that a checkpoint could not capture (the job runs
 /// on: this is the check made before a pre-copy, and when supervision starts).
 /// With `refuse_outside_peers`, a pipe to outside the job fails it too.
-pub fn check_files(root: Pid, refuse_outside_peers: bool) -> Result<objects::JobFiles, DumpError> {
+pub fn check_files(
+    root: Pid,
+    refuse_outside_peers: bool,
+    stdio_files: objects::stdio::StdioFiles,
+) -> Result<objects::JobFiles, DumpError> {
     let pids: Vec<Pid> = std::iter::once(root).chain(live_members(root)).collect();
-    let files = objects::collect(&pids, Depth::Check)?;
+    let files = objects::collect(&pids, Depth::Check, stdio_files)?;
     if refuse_outside_peers && !files.warnings.is_empty() {
         return Err(DumpError::OutsidePeers(files.warnings));
     }
