@@ -1,6 +1,7 @@
 //! Errors of the command line: a bad config is a usage error (exit 2) naming file, line and
 //! key; a missing process or image is an error (exit 1) naming it; a restore whose PID is
 //! taken fails clearly and leaves the holder alone, and `--new-pid` restores it anyway.
+//! `$VAR`s in config paths are expanded from the environment, an unset one is such an error.
 
 mod common;
 
@@ -288,4 +289,46 @@ fn an_interval_below_the_minimum_is_refused() {
         "the error should name interval.local and the minimum\n{}",
         res.describe()
     );
+}
+
+/// `$VAR`s in config paths come from mlckpt's environment: unset, the variable is a usage
+/// error naming file, line, key and variable, and nothing is started or created; set, it is
+/// expanded (and `$$` is a literal `$`).
+#[test]
+fn variables_in_config_paths() {
+    let h = Harness::new("pathvars");
+    let cfg = h.dir.path().join("vars.toml");
+    let cfg_s = cfg.to_str().unwrap();
+    let root = h.dir.path().to_str().unwrap();
+    let marker = h.dir.path().join("started");
+    let args = [
+        "run",
+        "--config",
+        cfg_s,
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ];
+    let run = |global: &str| {
+        let text =
+            format!("[storage]\nlocal = \"$MLCKPT_TEST_ROOT/l-$$\"\nglobal = \"{global}\"\n");
+        std::fs::write(&cfg, text).unwrap();
+        h.start_with_env(&args, &[("MLCKPT_TEST_ROOT", root)], None)
+            .finish(CMD_TIMEOUT)
+    };
+    let res = run("${MLCKPT_TEST_ROOT}/${MLCKPT_TEST_SURELY_UNSET}").expect_code(2);
+    let expected = format!(
+        "{cfg_s}:3:10: storage.global: $MLCKPT_TEST_SURELY_UNSET is not set in the environment"
+    );
+    assert!(res.stderr.contains(&expected), "{}", res.describe());
+    assert!(
+        !marker.exists(),
+        "run started the program despite the bad config"
+    );
+    assert!(!h.dir.path().join("l-$").exists());
+    run("${MLCKPT_TEST_ROOT}/g").expect_code(0);
+    assert!(marker.exists(), "the program did not run");
+    for dir in ["l-$", "g"] {
+        assert!(h.dir.path().join(dir).is_dir(), "{dir} was not created");
+    }
 }

@@ -1,6 +1,7 @@
 //! The supervisor (`mlckpt run` / `mlckpt attach`): interval checkpoints that do not disturb
 //! the program, a checkpoint on SIGUSR1, checkpoint-then-end on SIGTERM, `attach` to a
-//! process mlckpt did not start, and `list` / `verify` over what it wrote.
+//! process mlckpt did not start, `list` / `verify` over what it wrote, and the warning when a
+//! run reuses a job name that has images.
 
 mod common;
 
@@ -174,6 +175,39 @@ fn sigterm_to_the_supervisor_checkpoints_and_ends_the_job() {
     let after = h.restore_to_end(image, &prog, pid, |_, _| {});
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
     assert_continuation(&reference, &run.stdout, &after, pid);
+}
+
+/// A second `run` under a job name that already has images says so once (how many, the
+/// newest seq, `--job NAME`) before retention deletes them, as it then does (keep = 1); the
+/// first run, with nothing there, says nothing, and neither does `run --resume` when it
+/// finds no valid image to resume and starts the program (those images are its own past).
+#[test]
+fn a_run_reusing_a_job_name_warns_about_its_earlier_images() {
+    let h = Harness::new("reuse");
+    h.set_config("keep = 1\n[interval]\nlocal = 0\n");
+    let run_and_checkpoint = |extra: &[&str]| {
+        let mut run = h.run_with(extra, &[], &prog(300));
+        run.wait_for_ticks(3);
+        let ckpt = h.checkpoint(run.target_pid(), true);
+        (ckpt, run.finish(CMD_TIMEOUT).expect_code(KILLED))
+    };
+    let warnings = |res: &Finished| res.stderr.matches("from an earlier run").count();
+    let (old, first) = run_and_checkpoint(&[]);
+    assert_eq!(warnings(&first), 0, "{}", first.describe());
+    let (new, second) = run_and_checkpoint(&[]);
+    let newest = format!("newest seq {}", old.seq);
+    line_with(
+        &second,
+        &["warning:", "already has 1 image ", &newest, "--job NAME"],
+    );
+    assert_eq!(warnings(&second), 1, "{}", second.describe());
+    assert!(new.seq > old.seq, "{} after {}", new.seq, old.seq);
+    assert_eq!(image_seqs(&h.rank_dir()), [new.seq]);
+    // An image that cannot be resumed: --resume starts the program, without the warning.
+    damage(&new.path.join("CHECKSUMS"), Damage::Truncate);
+    let (_, resumed) = run_and_checkpoint(&["--resume"]);
+    line_with(&resumed, &["no valid image", "starting the program afresh"]);
+    assert_eq!(warnings(&resumed), 0, "{}", resumed.describe());
 }
 
 /// One command for the first start and every requeue: `run --resume` starts the program

@@ -3,6 +3,7 @@
 use super::{JobArgs, job_name, load_config_for_writing, topology};
 use anyhow::Context;
 use mlckpt::supervisor::{self, JobContext, Lineage};
+use mlckpt::tiers::reuse;
 use mlckpt::tracer::access::Privileges;
 use nix::unistd::Pid;
 use std::process::Command;
@@ -22,6 +23,11 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
         return Ok(code);
     }
     supervisor::check_runtime_dir()?;
+    // With --resume, earlier images are this run's own past (none was valid, or we would
+    // have resumed from it).
+    if !resume {
+        warn_about_earlier_images(&ctx);
+    }
     // Blocked before the child exists, so no signal can slip through between the two;
     // the program itself must start with the mask mlckpt was given.
     let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
@@ -63,6 +69,15 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
         signals,
         Lineage::default(),
     )?)
+}
+
+/// A run under a name that already has images takes over their numbering, so retention
+/// deletes them: say so before it happens (src/tiers/reuse.rs).
+fn warn_about_earlier_images(ctx: &JobContext) {
+    let keep = ctx.config.storage.keep;
+    if let Some(earlier) = reuse::earlier_images(&ctx.paths.local, &ctx.job, ctx.rank(), keep) {
+        eprintln!("mlckpt: warning: {earlier}");
+    }
 }
 
 /// Refuses to supervise a job whose checkpoints would all fail for want of a privilege, and

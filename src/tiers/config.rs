@@ -6,6 +6,7 @@
 //! as [`toml::Spanned`]. The commented reference is `templates/mlckpt.toml`, the user page
 //! `docs/configuration.md`.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -20,6 +21,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::path_vars;
 use crate::image::compress::{self, Compression};
 
 /// The file name searched for in the working directory and in `~/.config/mlckpt/`.
@@ -233,10 +235,21 @@ impl Config {
     }
 
     /// Parses and validates `text`, read from `origin`. Touches no file: relative storage
-    /// paths are resolved against `origin`'s directory but not created.
+    /// paths are resolved against `origin`'s directory but not created. `$VAR` in paths
+    /// comes from the process environment.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, origin, &path_vars::from_environment)
+    }
+
+    /// [`Config::parse`] with `env` giving the variables' values (tests need no real
+    /// environment, which is process-wide).
+    fn parse_with_env(text: &str, origin: &Path, env: &Lookup) -> Result<Config, ConfigError> {
         let file = std::path::absolute(origin).unwrap_or_else(|_| origin.to_path_buf());
-        let src = Source { file: &file, text };
+        let src = Source {
+            file: &file,
+            text,
+            env,
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
         let base = file.parent().unwrap_or(Path::new("/"));
         let global_interval_span = raw.interval.global.as_ref().map(Spanned::span);
@@ -268,7 +281,7 @@ impl Config {
             },
             topology: topology(&src, raw.topology)?,
             security: SecurityConfig {
-                key_file: raw.security.key_file.map(|k| base.join(k)),
+                key_file: config_path(&src, raw.security.key_file, "security.key_file", base)?,
             },
         };
         check_global_tier(&src, &config, global_interval_span)?;
@@ -453,7 +466,7 @@ struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default, expecting = "a table: [security]")]
 struct RawSecurity {
-    key_file: Option<PathBuf>,
+    key_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -554,10 +567,14 @@ impl<'de> Deserialize<'de> for Count {
 
 // ---- validation ------------------------------------------------------------------------
 
+/// Where `$VAR` in paths gets its values.
+type Lookup = dyn Fn(&str) -> Option<OsString>;
+
 /// The file being parsed, to turn spans into `file:line:column` errors.
 struct Source<'a> {
     file: &'a Path,
     text: &'a str,
+    env: &'a Lookup,
 }
 
 impl Source<'_> {
@@ -715,9 +732,9 @@ fn job_name(src: &Source<'_>, raw: Option<Spanned<String>>) -> Result<Option<Str
 }
 
 fn storage(src: &Source<'_>, raw: RawStorage, base: &Path) -> Result<StorageConfig, ConfigError> {
-    let local = storage_dir(src, raw.local, "storage.local", base)?;
+    let local = config_path(src, raw.local, "storage.local", base)?;
     let global_span = raw.global.as_ref().map(Spanned::span);
-    let global = storage_dir(src, raw.global, "storage.global", base)?;
+    let global = config_path(src, raw.global, "storage.global", base)?;
     let local = local.unwrap_or_else(default_local_root);
     if let (Some(global), Some(span)) = (&global, global_span)
         && same_path(global, &local)
@@ -736,8 +753,9 @@ fn storage(src: &Source<'_>, raw: RawStorage, base: &Path) -> Result<StorageConf
     })
 }
 
-/// A path as written, made absolute against the config file's directory.
-fn storage_dir(
+/// A path as written, its `$VAR`s expanded, made absolute against the config file's
+/// directory.
+fn config_path(
     src: &Source<'_>,
     raw: Option<Spanned<String>>,
     key: &str,
@@ -745,14 +763,17 @@ fn storage_dir(
 ) -> Result<Option<PathBuf>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let (span, text) = (raw.span(), raw.into_inner());
+    let expanded = path_vars::expand(&text, src.env)
+        .map_err(|e| src.invalid(span.clone(), key, e.to_string()))?;
+    // `~` is checked after expansion: a variable holding `~/x` is not expanded either.
     let problem = if text.is_empty() {
         "must not be empty; remove the key to use the default"
-    } else if text.starts_with('~') {
-        "`~` is not expanded; write the full path, e.g. \"/home/you/ckpt\""
+    } else if expanded.as_encoded_bytes().starts_with(b"~") {
+        "`~` is not expanded; write $HOME or the full path, e.g. \"$HOME/ckpt\""
     } else if text.contains('\0') {
         "must not contain a NUL character"
     } else {
-        return Ok(Some(base.join(text)));
+        return Ok(Some(base.join(expanded)));
     };
     Err(src.invalid(span, key, problem))
 }
@@ -1088,8 +1109,13 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        let c = parse(&text);
-        assert!(c.job.name.is_some() && c.storage.global.is_some());
+        // Whatever the environment of the test: the examples' variables are set.
+        let c = Config::parse_with_env(&text, Path::new(ORIGIN), &|_| Some("v".into())).unwrap();
+        assert!(c.job.name.is_some());
+        assert_eq!(
+            c.storage.global.as_deref(),
+            Some(Path::new("/scratch/v/mlckpt"))
+        );
         assert!(c.topology.partner_copy.is_some());
     }
 
@@ -1221,6 +1247,85 @@ partner_copy = "rsync -a {src}/ {host}:{dst}/"
         assert!(
             message.contains("same directory as storage.local"),
             "{message}"
+        );
+    }
+
+    fn test_env(name: &str) -> Option<OsString> {
+        match name {
+            "TMPDIR" => Some("/local/tmp".into()),
+            "USER" => Some("alice".into()),
+            "SLURM_JOB_ID" => Some("1234".into()),
+            "SUB" => Some("rel/dir".into()),
+            "TILDE" => Some("~/x".into()),
+            "EMPTY" => Some(OsString::new()),
+            _ => None,
+        }
+    }
+
+    fn parse_env(text: &str) -> Result<Config, String> {
+        Config::parse_with_env(text, Path::new(ORIGIN), &test_env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn variables_in_paths_are_expanded() {
+        let c = parse_env(
+            "[storage]\nlocal = \"$TMPDIR/mlckpt\"\n\
+             global = \"/scratch/${USER}/ckpt/${SLURM_JOB_ID}\"\n\
+             [security]\nkey_file = \"/keys/$USER.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.local, Path::new("/local/tmp/mlckpt"));
+        assert_eq!(
+            c.storage.global.as_deref(),
+            Some(Path::new("/scratch/alice/ckpt/1234"))
+        );
+        assert_eq!(
+            c.security.key_file.as_deref(),
+            Some(Path::new("/keys/alice.key"))
+        );
+        // A relative value is resolved against the file's directory, like a written one.
+        let c = parse_env("[storage]\nlocal = \"$SUB/ckpt\"\n").unwrap();
+        assert_eq!(c.storage.local, Path::new("/x/rel/dir/ckpt"));
+        let c = parse_env("[storage]\nlocal = \"/a/$$/b\"\n").unwrap();
+        assert_eq!(c.storage.local, Path::new("/a/$/b"));
+    }
+
+    #[test]
+    fn unset_variable_names_file_line_key_and_variable() {
+        let message = parse_env("[job]\n\n[storage]\nglobal = \"/s/${NOPE}/c\"\n").unwrap_err();
+        assert_eq!(
+            message,
+            "/x/mlckpt.toml:4:10: storage.global: $NOPE is not set in the environment; set \
+             it, or write the path without it (`$$` gives a literal `$`)"
+        );
+        let message = parse_env("[security]\nkey_file = \"$NOPE/k\"\n").unwrap_err();
+        assert_at(&message, 2, "security.key_file");
+        assert!(message.contains("$NOPE"), "{message}");
+        let message = parse_env("[storage]\nlocal = \"$EMPTY/ckpt\"\n").unwrap_err();
+        assert_at(&message, 2, "storage.local");
+        assert!(message.contains("$EMPTY is set but empty"), "{message}");
+    }
+
+    #[test]
+    fn bad_variable_syntax_names_line_and_key() {
+        for bad in ["${TMPDIR", "$", "${}", "${USER:-bob}", "/a/$/b"] {
+            let message = parse_env(&format!("[storage]\nlocal = \"{bad}\"\n")).unwrap_err();
+            assert_at(&message, 2, "storage.local");
+            assert!(message.contains("`$$`"), "{message}");
+        }
+    }
+
+    #[test]
+    fn tilde_is_refused_also_from_a_variable() {
+        for tilde in ["~/ckpt", "$TILDE"] {
+            let message = parse_env(&format!("[storage]\nlocal = \"{tilde}\"\n")).unwrap_err();
+            assert_at(&message, 2, "storage.local");
+            assert!(message.contains("$HOME"), "{message}");
+        }
+        assert_at(
+            &parse_env("[security]\nkey_file = \"~/k\"\n").unwrap_err(),
+            2,
+            "security.key_file",
         );
     }
 
