@@ -64,17 +64,27 @@ fn parse_watches(info: &str) -> Option<Vec<WatchInfo>> {
         .collect()
 }
 
-/// A mount point of the file system with kernel device number `dev` (major << 20 | minor).
+/// A mount point of the file system with kernel device number `dev` (major << 20 | minor):
+/// one that mounts the file system's root if there is one (every inode is reachable from
+/// it), else any (a bind mount or subvolume: inodes inside it are).
 fn mount_of(dev: u64) -> Option<String> {
     let wanted = format!("{}:{}", dev >> 20, dev & 0xfffff);
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(' ');
-        let dev = f.nth(2)?;
-        let root = f.next()?;
-        let mount = f.next()?;
-        (dev == wanted && root == "/").then(|| mount.replace("\\040", " "))
-    })
+    let mounts: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let dev = f.nth(2)?;
+            let root = f.next()?;
+            let mount = f.next()?;
+            (dev == wanted).then_some((root, mount))
+        })
+        .collect();
+    let (_, mount) = mounts
+        .iter()
+        .find(|(root, _)| *root == "/")
+        .or_else(|| mounts.first())?;
+    Some(mount.replace("\\040", " "))
 }
 
 /// The path of a watched inode, from its file handle.
