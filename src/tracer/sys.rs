@@ -745,12 +745,6 @@ pub fn process_madvise(
     unsafe { raw_syscall(libc::SYS_process_madvise, args) }.map(|n| n as u64)
 }
 
-/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file description
-/// (`kcmp(KCMP_FILE)`): a shared offset and flags, as after `fork` or `dup`.
-pub fn same_open_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, Errno> {
-    kcmp(pid1, pid2, Kcmp::File, fd1, fd2)
-}
-
 /// What `kcmp` compares (`include/uapi/linux/kcmp.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kcmp {
@@ -761,18 +755,26 @@ pub enum Kcmp {
     Sighand = 4,
 }
 
-/// How two open files compare in the kernel's (obfuscated, but consistent) order of
-/// objects: `Equal` when fds `fd1` of `pid1` and `fd2` of `pid2` are one description.
-pub fn file_order(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<std::cmp::Ordering, Errno> {
+/// `kcmp`: 0 when the two processes' objects `what` (for `File`, fds `idx1`, `idx2`) are
+/// one, 1 or 2 when the first orders before or after the second, 3 when they differ and
+/// cannot be ordered.
+fn kcmp_raw(pid1: i32, pid2: i32, what: Kcmp, idx1: i32, idx2: i32) -> Result<i64, Errno> {
     let args = [
         pid1 as u64,
         pid2 as u64,
-        Kcmp::File as u64,
-        fd1 as u64,
-        fd2 as u64,
+        what as u64,
+        idx1 as u64,
+        idx2 as u64,
         0,
     ];
-    match int_syscall(libc::SYS_kcmp, args)? {
+    int_syscall(libc::SYS_kcmp, args)
+}
+
+/// How fd `fd1` of `pid1` and fd `fd2` of `pid2` compare in the kernel's (obfuscated, but
+/// consistent) order of files: `Equal` when they are one open file description (a shared
+/// offset and flags, as after `fork` or `dup`).
+pub fn file_order(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<std::cmp::Ordering, Errno> {
+    match kcmp_raw(pid1, pid2, Kcmp::File, fd1, fd2)? {
         0 => Ok(std::cmp::Ordering::Equal),
         1 => Ok(std::cmp::Ordering::Less),
         2 => Ok(std::cmp::Ordering::Greater),
@@ -782,15 +784,7 @@ pub fn file_order(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<std::cmp::
 
 /// Whether two processes share the kernel object `what` (for `File`, fds `idx1`, `idx2`).
 pub fn kcmp(pid1: i32, pid2: i32, what: Kcmp, idx1: i32, idx2: i32) -> Result<bool, Errno> {
-    let args = [
-        pid1 as u64,
-        pid2 as u64,
-        what as u64,
-        idx1 as u64,
-        idx2 as u64,
-        0,
-    ];
-    Ok(int_syscall(libc::SYS_kcmp, args)? == 0)
+    Ok(kcmp_raw(pid1, pid2, what, idx1, idx2)? == 0)
 }
 
 /// Bytes waiting in a pipe (`FIONREAD`).
