@@ -5,7 +5,9 @@
 //! on-disk format, [`tiers`] decides where images go and which one a restore uses.
 
 pub mod image;
+pub mod log;
 pub mod objects;
+pub mod progress;
 pub mod supervisor;
 pub mod tiers;
 pub mod tracer;

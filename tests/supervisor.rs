@@ -461,3 +461,37 @@ fn exit_status_survives_a_checkpoint_racing_the_exit() {
         let _ = std::fs::remove_dir_all(&h.store);
     }
 }
+
+/// `-q` leaves only warnings and errors on stderr; `--log-file` still gets every normal
+/// message, one line each, starting with a UTC timestamp.
+#[test]
+fn a_quiet_run_still_writes_its_log_file() {
+    let h = Harness::new("logfile");
+    let log = h.run_dir().join("mlckpt.log");
+    let prog = prog(20);
+    let mut run = h.run_with(&["-q", "--log-file", log.to_str().unwrap()], &[], &prog);
+    run.wait_for_ticks(3);
+    let pid = run.target_pid();
+    h.checkpoint(pid, false);
+    let res = run.finish(CMD_TIMEOUT).expect_code(0);
+    assert!(
+        !res.stderr.contains("mlckpt: started"),
+        "-q printed a normal message\n{}",
+        res.describe()
+    );
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    let started = text
+        .lines()
+        .find(|l| l.contains("mlckpt: started"))
+        .unwrap_or_else(|| panic!("no start line in the log file:\n{text}"));
+    let stamp = started.split(' ').next().unwrap_or_default();
+    let digits_at = |i: usize| stamp.as_bytes().get(i).is_some_and(u8::is_ascii_digit);
+    assert!(
+        stamp.len() == 24 && stamp.ends_with('Z') && &stamp[10..11] == "T" && digits_at(0),
+        "not a UTC timestamp: {started}"
+    );
+    assert!(
+        text.lines().all(|l| l.contains(" mlckpt: ")),
+        "a line of the log file is not one of mlckpt's:\n{text}"
+    );
+}

@@ -73,9 +73,12 @@ fn print(stats: &CheckpointStats, json: bool) {
         println!("{}", serde_json::to_string(stats).expect("stats serialise"));
     } else {
         println!("{}", stats.path.display());
-        eprintln!(
-            "mlckpt: {} bytes, {} tier, frozen {:.1} ms, total {:.1} ms",
-            stats.bytes, stats.tier, stats.freeze_ms, stats.total_ms
+        mlckpt::info!(
+            "{} bytes, {} tier, frozen {:.1} ms, total {:.1} ms",
+            stats.bytes,
+            stats.tier,
+            stats.freeze_ms,
+            stats.total_ms
         );
     }
 }

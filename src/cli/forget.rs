@@ -13,10 +13,7 @@ pub fn forget(
     let config = Config::load(config.as_deref())?;
     let done = forget::forget(&config, &runtime_dir(), job, rank, dry_run)?;
     for link in &done.symlinks {
-        eprintln!(
-            "mlckpt: skipped {}: a symbolic link, not followed",
-            link.display()
-        );
+        mlckpt::info!("skipped {}: a symbolic link, not followed", link.display());
     }
     let whose = match rank {
         Some(r) => format!("job {job} rank {r}"),

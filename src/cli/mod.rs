@@ -28,6 +28,15 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More details in mlckpt's messages (-v); the log file gets them too
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors on stderr (the log file still gets every normal message)
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also append mlckpt's messages, timestamped, to FILE
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -150,6 +159,12 @@ const EXIT_USAGE: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = mlckpt::log::level_for(cli.quiet, cli.verbose);
+    if let Err(e) = mlckpt::log::init(level, cli.log_file.as_deref()) {
+        let file = cli.log_file.unwrap_or_default();
+        mlckpt::error!("cannot open the log file {}: {e}", file.display());
+        return ExitCode::from(EXIT_USAGE);
+    }
     let result = match cli.command {
         Command::Run { job, argv, resume } => run::run(&job, &argv, resume),
         Command::Attach { job, pid } => run::attach(&job, pid),
@@ -189,7 +204,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),
         Err(e) => {
-            eprintln!("mlckpt: error: {e:#}");
+            mlckpt::error!("{e:#}");
             let usage = e.chain().any(is_usage_error);
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_ERROR })
         }

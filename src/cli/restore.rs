@@ -126,8 +126,8 @@ fn restored(
     signals: nix::sys::signal::SigSet,
 ) -> anyhow::Result<i32> {
     let pid = process.pid;
-    eprintln!(
-        "mlckpt: restored {} (seq {}) as PID {pid}",
+    mlckpt::info!(
+        "restored {} (seq {}) as PID {pid}",
         image.dir.display(),
         image.manifest.seq
     );
@@ -156,12 +156,17 @@ fn rebuild_checking(
     opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
     let started = std::time::Instant::now();
+    let measured = mlckpt::progress::start(
+        &format!("decompressing pages of {}", image.dir.display()),
+        pages.compressed_bytes(),
+    );
     let (unpacked, pages) = pages.unpack_compressed()?;
+    drop(measured);
     if !unpacked.is_empty() {
         let mib = unpacked.bytes() as f64 / f64::from(1u32 << 20);
         let secs = started.elapsed().as_secs_f64().max(1e-6);
-        eprintln!(
-            "mlckpt: decompressed and verified {mib:.1} MiB of pages of {} in {:.1} ms \
+        mlckpt::info!(
+            "decompressed and verified {mib:.1} MiB of pages of {} in {:.1} ms \
              ({:.0} MiB/s), held in memory until the restore is done",
             image.dir.display(),
             secs * 1000.0,
@@ -190,14 +195,14 @@ fn restore_newest(
     let dirs = recovery::look(&ctx.paths);
     for d in &dirs {
         match &d.images {
-            Ok(images) if images.is_empty() && ctx.paths.has(d.tier) => eprintln!(
-                "mlckpt: candidate {} ({}): missing (no image)",
+            Ok(images) if images.is_empty() && ctx.paths.has(d.tier) => mlckpt::info!(
+                "candidate {} ({}): missing (no image)",
                 d.tier,
                 d.dir.display()
             ),
             Ok(_) => {}
-            Err(e) => eprintln!(
-                "mlckpt: candidate {} ({}): unreadable ({})",
+            Err(e) => mlckpt::info!(
+                "candidate {} ({}): unreadable ({})",
                 d.tier,
                 d.dir.display(),
                 supervisor::error_chain(e)
@@ -213,10 +218,7 @@ fn restore_newest(
         verdict
     });
     if choice.unchecked > 0 {
-        eprintln!(
-            "mlckpt: {} older candidate(s) not checked",
-            choice.unchecked
-        );
+        mlckpt::info!("{} older candidate(s) not checked", choice.unchecked);
     }
     match outcome {
         Some(result) if choice.chosen.is_some() => result.map(Some),
@@ -254,8 +256,8 @@ pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Resu
     if let Some(done) = mlckpt::tiers::finished::read(&ctx.paths)
         && done.after_seq >= newest
     {
-        eprintln!(
-            "mlckpt: job {} rank {} finished (exit {}) after its image {}: starting the \
+        mlckpt::info!(
+            "job {} rank {} finished (exit {}) after its image {}: starting the \
              program afresh",
             ctx.job,
             ctx.rank(),
@@ -269,10 +271,7 @@ pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Resu
     match restore_newest(ctx, &opts)? {
         Some((image, process)) => restored(&image, process, config, args, false, signals).map(Some),
         None => {
-            eprintln!(
-                "mlckpt: {}: starting the program afresh",
-                no_valid_image(ctx)
-            );
+            mlckpt::info!("{}: starting the program afresh", no_valid_image(ctx));
             Ok(None)
         }
     }
@@ -309,17 +308,12 @@ fn try_candidate(
 /// A candidate's line: its verdict, and whether it was chosen (intact and restored) or
 /// intact but the restore itself failed (the error follows).
 fn print_candidate(c: &Candidate, verdict: &Verdict, restored: bool) {
-    let head = format!(
-        "mlckpt: candidate seq {} {} ({})",
-        c.seq,
-        c.tier,
-        c.path.display()
-    );
+    let head = format!("candidate seq {} {} ({})", c.seq, c.tier, c.path.display());
     match verdict {
-        Verdict::Ok if restored => eprintln!("{head}: ok -> chosen"),
+        Verdict::Ok if restored => mlckpt::info!("{head}: ok -> chosen"),
         Verdict::Ok => {
-            eprintln!("{head}: intact (with every image it needs), but restoring it failed")
+            mlckpt::info!("{head}: intact (with every image it needs), but restoring it failed")
         }
-        Verdict::Bad { what, why } => eprintln!("{head}: {what} ({why})"),
+        Verdict::Bad { what, why } => mlckpt::info!("{head}: {what} ({why})"),
     }
 }

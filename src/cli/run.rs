@@ -41,11 +41,7 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
         .spawn()
         .with_context(|| format!("cannot start {}", argv[0]))?;
     let pid = Pid::from_raw(child.id() as i32);
-    eprintln!(
-        "mlckpt: started {} as PID {pid} ({})",
-        argv[0],
-        describe(&ctx)
-    );
+    mlckpt::info!("started {} as PID {pid} ({})", argv[0], describe(&ctx));
     Ok(supervisor::supervise(
         &ctx,
         pid,
@@ -61,7 +57,7 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
     ctx.check_intervals()?;
     supervisor::check_runtime_dir()?;
     let signals = supervisor::block_supervisor_signals()?;
-    eprintln!("mlckpt: supervising PID {pid} ({})", describe(&ctx));
+    mlckpt::info!("supervising PID {pid} ({})", describe(&ctx));
     Ok(supervisor::supervise(
         &ctx,
         Pid::from_raw(pid),
@@ -76,7 +72,7 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
 fn warn_about_earlier_images(ctx: &JobContext) {
     let keep = ctx.config.storage.keep;
     if let Some(earlier) = reuse::earlier_images(&ctx.paths.local, &ctx.job, ctx.rank(), keep) {
-        eprintln!("mlckpt: warning: {earlier}");
+        mlckpt::warn!("{earlier}");
     }
 }
 
@@ -86,7 +82,7 @@ fn check_privileges(own_child: bool) -> anyhow::Result<()> {
     let me = Privileges::current();
     me.check_tracing(own_child)?;
     if let Err(e) = me.check_restore() {
-        eprintln!("mlckpt: note: checkpoints will work, but {e}");
+        mlckpt::info!("note: checkpoints will work, but {e}");
     }
     Ok(())
 }

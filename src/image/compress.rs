@@ -303,6 +303,7 @@ pub fn unpack(
         let mut sunk = Ok(());
         for buf in filled.iter() {
             hasher.update(&buf);
+            crate::progress::advance(buf.len() as u64);
             if let Err(e) = sink(&buf) {
                 sunk = Err(e);
                 break;

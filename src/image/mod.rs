@@ -75,6 +75,15 @@ impl PageCheck {
         Ok(())
     }
 
+    /// The bytes of pages stored compressed (what a restore decompresses first).
+    pub fn compressed_bytes(&self) -> u64 {
+        self.pages
+            .iter()
+            .filter(|p| p.check.is_compressed())
+            .map(|p| p.check.size())
+            .sum()
+    }
+
     /// Decompresses every compressed page file (copies from the partner or global tier)
     /// into memory, verifying it on the way: a restore reads those pages from memory. The
     /// raw page files are left in the returned check, to verify while the restore reads

@@ -184,8 +184,8 @@ pub(super) fn report_retention(result: &Result<Vec<PathBuf>, PlaceError>) {
     match result {
         Ok(deleted) => deleted
             .iter()
-            .for_each(|p| eprintln!("mlckpt: retention deleted {}", p.display())),
-        Err(e) => eprintln!("mlckpt: retention failed: {}", error_chain(e)),
+            .for_each(|p| crate::info!("retention deleted {}", p.display())),
+        Err(e) => crate::info!("retention failed: {}", error_chain(e)),
     }
 }
 

@@ -153,8 +153,8 @@ fn log(tier: TierKind, src: &Path, result: &Result<Copied, PlaceError>) {
                 ),
                 _ => String::new(),
             };
-            eprintln!(
-                "mlckpt: copied {name} to the {tier} tier: {} ({:.1} MiB in {:.1} ms, \
+            crate::info!(
+                "copied {name} to the {tier} tier: {} ({:.1} MiB in {:.1} ms, \
                  {:.0} MiB/s{stored})",
                 c.path.display(),
                 mib(c.bytes),
@@ -163,8 +163,8 @@ fn log(tier: TierKind, src: &Path, result: &Result<Copied, PlaceError>) {
             );
             super::context::report_retention(&c.pruned);
         }
-        Err(e) => eprintln!(
-            "mlckpt: copy of {name} to the {tier} tier failed: {}; older copies there are \
+        Err(e) => crate::info!(
+            "copy of {name} to the {tier} tier failed: {}; older copies there are \
              untouched",
             super::error_chain(e)
         ),

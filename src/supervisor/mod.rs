@@ -161,8 +161,8 @@ pub fn supervise(
     let refuse = ctx.config.image.outside_peers == crate::tiers::config::OutsidePeers::Refuse;
     match crate::tracer::dump::check_files(pid, refuse, ctx.config.image.stdio_files) {
         Ok(files) => crate::tracer::dump::warn_once(&files.warnings),
-        Err(e) => eprintln!(
-            "mlckpt: warning: checkpoints of process {pid} will fail while this lasts: {}",
+        Err(e) => crate::warn!(
+            "checkpoints of process {pid} will fail while this lasts: {}",
             error_chain(&e)
         ),
     }
@@ -195,7 +195,7 @@ pub fn supervise(
                     exit_code: code,
                 };
                 for problem in crate::tiers::finished::mark(&ctx.paths, finished) {
-                    eprintln!("mlckpt: warning: {problem}");
+                    crate::warn!("{problem}");
                 }
             }
             reap_orphans(pid);
@@ -263,7 +263,7 @@ impl Supervisor<'_> {
     fn serve_requests(&self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
             if let Err(refused) = control::check_client(&stream) {
-                eprintln!("mlckpt: control socket: {refused}");
+                crate::info!("control socket: {refused}");
                 respond(&stream, Err(refused));
                 continue;
             }
@@ -296,11 +296,7 @@ impl Supervisor<'_> {
             Ok(stats) if tier == TierKind::Local => respond(&stream, Ok(stats)),
             Ok(_) => {}
             Err(e) => {
-                eprintln!(
-                    "mlckpt: checkpoint of {} failed: {}",
-                    self.pid,
-                    error_chain(&e)
-                );
+                crate::info!("checkpoint of {} failed: {}", self.pid, error_chain(&e));
                 respond(&stream, Err(error_chain(&e)));
             }
         }
@@ -345,7 +341,7 @@ fn respond(stream: &UnixStream, result: Result<CheckpointStats, String>) {
 /// unknown for a process that is not our child).
 fn reap(pid: Pid, is_child: bool) -> (i32, bool) {
     if !is_child {
-        eprintln!("mlckpt: process {pid} exited (not our child: its exit status is unknown)");
+        crate::info!("process {pid} exited (not our child: its exit status is unknown)");
         return (0, false);
     }
     loop {
@@ -389,8 +385,8 @@ fn reap_orphans(root: Pid) {
 
 fn report(result: Result<CheckpointStats, SuperviseError>, what: &str) {
     match result {
-        Ok(s) => eprintln!(
-            "mlckpt: {what}: {} ({} bytes, frozen {:.1} ms, total {:.1} ms)",
+        Ok(s) => crate::info!(
+            "{what}: {} ({} bytes, frozen {:.1} ms, total {:.1} ms)",
             s.path.display(),
             s.bytes,
             s.freeze_ms,
@@ -400,9 +396,9 @@ fn report(result: Result<CheckpointStats, SuperviseError>, what: &str) {
         // about to collect its exit.
         Err(SuperviseError::Dump(DumpError::Target(
             e @ (TargetError::Exited { .. } | TargetError::Gone { .. }),
-        ))) => eprintln!("mlckpt: {what} skipped: {e}"),
+        ))) => crate::info!("{what} skipped: {e}"),
         // The job keeps running: a failed checkpoint must not take it down.
-        Err(e) => eprintln!("mlckpt: {what} failed: {}", error_chain(&e)),
+        Err(e) => crate::info!("{what} failed: {}", error_chain(&e)),
     }
 }
 

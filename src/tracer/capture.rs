@@ -273,8 +273,8 @@ fn fork_snapshot(lead: &mut RemoteThread, parent: SnapshotParent) -> Option<Snap
     match Snapshot::fork(lead, parent) {
         Ok(s) => Some(s),
         Err(e) => {
-            eprintln!(
-                "mlckpt: note: fork-snapshot impossible ({}); dumping while the target is frozen",
+            crate::info!(
+                "note: fork-snapshot impossible ({}); dumping while the target is frozen",
                 crate::error_chain(&e)
             );
             None

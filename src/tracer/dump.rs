@@ -181,6 +181,7 @@ pub fn checkpoint(
     };
     super::access::check_target(req.pid)?;
     let _ahead = super::priority::CheckpointPriority::raise();
+    let _measured = crate::progress::start(&format!("checkpoint of {}", req.pid), 0);
     checkpoint_tracked(req, tracking).map_err(exited)
 }
 
@@ -590,7 +591,7 @@ pub fn warn_once(warnings: &[String]) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for w in warnings {
         if !seen.contains(w) {
-            eprintln!("mlckpt: warning: {w}");
+            crate::warn!("{w}");
             seen.push(w.clone());
         }
     }
@@ -834,9 +835,14 @@ pub(super) fn dump_regions(
     sink: &mut PageSink,
     writer: &mut ImageWriter,
 ) -> Result<(), DumpError> {
+    let mut stored = Vec::with_capacity(which.len());
     for &i in which {
+        stored.push((i, stored_runs(pagemap, &plans[i])?));
+    }
+    let bytes = stored.iter().flat_map(|(_, r)| r).map(|r| r.1).sum();
+    crate::progress::add_total(bytes);
+    for (i, ranges) in stored {
         let plan = &mut plans[i];
-        let ranges = stored_runs(pagemap, plan)?;
         let (runs, hashes) = sink.store(writer, mem, &ranges)?;
         plan.region.runs = runs;
         plan.page_hashes = hashes;

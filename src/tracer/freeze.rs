@@ -272,10 +272,11 @@ impl Frozen {
         let leader = self.threads.values().filter(|t| t.tid == self.pid);
         for t in others.chain(leader.filter(|_| !parent_is_us)) {
             if let Ok(false) = ptrace::wait_exit(t.tid, PATIENCE) {
-                eprintln!(
-                    "mlckpt: warning: thread {} of process {} did not end within {PATIENCE:?} \
+                crate::warn!(
+                    "thread {} of process {} did not end within {PATIENCE:?} \
                      of SIGKILL",
-                    t.tid, self.pid
+                    t.tid,
+                    self.pid
                 );
             }
         }

@@ -199,6 +199,7 @@ impl<'a> PageSink<'a> {
             self.read_buf = buf;
             return Err(e.into());
         }
+        crate::progress::advance(total as u64);
         let page_hashes: Vec<PageHash> = match (self.hash_pages, total >= PARALLEL_HASH_BYTES) {
             (false, _) => Vec::new(),
             (true, true) => buf

@@ -157,8 +157,8 @@ impl ProcessTracking {
             // without a page-table write: what the tracker saw cannot be trusted.
             self.tracker = None;
             if !std::mem::replace(&mut self.pinned_noted, true) {
-                eprintln!(
-                    "mlckpt: note: process {pid} has memory pinned for device I/O (VmPin); \
+                crate::info!(
+                    "note: process {pid} has memory pinned for device I/O (VmPin); \
                      its checkpoints compare page contents instead of tracking writes"
                 );
             }
@@ -173,8 +173,8 @@ impl ProcessTracking {
                 Ok(t) => self.tracker = Some(t),
                 Err(DumpError::Track(e)) => {
                     self.unavailable = true;
-                    eprintln!(
-                        "mlckpt: note: write tracking unavailable ({}); checkpoints use \
+                    crate::info!(
+                        "note: write tracking unavailable ({}); checkpoints use \
                          fork-snapshots instead",
                         crate::error_chain(&e)
                     );
@@ -399,6 +399,7 @@ pub fn read_pending(
             Some(slot) => stale.push((addr, len, slot)),
         }
     }
+    crate::progress::add_total(fresh.iter().map(|r| r.1).sum());
     let mut sink = PageSink::new(None, false);
     if !all_or_error {
         sink = sink.revisable();

@@ -248,8 +248,8 @@ fn thread_state(
     if !t.affinity.is_empty()
         && let Err(e) = super::sys::set_affinity(tid, &t.affinity)
     {
-        eprintln!(
-            "mlckpt: note: thread {tid} keeps the default CPU affinity: the image's CPU list is not usable here ({e})"
+        crate::info!(
+            "note: thread {tid} keeps the default CPU affinity: the image's CPU list is not usable here ({e})"
         );
     }
     if let Some(rl) = t.robust_list {

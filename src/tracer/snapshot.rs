@@ -137,8 +137,8 @@ fn kill_and_reap(pid: Pid, reaped_by: Option<Pid>) -> std::time::Duration {
     };
     let began = std::time::Instant::now();
     if let Err(e) = reap_in(parent, pid) {
-        eprintln!(
-            "mlckpt: warning: the snapshot process {pid} stays a zombie child of process \
+        crate::warn!(
+            "the snapshot process {pid} stays a zombie child of process \
              {parent} until that process ends ({})",
             crate::error_chain(&*e)
         );
