@@ -52,7 +52,7 @@ pub fn mlckpt_bin() -> &'static str {
     env!("CARGO_BIN_EXE_mlckpt")
 }
 
-fn programs_dir() -> PathBuf {
+pub fn programs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
 }
 
@@ -89,10 +89,20 @@ pub fn compiled(name: &str) -> PathBuf {
 /// name carries a hash of source and flags and is moved into place atomically. The error
 /// says what gcc said.
 pub fn compile_c(dir: &Path, name: &str, flags: &[&str]) -> Result<PathBuf, String> {
+    compile_with("gcc", dir, name, flags)
+}
+
+/// [`compile_c`] with another compiler driver (`mpicc`).
+pub fn compile_with(
+    compiler: &str,
+    dir: &Path,
+    name: &str,
+    flags: &[&str],
+) -> Result<PathBuf, String> {
     let src = dir.join(format!("{name}.c"));
     let text = std::fs::read(&src).map_err(|e| format!("read {}: {e}", src.display()))?;
     let mut hasher = DefaultHasher::new();
-    (&text, flags).hash(&mut hasher);
+    (&text, flags, compiler).hash(&mut hasher);
     let bin_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlckpt-programs");
     std::fs::create_dir_all(&bin_dir).map_err(|e| format!("mkdir {}: {e}", bin_dir.display()))?;
     let out = bin_dir.join(format!("{name}-{:016x}", hasher.finish()));
@@ -100,17 +110,17 @@ pub fn compile_c(dir: &Path, name: &str, flags: &[&str]) -> Result<PathBuf, Stri
         return Ok(out);
     }
     let tmp = bin_dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = Command::new("gcc")
+    let res = Command::new(compiler)
         .args(flags)
         .arg("-o")
         .arg(&tmp)
         .arg(&src)
         .output()
-        .map_err(|e| format!("run gcc (is it installed?): {e}"))?;
+        .map_err(|e| format!("run {compiler} (is it installed?): {e}"))?;
     if !res.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(
-            "gcc {name}.c failed:\n{}",
+            "{compiler} {name}.c failed:\n{}",
             String::from_utf8_lossy(&res.stderr)
         ));
     }
@@ -162,7 +172,7 @@ impl Prog {
         prog
     }
 
-    fn new(exe: String, args: &[&str]) -> Prog {
+    pub fn new(exe: String, args: &[&str]) -> Prog {
         let mut argv = vec![exe];
         argv.extend(args.iter().map(|a| a.to_string()));
         Prog { argv, feed: None }
