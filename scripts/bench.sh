@@ -4,7 +4,7 @@
 # and again (the simulation pattern), next to this machine's own limits measured in the
 # same run, then the ratios the performance targets are stated in.
 #   scripts/bench.sh [DIR]     DIR: where images go (default: a new dir under /var/tmp)
-#   ONLY=memory|tree|dirty|chain|objects scripts/bench.sh   only that section's rows
+#   ONLY=memory|tree|dirty|chain|objects|mpi scripts/bench.sh   only that section's rows
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
@@ -19,6 +19,9 @@ if want dirty; then
 fi
 if want objects; then
     gcc -O2 -o "$WORK/objects_job" tests/programs/objects_job.c
+fi
+if want mpi; then
+    mpicc -O2 -o "$WORK/ring" tests/programs/ring.c   # Open MPI: openmpi-bin, libopenmpi-dev
 fi
 cat > "$WORK/touch.c" <<'C'
 #include <stdlib.h>
@@ -229,6 +232,15 @@ bench_objects() {   # $1 MiB of memfd
         "${M[i_ms]}" "${M[i_b]}" "${M[warm]}" "${M[cold]}" "${M[dd]}" "${M[cat]}"
 }
 
+# A whole Open MPI job on one node: mpirun and 4 ranks passing a token (ring.c), with their
+# TCP connections and listeners, ptys, eventfds, epolls and shared-memory segment.
+bench_mpi() {
+    measure mpi tick 5 mpirun --allow-run-as-root --oversubscribe -np 4 "$WORK/ring" 1000000
+    printf "| %-28s | %6.1f | %7.0f | %10.0f | %6.1f | %6.1f | %10.0f | %6.0f |\n" \
+        "mpirun -np 4 ring" "${M[f_frz]}" "${M[f_ms]}" "${M[f_b]}" "${M[i_frz]}" "${M[i_ms]}" \
+        "${M[i_b]}" "${M[warm]}"
+}
+
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK; medians of $REPS runs"
 if want memory; then
     echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
@@ -268,6 +280,12 @@ if want objects; then
     echo "|------------------------------|--------|---------|------------|--------|--------|------------|--------|--------|--------|--------|"
     bench_objects 16
     bench_objects 256
+    echo
+fi
+if want mpi; then
+    echo "| MPI job on one node          | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes | rest.ms|"
+    echo "|------------------------------|--------|---------|------------|--------|--------|------------|--------|"
+    bench_mpi
     echo
 fi
 printf "%s" "$RATIOS"

@@ -75,10 +75,12 @@ enum Command {
     Attach {
         #[command(flatten)]
         job: JobArgs,
+        /// The running process to supervise (with every process it starts)
         pid: i32,
     },
     /// Checkpoint PID now and print the image path
     Checkpoint {
+        /// The job's root process (the PID `run` printed); its whole tree is checkpointed
         pid: i32,
         /// Also copy the image to this tier (local, partner or global) before returning
         #[arg(long, value_name = "T")]
@@ -86,7 +88,8 @@ enum Command {
         /// Keep the target frozen until the image is committed, then kill it
         #[arg(long)]
         kill: bool,
-        /// Print {"path","seq","tier","bytes","freeze_ms","total_ms"}
+        /// Print the outcome as one JSON object: path, seq, tier, bytes, freeze_ms,
+        /// total_ms, mode (how memory was read) with why, and the time of each phase
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -114,6 +117,8 @@ enum Command {
     },
     /// List images of the job(s)
     List {
+        /// One JSON array of images: path, tier, node, job, rank, seq, time_unix_ms, bytes,
+        /// processes, valid
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -121,11 +126,13 @@ enum Command {
     },
     /// Recompute checksums; non-zero exit on any mismatch
     Verify {
+        /// Image directory (ckpt-NNNNNN) to verify, with the images it takes pages from
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         path: Option<PathBuf>,
         /// Every image of every job under the configured tiers
         #[arg(long)]
         all: bool,
+        /// Config file naming the tiers for --all (default: as for `run`)
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
