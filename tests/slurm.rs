@@ -400,10 +400,11 @@ enum Stop {
     EveryProcessTerm,
 }
 
-/// One job script, submitted twice: the first submission is stopped (`stop`) once it printed
-/// some ticks, must end FAILED with ExitCode=3:0 (checkpointed and stopped) and leave an
-/// image; the second resumes from it and completes; the program's output over both equals
-/// an uninterrupted run's.
+/// One job script, submitted twice: the second at once, to run after the first fails
+/// (`--dependency=afternotok`). The first is stopped (`stop`) once it printed some ticks,
+/// must end FAILED with ExitCode=3:0 (checkpointed and stopped) and leave an image; the
+/// second resumes from it and completes; the program's output over both equals an
+/// uninterrupted run's.
 fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
     let Some((_turn, cluster)) = cluster() else {
         return;
@@ -422,7 +423,13 @@ fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
 
     let first = work.sbatch(&[], &script);
     let first_out = format!("{first}.out");
+    // The follow-up, queued at once: it starts when the first ends other than successfully.
+    let after_first = format!("--dependency=afternotok:{first}");
+    let second = work.sbatch(&[&after_first, "--kill-on-invalid-dep=yes"], &script);
+    let second_out = format!("{second}.out");
     work.wait_ticks(first, &first_out, TICKS_BEFORE_STOP);
+    let info = cluster.job(second);
+    assert_eq!(info.state, "PENDING", "{}", info.raw);
     let id = first.to_string();
     match stop {
         Stop::BatchTerm => work.scancel(&["--batch", "--signal=TERM", &id]),
@@ -433,11 +440,12 @@ fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
     let image = work.rank_dir(0).join("ckpt-000001");
     expect_checkpoint_on_term(&work, &first_out, &image);
 
-    let second = work.sbatch(&[], &script);
-    let second_out = format!("{second}.out");
     let info = cluster.wait_end(second, 0, JOB_TIMEOUT);
     expect_end(&work, &info, "COMPLETED", "0:0", &second_out);
     expect_restored(&work, &second_out, &image);
+    // A later submission would start afresh rather than repeat the end of a complete run.
+    let mark = work.rank_dir(0).join("finished.json");
+    assert!(mark.is_file(), "no {}", mark.display());
 
     let before = work.output(&first_out);
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
