@@ -235,11 +235,7 @@ impl Drop for Work {
                 .command("scancel")
                 .args(["--full", "--signal=KILL", &id.to_string()])
                 .output();
-            let _ = self
-                .cluster
-                .command("scancel")
-                .arg(id.to_string())
-                .output();
+            let _ = self.cluster.command("scancel").arg(id.to_string()).output();
         }
     }
 }
@@ -503,10 +499,15 @@ fn srun_ranks_resume_their_own_images() {
         .replace("'{mib}'", "$((8 + SLURM_PROCID))");
     let script = work.script(
         "ranks.sh",
-        &format!("srun --output=%j-%t.out bash -c \"exec {}\"", run.replace('$', "\\$")),
+        &format!(
+            "srun --output=%j-%t.out bash -c \"exec {}\"",
+            run.replace('$', "\\$")
+        ),
     );
 
-    let first = work.sbatch(&["--ntasks=2"], &script);
+    // --overcommit: two tasks even where the cluster has one CPU.
+    let options = ["--ntasks=2", "--overcommit"];
+    let first = work.sbatch(&options, &script);
     let rank_out = |job: u32, rank: u32| format!("{job}-{rank}.out");
     for rank in 0..2 {
         work.wait_ticks(first, &rank_out(first, rank), TICKS_BEFORE_STOP);
@@ -522,11 +523,10 @@ fn srun_ranks_resume_their_own_images() {
     let info = cluster.wait_end(first, 0, JOB_TIMEOUT);
     assert_eq!(info.state, "FAILED", "{}", info.raw);
 
-    let second = work.sbatch(&["--ntasks=2"], &script);
+    let second = work.sbatch(&options, &script);
     let info = cluster.wait_end(second, 0, JOB_TIMEOUT);
     expect_end(&work, &info, "COMPLETED", "0:0", &format!("{second}.out"));
-    for (rank, reference) in references.into_iter().enumerate() {
-        let rank = rank as u32;
+    for ((rank, reference), pid) in (0..).zip(references).zip(pids) {
         let after = rank_out(second, rank);
         expect_restored(&work, &after, &work.rank_dir(rank).join("ckpt-000001"));
         let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
@@ -534,7 +534,7 @@ fn srun_ranks_resume_their_own_images() {
             &reference,
             &program_lines(&work.output(&rank_out(first, rank))),
             &program_lines(&work.output(&after)),
-            pids[rank as usize],
+            pid,
         );
     }
 }

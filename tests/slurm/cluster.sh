@@ -97,12 +97,13 @@ fail() {
     exit 1
 }
 
-# A TCP port nothing listens on, from a range away from SLURM's defaults (6817-6819).
+# A TCP port nothing listens on, away from SLURM's defaults (6817-6819) and below Linux's
+# ephemeral ports (32768 and up), which outgoing connections take.
 free_port() {
     local port used
     used=$(ss -Htln 2>/dev/null | awk '{print $4}' | sed 's/.*://')
     while :; do
-        port=$((20000 + RANDOM % 30000))
+        port=$((20000 + RANDOM % 12000))
         grep -qx "$port" <<<"$used" || break
     done
     echo "$port"
@@ -122,7 +123,8 @@ start() {
     chmod 700 "$dir/munge"
     local host cpus mem ctld_port slurmd_port
     host=$(hostname -s)
-    cpus=$(nproc --all)
+    # The CPUs this process may use: declaring more than slurmd finds would drain the node.
+    cpus=$(nproc)
     # Declare less memory than the machine has, so slurmd never finds "low RealMemory".
     mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2))
     ctld_port=$(free_port)
@@ -184,7 +186,7 @@ EOF
     export SLURM_CONF=$dir/slurm.conf
         slurmctld -f "$SLURM_CONF" -c </dev/null >>"$dir/log/slurmctld.out" 2>&1 ||
         fail "slurmctld did not start"
-    slurmd -f "$SLURM_CONF" </dev/null >>"$dir/log/slurmd.out" 2>&1 ||
+    slurmd -f "$SLURM_CONF" -N "$host" </dev/null >>"$dir/log/slurmd.out" 2>&1 ||
         fail "slurmd did not start"
 
     local state=""
