@@ -394,11 +394,32 @@ enum Stop {
     BatchTerm,
     /// `scancel --full --signal=TERM`: the batch shell and every process below it.
     EveryProcessTerm,
+    /// `scancel`: TERM to every process, KILL `KillWait` s later; the job is CANCELLED.
+    Cancel,
+}
+
+impl Stop {
+    fn send(&self, work: &Work, id: u32) {
+        let id = id.to_string();
+        match self {
+            Stop::BatchTerm => work.scancel(&["--batch", "--signal=TERM", &id]),
+            Stop::EveryProcessTerm => work.scancel(&["--full", "--signal=TERM", &id]),
+            Stop::Cancel => work.scancel(&[&id]),
+        }
+    }
+
+    /// The job state SLURM records afterwards (the exit code is mlckpt's 3 in every case).
+    fn end_state(&self) -> &'static str {
+        match self {
+            Stop::BatchTerm | Stop::EveryProcessTerm => "FAILED",
+            Stop::Cancel => "CANCELLED",
+        }
+    }
 }
 
 /// One job script, submitted twice: the second at once, to run after the first fails
 /// (`--dependency=afternotok`). The first is stopped (`stop`) once it printed some ticks,
-/// must end FAILED with ExitCode=3:0 (checkpointed and stopped) and leave an image; the
+/// must end with ExitCode=3:0 (checkpointed and stopped) and leave an image; the
 /// second resumes from it and completes; the program's output over both equals an
 /// uninterrupted run's.
 fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
@@ -426,13 +447,9 @@ fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
     work.wait_ticks(first, &first_out, TICKS_BEFORE_STOP);
     let info = cluster.job(second);
     assert_eq!(info.state, "PENDING", "{}", info.raw);
-    let id = first.to_string();
-    match stop {
-        Stop::BatchTerm => work.scancel(&["--batch", "--signal=TERM", &id]),
-        Stop::EveryProcessTerm => work.scancel(&["--full", "--signal=TERM", &id]),
-    }
+    stop.send(&work, first);
     let info = cluster.wait_end(first, 0, JOB_TIMEOUT);
-    expect_end(&work, &info, "FAILED", "3:0", &first_out);
+    expect_end(&work, &info, stop.end_state(), "3:0", &first_out);
     let image = work.rank_dir(0).join("ckpt-000001");
     expect_checkpoint_on_term(&work, &first_out, &image);
 
@@ -480,15 +497,33 @@ fn term_to_every_process_of_the_job_checkpoints() {
     stop_and_resubmit("slurm-termall", true, Stop::EveryProcessTerm);
 }
 
-/// `srun -n 2`: each rank's supervisor takes its rank from SLURM_PROCID, writes its images
-/// under `rank<R>`, and on resubmission restores its own; each rank's output (which depends
-/// on the rank) is an uninterrupted run's.
+/// Needs the interception of signals addressed to the job (branch `signals`): a plain
+/// `scancel` (also a time limit without `--signal`, and preemption) sends TERM to every
+/// process, then KILL `KillWait` s later; the checkpoint fits in between, and the follow-up
+/// (`afternotok`: a cancelled job counts as not ok) resumes.
 #[test]
-fn srun_ranks_resume_their_own_images() {
+fn scancel_checkpoints_within_kill_wait() {
+    stop_and_resubmit("slurm-cancel", true, Stop::Cancel);
+}
+
+/// How a test stops the ranks of an `srun` step.
+enum StopRanks {
+    /// `mlckpt checkpoint PID --kill` of each rank's program.
+    CheckpointKill,
+    /// `scancel --signal=TERM JOBID`: TERM to every process of the job's steps, that is
+    /// each rank's mlckpt and program.
+    StepTerm,
+}
+
+/// `srun -n 2`: each rank's supervisor takes its rank from SLURM_PROCID and writes its
+/// images under `rank<R>`; the ranks are stopped (`stop`), and on resubmission each
+/// restores its own image; each rank's output (which depends on the rank) is an
+/// uninterrupted run's.
+fn srun_ranks(name: &str, stop: StopRanks) {
     let Some((_turn, cluster)) = cluster() else {
         return;
     };
-    let mut work = Work::new("slurm-ranks", cluster);
+    let mut work = Work::new(name, cluster);
     // Rank R allocates 8 + R MiB: different ticks and final checksum per rank.
     let progs = [prog(8), prog(9)];
     let references: Vec<Proc> = progs.iter().map(|p| work.h.plain(p)).collect();
@@ -512,23 +547,38 @@ fn srun_ranks_resume_their_own_images() {
     for rank in 0..2 {
         work.wait_ticks(first, &rank_out(first, rank), TICKS_BEFORE_STOP);
     }
-    let mut pids = Vec::new();
-    for rank in 0..2 {
-        let pid = first_pid(&work.output(&rank_out(first, rank)));
-        let report = work.h.checkpoint_json(pid, &["--kill"]);
-        let image = work.rank_dir(rank).join("ckpt-000001");
-        assert_eq!(report["path"], *image.to_string_lossy(), "rank {rank}");
-        pids.push(pid);
+    let pids: Vec<i32> = (0..2)
+        .map(|rank| first_pid(&work.output(&rank_out(first, rank))))
+        .collect();
+    let images: Vec<PathBuf> = (0..2)
+        .map(|rank| work.rank_dir(rank).join("ckpt-000001"))
+        .collect();
+    match stop {
+        StopRanks::CheckpointKill => {
+            for (pid, image) in pids.iter().zip(&images) {
+                let report = work.h.checkpoint_json(*pid, &["--kill"]);
+                assert_eq!(report["path"], *image.to_string_lossy());
+            }
+            // srun passes on the ranks' exit code, 128 + SIGKILL.
+            let info = cluster.wait_end(first, 0, JOB_TIMEOUT);
+            expect_end(&work, &info, "FAILED", "137:0", &format!("{first}.out"));
+        }
+        StopRanks::StepTerm => {
+            work.scancel(&["--signal=TERM", &first.to_string()]);
+            let info = cluster.wait_end(first, 0, JOB_TIMEOUT);
+            expect_end(&work, &info, "FAILED", "3:0", &format!("{first}.out"));
+            for (rank, image) in (0..).zip(&images) {
+                expect_checkpoint_on_term(&work, &rank_out(first, rank), image);
+            }
+        }
     }
-    let info = cluster.wait_end(first, 0, JOB_TIMEOUT);
-    assert_eq!(info.state, "FAILED", "{}", info.raw);
 
     let second = work.sbatch(&options, &script);
     let info = cluster.wait_end(second, 0, JOB_TIMEOUT);
     expect_end(&work, &info, "COMPLETED", "0:0", &format!("{second}.out"));
-    for ((rank, reference), pid) in (0..).zip(references).zip(pids) {
+    for (((rank, reference), pid), image) in (0..).zip(references).zip(pids).zip(&images) {
         let after = rank_out(second, rank);
-        expect_restored(&work, &after, &work.rank_dir(rank).join("ckpt-000001"));
+        expect_restored(&work, &after, image);
         let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
         assert_continuation(
             &reference,
@@ -537,6 +587,18 @@ fn srun_ranks_resume_their_own_images() {
             pid,
         );
     }
+}
+
+#[test]
+fn srun_ranks_resume_their_own_images() {
+    srun_ranks("slurm-ranks", StopRanks::CheckpointKill);
+}
+
+/// Needs the interception of signals addressed to the job (branch `signals`): the step's
+/// TERM reaches each rank's program too.
+#[test]
+fn srun_ranks_checkpoint_on_step_term() {
+    srun_ranks("slurm-ranks-term", StopRanks::StepTerm);
 }
 
 /// `--requeue --open-mode=append`: a job that was checkpointed and stopped (exit code 3) and
