@@ -601,30 +601,30 @@ fn srun_ranks_checkpoint_on_step_term() {
     srun_ranks("slurm-ranks-term", StopRanks::StepTerm);
 }
 
-/// `--requeue --open-mode=append`: a job that was checkpointed and stopped (exit code 3) and
-/// is then requeued (`scontrol requeue`, by an operator or a script) runs again under the
-/// same job id, resumes, and its one output file holds the whole run exactly once.
-#[test]
-fn requeued_job_resumes_under_the_same_job_id() {
+/// A job with `--requeue --open-mode=append`, requeued under its own id (`scontrol
+/// requeue`) after it ended with exit code 3 (`while_running` false: stopped by
+/// `scancel --batch --signal=TERM`) or while it runs; the run after the requeue resumes
+/// from the image of the TERM, and the one output file holds the whole run exactly once.
+fn requeue_and_resume(name: &str, while_running: bool) {
     let Some((_turn, cluster)) = cluster() else {
         return;
     };
-    let mut work = Work::new("slurm-requeue", cluster);
+    let mut work = Work::new(name, cluster);
     let prog = prog(8);
     let reference = work.h.plain(&prog);
     let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
-    let options = ["--requeue", "--open-mode=append"];
-    let id = work.sbatch(&options, &script);
+    let id = work.sbatch(&["--requeue", "--open-mode=append"], &script);
     let out = format!("{id}.out");
-    work.wait_ticks(id, &out, TICKS_BEFORE_STOP);
-    work.scancel(&["--batch", "--signal=TERM", &id.to_string()]);
-    let info = cluster.wait_end(id, 0, JOB_TIMEOUT);
-    expect_end(&work, &info, "FAILED", "3:0", &out);
     let image = work.rank_dir(0).join("ckpt-000001");
-    expect_checkpoint_on_term(&work, &out, &image);
-
+    work.wait_ticks(id, &out, TICKS_BEFORE_STOP);
+    if !while_running {
+        work.scancel(&["--batch", "--signal=TERM", &id.to_string()]);
+        let info = cluster.wait_end(id, 0, JOB_TIMEOUT);
+        expect_end(&work, &info, "FAILED", "3:0", &out);
+    }
     cluster.client("scontrol", &["requeue", &id.to_string()]);
     let info = cluster.wait_end(id, 1, JOB_TIMEOUT);
+    expect_checkpoint_on_term(&work, &out, &image);
     expect_end(&work, &info, "COMPLETED", "0:0", &out);
     expect_restored(&work, &out, &image);
     let whole = work.output(&out);
@@ -632,31 +632,18 @@ fn requeued_job_resumes_under_the_same_job_id() {
     assert_continuation(&reference, &program_lines(&whole), "", first_pid(&whole));
 }
 
+/// A stopped job requeued (by an operator or a script) runs again under the same id.
+#[test]
+fn requeued_job_resumes_under_the_same_job_id() {
+    requeue_and_resume("slurm-requeue", false);
+}
+
 /// Needs the interception of signals addressed to the job (branch `signals`):
 /// `scontrol requeue` of a running job sends TERM to every process of the job (KILL
-/// `KillWait` s later); mlckpt must checkpoint before the program dies, and the requeued
-/// run under the same id resumes.
+/// `KillWait` s later); mlckpt must checkpoint before the program dies.
 #[test]
 fn requeue_of_a_running_job_checkpoints_and_resumes() {
-    let Some((_turn, cluster)) = cluster() else {
-        return;
-    };
-    let mut work = Work::new("slurm-requeue-running", cluster);
-    let prog = prog(8);
-    let reference = work.h.plain(&prog);
-    let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
-    let id = work.sbatch(&["--requeue", "--open-mode=append"], &script);
-    let out = format!("{id}.out");
-    work.wait_ticks(id, &out, TICKS_BEFORE_STOP);
-    cluster.client("scontrol", &["requeue", &id.to_string()]);
-    let image = work.rank_dir(0).join("ckpt-000001");
-    let info = cluster.wait_end(id, 1, JOB_TIMEOUT);
-    expect_checkpoint_on_term(&work, &out, &image);
-    expect_end(&work, &info, "COMPLETED", "0:0", &out);
-    expect_restored(&work, &out, &image);
-    let whole = work.output(&out);
-    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    assert_continuation(&reference, &program_lines(&whole), "", first_pid(&whole));
+    requeue_and_resume("slurm-requeue-running", true);
 }
 
 /// `--time=1 --signal=B:TERM@58`: SLURM's time-limit warning reaches mlckpt (the exec'ed
