@@ -7,8 +7,9 @@
 //! submissions is exactly an uninterrupted run's.
 //!
 //! Without the SLURM binaries every test says so loudly and passes; with them, a cluster
-//! that does not start fails the tests with the daemons' logs. The tests take turns (one
-//! cluster of 2 CPUs; a job's timing is what a test checks).
+//! that does not start fails the tests with the daemons' logs. The tests take turns (a
+//! job's timing is what a test checks), except the time-limit test, which only waits for
+//! slurmctld's periodic check (its job takes one CPU, any other test's at most one).
 //!
 //! The tests that need mlckpt to intercept signals addressed to the job (the batch shell's
 //! TERM when mlckpt is not exec'ed, a TERM to every process of the job) say so in their name
@@ -56,8 +57,7 @@ struct Cluster {
     _stop_at_exit: ChildStdin,
 }
 
-/// `None`: SLURM is not installed here.
-static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn slurm_binary(name: &str) -> Option<PathBuf> {
@@ -72,29 +72,28 @@ fn slurm_binary(name: &str) -> Option<PathBuf> {
 /// The cluster, started by the first caller, and this test's turn; `None` (after a loud
 /// note) when SLURM is not installed.
 fn cluster() -> Option<(MutexGuard<'static, ()>, &'static Cluster)> {
-    require_root();
+    let cluster = cluster_started()?;
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = CLUSTER.get_or_init(|| {
-        let missing: Vec<&str> = ["munged", "slurmctld", "slurmd", "sbatch", "scontrol"]
-            .into_iter()
-            .filter(|b| slurm_binary(b).is_none())
-            .collect();
-        if !missing.is_empty() {
-            return None;
-        }
-        Some(start_cluster())
-    });
-    match cluster {
-        Some(c) => Some((turn, c)),
-        None => {
-            eprintln!(
-                "\n!!!!! SKIPPED: SLURM is not installed (munged, slurmctld, slurmd, sbatch, \
-                 scontrol needed; Debian: apt-get install slurm-wlm munge). This test did \
-                 NOT run. !!!!!\n"
-            );
-            None
-        }
+    Some((turn, cluster))
+}
+
+/// The cluster without a turn: for a test whose job only waits for SLURM (it takes one
+/// CPU of two; every other test's jobs take at most one at a time).
+fn cluster_started() -> Option<&'static Cluster> {
+    require_root();
+    let missing: Vec<&str> = ["munged", "slurmctld", "slurmd", "sbatch", "scontrol"]
+        .into_iter()
+        .filter(|b| slurm_binary(b).is_none())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "\n!!!!! SKIPPED: SLURM is not installed ({} not found; Debian: apt-get install \
+             slurm-wlm munge). This test did NOT run. !!!!!\n",
+            missing.join(", ")
+        );
+        return None;
     }
+    Some(CLUSTER.get_or_init(start_cluster))
 }
 
 fn start_cluster() -> Cluster {
@@ -652,7 +651,7 @@ fn requeue_of_a_running_job_checkpoints_and_resumes() {
 /// long enough to be sure to meet the signal, up to 30 s after the warning is due.)
 #[test]
 fn time_limit_signal_checkpoints_before_the_limit() {
-    let Some((_turn, cluster)) = cluster() else {
+    let Some(cluster) = cluster_started() else {
         return;
     };
     let mut work = Work::new("slurm-timelimit", cluster);
