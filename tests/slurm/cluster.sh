@@ -14,11 +14,14 @@
 # when it exits, however it exits.
 #
 # Choices that matter for mlckpt (see docs/slurm.md):
-# - ProctrackType=proctrack/linuxproc, TaskPlugin=task/none: no cgroups needed (a container
-#   usually cannot create them); slurmstepd finds a step's processes through their parent
-#   links, so a process that leaves the tree escapes `scancel`.
+# - ProctrackType=proctrack/linuxproc, TaskPlugin=task/none: no cgroups needed, so it runs
+#   in any container; slurmstepd finds a step's processes through their parent links, so a
+#   process that leaves the tree escapes `scancel` (a restored process is a child of its
+#   supervisor: it stays in the tree).
 # - KillWait=30 (the default, written out): at a job's end (time limit, plain `scancel`,
 #   requeue) SLURM sends TERM, then KILL 30 s later; a checkpoint on TERM must fit in it.
+# - AuthInfo cred_expire=5 (default 120, least accepted 5): how long a requeued job waits
+#   before it may start again; sched_interval=1,bf_interval=1 so it then starts at once.
 # - MinJobAge=300: `scontrol show job` still shows a finished job's state and ExitCode.
 # - JobRequeue=1: batch jobs may be requeued (`scontrol requeue`, node failure).
 set -euo pipefail
