@@ -808,6 +808,7 @@ pub(super) fn child_plan(
         sync_fd: None,
         unregister_rseq: false,
         leadership,
+        terminal: super::child::TerminalSteps::default(),
         child_subreaper: p.process.child_subreaper,
         parent_death_signal: p.process.parent_death_signal,
         spawn: Vec::new(),
@@ -945,6 +946,10 @@ pub(super) fn explain_child_exit(
                 format!("adding fd {} to the epoll at fd {}", i.fd, i.epfd)
             })
         }
+        Step::ControllingTerminal => {
+            "making the restored pty its session's controlling terminal".into()
+        }
+        Step::ForegroundGroup => "putting its process group in the foreground of its terminal".into(),
         Step::Spawn | Step::ProcessGroup | Step::ReapWait => {
             let pid = plan.spawn.get(failure.index as usize).map_or(0, |s| s.pid);
             match step {
