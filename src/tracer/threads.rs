@@ -106,6 +106,7 @@ fn resume_state(
     }
     let resume = match -(regs.rax as i64) {
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => SyscallResume::Restart,
+        ERESTART_RESTARTBLOCK if reruns_unchanged(nr, regs) => SyscallResume::Restart,
         ERESTART_RESTARTBLOCK => SyscallResume::Eintr,
         _ => return Ok((r, None)),
     };
@@ -124,6 +125,15 @@ fn resume_state(
         SyscallResume::Eintr => r.rax = (-libc::EINTR) as u64,
     }
     Ok((r, Some(InterruptedSyscall { nr, resume })))
+}
+
+/// A call the kernel resumes through its restart block, but which running again from the
+/// start resumes exactly: `poll` without a timeout (`poll` always takes the restart block;
+/// with no time to count down, the block only runs the same call again). An EINTR from it
+/// ends programs that block every signal and rely on a signalfd, such as script(1).
+fn reruns_unchanged(nr: u64, regs: &Registers) -> bool {
+    let timeout_ms = regs.rdx as u32 as i32;
+    nr == libc::SYS_poll as u64 && timeout_ms < 0
 }
 
 /// If `rip` is inside the thread's current rseq critical section, the abort handler it
