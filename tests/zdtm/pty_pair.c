@@ -4,7 +4,8 @@
  * child leads a new session with the slave as controlling terminal and stdio, and puts
  * its own child (a process group of its own) in the foreground. Data is in flight both
  * ways: a complete and a partial input line the child has not read, output of the child
- * the parent has not read. After restore all of it must be as it was.
+ * the parent has not read. The slave is in exclusive mode (TIOCEXCL), and a second pair is
+ * left locked (no unlockpt). After restore all of it must be as it was.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -26,7 +27,7 @@ static pid_t *mmap_shared_int(void)
     return p;
 }
 
-static int report[2], go[2];
+static int report[2], go[2], locked_fd = -1;
 
 /* The child: session leader on the slave. Reports what it sees as a string. */
 static void session_leader(const char *slave, pid_t *fg)
@@ -34,6 +35,7 @@ static void session_leader(const char *slave, pid_t *fg)
     if (setsid() < 0)
         _exit(2);
     int fd = open(slave, O_RDWR); /* the first terminal a leader opens is its own */
+    close(locked_fd);
     if (fd < 0 || dup2(fd, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
         _exit(3);
     if (fd > 2)
@@ -45,7 +47,7 @@ static void session_leader(const char *slave, pid_t *fg)
             pause();
     }
     setpgid(member, member);
-    if (tcsetpgrp(0, member))
+    if (tcsetpgrp(0, member) || ioctl(0, TIOCEXCL))
         _exit(4);
     *fg = member;
     if (write(1, "out1\nout2", 9) != 9)
@@ -60,7 +62,10 @@ static void session_leader(const char *slave, pid_t *fg)
     tcsetpgrp(0, getpgrp());
     ssize_t n = read(0, line, sizeof line - 1); /* canonical: one line */
     ssize_t m = read(0, rest, sizeof rest - 1);
-    snprintf(msg, sizeof msg, "sid=%d tsid=%d fg=%d/%d line=[%.*s] rest=[%.*s]", (int)getsid(0),
+    int excl = 0;
+    ioctl(0, TIOCGEXCL, &excl);
+    snprintf(msg, sizeof msg, "excl=%d sid=%d tsid=%d fg=%d/%d line=[%.*s] rest=[%.*s]", excl,
+             (int)getsid(0),
              (int)tcgetsid(0), (int)fg_now, (int)member, (int)(n > 0 ? n : 0), line,
              (int)(m > 0 ? m : 0), rest);
     kill(member, SIGKILL);
@@ -100,7 +105,13 @@ int main(void)
         printf("FAIL pipe: %s\n", strerror(errno));
         return 1;
     }
+    int locked = posix_openpt(O_RDWR | O_NOCTTY);
+    if (locked < 0) {
+        printf("FAIL posix_openpt: %s\n", strerror(errno));
+        return 1;
+    }
     pid_t *fg = mmap_shared_int();
+    locked_fd = locked;
     pid_t child = fork_or_fail();
     if (child == 0) {
         close(master);
@@ -135,6 +146,11 @@ int main(void)
         FAILED("window size %dx%d", wnow.ws_row, wnow.ws_col);
     if (ioctl(master, TIOCGPKT, &pkt) || !pkt)
         FAILED("packet mode is off");
+    int lock = 0;
+    if (ioctl(locked, TIOCGPTLCK, &lock) || !lock)
+        FAILED("the second pair is not locked");
+    if (ioctl(master, TIOCGPTLCK, &lock) || lock)
+        FAILED("the first pair is locked");
     char name[64];
     if (ptsname_r(master, name, sizeof name) == 0 && strcmp(name, slave))
         printf("note: %s is now %s\n", slave, name);
@@ -150,7 +166,7 @@ int main(void)
     if (read(report[0], msg, sizeof msg - 1) <= 0)
         FAILED("no report from the child");
     char want[256];
-    snprintf(want, sizeof want, "sid=%d tsid=%d fg=%d/%d line=[typed\n] rest=[partX\n]",
+    snprintf(want, sizeof want, "excl=1 sid=%d tsid=%d fg=%d/%d line=[typed\n] rest=[partX\n]",
              (int)child, (int)child, (int)*fg, (int)*fg);
     if (strcmp(msg, want))
         FAILED("child sees '%.200s', expected '%.200s'", msg, want);
