@@ -210,3 +210,43 @@ fn job_on_a_terminal_restored_without_one_is_warned() {
         after.stdout
     );
 }
+
+/// A terminal mlckpt cannot restore (a pts whose master is outside the job and that is not
+/// its standard stream, the console) fails the checkpoint, every such fd named; the job
+/// runs on.
+#[test]
+fn other_terminals_are_refused_all_listed() {
+    let h = Harness::new("tty-refused");
+    let pty = nix::pty::openpty(None, None).expect("a pty for the test");
+    let slave = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
+    ))
+    .unwrap();
+    let sleep = find_in_path("sleep").unwrap().to_string_lossy().into_owned();
+    let line = format!(
+        "echo pid $$; exec 5<>{} 6</dev/console; exec {sleep} 60",
+        slave.display()
+    );
+    let bash = find_in_path("bash").unwrap().to_string_lossy().into_owned();
+    let mut run = h.run(&Prog {
+        argv: vec![bash, "-c".into(), line],
+        feed: None,
+    });
+    let pid = run.target_pid();
+    wait_until("the fds are open", || {
+        std::fs::read_link(format!("/proc/{pid}/fd/6")).is_ok()
+    });
+    let refused = h.checkpoint_refused(pid);
+    let text = refused.output();
+    assert!(
+        text.contains("fd 5") && text.contains("pty master is outside the job"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fd 6") && text.contains("console"),
+        "{text}"
+    );
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(pty);
+}
