@@ -884,3 +884,89 @@ impl Default for Handover {
         Handover::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let master = open_master(0).unwrap();
+        tty_sys::set_pty_locked(master.as_fd(), false).unwrap();
+        let peer = tty_sys::open_peer(master.as_fd(), libc::O_RDWR | libc::O_NONBLOCK).unwrap();
+        (master, peer)
+    }
+
+    /// Queued data read out of a pair and put back is there again, in canonical mode as
+    /// a line and a partial line, the output unprocessed.
+    #[test]
+    fn queued_data_survives_drain_and_put_back() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // TIOCSTI on a terminal that is not ours needs CAP_SYS_ADMIN
+        }
+        let (master, peer) = pair();
+        let mut termios = tty_sys::get_termios(master.as_fd()).unwrap();
+        assert!(termios.lflag & libc::ICANON as u32 != 0);
+        termios.lflag &= !(libc::ECHO as u32); // the echo would be output too
+        tty_sys::set_termios(master.as_fd(), &termios).unwrap();
+        write_all(master.as_fd(), b"line\npart").unwrap();
+        write_all(peer.as_fd(), b"out\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let output = drain_output(master.as_fd(), false).unwrap();
+        let input = drain_input(master.as_fd(), peer.as_fd(), &termios).unwrap();
+        assert_eq!(output, b"out\r\n");
+        assert_eq!(input, b"line\npart");
+        put_data(master.as_fd(), peer.as_fd(), &termios, &input, &output).unwrap();
+        assert_eq!(tty_sys::get_termios(master.as_fd()).unwrap(), termios);
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(peer.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"line\n", "a complete line first");
+        assert_eq!(
+            nix::unistd::read(peer.as_fd(), &mut buf),
+            Err(Errno::EAGAIN),
+            "the partial line is still being edited"
+        );
+        let n = nix::unistd::read(master.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"out\r\n", "output is not processed twice");
+    }
+
+    #[test]
+    fn bad_values_are_problems() {
+        let mut p = PtyPair {
+            index: MAX_INDEX + 1,
+            terminal: TerminalState::default(),
+            packet_mode: false,
+            locked: false,
+            exclusive: false,
+            master_flags: 0,
+            slaves: vec![SlaveOpen {
+                flags: libc::O_ACCMODE,
+                fds: Vec::new(),
+            }],
+            input: Vec::new(),
+            output: vec![0; MAX_QUEUED + 1],
+        };
+        p.terminal.sessions.push(-3);
+        let fields: Vec<&str> = p.problems().iter().map(|(f, _)| *f).collect();
+        for want in ["index", "termios.cc", "sessions", "input", "slaves"] {
+            assert!(fields.contains(&want), "{want} not in {fields:?}");
+        }
+        assert!(p.terminal.termios.kernel().is_none());
+    }
+
+    #[test]
+    fn tty_nr_decodes_major_and_minor() {
+        // /dev/pts/3: major 136, minor 3; tty_nr packs minor bits 0-7 and 20-31.
+        assert!(tty_nr_is((136 << 8) | 3, libc::makedev(136, 3)));
+        assert!(!tty_nr_is((136 << 8) | 3, libc::makedev(136, 4)));
+        assert!(!tty_nr_is(0, libc::makedev(0, 0)));
+        assert!(tty_nr_is((136 << 8) | (1 << 20) | 2, libc::makedev(136, 0x102)));
+    }
+
+    #[test]
+    fn drivers_list_parses() {
+        assert!(
+            tty_drivers().iter().any(|d| d.covers(5, 0)),
+            "/dev/tty is a terminal"
+        );
+    }
+}
