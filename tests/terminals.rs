@@ -115,7 +115,8 @@ fn on_a_terminal(h: &Harness, label: &str, args: &[&str]) -> Proc {
         line.push_str(a);
     }
     let mut cmd = Command::new(script_bin());
-    cmd.args(["-qc", &line, "/dev/null"]).current_dir(h.run_dir());
+    cmd.args(["-qc", &line, "/dev/null"])
+        .current_dir(h.run_dir());
     Proc::spawn(label, cmd, None)
 }
 
@@ -138,7 +139,9 @@ fn job_on_a_terminal_is_handed_the_restoring_terminal() {
     let run = on_a_terminal(
         &h,
         "mlckpt run on a terminal",
-        &["run", "--config", &config, "--job", &h.job, "--", &program, "40"],
+        &[
+            "run", "--config", &config, "--job", &h.job, "--", &program, "40",
+        ],
     );
     let pid = wait_program_pid(&run);
     wait_ticks(&run, 10);
@@ -184,7 +187,9 @@ fn job_on_a_terminal_restored_without_one_is_warned() {
     let run = on_a_terminal(
         &h,
         "mlckpt run on a terminal",
-        &["run", "--config", &config, "--job", &h.job, "--", &program, "30"],
+        &[
+            "run", "--config", &config, "--job", &h.job, "--", &program, "30",
+        ],
     );
     let pid = wait_program_pid(&run);
     wait_ticks(&run, 5);
@@ -196,7 +201,9 @@ fn job_on_a_terminal_restored_without_one_is_warned() {
         .finish(CMD_TIMEOUT)
         .expect_code(0);
     assert!(
-        after.stderr.contains("was a terminal; this restore has none"),
+        after
+            .stderr
+            .contains("was a terminal; this restore has none"),
         "{}",
         after.describe()
     );
@@ -223,7 +230,10 @@ fn other_terminals_are_refused_all_listed() {
         std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
     ))
     .unwrap();
-    let sleep = find_in_path("sleep").unwrap().to_string_lossy().into_owned();
+    let sleep = find_in_path("sleep")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let line = format!(
         "echo pid $$; exec 5<>{} 6</dev/console; exec {sleep} 60",
         slave.display()
@@ -243,10 +253,7 @@ fn other_terminals_are_refused_all_listed() {
         text.contains("fd 5") && text.contains("pty master is outside the job"),
         "{text}"
     );
-    assert!(
-        text.contains("fd 6") && text.contains("console"),
-        "{text}"
-    );
+    assert!(text.contains("fd 6") && text.contains("console"), "{text}");
     run.signal(nix::sys::signal::Signal::SIGKILL);
     drop(pty);
 }

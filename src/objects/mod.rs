@@ -394,7 +394,7 @@ pub fn collect(
         .filter(|f| stdio.contains_key(&f.target))
         .chain(ptys.iter().copied())
         .filter_map(|f| f.meta.as_ref().map(MetadataExt::rdev))
-        .chain(job_ptys.iter().map(|&i| libc::makedev(136 + i / 256, i % 256)))
+        .chain(job_ptys.iter().map(|&i| tty::slave_device(i)))
         .collect();
     files
         .warnings

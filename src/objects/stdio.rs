@@ -63,8 +63,7 @@ fn is_stream(fd: &OpenFd) -> bool {
     }
     fd.meta.as_ref().is_some_and(|m| {
         // Terminals (not a pty master: that is a pair the job holds).
-        m.file_type().is_fifo()
-            || super::tty::device(m).is_some_and(|d| d != Device::Multiplexer)
+        m.file_type().is_fifo() || super::tty::device(m).is_some_and(|d| d != Device::Multiplexer)
     })
 }
 

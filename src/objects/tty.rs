@@ -226,6 +226,11 @@ fn tty_drivers() -> Vec<DriverRange> {
         .collect()
 }
 
+/// The device number of `/dev/pts/<index>` (devpts: major 136, the index as minor).
+pub fn slave_device(index: u32) -> u64 {
+    libc::makedev(136, index)
+}
+
 /// The pts index of a slave fd (`/dev/pts/N`).
 fn slave_index(fd: &OpenFd) -> Option<u32> {
     fd.target.rsplit_once('/')?.1.parse().ok()
@@ -245,7 +250,9 @@ fn is_master(fd: &OpenFd) -> bool {
 
 /// The pts indexes of the pairs whose master a process of the job holds.
 pub fn job_pairs<'a>(fds: impl Iterator<Item = &'a OpenFd>) -> BTreeSet<u32> {
-    fds.filter(|f| is_master(f)).filter_map(master_index).collect()
+    fds.filter(|f| is_master(f))
+        .filter_map(master_index)
+        .collect()
 }
 
 /// Whether `fd` is the slave of one of the job's pairs (`pairs`): never a standard stream
@@ -462,7 +469,9 @@ fn capture_pair(
     let input = drain_input(m.as_fd(), peer.as_fd(), &termios).map_err(fail("the input queue"))?;
     put_data(m.as_fd(), peer.as_fd(), &termios, &input, &output)
         .map_err(fail("the queued data back"))?;
-    let rdev = libc::makedev(136 + index / 256, index % 256);
+    let rdev = nix::sys::stat::fstat(peer.as_fd())
+        .map(|st| st.st_rdev)
+        .unwrap_or_else(|_| slave_device(index));
     let foreground = sessions.job_group(group);
     Ok(PtyPair {
         index,
@@ -521,7 +530,11 @@ fn drain_output(master: BorrowedFd, packet_mode: bool) -> Result<Vec<u8>, Errno>
 
 /// Reads the slave's input queue through `peer` (non-blocking), the partial line of
 /// canonical mode included: the terminal is switched to non-canonical mode for the read.
-fn drain_input(master: BorrowedFd, peer: BorrowedFd, termios: &KernelTermios) -> Result<Vec<u8>, Errno> {
+fn drain_input(
+    master: BorrowedFd,
+    peer: BorrowedFd,
+    termios: &KernelTermios,
+) -> Result<Vec<u8>, Errno> {
     let mut raw = *termios;
     raw.lflag &= !(libc::ICANON as u32);
     raw.cc[libc::VMIN] = 0;
@@ -579,7 +592,11 @@ fn put_data(
         // TIOCSTI runs the line discipline at once, with these settings; a write on the
         // master would be processed later, by a kernel worker, maybe with the final ones.
         let injected = input.iter().try_for_each(|&b| {
-            let b = if b == 0 && canonical && eof != 0 { eof } else { b };
+            let b = if b == 0 && canonical && eof != 0 {
+                eof
+            } else {
+                b
+            };
             tty_sys::inject_input(peer, b)
         });
         tty_sys::set_termios(master, termios)?;
@@ -639,7 +656,8 @@ impl PtyPair {
         let mut slots = vec![None, None];
         for s in &self.slaves {
             let flags = s.flags & (libc::O_ACCMODE | libc::O_NONBLOCK);
-            let slave = tty_sys::open_peer(master.as_fd(), flags).map_err(fail("open the slave"))?;
+            let slave =
+                tty_sys::open_peer(master.as_fd(), flags).map_err(fail("open the slave"))?;
             slots.push(Some(slave));
         }
         tty_sys::set_termios(master.as_fd(), &termios).map_err(fail("set termios"))?;
@@ -690,10 +708,14 @@ impl PtyPair {
         if self.input.len() > MAX_QUEUED || self.output.len() > MAX_QUEUED {
             p.push(("input", "holds more data than a terminal queues".into()));
         }
-        let flags = libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND | libc::O_NOCTTY | O_LARGEFILE;
+        let flags =
+            libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND | libc::O_NOCTTY | O_LARGEFILE;
         for s in &self.slaves {
             if s.flags & !flags != 0 || s.flags & libc::O_ACCMODE == libc::O_ACCMODE {
-                p.push(("slaves", format!("flags {:#o} are not a terminal's", s.flags)));
+                p.push((
+                    "slaves",
+                    format!("flags {:#o} are not a terminal's", s.flags),
+                ));
             }
             if s.fds.is_empty() {
                 p.push(("slaves", "an open file description without fds".into()));
@@ -840,7 +862,9 @@ impl Handover {
         for o in objects {
             match &o.object {
                 ObjectKind::PtyPair(p) => {
-                    let Some(fd) = fd_of(o.id, PEER) else { continue };
+                    let Some(fd) = fd_of(o.id, PEER) else {
+                        continue;
+                    };
                     if p.terminal.sessions.contains(&pid) {
                         steps.controlling = Some(fd);
                     }
@@ -959,7 +983,10 @@ mod tests {
         assert!(tty_nr_is((136 << 8) | 3, libc::makedev(136, 3)));
         assert!(!tty_nr_is((136 << 8) | 3, libc::makedev(136, 4)));
         assert!(!tty_nr_is(0, libc::makedev(0, 0)));
-        assert!(tty_nr_is((136 << 8) | (1 << 20) | 2, libc::makedev(136, 0x102)));
+        assert!(tty_nr_is(
+            (136 << 8) | (1 << 20) | 2,
+            libc::makedev(136, 0x102)
+        ));
     }
 
     #[test]

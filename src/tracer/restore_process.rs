@@ -926,6 +926,11 @@ pub(super) fn explain_child_exit(
             .map(|f| f.path.to_string_lossy().into_owned())
     };
     let what = match step {
+        Step::OpenFile if file(failure.index).as_deref() == Some("/dev/tty") => {
+            "reopening /dev/tty, the process's controlling terminal: it has none (restore from \
+             a terminal)"
+                .into()
+        }
         Step::OpenFile | Step::MoveFile | Step::Seek | Step::SetCloexec | Step::DupObject => {
             format!("reopening {}", file(failure.index).unwrap_or_default())
         }
@@ -949,7 +954,9 @@ pub(super) fn explain_child_exit(
         Step::ControllingTerminal => {
             "making the restored pty its session's controlling terminal".into()
         }
-        Step::ForegroundGroup => "putting its process group in the foreground of its terminal".into(),
+        Step::ForegroundGroup => {
+            "putting its process group in the foreground of its terminal".into()
+        }
         Step::Spawn | Step::ProcessGroup | Step::ReapWait => {
             let pid = plan.spawn.get(failure.index as usize).map_or(0, |s| s.pid);
             match step {

@@ -169,7 +169,10 @@ pub(super) fn sample() -> Manifest {
         }],
         objects: vec![SharedObject {
             id: 5,
-            object: ObjectKind::Stdio(StdioStream { fd: 1, terminal: None }),
+            object: ObjectKind::Stdio(StdioStream {
+                fd: 1,
+                terminal: None,
+            }),
         }],
         files: Vec::new(),
         sysv_shm: Vec::new(),
@@ -330,7 +333,10 @@ fn duplicated_object_ids() {
         m.objects.push(dup);
     });
     refused("objects[0].object.fd", |m| {
-        m.objects[0].object = ObjectKind::Stdio(StdioStream { fd: 7, terminal: None });
+        m.objects[0].object = ObjectKind::Stdio(StdioStream {
+            fd: 7,
+            terminal: None,
+        });
     });
 }
 
