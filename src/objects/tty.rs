@@ -536,7 +536,7 @@ fn drain_input(
     termios: &KernelTermios,
 ) -> Result<Vec<u8>, Errno> {
     let mut raw = *termios;
-    raw.lflag &= !(libc::ICANON as u32);
+    raw.lflag &= !libc::ICANON;
     raw.cc[libc::VMIN] = 0;
     raw.cc[libc::VTIME] = 0;
     tty_sys::set_termios(master, &raw)?;
@@ -569,10 +569,10 @@ fn put_data(
     if !input.is_empty() {
         let mut plain = *termios;
         plain.iflag = 0;
-        plain.lflag &= !((libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN) as u32);
+        plain.lflag &= !(libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN);
         // In canonical mode the kernel keeps an end-of-file (^D) as a NUL byte that ends
         // a line: it is typed again as VEOF, which stays enabled for that.
-        let canonical = termios.lflag & libc::ICANON as u32 != 0;
+        let canonical = termios.lflag & libc::ICANON != 0;
         let eof = termios.cc[libc::VEOF];
         for c in [
             libc::VEOL,
@@ -604,7 +604,7 @@ fn put_data(
     }
     if !output.is_empty() {
         let mut plain = *termios;
-        plain.oflag &= !(libc::OPOST as u32);
+        plain.oflag &= !libc::OPOST;
         tty_sys::set_termios(master, &plain)?;
         let written = write_all(peer, output);
         tty_sys::set_termios(master, termios)?;
@@ -929,8 +929,8 @@ mod tests {
         }
         let (master, peer) = pair();
         let mut termios = tty_sys::get_termios(master.as_fd()).unwrap();
-        assert!(termios.lflag & libc::ICANON as u32 != 0);
-        termios.lflag &= !(libc::ECHO as u32); // the echo would be output too
+        assert!(termios.lflag & libc::ICANON != 0);
+        termios.lflag &= !libc::ECHO; // the echo would be output too
         tty_sys::set_termios(master.as_fd(), &termios).unwrap();
         write_all(master.as_fd(), b"line\npart").unwrap();
         write_all(peer.as_fd(), b"out\n").unwrap();
