@@ -120,6 +120,26 @@ fn on_a_terminal(h: &Harness, label: &str, args: &[&str]) -> Proc {
     Proc::spawn(label, cmd, None)
 }
 
+/// `mlckpt run -- tty_state TICKS` on a terminal, checkpointed with --kill after `at`
+/// ticks: the program's PID, the image, what the terminal showed.
+fn checkpoint_on_a_terminal(h: &Harness, ticks: &str, at: usize) -> (i32, Ckpt, String) {
+    let program = compiled("tty_state").to_string_lossy().into_owned();
+    let config = h.config.to_string_lossy().into_owned();
+    let run = on_a_terminal(
+        h,
+        "mlckpt run on a terminal",
+        &[
+            "run", "--config", &config, "--job", &h.job, "--", &program, ticks,
+        ],
+    );
+    let pid = wait_program_pid(&run);
+    wait_ticks(&run, at);
+    let ckpt = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).stdout;
+    wait_gone(pid);
+    (pid, ckpt, before)
+}
+
 #[test]
 fn job_on_a_terminal_is_handed_the_restoring_terminal() {
     let h = Harness::new("tty-outside");
@@ -136,18 +156,7 @@ fn job_on_a_terminal_is_handed_the_restoring_terminal() {
         ],
         feed: None,
     });
-    let run = on_a_terminal(
-        &h,
-        "mlckpt run on a terminal",
-        &[
-            "run", "--config", &config, "--job", &h.job, "--", &program, "40",
-        ],
-    );
-    let pid = wait_program_pid(&run);
-    wait_ticks(&run, 10);
-    let ckpt = h.checkpoint(pid, true);
-    let before = run.finish(CMD_TIMEOUT).stdout;
-    wait_gone(pid);
+    let (pid, ckpt, before) = checkpoint_on_a_terminal(&h, "40", 10);
     let image = ckpt.path.to_string_lossy().into_owned();
     let restore = on_a_terminal(
         &h,
@@ -182,20 +191,7 @@ fn job_on_a_terminal_is_handed_the_restoring_terminal() {
 #[test]
 fn job_on_a_terminal_restored_without_one_is_warned() {
     let h = Harness::new("tty-none");
-    let program = compiled("tty_state").to_string_lossy().into_owned();
-    let config = h.config.to_string_lossy().into_owned();
-    let run = on_a_terminal(
-        &h,
-        "mlckpt run on a terminal",
-        &[
-            "run", "--config", &config, "--job", &h.job, "--", &program, "30",
-        ],
-    );
-    let pid = wait_program_pid(&run);
-    wait_ticks(&run, 5);
-    let ckpt = h.checkpoint(pid, true);
-    run.finish(CMD_TIMEOUT);
-    wait_gone(pid);
+    let (_, ckpt, _) = checkpoint_on_a_terminal(&h, "30", 5);
     let after = h
         .restore(&ckpt.path, &Prog::c("tty_state", &[]))
         .finish(CMD_TIMEOUT)
@@ -225,6 +221,14 @@ fn job_on_a_terminal_restored_without_one_is_warned() {
 fn other_terminals_are_refused_all_listed() {
     let h = Harness::new("tty-refused");
     let pty = nix::pty::openpty(None, None).expect("a pty for the test");
+    // The job must not inherit the master: the pair would then be its own.
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .unwrap();
+    }
     let slave = std::fs::read_link(format!(
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
