@@ -154,3 +154,22 @@ fn rseq_abort_target(
     let (start, len, abort) = (word(8), word(16), word(24));
     Ok((rip >= start && rip < start.wrapping_add(len)).then_some(abort))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_poll_without_timeout_reruns() {
+        let regs = |timeout: u64| Registers {
+            rdx: timeout,
+            ..Registers::default()
+        };
+        let poll = libc::SYS_poll as u64;
+        assert!(reruns_unchanged(poll, &regs(u64::from(u32::MAX)))); // -1 as an int
+        assert!(!reruns_unchanged(poll, &regs(1000)));
+        assert!(!reruns_unchanged(poll, &regs(0)));
+        let nanosleep = libc::SYS_clock_nanosleep as u64;
+        assert!(!reruns_unchanged(nanosleep, &regs(u64::from(u32::MAX))));
+    }
+}
