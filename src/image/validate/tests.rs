@@ -341,6 +341,44 @@ fn duplicated_object_ids() {
 }
 
 #[test]
+fn bad_terminal_state() {
+    use crate::objects::tty::{PtyPair, TerminalState};
+    refused("objects[0].object.terminal.termios.cc", |m| {
+        m.objects[0].object = ObjectKind::Stdio(StdioStream {
+            fd: 1,
+            terminal: Some(TerminalState::default()),
+        });
+    });
+    let pair = || PtyPair {
+        index: 3,
+        terminal: TerminalState {
+            termios: crate::objects::tty::Termios {
+                cc: vec![0; 19],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        packet_mode: false,
+        locked: false,
+        exclusive: false,
+        master_flags: 0,
+        slaves: Vec::new(),
+        input: Vec::new(),
+        output: Vec::new(),
+    };
+    refused("objects[0].object.index", |m| {
+        let mut p = pair();
+        p.index = u32::MAX;
+        m.objects[0].object = ObjectKind::PtyPair(p);
+    });
+    refused("objects[0].object.sessions", |m| {
+        let mut p = pair();
+        p.terminal.foreground = Some(0);
+        m.objects[0].object = ObjectKind::PtyPair(p);
+    });
+}
+
+#[test]
 fn chain_depth_and_parents_disagree() {
     refused("chain_depth", |m| m.chain_depth = 0);
     refused("chain_depth", |m| {
