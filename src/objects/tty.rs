@@ -209,8 +209,13 @@ impl DriverRange {
 }
 
 /// The terminal drivers' device ranges, from `/proc/tty/drivers` (name, node, major,
-/// minor or minor range, type).
-fn tty_drivers() -> Vec<DriverRange> {
+/// minor or minor range, type), read once.
+fn tty_drivers() -> &'static [DriverRange] {
+    static DRIVERS: std::sync::OnceLock<Vec<DriverRange>> = std::sync::OnceLock::new();
+    DRIVERS.get_or_init(read_tty_drivers)
+}
+
+fn read_tty_drivers() -> Vec<DriverRange> {
     let text = std::fs::read_to_string("/proc/tty/drivers").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
@@ -818,9 +823,16 @@ impl Handover {
             self.resized.extend(&state.foreground_processes);
         }
         let group = tty_sys::own_foreground_group(own.as_fd());
-        if group.is_ok_and(|g| g == nix::unistd::getpgrp().as_raw()) {
-            self.foreground.push(id);
+        if !group.is_ok_and(|g| g == nix::unistd::getpgrp().as_raw()) {
+            // Setting a terminal from the background would stop the restore (SIGTTOU), and
+            // would change it under whatever has the foreground.
+            warnings.push(format!(
+                "the restore does not run in the foreground of its terminal (stream {fd}): \
+                 the terminal keeps its settings and the job stays in the background"
+            ));
+            return;
         }
+        self.foreground.push(id);
         if !self.settings.iter().any(|(_, t)| *t == termios) {
             self.settings.push((own, termios));
         }
