@@ -761,23 +761,21 @@ fn open_master(want: u32) -> Result<OwnedFd, Errno> {
         )
     };
     let taken = std::path::Path::new(&format!("/dev/pts/{want}")).exists();
-    let mut opened: Vec<OwnedFd> = vec![open()?];
-    while !taken && opened.len() < INDEX_TRIES {
-        let last = opened.last().map(|m| tty_sys::pty_index(m.as_fd()));
-        match last {
-            Some(Ok(i)) if i == want => return Ok(opened.pop().unwrap_or_else(|| unreachable!())),
-            Some(Ok(i)) if i < want => opened.push(open()?),
+    let first = open()?;
+    if taken || tty_sys::pty_index(first.as_fd())? >= want {
+        return Ok(first);
+    }
+    // Held until the wanted one comes, then closed again.
+    let mut lower: Vec<OwnedFd> = Vec::new();
+    while lower.len() < INDEX_TRIES {
+        let next = open()?;
+        match tty_sys::pty_index(next.as_fd())? {
+            i if i == want => return Ok(next),
+            i if i < want => lower.push(next),
             _ => break,
         }
     }
-    if let Some(last) = opened.last()
-        && tty_sys::pty_index(last.as_fd()) == Ok(want)
-    {
-        return opened.pop().ok_or(Errno::ENOENT);
-    }
-    // The lowest index this restore got.
-    opened.truncate(1);
-    opened.pop().ok_or(Errno::ENOENT)
+    Ok(first)
 }
 
 /// The job's terminal at restore: each standard stream that was a terminal, as the
