@@ -894,15 +894,24 @@ impl Handover {
         steps
     }
 
-    /// Gives the terminals the image's termios (the job is about to run).
+    /// Gives the terminals the image's termios (the job is about to run). A group of the
+    /// job may have taken the foreground already: SIGTTOU is blocked meanwhile, which lets
+    /// a background process set a terminal (else it fails with EIO or stops).
     pub fn apply(&self) -> Result<(), ObjectError> {
-        for (fd, termios) in &self.settings {
-            tty_sys::set_termios(fd.as_fd(), termios).map_err(|e| ObjectError::Recreate {
-                what: "the terminal's settings".into(),
-                source: e.into(),
-            })?;
-        }
-        Ok(())
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        let fail = |e: Errno| ObjectError::Recreate {
+            what: "the terminal's settings".into(),
+            source: e.into(),
+        };
+        let mut old = SigSet::empty();
+        let ttou = SigSet::from(Signal::SIGTTOU);
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old)).map_err(fail)?;
+        let set = self
+            .settings
+            .iter()
+            .try_for_each(|(fd, termios)| tty_sys::set_termios(fd.as_fd(), termios));
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).map_err(fail)?;
+        set.map_err(fail)
     }
 
     /// Tells the job's foreground processes that the window changed (they run now).
