@@ -261,3 +261,43 @@ fn other_terminals_are_refused_all_listed() {
     run.signal(nix::sys::signal::Signal::SIGKILL);
     drop(pty);
 }
+
+/// A job with job control (`bash` with `set -m` runs the program in a process group of its
+/// own, in the foreground): after the restore on another terminal that group has the
+/// foreground again, with the program's settings.
+#[test]
+fn foreground_group_of_the_job_comes_back() {
+    let h = Harness::new("tty-jobctl");
+    let program = compiled("tty_state").to_string_lossy().into_owned();
+    let config = h.config.to_string_lossy().into_owned();
+    let line = format!("'set -m; {program} 40; true'");
+    let run = on_a_terminal(
+        &h,
+        "mlckpt run on a terminal",
+        &[
+            "run", "--config", &config, "--job", &h.job, "--", "bash", "-c", &line,
+        ],
+    );
+    let pid = wait_program_pid(&run);
+    wait_ticks(&run, 5);
+    let (root, group) = parent_and_group(pid).expect("the program runs");
+    assert_eq!(group, pid, "bash -m gives the program a group of its own");
+    let ckpt = h.checkpoint(root, true);
+    run.finish(CMD_TIMEOUT);
+    wait_gone(pid);
+    let image = ckpt.path.to_string_lossy().into_owned();
+    let restore = on_a_terminal(
+        &h,
+        "mlckpt restore",
+        &["restore", &image, "--config", &config],
+    );
+    let after = program_lines(&restore.finish(CMD_TIMEOUT).expect_code(0).stdout);
+    let ticks: Vec<&str> = after.lines().filter(|l| l.starts_with("tick")).collect();
+    assert!(
+        !ticks.is_empty()
+            && ticks
+                .iter()
+                .all(|l| l.contains("vintr=7") && l.contains("ctty=1 fg=1")),
+        "the program's group should be in the foreground again:\n{after}"
+    );
+}
