@@ -126,6 +126,9 @@ fn restored(
     signals: nix::sys::signal::SigSet,
 ) -> anyhow::Result<i32> {
     let pid = process.pid;
+    for warning in &process.warnings {
+        mlckpt::warn!("{warning}");
+    }
     mlckpt::info!(
         "restored {} (seq {}) as PID {pid}",
         image.dir.display(),

@@ -654,8 +654,12 @@ pub enum FdKind {
     Inotify,
     /// a pidfd of a process of the job,
     Pidfd,
-    /// a memfd or a regular file deleted while open (its contents are in the image).
+    /// a memfd or a regular file deleted while open (its contents are in the image),
     Unlinked,
+    /// the master of a pty pair (`objects::tty`),
+    PtyMaster,
+    /// the slave of a pty pair whose master the job holds.
+    PtySlave,
 }
 
 /// `struct sigaction` as the kernel keeps it (`rt_sigaction`).

@@ -489,7 +489,16 @@ fn check_objects(
                     format!("objects[{i}].object.fd"),
                     format!("{} is not a standard stream (0, 1 or 2)", s.fd),
                 );
+                for (field, problem) in s.terminal.iter().flat_map(|t| t.problems()) {
+                    c.fail(format!("objects[{i}].object.terminal.{field}"), problem);
+                }
                 "stdio"
+            }
+            ObjectKind::PtyPair(p) => {
+                for (field, problem) in p.problems() {
+                    c.fail(format!("objects[{i}].object.{field}"), problem);
+                }
+                "pty_pair"
             }
             ObjectKind::Pipe(_) => "pipe",
             ObjectKind::File(f) => {
@@ -874,7 +883,9 @@ fn check_fds(c: &mut Checker, at: &str, fds: &[FdState], objects: &BTreeMap<u64,
                 | FdKind::Epoll
                 | FdKind::Inotify
                 | FdKind::Pidfd
-                | FdKind::Unlinked => c.fail(
+                | FdKind::Unlinked
+                | FdKind::PtyMaster
+                | FdKind::PtySlave => c.fail(
                     format!("{field}.object"),
                     "is missing: an fd of this kind is restored from its object",
                 ),

@@ -3,7 +3,7 @@
 //! standard streams), `pipe` (pipes between the job's processes, or to outside), `file`
 //! (an open file description shared by several fds), `unix` (socket pairs), and the
 //! objects without a path: `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify`, `pidfd`,
-//! `unlinked` (memfds and deleted files). Adding a kind is a module, a variant of
+//! `unlinked` (memfds and deleted files); `tty` (the job's terminal, pty pairs it holds). Adding a kind is a module, a variant of
 //! [`ObjectKind`] and of [`FdKind`], and a line in [`capture_described`].
 //!
 //! This module walks the fd tables of every process of the job once, decides the kind of
@@ -22,6 +22,7 @@ pub mod signalfd;
 pub mod stdio;
 pub mod sysv_shm;
 pub mod timerfd;
+pub mod tty;
 pub mod unix;
 pub mod unlinked;
 
@@ -54,6 +55,7 @@ pub enum ObjectKind {
     Inotify(inotify::InotifyState),
     Pidfd(pidfd::PidfdState),
     Unlinked(unlinked::UnlinkedFile),
+    PtyPair(tty::PtyPair),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +323,9 @@ pub fn collect(
         .iter()
         .map(|&p| read_fd_table(p))
         .collect::<Result<_, _>>()?;
-    let stdio = stdio::job_streams(tables.first().map_or(&[][..], |t| &t[..]), stdio_files);
+    let job_ptys = tty::job_pairs(tables.iter().flatten());
+    let root_table = tables.first().map_or(&[][..], |t| &t[..]);
+    let stdio = stdio::job_streams(root_table, stdio_files, &job_ptys);
     let mut files = JobFiles::default();
     let mut problems = removed_working_dirs(pids);
     let mut pipes = ByInode::default();
@@ -340,6 +344,7 @@ pub fn collect(
         BTreeMap::new()
     };
     let mut regular: Vec<&OpenFd> = Vec::new();
+    let mut ptys: Vec<&OpenFd> = Vec::new();
     let mut described: BTreeMap<FdKind, Vec<&OpenFd>> = BTreeMap::new();
     let mut kinds: Vec<Vec<FdKind>> = Vec::new();
     for table in &tables {
@@ -348,7 +353,7 @@ pub fn collect(
             let kind = if stdio.contains_key(&fd.target) {
                 FdKind::Stdio
             } else {
-                match classify(fd, &diag) {
+                match classify(fd, &diag, &job_ptys) {
                     Ok(kind) => kind,
                     Err((what, hint)) => {
                         problems.push(unsupported(fd, what, hint));
@@ -360,6 +365,7 @@ pub fn collect(
                 FdKind::Pipe => pipes.add(fd),
                 FdKind::UnixSocket => sockets.add(fd),
                 FdKind::File => regular.push(fd),
+                FdKind::PtyMaster | FdKind::PtySlave => ptys.push(fd),
                 k if is_described(k) => described.entry(k).or_default().push(fd),
                 _ => {}
             }
@@ -374,7 +380,25 @@ pub fn collect(
     if !problems.is_empty() {
         return Err(ObjectError::Unsupported(problems));
     }
-    let stdio_ids = stdio::objects(&stdio, &mut ids, &mut files.objects);
+    let sessions = tty::Sessions::read(pids);
+    let terminal = |n: i32| match root_table.iter().find(|f| f.fd == n) {
+        Some(fd) if depth == Depth::Capture && tty::is_terminal_stream(fd) => {
+            tty::outside_terminal(fd, &sessions).map(Some)
+        }
+        _ => Ok(None),
+    };
+    let stdio_ids = stdio::objects(&stdio, terminal, &mut ids, &mut files.objects)?;
+    let pty_ids = tty::objects(&ptys, &sessions, depth, &mut ids, &mut files.objects)?;
+    let known_terminals: Vec<u64> = root_table
+        .iter()
+        .filter(|f| stdio.contains_key(&f.target))
+        .chain(ptys.iter().copied())
+        .filter_map(|f| f.meta.as_ref().map(MetadataExt::rdev))
+        .chain(job_ptys.iter().map(|&i| tty::slave_device(i)))
+        .collect();
+    files
+        .warnings
+        .extend(sessions.lost_terminals(&known_terminals));
     let pipe_ids = pipe::objects(&pipes, depth, &mut ids, &mut files)?;
     let socket_ids = unix::objects(&sockets, &diag, depth, &mut ids, &mut files)?;
     let file_ids = file::shared_descriptions(&regular, &mut ids, &mut files.objects);
@@ -388,6 +412,7 @@ pub fn collect(
                     FdKind::Pipe => pipe_ids.get(&object_inode(fd)).copied(),
                     FdKind::UnixSocket => socket_ids.get(&link_inode(&fd.target)).copied(),
                     FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
+                    FdKind::PtyMaster | FdKind::PtySlave => pty_ids.get(&(fd.pid, fd.fd)).copied(),
                     _ => described_ids.get(&(fd.pid, fd.fd)).copied(),
                 };
                 fd.state(kind, object)
@@ -620,7 +645,11 @@ pub fn unreadable(kind: &str, fd: &OpenFd) -> Refusal {
 }
 
 /// The kind of an fd that is not one of the job's standard streams.
-fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind, Refusal> {
+fn classify(
+    fd: &OpenFd,
+    diag: &BTreeMap<u64, unix::DiagEntry>,
+    job_ptys: &std::collections::BTreeSet<u32>,
+) -> Result<FdKind, Refusal> {
     let target = fd.target.as_str();
     if target.starts_with("pipe:") {
         return Ok(FdKind::Pipe);
@@ -668,6 +697,9 @@ fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind
     let Some(meta) = &fd.meta else {
         return Err(("an unreadable file".into(), CLOSE_IT));
     };
+    if let Some(kind) = tty::classify(fd, job_ptys) {
+        return kind;
+    }
     use std::os::unix::fs::FileTypeExt;
     let ft = meta.file_type();
     if ft.is_file() {
@@ -701,7 +733,12 @@ impl SharedObject {
     /// Creates the object again in the calling process (the restorer), before the job's
     /// processes are created: they inherit it. `pages` opens the pages of an image (`None`:
     /// this one), where unlinked files keep their contents.
-    pub fn open(&self, pages: &PagesOpener<'_>) -> Result<Opened, ObjectError> {
+    /// Warnings (a pty that got another name) go to `warnings`.
+    pub fn open(
+        &self,
+        pages: &PagesOpener<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Opened, ObjectError> {
         let one = |fd: Result<OwnedFd, ObjectError>| {
             fd.map(|fd| Opened {
                 slots: vec![Some(fd)],
@@ -721,6 +758,7 @@ impl SharedObject {
             // Opened by the process that holds it, once the process it refers to exists.
             ObjectKind::Pidfd(_) => Ok(Opened::default()),
             ObjectKind::Unlinked(u) => u.open(pages),
+            ObjectKind::PtyPair(p) => p.open(self.id, warnings),
         }
     }
 
@@ -730,6 +768,7 @@ impl SharedObject {
             ObjectKind::Pipe(_) => pipe::slot(fd.flags),
             ObjectKind::UnixPair(p) => p.slot(&fd.path),
             ObjectKind::Unlinked(u) => u.slot(pid, fd.fd),
+            ObjectKind::PtyPair(p) => p.slot(pid, fd.fd),
             _ => 0,
         }
     }

@@ -49,6 +49,16 @@ pub enum Leadership {
     Group,
 }
 
+/// What the process does with terminals once it leads its session or group, before it
+/// forks: fds are inherited objects (at or above `ChildPlan::object_floor`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TerminalSteps {
+    /// `TIOCSCTTY`: the terminal becomes the controlling terminal of its session.
+    pub controlling: Option<i32>,
+    /// `tcsetpgrp(fd, group)`: its process group becomes the terminal's foreground group.
+    pub foreground: Option<(i32, i32)>,
+}
+
 /// A process the child creates before its own set-up: one of the job's processes (by its
 /// index in the plans), or a zombie.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +88,7 @@ pub struct ChildPlan {
     /// Its descendants inherit the unregistered state.
     pub unregister_rseq: bool,
     pub leadership: Leadership,
+    pub terminal: TerminalSteps,
     /// `PR_SET_CHILD_SUBREAPER` (before its children are created).
     pub child_subreaper: bool,
     /// `PR_SET_PDEATHSIG`.
@@ -159,6 +170,8 @@ steps!(
     FileIdentity,
     Pidfd,
     EpollAdd,
+    ControllingTerminal,
+    ForegroundGroup,
 );
 
 /// glibc's rseq signature on x86 (RSEQ_SIG).
@@ -192,6 +205,22 @@ pub fn child_main(plans: &[ChildPlan], index: usize) -> ! {
         Leadership::None => {}
         Leadership::Session => check(sys::new_session(), Step::Session, 0),
         Leadership::Group => check(sys::set_process_group(0, 0), Step::Session, 0),
+    }
+    // Before the children are made: they are in the session, and a group's leader sets
+    // the foreground after its session leader gave the session its terminal.
+    if let Some(fd) = plan.terminal.controlling {
+        check(
+            super::tty_sys::take_controlling_terminal(fd),
+            Step::ControllingTerminal,
+            0,
+        );
+    }
+    if let Some((fd, group)) = plan.terminal.foreground {
+        check(
+            super::tty_sys::set_foreground_group(fd, group),
+            Step::ForegroundGroup,
+            0,
+        );
     }
     if plan.child_subreaper {
         check(sys::set_child_subreaper(), Step::ProcessFlags, 0);

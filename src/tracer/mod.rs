@@ -34,3 +34,4 @@ pub mod threads;
 pub mod timers;
 pub mod tracker;
 pub mod tree;
+pub mod tty_sys;

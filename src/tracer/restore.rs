@@ -134,6 +134,8 @@ pub struct RestoreOptions {
 /// A restored process, running.
 pub struct Restored {
     pub pid: Pid,
+    /// What does not come back as it was (a pty's name, a terminal the restore lacks).
+    pub warnings: Vec<String>,
     /// Its write tracker (with `track_writes`, when the kernel allows tracking).
     pub tracker: Option<WriteTracker>,
 }
@@ -201,7 +203,9 @@ fn rebuild(
             None => std::fs::File::open(pages_path(image, seq)),
         }
     };
-    let (objects, mapped_files) = open_objects(m, floor, &pages)?;
+    let mut warnings = Vec::new();
+    let (objects, mapped_files) = open_objects(m, floor, &pages, &mut warnings)?;
+    let terminals = crate::objects::tty::Handover::prepare(&m.objects, &mut warnings);
     let memories = SharedMemories::create(&procs, floor, mapped_files)?;
     let page_sources = PageSources::new(image, unpacked, floor)?;
     let mut fd_plans = Vec::with_capacity(procs.len());
@@ -230,6 +234,16 @@ fn rebuild(
         std::os::fd::AsRawFd::as_raw_fd(&sync_r),
         floor,
     )?;
+    let mut plans = plans;
+    for (plan, p) in plans.iter_mut().zip(&procs) {
+        let sid = p.process.tree.sid;
+        let own_session = procs.iter().any(|q| q.process.pid == sid);
+        let fd_of = |id: u64, slot: usize| {
+            let fd = objects.get(&id)?.get(slot)?.as_ref()?;
+            Some(fd.as_raw_fd())
+        };
+        plan.terminal = terminals.steps(&m.objects, p.process.pid, own_session, fd_of);
+    }
     let wanted = (!opts.new_pid).then_some(m.process.pid);
     let child = match sys::clone3_fork(wanted) {
         Ok(0) => child_main(&plans, 0),
@@ -273,10 +287,12 @@ fn rebuild(
                 }
             }
             segments.attached()?;
+            terminals.apply()?;
             // Children first: no process of the job runs before all are complete.
             for ((last, area), p) in rebuilt.into_iter().zip(&areas).zip(&procs).rev() {
                 last.release(area.base, area.len, p.process.tree.stopped)?;
             }
+            terminals.announce_size();
             Ok(tracker)
         });
     if outcome.is_err() {
@@ -288,6 +304,7 @@ fn rebuild(
     }
     outcome.map(|tracker| Restored {
         pid: child,
+        warnings,
         tracker,
     })
 }
@@ -540,11 +557,12 @@ fn open_objects(
     m: &Manifest,
     floor: i32,
     pages: &crate::objects::PagesOpener<'_>,
+    warnings: &mut Vec<String>,
 ) -> Result<(OpenObjects, MappedFiles), RestoreError> {
     let mut open = BTreeMap::new();
     let mut mapped = BTreeMap::new();
     for object in &m.objects {
-        let opened = object.open(pages)?;
+        let opened = object.open(pages, warnings)?;
         let raised = opened
             .slots
             .into_iter()

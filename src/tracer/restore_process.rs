@@ -808,6 +808,7 @@ pub(super) fn child_plan(
         sync_fd: None,
         unregister_rseq: false,
         leadership,
+        terminal: super::child::TerminalSteps::default(),
         child_subreaper: p.process.child_subreaper,
         parent_death_signal: p.process.parent_death_signal,
         spawn: Vec::new(),
@@ -925,6 +926,11 @@ pub(super) fn explain_child_exit(
             .map(|f| f.path.to_string_lossy().into_owned())
     };
     let what = match step {
+        Step::OpenFile if file(failure.index).as_deref() == Some("/dev/tty") => {
+            "reopening /dev/tty, the process's controlling terminal: it has none (restore from \
+             a terminal)"
+                .into()
+        }
         Step::OpenFile | Step::MoveFile | Step::Seek | Step::SetCloexec | Step::DupObject => {
             format!("reopening {}", file(failure.index).unwrap_or_default())
         }
@@ -944,6 +950,12 @@ pub(super) fn explain_child_exit(
             i.map_or(String::new(), |i| {
                 format!("adding fd {} to the epoll at fd {}", i.fd, i.epfd)
             })
+        }
+        Step::ControllingTerminal => {
+            "making the restored pty its session's controlling terminal".into()
+        }
+        Step::ForegroundGroup => {
+            "putting its process group in the foreground of its terminal".into()
         }
         Step::Spawn | Step::ProcessGroup | Step::ReapWait => {
             let pid = plan.spawn.get(failure.index as usize).map_or(0, |s| s.pid);

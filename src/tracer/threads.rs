@@ -106,6 +106,7 @@ fn resume_state(
     }
     let resume = match -(regs.rax as i64) {
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => SyscallResume::Restart,
+        ERESTART_RESTARTBLOCK if reruns_unchanged(nr, regs) => SyscallResume::Restart,
         ERESTART_RESTARTBLOCK => SyscallResume::Eintr,
         _ => return Ok((r, None)),
     };
@@ -126,6 +127,15 @@ fn resume_state(
     Ok((r, Some(InterruptedSyscall { nr, resume })))
 }
 
+/// A call the kernel resumes through its restart block, but which running again from the
+/// start resumes exactly: `poll` without a timeout (`poll` always takes the restart block;
+/// with no time to count down, the block only runs the same call again). An EINTR from it
+/// ends programs that block every signal and rely on a signalfd, such as script(1).
+fn reruns_unchanged(nr: u64, regs: &Registers) -> bool {
+    let timeout_ms = regs.rdx as u32 as i32;
+    nr == libc::SYS_poll as u64 && timeout_ms < 0
+}
+
 /// If `rip` is inside the thread's current rseq critical section, the abort handler it
 /// must continue at (the kernel does the same when it preempts such a thread).
 fn rseq_abort_target(
@@ -143,4 +153,23 @@ fn rseq_abort_target(
     let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
     let (start, len, abort) = (word(8), word(16), word(24));
     Ok((rip >= start && rip < start.wrapping_add(len)).then_some(abort))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_poll_without_timeout_reruns() {
+        let regs = |timeout: u64| Registers {
+            rdx: timeout,
+            ..Registers::default()
+        };
+        let poll = libc::SYS_poll as u64;
+        assert!(reruns_unchanged(poll, &regs(u64::from(u32::MAX)))); // -1 as an int
+        assert!(!reruns_unchanged(poll, &regs(1000)));
+        assert!(!reruns_unchanged(poll, &regs(0)));
+        let nanosleep = libc::SYS_clock_nanosleep as u64;
+        assert!(!reruns_unchanged(nanosleep, &regs(u64::from(u32::MAX))));
+    }
 }

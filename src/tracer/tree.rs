@@ -18,6 +18,10 @@ pub struct ProcStat {
     pub threads: i64,
     /// The status a `wait()` would report (field 52; meaningful for zombies).
     pub exit_code: i32,
+    /// Device number of the controlling terminal of its session (0: none).
+    pub tty_nr: i32,
+    /// Foreground process group of that terminal (-1: none).
+    pub tpgid: i32,
 }
 
 /// Parses `/proc/PID/stat`; None when the process is gone.
@@ -45,6 +49,8 @@ fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
         },
         threads: num(20).unwrap_or(1),
         exit_code: int(52).unwrap_or(0),
+        tty_nr: int(7).unwrap_or(0),
+        tpgid: int(8).unwrap_or(-1),
     })
 }
 

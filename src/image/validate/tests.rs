@@ -169,7 +169,10 @@ pub(super) fn sample() -> Manifest {
         }],
         objects: vec![SharedObject {
             id: 5,
-            object: ObjectKind::Stdio(StdioStream { fd: 1 }),
+            object: ObjectKind::Stdio(StdioStream {
+                fd: 1,
+                terminal: None,
+            }),
         }],
         files: Vec::new(),
         sysv_shm: Vec::new(),
@@ -330,7 +333,48 @@ fn duplicated_object_ids() {
         m.objects.push(dup);
     });
     refused("objects[0].object.fd", |m| {
-        m.objects[0].object = ObjectKind::Stdio(StdioStream { fd: 7 });
+        m.objects[0].object = ObjectKind::Stdio(StdioStream {
+            fd: 7,
+            terminal: None,
+        });
+    });
+}
+
+#[test]
+fn bad_terminal_state() {
+    use crate::objects::tty::{PtyPair, TerminalState};
+    refused("objects[0].object.terminal.termios.cc", |m| {
+        m.objects[0].object = ObjectKind::Stdio(StdioStream {
+            fd: 1,
+            terminal: Some(TerminalState::default()),
+        });
+    });
+    let pair = || PtyPair {
+        index: 3,
+        terminal: TerminalState {
+            termios: crate::objects::tty::Termios {
+                cc: vec![0; 19],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        packet_mode: false,
+        locked: false,
+        exclusive: false,
+        master_flags: 0,
+        slaves: Vec::new(),
+        input: Vec::new(),
+        output: Vec::new(),
+    };
+    refused("objects[0].object.index", |m| {
+        let mut p = pair();
+        p.index = u32::MAX;
+        m.objects[0].object = ObjectKind::PtyPair(p);
+    });
+    refused("objects[0].object.sessions", |m| {
+        let mut p = pair();
+        p.terminal.foreground = Some(0);
+        m.objects[0].object = ObjectKind::PtyPair(p);
     });
 }
 
