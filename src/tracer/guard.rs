@@ -147,10 +147,13 @@ impl Guard {
     /// Starts guarding every thread of the tree rooted at `root`, intercepting the signals
     /// `intercepted`. Threads that cannot be traced are named in warnings; their signals
     /// reach them directly.
-    pub fn start(root: Pid, intercepted: &[i32]) -> Guard {
+    ///
+    /// With `trace_job` false the job is left alone (the guard then serves only the batch
+    /// shell of [`Guard::attach_shell`]).
+    pub fn start(root: Pid, intercepted: &[i32], trace_job: bool) -> Guard {
         SHARED.with(|s| {
             *s.borrow_mut() = Shared {
-                active: true,
+                active: trace_job,
                 intercepted: intercepted.iter().fold(0, |m, &sig| m | bit(sig)),
                 caught: Vec::new(),
             }
@@ -163,8 +166,15 @@ impl Guard {
             shell_terminated: false,
             warned: HashSet::new(),
         };
-        guard.cover();
+        if trace_job {
+            guard.cover();
+        }
         guard
+    }
+
+    /// Whether the job's threads are guarded (not only the shell).
+    pub fn guards_job(&self) -> bool {
+        is_active()
     }
 
     /// Traces every thread of the job not traced yet, listing again until a listing finds
@@ -172,6 +182,9 @@ impl Guard {
     /// at the start and after every checkpoint (a checkpoint that seized a thread itself
     /// lets it go again).
     pub fn cover(&mut self) {
+        if !is_active() {
+            return;
+        }
         loop {
             let mut fresh = 0;
             let members = tree::descendants(self.root.as_raw())
