@@ -120,6 +120,9 @@ struct Supervisor<'a> {
     guard: RefCell<Option<crate::tracer::guard::Guard>>,
 }
 
+/// The longest the supervisor of a guarded job sleeps without looking for stops.
+const GUARD_POLL: Duration = Duration::from_secs(1);
+
 /// The exit code of `run`/`restore` when the job was checkpointed and ended on SIGTERM
 /// (preemption, a time limit): not a crash, resume it with `run --resume`.
 pub const CHECKPOINTED_AND_STOPPED: i32 = 3;
@@ -225,12 +228,13 @@ pub fn supervise(
         if signalled && let Ok(Some(info)) = sigfd.read_signal() {
             if info.ssi_signo != Signal::SIGCHLD as u32 {
                 sup.on_signal(info.ssi_signo as i32);
-            } else if let Some(guard) = sup.guard.get_mut() {
-                // Stops of the guarded job, and exits: one SIGCHLD may stand for many.
-                guard.collect();
-            } else {
+            } else if sup.guard.get_mut().is_none() {
                 reap_orphans(pid);
             }
+        }
+        if let Some(guard) = sup.guard.get_mut() {
+            // Stops of the guarded job, and exits: one SIGCHLD may stand for many.
+            guard.collect();
         }
         sup.on_intercepted(None);
         if let Some(tier) = sup.schedule.take_due(Instant::now()) {
@@ -240,15 +244,20 @@ pub fn supervise(
 }
 
 impl Supervisor<'_> {
-    /// Until the next checkpoint is due, rounded up so the wake-up is not early.
+    /// Until the next checkpoint is due, rounded up so the wake-up is not early; with a
+    /// guard, at most [`GUARD_POLL`]: stops of the job are announced by SIGCHLD only, and a
+    /// thread of ours that does not block it (one of a library's pool) would swallow it.
     fn poll_timeout(&self) -> PollTimeout {
-        self.schedule
-            .next_deadline()
-            .map_or(PollTimeout::NONE, |due| {
-                let left = due.saturating_duration_since(Instant::now());
-                let ms = left.as_micros().div_ceil(1000).min(60_000);
-                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
-            })
+        let cap = if self.guard.borrow().is_some() {
+            GUARD_POLL
+        } else {
+            Duration::from_secs(60)
+        };
+        let left = self.schedule.next_deadline().map_or(cap, |due| {
+            due.saturating_duration_since(Instant::now()).min(cap)
+        });
+        let ms = left.as_micros().div_ceil(1000);
+        PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
     }
 
     /// A local checkpoint; for a higher tier, a copy queued after it, whose outcome goes

@@ -132,6 +132,9 @@ pub struct Guard {
     shell_terminated: bool,
     /// Processes already named in a warning.
     warned: HashSet<i32>,
+    /// Processes let go while stopped by job control (see [`Guard::on_stop`]), traced
+    /// again once they run.
+    stopped: BTreeSet<i32>,
 }
 
 /// Why the parent shell cannot be guarded.
@@ -165,6 +168,7 @@ impl Guard {
             shell: None,
             shell_terminated: false,
             warned: HashSet::new(),
+            stopped: BTreeSet::new(),
         };
         if trace_job {
             guard.cover();
@@ -192,6 +196,10 @@ impl Guard {
                 .filter(|s| s.state != 'Z' && s.state != 'X')
                 .map(|s| Pid::from_raw(s.pid));
             for pid in std::iter::once(self.root).chain(members) {
+                if tree::stat(pid.as_raw()).is_some_and(|s| s.state == 'T') {
+                    self.stopped.insert(pid.as_raw());
+                    continue;
+                }
                 for tid in list_threads(pid).unwrap_or_default() {
                     if !self.traced.contains(&tid.as_raw()) && self.trace(pid, tid) {
                         fresh += 1;
@@ -256,6 +264,12 @@ impl Guard {
                 self.on_stop(tid, stop, stop_signal);
             }
         }
+        let before = self.stopped.len();
+        self.stopped
+            .retain(|&pid| tree::stat(pid).is_some_and(|s| s.state == 'T'));
+        if self.stopped.len() < before {
+            self.cover();
+        }
     }
 
     fn on_stop(&mut self, tid: Pid, stop: Stop, stop_signal: i32) {
@@ -278,7 +292,16 @@ impl Guard {
                 }
                 None => ptrace::cont(tid, Some(sig)),
             },
-            Stop::Interrupted if is_stop_signal(stop_signal) => ptrace::listen(tid),
+            // Stopped by job control: let go, so that it is stopped as it would be untraced
+            // (state T, not t: programs and shells look). Stopped, it acts on no signal
+            // but SIGKILL; traced again when it runs (within a second of its SIGCONT).
+            Stop::Interrupted if is_stop_signal(stop_signal) => {
+                if let Some(tgid) = thread_group(tid) {
+                    self.stopped.insert(tgid);
+                }
+                self.traced.remove(&tid.as_raw());
+                return drop(ptrace::detach(tid, None));
+            }
             Stop::Event(event) => {
                 if matches!(
                     event,
