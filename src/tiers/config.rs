@@ -1127,6 +1127,51 @@ mod tests {
     }
 
     #[test]
+    fn signals_and_slurm_sections() {
+        let c = parse(
+            "[signals]\nintercept = false\nparent_shell = \"on\"\n[signals.actions]\n\
+             SIGTERM = \"deliver\"\nUSR2 = \"suppress\"\n\"RTMIN+1\" = \"stop\"\n\
+             [slurm]\nrequeue = true\n",
+        );
+        assert!(!c.signals.intercept);
+        assert_eq!(c.signals.parent_shell, ParentShell::On);
+        assert_eq!(c.signals.action(libc::SIGTERM), Some(InterceptAction::Deliver));
+        assert_eq!(c.signals.action(libc::SIGUSR2), Some(InterceptAction::Suppress));
+        assert_eq!(
+            c.signals.action(libc::SIGRTMIN() + 1),
+            Some(InterceptAction::Stop)
+        );
+        assert_eq!(c.signals.action(libc::SIGINT), None);
+        assert!(c.slurm.requeue);
+        let d = parse("");
+        assert_eq!(d.signals, SignalsConfig::default());
+        assert_eq!(d.signals.action(libc::SIGTERM), Some(InterceptAction::Stop));
+        assert!(!d.slurm.requeue);
+    }
+
+    #[test]
+    fn bad_signal_lines_are_named() {
+        let e = err("[signals.actions]\nKILL = \"stop\"\n");
+        assert_at(&e, 2, "signals.actions.KILL");
+        assert!(e.contains("cannot be intercepted"), "{e}");
+        let e = err("[signals.actions]\nSEGV = \"stop\"\n");
+        assert!(e.contains("own faults"), "{e}");
+        let e = err("[signals.actions]\nTERMINATE = \"stop\"\n");
+        assert_at(&e, 2, "signals.actions.TERMINATE");
+        assert!(e.contains("unknown signal"), "{e}");
+        let e = err("[signals.actions]\nTERM = \"stop\"\nSIGTERM = \"deliver\"\n");
+        assert!(e.contains("already listed"), "{e}");
+        let e = err("[signals.actions]\nTERM = \"halt\"\n");
+        assert!(e.contains("stop") && e.contains("deliver"), "{e}");
+        let e = err("[signals]\nparent_shell = \"maybe\"\n");
+        assert!(e.contains("auto"), "{e}");
+        let e = err("[signals]\nintercepts = true\n");
+        assert!(e.contains("intercepts"), "{e}");
+        let e = err("[slurm]\nrequeue = 1\n");
+        assert!(e.contains("true or false"), "{e}");
+    }
+
+    #[test]
     fn full_valid_file() {
         let text = r#"
 [job]
