@@ -26,7 +26,10 @@ fn images(h: &Harness) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| {
             p.parent() == Some(&h.rank_dir())
-                && p.file_name().unwrap().to_string_lossy().starts_with("ckpt-")
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("ckpt-")
         })
         .collect();
     found.sort();
@@ -51,7 +54,11 @@ fn resume_to_end(h: &Harness, prog: &Prog, pid: i32) -> String {
 fn descendants(pid: i32) -> Vec<i32> {
     let mut parents = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         if let Some((ppid, _)) = parent_and_group(p) {
@@ -62,7 +69,12 @@ fn descendants(pid: i32) -> Vec<i32> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     found.remove(0);
@@ -110,7 +122,10 @@ fn sigterm_to_the_program_alone_checkpoints_and_stops() {
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     let first = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
     wait_gone(pid);
-    line_with(&first, &["checkpoint on SIGTERM to thread", "then stop the job"]);
+    line_with(
+        &first,
+        &["checkpoint on SIGTERM to thread", "then stop the job"],
+    );
     let found = images(&h);
     assert_eq!(found.len(), 1, "one image: {found:?}");
     verify_ok(&h, &found[0]);
@@ -229,11 +244,7 @@ fn a_checkpoint_and_stop_requeues_the_slurm_job() {
         format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &fake,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let env = [("SLURM_JOB_ID", "4242"), ("PATH", path.as_str())];
     let mut run = h.run_with(&[], &env, &memory(300));
@@ -270,7 +281,8 @@ fn a_program_receiving_many_signals_gets_every_one() {
     };
     let plain = h.plain(&prog).finish(CMD_TIMEOUT).expect_code(0);
     let (guarded, guarded_wall) = timed("[interval]\nlocal = 0\n");
-    let (unguarded, unguarded_wall) = timed("[interval]\nlocal = 0\n[signals]\nintercept = false\n");
+    let (unguarded, unguarded_wall) =
+        timed("[interval]\nlocal = 0\n[signals]\nintercept = false\n");
     eprintln!(
         "signal overhead: plain: {}; unguarded run: {unguarded} (wall {unguarded_wall:?}); \
          guarded run: {guarded} (wall {guarded_wall:?})",

@@ -15,12 +15,12 @@ mod signals;
 pub use context::{JobContext, Lineage};
 
 use crate::image::format::TierKind;
+use crate::tiers::config::InterceptAction;
 use crate::tiers::config::runtime_dir;
 use crate::tiers::placement::{Gate, PlaceError};
 use crate::tiers::schedule::Schedule;
 use crate::tracer::access::TargetError;
 use crate::tracer::dump::{CheckpointStats, DumpError};
-use crate::tiers::config::InterceptAction;
 use crate::tracer::ptrace::{self, SignalNumber, Stop};
 use crate::tracer::sys;
 use context::placed;
@@ -216,8 +216,7 @@ pub fn supervise(
             // Nobody is answered any more: close the socket before waiting for copies.
             drop((listener, cleanup));
             sup.copier.finish();
-            if code == CHECKPOINTED_AND_STOPPED && sup.stopped.get() && ctx.config.slurm.requeue
-            {
+            if code == CHECKPOINTED_AND_STOPPED && sup.stopped.get() && ctx.config.slurm.requeue {
                 signals::requeue();
             }
             return Ok(code);
@@ -257,7 +256,10 @@ impl Supervisor<'_> {
             due.saturating_duration_since(Instant::now()).min(cap)
         });
         let ms = left.as_micros().div_ceil(1000);
-        PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+        i32::try_from(ms)
+            .ok()
+            .and_then(|ms| PollTimeout::try_from(ms).ok())
+            .unwrap_or(PollTimeout::MAX)
     }
 
     /// A local checkpoint; for a higher tier, a copy queued after it, whose outcome goes
@@ -397,7 +399,10 @@ impl Supervisor<'_> {
             InterceptAction::Deliver => "then deliver",
             InterceptAction::Suppress => "signal dropped",
         };
-        report(result, &format!("checkpoint on {} ({tier}, {then})", batch.describe()));
+        report(
+            result,
+            &format!("checkpoint on {} ({tier}, {then})", batch.describe()),
+        );
         match action {
             InterceptAction::Stop if ok => self.stopped.set(true),
             InterceptAction::Suppress => {}
@@ -405,7 +410,9 @@ impl Supervisor<'_> {
             // would without mlckpt.
             _ => {
                 guard.deliver(&batch.caught);
-                let to_root = batch.own.or(batch.shell.then_some(SignalNumber(libc::SIGTERM)));
+                let to_root = batch
+                    .own
+                    .or(batch.shell.then_some(SignalNumber(libc::SIGTERM)));
                 if let Some(sig) = to_root.filter(|_| batch.caught.is_empty()) {
                     guard.deliver_to_process(self.pid, sig);
                 }

@@ -42,10 +42,9 @@ fn batch_shell(mode: ParentShell) -> Option<Pid> {
     match mode {
         ParentShell::Off => None,
         ParentShell::On => Some(parent),
-        ParentShell::Auto => {
-            (std::env::var_os("SLURM_JOB_ID").is_some() && runs_batch_script(parent))
-                .then_some(parent)
-        }
+        ParentShell::Auto => (std::env::var_os("SLURM_JOB_ID").is_some()
+            && runs_batch_script(parent))
+        .then_some(parent),
     }
 }
 
@@ -75,13 +74,11 @@ impl Intercepted {
     /// SIGTERM always stops the job: the script's end is near.
     pub fn action(&self, config: &SignalsConfig) -> InterceptAction {
         let configured = |sig: SignalNumber| {
-            config
-                .action(sig.0)
-                .unwrap_or(if sig.0 == libc::SIGTERM {
-                    InterceptAction::Stop
-                } else {
-                    InterceptAction::Suppress
-                })
+            config.action(sig.0).unwrap_or(if sig.0 == libc::SIGTERM {
+                InterceptAction::Stop
+            } else {
+                InterceptAction::Suppress
+            })
         };
         let shell = self.shell.then_some(InterceptAction::Stop);
         self.caught

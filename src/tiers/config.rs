@@ -878,16 +878,25 @@ fn signals(src: &Source<'_>, raw: RawSignals) -> Result<SignalsConfig, ConfigErr
     for (name, action) in raw.actions.into_iter().flatten() {
         let (span, action) = (action.span(), action.into_inner());
         let key = format!("signals.actions.{name}");
-        let signo = interceptable_signal(&name).map_err(|why| src.invalid(span.clone(), &key, why))?;
+        let signo =
+            interceptable_signal(&name).map_err(|why| src.invalid(span.clone(), &key, why))?;
         if actions.iter().any(|(s, _)| *s == signo) {
-            return Err(src.invalid(span, &key, "names a signal already listed under another name"));
+            return Err(src.invalid(
+                span,
+                &key,
+                "names a signal already listed under another name",
+            ));
         }
         actions.push((signo, action));
     }
     actions.sort_unstable();
     Ok(SignalsConfig {
         intercept: raw.intercept.unwrap_or(defaults.intercept),
-        actions: if actions.is_empty() { defaults.actions } else { actions },
+        actions: if actions.is_empty() {
+            defaults.actions
+        } else {
+            actions
+        },
         parent_shell: raw.parent_shell.unwrap_or_default(),
     })
 }
@@ -897,9 +906,15 @@ fn signals(src: &Source<'_>, raw: RawSignals) -> Result<SignalsConfig, ConfigErr
 pub fn interceptable_signal(name: &str) -> Result<i32, String> {
     let bare = name.strip_prefix("SIG").unwrap_or(name);
     let realtime = |base: i32, rest: &str, sign: i32| -> Option<i32> {
-        let offset: i32 = if rest.is_empty() { 0 } else { rest.parse().ok()? };
+        let offset: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.parse().ok()?
+        };
         let signo = base + sign * offset;
-        (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signo).then_some(signo)
+        (libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .contains(&signo)
+            .then_some(signo)
     };
     let signo = if let Some(rest) = bare.strip_prefix("RTMIN") {
         realtime(libc::SIGRTMIN(), rest.strip_prefix('+').unwrap_or(rest), 1)
@@ -920,12 +935,15 @@ pub fn interceptable_signal(name: &str) -> Result<i32, String> {
         libc::SIGKILL | libc::SIGSTOP => Err(format!(
             "{name} cannot be intercepted: the kernel neither lets it be caught nor held"
         )),
-        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGSYS => {
-            Err(format!(
-                "{name} is raised by the program's own faults, not sent to it; it cannot be \
+        libc::SIGSEGV
+        | libc::SIGBUS
+        | libc::SIGILL
+        | libc::SIGFPE
+        | libc::SIGTRAP
+        | libc::SIGSYS => Err(format!(
+            "{name} is raised by the program's own faults, not sent to it; it cannot be \
                  turned into a checkpoint"
-            ))
-        }
+        )),
         _ => Ok(signo),
     }
 }
@@ -1135,8 +1153,14 @@ mod tests {
         );
         assert!(!c.signals.intercept);
         assert_eq!(c.signals.parent_shell, ParentShell::On);
-        assert_eq!(c.signals.action(libc::SIGTERM), Some(InterceptAction::Deliver));
-        assert_eq!(c.signals.action(libc::SIGUSR2), Some(InterceptAction::Suppress));
+        assert_eq!(
+            c.signals.action(libc::SIGTERM),
+            Some(InterceptAction::Deliver)
+        );
+        assert_eq!(
+            c.signals.action(libc::SIGUSR2),
+            Some(InterceptAction::Suppress)
+        );
         assert_eq!(
             c.signals.action(libc::SIGRTMIN() + 1),
             Some(InterceptAction::Stop)

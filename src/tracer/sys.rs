@@ -153,7 +153,11 @@ pub fn new_session() -> Result<(), Errno> {
 
 /// `tgkill(tgid, tid, signo)`: a signal to one thread (real-time signals included).
 pub fn tgkill(tgid: i32, tid: i32, signo: i32) -> Result<(), Errno> {
-    int_syscall(libc::SYS_tgkill, [tgid as u64, tid as u64, signo as u64, 0, 0, 0]).map(drop)
+    int_syscall(
+        libc::SYS_tgkill,
+        [tgid as u64, tid as u64, signo as u64, 0, 0, 0],
+    )
+    .map(drop)
 }
 
 /// `kill(pid, signo)` with any signal number (nix's `Signal` has no real-time ones).
