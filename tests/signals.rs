@@ -50,6 +50,17 @@ fn resume_to_end(h: &Harness, prog: &Prog, pid: i32) -> String {
     resumed.stdout
 }
 
+/// After a checkpoint-and-stop: one image, valid, and `run --resume` finishes with the
+/// output of the uninterrupted `reference` (`before`: what the stopped run printed).
+fn assert_stopped_and_resumable(h: &Harness, prog: &Prog, reference: Proc, before: &str, pid: i32) {
+    let found = images(h);
+    assert_eq!(found.len(), 1, "one image: {found:?}");
+    verify_ok(h, &found[0]);
+    let after = resume_to_end(h, prog, pid);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, before, &after, pid);
+}
+
 /// Every descendant of `pid` (not `pid` itself).
 fn descendants(pid: i32) -> Vec<i32> {
     let mut parents = Vec::new();
@@ -102,12 +113,7 @@ fn a_step_signal_to_every_process_checkpoints_and_stops() {
     let first = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
     wait_gone(pid);
     line_with(&first, &["checkpoint on", "SIGTERM", "then stop the job"]);
-    let found = images(&h);
-    assert_eq!(found.len(), 1, "one image: {found:?}\n{}", first.describe());
-    verify_ok(&h, &found[0]);
-    let after = resume_to_end(&h, &prog, pid);
-    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    assert_continuation(&reference, &first.stdout, &after, pid);
+    assert_stopped_and_resumable(&h, &prog, reference, &first.stdout, pid);
 }
 
 /// SIGTERM to the program only (not to mlckpt): the same checkpoint-and-stop.
@@ -126,12 +132,7 @@ fn sigterm_to_the_program_alone_checkpoints_and_stops() {
         &first,
         &["checkpoint on SIGTERM to thread", "then stop the job"],
     );
-    let found = images(&h);
-    assert_eq!(found.len(), 1, "one image: {found:?}");
-    verify_ok(&h, &found[0]);
-    let after = resume_to_end(&h, &prog, pid);
-    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    assert_continuation(&reference, &first.stdout, &after, pid);
+    assert_stopped_and_resumable(&h, &prog, reference, &first.stdout, pid);
 }
 
 /// `TERM = "deliver"`: the checkpoint first, then the program's own handler runs, with the
@@ -200,14 +201,9 @@ fn sigterm_to_the_batch_shell_checkpoints_the_job() {
         .stdout
         .strip_suffix("script: mlckpt exited 3\n")
         .unwrap_or_else(|| panic!("the script should go on after mlckpt\n{}", first.describe()));
-    let found = images(&h);
-    assert_eq!(found.len(), 1, "one image: {found:?}");
-    verify_ok(&h, &found[0]);
     // The resuming run's parent is this test, not a shell to guard.
     h.set_config("[interval]\nlocal = 0\n[signals]\nparent_shell = \"off\"\n");
-    let after = resume_to_end(&h, &prog, pid);
-    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    assert_continuation(&reference, before, &after, pid);
+    assert_stopped_and_resumable(&h, &prog, reference, before, pid);
 }
 
 /// `intercept = false`: the program gets its SIGTERM directly and dies of it; no image.

@@ -213,9 +213,7 @@ pub fn take_collected_exit(pid: Pid) -> Option<Stop> {
 
 /// Waits for the next stop of one thread (`__WALL`: threads are not children).
 pub fn wait_stop(tid: Pid, op: &'static str) -> Result<Stop> {
-    let stop = wait_stop_raw(tid, op)?;
-    remember_exit(tid, stop);
-    Ok(stop)
+    wait_stop_signal(tid, op).map(|(stop, _)| stop)
 }
 
 /// Waits for the next stop of one thread, with the stop signal of an event stop: the
@@ -277,19 +275,6 @@ fn remember_exit(tid: Pid, stop: Stop) {
     if matches!(stop, Stop::Exited(_) | Stop::Killed(_)) {
         let mut exits = COLLECTED_EXITS.lock().unwrap_or_else(|e| e.into_inner());
         exits.push((tid.as_raw(), stop));
-    }
-}
-
-fn wait_stop_raw(tid: Pid, op: &'static str) -> Result<Stop> {
-    loop {
-        let status = match sys::wait_status(tid, libc::__WALL) {
-            Err(Errno::EINTR) | Ok(None) => continue,
-            Err(e) => return Err(map_err(tid, op, e)),
-            Ok(Some(s)) => s,
-        };
-        if let Some(stop) = decode_status(status) {
-            return Ok(stop);
-        }
     }
 }
 
