@@ -30,6 +30,9 @@ pub fn restore(
 ) -> anyhow::Result<i32> {
     // Before anything is read or created: without it every restore fails half-way.
     mlckpt::tracer::access::Privileges::current().check_restore()?;
+    // Before any thread exists (verifying an image starts a thread pool): a thread that
+    // does not block SIGCHLD would take, and drop, the supervisor's wake-ups.
+    supervisor::block_supervisor_signals()?;
     let config = load_config_for_writing(args)?;
     let opts = RestoreOptions {
         new_pid: flags.new_pid,

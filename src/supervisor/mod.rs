@@ -10,16 +10,18 @@ mod context;
 pub mod control;
 mod copier;
 pub mod job_lock;
+mod signals;
 
 pub use context::{JobContext, Lineage};
 
 use crate::image::format::TierKind;
+use crate::tiers::config::InterceptAction;
 use crate::tiers::config::runtime_dir;
 use crate::tiers::placement::{Gate, PlaceError};
 use crate::tiers::schedule::Schedule;
 use crate::tracer::access::TargetError;
 use crate::tracer::dump::{CheckpointStats, DumpError};
-use crate::tracer::ptrace::{self, Stop};
+use crate::tracer::ptrace::{self, SignalNumber, Stop};
 use crate::tracer::sys;
 use context::placed;
 use control::{Request, Response};
@@ -113,7 +115,13 @@ struct Supervisor<'a> {
     lineage: RefCell<Lineage>,
     /// The job was checkpointed and ended on SIGTERM: it did not fail.
     stopped: std::cell::Cell<bool>,
+    /// The signal guard (`docs/signals.md`); None with `[signals] intercept = false` and
+    /// no batch shell to guard.
+    guard: RefCell<Option<crate::tracer::guard::Guard>>,
 }
+
+/// The longest the supervisor of a guarded job sleeps without looking for stops.
+const GUARD_POLL: Duration = Duration::from_secs(1);
 
 /// The exit code of `run`/`restore` when the job was checkpointed and ended on SIGTERM
 /// (preemption, a time limit): not a crash, resume it with `run --resume`.
@@ -156,6 +164,7 @@ pub fn supervise(
         schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
         lineage: RefCell::new(lineage),
         stopped: std::cell::Cell::new(false),
+        guard: RefCell::new(signals::start_guard(&ctx.config.signals, pid, is_child)),
     };
     // Said now, not at the first checkpoint an hour later: what will not come back as it is.
     let refuse = ctx.config.image.outside_peers == crate::tiers::config::OutsidePeers::Refuse;
@@ -185,6 +194,9 @@ pub fn supervise(
         let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
         let (exited, asked, signalled) = (ready(0), ready(1), ready(2));
         if exited {
+            if let Some(guard) = sup.guard.get_mut() {
+                guard.collect();
+            }
             let (mut code, exited_itself) = reap(pid, is_child);
             if sup.stopped.get() && code == 128 + libc::SIGKILL {
                 code = CHECKPOINTED_AND_STOPPED;
@@ -198,22 +210,32 @@ pub fn supervise(
                     crate::warn!("{problem}");
                 }
             }
+            // The job's other processes, if any are left, run on unguarded.
+            drop(sup.guard.get_mut().take());
             reap_orphans(pid);
             // Nobody is answered any more: close the socket before waiting for copies.
             drop((listener, cleanup));
             sup.copier.finish();
+            if code == CHECKPOINTED_AND_STOPPED && sup.stopped.get() && ctx.config.slurm.requeue {
+                signals::requeue();
+            }
             return Ok(code);
         }
         if asked {
             sup.serve_requests(&listener);
         }
         if signalled && let Ok(Some(info)) = sigfd.read_signal() {
-            if info.ssi_signo == Signal::SIGCHLD as u32 {
-                reap_orphans(pid);
-            } else {
+            if info.ssi_signo != Signal::SIGCHLD as u32 {
                 sup.on_signal(info.ssi_signo as i32);
+            } else if sup.guard.get_mut().is_none() {
+                reap_orphans(pid);
             }
         }
+        if let Some(guard) = sup.guard.get_mut() {
+            // Stops of the guarded job, and exits: one SIGCHLD may stand for many.
+            guard.collect();
+        }
+        sup.on_intercepted(None);
         if let Some(tier) = sup.schedule.take_due(Instant::now()) {
             sup.interval_checkpoint(tier);
         }
@@ -221,15 +243,23 @@ pub fn supervise(
 }
 
 impl Supervisor<'_> {
-    /// Until the next checkpoint is due, rounded up so the wake-up is not early.
+    /// Until the next checkpoint is due, rounded up so the wake-up is not early; with a
+    /// guard, at most [`GUARD_POLL`]: stops of the job are announced by SIGCHLD only, and a
+    /// thread of ours that does not block it (one of a library's pool) would swallow it.
     fn poll_timeout(&self) -> PollTimeout {
-        self.schedule
-            .next_deadline()
-            .map_or(PollTimeout::NONE, |due| {
-                let left = due.saturating_duration_since(Instant::now());
-                let ms = left.as_micros().div_ceil(1000).min(60_000);
-                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
-            })
+        let cap = if self.guard.borrow().is_some() {
+            GUARD_POLL
+        } else {
+            Duration::from_secs(60)
+        };
+        let left = self.schedule.next_deadline().map_or(cap, |due| {
+            due.saturating_duration_since(Instant::now()).min(cap)
+        });
+        let ms = left.as_micros().div_ceil(1000);
+        i32::try_from(ms)
+            .ok()
+            .and_then(|ms| PollTimeout::try_from(ms).ok())
+            .unwrap_or(PollTimeout::MAX)
     }
 
     /// A local checkpoint; for a higher tier, a copy queued after it, whose outcome goes
@@ -249,6 +279,11 @@ impl Supervisor<'_> {
             Some(&mut *lineage),
         )?;
         drop(held);
+        drop(lineage);
+        if let Some(guard) = self.guard.borrow_mut().as_mut() {
+            // A thread the checkpoint seized itself (not the guard's) was let go again.
+            guard.cover();
+        }
         if tier != TierKind::Local {
             self.copier.submit(tier, &stats.path, reply(&stats));
         }
@@ -308,6 +343,8 @@ impl Supervisor<'_> {
                 self.checkpoint(TierKind::Local, false, |_| None),
                 "checkpoint on SIGUSR1",
             );
+        } else if signo == libc::SIGTERM && self.guard.borrow().is_some() {
+            self.on_intercepted(Some(SignalNumber(signo)));
         } else if signo == libc::SIGTERM {
             // Preemption: the newest state to the safest tier, then end the job. The copy
             // finishes before the supervisor exits.
@@ -319,6 +356,67 @@ impl Supervisor<'_> {
             if failed {
                 let _ = nix::sys::signal::kill(self.pid, Signal::SIGTERM);
             }
+        }
+    }
+}
+
+impl Supervisor<'_> {
+    /// Checkpoints the job for the signals the guard intercepted (if any; `own`: a signal
+    /// to mlckpt itself), then does what `[signals]` says: ends the job, hands the signals
+    /// on, or drops them. Intercepted signals that come while the checkpoint runs (a step
+    /// signal reaches every process within microseconds) belong to this checkpoint: they
+    /// are gathered, not turned into another one.
+    fn on_intercepted(&self, own: Option<SignalNumber>) {
+        let mut batch = {
+            let mut guard = self.guard.borrow_mut();
+            let Some(guard) = guard.as_mut() else { return };
+            guard.collect();
+            signals::Intercepted {
+                caught: crate::tracer::guard::take_caught(),
+                own,
+                shell: guard.shell_terminated(),
+            }
+        };
+        if batch.caught.is_empty() && batch.own.is_none() && !batch.shell {
+            return;
+        }
+        let config = &self.ctx.config.signals;
+        let action = batch.action(config);
+        let tier = self.ctx.paths.highest();
+        let result = self.checkpoint(tier, action == InterceptAction::Stop, |_| None);
+        let Some(guard) = &mut *self.guard.borrow_mut() else {
+            return;
+        };
+        guard.collect();
+        batch.caught.extend(crate::tracer::guard::take_caught());
+        let ok = result.is_ok();
+        let then = match action {
+            InterceptAction::Stop => "then stop the job",
+            InterceptAction::Deliver => "then deliver",
+            InterceptAction::Suppress => "signal dropped",
+        };
+        report(
+            result,
+            &format!("checkpoint on {} ({tier}, {then})", batch.describe()),
+        );
+        match action {
+            InterceptAction::Stop if ok => self.stopped.set(true),
+            InterceptAction::Suppress => {}
+            // Deliver, or a stop whose checkpoint failed: the job gets its signals, as it
+            // would without mlckpt.
+            _ => {
+                guard.deliver(&batch.caught);
+                let to_root = batch
+                    .own
+                    .or(batch.shell.then_some(SignalNumber(libc::SIGTERM)));
+                if let Some(sig) = to_root.filter(|_| batch.caught.is_empty()) {
+                    guard.deliver_to_process(self.pid, sig);
+                }
+            }
+        }
+        if batch.shell && ok {
+            // The script goes on after mlckpt (exit code 3); the shell is not ours.
+            guard.release_shell();
         }
     }
 }

@@ -34,7 +34,8 @@ const DEFAULT_FULL_EVERY: u32 = 10;
 /// milliseconds at best, so anything shorter only keeps the job frozen; sub-second
 /// intervals remain for tests that need checkpoints back to back.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
-const SECTIONS: &str = "[job], [storage], [interval], [image] and [topology]";
+const SECTIONS: &str =
+    "[job], [storage], [interval], [image], [topology], [security], [signals] and [slurm]";
 const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
 
 /// `[image] file_copy_limit_mib` when not set.
@@ -55,6 +56,71 @@ pub struct Config {
     pub image: ImageConfig,
     pub topology: TopologyConfig,
     pub security: SecurityConfig,
+    pub signals: SignalsConfig,
+    pub slurm: SlurmConfig,
+}
+
+/// `[signals]`: the signal guard of a supervised job (`docs/signals.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalsConfig {
+    /// Keep the job traced between checkpoints and turn the signals of `actions` into
+    /// checkpoints; false: only signals to mlckpt itself count (SIGTERM: checkpoint and stop).
+    pub intercept: bool,
+    /// The intercepted signals (numbers, sorted) and what follows each one's checkpoint.
+    pub actions: Vec<(i32, InterceptAction)>,
+    /// Whether the batch shell that runs mlckpt is guarded too (its SIGTERM becomes the
+    /// job's checkpoint-and-stop).
+    pub parent_shell: ParentShell,
+}
+
+impl SignalsConfig {
+    /// What follows the checkpoint of intercepted signal `signo`; None: not intercepted.
+    pub fn action(&self, signo: i32) -> Option<InterceptAction> {
+        self.actions
+            .iter()
+            .find(|(s, _)| *s == signo)
+            .map(|(_, a)| *a)
+    }
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        SignalsConfig {
+            intercept: true,
+            actions: vec![(libc::SIGTERM, InterceptAction::Stop)],
+            parent_shell: ParentShell::Auto,
+        }
+    }
+}
+
+/// What happens after the checkpoint an intercepted signal caused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterceptAction {
+    /// The signal is dropped: the program never sees it.
+    Suppress,
+    /// The signal is handed to the program (its handler runs, or its default action).
+    Deliver,
+    /// The job is ended (SIGKILL) with the checkpoint as its last state; exit code 3.
+    Stop,
+}
+
+/// `[signals] parent_shell`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParentShell {
+    /// When mlckpt is a plain command of a SLURM batch script (`docs/signals.md`).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// `[slurm]`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SlurmConfig {
+    /// After a checkpoint-and-stop under SLURM, `scontrol requeue $SLURM_JOB_ID`.
+    pub requeue: bool,
 }
 
 /// `[security]`
@@ -231,6 +297,8 @@ impl Config {
                 partner_copy: None,
             },
             security: SecurityConfig::default(),
+            signals: SignalsConfig::default(),
+            slurm: SlurmConfig::default(),
         }
     }
 
@@ -282,6 +350,10 @@ impl Config {
             topology: topology(&src, raw.topology)?,
             security: SecurityConfig {
                 key_file: config_path(&src, raw.security.key_file, "security.key_file", base)?,
+            },
+            signals: signals(&src, raw.signals)?,
+            slurm: SlurmConfig {
+                requeue: raw.slurm.requeue.unwrap_or(false),
             },
         };
         check_global_tier(&src, &config, global_interval_span)?;
@@ -461,6 +533,22 @@ struct RawConfig {
     image: RawImage,
     topology: RawTopology,
     security: RawSecurity,
+    signals: RawSignals,
+    slurm: RawSlurm,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [signals]")]
+struct RawSignals {
+    intercept: Option<bool>,
+    parent_shell: Option<ParentShell>,
+    actions: Option<std::collections::BTreeMap<String, Spanned<InterceptAction>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [slurm]")]
+struct RawSlurm {
+    requeue: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -783,6 +871,83 @@ fn same_path(a: &Path, b: &Path) -> bool {
     a.components().eq(b.components())
 }
 
+/// `[signals]`; `actions`, when given, replaces the default (TERM = "stop").
+fn signals(src: &Source<'_>, raw: RawSignals) -> Result<SignalsConfig, ConfigError> {
+    let defaults = SignalsConfig::default();
+    let mut actions = Vec::new();
+    for (name, action) in raw.actions.into_iter().flatten() {
+        let (span, action) = (action.span(), action.into_inner());
+        let key = format!("signals.actions.{name}");
+        let signo =
+            interceptable_signal(&name).map_err(|why| src.invalid(span.clone(), &key, why))?;
+        if actions.iter().any(|(s, _)| *s == signo) {
+            return Err(src.invalid(
+                span,
+                &key,
+                "names a signal already listed under another name",
+            ));
+        }
+        actions.push((signo, action));
+    }
+    actions.sort_unstable();
+    Ok(SignalsConfig {
+        intercept: raw.intercept.unwrap_or(defaults.intercept),
+        actions: if actions.is_empty() {
+            defaults.actions
+        } else {
+            actions
+        },
+        parent_shell: raw.parent_shell.unwrap_or_default(),
+    })
+}
+
+/// The number of a signal named `TERM`, `SIGTERM`, `RTMIN+2` or `SIGRTMAX-1`, if the
+/// guard can intercept it; else why not.
+pub fn interceptable_signal(name: &str) -> Result<i32, String> {
+    let bare = name.strip_prefix("SIG").unwrap_or(name);
+    let realtime = |base: i32, rest: &str, sign: i32| -> Option<i32> {
+        let offset: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.parse().ok()?
+        };
+        let signo = base + sign * offset;
+        (libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .contains(&signo)
+            .then_some(signo)
+    };
+    let signo = if let Some(rest) = bare.strip_prefix("RTMIN") {
+        realtime(libc::SIGRTMIN(), rest.strip_prefix('+').unwrap_or(rest), 1)
+    } else if let Some(rest) = bare.strip_prefix("RTMAX") {
+        realtime(libc::SIGRTMAX(), rest.strip_prefix('-').unwrap_or(rest), -1)
+    } else {
+        format!("SIG{bare}")
+            .parse::<nix::sys::signal::Signal>()
+            .ok()
+            .map(|s| s as i32)
+    };
+    let Some(signo) = signo else {
+        return Err(format!(
+            "unknown signal {name:?}; write a name such as TERM, USR2 or RTMIN+1"
+        ));
+    };
+    match signo {
+        libc::SIGKILL | libc::SIGSTOP => Err(format!(
+            "{name} cannot be intercepted: the kernel neither lets it be caught nor held"
+        )),
+        libc::SIGSEGV
+        | libc::SIGBUS
+        | libc::SIGILL
+        | libc::SIGFPE
+        | libc::SIGTRAP
+        | libc::SIGSYS => Err(format!(
+            "{name} is raised by the program's own faults, not sent to it; it cannot be \
+                 turned into a checkpoint"
+        )),
+        _ => Ok(signo),
+    }
+}
+
 fn topology(src: &Source<'_>, raw: RawTopology) -> Result<TopologyConfig, ConfigError> {
     Ok(TopologyConfig {
         test_mode: raw.test_mode.unwrap_or(false),
@@ -977,6 +1142,57 @@ mod tests {
     fn with_source(mut config: Config) -> Config {
         config.source = Some(PathBuf::from(ORIGIN));
         config
+    }
+
+    #[test]
+    fn signals_and_slurm_sections() {
+        let c = parse(
+            "[signals]\nintercept = false\nparent_shell = \"on\"\n[signals.actions]\n\
+             SIGTERM = \"deliver\"\nUSR2 = \"suppress\"\n\"RTMIN+1\" = \"stop\"\n\
+             [slurm]\nrequeue = true\n",
+        );
+        assert!(!c.signals.intercept);
+        assert_eq!(c.signals.parent_shell, ParentShell::On);
+        assert_eq!(
+            c.signals.action(libc::SIGTERM),
+            Some(InterceptAction::Deliver)
+        );
+        assert_eq!(
+            c.signals.action(libc::SIGUSR2),
+            Some(InterceptAction::Suppress)
+        );
+        assert_eq!(
+            c.signals.action(libc::SIGRTMIN() + 1),
+            Some(InterceptAction::Stop)
+        );
+        assert_eq!(c.signals.action(libc::SIGINT), None);
+        assert!(c.slurm.requeue);
+        let d = parse("");
+        assert_eq!(d.signals, SignalsConfig::default());
+        assert_eq!(d.signals.action(libc::SIGTERM), Some(InterceptAction::Stop));
+        assert!(!d.slurm.requeue);
+    }
+
+    #[test]
+    fn bad_signal_lines_are_named() {
+        let e = err("[signals.actions]\nKILL = \"stop\"\n");
+        assert_at(&e, 2, "signals.actions.KILL");
+        assert!(e.contains("cannot be intercepted"), "{e}");
+        let e = err("[signals.actions]\nSEGV = \"stop\"\n");
+        assert!(e.contains("own faults"), "{e}");
+        let e = err("[signals.actions]\nTERMINATE = \"stop\"\n");
+        assert_at(&e, 2, "signals.actions.TERMINATE");
+        assert!(e.contains("unknown signal"), "{e}");
+        let e = err("[signals.actions]\nTERM = \"stop\"\nSIGTERM = \"deliver\"\n");
+        assert!(e.contains("already listed"), "{e}");
+        let e = err("[signals.actions]\nTERM = \"halt\"\n");
+        assert!(e.contains("stop") && e.contains("deliver"), "{e}");
+        let e = err("[signals]\nparent_shell = \"maybe\"\n");
+        assert!(e.contains("auto"), "{e}");
+        let e = err("[signals]\nintercepts = true\n");
+        assert!(e.contains("intercepts"), "{e}");
+        let e = err("[slurm]\nrequeue = 1\n");
+        assert!(e.contains("true or false"), "{e}");
     }
 
     #[test]

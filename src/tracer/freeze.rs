@@ -35,7 +35,7 @@ pub enum FreezeError {
 }
 
 /// A thread held in a ptrace stop.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct FrozenThread {
     pub tid: Pid,
     /// A signal that reached a stop while mlckpt drove the thread (one the freeze could not
@@ -44,6 +44,12 @@ pub struct FrozenThread {
     /// The thread's own signal mask, once its signals are blocked (see `FROZEN_MASK`):
     /// the mask the image records and the thread gets back. None before that.
     pub sigmask: Option<u64>,
+    /// Traced by the signal guard before this freeze (`guard`): given back to it, still
+    /// traced, instead of detached.
+    pub adopted: bool,
+    /// Its process is in a group stop (SIGSTOP and friends): an adopted thread goes back
+    /// into it rather than running on.
+    pub group_stop: bool,
 }
 
 /// The signal mask of a frozen thread: everything but SIGKILL and SIGSTOP (which cannot be
@@ -137,11 +143,15 @@ impl Frozen {
     ) -> Result<Vec<Pid>, FreezeError> {
         let mut seized = Vec::new();
         for &tid in tids {
+            let mut adopted = false;
             match seize_when_free(self.pid, tid) {
                 Ok(()) => {}
                 // Born of a thread stopped inside clone(): the kernel attached it to us
-                // already (PTRACE_O_TRACECLONE), and it starts in a stop of its own.
-                Err(_) if tracer_of(self.pid, tid) == Some(nix::unistd::gettid()) => {}
+                // already (PTRACE_O_TRACECLONE), and it starts in a stop of its own. Or
+                // traced by the signal guard, which keeps it.
+                Err(_) if tracer_of(self.pid, tid) == Some(nix::unistd::gettid()) => {
+                    adopted = super::guard::is_active();
+                }
                 // Exited between listing and seizing (ESRCH once gone, EPERM while it
                 // is exiting): nothing to checkpoint.
                 Err(PtraceError::Gone { .. }) => {
@@ -164,6 +174,8 @@ impl Frozen {
                 tid,
                 pending: None,
                 sigmask: None,
+                adopted,
+                group_stop: false,
             };
             self.threads.insert(tid.as_raw(), thread);
             match ptrace::interrupt(tid) {
@@ -187,17 +199,28 @@ impl Frozen {
     /// signal, or the clone event of a thread being born) consumes the pending interrupt:
     /// the kernel clears it at every trap. So the thread is interrupted again once it is
     /// let go from that stop, or it would run on and this wait would never end.
+    ///
+    /// A signal the signal guard intercepts is not delivered but recorded for it: the job
+    /// must not act on it before the checkpoint it asks for.
     fn wait_interrupted(&mut self, tid: Pid) -> Result<(), FreezeError> {
         loop {
             let mut deliver = None;
-            match ptrace::wait_stop(tid, "freeze")? {
-                Stop::Interrupted => return self.quieten(tid),
-                Stop::Exited(_) | Stop::Killed(_) => {
+            match ptrace::wait_stop_signal(tid, "freeze")? {
+                (Stop::Interrupted, stop_signal) => {
+                    if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
+                        t.group_stop = super::guard::is_stop_signal(stop_signal);
+                    }
+                    return self.quieten(tid);
+                }
+                (Stop::Exited(_) | Stop::Killed(_), _) => {
                     self.threads.remove(&tid.as_raw());
                     return Ok(());
                 }
-                Stop::Signal(sig) => deliver = Some(sig),
-                Stop::Syscall | Stop::Event(_) => {}
+                (Stop::Signal(sig), _) if super::guard::intercepts(sig) => {
+                    super::guard::catch(tid, sig);
+                }
+                (Stop::Signal(sig), _) => deliver = Some(sig),
+                (Stop::Syscall | Stop::Event(_), _) => {}
             }
             match ptrace::cont(tid, deliver).and_then(|()| ptrace::interrupt(tid)) {
                 // Exiting: the next wait collects the exit.
@@ -210,7 +233,12 @@ impl Frozen {
     /// Blocks the signals of a thread in its interrupt stop, keeping its own mask. A thread
     /// that is gone meanwhile is dropped; its exit is collected with the others'.
     fn quieten(&mut self, tid: Pid) -> Result<(), FreezeError> {
+        let adopted = self.threads.get(&tid.as_raw()).is_some_and(|t| t.adopted);
         let blocked = ptrace::get_sigmask(tid).and_then(|mask| {
+            if adopted {
+                // The guard traces without seccomp suspension; remote syscalls need it.
+                ptrace::set_options(tid, ptrace::guard_checkpoint_options())?;
+            }
             ptrace::set_sigmask(tid, mask | FROZEN_MASK)?;
             Ok(mask)
         });
@@ -312,18 +340,46 @@ fn give_back(t: &FrozenThread, sig: Option<SignalNumber>) -> Result<(), PtraceEr
     if let Some(mask) = t.sigmask {
         ptrace::set_sigmask(t.tid, mask)?;
     }
+    if t.adopted {
+        return resume_guarded(t, sig);
+    }
     ptrace::detach(t.tid, sig)
+}
+
+/// Lets a stopped thread of the signal guard run on, still traced: back into its group
+/// stop if its process is stopped. `PTRACE_LISTEN` only works from the event stop
+/// itself; after remote syscalls the thread is interrupted again instead and resumed, so
+/// that it traps at once, before any user code runs, and the guard then listens.
+fn resume_guarded(t: &FrozenThread, sig: Option<SignalNumber>) -> Result<(), PtraceError> {
+    ptrace::set_options(t.tid, ptrace::guard_options())?;
+    match sig {
+        Some(sig) if super::guard::intercepts(sig) => {
+            super::guard::catch_without_info(t.tid, sig);
+            ptrace::cont(t.tid, None)
+        }
+        Some(sig) => ptrace::cont(t.tid, Some(sig)),
+        None if t.group_stop => ptrace::listen(t.tid).or_else(|_| {
+            ptrace::interrupt(t.tid)?;
+            ptrace::cont(t.tid, None)
+        }),
+        None => ptrace::cont(t.tid, None),
+    }
 }
 
 /// Detaches a thread we trace that is running: interrupted first (PTRACE_DETACH needs a
 /// stopped tracee).
 fn stop_and_detach(t: &FrozenThread) -> Result<(), PtraceError> {
     ptrace::interrupt(t.tid)?;
-    match ptrace::wait_stop(t.tid, "detach")? {
+    let (stop, stop_signal) = ptrace::wait_stop_signal(t.tid, "detach")?;
+    let stopped = FrozenThread {
+        group_stop: stop == Stop::Interrupted && super::guard::is_stop_signal(stop_signal),
+        ..*t
+    };
+    match stop {
         Stop::Exited(_) | Stop::Killed(_) => Ok(()),
-        Stop::Interrupted | Stop::Syscall | Stop::Event(_) => give_back(t, t.pending),
+        Stop::Interrupted | Stop::Syscall | Stop::Event(_) => give_back(&stopped, t.pending),
         // A signal got in first: hand it on at detach.
-        Stop::Signal(s) => give_back(t, Some(s)),
+        Stop::Signal(s) => give_back(&stopped, Some(s)),
     }
 }
 
@@ -379,7 +435,7 @@ fn exiting(pid: Pid, tid: Pid) -> bool {
 
 /// The tracer of thread `tid` of `pid`, from its `TracerPid`: the tracing *thread*'s ID
 /// (None: untraced or gone).
-fn tracer_of(pid: Pid, tid: Pid) -> Option<Pid> {
+pub(crate) fn tracer_of(pid: Pid, tid: Pid) -> Option<Pid> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("TracerPid:"))?;
     let tracer: i32 = line["TracerPid:".len()..].trim().parse().ok()?;

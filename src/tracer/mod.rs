@@ -13,6 +13,7 @@ pub mod child;
 pub mod dump;
 pub mod fd_syscalls;
 pub mod freeze;
+pub mod guard;
 pub mod hugepages;
 pub mod inspect;
 pub mod members;

@@ -102,6 +102,53 @@ pub fn restore_options() -> Options {
         | Options::PTRACE_O_TRACEFORK
 }
 
+/// Options of the signal guard (`tracer::guard`), which keeps a supervised job traced
+/// between checkpoints: the checkpoint's own, less seccomp suspension (the job's filters
+/// must keep working while it runs; a checkpoint sets it for its duration with
+/// [`set_options`]), plus every way a process or thread is born, so that the job's new
+/// members are traced from their first instruction.
+pub fn guard_options() -> Options {
+    Options::PTRACE_O_TRACESYSGOOD
+        | Options::PTRACE_O_TRACECLONE
+        | Options::PTRACE_O_TRACEFORK
+        | Options::PTRACE_O_TRACEVFORK
+        | Options::PTRACE_O_TRACEEXEC
+}
+
+/// [`guard_options`] with what a checkpoint needs on top (seccomp suspension when allowed).
+pub fn guard_checkpoint_options() -> Options {
+    guard_options() | checkpoint_options()
+}
+
+pub fn set_options(tid: Pid, options: Options) -> Result<()> {
+    check(tid, "setoptions", ptrace::setoptions(tid, options))
+}
+
+/// `PTRACE_LISTEN`: leaves a thread in its group stop (`SIGSTOP` and friends) without
+/// holding it in a ptrace stop: it continues on `SIGCONT`, as it would untraced, and
+/// reports a stop when it does.
+pub fn listen(tid: Pid) -> Result<()> {
+    // SAFETY: PTRACE_LISTEN reads neither `addr` nor `data`.
+    unsafe { raw_request(tid, "listen", libc::PTRACE_LISTEN, 0, std::ptr::null_mut()) }.map(drop)
+}
+
+/// The message of the last ptrace event (the new thread's or process's id at a clone,
+/// fork or vfork event).
+pub fn event_message(tid: Pid) -> Result<libc::c_long> {
+    ptrace::getevent(tid).map_err(|e| map_err(tid, "geteventmsg", e))
+}
+
+/// The `siginfo_t` of the signal a thread is stopped for (signal-delivery stop).
+pub fn get_siginfo(tid: Pid) -> Result<libc::siginfo_t> {
+    ptrace::getsiginfo(tid).map_err(|e| map_err(tid, "getsiginfo", e))
+}
+
+/// Replaces the `siginfo_t` of the signal a thread is stopped for: a signal re-sent by the
+/// tracer reaches the program with its original sender and code.
+pub fn set_siginfo(tid: Pid, info: &libc::siginfo_t) -> Result<()> {
+    check(tid, "setsiginfo", ptrace::setsiginfo(tid, info))
+}
+
 pub fn seize(tid: Pid, options: Options) -> Result<()> {
     check(tid, "seize", ptrace::seize(tid, options))
 }
@@ -166,19 +213,13 @@ pub fn take_collected_exit(pid: Pid) -> Option<Stop> {
 
 /// Waits for the next stop of one thread (`__WALL`: threads are not children).
 pub fn wait_stop(tid: Pid, op: &'static str) -> Result<Stop> {
-    let stop = wait_stop_raw(tid, op)?;
-    remember_exit(tid, stop);
-    Ok(stop)
+    wait_stop_signal(tid, op).map(|(stop, _)| stop)
 }
 
-fn remember_exit(tid: Pid, stop: Stop) {
-    if matches!(stop, Stop::Exited(_) | Stop::Killed(_)) {
-        let mut exits = COLLECTED_EXITS.lock().unwrap_or_else(|e| e.into_inner());
-        exits.push((tid.as_raw(), stop));
-    }
-}
-
-fn wait_stop_raw(tid: Pid, op: &'static str) -> Result<Stop> {
+/// Waits for the next stop of one thread, with the stop signal of an event stop: the
+/// stopping signal (`SIGSTOP`, `SIGTSTP` ...) for a group stop, `SIGTRAP` for an
+/// interrupt; 0 for other stops.
+pub fn wait_stop_signal(tid: Pid, op: &'static str) -> Result<(Stop, i32)> {
     loop {
         let status = match sys::wait_status(tid, libc::__WALL) {
             Err(Errno::EINTR) | Ok(None) => continue,
@@ -186,8 +227,54 @@ fn wait_stop_raw(tid: Pid, op: &'static str) -> Result<Stop> {
             Ok(Some(s)) => s,
         };
         if let Some(stop) = decode_status(status) {
-            return Ok(stop);
+            remember_exit(tid, stop);
+            return Ok((stop, event_stop_signal(status)));
         }
+    }
+}
+
+/// The next stop or exit of any thread we trace or any child of ours, without waiting
+/// (`waitpid(-1, __WALL | WNOHANG)`): the thread, what happened, and the stop signal as in
+/// [`wait_stop_signal`]. Exits are remembered for [`take_collected_exit`].
+pub fn poll_any_stop() -> std::result::Result<Option<(Pid, Stop, i32)>, Errno> {
+    poll_status(-1)
+}
+
+/// [`poll_any_stop`] for one thread.
+pub fn poll_stop(tid: Pid) -> std::result::Result<Option<(Stop, i32)>, Errno> {
+    Ok(poll_status(tid.as_raw())?.map(|(_, stop, sig)| (stop, sig)))
+}
+
+fn poll_status(pid: i32) -> std::result::Result<Option<(Pid, Stop, i32)>, Errno> {
+    loop {
+        let status = match sys::wait_any_status(pid, libc::__WALL | libc::WNOHANG) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(None) => return Ok(None),
+            Ok(Some(found)) => found,
+        };
+        let (tid, status) = (Pid::from_raw(status.0), status.1);
+        let Some(stop) = decode_status(status) else {
+            continue;
+        };
+        remember_exit(tid, stop);
+        return Ok(Some((tid, stop, event_stop_signal(status))));
+    }
+}
+
+/// WSTOPSIG of a `PTRACE_EVENT_STOP` status, 0 for any other status.
+fn event_stop_signal(status: i32) -> i32 {
+    if libc::WIFSTOPPED(status) && status >> 16 == libc::PTRACE_EVENT_STOP {
+        libc::WSTOPSIG(status)
+    } else {
+        0
+    }
+}
+
+fn remember_exit(tid: Pid, stop: Stop) {
+    if matches!(stop, Stop::Exited(_) | Stop::Killed(_)) {
+        let mut exits = COLLECTED_EXITS.lock().unwrap_or_else(|e| e.into_inner());
+        exits.push((tid.as_raw(), stop));
     }
 }
 

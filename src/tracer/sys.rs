@@ -151,6 +151,20 @@ pub fn new_session() -> Result<(), Errno> {
     int_syscall(libc::SYS_setsid, [0; 6]).map(drop)
 }
 
+/// `tgkill(tgid, tid, signo)`: a signal to one thread (real-time signals included).
+pub fn tgkill(tgid: i32, tid: i32, signo: i32) -> Result<(), Errno> {
+    int_syscall(
+        libc::SYS_tgkill,
+        [tgid as u64, tid as u64, signo as u64, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+/// `kill(pid, signo)` with any signal number (nix's `Signal` has no real-time ones).
+pub fn kill_any(pid: i32, signo: i32) -> Result<(), Errno> {
+    int_syscall(libc::SYS_kill, [pid as u64, signo as u64, 0, 0, 0, 0]).map(drop)
+}
+
 /// `setpgid(pid, pgid)` (0 means the caller, and a group named after it).
 pub fn set_process_group(pid: i32, pgid: i32) -> Result<(), Errno> {
     int_syscall(libc::SYS_setpgid, [pid as u64, pgid as u64, 0, 0, 0, 0]).map(drop)
@@ -164,6 +178,15 @@ pub fn wait_status(pid: Pid, flags: i32) -> Result<Option<i32>, Errno> {
     // SAFETY: `status` is a live c_int the kernel writes; nothing else is touched.
     let ret = unsafe { libc::waitpid(pid.as_raw(), &raw mut status, flags) };
     Ok((Errno::result(ret)? != 0).then_some(status))
+}
+
+/// `waitpid(pid, &status, flags)` for any `pid` (-1: any child or tracee): who reported,
+/// and the raw status; None when `WNOHANG` found nothing.
+pub fn wait_any_status(pid: i32, flags: i32) -> Result<Option<(i32, i32)>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a live c_int the kernel writes; nothing else is touched.
+    let ret = unsafe { libc::waitpid(pid, &raw mut status, flags) };
+    Ok((Errno::result(ret)? != 0).then_some((ret, status)))
 }
 
 /// Waits until child `pid` has exited, leaving it a zombie (`waitid(WEXITED | WNOWAIT)`).

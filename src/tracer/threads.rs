@@ -80,6 +80,10 @@ pub fn pending_signals(tid: Pid, shared: bool) -> Result<Vec<PendingSignal>, Thr
             signo: i32::from_le_bytes(siginfo[0..4].try_into().expect("4 bytes")),
             siginfo,
         })
+        // An intercepted signal that came while the job was frozen is the guard's: the
+        // live job gets it when it runs on, the image must not (a restored job would act
+        // on it at once, before any guard is there).
+        .filter(|p| !super::guard::intercepts(super::ptrace::SignalNumber(p.signo)))
         .collect())
 }
 
