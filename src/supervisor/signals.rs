@@ -21,12 +21,12 @@ pub fn start_guard(config: &SignalsConfig, pid: Pid, own_child: bool) -> Option<
     let mut guard = Guard::start(pid, &signals, config.intercept);
     if let Some(shell) = shell {
         match guard.attach_shell(shell) {
-            Ok(()) => eprintln!(
-                "mlckpt: guarding the batch shell (process {shell}): its SIGTERM becomes a \
+            Ok(()) => crate::info!(
+                "guarding the batch shell (process {shell}): its SIGTERM becomes a \
                  checkpoint-and-stop of the job"
             ),
-            Err(e) => eprintln!(
-                "mlckpt: warning: {}; without `exec mlckpt ...` in the batch script, a \
+            Err(e) => crate::warn!(
+                "{}; without `exec mlckpt ...` in the batch script, a \
                  SIGTERM to the batch shell (scancel --batch, sbatch --signal=B:TERM) will \
                  not reach mlckpt",
                 crate::error_chain(&e)
@@ -114,8 +114,8 @@ impl Intercepted {
 /// for it. Its outcome is reported; a failure is a warning only (the image is safe).
 pub fn requeue() {
     let Some(job) = std::env::var_os("SLURM_JOB_ID").filter(|j| !j.is_empty()) else {
-        eprintln!(
-            "mlckpt: warning: [slurm] requeue is set, but SLURM_JOB_ID is not: not running \
+        crate::warn!(
+            "[slurm] requeue is set, but SLURM_JOB_ID is not: not running \
              under SLURM, nothing to requeue"
         );
         return;
@@ -127,13 +127,13 @@ pub fn requeue() {
         .output()
     {
         Ok(out) if out.status.success() => {
-            eprintln!("mlckpt: requeued SLURM job {job} (scontrol requeue {job})");
+            crate::info!("requeued SLURM job {job} (scontrol requeue {job})");
         }
-        Ok(out) => eprintln!(
-            "mlckpt: warning: scontrol requeue {job} failed ({}): {}",
+        Ok(out) => crate::warn!(
+            "scontrol requeue {job} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ),
-        Err(e) => eprintln!("mlckpt: warning: cannot run scontrol requeue {job}: {e}"),
+        Err(e) => crate::warn!("cannot run scontrol requeue {job}: {e}"),
     }
 }

@@ -224,8 +224,8 @@ impl Guard {
             }
             Err(e) => {
                 if self.warned.insert(pid.as_raw()) {
-                    eprintln!(
-                        "mlckpt: warning: process {pid} of the job cannot be guarded ({}): \
+                    crate::warn!(
+                        "process {pid} of the job cannot be guarded ({}): \
                          signals reach it directly, before any checkpoint",
                         crate::error_chain(&e)
                     );
