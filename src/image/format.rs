@@ -640,7 +640,8 @@ pub enum FdKind {
     Stdio,
     /// A pipe or FIFO end (its object holds the pipe).
     Pipe,
-    /// One end of a connected pair of unix sockets (its object holds the pair).
+    /// A unix socket (its object holds the pair, or all the job's named, listening and
+    /// other unix sockets).
     UnixSocket,
     /// The kinds below are restored from their object (`objects::*`): an eventfd,
     EventFd,
@@ -654,8 +655,10 @@ pub enum FdKind {
     Inotify,
     /// a pidfd of a process of the job,
     Pidfd,
-    /// a memfd or a regular file deleted while open (its contents are in the image).
+    /// a memfd or a regular file deleted while open (its contents are in the image),
     Unlinked,
+    /// a netlink socket.
+    Netlink,
 }
 
 /// `struct sigaction` as the kernel keeps it (`rt_sigaction`).
