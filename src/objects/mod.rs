@@ -657,6 +657,10 @@ fn classify(
                 Some(refused) => Err(refused),
             };
         }
+        if !diag.contains_key(&inode) && netlink::is_netlink(fd) {
+            // Not bound yet: `sock_diag` lists bound netlink sockets only.
+            return Ok(FdKind::Netlink);
+        }
         unix::class_of(inode, diag)?;
         return match unix_named::refusal(inode, diag) {
             None => Ok(FdKind::UnixSocket),

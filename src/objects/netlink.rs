@@ -165,9 +165,14 @@ pub fn capture(
 ) -> Result<NetlinkState, Refusal> {
     let unreadable = || super::unreadable("netlink socket", fd);
     let table = diag_table().map_err(|_| unreadable())?;
-    let e = table
-        .get(&super::link_inode(&fd.target))
-        .ok_or_else(unreadable)?;
+    let unbound;
+    let e = match table.get(&super::link_inode(&fd.target)) {
+        Some(e) => e,
+        None => {
+            unbound = unbound_entry(fd).ok_or_else(unreadable)?;
+            &unbound
+        }
+    };
     if let Some(refused) = refusal(e) {
         return Err(refused);
     }
@@ -201,6 +206,39 @@ pub fn capture(
     state.send_buffer = u32::try_from(send / 2).unwrap_or(u32::MAX);
     state.receive_buffer = u32::try_from(receive / 2).unwrap_or(u32::MAX);
     Ok(state)
+}
+
+/// What a netlink socket that `sock_diag` does not list (not bound yet) is: its
+/// protocol and type, from a copy.
+fn unbound_entry(fd: &OpenFd) -> Option<DiagEntry> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let copy = fd.copy_here("the socket").ok()?;
+    let protocol = get_int_option(&copy, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
+    let socket_type = getsockopt(&copy, sockopt::SockType).ok()?;
+    Some(DiagEntry {
+        socket_type: u8::try_from(socket_type as i32).ok()?,
+        protocol: u8::try_from(protocol).ok()?,
+        ..DiagEntry::default()
+    })
+}
+
+/// Whether `fd` is a netlink socket, from its socket's `system.sockprotoname` attribute
+/// (for sockets `sock_diag` does not list).
+pub fn is_netlink(fd: &OpenFd) -> bool {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{}/fd/{}", fd.pid, fd.fd)) else {
+        return false;
+    };
+    let mut value = [0u8; 32];
+    // SAFETY: path is a NUL-terminated string; value is a live buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"system.sockprotoname".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    usize::try_from(n).is_ok_and(|n| value[..n].starts_with(b"NETLINK"))
 }
 
 impl NetlinkState {
@@ -283,6 +321,22 @@ fn netlink_socket(socket_type: u8, protocol: u8) -> Result<OwnedFd, Errno> {
 fn bind_port(fd: &OwnedFd, port: u32) -> Result<(), Errno> {
     let address = nix::sys::socket::NetlinkAddr::new(port, 0);
     nix::sys::socket::bind(fd.as_raw_fd(), &address)
+}
+
+fn get_int_option(fd: &OwnedFd, level: i32, option: i32) -> Result<i32, Errno> {
+    let mut value: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: the value pointer and length describe a live i32.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            option,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    Errno::result(ret).map(|_| value)
 }
 
 fn set_int_option(fd: &OwnedFd, level: i32, option: i32, value: i32) -> Result<(), Errno> {

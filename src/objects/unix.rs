@@ -212,8 +212,11 @@ pub fn diag_table() -> Result<BTreeMap<u64, DiagEntry>, Errno> {
                     entry.name = data.to_vec();
                 }
                 1 if data.len() >= 8 => {
-                    // UNIX_DIAG_VFS: the kernel encodes the device as `stat` does.
-                    entry.file = Some((read_u32(data, 0).into(), read_u32(data, 4).into()));
+                    // UNIX_DIAG_VFS: the device is the kernel's own dev_t (major << 20 |
+                    // minor), not `stat`'s encoding.
+                    let dev = read_u32(data, 4);
+                    let dev = libc::makedev(dev >> 20, dev & 0xf_ffff);
+                    entry.file = Some((read_u32(data, 0).into(), dev));
                 }
                 2 if data.len() >= 4 => entry.peer = read_u32(data, 0).into(), // UNIX_DIAG_PEER
                 3 => {

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 #include "zdtm.h"
@@ -27,8 +28,15 @@ static int expect_from(int fd, const char *want, const struct sockaddr_un *from,
     if (n != (ssize_t)strlen(want) || memcmp(buf, want, (size_t)n))
         return 0;
     if (!from)
-        return len == sizeof(sa_family_t);
+        return len == 0 || len == sizeof(sa_family_t);
     return len == from_len && memcmp(&got, from, len) == 0;
+}
+
+/* Waits at most 5 s in a receive: a lost datagram fails the test instead of hanging it. */
+static void receive_timeout(int fd)
+{
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 }
 
 int main(void)
@@ -37,7 +45,7 @@ int main(void)
     server.sun_family = AF_UNIX;
     snprintf(server.sun_path, sizeof server.sun_path, "/tmp/mlckpt-zdtm-dgram-%d.sock",
              (int)getpid());
-    server_len = sizeof server;
+    server_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(server.sun_path) + 1);
     unlink(server.sun_path);
     client.sun_family = AF_UNIX;
     int n = snprintf(client.sun_path + 1, sizeof client.sun_path - 1, "mlckpt-zdtm-dgc-%d",
@@ -49,6 +57,7 @@ int main(void)
         printf("FAIL set-up: %s\n", strerror(errno));
         return 1;
     }
+    receive_timeout(s);
     int sync[2], go[2];
     if (pipe(sync) || pipe(go)) {
         printf("FAIL pipe\n");
@@ -57,6 +66,7 @@ int main(void)
     pid_t child = fork_or_fail();
     if (child == 0) {
         int c = socket(AF_UNIX, SOCK_DGRAM, 0);
+        receive_timeout(c);
         if (c < 0 || bind(c, (struct sockaddr *)&client, client_len) ||
             connect(c, (struct sockaddr *)&server, server_len))
             _exit(2);
