@@ -424,14 +424,30 @@ pub(crate) fn peek_queue_from(
 const MAX_QUEUED_MESSAGES: usize = 1 << 20;
 
 fn peek_all(socket: &OwnedFd, kind: SocketType) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+    thread_local! {
+        // One buffer for every socket of a checkpoint: a job may hold thousands.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        if buf.is_empty() {
+            buf.resize(256 << 10, 0);
+        }
+        peek_each(socket, kind, buf)
+    })
+}
+
+fn peek_each(
+    socket: &OwnedFd,
+    kind: SocketType,
+    buf: &mut [u8],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
     let mut queued = Vec::new();
-    let mut buf = vec![0u8; 256 << 10];
     let mut sender = Vec::new();
     loop {
         if queued.len() >= MAX_QUEUED_MESSAGES {
             return Err(Errno::EOVERFLOW);
         }
-        match sys::peek_message(socket.as_fd(), &mut buf, &mut sender) {
+        match sys::peek_message(socket.as_fd(), buf, &mut sender) {
             // The end of a stream whose peer shut down.
             Ok(sys::Peeked::Data(0)) if kind == SocketType::Stream => return Ok(queued),
             Ok(sys::Peeked::Data(n)) => queued.push((buf[..n].to_vec(), sender.clone())),
