@@ -30,7 +30,11 @@ fn server_and_clients_over_a_named_socket() {
     assert_eq!(count(|r| matches!(r, Role::Listening { .. })), 1, "{set:?}");
     assert_eq!(count(|r| matches!(r, Role::Accepted { .. })), 3, "{set:?}");
     assert_eq!(count(|r| matches!(r, Role::Connected { .. })), 3, "{set:?}");
-    assert_eq!(count(|r| matches!(r, Role::ConnectedTo { .. })), 3, "{set:?}");
+    assert_eq!(
+        count(|r| matches!(r, Role::ConnectedTo { .. })),
+        3,
+        "{set:?}"
+    );
 }
 
 /// A python job whose multiprocessing manager (a child process with an accepting thread

@@ -8,6 +8,7 @@
 //! checkpoint fails and the next one, a moment later, finds it done).
 
 use super::{OpenFd, Refusal};
+use crate::tracer::sys;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -51,10 +52,10 @@ pub struct DiagEntry {
 const NDIAG_FLAG_CB_RUNNING: u32 = 0x1;
 /// The options mlckpt sets again: `NDIAG_FLAG_*` bit -> `NETLINK_*` socket option.
 const OPTIONS: [(u32, i32); 5] = [
-    (0x2, 3),  // PKTINFO
-    (0x4, 4),  // BROADCAST_ERROR
-    (0x8, 5),  // NO_ENOBUFS
-    (0x10, 8), // LISTEN_ALL_NSID
+    (0x2, 3),   // PKTINFO
+    (0x4, 4),   // BROADCAST_ERROR
+    (0x8, 5),   // NO_ENOBUFS
+    (0x10, 8),  // LISTEN_ALL_NSID
     (0x20, 10), // CAP_ACK
 ];
 const SOL_NETLINK: i32 = 270;
@@ -159,10 +160,7 @@ pub fn refusal(e: &DiagEntry) -> Option<Refusal> {
 }
 
 /// The socket behind `fd` (a netlink socket: its inode is in `table`).
-pub fn capture(
-    fd: &OpenFd,
-    depth: super::Depth,
-) -> Result<NetlinkState, Refusal> {
+pub fn capture(fd: &OpenFd, depth: super::Depth) -> Result<NetlinkState, Refusal> {
     let unreadable = || super::unreadable("netlink socket", fd);
     let table = diag_table().map_err(|_| unreadable())?;
     let unbound;
@@ -213,7 +211,8 @@ pub fn capture(
 fn unbound_entry(fd: &OpenFd) -> Option<DiagEntry> {
     use nix::sys::socket::{getsockopt, sockopt};
     let copy = fd.copy_here("the socket").ok()?;
-    let protocol = get_int_option(&copy, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
+    let protocol =
+        sys::int_socket_option(copy.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
     let socket_type = getsockopt(&copy, sockopt::SockType).ok()?;
     Some(DiagEntry {
         socket_type: u8::try_from(socket_type as i32).ok()?,
@@ -245,10 +244,19 @@ impl NetlinkState {
     /// Problems of an image's values.
     pub fn problem(&self) -> Option<String> {
         if protocol_name(self.protocol).is_none() {
-            return Some(format!("protocol {} is not one mlckpt restores", self.protocol));
+            return Some(format!(
+                "protocol {} is not one mlckpt restores",
+                self.protocol
+            ));
         }
-        if !matches!(i32::from(self.socket_type), libc::SOCK_RAW | libc::SOCK_DGRAM) {
-            return Some(format!("socket type {} is not raw or datagram", self.socket_type));
+        if !matches!(
+            i32::from(self.socket_type),
+            libc::SOCK_RAW | libc::SOCK_DGRAM
+        ) {
+            return Some(format!(
+                "socket type {} is not raw or datagram",
+                self.socket_type
+            ));
         }
         if self.groups.len() > MAX_GROUPS || self.groups.contains(&0) {
             return Some("groups are not multicast group numbers".into());
@@ -269,7 +277,8 @@ impl NetlinkState {
         let fd = netlink_socket(self.socket_type, self.protocol).map_err(fail("socket"))?;
         for (bit, option) in OPTIONS {
             if self.options & bit != 0 {
-                set_int_option(&fd, SOL_NETLINK, option, 1).map_err(fail("set its options"))?;
+                sys::set_int_socket_option(fd.as_fd(), SOL_NETLINK, option, 1)
+                    .map_err(fail("set its options"))?;
             }
         }
         if self.port != 0 {
@@ -288,7 +297,7 @@ impl NetlinkState {
         }
         for &group in &self.groups {
             let group = i32::try_from(group).map_err(|_| fail("join its groups")(Errno::EINVAL))?;
-            set_int_option(&fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+            sys::set_int_socket_option(fd.as_fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
                 .map_err(fail("join its groups"))?;
         }
         if self.peer_port != 0 || self.peer_group != 0 {
@@ -323,36 +332,6 @@ fn bind_port(fd: &OwnedFd, port: u32) -> Result<(), Errno> {
     nix::sys::socket::bind(fd.as_raw_fd(), &address)
 }
 
-fn get_int_option(fd: &OwnedFd, level: i32, option: i32) -> Result<i32, Errno> {
-    let mut value: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: the value pointer and length describe a live i32.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&raw mut value).cast(),
-            &raw mut len,
-        )
-    };
-    Errno::result(ret).map(|_| value)
-}
-
-fn set_int_option(fd: &OwnedFd, level: i32, option: i32, value: i32) -> Result<(), Errno> {
-    // SAFETY: the value pointer and length describe a live i32.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&raw const value).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    Errno::result(ret).map(drop)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,8 +340,9 @@ mod tests {
     fn a_route_socket_comes_back_with_its_port_and_groups() {
         let fd = netlink_socket(u8::try_from(libc::SOCK_RAW).unwrap(), 0).unwrap();
         bind_port(&fd, 0).unwrap();
-        set_int_option(&fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 1).unwrap();
-        set_int_option(&fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 40).unwrap_or(());
+        sys::set_int_socket_option(fd.as_fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 1).unwrap();
+        sys::set_int_socket_option(fd.as_fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 40)
+            .unwrap_or(());
         let ino = {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))

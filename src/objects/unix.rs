@@ -282,7 +282,9 @@ pub fn class_of(
     let peer_closed = e.peer == 0
         && e.state == TCP_ESTABLISHED
         && kind != SocketType::Datagram
-        && !table.values().any(|l| l.state == TCP_LISTEN && l.pending.contains(&inode));
+        && !table
+            .values()
+            .any(|l| l.state == TCP_LISTEN && l.pending.contains(&inode));
     if !e.named && e.state != TCP_LISTEN && (unnamed_peer_of_this || peer_closed) {
         return Ok(Class::Pair);
     }
@@ -409,10 +411,7 @@ fn peek_queue(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Vec<u8>>, Errno>
 }
 
 /// [`peek_queue`] with the sender's `sun_path` of each message (empty: unnamed).
-pub(crate) fn peek_queue_from(
-    socket: &OwnedFd,
-    kind: SocketType,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+pub(crate) fn peek_queue_from(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Message>, Errno> {
     let was = sys::peek_offset(socket.as_fd())?;
     sys::set_peek_offset(socket.as_fd(), 0)?;
     let result = peek_all(socket, kind);
@@ -420,10 +419,13 @@ pub(crate) fn peek_queue_from(
     result
 }
 
+/// A queued message and the `sun_path` of its sender (empty: unnamed).
+pub(crate) type Message = (Vec<u8>, Vec<u8>);
+
 /// Messages beyond this many in one queue are taken for a peek that does not move on.
 const MAX_QUEUED_MESSAGES: usize = 1 << 20;
 
-fn peek_all(socket: &OwnedFd, kind: SocketType) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+fn peek_all(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Message>, Errno> {
     thread_local! {
         // One buffer for every socket of a checkpoint: a job may hold thousands.
         static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -436,11 +438,7 @@ fn peek_all(socket: &OwnedFd, kind: SocketType) -> Result<Vec<(Vec<u8>, Vec<u8>)
     })
 }
 
-fn peek_each(
-    socket: &OwnedFd,
-    kind: SocketType,
-    buf: &mut [u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+fn peek_each(socket: &OwnedFd, kind: SocketType, buf: &mut [u8]) -> Result<Vec<Message>, Errno> {
     let mut queued = Vec::new();
     let mut sender = Vec::new();
     loop {

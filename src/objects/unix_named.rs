@@ -249,7 +249,9 @@ pub fn capture(
         let held = |inode: u64| sockets.get(inode).is_some();
         let mut warn = |outside: bool| {
             if outside {
-                files.warnings.push(unix::outside_peer(first, "unix socket"));
+                files
+                    .warnings
+                    .push(unix::outside_peer(first, "unix socket"));
             }
         };
         let own_name = e.named.then(|| bound_name(e)).flatten();
@@ -300,7 +302,13 @@ pub fn capture(
                 warn(!held(e.peer));
                 if is_accepted(inode, e, table) {
                     let listener = own_name.ok_or_else(|| not_capturable(first))?;
-                    (None, Role::Accepted { listener, peer: e.peer })
+                    (
+                        None,
+                        Role::Accepted {
+                            listener,
+                            peer: e.peer,
+                        },
+                    )
                 } else {
                     (own_name, Role::Connected { peer: e.peer })
                 }
@@ -378,8 +386,7 @@ fn read_state(socket: &mut NamedSocket, fd: &OpenFd) -> Result<(), ObjectError> 
     if matches!(socket.state, Role::Listening { .. }) {
         return Ok(());
     }
-    let queued =
-        unix::peek_queue_from(&copy, socket.kind).map_err(fail("its queued data"))?;
+    let queued = unix::peek_queue_from(&copy, socket.kind).map_err(fail("its queued data"))?;
     if socket.kind == SocketType::Stream {
         let bytes: Vec<u8> = queued.into_iter().flat_map(|(data, _)| data).collect();
         if !bytes.is_empty() {
@@ -397,8 +404,7 @@ fn read_state(socket: &mut NamedSocket, fd: &OpenFd) -> Result<(), ObjectError> 
             })
             .collect();
     }
-    if socket.kind == SocketType::Datagram && !socket.queued.is_empty() && socket.name.is_none()
-    {
+    if socket.kind == SocketType::Datagram && !socket.queued.is_empty() && socket.name.is_none() {
         return Err(ObjectError::Unsupported(vec![super::unsupported(
             fd,
             "an unnamed unix datagram socket with queued datagrams".into(),
@@ -436,7 +442,11 @@ impl UnixSockets {
             }
             match &s.state {
                 Role::Accepted { listener, .. } => {
-                    name(format!("sockets[{i}].state.listener"), &listener.name, &mut out);
+                    name(
+                        format!("sockets[{i}].state.listener"),
+                        &listener.name,
+                        &mut out,
+                    );
                 }
                 Role::ConnectedTo { peer } => {
                     name(format!("sockets[{i}].state.peer"), peer, &mut out);
@@ -597,7 +607,9 @@ impl<'a> Rebuild<'a> {
                 continue;
             }
             let Some(to) = &s.name else {
-                return Err(self.fail(i, "queue datagrams on an unnamed socket")(Errno::EINVAL));
+                return Err(self.fail(i, "queue datagrams on an unnamed socket")(
+                    Errno::EINVAL,
+                ));
             };
             let to = to.name.address().map_err(self.fail(i, "its name"))?;
             for q in &s.queued {
@@ -658,7 +670,10 @@ impl<'a> Rebuild<'a> {
                 continue;
             };
             let listening = match self.listener_named(&listener.name) {
-                Some(k) => self.fd(k)?.try_clone().map_err(|e| self.fail(i, "dup")(errno_of(&e)))?,
+                Some(k) => self
+                    .fd(k)?
+                    .try_clone()
+                    .map_err(|e| self.fail(i, "dup")(errno_of(&e)))?,
                 None => {
                     if !temporary.contains_key(&listener.name) {
                         let fd = new_socket(s.kind).map_err(self.fail(i, "socket"))?;
@@ -669,7 +684,8 @@ impl<'a> Rebuild<'a> {
                         temporary.insert(listener.name.clone(), (fd, listener.clone()));
                     }
                     let (fd, _) = &temporary[&listener.name];
-                    fd.try_clone().map_err(|e| self.fail(i, "dup")(errno_of(&e)))?
+                    fd.try_clone()
+                        .map_err(|e| self.fail(i, "dup")(errno_of(&e)))?
                 }
             };
             // The job's client was made (and bound) with the others; a stand-in otherwise.
@@ -798,8 +814,7 @@ impl<'a> Rebuild<'a> {
             match &s.state {
                 Role::Listening { backlog, .. } => {
                     let backlog = i32::try_from(*backlog).unwrap_or(i32::MAX);
-                    let backlog =
-                        sock::Backlog::new(backlog).unwrap_or(sock::Backlog::MAXCONN);
+                    let backlog = sock::Backlog::new(backlog).unwrap_or(sock::Backlog::MAXCONN);
                     sock::listen(fd, backlog).map_err(self.fail(i, "listen"))?;
                 }
                 Role::ConnectedTo { peer } => {
@@ -814,7 +829,8 @@ impl<'a> Rebuild<'a> {
                 }
                 _ => {}
             }
-            set_buffers(fd, s.send_buffer, s.receive_buffer).map_err(self.fail(i, "set its buffers"))?;
+            set_buffers(fd, s.send_buffer, s.receive_buffer)
+                .map_err(self.fail(i, "set its buffers"))?;
             let flags = nix::fcntl::OFlag::from_bits_truncate(s.flags & libc::O_NONBLOCK);
             nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
                 .map_err(self.fail(i, "set its flags"))?;

@@ -832,6 +832,19 @@ pub fn raise_fd_limit(wanted: i32) -> Result<(), Errno> {
 
 /// `SO_PEEK_OFF` of a socket (-1: peeking always starts at the head of the queue).
 pub fn peek_offset(socket: std::os::fd::BorrowedFd) -> Result<i32, Errno> {
+    int_socket_option(socket, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
+}
+
+pub fn set_peek_offset(socket: std::os::fd::BorrowedFd, offset: i32) -> Result<(), Errno> {
+    set_int_socket_option(socket, libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset)
+}
+
+/// An `int` socket option (`getsockopt`), for options nix does not name.
+pub fn int_socket_option(
+    socket: std::os::fd::BorrowedFd,
+    level: i32,
+    option: i32,
+) -> Result<i32, Errno> {
     use std::os::fd::AsRawFd;
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -839,8 +852,8 @@ pub fn peek_offset(socket: std::os::fd::BorrowedFd) -> Result<i32, Errno> {
     let ret = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
+            level,
+            option,
             (&raw mut value).cast(),
             &raw mut len,
         )
@@ -848,15 +861,21 @@ pub fn peek_offset(socket: std::os::fd::BorrowedFd) -> Result<i32, Errno> {
     Errno::result(ret).map(|_| value)
 }
 
-pub fn set_peek_offset(socket: std::os::fd::BorrowedFd, offset: i32) -> Result<(), Errno> {
+/// Sets an `int` socket option (`setsockopt`), for options nix does not name.
+pub fn set_int_socket_option(
+    socket: std::os::fd::BorrowedFd,
+    level: i32,
+    option: i32,
+    value: i32,
+) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
-    // SAFETY: the kernel reads one int from `offset`, live for the call.
+    // SAFETY: the kernel reads one int from `value`, live for the call.
     let ret = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
-            (&raw const offset).cast(),
+            level,
+            option,
+            (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
