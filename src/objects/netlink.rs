@@ -375,6 +375,17 @@ mod tests {
     }
 
     #[test]
+    fn protocols_with_kernel_state_are_refused() {
+        let audit = DiagEntry {
+            socket_type: u8::try_from(libc::SOCK_RAW).unwrap(),
+            protocol: 9,
+            ..DiagEntry::default()
+        };
+        let (what, _) = refusal(&audit).expect("audit is refused");
+        assert!(what.contains("protocol 9"), "{what}");
+    }
+
+    #[test]
     fn group_bitmaps_give_one_based_numbers() {
         assert_eq!(group_numbers(&[0b101, 0, 0x80]), vec![1, 3, 24]);
     }

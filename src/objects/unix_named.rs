@@ -1001,6 +1001,39 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_are_named() {
+        let socket = |inode, name: UnixName| NamedSocket {
+            inode,
+            kind: SocketType::Datagram,
+            flags: 0,
+            send_buffer: 0,
+            receive_buffer: 0,
+            shutdown: 0,
+            passcred: false,
+            name: Some(BoundName { name, file: None }),
+            state: Role::ConnectedTo {
+                peer: UnixName::Path("../../etc/x".into()),
+            },
+            queued: Vec::new(),
+        };
+        let set = UnixSockets {
+            sockets: vec![
+                socket(1, UnixName::Path("relative".into())),
+                socket(1, UnixName::Abstract(vec![7; 500])),
+            ],
+        };
+        let fields: Vec<String> = set.problems().into_iter().map(|(f, _)| f).collect();
+        for field in [
+            "sockets[0].name",
+            "sockets[0].state.peer",
+            "sockets[1].inode",
+            "sockets[1].name",
+        ] {
+            assert!(fields.iter().any(|f| f == field), "{field}: {fields:?}");
+        }
+    }
+
+    #[test]
     fn a_dead_socket_file_is_told_from_a_live_one() {
         let dir = std::env::temp_dir().join(format!("mlckpt-un-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

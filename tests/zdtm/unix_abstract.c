@@ -55,10 +55,7 @@ int main(void)
         return 1;
     }
     int sync[2], go[2];
-    if (pipe(sync) || pipe(go)) {
-        printf("FAIL pipe\n");
-        return 1;
-    }
+    sync_pipes_or_fail(sync, go);
     pid_t child = fork_or_fail();
     if (child == 0) {
         client_len = abstract(&client_addr, "client");

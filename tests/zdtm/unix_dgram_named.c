@@ -59,10 +59,7 @@ int main(void)
     }
     receive_timeout(s);
     int sync[2], go[2];
-    if (pipe(sync) || pipe(go)) {
-        printf("FAIL pipe\n");
-        return 1;
-    }
+    sync_pipes_or_fail(sync, go);
     pid_t child = fork_or_fail();
     if (child == 0) {
         int c = socket(AF_UNIX, SOCK_DGRAM, 0);

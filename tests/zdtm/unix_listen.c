@@ -18,21 +18,6 @@
 
 static struct sockaddr_un addr;
 
-static void fill(unsigned char *buf, size_t n, int k)
-{
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (unsigned char)(k * 31 + i * 7 + (i >> 5));
-}
-
-static int check(int fd, size_t n, int k)
-{
-    static unsigned char got[4096], want[4096];
-    if (read_full(fd, got, n))
-        return -1;
-    fill(want, n, k);
-    return memcmp(got, want, n) ? -2 : 0;
-}
-
 static int connect_to_server(void)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -59,7 +44,7 @@ static void client(int first, int sync_w, int go_r)
         _exit(2);
     static unsigned char buf[4096];
     if (first) {
-        fill(buf, TO_SERVER, 1);
+        fill_pattern(buf, TO_SERVER, 1);
         if (write_full(fd, buf, TO_SERVER))
             _exit(3);
     }
@@ -70,7 +55,7 @@ static void client(int first, int sync_w, int go_r)
         _exit(5);
     if (!has_server_name(fd, 1))
         _exit(6);
-    if (first && check(fd, TO_CLIENT, 2))
+    if (first && check_pattern(fd, TO_CLIENT, 2))
         _exit(7);
     if (write_full(fd, first ? "one" : "two", 3))
         _exit(8);
@@ -95,17 +80,14 @@ int main(void)
         return 1;
     }
     int sync[2], go[2];
-    if (pipe(sync) || pipe(go)) {
-        printf("FAIL pipe: %s\n", strerror(errno));
-        return 1;
-    }
+    sync_pipes_or_fail(sync, go);
     pid_t first = fork_or_fail();
     if (first == 0)
         client(1, sync[1], go[0]);
     int a = accept(l, NULL, NULL);
     char c;
     static unsigned char buf[4096];
-    fill(buf, TO_CLIENT, 2);
+    fill_pattern(buf, TO_CLIENT, 2);
     if (a < 0 || read_full(sync[0], &c, 1) || write_full(a, buf, TO_CLIENT)) {
         printf("FAIL accept: %s\n", strerror(errno));
         kill(first, SIGKILL);
@@ -137,7 +119,7 @@ int main(void)
         FAILED("SO_PASSCRED is lost");
     if (write_full(go[1], "gg", 2))
         FAILED("go: %s", strerror(errno));
-    int rc = check(a, TO_SERVER, 1);
+    int rc = check_pattern(a, TO_SERVER, 1);
     if (rc)
         FAILED("the %d bytes queued to the server %s", TO_SERVER, rc == -1 ? "are missing" : "differ");
     if (read_full(a, buf, 3) || memcmp(buf, "one", 3) || write_full(a, "ok", 2))
