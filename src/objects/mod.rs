@@ -661,7 +661,9 @@ fn classify(
             // Not bound yet: `sock_diag` lists bound netlink sockets only.
             return Ok(FdKind::Netlink);
         }
-        unix::class_of(inode, diag)?;
+        if unix::class_of(inode, diag)? == unix::Class::Pair {
+            return Ok(FdKind::UnixSocket);
+        }
         return match unix_named::refusal(inode, diag) {
             None => Ok(FdKind::UnixSocket),
             Some(what) => Err((what, CLOSE_IT)),
