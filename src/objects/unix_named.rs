@@ -847,6 +847,18 @@ impl<'a> Rebuild<'a> {
             }
         }
         self.stand_ins.clear();
+        for s in &self.set.sockets {
+            if let Some(BoundName {
+                name: UnixName::Path(path),
+                file: Some(file),
+            }) = &s.name
+                && !file.present
+            {
+                std::fs::remove_file(path).map_err(|e| {
+                    self.fail(0, "remove the name the job had removed")(errno_of(&e))
+                })?;
+            }
+        }
         Ok(())
     }
 }
@@ -916,8 +928,8 @@ impl From<Errno> for BindError {
 
 /// Binds `fd` to `name`. A path is bound only where nothing is, or where the socket file
 /// the image recorded is left by a socket nobody listens on any more (the dead original):
-/// that file is replaced. Then the file gets its owner and mode back, or is removed if the
-/// job had removed it.
+/// that file is replaced. Then the file gets its owner and mode back (if the job had
+/// removed it, `Rebuild::finish` removes it again).
 fn bind_name(fd: &OwnedFd, kind: SocketType, bound: &BoundName) -> Result<(), BindError> {
     let address = bound.name.address()?;
     let UnixName::Path(path) = &bound.name else {
@@ -956,7 +968,7 @@ fn bind_name(fd: &OwnedFd, kind: SocketType, bound: &BoundName) -> Result<(), Bi
     sock::bind(fd.as_raw_fd(), &address)?;
     if let Some(file) = bound.file {
         if !file.present {
-            std::fs::remove_file(path).map_err(|e| BindError::Sys(errno_of(&e)))?;
+            // Removed at the end ([`Rebuild::finish`]): connections are made by path first.
             return Ok(());
         }
         use std::os::unix::fs::PermissionsExt;

@@ -5,6 +5,8 @@
  * connection waits in the accept queue. After restore: the names (getsockname,
  * getpeername) are as before, the socket file is back with its mode, the queued data is
  * there, the waiting connection is accepted and works, and a new client can connect.
+ * A second listener whose socket file was removed (after its client connected) keeps its
+ * name and connection, and its file stays removed.
  */
 #define _GNU_SOURCE
 #include <sys/socket.h>
@@ -102,7 +104,33 @@ int main(void)
         kill(second, SIGKILL);
         return 1;
     }
+    /* The second listener: its client is this process, its file removed. */
+    struct sockaddr_un gone = addr;
+    snprintf(gone.sun_path, sizeof gone.sun_path, "/tmp/mlckpt-zdtm-gone-%d.sock", (int)getpid());
+    unlink(gone.sun_path);
+    int l2 = socket(AF_UNIX, SOCK_STREAM, 0);
+    int c2 = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (l2 < 0 || c2 < 0 || bind(l2, (struct sockaddr *)&gone, sizeof gone) || listen(l2, 1) ||
+        connect(c2, (struct sockaddr *)&gone, sizeof gone)) {
+        printf("FAIL second listener: %s\n", strerror(errno));
+        return 1;
+    }
+    int a2 = accept(l2, NULL, NULL);
+    if (a2 < 0 || unlink(gone.sun_path) || write_full(c2, "x", 1)) {
+        printf("FAIL second listener accept: %s\n", strerror(errno));
+        return 1;
+    }
     ready_then_wait();
+
+    struct sockaddr_un got;
+    socklen_t got_len = sizeof got;
+    if (access(gone.sun_path, F_OK) == 0)
+        FAILED("the removed socket file is back");
+    if (getsockname(a2, (struct sockaddr *)&got, &got_len) || strcmp(got.sun_path, gone.sun_path))
+        FAILED("the connection to the removed name lost its name");
+    if (read_full(a2, buf, 1) || buf[0] != 'x' || write_full(a2, "y", 1) || read_full(c2, buf, 1) ||
+        buf[0] != 'y')
+        FAILED("the connection to the removed name does not work");
 
     struct stat st;
     if (stat(addr.sun_path, &st) || !S_ISSOCK(st.st_mode) || (st.st_mode & 0777) != 0640)
