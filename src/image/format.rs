@@ -640,7 +640,8 @@ pub enum FdKind {
     Stdio,
     /// A pipe or FIFO end (its object holds the pipe).
     Pipe,
-    /// One end of a connected pair of unix sockets (its object holds the pair).
+    /// A unix socket (its object holds the pair, or all the job's named, listening and
+    /// other unix sockets).
     UnixSocket,
     /// The kinds below are restored from their object (`objects::*`): an eventfd,
     EventFd,
@@ -660,6 +661,8 @@ pub enum FdKind {
     PtyMaster,
     /// the slave of a pty pair whose master the job holds.
     PtySlave,
+    /// a netlink socket.
+    Netlink,
 }
 
 /// `struct sigaction` as the kernel keeps it (`rt_sigaction`).

@@ -506,6 +506,18 @@ fn check_objects(
                 "file"
             }
             ObjectKind::UnixPair(_) => "unix_pair",
+            ObjectKind::UnixSockets(u) => {
+                for (field, problem) in u.problems() {
+                    c.fail(format!("objects[{i}].object.{field}"), problem);
+                }
+                "unix_sockets"
+            }
+            ObjectKind::Netlink(n) => {
+                if let Some(problem) = n.problem() {
+                    c.fail(format!("objects[{i}].object"), problem);
+                }
+                "netlink"
+            }
             ObjectKind::EventFd(_) => "eventfd",
             ObjectKind::SignalFd(_) => "signalfd",
             ObjectKind::TimerFd(t) => {
@@ -885,7 +897,8 @@ fn check_fds(c: &mut Checker, at: &str, fds: &[FdState], objects: &BTreeMap<u64,
                 | FdKind::Pidfd
                 | FdKind::Unlinked
                 | FdKind::PtyMaster
-                | FdKind::PtySlave => c.fail(
+                | FdKind::PtySlave
+                | FdKind::Netlink => c.fail(
                     format!("{field}.object"),
                     "is missing: an fd of this kind is restored from its object",
                 ),

@@ -1,7 +1,8 @@
 //! The kernel objects a job's fds refer to. Each kind has one module holding its manifest
 //! type, how it is captured and how it is opened again at restore: `stdio` (the job's
 //! standard streams), `pipe` (pipes between the job's processes, or to outside), `file`
-//! (an open file description shared by several fds), `unix` (socket pairs), and the
+//! (an open file description shared by several fds), `unix` (socket pairs),
+//! `unix_named` (listening, named and other unix sockets), `netlink`, and the
 //! objects without a path: `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify`, `pidfd`,
 //! `unlinked` (memfds and deleted files); `tty` (the job's terminal, pty pairs it holds). Adding a kind is a module, a variant of
 //! [`ObjectKind`] and of [`FdKind`], and a line in [`capture_described`].
@@ -16,6 +17,7 @@ pub mod eventfd;
 pub mod file;
 pub mod inotify;
 pub mod locks;
+pub mod netlink;
 pub mod pidfd;
 pub mod pipe;
 pub mod signalfd;
@@ -24,6 +26,7 @@ pub mod sysv_shm;
 pub mod timerfd;
 pub mod tty;
 pub mod unix;
+pub mod unix_named;
 pub mod unlinked;
 
 use crate::image::format::{FdKind, FdState, Inode};
@@ -48,6 +51,8 @@ pub enum ObjectKind {
     Pipe(pipe::PipeState),
     File(file::SharedFile),
     UnixPair(unix::UnixPair),
+    UnixSockets(unix_named::UnixSockets),
+    Netlink(netlink::NetlinkState),
     EventFd(eventfd::EventFdState),
     TimerFd(timerfd::TimerFdState),
     SignalFd(signalfd::SignalFdState),
@@ -334,12 +339,25 @@ pub fn collect(
         .iter()
         .flatten()
         .any(|f| f.target.starts_with("socket:") && !stdio.contains_key(&f.target));
-    let diag = if needs_diag {
-        unix::diag_table().map_err(|e| ObjectError::Proc {
+    let diag_failed = |what| {
+        move |e: nix::errno::Errno| ObjectError::Proc {
             pid: pids[0].as_raw(),
-            what: "unix sockets (sock_diag)",
+            what,
             message: e.to_string(),
-        })?
+        }
+    };
+    let diag = if needs_diag {
+        unix::diag_table().map_err(diag_failed("unix sockets (sock_diag)"))?
+    } else {
+        BTreeMap::new()
+    };
+    let needs_netlink = tables.iter().flatten().any(|f| {
+        f.target.starts_with("socket:")
+            && !stdio.contains_key(&f.target)
+            && !diag.contains_key(&link_inode(&f.target))
+    });
+    let netlink = if needs_netlink {
+        netlink::diag_table().map_err(diag_failed("netlink sockets (sock_diag)"))?
     } else {
         BTreeMap::new()
     };
@@ -353,7 +371,7 @@ pub fn collect(
             let kind = if stdio.contains_key(&fd.target) {
                 FdKind::Stdio
             } else {
-                match classify(fd, &diag, &job_ptys) {
+                match classify(fd, &diag, &job_ptys, &netlink) {
                     Ok(kind) => kind,
                     Err((what, hint)) => {
                         problems.push(unsupported(fd, what, hint));
@@ -456,6 +474,7 @@ fn is_described(kind: FdKind) -> bool {
             | FdKind::Inotify
             | FdKind::Pidfd
             | FdKind::Unlinked
+            | FdKind::Netlink
     )
 }
 
@@ -473,6 +492,7 @@ fn capture_described(
         FdKind::Epoll => ObjectKind::Epoll(epoll::capture(group)?),
         FdKind::Inotify => ObjectKind::Inotify(inotify::capture(group[0], depth)?),
         FdKind::Pidfd => ObjectKind::Pidfd(pidfd::capture(group, job)?),
+        FdKind::Netlink => ObjectKind::Netlink(netlink::capture(group[0], depth)?),
         other => unreachable!("{other:?} is not captured per description"),
     })
 }
@@ -649,15 +669,30 @@ fn classify(
     fd: &OpenFd,
     diag: &BTreeMap<u64, unix::DiagEntry>,
     job_ptys: &std::collections::BTreeSet<u32>,
+    netlink: &BTreeMap<u64, netlink::DiagEntry>,
 ) -> Result<FdKind, Refusal> {
     let target = fd.target.as_str();
     if target.starts_with("pipe:") {
         return Ok(FdKind::Pipe);
     }
     if target.starts_with("socket:") {
-        return match unix::refusal(diag.get(&link_inode(target))) {
+        let inode = link_inode(target);
+        if let Some(entry) = netlink.get(&inode) {
+            return match netlink::refusal(entry) {
+                None => Ok(FdKind::Netlink),
+                Some(refused) => Err(refused),
+            };
+        }
+        if !diag.contains_key(&inode) && netlink::is_netlink(fd) {
+            // Not bound yet: `sock_diag` lists bound netlink sockets only.
+            return Ok(FdKind::Netlink);
+        }
+        if unix::class_of(inode, diag)? == unix::Class::Pair {
+            return Ok(FdKind::UnixSocket);
+        }
+        return match unix_named::refusal(inode, diag) {
             None => Ok(FdKind::UnixSocket),
-            Some((what, hint)) => Err((what.into(), hint)),
+            Some(what) => Err((what, CLOSE_IT)),
         };
     }
     if let Some(name) = target.strip_prefix("anon_inode:") {
@@ -750,6 +785,8 @@ impl SharedObject {
             ObjectKind::Pipe(p) => p.open(self.id),
             ObjectKind::File(f) => f.open(),
             ObjectKind::UnixPair(p) => p.open(self.id),
+            ObjectKind::UnixSockets(s) => s.open(self.id),
+            ObjectKind::Netlink(n) => one(n.open()),
             ObjectKind::EventFd(e) => one(e.open()),
             ObjectKind::TimerFd(t) => one(t.open()),
             ObjectKind::SignalFd(s) => one(s.open()),
@@ -767,6 +804,7 @@ impl SharedObject {
         match &self.object {
             ObjectKind::Pipe(_) => pipe::slot(fd.flags),
             ObjectKind::UnixPair(p) => p.slot(&fd.path),
+            ObjectKind::UnixSockets(s) => s.slot(&fd.path),
             ObjectKind::Unlinked(u) => u.slot(pid, fd.fd),
             ObjectKind::PtyPair(p) => p.slot(pid, fd.fd),
             _ => 0,

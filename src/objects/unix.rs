@@ -4,7 +4,9 @@
 //! with `SO_PEEK_OFF`, message after message) from a copy of the socket (`pidfd_getfd`).
 //! At restore a new pair gets the same data, sent from the other end. A pair whose other
 //! end is held outside the job comes back with that end closed, as if the process outside
-//! had exited (the policy for pipes). Named and listening sockets are not handled here.
+//! had exited (the policy for pipes); a pair whose other end was closed comes back so too.
+//! Named, listening and unconnected sockets are `unix_named`'s; the `sock_diag` reading
+//! here serves both (and `netlink`).
 
 use super::{
     ByInode, IdAllocator, JobFiles, ObjectError, ObjectKind, OpenFd, Opened, SharedObject,
@@ -25,7 +27,7 @@ pub enum SocketType {
 }
 
 impl SocketType {
-    fn of(raw: u8) -> Option<SocketType> {
+    pub(crate) fn of(raw: u8) -> Option<SocketType> {
         match i32::from(raw) {
             libc::SOCK_STREAM => Some(SocketType::Stream),
             libc::SOCK_DGRAM => Some(SocketType::Datagram),
@@ -34,7 +36,7 @@ impl SocketType {
         }
     }
 
-    fn nix(self) -> SockType {
+    pub(crate) fn nix(self) -> SockType {
         match self {
             SocketType::Stream => SockType::Stream,
             SocketType::Datagram => SockType::Datagram,
@@ -79,114 +81,218 @@ pub struct DiagEntry {
     pub peer: u64,
     pub named: bool,
     pub shutdown: u8,
+    /// The `sun_path` bytes of its address (abstract names start with a 0 byte); an
+    /// accepted socket has its listener's.
+    pub name: Vec<u8>,
+    /// The socket file of a path name: (inode, device as `stat` gives it).
+    pub file: Option<(u64, u64)>,
+    /// A listener's connections not accepted yet: the inode of each connecting socket
+    /// (the kernel's `icons`), oldest first.
+    pub pending: Vec<u64>,
+    /// For a listener: connections waiting, backlog. Else: bytes readable, and the memory
+    /// of what it sent that its peer has not read yet.
+    pub queues: (u32, u32),
 }
 
-const TCP_LISTEN: u8 = 10;
+pub(crate) const TCP_ESTABLISHED: u8 = 1;
+pub(crate) const TCP_CLOSE: u8 = 7;
+pub(crate) const TCP_LISTEN: u8 = 10;
 
-/// Every unix socket of this network namespace, by inode.
-pub fn diag_table() -> Result<BTreeMap<u64, DiagEntry>, Errno> {
+/// Sends one `sock_diag` dump request (`request`: the family's struct after the netlink
+/// header) and calls `each(message, attributes)` for every answer: the family's struct
+/// (`answer_len` bytes) and its attributes as (type, payload).
+pub(crate) fn sock_diag_dump(
+    request: &[u8],
+    answer_len: usize,
+    mut each: impl FnMut(&[u8], &[(u16, &[u8])]),
+) -> Result<(), Errno> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLM_F_REQUEST: u16 = 1;
     const NLM_F_DUMP: u16 = 0x300;
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
-    const UDIAG_SHOW_NAME: u32 = 1;
-    const UDIAG_SHOW_PEER: u32 = 4;
     let fd = sock::socket(
         sock::AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
         sock::SockProtocol::NetlinkSockDiag,
     )?;
-    // struct nlmsghdr (16 bytes) + struct unix_diag_req (24 bytes).
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
+    let total = u32::try_from(16 + request.len()).map_err(|_| Errno::EINVAL)?;
+    let mut req = Vec::with_capacity(16 + request.len());
+    req.extend_from_slice(&total.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&[0; 8]); // seq, pid
-    let family = u8::try_from(libc::AF_UNIX).expect("AF_UNIX fits a byte");
-    req.extend_from_slice(&[family, 0, 0, 0]); // family, protocol, pad
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&0u32.to_ne_bytes()); // inode: any
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
-    req.extend_from_slice(&[0xff; 8]); // no cookie
+    req.extend_from_slice(request);
     sock::sendto(
         fd.as_raw_fd(),
         &req,
         &sock::NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )?;
-    let mut table = BTreeMap::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = sock::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        let buf = &buf[..n];
+        let mut attrs = Vec::new();
         let mut at = 0;
         while at + 16 <= n {
-            let u32_at = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().expect("4"));
-            let u16_at = |i: usize| u16::from_ne_bytes(buf[i..i + 2].try_into().expect("2"));
-            let len = u32_at(at) as usize;
-            let kind = u16_at(at + 4);
+            let len = read_u32(buf, at) as usize;
+            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
             if kind == NLMSG_DONE {
-                return Ok(table);
+                return Ok(());
             }
-            if kind == NLMSG_ERROR || len < 16 + 16 || at + len > n {
+            if kind == NLMSG_ERROR || len < 16 || at + len > n {
                 return Err(Errno::EPROTO);
             }
-            // struct unix_diag_msg: family, type, state, pad, inode, cookie[2].
-            let msg = at + 16;
-            let mut entry = DiagEntry {
-                kind: buf[msg + 1],
-                state: buf[msg + 2],
-                ..DiagEntry::default()
-            };
-            let inode = u64::from(u32_at(msg + 4));
-            let mut attr = msg + 16;
-            while attr + 4 <= at + len {
-                let alen = usize::from(u16_at(attr));
-                let atype = u16_at(attr + 2);
-                if alen < 4 || attr + alen > at + len {
-                    break;
-                }
-                match atype {
-                    0 => entry.named = true,                                    // UNIX_DIAG_NAME
-                    2 if alen >= 8 => entry.peer = u64::from(u32_at(attr + 4)), // UNIX_DIAG_PEER
-                    6 if alen >= 5 => entry.shutdown = buf[attr + 4], // UNIX_DIAG_SHUTDOWN
-                    _ => {}
-                }
-                attr += alen.next_multiple_of(4);
+            let message = &buf[at + 16..at + len];
+            if message.len() < answer_len {
+                return Err(Errno::EPROTO);
             }
-            table.insert(inode, entry);
+            attrs.clear();
+            each(message, attributes(message, answer_len, &mut attrs));
             at += len.next_multiple_of(4);
         }
     }
 }
 
-/// Why a socket is not one this module restores, or None if it is.
-pub fn refusal(entry: Option<&DiagEntry>) -> Option<(&'static str, &'static str)> {
+/// The netlink attributes after the first `skip` bytes (the fixed struct) of `message`.
+fn attributes<'a, 'b>(
+    message: &'a [u8],
+    skip: usize,
+    out: &'b mut Vec<(u16, &'a [u8])>,
+) -> &'b [(u16, &'a [u8])] {
+    let mut at = skip;
+    while at + 4 <= message.len() {
+        let len = usize::from(u16::from_ne_bytes([message[at], message[at + 1]]));
+        let kind = u16::from_ne_bytes([message[at + 2], message[at + 3]]);
+        if len < 4 || at + len > message.len() {
+            break;
+        }
+        out.push((kind, &message[at + 4..at + len]));
+        at += len.next_multiple_of(4);
+    }
+    out
+}
+
+pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
+    buf.get(at..at + 4)
+        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Every unix socket of this network namespace, by inode.
+pub fn diag_table() -> Result<BTreeMap<u64, DiagEntry>, Errno> {
+    const UDIAG_SHOW_NAME: u32 = 1;
+    const UDIAG_SHOW_VFS: u32 = 2;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    const UDIAG_SHOW_ICONS: u32 = 8;
+    const UDIAG_SHOW_RQLEN: u32 = 0x10;
+    // struct unix_diag_req (24 bytes).
+    let mut req = Vec::with_capacity(24);
+    let family = u8::try_from(libc::AF_UNIX).expect("AF_UNIX fits a byte");
+    req.extend_from_slice(&[family, 0, 0, 0]); // family, protocol, pad
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&0u32.to_ne_bytes()); // inode: any
+    let show =
+        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+    req.extend_from_slice(&show.to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // no cookie
+    let mut table = BTreeMap::new();
+    // struct unix_diag_msg (16 bytes): family, type, state, pad, inode, cookie[2].
+    sock_diag_dump(&req, 16, |msg, attrs| {
+        let mut entry = DiagEntry {
+            kind: msg[1],
+            state: msg[2],
+            ..DiagEntry::default()
+        };
+        for &(kind, data) in attrs {
+            match kind {
+                0 => {
+                    entry.named = true; // UNIX_DIAG_NAME
+                    entry.name = data.to_vec();
+                }
+                1 if data.len() >= 8 => {
+                    // UNIX_DIAG_VFS: the device is the kernel's own dev_t (major << 20 |
+                    // minor), not `stat`'s encoding.
+                    let dev = read_u32(data, 4);
+                    let dev = libc::makedev(dev >> 20, dev & 0xf_ffff);
+                    entry.file = Some((read_u32(data, 0).into(), dev));
+                }
+                2 if data.len() >= 4 => entry.peer = read_u32(data, 0).into(), // UNIX_DIAG_PEER
+                3 => {
+                    entry.pending = data
+                        .chunks_exact(4)
+                        .map(|c| u64::from(read_u32(c, 0)))
+                        .collect(); // UNIX_DIAG_ICONS
+                }
+                4 if data.len() >= 8 => entry.queues = (read_u32(data, 0), read_u32(data, 4)),
+                6 if !data.is_empty() => entry.shutdown = data[0], // UNIX_DIAG_SHUTDOWN
+                _ => {}
+            }
+        }
+        table.insert(u64::from(read_u32(msg, 4)), entry);
+    })?;
+    Ok(table)
+}
+
+/// Which module restores a unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// One end of a `socketpair()` (or a connection whose other end is closed): `UnixPair`.
+    Pair,
+    /// Bound to a name, listening, connected to a named socket, not connected, or waiting
+    /// to be accepted: `unix_named`.
+    Named,
+}
+
+/// How the socket with `inode` is restored, or why it is not.
+pub fn class_of(
+    inode: u64,
+    table: &BTreeMap<u64, DiagEntry>,
+) -> Result<Class, (String, &'static str)> {
     const LATER: &str = "mlckpt cannot checkpoint it yet; close it before the checkpoint, or run the job without it";
-    let Some(e) = entry else {
-        return Some((
-            "a socket other than a unix socket (TCP, UDP, netlink ...)",
+    let Some(e) = table.get(&inode) else {
+        return Err((
+            "a socket other than a unix or netlink socket (TCP, UDP ...)".into(),
             LATER,
         ));
     };
-    if SocketType::of(e.kind).is_none() {
-        return Some(("a unix socket of an unknown type", LATER));
+    let Some(kind) = SocketType::of(e.kind) else {
+        return Err(("a unix socket of an unknown type".into(), LATER));
+    };
+    if !matches!(e.state, TCP_ESTABLISHED | TCP_CLOSE | TCP_LISTEN) {
+        return Err((
+            format!("a unix socket in state {} (connecting?)", e.state),
+            LATER,
+        ));
     }
-    if e.state == TCP_LISTEN {
-        return Some(("a listening unix socket", LATER));
+    if e.named && e.name.first().is_some_and(|&b| b != 0 && b != b'/') {
+        return Err((
+            format!(
+                "a unix socket named by a relative path ({})",
+                String::from_utf8_lossy(&e.name)
+            ),
+            "mlckpt restores unix socket names given as absolute paths or abstract names; \
+             bind to an absolute path",
+        ));
     }
-    if e.named {
-        return Some(("a unix socket bound to a name", LATER));
+    let unnamed_peer_of_this = table
+        .get(&e.peer)
+        .is_some_and(|p| !p.named && p.peer == inode);
+    let peer_closed = e.peer == 0
+        && e.state == TCP_ESTABLISHED
+        && kind != SocketType::Datagram
+        && !table
+            .values()
+            .any(|l| l.state == TCP_LISTEN && l.pending.contains(&inode));
+    if !e.named && e.state != TCP_LISTEN && (unnamed_peer_of_this || peer_closed) {
+        return Ok(Class::Pair);
     }
-    if e.peer == 0 {
-        return Some(("an unconnected unix socket", LATER));
-    }
-    None
+    Ok(Class::Named)
 }
 
-/// One object per pair of `sockets`; returns socket inode -> object id (both ends of a
-/// pair).
+/// One object per pair of `sockets`, and one for all the others (`unix_named`); returns
+/// socket inode -> object id (both ends of a pair).
 pub fn objects(
     sockets: &ByInode,
     diag: &BTreeMap<u64, DiagEntry>,
@@ -195,6 +301,7 @@ pub fn objects(
     files: &mut JobFiles,
 ) -> Result<BTreeMap<u64, u64>, ObjectError> {
     let mut by_inode = BTreeMap::new();
+    let mut named = Vec::new();
     for (inode, fds) in sockets.iter() {
         if by_inode.contains_key(&inode) {
             continue; // the other end of a pair already made
@@ -202,19 +309,16 @@ pub fn objects(
         let Some(entry) = diag.get(&inode) else {
             continue;
         };
+        if class_of(inode, diag) == Ok(Class::Named) {
+            named.push(inode);
+            continue;
+        }
         let kind = SocketType::of(entry.kind).unwrap_or(SocketType::Stream);
         let peer = entry.peer;
         let peer_fds = sockets.get(peer);
-        if peer_fds.is_none() {
-            files.warnings.push(format!(
-                "fd {} of process {} ({}) is a unix socket ({}) whose peer is outside the \
-                     job: after a restore its peer is gone, as if it had exited (reads see \
-                     end-of-file, writes fail)",
-                fds[0].fd,
-                fds[0].pid,
-                super::command_of(fds[0].pid),
-                fds[0].target
-            ));
+        // A peer 0 is closed already: its end comes back closed, which is as it was.
+        if peer_fds.is_none() && peer != 0 {
+            files.warnings.push(outside_peer(fds[0], "unix socket"));
         }
         let peer_entry = diag.get(&peer).cloned().unwrap_or_default();
         let ends = [
@@ -229,7 +333,30 @@ pub fn objects(
         by_inode.insert(inode, id);
         by_inode.insert(peer, id);
     }
+    if !named.is_empty() {
+        let set = super::unix_named::capture(&named, sockets, diag, depth, files)?;
+        let id = ids.allocate();
+        for inode in named {
+            by_inode.insert(inode, id);
+        }
+        files.objects.push(SharedObject {
+            id,
+            object: ObjectKind::UnixSockets(set),
+        });
+    }
     Ok(by_inode)
+}
+
+/// The warning for `fd`, a `what` whose peer is held outside the job.
+pub(crate) fn outside_peer(fd: &OpenFd, what: &str) -> String {
+    format!(
+        "fd {} of process {} ({}) is a {what} ({}) whose peer is outside the job: after a \
+         restore its peer is gone, as if it had exited (reads see end-of-file, writes fail)",
+        fd.fd,
+        fd.pid,
+        super::command_of(fd.pid),
+        fd.target
+    )
 }
 
 /// One end as the job holds it (`fds` empty or None: held outside, or by nobody).
@@ -279,6 +406,12 @@ fn end(
 /// Every message waiting in the socket's receive queue, left in place: the peek offset
 /// walks the queue (and is put back as it was: the process shares it).
 fn peek_queue(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Vec<u8>>, Errno> {
+    let queued = peek_queue_from(socket, kind)?;
+    Ok(queued.into_iter().map(|(data, _)| data).collect())
+}
+
+/// [`peek_queue`] with the sender's `sun_path` of each message (empty: unnamed).
+pub(crate) fn peek_queue_from(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Message>, Errno> {
     let was = sys::peek_offset(socket.as_fd())?;
     sys::set_peek_offset(socket.as_fd(), 0)?;
     let result = peek_all(socket, kind);
@@ -286,20 +419,36 @@ fn peek_queue(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Vec<u8>>, Errno>
     result
 }
 
+/// A queued message and the `sun_path` of its sender (empty: unnamed).
+pub(crate) type Message = (Vec<u8>, Vec<u8>);
+
 /// Messages beyond this many in one queue are taken for a peek that does not move on.
 const MAX_QUEUED_MESSAGES: usize = 1 << 20;
 
-fn peek_all(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Vec<u8>>, Errno> {
+fn peek_all(socket: &OwnedFd, kind: SocketType) -> Result<Vec<Message>, Errno> {
+    thread_local! {
+        // One buffer for every socket of a checkpoint: a job may hold thousands.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        if buf.is_empty() {
+            buf.resize(256 << 10, 0);
+        }
+        peek_each(socket, kind, buf)
+    })
+}
+
+fn peek_each(socket: &OwnedFd, kind: SocketType, buf: &mut [u8]) -> Result<Vec<Message>, Errno> {
     let mut queued = Vec::new();
-    let mut buf = vec![0u8; 256 << 10];
+    let mut sender = Vec::new();
     loop {
         if queued.len() >= MAX_QUEUED_MESSAGES {
             return Err(Errno::EOVERFLOW);
         }
-        match sys::peek_message(socket.as_fd(), &mut buf) {
+        match sys::peek_message(socket.as_fd(), buf, &mut sender) {
             // The end of a stream whose peer shut down.
             Ok(sys::Peeked::Data(0)) if kind == SocketType::Stream => return Ok(queued),
-            Ok(sys::Peeked::Data(n)) => queued.push(buf[..n].to_vec()),
+            Ok(sys::Peeked::Data(n)) => queued.push((buf[..n].to_vec(), sender.clone())),
             // Fds in flight would be installed here by the peek itself (and closed again):
             // they cannot be captured.
             Ok(sys::Peeked::CarriesFds) => return Err(Errno::EOPNOTSUPP),
@@ -384,7 +533,7 @@ impl UnixPair {
     }
 }
 
-mod messages {
+pub(crate) mod messages {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
@@ -429,7 +578,7 @@ mod tests {
         let entry = &table[&ino(&a)];
         assert_eq!(entry.peer, ino(&b));
         assert_eq!(i32::from(entry.kind), libc::SOCK_DGRAM);
-        assert!(refusal(Some(entry)).is_none());
+        assert_eq!(class_of(ino(&a), &table), Ok(Class::Pair));
     }
 
     #[test]

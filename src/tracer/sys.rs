@@ -855,6 +855,19 @@ pub fn raise_fd_limit(wanted: i32) -> Result<(), Errno> {
 
 /// `SO_PEEK_OFF` of a socket (-1: peeking always starts at the head of the queue).
 pub fn peek_offset(socket: std::os::fd::BorrowedFd) -> Result<i32, Errno> {
+    int_socket_option(socket, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
+}
+
+pub fn set_peek_offset(socket: std::os::fd::BorrowedFd, offset: i32) -> Result<(), Errno> {
+    set_int_socket_option(socket, libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset)
+}
+
+/// An `int` socket option (`getsockopt`), for options nix does not name.
+pub fn int_socket_option(
+    socket: std::os::fd::BorrowedFd,
+    level: i32,
+    option: i32,
+) -> Result<i32, Errno> {
     use std::os::fd::AsRawFd;
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -862,8 +875,8 @@ pub fn peek_offset(socket: std::os::fd::BorrowedFd) -> Result<i32, Errno> {
     let ret = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
+            level,
+            option,
             (&raw mut value).cast(),
             &raw mut len,
         )
@@ -871,15 +884,21 @@ pub fn peek_offset(socket: std::os::fd::BorrowedFd) -> Result<i32, Errno> {
     Errno::result(ret).map(|_| value)
 }
 
-pub fn set_peek_offset(socket: std::os::fd::BorrowedFd, offset: i32) -> Result<(), Errno> {
+/// Sets an `int` socket option (`setsockopt`), for options nix does not name.
+pub fn set_int_socket_option(
+    socket: std::os::fd::BorrowedFd,
+    level: i32,
+    option: i32,
+    value: i32,
+) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
-    // SAFETY: the kernel reads one int from `offset`, live for the call.
+    // SAFETY: the kernel reads one int from `value`, live for the call.
     let ret = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEEK_OFF,
-            (&raw const offset).cast(),
+            level,
+            option,
+            (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -901,10 +920,18 @@ pub enum Peeked {
 }
 
 /// Peeks at the next message of a socket without waiting (`recvmsg(MSG_PEEK |
-/// MSG_DONTWAIT)`); with `SO_PEEK_OFF` set, each call moves on to the next one.
-pub fn peek_message(socket: std::os::fd::BorrowedFd, buf: &mut [u8]) -> Result<Peeked, Errno> {
+/// MSG_DONTWAIT)`); with `SO_PEEK_OFF` set, each call moves on to the next one. `sender`
+/// gets the `sun_path` bytes of the address it came from (empty: unnamed or not a unix
+/// datagram).
+pub fn peek_message(
+    socket: std::os::fd::BorrowedFd,
+    buf: &mut [u8],
+    sender: &mut Vec<u8>,
+) -> Result<Peeked, Errno> {
     use std::os::fd::AsRawFd;
     let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -915,6 +942,8 @@ pub fn peek_message(socket: std::os::fd::BorrowedFd, buf: &mut [u8]) -> Result<P
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control);
+    msg.msg_name = (&raw mut from).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: every pointer in `msg` points at memory live and large enough for the call.
     let n = unsafe {
         libc::recvmsg(
@@ -927,6 +956,13 @@ pub fn peek_message(socket: std::os::fd::BorrowedFd, buf: &mut [u8]) -> Result<P
         Err(Errno::EAGAIN) => return Ok(Peeked::Empty),
         Err(e) => return Err(e),
         Ok(_) => {}
+    }
+    sender.clear();
+    let path_len = (msg.msg_namelen as usize)
+        .saturating_sub(std::mem::offset_of!(libc::sockaddr_un, sun_path))
+        .min(from.sun_path.len());
+    if from.sun_family == libc::AF_UNIX as libc::sa_family_t {
+        sender.extend(from.sun_path[..path_len].iter().map(|&c| c as u8));
     }
     let mut carries_fds = false;
     // SAFETY: `msg` was filled by recvmsg; the CMSG macros walk its control buffer, which

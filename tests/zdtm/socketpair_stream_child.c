@@ -20,21 +20,6 @@
 #define TO_CHILD 3000
 #define TO_PARENT 2000
 
-static void fill(unsigned char *buf, size_t n, int k)
-{
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (unsigned char)(k * 77 + i * 5 + (i >> 6));
-}
-
-static int check(int fd, size_t n, int k)
-{
-    static unsigned char got[8192], want[8192];
-    if (read_full(fd, got, n))
-        return -1;
-    fill(want, n, k);
-    return memcmp(got, want, n) ? -2 : 0;
-}
-
 int main(void)
 {
     start();
@@ -49,13 +34,13 @@ int main(void)
         close(s[0]);
         close(sync[0]);
         close(go[1]);
-        fill(buf, TO_PARENT, 2);
+        fill_pattern(buf, TO_PARENT, 2);
         if (write_full(s[1], buf, TO_PARENT) || write_full(sync[1], "w", 1))
             _exit(2);
         char c;
         if (read_full(go[0], &c, 1))
             _exit(3);
-        int rc = check(s[1], TO_CHILD, 1);
+        int rc = check_pattern(s[1], TO_CHILD, 1);
         if (rc)
             _exit(rc == -1 ? 4 : 5);
         if (write_full(s[1], "pong", 4))
@@ -67,7 +52,7 @@ int main(void)
     close(s[1]);
     close(sync[1]);
     close(go[0]);
-    fill(buf, TO_CHILD, 1);
+    fill_pattern(buf, TO_CHILD, 1);
     char c;
     if (write_full(s[0], buf, TO_CHILD) || read_full(sync[0], &c, 1)) {
         printf("FAIL set-up writes: %s\n", strerror(errno));
@@ -79,7 +64,7 @@ int main(void)
 
     if (write_full(go[1], "g", 1))
         FAILED("write go: %s", strerror(errno));
-    int rc = check(s[0], TO_PARENT, 2);
+    int rc = check_pattern(s[0], TO_PARENT, 2);
     if (rc)
         FAILED("parent: the %d queued bytes %s", TO_PARENT, rc == -1 ? "are missing" : "differ");
     if (write_full(s[0], "ping", 4))

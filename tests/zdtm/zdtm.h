@@ -88,6 +88,33 @@ __attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
 }
 
 
+/* A byte pattern that depends on `k` and the position: data checked after a restore. */
+__attribute__((unused)) static void fill_pattern(unsigned char *buf, size_t n, int k)
+{
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (unsigned char)(k * 77 + i * 5 + (i >> 6));
+}
+
+/* Reads `n` bytes (at most 8192) and compares them with fill_pattern(k): 0 when equal,
+ * -1 when missing, -2 when different. */
+__attribute__((unused)) static int check_pattern(int fd, size_t n, int k)
+{
+    static unsigned char got[8192], want[8192];
+    if (n > sizeof got || read_full(fd, got, n))
+        return -1;
+    fill_pattern(want, n, k);
+    return memcmp(got, want, n) ? -2 : 0;
+}
+
+/* Two pipes for a parent and a child: `sync` (child -> parent), `go` (parent -> child). */
+__attribute__((unused)) static void sync_pipes_or_fail(int sync[2], int go[2])
+{
+    if (pipe(sync) || pipe(go)) {
+        printf("FAIL pipe: %s\n", strerror(errno));
+        exit(1);
+    }
+}
+
 /* State letter of /proc/PID/stat ('?' when unreadable). */
 __attribute__((unused)) static char proc_state(pid_t pid)
 {
