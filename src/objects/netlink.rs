@@ -286,8 +286,8 @@ impl NetlinkState {
                 Ok(()) => {}
                 Err(Errno::EADDRINUSE) => {
                     bind_port(&fd, 0).map_err(fail("bind"))?;
-                    eprintln!(
-                        "mlckpt: note: netlink socket ({name}) port {} is taken by another \
+                    crate::info!(
+                        "note: netlink socket ({name}) port {} is taken by another \
                          socket: the restored one has a port the kernel chose",
                         self.port
                     );

@@ -820,8 +820,8 @@ impl<'a> Rebuild<'a> {
                 Role::ConnectedTo { peer } => {
                     let address = peer.address().map_err(self.fail(i, "its peer's name"))?;
                     if let Err(e) = sock::connect(fd.as_raw_fd(), &address) {
-                        eprintln!(
-                            "mlckpt: note: unix datagram socket socket:[{}] could not connect \
+                        crate::info!(
+                            "note: unix datagram socket socket:[{}] could not connect \
                              to {peer} again ({e}): it comes back unconnected",
                             s.inode
                         );
