@@ -642,6 +642,9 @@ pub enum FdKind {
     Pipe,
     /// One end of a connected pair of unix sockets (its object holds the pair).
     UnixSocket,
+    /// A TCP or UDP socket, IPv4 or IPv6 (its object: `TcpSocket`, `TcpPair`, `TcpReset`
+    /// or `Udp`).
+    InetSocket,
     /// The kinds below are restored from their object (`objects::*`): an eventfd,
     EventFd,
     /// a timerfd,

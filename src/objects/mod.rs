@@ -1,7 +1,8 @@
 //! The kernel objects a job's fds refer to. Each kind has one module holding its manifest
 //! type, how it is captured and how it is opened again at restore: `stdio` (the job's
 //! standard streams), `pipe` (pipes between the job's processes, or to outside), `file`
-//! (an open file description shared by several fds), `unix` (socket pairs), and the
+//! (an open file description shared by several fds), `unix` (socket pairs), `inet`
+//! with `tcp` and `udp` (TCP and UDP sockets, IPv4 and IPv6), and the
 //! objects without a path: `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify`, `pidfd`,
 //! `unlinked` (memfds and deleted files). Adding a kind is a module, a variant of
 //! [`ObjectKind`] and of [`FdKind`], and a line in [`capture_described`].
@@ -14,6 +15,7 @@ pub mod contents;
 pub mod epoll;
 pub mod eventfd;
 pub mod file;
+pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod pidfd;
@@ -21,7 +23,9 @@ pub mod pipe;
 pub mod signalfd;
 pub mod stdio;
 pub mod sysv_shm;
+pub mod tcp;
 pub mod timerfd;
+pub mod udp;
 pub mod unix;
 pub mod unlinked;
 
@@ -54,6 +58,10 @@ pub enum ObjectKind {
     Inotify(inotify::InotifyState),
     Pidfd(pidfd::PidfdState),
     Unlinked(unlinked::UnlinkedFile),
+    TcpSocket(tcp::TcpSocket),
+    TcpPair(tcp::TcpPair),
+    TcpReset(tcp::TcpReset),
+    Udp(udp::UdpSocket),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +307,9 @@ pub struct JobFiles {
     /// Fds that will not come back as they were (a pipe whose other end is outside the
     /// job): the checkpoint goes on, the user is told.
     pub warnings: Vec<String>,
+    /// The job's TCP connections a capture put in repair mode: taken out before the job
+    /// runs on (`RepairHold::release`), or left so for a kill.
+    pub repair: inet::RepairHold,
 }
 
 /// How much of the objects to read: `Check` only classifies (the job may be running),
@@ -326,18 +337,25 @@ pub fn collect(
     let mut problems = removed_working_dirs(pids);
     let mut pipes = ByInode::default();
     let mut sockets = ByInode::default();
+    let mut inet_sockets = ByInode::default();
     let needs_diag = tables
         .iter()
         .flatten()
         .any(|f| f.target.starts_with("socket:") && !stdio.contains_key(&f.target));
-    let diag = if needs_diag {
-        unix::diag_table().map_err(|e| ObjectError::Proc {
+    let diag_failed = |what| {
+        move |e: nix::errno::Errno| ObjectError::Proc {
             pid: pids[0].as_raw(),
-            what: "unix sockets (sock_diag)",
+            what,
             message: e.to_string(),
-        })?
+        }
+    };
+    let (diag, inet_table) = if needs_diag {
+        (
+            unix::diag_table().map_err(diag_failed("unix sockets (sock_diag)"))?,
+            inet::table().map_err(diag_failed("TCP and UDP sockets (sock_diag)"))?,
+        )
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), inet::InetTable::default())
     };
     let mut regular: Vec<&OpenFd> = Vec::new();
     let mut described: BTreeMap<FdKind, Vec<&OpenFd>> = BTreeMap::new();
@@ -348,7 +366,7 @@ pub fn collect(
             let kind = if stdio.contains_key(&fd.target) {
                 FdKind::Stdio
             } else {
-                match classify(fd, &diag) {
+                match classify(fd, &diag, &inet_table) {
                     Ok(kind) => kind,
                     Err((what, hint)) => {
                         problems.push(unsupported(fd, what, hint));
@@ -359,6 +377,7 @@ pub fn collect(
             match kind {
                 FdKind::Pipe => pipes.add(fd),
                 FdKind::UnixSocket => sockets.add(fd),
+                FdKind::InetSocket => inet_sockets.add(fd),
                 FdKind::File => regular.push(fd),
                 k if is_described(k) => described.entry(k).or_default().push(fd),
                 _ => {}
@@ -371,12 +390,29 @@ pub fn collect(
     let mut ids = IdAllocator::default();
     let described_ids =
         capture_all_described(&described, &job, depth, &mut ids, &mut files, &mut problems);
+    let unlisted = inet::unlisted(&inet_sockets, &inet_table);
+    let inet_plans = inet::plan(
+        &inet_sockets,
+        &inet_table,
+        &unlisted,
+        &mut problems,
+        &mut files.warnings,
+    );
     if !problems.is_empty() {
         return Err(ObjectError::Unsupported(problems));
     }
     let stdio_ids = stdio::objects(&stdio, &mut ids, &mut files.objects);
     let pipe_ids = pipe::objects(&pipes, depth, &mut ids, &mut files)?;
     let socket_ids = unix::objects(&sockets, &diag, depth, &mut ids, &mut files)?;
+    let inet_ids = inet::objects(
+        &inet_plans,
+        &inet_sockets,
+        &inet_table,
+        &unlisted,
+        depth,
+        &mut ids,
+        &mut files,
+    )?;
     let file_ids = file::shared_descriptions(&regular, &mut ids, &mut files.objects);
     for (table, row) in tables.iter().zip(&kinds) {
         let states = table
@@ -387,6 +423,7 @@ pub fn collect(
                     FdKind::Stdio => stdio_ids.get(&fd.target).copied(),
                     FdKind::Pipe => pipe_ids.get(&object_inode(fd)).copied(),
                     FdKind::UnixSocket => socket_ids.get(&link_inode(&fd.target)).copied(),
+                    FdKind::InetSocket => inet_ids.get(&link_inode(&fd.target)).copied(),
                     FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
                     _ => described_ids.get(&(fd.pid, fd.fd)).copied(),
                 };
@@ -620,12 +657,22 @@ pub fn unreadable(kind: &str, fd: &OpenFd) -> Refusal {
 }
 
 /// The kind of an fd that is not one of the job's standard streams.
-fn classify(fd: &OpenFd, diag: &BTreeMap<u64, unix::DiagEntry>) -> Result<FdKind, Refusal> {
+fn classify(
+    fd: &OpenFd,
+    diag: &BTreeMap<u64, unix::DiagEntry>,
+    inet_table: &inet::InetTable,
+) -> Result<FdKind, Refusal> {
     let target = fd.target.as_str();
     if target.starts_with("pipe:") {
         return Ok(FdKind::Pipe);
     }
     if target.starts_with("socket:") {
+        let inode = link_inode(target);
+        if inet_table.get(inode).is_some()
+            || (!diag.contains_key(&inode) && inet::is_unlisted_inet(fd))
+        {
+            return Ok(FdKind::InetSocket);
+        }
         return match unix::refusal(diag.get(&link_inode(target))) {
             None => Ok(FdKind::UnixSocket),
             Some((what, hint)) => Err((what.into(), hint)),
@@ -721,6 +768,10 @@ impl SharedObject {
             // Opened by the process that holds it, once the process it refers to exists.
             ObjectKind::Pidfd(_) => Ok(Opened::default()),
             ObjectKind::Unlinked(u) => u.open(pages),
+            ObjectKind::TcpSocket(t) => one(t.open()),
+            ObjectKind::TcpPair(p) => p.open(),
+            ObjectKind::TcpReset(r) => one(r.open()),
+            ObjectKind::Udp(u) => one(u.open()),
         }
     }
 
@@ -729,6 +780,7 @@ impl SharedObject {
         match &self.object {
             ObjectKind::Pipe(_) => pipe::slot(fd.flags),
             ObjectKind::UnixPair(p) => p.slot(&fd.path),
+            ObjectKind::TcpPair(p) => p.slot(&fd.path),
             ObjectKind::Unlinked(u) => u.slot(pid, fd.fd),
             _ => 0,
         }
