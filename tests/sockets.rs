@@ -1,0 +1,176 @@
+//! TCP connections and listeners in checkpoints: a client/server pair inside one job with
+//! data in flight both ways (checkpoint --kill, restore, same output as an uninterrupted
+//! run; and a checkpoint without --kill, after which the job goes on unharmed); a Python
+//! HTTP server that still answers after a restore; the freeze time of a job with 100
+//! established connections holding queued data.
+
+mod common;
+
+use common::*;
+use mlckpt::objects::ObjectKind;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn manifest(image: &Path) -> mlckpt::image::format::Manifest {
+    serde_json::from_slice(&std::fs::read(image.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// Bytes queued in the image's TCP connections inside the job (both ends, both queues).
+fn queued_in_pairs(image: &Path) -> (usize, usize) {
+    let m = manifest(image);
+    let pairs: Vec<_> = m
+        .objects
+        .iter()
+        .filter_map(|o| match &o.object {
+            ObjectKind::TcpPair(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let bytes = pairs
+        .iter()
+        .flat_map(|p| &p.ends)
+        .map(|e| e.send_queue.len() + e.receive_queue.len())
+        .sum();
+    (pairs.len(), bytes)
+}
+
+/// A server and its client (two processes of the job) with data waiting in both
+/// directions: every byte comes back, in order, and the run ends as an uninterrupted one.
+#[test]
+fn client_and_server_with_data_in_flight() {
+    require_root();
+    let h = Harness::new("tcp-pair");
+    let out = h.checkpoint_kill_restore(&Prog::c("tcp_pair", &["60"]), 15);
+    let (pairs, bytes) = queued_in_pairs(&out.ckpt.path);
+    assert_eq!(pairs, 1, "one connection inside the job");
+    assert!(bytes > 0, "data should be in flight at checkpoint time");
+    let m = manifest(&out.ckpt.path);
+    assert!(
+        m.objects.iter().any(|o| matches!(
+            &o.object,
+            ObjectKind::TcpSocket(t) if t.backlog.is_some()
+        )),
+        "the listener is in the image"
+    );
+}
+
+/// A checkpoint without --kill reads the connection in repair mode and puts it back: the
+/// job goes on exactly as an uninterrupted run.
+#[test]
+fn checkpoint_without_kill_leaves_connections_working() {
+    require_root();
+    let h = Harness::new("tcp-nokill");
+    let prog = Prog::c("tcp_pair", &["60"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let first = h.checkpoint(pid, false);
+    run.wait_for_ticks(20);
+    let second = h.checkpoint(pid, false);
+    assert!(pid_alive(pid), "checkpoint without --kill ended the target");
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
+    assert_continuation(&reference.stdout, &run.stdout, "", pid);
+    for ckpt in [first, second] {
+        assert!(queued_in_pairs(&ckpt.path).0 == 1, "{ckpt:?}");
+    }
+}
+
+/// A free TCP port on the loopback (free when this returns).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET url` with curl, or None if it did not answer.
+fn fetch(url: &str) -> Option<Vec<u8>> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+fn fetch_soon(url: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(body) = fetch(url) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{url} does not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `python3 -m http.server` on the loopback, checkpointed with --kill and restored: it
+/// listens again on its port and serves the file.
+#[test]
+fn python_http_server_answers_after_restore() {
+    require_root();
+    let (Some(python), Some(_)) = (find_in_path("python3"), find_in_path("curl")) else {
+        eprintln!("note: python3 or curl is not in PATH; skipping this test");
+        return;
+    };
+    let h = Harness::new("http-server");
+    let site = h.run_dir().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(site.join("data.bin"), &body).unwrap();
+    let port = free_port();
+    let script = format!(
+        "echo pid $$; exec {} -u -m http.server --bind 127.0.0.1 --directory {} {port}",
+        python.display(),
+        site.display()
+    );
+    let prog = Prog {
+        argv: vec!["bash".into(), "-c".into(), script],
+        feed: None,
+    };
+    let url = format!("http://127.0.0.1:{port}/data.bin");
+    let mut run = h.run(&prog);
+    let pid = run.target_pid();
+    assert_eq!(fetch_soon(&url), body, "served before the checkpoint");
+    let ckpt = h.checkpoint(pid, true);
+    run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    wait_gone(pid);
+    assert!(fetch(&url).is_none(), "nothing should answer after the kill");
+    let mut restored = h.restore(&ckpt.path, &prog);
+    restored.set_target(pid);
+    assert_eq!(fetch_soon(&url), body, "served after the restore");
+    assert_eq!(fetch_soon(&url), body, "and again");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    restored.finish(CMD_TIMEOUT);
+}
+
+/// The freeze of a job holding 100 established connections with 8 KiB unread each way on
+/// each, against the same program with none: printed, and the restored job reads all its
+/// data back.
+#[test]
+fn freeze_time_with_100_connections() {
+    require_root();
+    let mut freeze = Vec::new();
+    for n in ["0", "100"] {
+        let h = Harness::new(&format!("tcp-many-{n}"));
+        let out = h.checkpoint_kill_restore(&Prog::c("tcp_many", &[n, "40"]), 10);
+        assert!(
+            out.after
+                .contains(&format!("verified {n} connections")),
+            "{}",
+            out.after
+        );
+        let (pairs, bytes) = queued_in_pairs(&out.ckpt.path);
+        assert_eq!(pairs.to_string(), n);
+        freeze.push((n, out.ckpt.freeze_ms, pairs, bytes));
+    }
+    for (n, ms, pairs, bytes) in &freeze {
+        eprintln!(
+            "measure: tcp_many {n}: freeze {ms:.1} ms ({pairs} connections, {bytes} bytes queued)"
+        );
+    }
+}
