@@ -174,3 +174,84 @@ fn freeze_time_with_100_connections() {
         );
     }
 }
+
+/// A server outside the job (this test) that accepts every connection and drains it.
+fn outside_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            });
+        }
+    });
+    port
+}
+
+/// A connection to a server outside the job: the checkpoint warns naming it, and the
+/// restored job finds it reset (its first write fails with ECONNRESET, the next ones too);
+/// the rest of its run is exact.
+#[test]
+fn connection_to_outside_is_reset_at_restore() {
+    require_root();
+    let h = Harness::new("tcp-outside");
+    let port = outside_server().to_string();
+    let prog = Prog::c("tcp_outside", &[&port, "60"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(15);
+    let pid = run.target_pid();
+    let ckpt = h.checkpoint(pid, true);
+    let before = run.finish(CMD_TIMEOUT).expect_code(KILLED);
+    assert!(
+        before.stderr.contains("outside the job") && before.stderr.contains("reset"),
+        "the supervisor should warn about the connection\n{}",
+        before.describe()
+    );
+    wait_gone(pid);
+    let after = h.restore_to_end(&ckpt.path, &prog, pid, |_, _| {});
+    assert!(
+        after.lines().any(|l| l == "error ECONNRESET"),
+        "the first write after the restore should see ECONNRESET:\n{after}"
+    );
+    let ticks_after: Vec<&str> = after.lines().filter(|l| l.starts_with("tick ")).collect();
+    assert!(
+        ticks_after.len() > 5 && ticks_after.iter().all(|l| l.ends_with("write=failed")),
+        "every write after the restore should fail:\n{after}"
+    );
+    let expected_after: String = after
+        .lines()
+        .filter(|l| !l.starts_with("error "))
+        .map(|l| format!("{}\n", l.replace("write=failed", "write=ok")))
+        .collect();
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before.stdout, &expected_after, pid);
+}
+
+/// With `[image] outside_peers = "refuse"` the same job cannot be checkpointed: the
+/// checkpoint fails naming the connection, and the job runs on unharmed.
+#[test]
+fn connection_to_outside_refused_on_request() {
+    require_root();
+    let h = Harness::new("tcp-outside-refused");
+    h.set_config("[interval]\nlocal = 0\n[image]\noutside_peers = \"refuse\"\n");
+    let port = outside_server().to_string();
+    let prog = Prog::c("tcp_outside", &[&port, "40"]);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(10);
+    let pid = run.target_pid();
+    let res = h.checkpoint_refused(pid);
+    assert!(
+        res.output().contains("TCP connection") && res.output().contains("outside_peers"),
+        "the refusal should name the connection and the setting\n{}",
+        res.describe()
+    );
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    assert!(
+        run.stdout.lines().filter(|l| l.starts_with("tick ")).all(|l| l.ends_with("write=ok")),
+        "the job's connection should work on\n{}",
+        run.describe()
+    );
+}
