@@ -255,3 +255,24 @@ fn connection_to_outside_refused_on_request() {
         run.describe()
     );
 }
+
+/// Connections mlckpt does not restore make the checkpoint fail naming them (a connection
+/// of the job waiting in its listener's accept queue; a half-closed one), and the job runs
+/// on unharmed.
+#[test]
+fn unaccepted_and_half_closed_connections_are_refused() {
+    require_root();
+    for (mode, says) in [
+        ("unaccepted", "waiting to be accepted"),
+        ("halfclosed", "FIN_WAIT2"),
+    ] {
+        let h = Harness::new(&format!("tcp-refused-{mode}"));
+        let mut run = h.run(&Prog::c("tcp_refused", &[mode, "40"]));
+        run.wait_for_ticks(5);
+        let pid = run.target_pid();
+        let res = h.checkpoint_refused(pid);
+        assert!(res.output().contains(says), "{mode}: {}", res.describe());
+        let run = run.finish(CMD_TIMEOUT).expect_code(0);
+        assert!(run.stdout.ends_with("done\n"), "{mode}: {}", run.describe());
+    }
+}
