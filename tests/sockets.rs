@@ -138,13 +138,19 @@ fn python_http_server_answers_after_restore() {
     let ckpt = h.checkpoint(pid, true);
     run.finish(CMD_TIMEOUT).expect_code(KILLED);
     wait_gone(pid);
-    assert!(fetch(&url).is_none(), "nothing should answer after the kill");
+    assert!(
+        fetch(&url).is_none(),
+        "nothing should answer after the kill"
+    );
     let mut restored = h.restore(&ckpt.path, &prog);
     restored.set_target(pid);
     assert_eq!(fetch_soon(&url), body, "served after the restore");
     assert_eq!(fetch_soon(&url), body, "and again");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     restored.finish(CMD_TIMEOUT);
 }
 
@@ -159,8 +165,7 @@ fn freeze_time_with_100_connections() {
         let h = Harness::new(&format!("tcp-many-{n}"));
         let out = h.checkpoint_kill_restore(&Prog::c("tcp_many", &[n, "40"]), 10);
         assert!(
-            out.after
-                .contains(&format!("verified {n} connections")),
+            out.after.contains(&format!("verified {n} connections")),
             "{}",
             out.after
         );
@@ -250,7 +255,10 @@ fn connection_to_outside_refused_on_request() {
     );
     let run = run.finish(CMD_TIMEOUT).expect_code(0);
     assert!(
-        run.stdout.lines().filter(|l| l.starts_with("tick ")).all(|l| l.ends_with("write=ok")),
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("tick "))
+            .all(|l| l.ends_with("write=ok")),
         "the job's connection should work on\n{}",
         run.describe()
     );

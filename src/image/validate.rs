@@ -896,7 +896,10 @@ fn check_fds(c: &mut Checker, at: &str, fds: &[FdState], objects: &BTreeMap<u64,
                 c.check(
                     (fd.kind == FdKind::InetSocket) == inet_object,
                     format!("{field}.object"),
-                    format!("{id} is not an object an fd of kind {:?} refers to", fd.kind),
+                    format!(
+                        "{id} is not an object an fd of kind {:?} refers to",
+                        fd.kind
+                    ),
                 );
             }
             // Opened again by path: pipes and sockets cannot be.

@@ -135,7 +135,8 @@ fn dump(protocol: Protocol, ipv6: bool, out: &mut Vec<InetEntry>) -> Result<(), 
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&[0; 8]); // seq, pid
-    req.extend_from_slice(&[family as u8, proto as u8, 0, 0]); // family, protocol, ext, pad
+    let byte = |v: i32| u8::try_from(v).expect("address families and protocols fit a byte");
+    req.extend_from_slice(&[byte(family), byte(proto), 0, 0]); // family, protocol, ext, pad
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&[0; 48]); // struct inet_diag_sockid: any
     sock::sendto(
@@ -432,7 +433,7 @@ pub fn objects(
                 by_inode.insert(b, id);
                 files.objects.push(SharedObject {
                     id,
-                    object: ObjectKind::TcpPair(pair),
+                    object: ObjectKind::TcpPair(Box::new(pair)),
                 });
                 continue;
             }
@@ -523,7 +524,9 @@ impl SocketOptions {
             return Some(format!("a buffer size above {MAX_BUFFER} bytes"));
         }
         if let Some(t) = self.keepalive_timing
-            && t.iter().zip(MAX_KEEPALIVE).any(|(&v, max)| !(1..=max).contains(&v))
+            && t.iter()
+                .zip(MAX_KEEPALIVE)
+                .any(|(&v, max)| !(1..=max).contains(&v))
         {
             return Some(format!("keepalive timing {t:?} out of range"));
         }
@@ -617,12 +620,12 @@ pub fn address_problem(a: &SocketAddr, ipv6: bool) -> Option<String> {
         return Some(format!("{a} is an IPv6 address of an IPv4 socket"));
     }
     match a.ip() {
-        IpAddr::V4(ip) if ip.is_multicast() || ip.is_broadcast() => {
-            Some(format!("{a} is not an address a socket is bound or connected to"))
-        }
-        IpAddr::V6(ip) if ip.is_multicast() => {
-            Some(format!("{a} is not an address a socket is bound or connected to"))
-        }
+        IpAddr::V4(ip) if ip.is_multicast() || ip.is_broadcast() => Some(format!(
+            "{a} is not an address a socket is bound or connected to"
+        )),
+        IpAddr::V6(ip) if ip.is_multicast() => Some(format!(
+            "{a} is not an address a socket is bound or connected to"
+        )),
         _ => None,
     }
 }

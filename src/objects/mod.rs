@@ -59,7 +59,7 @@ pub enum ObjectKind {
     Pidfd(pidfd::PidfdState),
     Unlinked(unlinked::UnlinkedFile),
     TcpSocket(tcp::TcpSocket),
-    TcpPair(tcp::TcpPair),
+    TcpPair(Box<tcp::TcpPair>),
     TcpReset(tcp::TcpReset),
     Udp(udp::UdpSocket),
 }

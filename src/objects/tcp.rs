@@ -148,20 +148,19 @@ pub fn capture_pair(
     for fd in fds {
         let copy = fd.copy_here("the socket")?;
         repair_on(copy.as_fd()).map_err(fd.capture_failed("repair mode (TCP_REPAIR)"))?;
-        let kept = copy
-            .try_clone()
-            .map_err(|e| fd.capture_failed("repair mode (TCP_REPAIR)")(Errno::from_raw(
+        let kept = copy.try_clone().map_err(|e| {
+            fd.capture_failed("repair mode (TCP_REPAIR)")(Errno::from_raw(
                 e.raw_os_error().unwrap_or(libc::EIO),
-            )))?;
+            ))
+        })?;
         hold.add_repairing(kept);
         copies.push(copy);
     }
     let mut tries = 0;
     let queues = loop {
         tries += 1;
-        let read = |i: usize| {
-            read_queues(copies[i].as_fd()).map_err(fds[i].capture_failed("its queues"))
-        };
+        let read =
+            |i: usize| read_queues(copies[i].as_fd()).map_err(fds[i].capture_failed("its queues"));
         match (read(0), read(1)) {
             (Ok(a), Ok(b)) if agree(&a, &b) && agree(&b, &a) => break [a, b],
             (Err(ObjectError::Capture { source: e, .. }), _)
@@ -205,9 +204,9 @@ pub fn capture_pair(
             window: agreed.window,
         });
     }
-    let [a, b]: [TcpEnd; 2] = ends.try_into().map_err(|_| {
-        fds[0].capture_failed("its connection state")(Errno::EINVAL)
-    })?;
+    let [a, b]: [TcpEnd; 2] = ends
+        .try_into()
+        .map_err(|_| fds[0].capture_failed("its connection state")(Errno::EINVAL))?;
     Ok(TcpPair { ends: [a, b] })
 }
 
@@ -223,18 +222,21 @@ struct Queues {
 /// Whether what `from` has sent and `to` has received fit together: `to` has received
 /// everything `from` forgot (acknowledged), and nothing `from` never had.
 fn agree(from: &Queues, to: &Queues) -> bool {
-    let received_up_to = to
-        .receive_seq
-        .wrapping_add(to.receive_queue.len() as u32);
+    let received_up_to = to.receive_seq.wrapping_add(seq_len(&to.receive_queue));
     let ahead = received_up_to.wrapping_sub(from.send_seq);
     ahead as usize <= from.send_queue.len()
+}
+
+/// The length of a queue in sequence numbers (which wrap at 2^32; a queue is far shorter).
+fn seq_len(queue: &[u8]) -> u32 {
+    u32::try_from(queue.len()).unwrap_or(u32::MAX)
 }
 
 /// Both queues of a socket in repair mode; `EAGAIN` if they changed while being read.
 fn read_queues(fd: BorrowedFd) -> Result<Queues, Errno> {
     let tcp = libc::IPPROTO_TCP;
     so::set_int(fd, tcp, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
-    let write_seq = so::get_int(fd, tcp, libc::TCP_QUEUE_SEQ)? as u32;
+    let write_seq = so::get_int(fd, tcp, libc::TCP_QUEUE_SEQ)?.cast_unsigned();
     let (outq, unsent) = so::bytes_to_send(fd)?;
     // The kernel copies whole buffers of the send queue: room for all of it, and more.
     let mut send_queue = vec![0u8; outq + 4096];
@@ -245,7 +247,7 @@ fn read_queues(fd: BorrowedFd) -> Result<Queues, Errno> {
     }
     send_queue.truncate(n);
     so::set_int(fd, tcp, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
-    let rcv_nxt = so::get_int(fd, tcp, libc::TCP_QUEUE_SEQ)? as u32;
+    let rcv_nxt = so::get_int(fd, tcp, libc::TCP_QUEUE_SEQ)?.cast_unsigned();
     let inq = so::bytes_to_read(fd)?;
     let mut receive_queue = vec![0u8; inq + 1];
     // The process's peek offset (if it set one) would make the peek start there.
@@ -258,17 +260,17 @@ fn read_queues(fd: BorrowedFd) -> Result<Queues, Errno> {
         crate::tracer::sys::set_peek_offset(fd, was)?;
     }
     let n = peeked?;
-    let unchanged = so::get_int(fd, tcp, libc::TCP_QUEUE_SEQ)? as u32 == rcv_nxt;
+    let unchanged = so::get_int(fd, tcp, libc::TCP_QUEUE_SEQ)?.cast_unsigned() == rcv_nxt;
     so::set_int(fd, tcp, libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     if n != inq || !unchanged {
         return Err(Errno::EAGAIN);
     }
     receive_queue.truncate(n);
     Ok(Queues {
-        send_seq: write_seq.wrapping_sub(outq as u32),
+        send_seq: write_seq.wrapping_sub(seq_len(&send_queue)),
         send_queue,
-        unsent: unsent as u32,
-        receive_seq: rcv_nxt.wrapping_sub(inq as u32),
+        unsent: u32::try_from(unsent).map_err(|_| Errno::EOVERFLOW)?,
+        receive_seq: rcv_nxt.wrapping_sub(seq_len(&receive_queue)),
         receive_queue,
     })
 }
@@ -301,11 +303,11 @@ fn read_agreed(fd: BorrowedFd) -> Result<Agreed, Errno> {
     let word = |i: usize| u32::from_ne_bytes(window[i * 4..i * 4 + 4].try_into().expect("4"));
     Ok(Agreed {
         // In repair mode this is the MSS agreed in the handshake (`mss_clamp`).
-        mss: so::get_int(fd, tcp, libc::TCP_MAXSEG)? as u32,
+        mss: so::get_int(fd, tcp, libc::TCP_MAXSEG)?.cast_unsigned(),
         window_scale: (options & TCPI_OPT_WSCALE != 0).then_some((info[6] & 0xf, info[6] >> 4)),
         sack: options & TCPI_OPT_SACK != 0,
         timestamps: options & TCPI_OPT_TIMESTAMPS != 0,
-        timestamp: so::get_int(fd, tcp, libc::TCP_TIMESTAMP)? as u32,
+        timestamp: so::get_int(fd, tcp, libc::TCP_TIMESTAMP)?.cast_unsigned(),
         window: [word(0), word(1), word(2), word(3), word(4)],
     })
 }
@@ -444,7 +446,9 @@ impl TcpPair {
             if e.unsent as usize > e.send_queue.len() {
                 return Some("more data not sent than its send queue holds".into());
             }
-            if e.window_scale.is_some_and(|(s, r)| s > MAX_WSCALE || r > MAX_WSCALE) {
+            if e.window_scale
+                .is_some_and(|(s, r)| s > MAX_WSCALE || r > MAX_WSCALE)
+            {
                 return Some(format!("a window scale above {MAX_WSCALE}"));
             }
             if !(64..=65535).contains(&e.mss) {
@@ -521,7 +525,7 @@ impl TcpEnd {
             step(
                 "sequence numbers",
                 so::set_int(fd, tcp, libc::TCP_REPAIR_QUEUE, queue)
-                    .and_then(|()| so::set_int(fd, tcp, libc::TCP_QUEUE_SEQ, seq as i32)),
+                    .and_then(|()| so::set_int(fd, tcp, libc::TCP_QUEUE_SEQ, seq.cast_signed())),
             )?;
         }
         step("connect", so::connect(fd, self.remote, self.ipv6))?;
@@ -546,7 +550,7 @@ impl TcpEnd {
         if self.timestamps {
             step(
                 "timestamp",
-                so::set_int(fd, tcp, libc::TCP_TIMESTAMP, self.timestamp as i32),
+                so::set_int(fd, tcp, libc::TCP_TIMESTAMP, self.timestamp.cast_signed()),
             )?;
         }
         for (queue, data) in [

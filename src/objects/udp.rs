@@ -37,6 +37,9 @@ pub struct Datagram {
     pub data: Vec<u8>,
 }
 
+/// `IPPROTO_UDP`, as the byte of an IP header.
+const UDP: u8 = 17;
+
 /// Largest UDP payload (over IPv4; IPv6 jumbograms are not restored).
 const MAX_DATAGRAM: usize = 65507;
 /// Datagrams beyond this many in one queue are taken for a peek that does not move on.
@@ -134,7 +137,8 @@ impl UdpSocket {
             .map_err(fail("options"))?;
         if !self.queued.is_empty() {
             // Before connect, which would filter out other senders.
-            self.requeue(fd).map_err(fail("queue its datagrams again"))?;
+            self.requeue(fd)
+                .map_err(fail("queue its datagrams again"))?;
         }
         if let Some(a) = self.remote {
             so::connect(fd, a, self.ipv6).map_err(fail("connect"))?;
@@ -158,7 +162,12 @@ impl UdpSocket {
                 *raw = Some(so::raw_ip_socket(from.is_ipv6())?);
             }
             let raw = raw.as_ref().ok_or(Errno::EBADF)?;
-            let sent = so::send_to(raw.as_fd(), &packet, SocketAddr::new(to.ip(), 0), to.is_ipv6())?;
+            let sent = so::send_to(
+                raw.as_fd(),
+                &packet,
+                SocketAddr::new(to.ip(), 0),
+                to.is_ipv6(),
+            )?;
             if sent != packet.len() {
                 return Err(Errno::EMSGSIZE);
             }
@@ -203,7 +212,7 @@ fn packet(from: SocketAddr, to: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
             p.extend_from_slice(&[0x45, 0]);
             p.extend_from_slice(&total.to_be_bytes());
             // Identification and header checksum: the kernel fills them in.
-            p.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+            p.extend_from_slice(&[0, 0, 0x40, 0, 64, UDP, 0, 0]);
             p.extend_from_slice(&src.octets());
             p.extend_from_slice(&dst.octets());
             // An IPv4 UDP checksum of 0 means none.
@@ -215,7 +224,7 @@ fn packet(from: SocketAddr, to: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
             pseudo.extend_from_slice(&src.octets());
             pseudo.extend_from_slice(&dst.octets());
             pseudo.extend_from_slice(&u32::from(udp_len).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, libc::IPPROTO_UDP as u8]);
+            pseudo.extend_from_slice(&[0, 0, 0, UDP]);
             pseudo.extend_from_slice(&udp);
             // Mandatory over IPv6; 0 is sent as all ones.
             let sum = match checksum(&pseudo) {
@@ -226,7 +235,7 @@ fn packet(from: SocketAddr, to: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
             let mut p = Vec::with_capacity(40 + udp.len());
             p.extend_from_slice(&[0x60, 0, 0, 0]);
             p.extend_from_slice(&udp_len.to_be_bytes());
-            p.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
+            p.extend_from_slice(&[UDP, 64]);
             p.extend_from_slice(&src.octets());
             p.extend_from_slice(&dst.octets());
             p.extend_from_slice(&udp);
@@ -245,7 +254,8 @@ fn checksum(bytes: &[u8]) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    // Folded: it fits 16 bits now.
+    !u16::try_from(sum).unwrap_or(0xffff)
 }
 
 #[cfg(test)]
@@ -255,7 +265,10 @@ mod tests {
     #[test]
     fn the_checksum_of_rfc1071s_example() {
         // RFC 1071 section 3: 0001 f203 f4f5 f6f7 sums to ddf2 (one's complement 220d).
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
     }
 
     /// Datagrams come back with their senders, on both families.

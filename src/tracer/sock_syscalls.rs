@@ -44,8 +44,7 @@ pub fn get_bytes(fd: BorrowedFd, level: i32, name: i32, out: &mut [u8]) -> Resul
 pub fn set_bytes(fd: BorrowedFd, level: i32, name: i32, value: &[u8]) -> Result<(), Errno> {
     let len = libc::socklen_t::try_from(value.len()).map_err(|_| Errno::EINVAL)?;
     // SAFETY: the kernel reads `len` bytes from `value`, live for the call.
-    let ret =
-        unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), len) };
+    let ret = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), len) };
     Errno::result(ret).map(drop)
 }
 
@@ -65,10 +64,7 @@ pub fn bytes_to_read(fd: BorrowedFd) -> Result<usize, Errno> {
 /// Bytes in the send queue not acknowledged yet (`SIOCOUTQ`), and of those, bytes not
 /// sent yet (`SIOCOUTQNSD`).
 pub fn bytes_to_send(fd: BorrowedFd) -> Result<(usize, usize), Errno> {
-    Ok((
-        ioctl_int(fd, libc::TIOCOUTQ)?,
-        ioctl_int(fd, SIOCOUTQNSD)?,
-    ))
+    Ok((ioctl_int(fd, libc::TIOCOUTQ)?, ioctl_int(fd, SIOCOUTQNSD)?))
 }
 
 /// `recv(MSG_PEEK | MSG_DONTWAIT)` into `buf`; 0 when nothing is queued.
@@ -160,9 +156,7 @@ fn to_storage(addr: SocketAddr, ipv6: bool) -> (libc::sockaddr_storage, libc::so
     // SAFETY: zeroed sockaddr_storage is a valid empty address, filled in below.
     let mut s: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let addr = match (addr, ipv6) {
-        (SocketAddr::V4(a), true) => {
-            SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
-        }
+        (SocketAddr::V4(a), true) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
         (a, _) => a,
     };
     match addr {
@@ -172,18 +166,23 @@ fn to_storage(addr: SocketAddr, ipv6: bool) -> (libc::sockaddr_storage, libc::so
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            (s, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            (
+                s,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         }
         SocketAddr::V6(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
-            let sin6: &mut libc::sockaddr_in6 =
-                unsafe { &mut *std::ptr::from_mut(&mut s).cast() };
+            let sin6: &mut libc::sockaddr_in6 = unsafe { &mut *std::ptr::from_mut(&mut s).cast() };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
             sin6.sin6_addr.s6_addr = a.ip().octets();
             sin6.sin6_flowinfo = a.flowinfo();
             sin6.sin6_scope_id = a.scope_id();
-            (s, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            (
+                s,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
         }
     }
 }
@@ -264,7 +263,13 @@ pub fn listen(fd: BorrowedFd, backlog: i32) -> Result<(), Errno> {
 pub fn raw_ip_socket(ipv6: bool) -> Result<std::os::fd::OwnedFd, Errno> {
     let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
     // SAFETY: plain integers.
-    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
     let fd = Errno::result(fd)?;
     // SAFETY: the kernel just returned this fd; nothing else owns it.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })

@@ -647,15 +647,17 @@ fn with_tcp_pair() -> Manifest {
     let mut m = sample();
     m.objects.push(SharedObject {
         id: 6,
-        object: ObjectKind::TcpPair(TcpPair {
+        object: ObjectKind::TcpPair(Box::new(TcpPair {
             ends: [
                 end("127.0.0.1:5000", "127.0.0.1:40000", 11),
                 end("127.0.0.1:40000", "127.0.0.1:5000", 12),
             ],
-        }),
+        })),
     });
-    m.fds.push(fd(4, FdKind::InetSocket, "socket:[11]", Some(6)));
-    m.fds.push(fd(5, FdKind::InetSocket, "socket:[12]", Some(6)));
+    m.fds
+        .push(fd(4, FdKind::InetSocket, "socket:[11]", Some(6)));
+    m.fds
+        .push(fd(5, FdKind::InetSocket, "socket:[12]", Some(6)));
     m
 }
 
@@ -673,7 +675,9 @@ fn hostile_tcp_and_udp_objects() {
         let err = validate(&m).expect_err("a hostile TCP object passed");
         assert!(err.names(field), "expected {field}, got: {err}");
     }
-    refused_tcp("objects[1].object", |p| p.ends[0].window_scale = Some((15, 0)));
+    refused_tcp("objects[1].object", |p| {
+        p.ends[0].window_scale = Some((15, 0))
+    });
     refused_tcp("objects[1].object", |p| p.ends[0].unsent = 4);
     refused_tcp("objects[1].object", |p| p.ends[1].mss = 0);
     refused_tcp("objects[1].object", |p| {
