@@ -645,6 +645,42 @@ pub fn new_socket(protocol: Protocol, ipv6: bool) -> Result<OwnedFd, Errno> {
     sock::socket(family, kind, SockFlag::SOCK_CLOEXEC, proto)
 }
 
+/// The error for a failure at `step` of making `what` again; an address in use most
+/// likely means the checkpointed job (or a restore of it) still holds it.
+pub fn recreate_failed(what: &str, step: &str, e: Errno) -> ObjectError {
+    let why = match e {
+        Errno::EADDRINUSE => ": the address is in use (does the checkpointed job still run?)",
+        Errno::EADDRNOTAVAIL => {
+            ": the connection exists on this host (does the checkpointed job still run?)"
+        }
+        _ => "",
+    };
+    ObjectError::Recreate {
+        what: format!("{what} ({step}){why}"),
+        source: e.into(),
+    }
+}
+
+/// A new socket with its options, bound to `local` if given.
+pub fn bound_socket(
+    protocol: Protocol,
+    ipv6: bool,
+    options: &SocketOptions,
+    local: Option<SocketAddr>,
+) -> Result<OwnedFd, (&'static str, Errno)> {
+    let s = new_socket(protocol, ipv6).map_err(|e| ("socket", e))?;
+    options
+        .apply_before_bind(s.as_fd(), ipv6)
+        .map_err(|e| ("options", e))?;
+    if let Some(a) = local {
+        crate::tracer::sock_syscalls::bind(s.as_fd(), a, ipv6).map_err(|e| ("bind", e))?;
+    }
+    options
+        .apply(s.as_fd(), protocol)
+        .map_err(|e| ("options", e))?;
+    Ok(s)
+}
+
 /// Sets the file status flags of a restored socket (`O_NONBLOCK`).
 pub fn set_flags(fd: BorrowedFd, flags: i32) -> Result<(), Errno> {
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags & libc::O_NONBLOCK);

@@ -351,27 +351,10 @@ impl TcpSocket {
             (Some(a), None) => format!("a TCP socket bound to {a}"),
             _ => "a TCP socket".to_string(),
         };
-        let fail = |step: &'static str| {
-            let what = format!("{what} ({step})");
-            move |e: Errno| ObjectError::Recreate {
-                what: if e == Errno::EADDRINUSE {
-                    format!("{what}: the address is in use (does the checkpointed job still run?)")
-                } else {
-                    what
-                },
-                source: e.into(),
-            }
-        };
-        let s = inet::new_socket(Protocol::Tcp, self.ipv6).map_err(fail("socket"))?;
-        self.options
-            .apply_before_bind(s.as_fd(), self.ipv6)
-            .map_err(fail("options"))?;
-        if let Some(a) = self.local {
-            so::bind(s.as_fd(), a, self.ipv6).map_err(fail("bind"))?;
-        }
-        self.options
-            .apply(s.as_fd(), Protocol::Tcp)
-            .map_err(fail("options"))?;
+        let what: &str = &what;
+        let fail = |step: &'static str| move |e: Errno| inet::recreate_failed(what, step, e);
+        let s = inet::bound_socket(Protocol::Tcp, self.ipv6, &self.options, self.local)
+            .map_err(|(step, e)| fail(step)(e))?;
         if let Some(backlog) = self.backlog {
             let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
             so::listen(s.as_fd(), backlog).map_err(fail("listen"))?;
@@ -470,20 +453,8 @@ impl TcpPair {
             "the TCP connection {} -> {}",
             self.ends[0].local, self.ends[0].remote
         );
-        let fail = |step: &'static str| {
-            let what = format!("{what} ({step})");
-            move |e: Errno| ObjectError::Recreate {
-                what: if e == Errno::EADDRNOTAVAIL || e == Errno::EADDRINUSE {
-                    format!(
-                        "{what}: the connection exists on this host (does the checkpointed job \
-                         still run?)"
-                    )
-                } else {
-                    what
-                },
-                source: e.into(),
-            }
-        };
+        let what: &str = &what;
+        let fail = |step: &'static str| move |e: Errno| inet::recreate_failed(what, step, e);
         let mut sockets = Vec::with_capacity(2);
         for end in &self.ends {
             sockets.push(end.create().map_err(|(step, e)| fail(step)(e))?);

@@ -113,28 +113,11 @@ impl UdpSocket {
             Some(a) => format!("a UDP socket bound to {a}"),
             None => "a UDP socket".to_string(),
         };
-        let fail = |step: &'static str| {
-            let what = format!("{what} ({step})");
-            move |e: Errno| ObjectError::Recreate {
-                what: if e == Errno::EADDRINUSE {
-                    format!("{what}: the address is in use (does the checkpointed job still run?)")
-                } else {
-                    what
-                },
-                source: e.into(),
-            }
-        };
-        let s = inet::new_socket(Protocol::Udp, self.ipv6).map_err(fail("socket"))?;
+        let what: &str = &what;
+        let fail = |step: &'static str| move |e: Errno| inet::recreate_failed(what, step, e);
+        let s = inet::bound_socket(Protocol::Udp, self.ipv6, &self.options, self.local)
+            .map_err(|(step, e)| fail(step)(e))?;
         let fd = s.as_fd();
-        self.options
-            .apply_before_bind(fd, self.ipv6)
-            .map_err(fail("options"))?;
-        if let Some(a) = self.local {
-            so::bind(fd, a, self.ipv6).map_err(fail("bind"))?;
-        }
-        self.options
-            .apply(fd, Protocol::Udp)
-            .map_err(fail("options"))?;
         if !self.queued.is_empty() {
             // Before connect, which would filter out other senders.
             self.requeue(fd)
