@@ -509,6 +509,10 @@ fn check_objects(
                 inet_problem(c, i, r.problem());
                 "tcp_reset"
             }
+            ObjectKind::TcpPending(p) => {
+                inet_problem(c, i, p.problem());
+                "tcp_pending"
+            }
             ObjectKind::Udp(u) => {
                 inet_problem(c, i, u.problem());
                 "udp"
@@ -575,7 +579,7 @@ fn inet_problem(c: &mut Checker, i: usize, problem: Option<String>) {
 }
 
 /// The object kinds an fd of kind `InetSocket` may refer to.
-const INET_OBJECTS: [&str; 4] = ["tcp_socket", "tcp_pair", "tcp_reset", "udp"];
+const INET_OBJECTS: [&str; 5] = ["tcp_socket", "tcp_pair", "tcp_reset", "tcp_pending", "udp"];
 
 fn check_unlinked(
     c: &mut Checker,

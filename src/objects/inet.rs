@@ -68,6 +68,14 @@ impl InetTable {
         })
     }
 
+    /// The listener in whose accept queue connection `w` waits.
+    fn listener_of(&self, w: &InetEntry) -> Option<&InetEntry> {
+        self.entries
+            .iter()
+            .filter(|l| l.protocol == Protocol::Tcp && l.state == TCP_LISTEN)
+            .find(|l| self.waiting(l).any(|x| x == w))
+    }
+
     /// Connections waiting in the accept queue of listener `l` (no file refers to them).
     fn waiting(&self, l: &InetEntry) -> impl Iterator<Item = &InetEntry> {
         let at = canonical(l.local);
@@ -246,6 +254,18 @@ fn unlisted_entry(copy: BorrowedFd, inode: u64) -> Option<InetEntry> {
     })
 }
 
+/// Whether a connection of the job waiting to be accepted (`waiting`, the server's side,
+/// which has no fd yet; `client`, the job's end) can be made again by connecting anew at
+/// restore: nothing was sent on it yet either way, so its sequence numbers do not matter.
+fn connects_again(waiting: &InetEntry, client: &InetEntry) -> bool {
+    waiting.state == TCP_ESTABLISHED
+        && client.state == TCP_ESTABLISHED
+        && waiting.rqueue == 0
+        && waiting.wqueue == 0
+        && client.rqueue == 0
+        && client.wqueue == 0
+}
+
 fn state_name(state: u8) -> &'static str {
     match state {
         1 => "ESTABLISHED",
@@ -269,6 +289,9 @@ pub enum Plan<'t> {
     TcpSocket(&'t InetEntry),
     /// A TCP connection with both ends in the job (each end's inode, in inode order).
     TcpPair(u64, u64),
+    /// A TCP connection of the job waiting in the accept queue of a listener of the job,
+    /// nothing sent on it yet: connected anew at restore.
+    TcpPending,
     /// A TCP connection whose peer is outside the job: restored reset.
     TcpReset,
     Udp,
@@ -305,7 +328,9 @@ pub fn plan<'t>(
                 for w in table.waiting(e) {
                     match table.tcp_peer(w) {
                         Some(client) if sockets.get(client.inode).is_some() => {
-                            inside.push(format!("from {} (held by the job)", client.local));
+                            if !connects_again(w, client) {
+                                inside.push(format!("from {} (held by the job)", client.local));
+                            }
                         }
                         _ => warnings.push(format!(
                             "{who} is a TCP socket listening on {} with a connection from {} \
@@ -320,7 +345,7 @@ pub fn plan<'t>(
                         problems,
                         format!(
                             "a TCP socket listening on {} with connections of the job waiting \
-                             to be accepted: {}",
+                             to be accepted, with data sent on them: {}",
                             e.local,
                             inside.join(", ")
                         ),
@@ -347,6 +372,25 @@ pub fn plan<'t>(
                         continue;
                     }
                     Plan::TcpPair(inode.min(peer.inode), inode.max(peer.inode))
+                }
+                Some(waiting)
+                    if waiting.inode == 0
+                        && table
+                            .listener_of(waiting)
+                            .is_some_and(|l| sockets.get(l.inode).is_some()) =>
+                {
+                    if !connects_again(waiting, e) {
+                        refuse(
+                            problems,
+                            format!(
+                                "a TCP connection {} -> {} of the job not accepted yet by its \
+                                 listener (of the job), with data sent on it",
+                                e.local, e.remote
+                            ),
+                        );
+                        continue;
+                    }
+                    Plan::TcpPending
                 }
                 _ => {
                     warnings.push(format!(
@@ -401,7 +445,8 @@ pub fn objects(
         Plan::TcpSocket(_) => 0,
         Plan::Udp => 1,
         Plan::TcpPair(..) => 2,
-        Plan::TcpReset => 3,
+        Plan::TcpPending => 3,
+        Plan::TcpReset => 4,
     };
     let mut sorted: Vec<(&u64, &Plan)> = plans.iter().collect();
     sorted.sort_by_key(|(inode, p)| (order(p), **inode));
@@ -417,6 +462,9 @@ pub fn objects(
             Plan::Udp => ObjectKind::Udp(super::udp::capture(first, e)?),
             Plan::TcpReset => {
                 ObjectKind::TcpReset(super::tcp::capture_reset(first, e, &mut files.repair)?)
+            }
+            Plan::TcpPending => {
+                ObjectKind::TcpPending(super::tcp::capture_pending(first, e, &mut files.repair)?)
             }
             &Plan::TcpPair(a, b) => {
                 let (Some(fa), Some(fb), Some(ea), Some(eb)) = (

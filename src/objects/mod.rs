@@ -61,6 +61,7 @@ pub enum ObjectKind {
     TcpSocket(tcp::TcpSocket),
     TcpPair(Box<tcp::TcpPair>),
     TcpReset(tcp::TcpReset),
+    TcpPending(tcp::TcpPending),
     Udp(udp::UdpSocket),
 }
 
@@ -771,6 +772,7 @@ impl SharedObject {
             ObjectKind::TcpSocket(t) => one(t.open()),
             ObjectKind::TcpPair(p) => p.open(),
             ObjectKind::TcpReset(r) => one(r.open()),
+            ObjectKind::TcpPending(p) => one(p.open()),
             ObjectKind::Udp(u) => one(u.open()),
         }
     }

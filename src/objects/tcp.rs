@@ -67,6 +67,19 @@ pub struct TcpReset {
     pub remote: SocketAddr,
 }
 
+/// A connection of the job waiting in the accept queue of a listener of the job, nothing
+/// sent on it yet: at restore the job's end connects again (a real handshake) once the
+/// listener listens again, and the new connection waits in its queue as the old one did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpPending {
+    pub ipv6: bool,
+    pub flags: i32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub options: SocketOptions,
+}
+
 /// A connection with both ends in the job.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +145,25 @@ pub fn capture_reset(
         flags: fd.flags & libc::O_NONBLOCK,
         local: e.local,
         remote: e.remote,
+    })
+}
+
+pub fn capture_pending(
+    fd: &OpenFd,
+    e: &inet::InetEntry,
+    hold: &mut RepairHold,
+) -> Result<TcpPending, ObjectError> {
+    let copy = fd.copy_here("the socket")?;
+    let options = SocketOptions::capture(copy.as_fd(), Protocol::Tcp, e.ipv6)
+        .map_err(fd.capture_failed("its options"))?;
+    // Ended with a reset by a kill: no TIME_WAIT on its port, which the restore binds.
+    hold.add_outside(copy);
+    Ok(TcpPending {
+        ipv6: e.ipv6,
+        flags: fd.flags & libc::O_NONBLOCK,
+        local: e.local,
+        remote: e.remote,
+        options,
     })
 }
 
@@ -381,6 +413,38 @@ impl TcpReset {
             what,
             source: e.into(),
         })
+    }
+}
+
+impl TcpPending {
+    pub fn problem(&self) -> Option<String> {
+        inet::address_problem(&self.local, self.ipv6)
+            .or_else(|| inet::address_problem(&self.remote, self.ipv6))
+            .or_else(|| self.options.problem())
+    }
+
+    /// Bound to its old address and connected to the restored listener (created before
+    /// it: listeners come first among the objects).
+    pub fn open(&self) -> Result<OwnedFd, ObjectError> {
+        let what = format!(
+            "the TCP connection {} -> {} waiting to be accepted",
+            self.local, self.remote
+        );
+        let what: &str = &what;
+        let fail = |step: &'static str| move |e: Errno| inet::recreate_failed(what, step, e);
+        // Its port may still be taken by a connection closing (TIME_WAIT).
+        let binding = SocketOptions {
+            reuse_address: true,
+            ..self.options.clone()
+        };
+        let s = inet::bound_socket(Protocol::Tcp, self.ipv6, &binding, Some(self.local))
+            .map_err(|(step, e)| fail(step)(e))?;
+        so::connect(s.as_fd(), self.remote, self.ipv6).map_err(fail("connect"))?;
+        self.options
+            .apply(s.as_fd(), Protocol::Tcp)
+            .map_err(fail("options"))?;
+        inet::set_flags(s.as_fd(), self.flags).map_err(fail("flags"))?;
+        Ok(s)
     }
 }
 

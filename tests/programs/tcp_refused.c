@@ -1,6 +1,7 @@
 /*
  * tcp_refused.c - TCP states mlckpt refuses to checkpoint, held while ticking:
- *  "unaccepted": a connection of the job waiting in its own listener's accept queue;
+ *  "unaccepted": a connection of the job waiting in its own listener's accept queue, with
+ *                data sent on it (one without is connected again at restore);
  *  "halfclosed": a connection inside the job, one end shut down for writing (FIN_WAIT2 /
  *                CLOSE_WAIT).
  * A checkpoint must fail naming the socket; the job runs on and ends normally.
@@ -39,6 +40,10 @@ int main(int argc, char **argv)
         return 1;
     }
     int s = -1;
+    if (!strcmp(argv[1], "unaccepted") && write(c, "y", 1) != 1) {
+        printf("FAIL write: %s\n", strerror(errno));
+        return 1;
+    }
     if (!strcmp(argv[1], "halfclosed")) {
         s = accept(l, NULL, NULL);
         if (s < 0 || shutdown(c, SHUT_WR)) {
