@@ -4,7 +4,8 @@
 //! from a copy of it (`SO_DOMAIN`, `SO_PROTOCOL`). This module sorts the job's sockets
 //! into the objects `tcp` and `udp` capture: TCP sockets that are listening or not
 //! connected, TCP connections with both ends in the job (restored with their queues by
-//! `TCP_REPAIR`), TCP connections to a peer outside the job (restored reset), and UDP
+//! `TCP_REPAIR`), connections of the job still waiting in its listener's accept queue
+//! (connected anew), TCP connections to a peer outside the job (restored reset), and UDP
 //! sockets. It also holds the socket options both protocols share, and the sockets a
 //! checkpoint leaves in repair mode until the job is killed or let go.
 

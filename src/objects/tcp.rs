@@ -1,6 +1,7 @@
 //! TCP sockets: listening or not connected (`TcpSocket`: address, backlog, options),
-//! connections with both ends in the job (`TcpPair`), and connections to a peer outside
-//! the job (`TcpReset`).
+//! connections with both ends in the job (`TcpPair`), connections of the job waiting in
+//! its listener's accept queue (`TcpPending`), and connections to a peer outside the job
+//! (`TcpReset`).
 //!
 //! A connection inside the job is captured as CRIU does, with the kernel's repair mode
 //! (`TCP_REPAIR`, see the kernel's net/ipv4/tcp.c): on a copy of each socket
