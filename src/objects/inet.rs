@@ -51,6 +51,9 @@ pub struct InetEntry {
 pub struct InetTable {
     entries: Vec<InetEntry>,
     by_inode: BTreeMap<u64, usize>,
+    /// Why the kernel could not list TCP sockets (no `inet_diag` for TCP), if it could not:
+    /// a TCP socket of the job is then refused, since its peer cannot be found.
+    tcp_unlisted: Option<Errno>,
 }
 
 impl InetTable {
@@ -101,12 +104,19 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Every TCP and UDP socket of this network namespace.
+/// Every TCP and UDP socket of this network namespace. A kernel without `inet_diag` for a
+/// protocol lists none of it: UDP sockets are then identified from copies of them (all a
+/// UDP socket's state is read from itself), TCP ones are refused.
 pub fn table() -> Result<InetTable, Errno> {
     let mut t = InetTable::default();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         for ipv6 in [false, true] {
-            dump(protocol, ipv6, &mut t.entries)?;
+            let mut found = Vec::new();
+            match dump(protocol, ipv6, &mut found) {
+                Ok(()) => t.entries.extend(found),
+                Err(e) if protocol == Protocol::Tcp => t.tcp_unlisted = Some(e),
+                Err(_) => {}
+            }
         }
     }
     for (i, e) in t.entries.iter().enumerate() {
@@ -324,6 +334,17 @@ pub fn plan<'t>(
         };
         let plan = match e.protocol {
             Protocol::Udp => Plan::Udp,
+            Protocol::Tcp if table.tcp_unlisted.is_some() => {
+                refuse(
+                    problems,
+                    format!(
+                        "a TCP socket, and the kernel does not list TCP sockets (inet_diag: {}), \
+                         so its peer cannot be found",
+                        table.tcp_unlisted.unwrap_or(Errno::ENOENT)
+                    ),
+                );
+                continue;
+            }
             Protocol::Tcp if e.state == TCP_LISTEN => {
                 let mut inside = Vec::new();
                 for w in table.waiting(e) {

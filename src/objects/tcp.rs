@@ -283,13 +283,14 @@ fn read_queues(fd: BorrowedFd) -> Result<Queues, Errno> {
     let rcv_nxt = so::get_int(fd, tcp, libc::TCP_QUEUE_SEQ)?.cast_unsigned();
     let inq = so::bytes_to_read(fd)?;
     let mut receive_queue = vec![0u8; inq + 1];
-    // The process's peek offset (if it set one) would make the peek start there.
+    // The process's peek offset (if it enabled one) would make the peek start there, and
+    // the peek would move it: start from the head, and put it back.
     let was = crate::tracer::sys::peek_offset(fd)?;
-    if was > 0 {
+    if was >= 0 {
         crate::tracer::sys::set_peek_offset(fd, 0)?;
     }
     let peeked = so::peek(fd, &mut receive_queue);
-    if was > 0 {
+    if was >= 0 {
         crate::tracer::sys::set_peek_offset(fd, was)?;
     }
     let n = peeked?;
