@@ -279,3 +279,24 @@ fn unaccepted_and_half_closed_connections_are_refused() {
         assert!(run.stdout.ends_with("done\n"), "{mode}: {}", run.describe());
     }
 }
+
+/// A restored connection is an ordinary one: the restored job is checkpointed (--kill)
+/// and restored again, and its run still ends as an uninterrupted one.
+#[test]
+fn a_restored_connection_is_checkpointed_again() {
+    require_root();
+    let h = Harness::new("tcp-twice");
+    let prog = Prog::c("tcp_pair", &["80"]);
+    let reference = h.plain(&prog);
+    let Killed { pid, ckpt, before } = h.run_until_checkpoint_kill(&prog, 15);
+    let mut restored = h.restore(&ckpt.path, &prog);
+    restored.set_target(pid);
+    restored.wait_for_ticks(15);
+    let second = h.checkpoint(pid, true);
+    let middle = restored.finish(CMD_TIMEOUT).expect_code(KILLED).stdout;
+    wait_gone(pid);
+    assert_eq!(queued_in_pairs(&second.path).0, 1);
+    let after = h.restore_to_end(&second.path, &prog, pid, |_, _| {});
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &before, &format!("{middle}{after}"), pid);
+}
