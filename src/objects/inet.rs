@@ -700,6 +700,15 @@ pub fn address_problem(a: &SocketAddr, ipv6: bool) -> Option<String> {
     }
 }
 
+/// Why the two addresses of a connection cannot be, if they cannot: each must be one a
+/// socket has (see `address_problem`), with a port.
+pub fn connection_problem(local: &SocketAddr, remote: &SocketAddr, ipv6: bool) -> Option<String> {
+    if local.port() == 0 || remote.port() == 0 {
+        return Some(format!("a connection {local} -> {remote} on port 0"));
+    }
+    address_problem(local, ipv6).or_else(|| address_problem(remote, ipv6))
+}
+
 /// A new TCP or UDP socket (close-on-exec).
 pub fn new_socket(protocol: Protocol, ipv6: bool) -> Result<OwnedFd, Errno> {
     use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockProtocol, SockType};

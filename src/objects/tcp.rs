@@ -400,8 +400,7 @@ impl TcpSocket {
 
 impl TcpReset {
     pub fn problem(&self) -> Option<String> {
-        inet::address_problem(&self.local, self.ipv6)
-            .or_else(|| inet::address_problem(&self.remote, self.ipv6))
+        inet::connection_problem(&self.local, &self.remote, self.ipv6)
     }
 
     /// A socket whose connection was reset: connected to a listener of our own on the
@@ -420,8 +419,7 @@ impl TcpReset {
 
 impl TcpPending {
     pub fn problem(&self) -> Option<String> {
-        inet::address_problem(&self.local, self.ipv6)
-            .or_else(|| inet::address_problem(&self.remote, self.ipv6))
+        inet::connection_problem(&self.local, &self.remote, self.ipv6)
             .or_else(|| self.options.problem())
     }
 
@@ -483,8 +481,7 @@ impl TcpPair {
 
     pub fn problem(&self) -> Option<String> {
         for e in &self.ends {
-            let p = inet::address_problem(&e.local, e.ipv6)
-                .or_else(|| inet::address_problem(&e.remote, e.ipv6))
+            let p = inet::connection_problem(&e.local, &e.remote, e.ipv6)
                 .or_else(|| e.options.problem());
             if p.is_some() {
                 return p;

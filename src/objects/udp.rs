@@ -96,6 +96,9 @@ impl UdpSocket {
         {
             return Some(p);
         }
+        if self.remote.is_some_and(|r| r.port() == 0) {
+            return Some("connected to port 0".into());
+        }
         if self.queued.len() > MAX_QUEUED {
             return Some(format!("more than {MAX_QUEUED} queued datagrams"));
         }

@@ -681,6 +681,10 @@ fn hostile_tcp_and_udp_objects() {
     refused_tcp("objects[1].object", |p| p.ends[0].unsent = 4);
     refused_tcp("objects[1].object", |p| p.ends[1].mss = 0);
     refused_tcp("objects[1].object", |p| {
+        p.ends[0].remote = "127.0.0.1:0".parse().unwrap();
+        p.ends[1].local = "127.0.0.1:0".parse().unwrap();
+    });
+    refused_tcp("objects[1].object", |p| {
         p.ends[0].local = "[::1]:5000".parse().unwrap();
     });
     refused_tcp("objects[1].object", |p| {
