@@ -181,31 +181,24 @@ pub fn capture_pair(
     for fd in fds {
         let copy = fd.copy_here("the socket")?;
         repair_on(copy.as_fd()).map_err(fd.capture_failed("repair mode (TCP_REPAIR)"))?;
-        let kept = copy.try_clone().map_err(|e| {
-            fd.capture_failed("repair mode (TCP_REPAIR)")(Errno::from_raw(
-                e.raw_os_error().unwrap_or(libc::EIO),
-            ))
-        })?;
+        // The hold turns repair mode off again (job goes on) or keeps it (kill).
+        let kept = crate::tracer::sys::dup_at_least(std::os::fd::AsRawFd::as_raw_fd(&copy), 0)
+            .map_err(fd.capture_failed("repair mode (TCP_REPAIR)"))?;
         hold.add_repairing(kept);
         copies.push(copy);
     }
+    let read = |i: usize| read_queues(copies[i].as_fd());
     let mut tries = 0;
     let queues = loop {
         tries += 1;
-        let read =
-            |i: usize| read_queues(copies[i].as_fd()).map_err(fds[i].capture_failed("its queues"));
         match (read(0), read(1)) {
             (Ok(a), Ok(b)) if agree(&a, &b) && agree(&b, &a) => break [a, b],
-            (Err(ObjectError::Capture { source: e, .. }), _)
-            | (_, Err(ObjectError::Capture { source: e, .. }))
-                if e != Errno::EAGAIN =>
-            {
+            (Err(e), _) | (_, Err(e)) if e != Errno::EAGAIN => {
                 return Err(fds[0].capture_failed("its queues")(e));
             }
             _ if tries >= CAPTURE_TRIES => {
-                return Err(fds[0].capture_failed("its queues, which kept changing")(
-                    Errno::EAGAIN,
-                ));
+                let what = "its queues, which kept changing";
+                return Err(fds[0].capture_failed(what)(Errno::EAGAIN));
             }
             _ => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
