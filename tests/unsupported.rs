@@ -1,15 +1,16 @@
-//! (10) A process holding a TCP socket cannot be checkpointed: the checkpoint fails with a
-//! non-zero exit and a message about the socket, leaves no image behind, does not kill the
-//! process (even with --kill), and the process finishes its run normally.
+//! (10) A process holding a socket mlckpt does not support (a raw IP socket) cannot be
+//! checkpointed: the checkpoint fails with a non-zero exit and a message about the socket,
+//! leaves no image behind, does not kill the process (even with --kill), and the process
+//! finishes its run normally.
 
 mod common;
 
 use common::*;
 
 #[test]
-fn tcp_socket_checkpoint_fails_cleanly() {
-    let h = Harness::new("tcp");
-    let prog = Prog::c("tcp", &["80"]);
+fn raw_socket_checkpoint_fails_cleanly() {
+    let h = Harness::new("raw-socket");
+    let prog = Prog::c("raw_socket", &["80"]);
     let reference = h.plain(&prog);
     let mut run = h.run(&prog);
     run.wait_for_ticks(10);

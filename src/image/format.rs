@@ -643,6 +643,9 @@ pub enum FdKind {
     /// A unix socket (its object holds the pair, or all the job's named, listening and
     /// other unix sockets).
     UnixSocket,
+    /// A TCP or UDP socket, IPv4 or IPv6 (its object: `TcpSocket`, `TcpPair`, `TcpReset`
+    /// or `Udp`).
+    InetSocket,
     /// The kinds below are restored from their object (`objects::*`): an eventfd,
     EventFd,
     /// a timerfd,

@@ -518,6 +518,26 @@ fn check_objects(
                 }
                 "netlink"
             }
+            ObjectKind::TcpSocket(t) => {
+                inet_problem(c, i, t.problem());
+                "tcp_socket"
+            }
+            ObjectKind::TcpPair(p) => {
+                inet_problem(c, i, p.problem());
+                "tcp_pair"
+            }
+            ObjectKind::TcpReset(r) => {
+                inet_problem(c, i, r.problem());
+                "tcp_reset"
+            }
+            ObjectKind::TcpPending(p) => {
+                inet_problem(c, i, p.problem());
+                "tcp_pending"
+            }
+            ObjectKind::Udp(u) => {
+                inet_problem(c, i, u.problem());
+                "udp"
+            }
             ObjectKind::EventFd(_) => "eventfd",
             ObjectKind::SignalFd(_) => "signalfd",
             ObjectKind::TimerFd(t) => {
@@ -570,6 +590,17 @@ fn check_objects(
     }
     kinds
 }
+
+/// A TCP or UDP object that cannot be a socket's (an address of the wrong family, a
+/// queue beyond bounds ...).
+fn inet_problem(c: &mut Checker, i: usize, problem: Option<String>) {
+    if let Some(p) = problem {
+        c.fail(format!("objects[{i}].object"), p);
+    }
+}
+
+/// The object kinds an fd of kind `InetSocket` may refer to.
+const INET_OBJECTS: [&str; 5] = ["tcp_socket", "tcp_pair", "tcp_reset", "tcp_pending", "udp"];
 
 fn check_unlinked(
     c: &mut Checker,
@@ -880,15 +911,27 @@ fn check_fds(c: &mut Checker, at: &str, fds: &[FdState], objects: &BTreeMap<u64,
             "offset or size beyond what a file can have",
         );
         match fd.object {
-            Some(id) => c.check(
-                objects.contains_key(&id),
-                format!("{field}.object"),
-                format!("{id} is not an object of the image"),
-            ),
+            Some(id) => {
+                c.check(
+                    objects.contains_key(&id),
+                    format!("{field}.object"),
+                    format!("{id} is not an object of the image"),
+                );
+                let inet_object = objects.get(&id).is_some_and(|k| INET_OBJECTS.contains(k));
+                c.check(
+                    (fd.kind == FdKind::InetSocket) == inet_object,
+                    format!("{field}.object"),
+                    format!(
+                        "{id} is not an object an fd of kind {:?} refers to",
+                        fd.kind
+                    ),
+                );
+            }
             // Opened again by path: pipes and sockets cannot be.
             None => match fd.kind {
                 FdKind::Pipe
                 | FdKind::UnixSocket
+                | FdKind::InetSocket
                 | FdKind::EventFd
                 | FdKind::TimerFd
                 | FdKind::SignalFd

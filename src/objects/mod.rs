@@ -2,7 +2,8 @@
 //! type, how it is captured and how it is opened again at restore: `stdio` (the job's
 //! standard streams), `pipe` (pipes between the job's processes, or to outside), `file`
 //! (an open file description shared by several fds), `unix` (socket pairs),
-//! `unix_named` (listening, named and other unix sockets), `netlink`, and the
+//! `unix_named` (listening, named and other unix sockets), `netlink`, `inet` with `tcp` and
+//! `udp` (TCP and UDP sockets, IPv4 and IPv6), and the
 //! objects without a path: `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify`, `pidfd`,
 //! `unlinked` (memfds and deleted files); `tty` (the job's terminal, pty pairs it holds). Adding a kind is a module, a variant of
 //! [`ObjectKind`] and of [`FdKind`], and a line in [`capture_described`].
@@ -15,6 +16,7 @@ pub mod contents;
 pub mod epoll;
 pub mod eventfd;
 pub mod file;
+pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod netlink;
@@ -23,8 +25,10 @@ pub mod pipe;
 pub mod signalfd;
 pub mod stdio;
 pub mod sysv_shm;
+pub mod tcp;
 pub mod timerfd;
 pub mod tty;
+pub mod udp;
 pub mod unix;
 pub mod unix_named;
 pub mod unlinked;
@@ -61,6 +65,11 @@ pub enum ObjectKind {
     Pidfd(pidfd::PidfdState),
     Unlinked(unlinked::UnlinkedFile),
     PtyPair(tty::PtyPair),
+    TcpSocket(tcp::TcpSocket),
+    TcpPair(Box<tcp::TcpPair>),
+    TcpReset(tcp::TcpReset),
+    TcpPending(tcp::TcpPending),
+    Udp(udp::UdpSocket),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +315,9 @@ pub struct JobFiles {
     /// Fds that will not come back as they were (a pipe whose other end is outside the
     /// job): the checkpoint goes on, the user is told.
     pub warnings: Vec<String>,
+    /// The job's TCP connections a capture put in repair mode: taken out before the job
+    /// runs on (`RepairHold::release`), or left so for a kill.
+    pub repair: inet::RepairHold,
 }
 
 /// How much of the objects to read: `Check` only classifies (the job may be running),
@@ -335,6 +347,7 @@ pub fn collect(
     let mut problems = removed_working_dirs(pids);
     let mut pipes = ByInode::default();
     let mut sockets = ByInode::default();
+    let mut inet_sockets = ByInode::default();
     let needs_diag = tables
         .iter()
         .flatten()
@@ -346,15 +359,19 @@ pub fn collect(
             message: e.to_string(),
         }
     };
-    let diag = if needs_diag {
-        unix::diag_table().map_err(diag_failed("unix sockets (sock_diag)"))?
+    let (diag, inet_table) = if needs_diag {
+        (
+            unix::diag_table().map_err(diag_failed("unix sockets (sock_diag)"))?,
+            inet::table().map_err(diag_failed("TCP and UDP sockets (sock_diag)"))?,
+        )
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), inet::InetTable::default())
     };
     let needs_netlink = tables.iter().flatten().any(|f| {
         f.target.starts_with("socket:")
             && !stdio.contains_key(&f.target)
             && !diag.contains_key(&link_inode(&f.target))
+            && inet_table.get(link_inode(&f.target)).is_none()
     });
     let netlink = if needs_netlink {
         netlink::diag_table().map_err(diag_failed("netlink sockets (sock_diag)"))?
@@ -371,7 +388,7 @@ pub fn collect(
             let kind = if stdio.contains_key(&fd.target) {
                 FdKind::Stdio
             } else {
-                match classify(fd, &diag, &job_ptys, &netlink) {
+                match classify(fd, &diag, &job_ptys, &netlink, &inet_table) {
                     Ok(kind) => kind,
                     Err((what, hint)) => {
                         problems.push(unsupported(fd, what, hint));
@@ -382,6 +399,7 @@ pub fn collect(
             match kind {
                 FdKind::Pipe => pipes.add(fd),
                 FdKind::UnixSocket => sockets.add(fd),
+                FdKind::InetSocket => inet_sockets.add(fd),
                 FdKind::File => regular.push(fd),
                 FdKind::PtyMaster | FdKind::PtySlave => ptys.push(fd),
                 k if is_described(k) => described.entry(k).or_default().push(fd),
@@ -395,6 +413,14 @@ pub fn collect(
     let mut ids = IdAllocator::default();
     let described_ids =
         capture_all_described(&described, &job, depth, &mut ids, &mut files, &mut problems);
+    let unlisted = inet::unlisted(&inet_sockets, &inet_table);
+    let inet_plans = inet::plan(
+        &inet_sockets,
+        &inet_table,
+        &unlisted,
+        &mut problems,
+        &mut files.warnings,
+    );
     if !problems.is_empty() {
         return Err(ObjectError::Unsupported(problems));
     }
@@ -419,6 +445,15 @@ pub fn collect(
         .extend(sessions.lost_terminals(&known_terminals));
     let pipe_ids = pipe::objects(&pipes, depth, &mut ids, &mut files)?;
     let socket_ids = unix::objects(&sockets, &diag, depth, &mut ids, &mut files)?;
+    let inet_ids = inet::objects(
+        &inet_plans,
+        &inet_sockets,
+        &inet_table,
+        &unlisted,
+        depth,
+        &mut ids,
+        &mut files,
+    )?;
     let file_ids = file::shared_descriptions(&regular, &mut ids, &mut files.objects);
     for (table, row) in tables.iter().zip(&kinds) {
         let states = table
@@ -429,6 +464,7 @@ pub fn collect(
                     FdKind::Stdio => stdio_ids.get(&fd.target).copied(),
                     FdKind::Pipe => pipe_ids.get(&object_inode(fd)).copied(),
                     FdKind::UnixSocket => socket_ids.get(&link_inode(&fd.target)).copied(),
+                    FdKind::InetSocket => inet_ids.get(&link_inode(&fd.target)).copied(),
                     FdKind::File => file_ids.get(&(fd.pid, fd.fd)).copied(),
                     FdKind::PtyMaster | FdKind::PtySlave => pty_ids.get(&(fd.pid, fd.fd)).copied(),
                     _ => described_ids.get(&(fd.pid, fd.fd)).copied(),
@@ -670,6 +706,7 @@ fn classify(
     diag: &BTreeMap<u64, unix::DiagEntry>,
     job_ptys: &std::collections::BTreeSet<u32>,
     netlink: &BTreeMap<u64, netlink::DiagEntry>,
+    inet_table: &inet::InetTable,
 ) -> Result<FdKind, Refusal> {
     let target = fd.target.as_str();
     if target.starts_with("pipe:") {
@@ -682,6 +719,11 @@ fn classify(
                 None => Ok(FdKind::Netlink),
                 Some(refused) => Err(refused),
             };
+        }
+        if inet_table.get(inode).is_some()
+            || (!diag.contains_key(&inode) && inet::is_unlisted_inet(fd))
+        {
+            return Ok(FdKind::InetSocket);
         }
         if !diag.contains_key(&inode) && netlink::is_netlink(fd) {
             // Not bound yet: `sock_diag` lists bound netlink sockets only.
@@ -796,6 +838,11 @@ impl SharedObject {
             ObjectKind::Pidfd(_) => Ok(Opened::default()),
             ObjectKind::Unlinked(u) => u.open(pages),
             ObjectKind::PtyPair(p) => p.open(self.id, warnings),
+            ObjectKind::TcpSocket(t) => one(t.open()),
+            ObjectKind::TcpPair(p) => p.open(),
+            ObjectKind::TcpReset(r) => one(r.open()),
+            ObjectKind::TcpPending(p) => one(p.open()),
+            ObjectKind::Udp(u) => one(u.open()),
         }
     }
 
@@ -805,6 +852,7 @@ impl SharedObject {
             ObjectKind::Pipe(_) => pipe::slot(fd.flags),
             ObjectKind::UnixPair(p) => p.slot(&fd.path),
             ObjectKind::UnixSockets(s) => s.slot(&fd.path),
+            ObjectKind::TcpPair(p) => p.slot(&fd.path),
             ObjectKind::Unlinked(u) => u.slot(pid, fd.fd),
             ObjectKind::PtyPair(p) => p.slot(pid, fd.fd),
             _ => 0,

@@ -319,7 +319,9 @@ impl UnlinkedFile {
 /// A new description of `file` with flags and offset `d`.
 fn reopen(file: &std::fs::File, d: &Description) -> std::io::Result<OwnedFd> {
     use std::os::fd::AsRawFd;
-    let flags = d.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+    // O_NOFOLLOW was for the original open: kept, it refuses the /proc/self/fd link itself.
+    let flags = d.flags
+        & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_NOFOLLOW);
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());
     let opened = nix::fcntl::open(
         path.as_str(),

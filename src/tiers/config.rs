@@ -187,7 +187,8 @@ enum CompressName {
 }
 
 /// `[image] outside_peers`: a pipe whose other end is held by a process outside the job
-/// (a launcher's pipe) cannot come back as it was: its other side will be gone.
+/// (a launcher's pipe) cannot come back as it was: its other side will be gone. A TCP
+/// connection to a peer outside the job comes back reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutsidePeers {

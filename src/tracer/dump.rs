@@ -346,6 +346,15 @@ fn dump(
         }
         (Err(e), false) => return Err(e.into()),
     };
+    // TCP connections in repair mode: out of it before the job runs again, or left in it
+    // for the kill (dropped on an error: the job runs on).
+    let repair = std::mem::take(&mut files.repair);
+    let repair = if req.kill {
+        Some(repair)
+    } else {
+        repair.release();
+        None
+    };
     if req.refuse_outside_peers && !files.warnings.is_empty() {
         return Err(DumpError::OutsidePeers(files.warnings));
     }
@@ -544,6 +553,9 @@ fn dump(
             .committed(req.seq, committed.manifest_blake3.clone(), &m.ranges);
     }
     if req.kill {
+        if let Some(repair) = repair {
+            repair.leave_for_kill();
+        }
         members.kill();
         frozen.kill();
         frozen_for = stopped_before + freeze_began.elapsed();

@@ -29,6 +29,7 @@ mod restore_process;
 pub mod rethread;
 pub mod seccomp;
 pub mod snapshot;
+pub mod sock_syscalls;
 pub mod stub;
 pub mod sys;
 pub mod threads;

@@ -664,3 +664,101 @@ fn sysv_segments_and_locks() {
         m.locks[0].end = Some(5);
     });
 }
+
+/// The sample with a TCP connection inside the job (object 6, held at fd 4 and 5).
+fn with_tcp_pair() -> Manifest {
+    use crate::objects::inet::SocketOptions;
+    use crate::objects::tcp::{TcpEnd, TcpPair};
+    let end = |local: &str, remote: &str, inode| TcpEnd {
+        inode,
+        ipv6: false,
+        flags: 0,
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        options: SocketOptions::default(),
+        send_seq: 1,
+        send_queue: b"abc".to_vec(),
+        unsent: 1,
+        receive_seq: u32::MAX,
+        receive_queue: b"de".to_vec(),
+        mss: 65483,
+        window_scale: Some((7, 7)),
+        sack: true,
+        timestamps: true,
+        timestamp: 5,
+        window: [0; 5],
+    };
+    let mut m = sample();
+    m.objects.push(SharedObject {
+        id: 6,
+        object: ObjectKind::TcpPair(Box::new(TcpPair {
+            ends: [
+                end("127.0.0.1:5000", "127.0.0.1:40000", 11),
+                end("127.0.0.1:40000", "127.0.0.1:5000", 12),
+            ],
+        })),
+    });
+    m.fds
+        .push(fd(4, FdKind::InetSocket, "socket:[11]", Some(6)));
+    m.fds
+        .push(fd(5, FdKind::InetSocket, "socket:[12]", Some(6)));
+    m
+}
+
+#[test]
+fn hostile_tcp_and_udp_objects() {
+    use crate::objects::udp::{Datagram, UdpSocket};
+    assert_eq!(validate(&with_tcp_pair()), Ok(()));
+    #[track_caller]
+    fn refused_tcp(field: &str, edit: impl FnOnce(&mut crate::objects::tcp::TcpPair)) {
+        let mut m = with_tcp_pair();
+        let ObjectKind::TcpPair(p) = &mut m.objects[1].object else {
+            unreachable!()
+        };
+        edit(p);
+        let err = validate(&m).expect_err("a hostile TCP object passed");
+        assert!(err.names(field), "expected {field}, got: {err}");
+    }
+    refused_tcp("objects[1].object", |p| {
+        p.ends[0].window_scale = Some((15, 0))
+    });
+    refused_tcp("objects[1].object", |p| p.ends[0].unsent = 4);
+    refused_tcp("objects[1].object", |p| p.ends[1].mss = 0);
+    refused_tcp("objects[1].object", |p| {
+        p.ends[0].remote = "127.0.0.1:0".parse().unwrap();
+        p.ends[1].local = "127.0.0.1:0".parse().unwrap();
+    });
+    refused_tcp("objects[1].object", |p| {
+        p.ends[0].local = "[::1]:5000".parse().unwrap();
+    });
+    refused_tcp("objects[1].object", |p| {
+        p.ends[1].remote = "127.0.0.1:5001".parse().unwrap();
+    });
+    refused_tcp("objects[1].object", |p| {
+        p.ends[0].options.keepalive_timing = Some([0, 1, 1]);
+    });
+    refused_tcp("objects[1].object", |p| {
+        p.ends[0].options.receive_buffer = Some(u32::MAX);
+    });
+    let mut m = with_tcp_pair();
+    m.fds[2].object = Some(5);
+    let err = validate(&m).expect_err("an inet fd on a stdio object passed");
+    assert!(err.names("fds[2].object"), "{err}");
+    let mut m = sample();
+    m.objects.push(SharedObject {
+        id: 7,
+        object: ObjectKind::Udp(UdpSocket {
+            ipv6: false,
+            flags: 0,
+            local: Some("127.0.0.1:6000".parse().unwrap()),
+            remote: None,
+            options: crate::objects::inet::SocketOptions::default(),
+            queued: vec![Datagram {
+                from: "127.0.0.1:0".parse().unwrap(),
+                data: Vec::new(),
+            }],
+        }),
+    });
+    let err = validate(&m).expect_err("a datagram from port 0 passed");
+    assert!(err.names("objects[1].object"), "{err}");
+}
