@@ -63,12 +63,19 @@ fn namespace_fd_and_removed_cwd_are_refused_together() {
 
 /// The messages in a command's output: each starts at a line beginning with `mlckpt:` and
 /// runs until the next one (a list of objects continues on indented lines).
-fn messages(output: &str) -> Vec<&str> {
-    let mut starts: Vec<usize> = output
-        .match_indices("mlckpt:")
-        .map(|(i, _)| i)
-        .filter(|&i| i == 0 || output.as_bytes()[i - 1] == b'\n')
-        .collect();
-    starts.push(output.len());
-    starts.windows(2).map(|w| &output[w[0]..w[1]]).collect()
+fn messages(output: &str) -> Vec<String> {
+    // A message is a line of mlckpt's (`<timestamp> mlckpt: ...`) and the indented lines
+    // that continue it.
+    let mut all: Vec<String> = Vec::new();
+    for line in output.lines() {
+        let starts = !line.starts_with(char::is_whitespace) && line.contains("mlckpt:");
+        match all.last_mut() {
+            Some(message) if !starts => {
+                message.push('\n');
+                message.push_str(line);
+            }
+            _ => all.push(line.to_owned()),
+        }
+    }
+    all
 }

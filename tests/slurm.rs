@@ -244,9 +244,7 @@ impl Drop for Work {
 fn program_lines(text: &str) -> String {
     text.split_inclusive('\n')
         .filter(|l| {
-            !["mlckpt:", "slurmstepd", "srun:"]
-                .iter()
-                .any(|p| l.starts_with(p))
+            mlckpt_line(l).is_none() && !["slurmstepd", "srun:"].iter().any(|p| l.starts_with(p))
         })
         .collect()
 }
@@ -364,6 +362,7 @@ fn expect_checkpoint_on_term(work: &Work, out: &str, image: &Path) {
     let image_name = image.to_string_lossy();
     assert!(
         text.lines()
+            .filter_map(mlckpt_line)
             .any(|l| l.starts_with("mlckpt: checkpoint on SIGTERM") && l.contains(&*image_name)),
         "{out} has no `mlckpt: checkpoint on SIGTERM ... {image_name}` line:\n{text}"
     );
@@ -375,7 +374,9 @@ fn expect_restored(work: &Work, out: &str, image: &Path) {
     let text = work.output(out);
     let wanted = format!("mlckpt: restored {}", image.display());
     assert!(
-        text.lines().any(|l| l.starts_with(&wanted)),
+        text.lines()
+            .filter_map(mlckpt_line)
+            .any(|l| l.starts_with(&wanted)),
         "{out} has no `{wanted}` line:\n{text}"
     );
 }

@@ -28,7 +28,7 @@ fn script_bin() -> String {
 fn program_lines(text: &str) -> String {
     text.replace('\r', "")
         .lines()
-        .filter(|l| !l.starts_with("mlckpt:") && !l.starts_with("winch") && !l.is_empty())
+        .filter(|l| mlckpt_line(l).is_none() && !l.starts_with("winch") && !l.is_empty())
         .map(|l| format!("{l}\n"))
         .collect()
 }

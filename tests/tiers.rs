@@ -258,7 +258,8 @@ fn interval_counts_follow_the_collision_rule() {
             .lines()
             .filter(|l| l.contains(&to))
             .filter_map(|l| {
-                l.strip_prefix("mlckpt: copied ckpt-")?
+                mlckpt_line(l)?
+                    .strip_prefix("mlckpt: copied ckpt-")?
                     .get(..6)?
                     .parse()
                     .ok()

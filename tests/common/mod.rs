@@ -655,6 +655,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
 // Output comparison
 
 /// Complete lines of `text` whose first word is `word`.
+/// A line of mlckpt's own (`<UTC timestamp> mlckpt: ...`) from `mlckpt: ` on, or `None`
+/// for any other line (a program's).
+pub fn mlckpt_line(line: &str) -> Option<&str> {
+    let at = line.find("mlckpt: ")?;
+    let stamp = &line[..at];
+    let stamped = stamp.len() == 25 && stamp.ends_with("Z ") && stamp.as_bytes()[10] == b'T';
+    (at == 0 || stamped).then(|| &line[at..])
+}
+
 pub fn count_lines(text: &str, word: &str) -> usize {
     text.split_inclusive('\n')
         .filter(|l| l.ends_with('\n') && l.split(' ').next() == Some(word))
