@@ -101,7 +101,7 @@ fn python_multiprocessing_pool() {
 }
 
 /// A checkpoint names every object it cannot capture, in every process, and the job runs
-/// on untouched. The child inherits the namespace fd and has a TCP socket: three fds in all.
+/// on untouched. The child inherits the namespace fd and has a raw socket: three fds in all.
 #[test]
 fn unsupported_objects_are_all_listed_and_the_job_runs_on() {
     let h = Harness::new("tree-unsupported");
@@ -113,7 +113,9 @@ fn unsupported_objects_are_all_listed_and_the_job_runs_on() {
     let res = h.checkpoint_refused(pid);
     let text = res.output();
     assert!(
-        text.contains("3 open files") && text.contains("namespace (net)") && text.contains("TCP"),
+        text.contains("3 open files")
+            && text.contains("namespace (net)")
+            && text.contains("socket"),
         "every object should be listed\n{}",
         res.describe()
     );

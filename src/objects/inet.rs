@@ -129,62 +129,21 @@ pub fn table() -> Result<InetTable, Errno> {
 
 /// The `inet_diag` dump of one protocol and family into `out`.
 fn dump(protocol: Protocol, ipv6: bool, out: &mut Vec<InetEntry>) -> Result<(), Errno> {
-    use nix::sys::socket::{self as sock, MsgFlags, SockFlag, SockType};
-    use std::os::fd::AsRawFd;
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_DUMP: u16 = 0x300;
-    const NLMSG_ERROR: u16 = 2;
-    const NLMSG_DONE: u16 = 3;
     const MSG_LEN: usize = 72; // struct inet_diag_msg
-    let fd = sock::socket(
-        sock::AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        sock::SockProtocol::NetlinkSockDiag,
-    )?;
     let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
     let proto = match protocol {
         Protocol::Tcp => libc::IPPROTO_TCP,
         Protocol::Udp => libc::IPPROTO_UDP,
     };
-    // struct nlmsghdr (16 bytes) + struct inet_diag_req_v2 (56 bytes).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&[0; 8]); // seq, pid
+    // struct inet_diag_req_v2 (56 bytes).
+    let mut req = Vec::with_capacity(56);
     let byte = |v: i32| u8::try_from(v).expect("address families and protocols fit a byte");
     req.extend_from_slice(&[byte(family), byte(proto), 0, 0]); // family, protocol, ext, pad
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&[0; 48]); // struct inet_diag_sockid: any
-    sock::sendto(
-        fd.as_raw_fd(),
-        &req,
-        &sock::NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = sock::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-        if n == 0 {
-            return Err(Errno::EPROTO);
-        }
-        let mut at = 0;
-        while at + 16 <= n {
-            let u32_at = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().expect("4"));
-            let len = u32_at(at) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2"));
-            if kind == NLMSG_DONE {
-                return Ok(());
-            }
-            if kind == NLMSG_ERROR || len < 16 + MSG_LEN || at + len > n {
-                return Err(Errno::EPROTO);
-            }
-            out.push(parse_diag(&buf[at + 16..at + 16 + MSG_LEN], protocol));
-            at += len.next_multiple_of(4);
-        }
-    }
+    super::unix::sock_diag_dump(&req, MSG_LEN, |message, _| {
+        out.push(parse_diag(&message[..MSG_LEN], protocol));
+    })
 }
 
 /// One `struct inet_diag_msg`: family, state, timer, retrans, id (sport, dport, src[16],

@@ -1,7 +1,8 @@
 /*
  * unsupported_tree.c - a job whose processes hold objects mlckpt cannot checkpoint yet, in
  * two processes at once: the root holds an fd on its network namespace (its child inherits
- * it), the child a TCP socket too. A checkpoint must fail naming every one of them (not only the first it
+ * it), the child a raw IP socket too (root only). A checkpoint must fail naming every one of
+ * them (not only the first it
  * meets), and the job must run on untouched.
  *
  * Usage:  unsupported_tree <ticks>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -34,7 +36,7 @@ int main(int argc, char **argv)
     }
     pid_t child = fork();
     if (child == 0) {
-        if (socket(AF_INET, SOCK_STREAM, 0) < 0)
+        if (socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) < 0)
             _exit(1);
         sleep_ms(30 * (ticks + 10));
         _exit(0);
