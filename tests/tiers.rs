@@ -350,7 +350,7 @@ fn sigterm_and_direct_checkpoints_reach_higher_tiers() {
     run.signal(Signal::SIGTERM);
     let run = run.finish(CMD_TIMEOUT).expect_code(STOPPED);
     wait_gone(pid);
-    line_with(&run, &["checkpoint on SIGTERM (global)", "ckpt-000001"]);
+    line_with(&run, &["checkpoint on SIGTERM", "(global", "ckpt-000001"]);
     line_with(&run, &["copied ckpt-000001 to the global tier"]);
     assert_eq!(image_seqs(&local_dir(&h, 1, 1)), [1]);
     assert_eq!(image_seqs(&global_dir(&h, 1)), [1]);
