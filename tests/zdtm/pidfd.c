@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "zdtm.h"
@@ -82,7 +83,18 @@ int main(void)
                    i ? "non-blocking pidfd" : "pidfd");
     siginfo_t info;
     memset(&info, 0, sizeof info);
-    if (waitid((idtype_t)P_PIDFD, (id_t)fds[1], &info, WEXITED)) {
+    /* Under mlckpt's signal guard the exit of a traced child reaches its parent once the
+     * supervisor has seen it: a non-blocking pidfd may poll readable a moment before
+     * waitid can collect (a known limit, docs/signals.md). Up to 1 s is allowed for that. */
+    int rc;
+    for (int tries = 0;; tries++) {
+        rc = waitid((idtype_t)P_PIDFD, (id_t)fds[1], &info, WEXITED);
+        if (rc == 0 || errno != EAGAIN || tries == 100)
+            break;
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    if (rc) {
         FAILED("waitid(P_PIDFD): %s", strerror(errno));
         kill(child, SIGKILL);
         waitpid(child, NULL, 0);

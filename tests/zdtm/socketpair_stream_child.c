@@ -34,13 +34,13 @@ int main(void)
         close(s[0]);
         close(sync[0]);
         close(go[1]);
-        fill_pattern(buf, TO_PARENT, 2);
+        fill_stream_pattern(buf, TO_PARENT, 2);
         if (write_full(s[1], buf, TO_PARENT) || write_full(sync[1], "w", 1))
             _exit(2);
         char c;
         if (read_full(go[0], &c, 1))
             _exit(3);
-        int rc = check_pattern(s[1], TO_CHILD, 1);
+        int rc = check_stream_pattern(s[1], TO_CHILD, 1);
         if (rc)
             _exit(rc == -1 ? 4 : 5);
         if (write_full(s[1], "pong", 4))
@@ -52,7 +52,7 @@ int main(void)
     close(s[1]);
     close(sync[1]);
     close(go[0]);
-    fill_pattern(buf, TO_CHILD, 1);
+    fill_stream_pattern(buf, TO_CHILD, 1);
     char c;
     if (write_full(s[0], buf, TO_CHILD) || read_full(sync[0], &c, 1)) {
         printf("FAIL set-up writes: %s\n", strerror(errno));
@@ -64,7 +64,7 @@ int main(void)
 
     if (write_full(go[1], "g", 1))
         FAILED("write go: %s", strerror(errno));
-    int rc = check_pattern(s[0], TO_PARENT, 2);
+    int rc = check_stream_pattern(s[0], TO_PARENT, 2);
     if (rc)
         FAILED("parent: the %d queued bytes %s", TO_PARENT, rc == -1 ? "are missing" : "differ");
     if (write_full(s[0], "ping", 4))

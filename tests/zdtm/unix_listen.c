@@ -46,7 +46,7 @@ static void client(int first, int sync_w, int go_r)
         _exit(2);
     static unsigned char buf[4096];
     if (first) {
-        fill_pattern(buf, TO_SERVER, 1);
+        fill_stream_pattern(buf, TO_SERVER, 1);
         if (write_full(fd, buf, TO_SERVER))
             _exit(3);
     }
@@ -57,7 +57,7 @@ static void client(int first, int sync_w, int go_r)
         _exit(5);
     if (!has_server_name(fd, 1))
         _exit(6);
-    if (first && check_pattern(fd, TO_CLIENT, 2))
+    if (first && check_stream_pattern(fd, TO_CLIENT, 2))
         _exit(7);
     if (write_full(fd, first ? "one" : "two", 3))
         _exit(8);
@@ -89,7 +89,7 @@ int main(void)
     int a = accept(l, NULL, NULL);
     char c;
     static unsigned char buf[4096];
-    fill_pattern(buf, TO_CLIENT, 2);
+    fill_stream_pattern(buf, TO_CLIENT, 2);
     if (a < 0 || read_full(sync[0], &c, 1) || write_full(a, buf, TO_CLIENT)) {
         printf("FAIL accept: %s\n", strerror(errno));
         kill(first, SIGKILL);
@@ -147,7 +147,7 @@ int main(void)
         FAILED("SO_PASSCRED is lost");
     if (write_full(go[1], "gg", 2))
         FAILED("go: %s", strerror(errno));
-    int rc = check_pattern(a, TO_SERVER, 1);
+    int rc = check_stream_pattern(a, TO_SERVER, 1);
     if (rc)
         FAILED("the %d bytes queued to the server %s", TO_SERVER, rc == -1 ? "are missing" : "differ");
     if (read_full(a, buf, 3) || memcmp(buf, "one", 3) || write_full(a, "ok", 2))

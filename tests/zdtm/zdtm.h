@@ -89,20 +89,20 @@ __attribute__((unused)) static int read_full(int fd, void *buf, size_t n)
 
 
 /* A byte pattern that depends on `k` and the position: data checked after a restore. */
-__attribute__((unused)) static void fill_pattern(unsigned char *buf, size_t n, int k)
+__attribute__((unused)) static void fill_stream_pattern(unsigned char *buf, size_t n, int k)
 {
     for (size_t i = 0; i < n; i++)
         buf[i] = (unsigned char)(k * 77 + i * 5 + (i >> 6));
 }
 
-/* Reads `n` bytes (at most 8192) and compares them with fill_pattern(k): 0 when equal,
+/* Reads `n` bytes (at most 8192) and compares them with fill_stream_pattern(k): 0 when equal,
  * -1 when missing, -2 when different. */
-__attribute__((unused)) static int check_pattern(int fd, size_t n, int k)
+__attribute__((unused)) static int check_stream_pattern(int fd, size_t n, int k)
 {
     static unsigned char got[8192], want[8192];
     if (n > sizeof got || read_full(fd, got, n))
         return -1;
-    fill_pattern(want, n, k);
+    fill_stream_pattern(want, n, k);
     return memcmp(got, want, n) ? -2 : 0;
 }
 
