@@ -58,7 +58,7 @@ limits() {   # $1 MiB: dd with fdatasync, dd O_DIRECT, cat (cache dropped), firs
 restore_ms() {   # $1 image; prints ms until the restored processes run; kills them all
     local t0 t1 pid all
     t0=$(now)
-    "$BIN" restore --detach --config "$WORK/mlckpt.toml" "$1" 2> "$WORK/restore.err"
+    "$BIN" restore --detach --config "$WORK/mlckpt.toml" "$1" > /dev/null 2> "$WORK/restore.err"
     t1=$(now)
     pid=$(sed -n 's/.* as PID \([0-9]*\).*/\1/p' "$WORK/restore.err")
     all="$(ps -o pid= --ppid "$pid") $pid"
