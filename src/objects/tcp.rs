@@ -633,7 +633,6 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::FromRawFd;
 
     fn queues(seq: u32, send: &[u8], rseq: u32, received: &[u8]) -> Queues {
         Queues {
@@ -669,12 +668,9 @@ mod tests {
         client.write_all(b"to the server").unwrap();
         server.write_all(b"to the client, longer").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let copies: Vec<OwnedFd> = [&client as &dyn std::os::fd::AsRawFd, &server]
-            .iter()
-            .map(|s| {
-                // SAFETY: a fresh dup, owned by nothing else.
-                unsafe { OwnedFd::from_raw_fd(libc::dup(s.as_raw_fd())) }
-            })
+        let copies: Vec<OwnedFd> = [client.try_clone().unwrap(), server.try_clone().unwrap()]
+            .into_iter()
+            .map(OwnedFd::from)
             .collect();
         let mut hold = RepairHold::default();
         let mut got = Vec::new();
