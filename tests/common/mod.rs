@@ -109,7 +109,14 @@ pub fn compile_with(
     if out.exists() {
         return Ok(out);
     }
-    let tmp = bin_dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Tests of one binary compile in parallel threads of one process: the temp name needs
+    // more than the pid to stay private to this call.
+    static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = bin_dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let res = Command::new(compiler)
         .args(flags)
         .arg("-o")
