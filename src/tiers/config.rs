@@ -35,7 +35,8 @@ const DEFAULT_FULL_EVERY: u32 = 10;
 /// intervals remain for tests that need checkpoints back to back.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 const SECTIONS: &str =
-    "[job], [storage], [interval], [image], [topology], [security], [signals] and [slurm]";
+    "[job], [storage], [interval], [image], [topology], [coordination], [security], [signals] \
+     and [slurm]";
 const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
 
 /// `[image] file_copy_limit_mib` when not set.
@@ -58,7 +59,49 @@ pub struct Config {
     pub security: SecurityConfig,
     pub signals: SignalsConfig,
     pub slurm: SlurmConfig,
+    pub coordination: CoordinationConfig,
 }
+
+/// `[coordination]`: checkpoint generations shared by every rank of a job (docs/tiers.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoordinationConfig {
+    pub mode: CoordinationMode,
+    /// Ranks of the job; `None`: from the launcher (`MLCKPT_RANKS`, `SLURM_NTASKS`,
+    /// `OMPI_COMM_WORLD_SIZE`, `PMI_SIZE`), in test mode `nodes * ranks_per_node`.
+    pub ranks: Option<u32>,
+    /// TCP port of the coordinator on rank 0's node; 0: any free port, published in the
+    /// rendezvous file.
+    pub port: u16,
+    /// How long ranks wait for each other: to join, to commit a generation, to agree on a
+    /// recovery line.
+    pub timeout: Duration,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            mode: CoordinationMode::Auto,
+            ranks: None,
+            port: 0,
+            timeout: DEFAULT_COORDINATION_TIMEOUT,
+        }
+    }
+}
+
+/// `[coordination] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CoordinationMode {
+    /// Coordinated when the job has more than one rank.
+    #[default]
+    Auto,
+    On,
+    /// Independent ranks: each supervisor numbers and restores its own images.
+    Off,
+}
+
+/// `[coordination] timeout` when not set.
+pub const DEFAULT_COORDINATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `[signals]`: the signal guard of a supervised job (`docs/signals.md`).
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +343,7 @@ impl Config {
             security: SecurityConfig::default(),
             signals: SignalsConfig::default(),
             slurm: SlurmConfig::default(),
+            coordination: CoordinationConfig::default(),
         }
     }
 
@@ -356,6 +400,7 @@ impl Config {
             slurm: SlurmConfig {
                 requeue: raw.slurm.requeue.unwrap_or(false),
             },
+            coordination: coordination(&src, raw.coordination)?,
         };
         check_global_tier(&src, &config, global_interval_span)?;
         check_partner_tier(&src, &config, partner_interval_span)?;
@@ -536,6 +581,16 @@ struct RawConfig {
     security: RawSecurity,
     signals: RawSignals,
     slurm: RawSlurm,
+    coordination: RawCoordination,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a table: [coordination]")]
+struct RawCoordination {
+    mode: Option<CoordinationMode>,
+    ranks: Option<Spanned<Count>>,
+    port: Option<Spanned<i64>>,
+    timeout: Option<Spanned<Seconds>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -717,19 +772,23 @@ fn seconds(
 ) -> Result<Duration, ConfigError> {
     let Some(raw) = raw else { return Ok(default) };
     let (span, Seconds(secs)) = (raw.span(), raw.into_inner());
-    let off_hint = "use 0 to turn this tier off";
+    let off_hint = if key.starts_with("interval.") {
+        "; use 0 to turn this tier off"
+    } else {
+        ""
+    };
     if !secs.is_finite() {
         return Err(src.invalid(
             span,
             key,
-            format!("must be a finite number of seconds, got {secs}; {off_hint}"),
+            format!("must be a finite number of seconds, got {secs}{off_hint}"),
         ));
     }
     if secs < 0.0 {
         return Err(src.invalid(
             span,
             key,
-            format!("must be >= 0 seconds, got {secs}; {off_hint}"),
+            format!("must be >= 0 seconds, got {secs}{off_hint}"),
         ));
     }
     match Duration::try_from_secs_f64(secs) {
@@ -737,12 +796,12 @@ fn seconds(
             span,
             key,
             format!(
-                "{secs} seconds is shorter than the minimum, {} s; {off_hint}",
+                "{secs} seconds is shorter than the minimum, {} s{off_hint}",
                 MIN_INTERVAL.as_secs_f64()
             ),
         )),
         Ok(d) => Ok(d),
-        Err(_) => Err(src.invalid(span, key, format!("{secs} seconds is too long; {off_hint}"))),
+        Err(_) => Err(src.invalid(span, key, format!("{secs} seconds is too long{off_hint}"))),
     }
 }
 
@@ -947,6 +1006,42 @@ pub fn interceptable_signal(name: &str) -> Result<i32, String> {
         )),
         _ => Ok(signo),
     }
+}
+
+fn coordination(
+    src: &Source<'_>,
+    raw: RawCoordination,
+) -> Result<CoordinationConfig, ConfigError> {
+    let port = match raw.port {
+        None => 0,
+        Some(raw) => {
+            let (span, port) = (raw.span(), raw.into_inner());
+            u16::try_from(port).map_err(|_| {
+                let why = format!("must be a TCP port, 0 to 65535 (0: any free port), got {port}");
+                src.invalid(span, "coordination.port", why)
+            })?
+        }
+    };
+    let timeout = seconds(
+        src,
+        raw.timeout,
+        "coordination.timeout",
+        DEFAULT_COORDINATION_TIMEOUT,
+    )?;
+    let ranks = match raw.ranks {
+        None => None,
+        some => Some(count(src, some, "coordination.ranks", 1)?),
+    };
+    Ok(CoordinationConfig {
+        mode: raw.mode.unwrap_or_default(),
+        ranks,
+        port,
+        timeout: if timeout.is_zero() {
+            DEFAULT_COORDINATION_TIMEOUT
+        } else {
+            timeout
+        },
+    })
 }
 
 fn topology(src: &Source<'_>, raw: RawTopology) -> Result<TopologyConfig, ConfigError> {
