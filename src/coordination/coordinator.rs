@@ -459,13 +459,16 @@ impl Coordinator {
         if let Some(round) = &self.round
             && now >= round.started + self.timeout
         {
-            let late: Vec<u32> = (0..self.ranks)
-                .filter(|r| !round.committed.contains_key(r))
+            let not_ready: Vec<u32> = (0..self.ranks)
+                .filter(|r| !round.ready.contains(r))
                 .collect();
-            let step = if late.iter().all(|r| round.ready.contains(r)) {
-                "commit"
+            let (late, step) = if not_ready.is_empty() {
+                let uncommitted = (0..self.ranks)
+                    .filter(|r| !round.committed.contains_key(r))
+                    .collect();
+                (uncommitted, "commit")
             } else {
-                "reach the freeze"
+                (not_ready, "reach the freeze")
             };
             let why = format!(
                 "{} did not {step} within {} s (hung, or slower than [coordination] timeout)",

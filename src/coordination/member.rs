@@ -123,10 +123,15 @@ impl Member {
 
     /// The next message: one kept back, else from the socket (called when it is readable).
     pub fn next_message(&mut self) -> Result<ToMember, WireError> {
+        self.next_message_within(self.settings.timeout)
+    }
+
+    /// The next message, waiting up to `patience` for one.
+    pub fn next_message_within(&mut self, patience: Duration) -> Result<ToMember, WireError> {
         if let Some(m) = self.backlog.pop_front() {
             return Ok(m);
         }
-        self.conn.receive(Some(self.settings.timeout))
+        self.conn.receive(Some(patience))
     }
 
     pub fn send(&mut self, message: &ToCoordinator) -> Result<(), WireError> {
@@ -204,7 +209,7 @@ impl Member {
 
     /// Longer than the coordinator's own timeouts: it answers before this runs out unless
     /// it is gone.
-    fn patience(&self) -> Duration {
+    pub fn patience(&self) -> Duration {
         self.settings.timeout * 2 + Duration::from_secs(5)
     }
 

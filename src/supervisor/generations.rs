@@ -98,7 +98,7 @@ impl Supervisor<'_> {
                 let Some(member) = g.member.as_mut() else {
                     return Err(SuperviseError::Generation(self.lost_reason()));
                 };
-                member.next_message()
+                member.next_message_within(member.patience())
             };
             let message = match message {
                 Ok(m) => m,
@@ -174,14 +174,14 @@ impl Supervisor<'_> {
                 generation,
                 tier,
                 stop,
-            } => {
-                self.take_part(generation, tier, stop);
-                Outcome::Started {
+            } => match self.take_part(generation, tier, stop) {
+                Some(why) => self.abandoned(generation, why),
+                None => Outcome::Started {
                     generation,
                     tier,
                     stop,
-                }
-            }
+                },
+            },
             ToMember::Complete {
                 generation,
                 tier,
@@ -200,13 +200,7 @@ impl Supervisor<'_> {
                 self.answer_waiting(generation, Some(tier), &Err(why.clone()));
                 Outcome::Failed { generation, why }
             }
-            ToMember::Abandoned { generation, why } => {
-                crate::info!("generation {generation} failed: {why}");
-                self.generations.borrow_mut().parts.remove(&generation);
-                let failed = Err(format!("generation {generation} failed: {why}"));
-                self.answer_waiting(generation, None, &failed);
-                Outcome::Failed { generation, why }
-            }
+            ToMember::Abandoned { generation, why } => self.abandoned(generation, why),
             other => {
                 crate::debug!("coordinator: {other:?} ignored here");
                 Outcome::Nothing
@@ -214,9 +208,17 @@ impl Supervisor<'_> {
         }
     }
 
+    fn abandoned(&self, generation: u64, why: String) -> Outcome {
+        crate::info!("generation {generation} failed: {why}");
+        self.generations.borrow_mut().parts.remove(&generation);
+        let failed = Err(format!("generation {generation} failed: {why}"));
+        self.answer_waiting(generation, None, &failed);
+        Outcome::Failed { generation, why }
+    }
+
     /// This rank's part of `generation`: an image numbered by it, frozen at the barrier,
-    /// then the copy to `tier`.
-    fn take_part(&self, generation: u64, tier: TierKind, stop: bool) {
+    /// then the copy to `tier`. Returns why the generation was called off at the barrier.
+    fn take_part(&self, generation: u64, tier: TierKind, stop: bool) -> Option<String> {
         {
             let mut g = self.generations.borrow_mut();
             for w in g.waiting.iter_mut().filter(|w| w.generation.is_none()) {
@@ -244,10 +246,7 @@ impl Supervisor<'_> {
                 freeze_ms: stats.freeze_ms,
                 bytes: stats.bytes,
             },
-            Err(SuperviseError::Dump(DumpError::CalledOff(why))) => {
-                crate::debug!("generation {generation} called off before the freeze: {why}");
-                return;
-            }
+            Err(SuperviseError::Dump(DumpError::CalledOff(why))) => return Some(why.clone()),
             Err(e) => ToCoordinator::Failed {
                 generation,
                 why: error_chain(e),
@@ -257,8 +256,11 @@ impl Supervisor<'_> {
         let stats = match result {
             Ok(stats) => stats,
             Err(e) => {
-                crate::info!("generation {generation}: this rank's part failed: {}", error_chain(&e));
-                return;
+                crate::info!(
+                    "generation {generation}: this rank's part failed: {}",
+                    error_chain(&e)
+                );
+                return None;
             }
         };
         if stop {
@@ -291,6 +293,7 @@ impl Supervisor<'_> {
             .borrow_mut()
             .parts
             .insert(generation, Part { tier, stats });
+        None
     }
 
     /// Every rank committed `generation` on `tier`: its record goes next to this rank's
