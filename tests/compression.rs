@@ -31,7 +31,7 @@ fn image_in(dir: &Path, seq: u64) -> PathBuf {
 fn configure(h: &Harness) {
     h.set_config(&format!(
         "global = '{}'\nkeep = 2\n[image]\ncompress = \"zstd\"\ncompress_level = 3\n\
-         [topology]\ntest_mode = true\nnodes = 2\n",
+         [coordination]\nmode = 'off'\n[topology]\ntest_mode = true\nnodes = 2\n",
         h.dir.path().join("global").display()
     ));
 }

@@ -22,7 +22,7 @@ fn global_root(h: &Harness) -> PathBuf {
 /// Test mode with 2 nodes (rank R on node R) and a global tier.
 fn configure(h: &Harness) {
     h.set_config(&format!(
-        "global = '{}'\n[topology]\ntest_mode = true\nnodes = 2\n",
+        "global = '{}'\n[coordination]\nmode = 'off'\n[topology]\ntest_mode = true\nnodes = 2\n",
         global_root(h).display()
     ));
 }

@@ -516,8 +516,9 @@ enum StopRanks {
 }
 
 /// `srun -n 2`: each rank's supervisor takes its rank from SLURM_PROCID and writes its
-/// images under `rank<R>`; the ranks are stopped (`stop`), and on resubmission each
-/// restores its own image; each rank's output (which depends on the rank) is an
+/// images under `rank<R>`, the two checkpointed together (one generation); the ranks are
+/// stopped (`stop`), and on resubmission they agree on the generation and each restores
+/// its own image; each rank's output (which depends on the rank) is an
 /// uninterrupted run's.
 fn srun_ranks(name: &str, stop: StopRanks) {
     let Some((_turn, cluster)) = cluster() else {
@@ -555,13 +556,16 @@ fn srun_ranks(name: &str, stop: StopRanks) {
         .collect();
     match stop {
         StopRanks::CheckpointKill => {
-            for (pid, image) in pids.iter().zip(&images) {
-                let report = work.h.checkpoint_json(*pid, &["--kill"]);
-                assert_eq!(report["path"], *image.to_string_lossy());
-            }
-            // srun passes on the ranks' exit code, 128 + SIGKILL.
+            // The ranks of one step are coordinated: a checkpoint asked of rank 0 is a
+            // generation of both, and --kill stops both.
+            let report = work.h.checkpoint_json(pids[0], &["--kill"]);
+            assert_eq!(report["path"], *images[0].to_string_lossy());
+            assert_eq!(report["generation"]["ranks"], 2, "{report}");
             let info = cluster.wait_end(first, 0, JOB_TIMEOUT);
-            expect_end(&work, &info, "FAILED", "137:0", &format!("{first}.out"));
+            expect_end(&work, &info, "FAILED", "3:0", &format!("{first}.out"));
+            for image in &images {
+                assert!(image.is_dir(), "{} is missing", image.display());
+            }
         }
         StopRanks::StepTerm => {
             work.scancel(&["--signal=TERM", &first.to_string()]);

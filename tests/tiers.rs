@@ -2,7 +2,9 @@
 //! and global copies made in the background, recovery after losing a node, a damaged
 //! partner copy, only a global image left, partial copies never chosen, the first
 //! checkpoint after a restore from another tier, the per-tier interval counts of the
-//! collision rule, and what copies cost (freeze time, throughput).
+//! collision rule, and what copies cost (freeze time, throughput). The ranks are
+//! independent here (`[coordination] mode = "off"`), run one at a time: generations of
+//! ranks run together are tests/generations.rs's.
 
 mod common;
 
@@ -24,7 +26,8 @@ fn global_root(h: &Harness) -> PathBuf {
 /// The config: test mode with 2 nodes, a global tier, then `rest` (from `[interval]` on).
 fn configure(h: &Harness, keep: u32, rest: &str) {
     h.set_config(&format!(
-        "global = '{}'\nkeep = {keep}\n[topology]\ntest_mode = true\nnodes = 2\n{rest}",
+        "global = '{}'\nkeep = {keep}\n[coordination]\nmode = 'off'\n[topology]\ntest_mode = true\n\
+         nodes = 2\n{rest}",
         global_root(h).display()
     ));
 }

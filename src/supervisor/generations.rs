@@ -25,6 +25,10 @@ pub(super) struct Generations {
     pub waiting: Vec<Waiting>,
     /// This rank's images of generations not complete on every tier asked for yet.
     pub parts: BTreeMap<u64, Part>,
+    /// The generation that stopped the job, once one did: a signal asking for a stop
+    /// that comes after it (a step signal reaches every rank, one rank's asks first) is
+    /// already served.
+    pub stopped_by: Option<CheckpointStats>,
 }
 
 pub(super) struct Waiting {
@@ -44,7 +48,11 @@ pub(super) struct Part {
 pub(super) enum Outcome {
     Nothing,
     Started { generation: u64, tier: TierKind, stop: bool },
-    Complete { generation: u64, tier: TierKind },
+    Complete {
+        generation: u64,
+        tier: TierKind,
+        stats: Option<CheckpointStats>,
+    },
     Failed { generation: u64, why: String },
 }
 
@@ -55,6 +63,7 @@ impl Generations {
             lost: None,
             waiting: Vec::new(),
             parts: BTreeMap::new(),
+            stopped_by: None,
         }
     }
 }
@@ -89,6 +98,9 @@ impl Supervisor<'_> {
         tier: TierKind,
         stop: bool,
     ) -> Result<CheckpointStats, SuperviseError> {
+        if let Some(stats) = self.generations.borrow().stopped_by.clone() {
+            return Ok(stats);
+        }
         self.send(&ToCoordinator::Ask { tier, stop })
             .map_err(SuperviseError::Generation)?;
         let mut mine = None;
@@ -116,10 +128,9 @@ impl Supervisor<'_> {
                 Outcome::Complete {
                     generation,
                     tier: TierKind::Local,
+                    stats,
                 } if mine == Some(generation) => {
-                    let g = self.generations.borrow();
-                    let part = g.parts.get(&generation);
-                    return part.map(|p| p.stats.clone()).ok_or_else(|| {
+                    return stats.ok_or_else(|| {
                         SuperviseError::Generation(format!(
                             "generation {generation}: this rank's image is not known"
                         ))
@@ -186,10 +197,11 @@ impl Supervisor<'_> {
                 generation,
                 tier,
                 summary,
-            } => {
-                self.complete(generation, tier, &summary);
-                Outcome::Complete { generation, tier }
-            }
+            } => Outcome::Complete {
+                generation,
+                tier,
+                stats: self.complete(generation, tier, &summary),
+            },
             ToMember::NotComplete {
                 generation,
                 tier,
@@ -265,6 +277,7 @@ impl Supervisor<'_> {
         };
         if stop {
             self.stopped.set(true);
+            self.generations.borrow_mut().stopped_by = Some(stats.clone());
         }
         if tier != TierKind::Local {
             let reporter = self
@@ -298,7 +311,12 @@ impl Supervisor<'_> {
 
     /// Every rank committed `generation` on `tier`: its record goes next to this rank's
     /// copy there, retention may now count it, and waiting clients hear of it.
-    fn complete(&self, generation: u64, tier: TierKind, summary: &Summary) {
+    fn complete(
+        &self,
+        generation: u64,
+        tier: TierKind,
+        summary: &Summary,
+    ) -> Option<CheckpointStats> {
         let record = GenerationRecord {
             generation,
             ranks: summary.ranks,
@@ -324,9 +342,7 @@ impl Supervisor<'_> {
         );
         let stats = {
             let mut g = self.generations.borrow_mut();
-            let Some(part) = g.parts.get_mut(&generation) else {
-                return;
-            };
+            let part = g.parts.get_mut(&generation)?;
             part.stats.generation = Some(GenerationStats {
                 generation,
                 ranks: summary.ranks,
@@ -346,7 +362,8 @@ impl Supervisor<'_> {
             }
             stats
         };
-        self.answer_waiting(generation, Some(tier), &Ok(stats));
+        self.answer_waiting(generation, Some(tier), &Ok(stats.clone()));
+        Some(stats)
     }
 
     /// The directory holding this rank's copies on `tier`, where records go; none for a
