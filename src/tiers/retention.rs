@@ -4,7 +4,14 @@
 //! is still reading). Everything else is deleted, oldest first. Since the newest committed
 //! image is always kept, an image is only ever deleted once a newer one is committed on
 //! the same tier.
+//!
+//! A coordinated job's images are generations ([`super::generation`]), and one is only
+//! worth keeping for recovery once it is complete (every rank committed it, a record says
+//! so): [`plan_generations`] counts complete generations instead of images, so an image
+//! only goes once a newer complete generation is there, and images of generations that
+//! never completed go once a newer one has.
 
+use super::generation;
 use super::placement::PlaceError;
 use crate::image::store;
 use std::collections::BTreeSet;
@@ -23,13 +30,26 @@ pub struct Stored {
 pub fn plan(images: &[Stored], keep: u32, protected: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
     let mut by_age: Vec<&Stored> = images.iter().collect();
     by_age.sort_by_key(|s| std::cmp::Reverse(s.seq));
-    let keep = usize::try_from(keep.max(1)).unwrap_or(usize::MAX);
-    let mut kept: BTreeSet<&Path> = by_age.iter().take(keep).map(|s| s.path.as_path()).collect();
+    let kept = by_age.iter().take(keep_count(keep)).map(|s| s.path.as_path());
+    deletable(&by_age, kept, protected)
+}
+
+fn keep_count(keep: u32) -> usize {
+    usize::try_from(keep.max(1)).unwrap_or(usize::MAX)
+}
+
+/// The images of `by_age` (newest first) that are neither `kept`, nor `protected`, nor a
+/// parent of one of those (or of a parent in turn); oldest first.
+fn deletable<'a>(
+    by_age: &[&'a Stored],
+    kept: impl Iterator<Item = &'a Path>,
+    protected: &'a BTreeSet<PathBuf>,
+) -> Vec<PathBuf> {
+    let mut kept: BTreeSet<&Path> = kept.collect();
     kept.extend(protected.iter().map(PathBuf::as_path));
-    // Parents of kept images are kept, and their parents in turn.
     let mut todo: Vec<&Path> = kept.iter().copied().collect();
     while let Some(path) = todo.pop() {
-        let deps = images
+        let deps = by_age
             .iter()
             .filter(|s| s.path == path)
             .flat_map(|s| &s.deps);
@@ -47,6 +67,60 @@ pub fn plan(images: &[Stored], keep: u32, protected: &BTreeSet<PathBuf>) -> Vec<
         .collect()
 }
 
+/// What retention by generation deletes in one rank directory.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GenerationPlan {
+    /// Images, oldest first.
+    pub images: Vec<PathBuf>,
+    /// Generations whose record goes because their image here is gone (or going): a record
+    /// speaks for the image beside it.
+    pub records: Vec<u64>,
+}
+
+/// Retention by generation, for the images of one rank directory and the generations
+/// with a record there (`complete`). Kept: the `keep` newest complete generations that
+/// have their image here, every image newer than the newest of those (a generation in
+/// flight, not complete yet), `protected`, and the parents of all these. Deleted: the
+/// rest (old complete generations, and generations older than the newest complete one
+/// that never completed). Without a complete generation no image is deleted: which
+/// generation recovery needs is not known yet. Pure.
+pub fn plan_generations(
+    images: &[Stored],
+    complete: &BTreeSet<u64>,
+    keep: u32,
+    protected: &BTreeSet<PathBuf>,
+) -> GenerationPlan {
+    let mut by_age: Vec<&Stored> = images.iter().collect();
+    by_age.sort_by_key(|s| std::cmp::Reverse(s.seq));
+    let complete_here: Vec<&Stored> = by_age
+        .iter()
+        .copied()
+        .filter(|s| complete.contains(&s.seq))
+        .collect();
+    let doomed = match complete_here.first() {
+        None => Vec::new(),
+        Some(newest) => {
+            let in_flight = by_age.iter().take_while(|s| s.seq > newest.seq);
+            let kept = complete_here.iter().take(keep_count(keep));
+            let kept = in_flight.chain(kept).map(|s| s.path.as_path());
+            deletable(&by_age, kept, protected)
+        }
+    };
+    let remaining: BTreeSet<u64> = images
+        .iter()
+        .filter(|s| !doomed.contains(&s.path))
+        .map(|s| s.seq)
+        .collect();
+    GenerationPlan {
+        images: doomed,
+        records: complete
+            .iter()
+            .copied()
+            .filter(|g| !remaining.contains(g))
+            .collect(),
+    }
+}
+
 /// Applies [`plan`] to `rank_dir` and removes partial images older than `committed` (left
 /// by a writer that died: the one writer of this directory has moved on). Returns what
 /// was deleted.
@@ -56,14 +130,7 @@ pub fn prune(
     committed: u64,
     protected: &BTreeSet<PathBuf>,
 ) -> Result<Vec<PathBuf>, PlaceError> {
-    let images: Vec<Stored> = store::list_images(rank_dir)?
-        .into_iter()
-        .map(|(seq, path)| Stored {
-            seq,
-            deps: store::dependencies(&path),
-            path,
-        })
-        .collect();
+    let images = stored_images(rank_dir)?;
     let doomed = plan(&images, keep, protected);
     for path in &doomed {
         remove_image(path)?;
@@ -72,6 +139,48 @@ pub fn prune(
         remove_dir(&stale)?;
     }
     Ok(doomed)
+}
+
+/// Applies [`plan_generations`] to `rank_dir` (its records say which generations are
+/// complete), then removes partial images older than its newest image (the one writer of
+/// this directory commits in order, so a partial behind it was left by a writer that
+/// died). Returns the images deleted.
+pub fn prune_generations(
+    rank_dir: &Path,
+    keep: u32,
+    protected: &BTreeSet<PathBuf>,
+) -> Result<Vec<PathBuf>, PlaceError> {
+    let images = stored_images(rank_dir)?;
+    let complete = generation::complete(rank_dir);
+    let doomed = plan_generations(&images, &complete, keep, protected);
+    for path in &doomed.images {
+        remove_image(path)?;
+    }
+    for g in doomed.records {
+        let path = generation::record_path(rank_dir, g);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PlaceError::Remove { path, source: e });
+            }
+            _ => {}
+        }
+    }
+    let newest = images.iter().map(|s| s.seq).max().unwrap_or(0);
+    for stale in stale_partials(rank_dir, newest) {
+        remove_dir(&stale)?;
+    }
+    Ok(doomed.images)
+}
+
+fn stored_images(rank_dir: &Path) -> Result<Vec<Stored>, PlaceError> {
+    Ok(store::list_images(rank_dir)?
+        .into_iter()
+        .map(|(seq, path)| Stored {
+            seq,
+            deps: store::dependencies(&path),
+            path,
+        })
+        .collect())
 }
 
 /// Renamed to its partial name first, so a deletion cut short leaves nothing that looks
@@ -175,6 +284,179 @@ mod tests {
         // A parent that is not on this tier is not invented.
         let orphan = [stored(7, &[6])];
         assert!(plan(&orphan, 1, &BTreeSet::new()).is_empty());
+    }
+
+    /// (what, images as (seq, parents), complete generations, keep, protected, images
+    /// deleted, records deleted)
+    type GenerationCase = (
+        &'static str,
+        &'static [(u64, &'static [u64])],
+        &'static [u64],
+        u32,
+        &'static [u64],
+        &'static [u64],
+        &'static [u64],
+    );
+
+    #[test]
+    fn generations_plan() {
+        let cases: &[GenerationCase] = &[
+            (
+                "nothing complete: nothing deleted",
+                &[(1, &[]), (2, &[]), (3, &[])],
+                &[],
+                1,
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                "keep counts complete generations, not images",
+                &[(1, &[]), (2, &[]), (3, &[]), (4, &[])],
+                &[1, 3],
+                1,
+                &[],
+                &[1, 2],
+                &[1],
+            ),
+            (
+                "images newer than the newest complete one are in flight",
+                &[(1, &[]), (2, &[]), (3, &[]), (4, &[])],
+                &[2],
+                1,
+                &[],
+                &[1],
+                &[],
+            ),
+            (
+                "keep 2: the two newest complete, incomplete ones between go",
+                &[(1, &[]), (2, &[]), (3, &[]), (4, &[]), (5, &[]), (6, &[])],
+                &[1, 2, 4, 5],
+                2,
+                &[],
+                &[1, 2, 3],
+                &[1, 2],
+            ),
+            (
+                "keep 0 is keep 1",
+                &[(1, &[]), (2, &[])],
+                &[1, 2],
+                0,
+                &[],
+                &[1],
+                &[1],
+            ),
+            (
+                "parents of kept and in-flight images stay",
+                &[(1, &[]), (2, &[1]), (3, &[]), (4, &[]), (5, &[2])],
+                &[1, 3, 4],
+                1,
+                &[],
+                &[3],
+                &[3],
+            ),
+            (
+                "protected images stay",
+                &[(1, &[]), (2, &[]), (3, &[])],
+                &[3],
+                1,
+                &[1],
+                &[2],
+                &[],
+            ),
+            (
+                "records without their image go, not the generation count",
+                &[(4, &[]), (5, &[])],
+                &[2, 3, 5],
+                1,
+                &[],
+                &[4],
+                &[2, 3],
+            ),
+            (
+                "no images: nothing but orphaned records",
+                &[],
+                &[7],
+                1,
+                &[],
+                &[],
+                &[7],
+            ),
+        ];
+        for &(what, images, complete, keep, protected, deleted, records) in cases {
+            let images: Vec<Stored> = images.iter().map(|&(s, d)| stored(s, d)).collect();
+            let complete: BTreeSet<u64> = complete.iter().copied().collect();
+            let got = plan_generations(&images, &complete, keep, &protect(protected));
+            assert_eq!(seqs(got.images), deleted, "{what}: images");
+            assert_eq!(got.records, records, "{what}: records");
+        }
+    }
+
+    #[test]
+    fn the_newest_complete_generation_outlives_incomplete_newer_ones() {
+        // Generations complete one after another while newer ones are in flight: whatever
+        // order records and images arrive in, the newest complete one is never deleted.
+        let mut complete = BTreeSet::new();
+        let mut images = Vec::new();
+        for g in 1..=6u64 {
+            images.push(stored(g, &[]));
+            if g % 2 == 0 {
+                complete.insert(g - 1);
+            }
+            let plan = plan_generations(&images, &complete, 1, &BTreeSet::new());
+            if let Some(newest) = complete.last() {
+                assert!(!seqs(plan.images.clone()).contains(newest), "generation {g}");
+            }
+            images.retain(|s| !plan.images.contains(&s.path));
+        }
+        assert_eq!(images.iter().map(|s| s.seq).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn prune_generations_deletes_images_records_and_stale_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "ckpt-000001",
+            "ckpt-000002",
+            "ckpt-000003",
+            "ckpt-000004",
+            ".ckpt-000002.partial",
+            ".ckpt-000009.partial",
+        ] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        for g in [1, 3] {
+            let record = generation::GenerationRecord {
+                generation: g,
+                ranks: 2,
+                tier: crate::image::format::TierKind::Local,
+                committed_unix_ms: 0,
+                skew_ms: 0.0,
+            };
+            generation::write(dir.path(), &record).unwrap();
+        }
+        let gone = prune_generations(dir.path(), 1, &BTreeSet::new()).unwrap();
+        assert_eq!(
+            gone,
+            [
+                dir.path().join("ckpt-000001"),
+                dir.path().join("ckpt-000002")
+            ]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".ckpt-000009.partial",
+                "ckpt-000003",
+                "ckpt-000004",
+                "generation-000003.json"
+            ]
+        );
     }
 
     #[test]
