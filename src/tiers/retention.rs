@@ -426,14 +426,7 @@ mod tests {
             std::fs::create_dir(dir.path().join(name)).unwrap();
         }
         for g in [1, 3] {
-            let record = generation::GenerationRecord {
-                generation: g,
-                ranks: 2,
-                tier: crate::image::format::TierKind::Local,
-                committed_unix_ms: 0,
-                skew_ms: 0.0,
-            };
-            generation::write(dir.path(), &record).unwrap();
+            mark_complete(dir.path(), g);
         }
         let gone = prune_generations(dir.path(), 1, &BTreeSet::new()).unwrap();
         assert_eq!(
@@ -457,6 +450,46 @@ mod tests {
                 "generation-000003.json"
             ]
         );
+    }
+
+    /// Writes the record of generation `g` (as every rank would, once all committed it).
+    fn mark_complete(rank_dir: &Path, g: u64) {
+        let record = generation::GenerationRecord {
+            generation: g,
+            ranks: 2,
+            tier: crate::image::format::TierKind::Global,
+            committed_unix_ms: 0,
+            skew_ms: 0.0,
+        };
+        generation::write(rank_dir, &record).unwrap();
+    }
+
+    #[test]
+    fn a_placer_with_generations_keeps_complete_ones() {
+        use super::super::layout::Destination;
+        use super::super::placement::Placer;
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("local"), tmp.path().join("global"));
+        let image = |seq: u64| {
+            let dir = src.join(store::image_dir_name(seq));
+            std::fs::create_dir_all(&dir).unwrap();
+            let data = seq.to_le_bytes();
+            std::fs::write(dir.join("pages.bin"), data).unwrap();
+            let sum = format!("{}  pages.bin\n", blake3::hash(&data).to_hex());
+            std::fs::write(dir.join("CHECKSUMS"), sum).unwrap();
+            dir
+        };
+        let mut placer = Placer::new(Destination::Dir(dest.clone()), 1).with_generations(true);
+        let mut place = |seq: u64| placer.place(&image(seq)).unwrap().pruned.unwrap();
+        assert!(place(1).is_empty());
+        mark_complete(&dest, 1);
+        // 2 and 3 are in flight: 1 is the only complete generation and stays.
+        assert!(place(2).is_empty());
+        assert!(place(3).is_empty());
+        mark_complete(&dest, 3);
+        // 2 never completed and is older than 3, which did.
+        assert_eq!(place(4), [dest.join("ckpt-000001"), dest.join("ckpt-000002")]);
+        assert_eq!(generation::complete(&dest), BTreeSet::from([3]));
     }
 
     #[test]
