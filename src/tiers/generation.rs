@@ -196,14 +196,14 @@ fn open_record(path: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-    .map_err(|e| {
-        // O_NOFOLLOW on a symlink: ELOOP, which is no record rather than a read error.
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            io::Error::new(io::ErrorKind::InvalidData, "a symbolic link")
-        } else {
-            e
-        }
-    })
+        .map_err(|e| {
+            // O_NOFOLLOW on a symlink: ELOOP, which is no record rather than a read error.
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(io::ErrorKind::InvalidData, "a symbolic link")
+            } else {
+                e
+            }
+        })
 }
 
 /// Every file of `rank_dir` named as a record, valid or not, by generation. A missing
@@ -279,7 +279,10 @@ mod tests {
     fn names_match_image_names() {
         assert_eq!(record_file_name(7), "generation-000007.json");
         assert_eq!(parse_record_name("generation-000007.json"), Some(7));
-        assert_eq!(parse_record_name("generation-1234567.json"), Some(1_234_567));
+        assert_eq!(
+            parse_record_name("generation-1234567.json"),
+            Some(1_234_567)
+        );
         for bad in [
             "generation-7.json",
             "generation-.json",
@@ -316,7 +319,10 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
         assert!(crate::image::store::list_images(&dir).unwrap().is_empty());
-        assert_eq!(crate::image::store::highest_seq(&[dir.clone()]), 0);
+        assert_eq!(
+            crate::image::store::highest_seq(std::slice::from_ref(&dir)),
+            0
+        );
         remove(&dir, 2).unwrap();
         remove(&dir, 2).unwrap();
         assert_eq!(complete(&dir), BTreeSet::from([5]));
@@ -375,8 +381,14 @@ mod tests {
         }
         assert!(matches!(read(dir, 8), Err(GenerationError::Parse { .. })));
         assert!(matches!(read(dir, 6), Err(GenerationError::Parse { .. })));
-        assert!(matches!(read(dir, 7), Err(GenerationError::TooLarge { .. })));
-        assert!(matches!(read(dir, 9), Err(GenerationError::NotAFile { .. })));
+        assert!(matches!(
+            read(dir, 7),
+            Err(GenerationError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read(dir, 9),
+            Err(GenerationError::NotAFile { .. })
+        ));
         assert!(matches!(read(dir, 10), Err(GenerationError::Read { .. })));
         let message = read(dir, 3).unwrap_err().to_string();
         assert!(

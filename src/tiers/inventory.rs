@@ -220,9 +220,16 @@ pub fn job_generations(
 ) -> JobGenerations {
     let images: Vec<&(Found, bool)> = images.iter().filter(|(f, _)| f.job == job).collect();
     let records: Vec<&FoundRecord> = records.iter().filter(|r| r.job == job).collect();
-    let seen = images.iter().map(|(f, _)| f.rank).chain(records.iter().map(|r| r.rank));
+    let seen = images
+        .iter()
+        .map(|(f, _)| f.rank)
+        .chain(records.iter().map(|r| r.rank));
     let said = records.iter().map(|r| r.record.ranks);
-    let ranks = seen.map(|r| r.saturating_add(1)).chain(said).max().unwrap_or(0);
+    let ranks = seen
+        .map(|r| r.saturating_add(1))
+        .chain(said)
+        .max()
+        .unwrap_or(0);
     let generations: BTreeSet<u64> = images
         .iter()
         .map(|(f, _)| f.seq)
@@ -419,7 +426,13 @@ mod tests {
             .iter()
             .map(|g| {
                 let why = g.unusable_because();
-                (g.generation, g.complete_on.clone(), g.usable, g.recovery_line, why)
+                (
+                    g.generation,
+                    g.complete_on.clone(),
+                    g.usable,
+                    g.recovery_line,
+                    why,
+                )
             })
             .collect()
     }
@@ -459,7 +472,13 @@ mod tests {
             summary(&table),
             [
                 (3, vec![], false, false, why("not complete on any tier")),
-                (2, vec![Local], false, false, why("rank 1 has no valid copy")),
+                (
+                    2,
+                    vec![Local],
+                    false,
+                    false,
+                    why("rank 1 has no valid copy")
+                ),
                 (1, vec![Local, Partner], true, true, None),
             ]
         );

@@ -30,7 +30,10 @@ pub struct Stored {
 pub fn plan(images: &[Stored], keep: u32, protected: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
     let mut by_age: Vec<&Stored> = images.iter().collect();
     by_age.sort_by_key(|s| std::cmp::Reverse(s.seq));
-    let kept = by_age.iter().take(keep_count(keep)).map(|s| s.path.as_path());
+    let kept = by_age
+        .iter()
+        .take(keep_count(keep))
+        .map(|s| s.path.as_path());
     deletable(&by_age, kept, protected)
 }
 
@@ -405,7 +408,10 @@ mod tests {
             }
             let plan = plan_generations(&images, &complete, 1, &BTreeSet::new());
             if let Some(newest) = complete.last() {
-                assert!(!seqs(plan.images.clone()).contains(newest), "generation {g}");
+                assert!(
+                    !seqs(plan.images.clone()).contains(newest),
+                    "generation {g}"
+                );
             }
             images.retain(|s| !plan.images.contains(&s.path));
         }
@@ -414,35 +420,17 @@ mod tests {
 
     #[test]
     fn prune_generations_deletes_images_records_and_stale_partials() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in [
-            "ckpt-000001",
-            "ckpt-000002",
-            "ckpt-000003",
-            "ckpt-000004",
-            ".ckpt-000002.partial",
-            ".ckpt-000009.partial",
-        ] {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-        }
+        let dir = rank_dir_with(&["ckpt-000004"]);
         for g in [1, 3] {
             mark_complete(dir.path(), g);
         }
         let gone = prune_generations(dir.path(), 1, &BTreeSet::new()).unwrap();
         assert_eq!(
             gone,
-            [
-                dir.path().join("ckpt-000001"),
-                dir.path().join("ckpt-000002")
-            ]
+            [1, 2].map(|s| dir.path().join(store::image_dir_name(s)))
         );
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
         assert_eq!(
-            left,
+            names_in(dir.path()),
             [
                 ".ckpt-000009.partial",
                 "ckpt-000003",
@@ -488,35 +476,49 @@ mod tests {
         assert!(place(3).is_empty());
         mark_complete(&dest, 3);
         // 2 never completed and is older than 3, which did.
-        assert_eq!(place(4), [dest.join("ckpt-000001"), dest.join("ckpt-000002")]);
+        assert_eq!(
+            place(4),
+            [dest.join("ckpt-000001"), dest.join("ckpt-000002")]
+        );
         assert_eq!(generation::complete(&dest), BTreeSet::from([3]));
     }
 
     #[test]
     fn prune_deletes_old_images_and_stale_partials() {
+        let dir = rank_dir_with(&[]);
+        let gone = prune(dir.path(), 1, 3, &BTreeSet::new()).unwrap();
+        assert_eq!(
+            gone,
+            [1, 2].map(|s| dir.path().join(store::image_dir_name(s)))
+        );
+        assert_eq!(
+            names_in(dir.path()),
+            [".ckpt-000009.partial", "ckpt-000003"]
+        );
+    }
+
+    /// A rank directory with images 1 to 3, partial images 2 and 9, and `more`.
+    fn rank_dir_with(more: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for name in [
+        let names = [
             "ckpt-000001",
             "ckpt-000002",
             "ckpt-000003",
             ".ckpt-000002.partial",
             ".ckpt-000009.partial",
-        ] {
+        ];
+        for name in names.iter().chain(more) {
             std::fs::create_dir(dir.path().join(name)).unwrap();
         }
-        let gone = prune(dir.path(), 1, 3, &BTreeSet::new()).unwrap();
-        assert_eq!(
-            gone,
-            [
-                dir.path().join("ckpt-000001"),
-                dir.path().join("ckpt-000002")
-            ]
-        );
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        dir
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        left.sort();
-        assert_eq!(left, [".ckpt-000009.partial", "ckpt-000003"]);
+        names.sort();
+        names
     }
 }
