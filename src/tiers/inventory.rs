@@ -15,7 +15,7 @@ use super::layout::PARTNER_DIR;
 use crate::image::format::TierKind;
 use crate::image::store;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,38 +230,40 @@ pub fn job_generations(
         .chain(said)
         .max()
         .unwrap_or(0);
-    let generations: BTreeSet<u64> = images
-        .iter()
-        .map(|(f, _)| f.seq)
-        .chain(records.iter().map(|r| r.record.generation))
+    // Copies by (generation, rank), nearest tier first.
+    let mut copies: BTreeMap<(u64, u32), Vec<StoredCopy>> = BTreeMap::new();
+    for (f, valid) in &images {
+        copies.entry((f.seq, f.rank)).or_default().push(StoredCopy {
+            tier: f.tier,
+            node: f.node,
+            path: f.path.display().to_string(),
+            valid: *valid,
+        });
+    }
+    for list in copies.values_mut() {
+        list.sort_by_key(|c| (c.tier, c.node));
+    }
+    let mut complete_on: BTreeMap<u64, BTreeSet<TierKind>> = BTreeMap::new();
+    for r in &records {
+        complete_on
+            .entry(r.record.generation)
+            .or_default()
+            .insert(r.tier);
+    }
+    let generations: BTreeSet<u64> = copies
+        .keys()
+        .map(|&(g, _)| g)
+        .chain(complete_on.keys().copied())
         .collect();
     let mut rows: Vec<GenerationRow> = generations
         .into_iter()
         .rev()
         .map(|generation| {
-            let complete_on: BTreeSet<TierKind> = records
-                .iter()
-                .filter(|r| r.record.generation == generation)
-                .map(|r| r.tier)
-                .collect();
+            let complete_on = complete_on.remove(&generation).unwrap_or_default();
             let ranks: Vec<RankCopies> = (0..ranks)
-                .map(|rank| {
-                    let mut copies: Vec<(&Found, bool)> = images
-                        .iter()
-                        .filter(|(f, _)| f.seq == generation && f.rank == rank)
-                        .map(|(f, valid)| (f, *valid))
-                        .collect();
-                    copies.sort_by_key(|(f, _)| (f.tier, f.node));
-                    let copies = copies
-                        .into_iter()
-                        .map(|(f, valid)| StoredCopy {
-                            tier: f.tier,
-                            node: f.node,
-                            path: f.path.display().to_string(),
-                            valid,
-                        })
-                        .collect();
-                    RankCopies { rank, copies }
+                .map(|rank| RankCopies {
+                    rank,
+                    copies: copies.remove(&(generation, rank)).unwrap_or_default(),
                 })
                 .collect();
             let mut row = GenerationRow {
