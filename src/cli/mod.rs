@@ -115,10 +115,12 @@ enum Command {
         #[command(flatten)]
         job: JobArgs,
     },
-    /// List images of the job(s)
+    /// List images of the job(s); with --job, also its generations x ranks x tiers and the
+    /// recovery line
     List {
         /// One JSON array of images: path, tier, node, job, rank, seq, time_unix_ms, bytes,
-        /// processes, valid
+        /// processes, valid; with --job one object: job, ranks, recovery_line, generations,
+        /// images
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -11,7 +11,7 @@ pub struct ImageDirError {
 }
 
 /// Width of the zero-padded sequence number, so names sort in order.
-const SEQ_WIDTH: usize = 6;
+pub const SEQ_WIDTH: usize = 6;
 
 pub fn image_dir_name(seq: u64) -> String {
     format!("ckpt-{seq:0SEQ_WIDTH$}")

@@ -270,6 +270,8 @@ fn remove_empty_parents(image: &JobImage) {
     // The mark of a finished run speaks of the images just deleted: a new run of the job
     // numbers its images from 1 again, and must be resumable.
     let _ = std::fs::remove_file(rank_dir.join(super::finished::MARKER));
+    // Generation records too: the new run's generation 1 is not the old one.
+    let _ = super::generation::remove_all(rank_dir);
     for dir in rank_dir
         .ancestors()
         .take_while(|dir| *dir != image.tier_root)
@@ -350,6 +352,14 @@ mod tests {
         let rank0 = tmp.path().join("l/sim/rank0");
         std::os::unix::fs::symlink(outside.join("ckpt-000002"), rank0.join("ckpt-000002")).unwrap();
         std::os::unix::fs::symlink(&outside, tmp.path().join("l/sim/rank1")).unwrap();
+        let record = super::super::generation::GenerationRecord {
+            generation: 1,
+            ranks: 1,
+            tier: TierKind::Local,
+            committed_unix_ms: 0,
+            skew_ms: 0.0,
+        };
+        super::super::generation::write(&rank0, &record).unwrap();
         let runtime = tmp.path().join("run");
         let done = forget(&config(tmp.path()), &runtime, "sim", None, false).unwrap();
         assert_eq!(done.images.len(), 1);
@@ -358,6 +368,10 @@ mod tests {
             [rank0.join("ckpt-000002"), tmp.path().join("l/sim/rank1")]
         );
         assert!(!rank0.join("ckpt-000001").exists());
+        assert!(
+            !rank0.join("generation-000001.json").exists(),
+            "generation records go with the images"
+        );
         assert!(outside.join("ckpt-000002/keep").is_dir());
     }
 

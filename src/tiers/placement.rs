@@ -155,6 +155,8 @@ pub struct Placer {
     compression: Compression,
     /// Images a remote partner already received from us: the command cannot tell.
     sent: BTreeSet<PathBuf>,
+    /// Retention counts complete generations (a coordinated job), not images.
+    generations: bool,
 }
 
 impl Placer {
@@ -165,6 +167,16 @@ impl Placer {
             gate: Gate::default(),
             compression: Compression::None,
             sent: BTreeSet::new(),
+            generations: false,
+        }
+    }
+
+    /// Retention in a directory keeps complete generations ([`retention::prune_generations`])
+    /// instead of the newest images.
+    pub fn with_generations(self, on: bool) -> Placer {
+        Placer {
+            generations: on,
+            ..self
         }
     }
 
@@ -190,7 +202,11 @@ impl Placer {
             Destination::Dir(dir) => {
                 let (path, size) = copy_image(src, dir, &self.gate, self.compression)?;
                 let protect = BTreeSet::from([path.clone()]);
-                let pruned = retention::prune(dir, self.keep, seq, &protect);
+                let pruned = if self.generations {
+                    retention::prune_generations(dir, self.keep, &protect)
+                } else {
+                    retention::prune(dir, self.keep, seq, &protect)
+                };
                 (path, size, self.compression, pruned)
             }
             Destination::Remote { command, host, dir } => {

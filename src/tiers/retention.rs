@@ -4,7 +4,14 @@
 //! is still reading). Everything else is deleted, oldest first. Since the newest committed
 //! image is always kept, an image is only ever deleted once a newer one is committed on
 //! the same tier.
+//!
+//! A coordinated job's images are generations ([`super::generation`]), and one is only
+//! worth keeping for recovery once it is complete (every rank committed it, a record says
+//! so): [`plan_generations`] counts complete generations instead of images, so an image
+//! only goes once a newer complete generation is there, and images of generations that
+//! never completed go once a newer one has.
 
+use super::generation;
 use super::placement::PlaceError;
 use crate::image::store;
 use std::collections::BTreeSet;
@@ -23,13 +30,29 @@ pub struct Stored {
 pub fn plan(images: &[Stored], keep: u32, protected: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
     let mut by_age: Vec<&Stored> = images.iter().collect();
     by_age.sort_by_key(|s| std::cmp::Reverse(s.seq));
-    let keep = usize::try_from(keep.max(1)).unwrap_or(usize::MAX);
-    let mut kept: BTreeSet<&Path> = by_age.iter().take(keep).map(|s| s.path.as_path()).collect();
+    let kept = by_age
+        .iter()
+        .take(keep_count(keep))
+        .map(|s| s.path.as_path());
+    deletable(&by_age, kept, protected)
+}
+
+fn keep_count(keep: u32) -> usize {
+    usize::try_from(keep.max(1)).unwrap_or(usize::MAX)
+}
+
+/// The images of `by_age` (newest first) that are neither `kept`, nor `protected`, nor a
+/// parent of one of those (or of a parent in turn); oldest first.
+fn deletable<'a>(
+    by_age: &[&'a Stored],
+    kept: impl Iterator<Item = &'a Path>,
+    protected: &'a BTreeSet<PathBuf>,
+) -> Vec<PathBuf> {
+    let mut kept: BTreeSet<&Path> = kept.collect();
     kept.extend(protected.iter().map(PathBuf::as_path));
-    // Parents of kept images are kept, and their parents in turn.
     let mut todo: Vec<&Path> = kept.iter().copied().collect();
     while let Some(path) = todo.pop() {
-        let deps = images
+        let deps = by_age
             .iter()
             .filter(|s| s.path == path)
             .flat_map(|s| &s.deps);
@@ -47,6 +70,60 @@ pub fn plan(images: &[Stored], keep: u32, protected: &BTreeSet<PathBuf>) -> Vec<
         .collect()
 }
 
+/// What retention by generation deletes in one rank directory.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GenerationPlan {
+    /// Images, oldest first.
+    pub images: Vec<PathBuf>,
+    /// Generations whose record goes because their image here is gone (or going): a record
+    /// speaks for the image beside it.
+    pub records: Vec<u64>,
+}
+
+/// Retention by generation, for the images of one rank directory and the generations
+/// with a record there (`complete`). Kept: the `keep` newest complete generations that
+/// have their image here, every image newer than the newest of those (a generation in
+/// flight, not complete yet), `protected`, and the parents of all these. Deleted: the
+/// rest (old complete generations, and generations older than the newest complete one
+/// that never completed). Without a complete generation no image is deleted: which
+/// generation recovery needs is not known yet. Pure.
+pub fn plan_generations(
+    images: &[Stored],
+    complete: &BTreeSet<u64>,
+    keep: u32,
+    protected: &BTreeSet<PathBuf>,
+) -> GenerationPlan {
+    let mut by_age: Vec<&Stored> = images.iter().collect();
+    by_age.sort_by_key(|s| std::cmp::Reverse(s.seq));
+    let complete_here: Vec<&Stored> = by_age
+        .iter()
+        .copied()
+        .filter(|s| complete.contains(&s.seq))
+        .collect();
+    let doomed = match complete_here.first() {
+        None => Vec::new(),
+        Some(newest) => {
+            let in_flight = by_age.iter().take_while(|s| s.seq > newest.seq);
+            let kept = complete_here.iter().take(keep_count(keep));
+            let kept = in_flight.chain(kept).map(|s| s.path.as_path());
+            deletable(&by_age, kept, protected)
+        }
+    };
+    let remaining: BTreeSet<u64> = images
+        .iter()
+        .filter(|s| !doomed.contains(&s.path))
+        .map(|s| s.seq)
+        .collect();
+    GenerationPlan {
+        images: doomed,
+        records: complete
+            .iter()
+            .copied()
+            .filter(|g| !remaining.contains(g))
+            .collect(),
+    }
+}
+
 /// Applies [`plan`] to `rank_dir` and removes partial images older than `committed` (left
 /// by a writer that died: the one writer of this directory has moved on). Returns what
 /// was deleted.
@@ -56,14 +133,7 @@ pub fn prune(
     committed: u64,
     protected: &BTreeSet<PathBuf>,
 ) -> Result<Vec<PathBuf>, PlaceError> {
-    let images: Vec<Stored> = store::list_images(rank_dir)?
-        .into_iter()
-        .map(|(seq, path)| Stored {
-            seq,
-            deps: store::dependencies(&path),
-            path,
-        })
-        .collect();
+    let images = stored_images(rank_dir)?;
     let doomed = plan(&images, keep, protected);
     for path in &doomed {
         remove_image(path)?;
@@ -72,6 +142,48 @@ pub fn prune(
         remove_dir(&stale)?;
     }
     Ok(doomed)
+}
+
+/// Applies [`plan_generations`] to `rank_dir` (its records say which generations are
+/// complete), then removes partial images older than its newest image (the one writer of
+/// this directory commits in order, so a partial behind it was left by a writer that
+/// died). Returns the images deleted.
+pub fn prune_generations(
+    rank_dir: &Path,
+    keep: u32,
+    protected: &BTreeSet<PathBuf>,
+) -> Result<Vec<PathBuf>, PlaceError> {
+    let images = stored_images(rank_dir)?;
+    let complete = generation::complete(rank_dir);
+    let doomed = plan_generations(&images, &complete, keep, protected);
+    for path in &doomed.images {
+        remove_image(path)?;
+    }
+    for g in doomed.records {
+        let path = generation::record_path(rank_dir, g);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PlaceError::Remove { path, source: e });
+            }
+            _ => {}
+        }
+    }
+    let newest = images.iter().map(|s| s.seq).max().unwrap_or(0);
+    for stale in stale_partials(rank_dir, newest) {
+        remove_dir(&stale)?;
+    }
+    Ok(doomed.images)
+}
+
+fn stored_images(rank_dir: &Path) -> Result<Vec<Stored>, PlaceError> {
+    Ok(store::list_images(rank_dir)?
+        .into_iter()
+        .map(|(seq, path)| Stored {
+            seq,
+            deps: store::dependencies(&path),
+            path,
+        })
+        .collect())
 }
 
 /// Renamed to its partial name first, so a deletion cut short leaves nothing that looks
@@ -177,31 +289,236 @@ mod tests {
         assert!(plan(&orphan, 1, &BTreeSet::new()).is_empty());
     }
 
+    /// (what, images as (seq, parents), complete generations, keep, protected, images
+    /// deleted, records deleted)
+    type GenerationCase = (
+        &'static str,
+        &'static [(u64, &'static [u64])],
+        &'static [u64],
+        u32,
+        &'static [u64],
+        &'static [u64],
+        &'static [u64],
+    );
+
+    #[test]
+    fn generations_plan() {
+        let cases: &[GenerationCase] = &[
+            (
+                "nothing complete: nothing deleted",
+                &[(1, &[]), (2, &[]), (3, &[])],
+                &[],
+                1,
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                "keep counts complete generations, not images",
+                &[(1, &[]), (2, &[]), (3, &[]), (4, &[])],
+                &[1, 3],
+                1,
+                &[],
+                &[1, 2],
+                &[1],
+            ),
+            (
+                "images newer than the newest complete one are in flight",
+                &[(1, &[]), (2, &[]), (3, &[]), (4, &[])],
+                &[2],
+                1,
+                &[],
+                &[1],
+                &[],
+            ),
+            (
+                "keep 2: the two newest complete, incomplete ones between go",
+                &[(1, &[]), (2, &[]), (3, &[]), (4, &[]), (5, &[]), (6, &[])],
+                &[1, 2, 4, 5],
+                2,
+                &[],
+                &[1, 2, 3],
+                &[1, 2],
+            ),
+            (
+                "keep 0 is keep 1",
+                &[(1, &[]), (2, &[])],
+                &[1, 2],
+                0,
+                &[],
+                &[1],
+                &[1],
+            ),
+            (
+                "parents of kept and in-flight images stay",
+                &[(1, &[]), (2, &[1]), (3, &[]), (4, &[]), (5, &[2])],
+                &[1, 3, 4],
+                1,
+                &[],
+                &[3],
+                &[3],
+            ),
+            (
+                "protected images stay",
+                &[(1, &[]), (2, &[]), (3, &[])],
+                &[3],
+                1,
+                &[1],
+                &[2],
+                &[],
+            ),
+            (
+                "records without their image go, not the generation count",
+                &[(4, &[]), (5, &[])],
+                &[2, 3, 5],
+                1,
+                &[],
+                &[4],
+                &[2, 3],
+            ),
+            (
+                "no images: nothing but orphaned records",
+                &[],
+                &[7],
+                1,
+                &[],
+                &[],
+                &[7],
+            ),
+        ];
+        for &(what, images, complete, keep, protected, deleted, records) in cases {
+            let images: Vec<Stored> = images.iter().map(|&(s, d)| stored(s, d)).collect();
+            let complete: BTreeSet<u64> = complete.iter().copied().collect();
+            let got = plan_generations(&images, &complete, keep, &protect(protected));
+            assert_eq!(seqs(got.images), deleted, "{what}: images");
+            assert_eq!(got.records, records, "{what}: records");
+        }
+    }
+
+    #[test]
+    fn the_newest_complete_generation_outlives_incomplete_newer_ones() {
+        // Generations complete one after another while newer ones are in flight: whatever
+        // order records and images arrive in, the newest complete one is never deleted.
+        let mut complete = BTreeSet::new();
+        let mut images = Vec::new();
+        for g in 1..=6u64 {
+            images.push(stored(g, &[]));
+            if g % 2 == 0 {
+                complete.insert(g - 1);
+            }
+            let plan = plan_generations(&images, &complete, 1, &BTreeSet::new());
+            if let Some(newest) = complete.last() {
+                assert!(
+                    !seqs(plan.images.clone()).contains(newest),
+                    "generation {g}"
+                );
+            }
+            images.retain(|s| !plan.images.contains(&s.path));
+        }
+        assert_eq!(images.iter().map(|s| s.seq).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn prune_generations_deletes_images_records_and_stale_partials() {
+        let dir = rank_dir_with(&["ckpt-000004"]);
+        for g in [1, 3] {
+            mark_complete(dir.path(), g);
+        }
+        let gone = prune_generations(dir.path(), 1, &BTreeSet::new()).unwrap();
+        assert_eq!(
+            gone,
+            [1, 2].map(|s| dir.path().join(store::image_dir_name(s)))
+        );
+        assert_eq!(
+            names_in(dir.path()),
+            [
+                ".ckpt-000009.partial",
+                "ckpt-000003",
+                "ckpt-000004",
+                "generation-000003.json"
+            ]
+        );
+    }
+
+    /// Writes the record of generation `g` (as every rank would, once all committed it).
+    fn mark_complete(rank_dir: &Path, g: u64) {
+        let record = generation::GenerationRecord {
+            generation: g,
+            ranks: 2,
+            tier: crate::image::format::TierKind::Global,
+            committed_unix_ms: 0,
+            skew_ms: 0.0,
+        };
+        generation::write(rank_dir, &record).unwrap();
+    }
+
+    #[test]
+    fn a_placer_with_generations_keeps_complete_ones() {
+        use super::super::layout::Destination;
+        use super::super::placement::Placer;
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("local"), tmp.path().join("global"));
+        let image = |seq: u64| {
+            let dir = src.join(store::image_dir_name(seq));
+            std::fs::create_dir_all(&dir).unwrap();
+            let data = seq.to_le_bytes();
+            std::fs::write(dir.join("pages.bin"), data).unwrap();
+            let sum = format!("{}  pages.bin\n", blake3::hash(&data).to_hex());
+            std::fs::write(dir.join("CHECKSUMS"), sum).unwrap();
+            dir
+        };
+        let mut placer = Placer::new(Destination::Dir(dest.clone()), 1).with_generations(true);
+        let mut place = |seq: u64| placer.place(&image(seq)).unwrap().pruned.unwrap();
+        assert!(place(1).is_empty());
+        mark_complete(&dest, 1);
+        // 2 and 3 are in flight: 1 is the only complete generation and stays.
+        assert!(place(2).is_empty());
+        assert!(place(3).is_empty());
+        mark_complete(&dest, 3);
+        // 2 never completed and is older than 3, which did.
+        assert_eq!(
+            place(4),
+            [dest.join("ckpt-000001"), dest.join("ckpt-000002")]
+        );
+        assert_eq!(generation::complete(&dest), BTreeSet::from([3]));
+    }
+
     #[test]
     fn prune_deletes_old_images_and_stale_partials() {
+        let dir = rank_dir_with(&[]);
+        let gone = prune(dir.path(), 1, 3, &BTreeSet::new()).unwrap();
+        assert_eq!(
+            gone,
+            [1, 2].map(|s| dir.path().join(store::image_dir_name(s)))
+        );
+        assert_eq!(
+            names_in(dir.path()),
+            [".ckpt-000009.partial", "ckpt-000003"]
+        );
+    }
+
+    /// A rank directory with images 1 to 3, partial images 2 and 9, and `more`.
+    fn rank_dir_with(more: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for name in [
+        let names = [
             "ckpt-000001",
             "ckpt-000002",
             "ckpt-000003",
             ".ckpt-000002.partial",
             ".ckpt-000009.partial",
-        ] {
+        ];
+        for name in names.iter().chain(more) {
             std::fs::create_dir(dir.path().join(name)).unwrap();
         }
-        let gone = prune(dir.path(), 1, 3, &BTreeSet::new()).unwrap();
-        assert_eq!(
-            gone,
-            [
-                dir.path().join("ckpt-000001"),
-                dir.path().join("ckpt-000002")
-            ]
-        );
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        dir
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        left.sort();
-        assert_eq!(left, [".ckpt-000009.partial", "ckpt-000003"]);
+        names.sort();
+        names
     }
 }
