@@ -119,9 +119,11 @@ impl Job {
 
     /// Waits until `n` generations are complete on every tier for every rank.
     fn wait_for_generations(&self, ranks: &mut [Rank], n: usize) {
-        wait_running(ranks, &format!("{n} generations complete on every tier"), || {
-            (0..self.ranks()).all(|r| TIERS.iter().all(|t| self.records(r, t).len() >= n))
-        });
+        wait_running(
+            ranks,
+            &format!("{n} generations complete on every tier"),
+            || (0..self.ranks()).all(|r| TIERS.iter().all(|t| self.records(r, t).len() >= n)),
+        );
     }
 
     /// `restore --auto --rank RANK`, started; `pid` is the PID it restores.
@@ -243,16 +245,13 @@ fn chosen(lines: &[String], res: &Finished) -> (u64, Vec<String>) {
             .collect::<Option<Vec<String>>>()?;
         Some((generation.parse().ok()?, tiers))
     };
-    lines
-        .last()
-        .and_then(|l| parse(l))
-        .unwrap_or_else(|| {
-            panic!(
-                "the last recovery line is not `recovery line: generation G for all N ranks \
+    lines.last().and_then(|l| parse(l)).unwrap_or_else(|| {
+        panic!(
+            "the last recovery line is not `recovery line: generation G for all N ranks \
                  (rank 0: TIER, ...)`: {lines:?}\n{}",
-                res.describe()
-            )
-        })
+            res.describe()
+        )
+    })
 }
 
 /// Every rank's log holds the same recovery lines; returns them with the generation chosen
@@ -268,11 +267,7 @@ fn same_recovery_line(restored: &[Finished]) -> (Vec<String>, u64, Vec<String>) 
         );
     }
     let (generation, tiers) = chosen(&lines, &restored[0]);
-    assert_eq!(
-        tiers.len(),
-        restored.len(),
-        "one tier per rank: {lines:?}"
-    );
+    assert_eq!(tiers.len(), restored.len(), "one tier per rank: {lines:?}");
     (lines, generation, tiers)
 }
 
@@ -282,15 +277,16 @@ fn same_recovery_line(restored: &[Finished]) -> (Vec<String>, u64, Vec<String>) 
 fn assert_outputs(references: &[String], before: &[String], restored: &[Finished], pids: &[i32]) {
     let mut steps = Vec::new();
     for (rank, res) in restored.iter().enumerate() {
-        let lines = before[rank].lines().count();
-        let cut = assert_resumed(
-            &references[rank],
-            &before[rank],
-            &res.stdout,
-            1..lines + 1,
-            pids[rank],
-            pids[rank],
-        );
+        let (before, after, pid) = (&before[rank], &res.stdout, pids[rank]);
+        let lines = before.lines().count();
+        let first = after.lines().next().unwrap_or("(nothing)");
+        // The job may have been killed before it printed anything after the image.
+        let cut = if before.lines().any(|l| l == first) {
+            assert_resumed(&references[rank], before, after, 1..lines, pid, pid)
+        } else {
+            assert_continuation(&references[rank], before, after, pid);
+            lines
+        };
         steps.push(cut - 1); // the `pid` line comes first
     }
     eprintln!("steps held by each rank's image: {steps:?}");
@@ -334,7 +330,10 @@ fn every_rank_restores_the_same_generation() {
         generation, newest,
         "the newest complete generation is {newest}: {lines:?}"
     );
-    assert_eq!(tiers, ["local"; 4], "every rank's local copy is intact: {lines:?}");
+    assert_eq!(
+        tiers, ["local"; 4],
+        "every rank's local copy is intact: {lines:?}"
+    );
     assert_outputs(&references, &before, &restored, &pids);
 }
 
@@ -353,7 +352,10 @@ fn a_damaged_rank_makes_every_rank_fall_back() {
             damaged.push(tier);
         }
     }
-    assert!(damaged.contains(&"local"), "rank 1 has no local image of {newest}");
+    assert!(
+        damaged.contains(&"local"),
+        "rank 1 has no local image of {newest}"
+    );
     let restored = job.restore_all(&pids);
     let (lines, generation, _) = same_recovery_line(&restored);
     eprintln!("damaged rank 1's generation {newest} on {damaged:?}\n{lines:#?}");
@@ -380,13 +382,15 @@ fn lost_node_storage_comes_back_from_partner_copies() {
     job.wait_for_generations(&mut ranks, 2);
     // A generation on the partner tier, asked of rank 2 for the whole job, is the newest
     // one with partner copies when the node goes.
-    let v = job
-        .h
-        .checkpoint_json(ranks[2].pid, &["--tier", "partner"]);
+    let v = job.h.checkpoint_json(ranks[2].pid, &["--tier", "partner"]);
     let generation = v["generation"]["generation"]
         .as_u64()
         .unwrap_or_else(|| panic!("checkpoint --json has no generation.generation: {v}"));
-    assert_eq!(v["seq"].as_u64(), Some(generation), "seq is the generation: {v}");
+    assert_eq!(
+        v["seq"].as_u64(),
+        Some(generation),
+        "seq is the generation: {v}"
+    );
     assert_eq!(v["generation"]["ranks"].as_u64(), Some(4), "{v}");
     let what = format!("generation {generation} on the partner tier");
     wait_running(&mut ranks, &what, || {
@@ -413,7 +417,10 @@ fn lost_node_storage_comes_back_from_partner_copies() {
     eprintln!("{lines:#?}");
     assert_eq!(
         (generation_chosen, tiers.clone()),
-        (expected.0, expected.1.iter().map(|t| t.to_string()).collect()),
+        (
+            expected.0,
+            expected.1.iter().map(|t| t.to_string()).collect()
+        ),
         "expected generation {} from {:?} (what is left on disk): {lines:?}",
         expected.0,
         expected.1
@@ -488,9 +495,11 @@ fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
             "rank {rank} did not run on while rank 3 hung: {lines_at:?} -> {lines_after:?}"
         );
     }
-    wait_running(&mut ranks, "a complete generation after rank 3 is back", || {
-        (0..4).all(|r| job.records(r, "local").last() > Some(&during))
-    });
+    wait_running(
+        &mut ranks,
+        "a complete generation after rank 3 is back",
+        || (0..4).all(|r| job.records(r, "local").last() > Some(&during)),
+    );
     for (rank, r) in ranks.into_iter().enumerate() {
         let out = r.run.finish(CMD_TIMEOUT).expect_code(0).stdout;
         assert_continuation(&references[rank], &out, "", r.pid);
@@ -519,7 +528,11 @@ fn independent_ranks_opt_out() {
     };
     let rank0: Vec<u64> = (0..3).map(|_| seq(&ranks[0], false)).collect();
     let rank1 = seq(&ranks[1], false);
-    assert_eq!((rank0, rank1), (vec![1, 2, 3], 1), "each rank numbers its own");
+    assert_eq!(
+        (rank0, rank1),
+        (vec![1, 2, 3], 1),
+        "each rank numbers its own"
+    );
     let last = [seq(&ranks[0], true), seq(&ranks[1], true)];
     assert_eq!(last, [4, 2]);
     assert_eq!(image_seqs(&job.copies(0, "local")), [1, 2, 3, 4]);
@@ -537,13 +550,28 @@ fn independent_ranks_opt_out() {
     // One at a time: an independent rank waits for no other.
     for rank in 0..2 {
         wait_gone(pids[rank]);
-        let restored = job.restore(rank, pids[rank]).finish(CMD_TIMEOUT).expect_code(0);
+        let restored = job
+            .restore(rank, pids[rank])
+            .finish(CMD_TIMEOUT)
+            .expect_code(0);
         assert!(
             recovery_lines(&restored).is_empty(),
             "an independent rank has no recovery line\n{}",
             restored.describe()
         );
-        line_with(&restored, &["candidate", &format!("seq {} local", last[rank]), "ok -> chosen"]);
-        assert_continuation(&references[rank], &before[rank], &restored.stdout, pids[rank]);
+        line_with(
+            &restored,
+            &[
+                "candidate",
+                &format!("seq {} local", last[rank]),
+                "ok -> chosen",
+            ],
+        );
+        assert_continuation(
+            &references[rank],
+            &before[rank],
+            &restored.stdout,
+            pids[rank],
+        );
     }
 }
