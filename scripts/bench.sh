@@ -284,13 +284,14 @@ print(*(g.get(k, 'nan') for k in ('generation', 'skew_ms', 'commit_ms', 'freeze_
     done
     kill -9 "${pids[@]}" 2>/dev/null || true
     # Supervisors whose job is gone exit; one that does not within 10 s is killed.
+    running() {   # PIDs of $@ still running (an exited child of ours stays a zombie until waited)
+        local p; for p; do [ "$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null)" = Z ] || [ ! -e "/proc/$p" ] || echo "$p"; done
+    }
     for r in $(seq 100); do
-        kill -0 "${sups[@]}" 2>/dev/null || break
+        [ -n "$(running "${sups[@]}")" ] || break
         sleep 0.1
     done
-    for r in "${sups[@]}"; do
-        if kill -0 "$r" 2>/dev/null; then echo "supervisor $r did not exit, killed" >&2; kill -9 "$r"; fi
-    done
+    for r in $(running "${sups[@]}"); do echo "supervisor $r did not exit, killed" >&2; kill -9 "$r"; done
     wait "${sups[@]}" 2>/dev/null || true
     machine_limits $(( 4 * mib ))
     M[skew]=$(median "${skew[@]}"); M[commit]=$(median "${commit[@]}")
