@@ -2,8 +2,10 @@
 //! ptrace, and keep the images on several storage tiers.
 //!
 //! The modules follow the pipeline: [`tracer`] touches the target process, [`image`] is the
-//! on-disk format, [`tiers`] decides where images go and which one a restore uses.
+//! on-disk format, [`tiers`] decides where images go and which one a restore uses;
+//! [`coordination`] makes the ranks of one job checkpoint and restore together.
 
+pub mod coordination;
 pub mod image;
 pub mod log;
 pub mod objects;

@@ -7,7 +7,11 @@
 
 use super::{JobArgs, load_config_for_writing, topology};
 use anyhow::{Context, bail};
+use mlckpt::coordination::{self, member::Member, wire::Held};
+use mlckpt::image::format::TierKind;
 use mlckpt::image::{self, Image, PageCheck};
+use mlckpt::tiers::generation;
+use std::collections::{BTreeMap, BTreeSet};
 use mlckpt::supervisor::{self, JobContext, Lineage};
 use mlckpt::tiers::config::Config;
 use mlckpt::tiers::recovery::{self, Candidate, Verdict};
@@ -58,17 +62,129 @@ pub fn restore(
             let topology = topology(args, &config)?;
             let ctx = JobContext::new(config.clone(), job, topology);
             let signals = prepare(&ctx, detach)?;
-            let Some((image, process)) = restore_newest(&ctx, &opts)? else {
+            let (chosen, member) = match coordination_of(&ctx)? {
+                Some(settings) => {
+                    let mut member = join(&ctx, &settings, true)?;
+                    let chosen = restore_agreed(&ctx, &opts, &mut member)?;
+                    (chosen, Some(member))
+                }
+                None => (restore_newest(&ctx, &opts)?, None),
+            };
+            let Some((image, process)) = chosen else {
                 bail!("{}", no_valid_image(&ctx));
             };
-            return restored(&image, process, &config, args, detach, signals);
+            return restored(&image, process, &config, args, detach, signals, member);
         }
     };
     let ctx = supervision_context(&image, &config, args)?;
     let signals = prepare(&ctx, detach)?;
+    // Restored by path, the rank still takes part in its job's generations from now on.
+    let member = match coordination_of(&ctx)? {
+        Some(settings) if !detach => Some(join(&ctx, &settings, false)?),
+        _ => None,
+    };
     let process = rebuild_checking(&image, pages, &tracking_from(&opts, &image.dir, &ctx))
         .with_context(|| format!("cannot restore {}", image.dir.display()))?;
-    restored(&image, process, &config, args, detach, signals)
+    restored(&image, process, &config, args, detach, signals, member)
+}
+
+/// The coordination settings of a job, `None` for independent ranks.
+pub fn coordination_of(ctx: &JobContext) -> anyhow::Result<Option<coordination::Settings>> {
+    Ok(coordination::settings(
+        &ctx.config,
+        &ctx.job,
+        &ctx.topology,
+    )?)
+}
+
+/// Joins the job's coordinator (rank 0 starts it); `restoring`: the ranks first agree on
+/// a recovery line.
+pub fn join(
+    ctx: &JobContext,
+    settings: &coordination::Settings,
+    restoring: bool,
+) -> anyhow::Result<Member> {
+    let tiers = TierKind::ALL
+        .into_iter()
+        .filter(|&t| ctx.paths.has(t))
+        .collect();
+    Ok(Member::join(
+        settings,
+        tiers,
+        ctx.next_seq(),
+        0,
+        restoring,
+    )?)
+}
+
+/// The recovery line of a coordinated job: every rank says which generations it holds,
+/// checks its copies of those the coordinator proposes, and all restore the same one.
+fn restore_agreed(
+    ctx: &JobContext,
+    opts: &RestoreOptions,
+    member: &mut Member,
+) -> anyhow::Result<Option<(Image, Restored)>> {
+    let dirs = recovery::look(&ctx.paths);
+    let candidates = recovery::candidates(&dirs);
+    let complete: BTreeSet<u64> = dirs
+        .iter()
+        .flat_map(|d| generation::complete(&d.dir))
+        .collect();
+    let mut held: BTreeMap<u64, Held> = BTreeMap::new();
+    for c in &candidates {
+        let entry = held.entry(c.seq).or_insert_with(|| Held {
+            generation: c.seq,
+            tiers: Vec::new(),
+            complete: complete.contains(&c.seq),
+        });
+        entry.tiers.push(c.tier);
+    }
+    let agreed = member.agree(held.into_values().collect(), |g| {
+        verify_copies(ctx, &candidates, g)
+    })?;
+    for line in &agreed.lines {
+        mlckpt::info!("{line}");
+    }
+    let (Some(g), Some(tier)) = (agreed.generation, agreed.tier) else {
+        return Ok(None);
+    };
+    let chosen = candidates
+        .iter()
+        .find(|c| c.seq == g && c.tier == tier)
+        .with_context(|| format!("generation {g} on the {tier} tier vanished during the restore"))?;
+    let (verdict, result) = try_candidate(chosen, &tracking_from(opts, &chosen.path, ctx));
+    print_candidate(chosen, &verdict, matches!(result, Some(Ok(_))));
+    match result {
+        Some(result) => result.map(Some),
+        None => bail!(
+            "generation {g}'s copy on the {tier} tier was intact a moment ago and is not now;              the other ranks restored it: restore this rank again"
+        ),
+    }
+}
+
+/// This rank's intact copy of generation `g` (nearest tier first), or what is wrong with
+/// each.
+fn verify_copies(
+    ctx: &JobContext,
+    candidates: &[Candidate],
+    g: u64,
+) -> (Option<TierKind>, Vec<String>) {
+    let mut problems = Vec::new();
+    for tier in TierKind::ALL.into_iter().filter(|&t| ctx.paths.has(t)) {
+        let Some(c) = candidates.iter().find(|c| c.seq == g && c.tier == tier) else {
+            problems.push(format!("{tier}: missing"));
+            continue;
+        };
+        match image::open_verified(&c.path) {
+            Ok(_) => return (Some(tier), problems),
+            Err(e) => problems.push(format!(
+                "{tier}: {} ({})",
+                e.verdict(),
+                mlckpt::error_chain(&e)
+            )),
+        }
+    }
+    (None, problems)
 }
 
 /// `opts`, with write tracking carried on from the image only if the next checkpoints can
@@ -127,6 +243,7 @@ fn restored(
     args: &JobArgs,
     detach: bool,
     signals: nix::sys::signal::SigSet,
+    member: Option<Member>,
 ) -> anyhow::Result<i32> {
     let pid = process.pid;
     for warning in &process.warnings {
@@ -149,7 +266,9 @@ fn restored(
             ParentChoice::Full
         },
     };
-    Ok(supervisor::supervise(&ctx, pid, true, signals, lineage)?)
+    Ok(supervisor::supervise(
+        &ctx, pid, true, signals, lineage, member,
+    )?)
 }
 
 /// Restores `image`, hashing its pages meanwhile; the process runs only if they are intact.
@@ -247,21 +366,30 @@ fn no_valid_image(ctx: &JobContext) -> String {
     )
 }
 
+/// What `run --resume` came to.
+pub enum Resumed {
+    /// An image was restored and supervised to its end: the exit code.
+    Restored(i32),
+    /// Nothing to restore: the program starts afresh (in a coordinated job, with the
+    /// connection the ranks agreed through).
+    Afresh(Option<Member>),
+}
+
 /// `run --resume`: restores the newest valid image of the job and supervises it, as
-/// `restore --auto` does; `None` when there is none (the program is started instead).
-pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Result<Option<i32>> {
+/// `restore --auto` does; [`Resumed::Afresh`] when there is none. In a coordinated job
+/// every rank takes part in the agreement, even one without images, so that all restore
+/// the same generation or all start afresh.
+pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Result<Resumed> {
     let opts = RestoreOptions {
         new_pid: false,
         keep_files: false,
         track_writes: config.image.write_tracking,
     };
     let candidates = recovery::candidates(&recovery::look(&ctx.paths));
-    let Some(newest) = candidates.iter().map(|c| c.seq).max() else {
-        return Ok(None);
-    };
-    if let Some(done) = mlckpt::tiers::finished::read(&ctx.paths)
-        && done.after_seq >= newest
-    {
+    let newest = candidates.iter().map(|c| c.seq).max();
+    let finished = mlckpt::tiers::finished::read(&ctx.paths)
+        .filter(|done| newest.is_some_and(|n| done.after_seq >= n));
+    if let Some(done) = &finished {
         mlckpt::info!(
             "job {} rank {} finished (exit {}) after its image {}: starting the \
              program afresh",
@@ -270,15 +398,43 @@ pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Resu
             done.exit_code,
             done.after_seq
         );
-        return Ok(None);
+    }
+    if let Some(settings) = coordination_of(ctx)? {
+        let signals = prepare(ctx, false)?;
+        let mut member = join(ctx, &settings, true)?;
+        let chosen = if finished.is_some() {
+            // A finished rank holds nothing worth resuming: every rank starts afresh.
+            let agreed = member.agree(Vec::new(), |_| (None, Vec::new()))?;
+            agreed.lines.iter().for_each(|l| mlckpt::info!("{l}"));
+            None
+        } else {
+            if newest.is_some() {
+                mlckpt::tracer::access::Privileges::current().check_restore()?;
+            }
+            restore_agreed(ctx, &opts, &mut member)?
+        };
+        return match chosen {
+            Some((image, process)) => {
+                restored(&image, process, config, args, false, signals, Some(member))
+                    .map(Resumed::Restored)
+            }
+            None => {
+                mlckpt::info!("job {}: starting the program afresh on every rank", ctx.job);
+                Ok(Resumed::Afresh(Some(member)))
+            }
+        };
+    }
+    if newest.is_none() || finished.is_some() {
+        return Ok(Resumed::Afresh(None));
     }
     mlckpt::tracer::access::Privileges::current().check_restore()?;
     let signals = prepare(ctx, false)?;
     match restore_newest(ctx, &opts)? {
-        Some((image, process)) => restored(&image, process, config, args, false, signals).map(Some),
+        Some((image, process)) => restored(&image, process, config, args, false, signals, None)
+            .map(Resumed::Restored),
         None => {
             mlckpt::info!("{}: starting the program afresh", no_valid_image(ctx));
-            Ok(None)
+            Ok(Resumed::Afresh(None))
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{JobArgs, job_name, load_config_for_writing, topology};
 use anyhow::Context;
+use super::restore::Resumed;
 use mlckpt::supervisor::{self, JobContext, Lineage};
 use mlckpt::tiers::reuse;
 use mlckpt::tracer::access::Privileges;
@@ -19,10 +20,15 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
     let ctx = JobContext::new(config.clone(), job, topology);
     // A tier that cannot work is a mistake to report before the program starts.
     ctx.check_intervals()?;
-    if resume && let Some(code) = super::restore::resume(args, &ctx, &config)? {
-        return Ok(code);
+    let mut member = None;
+    if resume {
+        match super::restore::resume(args, &ctx, &config)? {
+            Resumed::Restored(code) => return Ok(code),
+            Resumed::Afresh(joined) => member = joined,
+        }
     }
     supervisor::check_runtime_dir()?;
+
     // With --resume, earlier images are this run's own past (none was valid, or we would
     // have resumed from it).
     if !resume {
@@ -32,6 +38,14 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
     // the program itself must start with the mask mlckpt was given.
     let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
     let signals = supervisor::block_supervisor_signals()?;
+    // Joined before the program starts (a rank that cannot reach its coordinator would run
+    // with no checkpoint ever possible), after the mask: its threads must not take the
+    // supervisor's SIGCHLD.
+    if member.is_none()
+        && let Some(settings) = super::restore::coordination_of(&ctx)?
+    {
+        member = Some(super::restore::join(&ctx, &settings, false)?);
+    }
     // Before the child exists: a process its job orphans at once must come to us too.
     nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
     let mut command = Command::new(&argv[0]);
@@ -48,6 +62,7 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
         true,
         signals,
         Lineage::default(),
+        member,
     )?)
 }
 
@@ -57,6 +72,10 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
     ctx.check_intervals()?;
     supervisor::check_runtime_dir()?;
     let signals = supervisor::block_supervisor_signals()?;
+    let member = match super::restore::coordination_of(&ctx)? {
+        Some(settings) => Some(super::restore::join(&ctx, &settings, false)?),
+        None => None,
+    };
     mlckpt::info!("supervising PID {pid} ({})", describe(&ctx));
     Ok(supervisor::supervise(
         &ctx,
@@ -64,6 +83,7 @@ pub fn attach(args: &JobArgs, pid: i32) -> anyhow::Result<i32> {
         false,
         signals,
         Lineage::default(),
+        member,
     )?)
 }
 

@@ -207,6 +207,16 @@ impl ImageKey {
         }
     }
 
+    /// Proof of holding the key, bound to `context` (what it is for) and `message`: the
+    /// ranks of a job authenticate each other with it.
+    pub fn prove(&self, context: &str, message: &[u8]) -> String {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        hasher.update(context.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(message);
+        hasher.finalize().to_hex().to_string()
+    }
+
     /// The AUTH file's text for an image whose CHECKSUMS is `checksums`.
     pub fn seal(&self, checksums: &[u8]) -> String {
         let mac = blake3::keyed_hash(&self.key, checksums);

@@ -28,6 +28,13 @@ pub struct Lineage {
     pub parent: ParentChoice,
 }
 
+/// A rank's part in a generation of a coordinated job: the image gets the generation's
+/// number, and the freeze waits at the barrier of every rank.
+pub struct GenerationPart<'a> {
+    pub generation: u64,
+    pub barrier: &'a dyn Fn() -> Result<(), String>,
+}
+
 /// Which job and rank images belong to, and where each tier keeps them.
 #[derive(Debug, Clone)]
 pub struct JobContext {
@@ -90,12 +97,14 @@ impl JobContext {
     /// Writes a local image of `pid`, then deletes local images beyond `keep`, sparing
     /// those in `in_use` (being copied). `lineage` is the supervisor's, if `pid` has one
     /// (without, the image builds on the newest one and memory is not write-tracked).
+    /// As `part` of a generation, retention waits until the generation is complete.
     pub fn checkpoint_local(
         &self,
         pid: Pid,
         kill: bool,
         in_use: &BTreeSet<PathBuf>,
         mut lineage: Option<&mut Lineage>,
+        part: Option<&GenerationPart>,
     ) -> Result<CheckpointStats, SuperviseError> {
         let key = crate::image::auth::ImageKey::own()?;
         let request = CheckpointRequest {
@@ -104,7 +113,7 @@ impl JobContext {
             rank: self.rank(),
             tier: TierKind::Local,
             rank_dir: &self.paths.local,
-            seq: self.next_seq(),
+            seq: part.map_or_else(|| self.next_seq(), |p| p.generation),
             kill,
             full_every: self.config.image.full_every,
             parent: lineage.as_ref().map(|l| l.parent).unwrap_or_default(),
@@ -112,6 +121,7 @@ impl JobContext {
             stdio_files: self.config.image.stdio_files,
             file_copy_limit: self.config.image.file_copy_limit,
             key: &key,
+            before_freeze: part.map(|p| p.barrier),
         };
         let tracking = lineage
             .as_deref_mut()
@@ -120,6 +130,9 @@ impl JobContext {
         let stats = dump::checkpoint(&request, tracking)?;
         if let Some(l) = lineage {
             l.parent = ParentChoice::Newest;
+        }
+        if part.is_some() {
+            return Ok(stats);
         }
         let mut protect = in_use.clone();
         protect.insert(stats.path.clone());
@@ -143,7 +156,7 @@ impl JobContext {
     ) -> Result<CheckpointStats, SuperviseError> {
         self.check_tier(tier)?;
         let started = Instant::now();
-        let stats = self.checkpoint_local(pid, kill, &BTreeSet::new(), None)?;
+        let stats = self.checkpoint_local(pid, kill, &BTreeSet::new(), None, None)?;
         let Some(dest) = self.paths.destination(tier) else {
             return Ok(stats);
         };

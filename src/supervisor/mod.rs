@@ -9,6 +9,7 @@
 mod context;
 pub mod control;
 mod copier;
+mod generations;
 pub mod job_lock;
 mod signals;
 
@@ -59,6 +60,9 @@ pub enum SuperviseError {
     Control(#[from] control::ControlError),
     #[error(transparent)]
     JobLock(#[from] job_lock::JobLockError),
+    /// A coordinated job's generation did not happen (the message names the rank).
+    #[error("{0}")]
+    Generation(String),
     #[error("supervisor setup failed ({what})")]
     Setup {
         what: &'static str,
@@ -118,6 +122,8 @@ struct Supervisor<'a> {
     /// The signal guard (`docs/signals.md`); None with `[signals] intercept = false` and
     /// no batch shell to guard.
     guard: RefCell<Option<crate::tracer::guard::Guard>>,
+    /// In a coordinated job: the coordinator, and this rank's generations in flight.
+    generations: RefCell<generations::Generations>,
 }
 
 /// The longest the supervisor of a guarded job sleeps without looking for stops.
@@ -135,6 +141,7 @@ pub fn supervise(
     is_child: bool,
     signals: SigSet,
     lineage: Lineage,
+    member: Option<crate::coordination::member::Member>,
 ) -> Result<i32, SuperviseError> {
     ctx.check_intervals()?;
     let setup = |what| move |source: std::io::Error| SuperviseError::Setup { what, source };
@@ -161,10 +168,16 @@ pub fn supervise(
             &gate,
         ),
         gate,
-        schedule: Schedule::new(&ctx.config.interval, |t| ctx.paths.has(t), Instant::now()),
+        // In a coordinated job the coordinator keeps the schedule, for every rank.
+        schedule: Schedule::new(
+            &ctx.config.interval,
+            |t| member.is_none() && ctx.paths.has(t),
+            Instant::now(),
+        ),
         lineage: RefCell::new(lineage),
         stopped: std::cell::Cell::new(false),
         guard: RefCell::new(signals::start_guard(&ctx.config.signals, pid, is_child)),
+        generations: RefCell::new(generations::Generations::new(member)),
     };
     // Said now, not at the first checkpoint an hour later: what will not come back as it is.
     let refuse = ctx.config.image.outside_peers == crate::tiers::config::OutsidePeers::Refuse;
@@ -182,17 +195,34 @@ pub fn supervise(
         let _ = sup.lineage.get_mut().tracking.ready(pid, &mut stopped);
     }
     loop {
-        let mut fds = [
-            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, sup.poll_timeout()) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(setup("poll")(e.into())),
+        let (exited, asked, signalled, coordinator) = {
+            let generations = sup.generations.borrow();
+            let member_fd = generations.member.as_ref().map(|m| m.fd());
+            let mut fds = vec![
+                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            ];
+            fds.extend(member_fd.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+            let timeout = if sup.coordinator_has_pending() {
+                PollTimeout::ZERO
+            } else {
+                sup.poll_timeout()
+            };
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(setup("poll")(e.into())),
+            }
+            let ready = |i: usize| {
+                fds.get(i)
+                    .and_then(PollFd::revents)
+                    .is_some_and(|r| !r.is_empty())
+            };
+            (ready(0), ready(1), ready(2), ready(3))
+        };
+        if coordinator || sup.coordinator_has_pending() {
+            sup.serve_coordinator();
         }
-        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        let (exited, asked, signalled) = (ready(0), ready(1), ready(2));
         if exited {
             if let Some(guard) = sup.guard.get_mut() {
                 guard.collect();
@@ -215,7 +245,12 @@ pub fn supervise(
             reap_orphans(pid);
             // Nobody is answered any more: close the socket before waiting for copies.
             drop((listener, cleanup));
+            // Copies report to the coordinator through a handle of their own.
+            let member = sup.generations.get_mut().member.take();
             sup.copier.finish();
+            if let Some(member) = member {
+                member.leave();
+            }
             if code == CHECKPOINTED_AND_STOPPED && sup.stopped.get() && ctx.config.slurm.requeue {
                 signals::requeue();
             }
@@ -270,6 +305,20 @@ impl Supervisor<'_> {
         kill: bool,
         reply: impl FnOnce(&CheckpointStats) -> Option<Reply>,
     ) -> Result<CheckpointStats, SuperviseError> {
+        let stats = self.checkpoint_local(kill, None)?;
+        if tier != TierKind::Local {
+            self.copier.submit(tier, &stats.path, reply(&stats));
+        }
+        Ok(stats)
+    }
+
+    /// A local image (as `part` of a generation, numbered by it), copies held back
+    /// meanwhile.
+    fn checkpoint_local(
+        &self,
+        kill: bool,
+        part: Option<&context::GenerationPart>,
+    ) -> Result<CheckpointStats, SuperviseError> {
         let held = self.gate.hold();
         let mut lineage = self.lineage.borrow_mut();
         let stats = self.ctx.checkpoint_local(
@@ -277,17 +326,29 @@ impl Supervisor<'_> {
             kill,
             &self.copier.in_use(),
             Some(&mut *lineage),
-        )?;
+            part,
+        );
         drop(held);
         drop(lineage);
         if let Some(guard) = self.guard.borrow_mut().as_mut() {
             // A thread the checkpoint seized itself (not the guard's) was let go again.
             guard.cover();
         }
-        if tier != TierKind::Local {
-            self.copier.submit(tier, &stats.path, reply(&stats));
+        stats
+    }
+
+    /// A checkpoint to `tier` for a signal: in a coordinated job, a generation of every
+    /// rank, waited for.
+    fn checkpoint_for_signal(
+        &self,
+        tier: TierKind,
+        stop: bool,
+    ) -> Result<CheckpointStats, SuperviseError> {
+        if self.coordinated() {
+            self.generation_now(tier, stop)
+        } else {
+            self.checkpoint(tier, stop, |_| None)
         }
-        Ok(stats)
     }
 
     fn interval_checkpoint(&self, tier: TierKind) {
@@ -313,6 +374,12 @@ impl Supervisor<'_> {
     /// copy is committed (the poll loop goes on meanwhile).
     fn serve(&self, Request { tier, kill }: Request, stream: UnixStream) {
         let tier = tier.unwrap_or(TierKind::Local);
+        if self.coordinated() {
+            return match self.ctx.check_tier(tier) {
+                Ok(()) => self.ask_generation(tier, kill, Some(stream)),
+                Err(e) => respond(&stream, Err(error_chain(&e))),
+            };
+        }
         let started = Instant::now();
         let later = stream.try_clone();
         let result = self.ctx.check_tier(tier).and_then(|()| {
@@ -338,7 +405,9 @@ impl Supervisor<'_> {
     }
 
     fn on_signal(&self, signo: i32) {
-        if signo == libc::SIGUSR1 {
+        if signo == libc::SIGUSR1 && self.coordinated() {
+            self.ask_generation(TierKind::Local, false, None);
+        } else if signo == libc::SIGUSR1 {
             report(
                 self.checkpoint(TierKind::Local, false, |_| None),
                 "checkpoint on SIGUSR1",
@@ -349,7 +418,7 @@ impl Supervisor<'_> {
             // Preemption: the newest state to the safest tier, then end the job. The copy
             // finishes before the supervisor exits.
             let tier = self.ctx.paths.highest();
-            let result = self.checkpoint(tier, true, |_| None);
+            let result = self.checkpoint_for_signal(tier, true);
             let failed = result.is_err();
             self.stopped.set(!failed);
             report(result, &format!("checkpoint on SIGTERM ({tier})"));
@@ -383,7 +452,7 @@ impl Supervisor<'_> {
         let config = &self.ctx.config.signals;
         let action = batch.action(config);
         let tier = self.ctx.paths.highest();
-        let result = self.checkpoint(tier, action == InterceptAction::Stop, |_| None);
+        let result = self.checkpoint_for_signal(tier, action == InterceptAction::Stop);
         let Some(guard) = &mut *self.guard.borrow_mut() else {
             return;
         };

@@ -163,6 +163,8 @@ mod tests {
             nodes,
             node_from: from,
             hosts: Vec::new(),
+            ranks: None,
+            ranks_from: "unknown",
         }
     }
 

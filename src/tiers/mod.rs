@@ -5,6 +5,7 @@
 pub mod config;
 pub mod finished;
 pub mod forget;
+pub mod generation;
 pub mod inventory;
 pub mod layout;
 pub mod path_vars;

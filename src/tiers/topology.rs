@@ -25,6 +25,14 @@ const RANK_VARS: [&str; 4] = [
     "OMPI_COMM_WORLD_RANK",
     "PMI_RANK",
 ];
+/// The job's number of ranks, first match wins.
+const RANKS_VARS: [&str; 5] = [
+    "MLCKPT_RANKS",
+    "SLURM_NTASKS",
+    "SLURM_NPROCS",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+];
 const NODELIST_VARS: [&str; 3] = ["MLCKPT_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"];
 /// A node list longer than this is a typo (`node[0-99999999]`), not a cluster.
 const MAX_HOSTS: usize = 1 << 20;
@@ -55,6 +63,12 @@ pub enum TopologyError {
         var: &'static str,
         list: String,
         why: String,
+    },
+    #[error("rank {rank} is not below the job's {ranks} rank(s) ({from})")]
+    RankBeyondRanks {
+        rank: u32,
+        ranks: u32,
+        from: &'static str,
     },
     #[error("{var} names {found} host(s), but there are {nodes} node(s)")]
     HostCount {
@@ -88,6 +102,11 @@ pub struct Topology {
     pub node_from: NodeSource,
     /// Host name of every node, by node number; empty when no launcher said.
     pub hosts: Vec<String>,
+    /// The job's number of ranks, when known: from the launcher, or every rank of the
+    /// configured nodes (test mode, or `[topology] nodes` > 1).
+    pub ranks: Option<u32>,
+    /// Where `ranks` came from.
+    pub ranks_from: &'static str,
 }
 
 impl Topology {
@@ -121,6 +140,14 @@ impl Topology {
         } else {
             hosts(env, nodes)?
         };
+        let (ranks, ranks_from) = job_ranks(env, config, node_from)?;
+        if let Some(ranks) = ranks.filter(|&n| rank >= n) {
+            return Err(TopologyError::RankBeyondRanks {
+                rank,
+                ranks,
+                from: ranks_from,
+            });
+        }
         Ok(Topology {
             rank,
             rank_from,
@@ -128,6 +155,8 @@ impl Topology {
             nodes,
             node_from,
             hosts,
+            ranks,
+            ranks_from,
         })
     }
 
@@ -157,6 +186,27 @@ impl NodeSource {
             NodeSource::Config => "[topology] nodes and ranks_per_node",
         }
     }
+}
+
+/// The job's number of ranks: the launcher's, else every rank of the configured nodes.
+fn job_ranks(
+    env: &Env,
+    config: &TopologyConfig,
+    node_from: NodeSource,
+) -> Result<(Option<u32>, &'static str), TopologyError> {
+    for var in RANKS_VARS {
+        if let Some(n) = number(env, var)? {
+            return Ok((Some(at_least_one(n, var)?), var));
+        }
+    }
+    let configured = config.nodes.saturating_mul(config.ranks_per_node);
+    Ok(match node_from {
+        NodeSource::TestMode => (Some(configured), "test mode: nodes * ranks_per_node"),
+        NodeSource::Config if config.nodes > 1 => {
+            (Some(configured), "[topology] nodes * ranks_per_node")
+        }
+        _ => (None, "unknown"),
+    })
 }
 
 fn env_rank(env: &Env) -> Result<(u32, &'static str), TopologyError> {

@@ -69,6 +69,8 @@ pub enum DumpError {
         .0.join("\n  - ")
     )]
     Unsupported(Vec<String>),
+    #[error("the checkpoint was called off before the freeze: {0}")]
+    CalledOff(String),
     #[error("internal error: a write-tracked page was never read")]
     Unread,
     #[error("internal error: the new image needs image {0}, which its parent does not name")]
@@ -98,6 +100,24 @@ pub struct CheckpointRequest<'a> {
     pub file_copy_limit: u64,
     /// The key that authenticates the image.
     pub key: &'a crate::image::auth::ImageKey,
+    /// Called when everything that can be done with the target running is done, right
+    /// before the freeze: the barrier that freezes every rank of a generation together.
+    /// An error calls the checkpoint off; the target was never stopped for it.
+    pub before_freeze: Option<&'a dyn Fn() -> Result<(), String>>,
+}
+
+/// A rank's part in a checkpoint generation (`docs/tiers.md`), for `checkpoint --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStats {
+    pub generation: u64,
+    pub ranks: u32,
+    /// Latest minus earliest freeze start among the ranks.
+    pub skew_ms: f64,
+    /// From the coordinator's decision until every rank had committed the generation
+    /// locally.
+    pub commit_ms: f64,
+    /// The longest freeze among the ranks.
+    pub freeze_ms_max: f64,
 }
 
 /// The result printed by `mlckpt checkpoint --json`.
@@ -120,6 +140,13 @@ pub struct CheckpointStats {
     /// Where the time went, phase after phase; the `frozen.*` ones add up to the freeze.
     #[serde(default)]
     pub phases: Vec<Phase>,
+    /// When the freeze began (microseconds since the epoch): ranks of a generation are
+    /// compared by it.
+    #[serde(default)]
+    pub freeze_began_unix_us: u64,
+    /// The generation this image belongs to, in a coordinated job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationStats>,
 }
 
 /// One step of a checkpoint and its duration.
@@ -314,12 +341,16 @@ fn dump(
 
     // A snapshot would split the huge pages the target writes meanwhile: note them.
     let huge_before = hugepages::mapped_huge(req.pid, &hints.huge_regions());
+    if let Some(barrier) = req.before_freeze {
+        barrier().map_err(DumpError::CalledOff)?;
+        clock.lap("prepare.barrier");
+    }
     writer.hold();
     let freeze_began = Instant::now();
-    let time_unix_ms = SystemTime::now()
+    let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+        .unwrap_or_default();
+    let time_unix_ms = since_epoch.as_millis() as u64;
     let mut frozen = Frozen::freeze(req.pid)?;
     let mut members = FrozenMembers::freeze(req.pid)?;
     clock.lap("frozen.seize");
@@ -575,6 +606,8 @@ fn dump(
         mode,
         why,
         phases: clock.phases,
+        freeze_began_unix_us: since_epoch.as_micros() as u64,
+        generation: None,
     })
 }
 

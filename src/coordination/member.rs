@@ -1,0 +1,307 @@
+//! A rank's side of its job's generations: joining the coordinator (rank 0 starts it
+//! first), the barrier before the freeze, reports, and the recovery-line agreement.
+
+use super::coordinator::{self, CoordinatorHandle};
+use super::rendezvous;
+use super::wire::{self, Conn, Held, ToCoordinator, ToMember, WireError, Writer};
+use super::{CoordinationError, Settings};
+use crate::image::auth::ImageKey;
+use crate::image::format::TierKind;
+use std::collections::{BTreeSet, VecDeque};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Between attempts to reach a coordinator that is not there yet.
+const RETRY: Duration = Duration::from_millis(100);
+const CONNECT: Duration = Duration::from_secs(2);
+
+/// One rank's connection to its job's coordinator.
+pub struct Member {
+    conn: Conn,
+    pub settings: Settings,
+    /// Rank 0's coordinator thread.
+    coordinator: Option<CoordinatorHandle>,
+    /// For copy threads reporting their outcome.
+    reporter: Reporter,
+    /// Messages that came while waiting for another.
+    backlog: VecDeque<ToMember>,
+}
+
+/// Sends to the coordinator from any thread.
+#[derive(Clone)]
+pub struct Reporter(Arc<Mutex<Writer>>);
+
+impl Reporter {
+    pub fn send(&self, message: &ToCoordinator) {
+        let mut writer = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = writer.send(message) {
+            crate::debug!("to the coordinator: {e}");
+        }
+    }
+}
+
+/// What the ranks agreed on at a restore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreed {
+    pub generation: Option<u64>,
+    /// This rank's tier to restore from.
+    pub tier: Option<TierKind>,
+    /// Why, the same lines on every rank.
+    pub lines: Vec<String>,
+}
+
+impl Member {
+    /// Joins the job's coordinator, waiting up to `[coordination] timeout` for it; rank 0
+    /// starts it first. `tiers`: where the schedule may place checkpoints (rank 0's).
+    /// `next_seq`: the rank's next free image number. `restoring`: the ranks will agree on
+    /// a recovery line first.
+    pub fn join(
+        settings: &Settings,
+        tiers: BTreeSet<TierKind>,
+        next_seq: u64,
+        pid: i32,
+        restoring: bool,
+    ) -> Result<Member, CoordinationError> {
+        let key = ImageKey::own().map_err(|e| CoordinationError::Key(Box::new(e)))?;
+        let coordinator = if settings.rank == 0 {
+            let listener = rendezvous::listen(settings)?;
+            Some(coordinator::start(
+                settings,
+                listener,
+                key.clone(),
+                tiers,
+                restoring,
+            )?)
+        } else {
+            None
+        };
+        let began = Instant::now();
+        let conn = loop {
+            let last = match try_join(settings, &key, next_seq, pid) {
+                Ok(conn) => break conn,
+                Err(why) => why,
+            };
+            if began.elapsed() >= settings.timeout {
+                if coordinator.is_some() {
+                    rendezvous::withdraw(&settings.meeting);
+                }
+                return Err(CoordinationError::Join {
+                    rank: settings.rank,
+                    meeting: settings.meeting.describe(),
+                    secs: settings.timeout.as_secs_f64(),
+                    last,
+                });
+            }
+            std::thread::sleep(RETRY);
+        };
+        let reporter = Reporter(Arc::new(Mutex::new(conn.writer()?)));
+        crate::info!(
+            "rank {} of {} joined the coordinator of job {} ({})",
+            settings.rank,
+            settings.ranks,
+            settings.job,
+            settings.meeting.describe()
+        );
+        Ok(Member {
+            conn,
+            settings: settings.clone(),
+            coordinator,
+            reporter,
+            backlog: VecDeque::new(),
+        })
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.conn.raw_fd()
+    }
+
+    /// Whether a message can be taken without waiting on the socket.
+    pub fn has_pending(&self) -> bool {
+        !self.backlog.is_empty() || self.conn.has_buffered()
+    }
+
+    /// The next message: one kept back, else from the socket (called when it is readable).
+    pub fn next_message(&mut self) -> Result<ToMember, WireError> {
+        self.next_message_within(self.settings.timeout)
+    }
+
+    /// The next message, waiting up to `patience` for one.
+    pub fn next_message_within(&mut self, patience: Duration) -> Result<ToMember, WireError> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Ok(m);
+        }
+        self.conn.receive(Some(patience))
+    }
+
+    pub fn send(&mut self, message: &ToCoordinator) -> Result<(), WireError> {
+        self.conn.send(message)
+    }
+
+    pub fn reporter(&self) -> Reporter {
+        self.reporter.clone()
+    }
+
+    /// Ready for `generation`'s freeze; returns once every rank is (or why not).
+    pub fn barrier(&mut self, generation: u64) -> Result<(), String> {
+        self.send(&ToCoordinator::Ready { generation })
+            .map_err(|e| crate::error_chain(&e))?;
+        let patience = self.patience();
+        let why = self.wait_for(patience, |m| match m {
+            ToMember::Freeze { generation: g } if *g == generation => Some(Ok(())),
+            ToMember::Abandoned { generation: g, why } if *g == generation => {
+                Some(Err(why.clone()))
+            }
+            _ => None,
+        });
+        why.unwrap_or_else(Err)
+    }
+
+    /// The recovery line: says what this rank holds, checks its copies of the generations
+    /// the coordinator proposes (`verify` gives the intact tier, or the problems of each
+    /// copy), and returns what every rank agreed on.
+    pub fn agree(
+        &mut self,
+        held: Vec<Held>,
+        mut verify: impl FnMut(u64) -> (Option<TierKind>, Vec<String>),
+    ) -> Result<Agreed, CoordinationError> {
+        self.send(&ToCoordinator::Holdings { held })?;
+        let rank = self.settings.rank as usize;
+        loop {
+            let message = self.conn.receive::<ToMember>(Some(self.patience()))?;
+            match message {
+                ToMember::Verify { generation } => {
+                    let (tier, problems) = verify(generation);
+                    self.send(&ToCoordinator::Verified {
+                        generation,
+                        tier,
+                        problems,
+                    })?;
+                }
+                ToMember::Chosen {
+                    generation,
+                    tiers,
+                    lines,
+                } => {
+                    return Ok(Agreed {
+                        generation,
+                        tier: tiers.get(rank).copied().flatten(),
+                        lines,
+                    });
+                }
+                other => self.backlog.push_back(other),
+            }
+        }
+    }
+
+    /// The rank's job has ended. Rank 0 then waits for the other ranks to end theirs:
+    /// their generations need its coordinator.
+    pub fn leave(mut self) {
+        let _ = self.send(&ToCoordinator::Finished);
+        let coordinator = self.coordinator.take();
+        let meeting = self.settings.meeting.clone();
+        drop(self);
+        if let Some(c) = coordinator {
+            c.wait_for_members_to_leave();
+            rendezvous::withdraw(&meeting);
+        }
+    }
+
+    /// Longer than the coordinator's own timeouts: it answers before this runs out unless
+    /// it is gone.
+    pub fn patience(&self) -> Duration {
+        self.settings.timeout * 2 + Duration::from_secs(5)
+    }
+
+    /// Reads messages until `pick` takes one (others are kept back for later), or `None`
+    /// after `patience`, with the reason.
+    fn wait_for<T>(
+        &mut self,
+        patience: Duration,
+        mut pick: impl FnMut(&ToMember) -> Option<T>,
+    ) -> Result<T, String> {
+        let began = Instant::now();
+        loop {
+            let left = patience.saturating_sub(began.elapsed());
+            if left.is_zero() {
+                return Err(format!(
+                    "no word from the coordinator within {} s",
+                    patience.as_secs_f64()
+                ));
+            }
+            let message = self
+                .conn
+                .receive::<ToMember>(Some(left))
+                .map_err(|e| crate::error_chain(&e))?;
+            match pick(&message) {
+                Some(found) => return Ok(found),
+                None => self.backlog.push_back(message),
+            }
+        }
+    }
+}
+
+/// One attempt: the coordinator's address, a connection, the handshake.
+fn try_join(settings: &Settings, key: &ImageKey, next_seq: u64, pid: i32) -> Result<Conn, String> {
+    let addrs = rendezvous::find(&settings.meeting)
+        .ok_or_else(|| format!("no coordinator address at {}", settings.meeting.describe()))?;
+    let mut last = "no address".to_string();
+    for addr in addrs {
+        let stream = match TcpStream::connect_timeout(&addr, CONNECT) {
+            Ok(s) => s,
+            Err(e) => {
+                last = format!("{addr}: {e}");
+                continue;
+            }
+        };
+        match handshake(stream, addr.to_string(), settings, key, next_seq, pid) {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = crate::error_chain(&e),
+        }
+    }
+    Err(last)
+}
+
+fn handshake(
+    stream: TcpStream,
+    peer: String,
+    settings: &Settings,
+    key: &ImageKey,
+    next_seq: u64,
+    pid: i32,
+) -> Result<Conn, WireError> {
+    let mut conn = Conn::new(stream, peer)?;
+    let patience = Some(Duration::from_secs(10));
+    let ToMember::Challenge { nonce: challenge } = conn.receive(patience)? else {
+        return Err(WireError::NotProven {
+            peer: conn.peer.clone(),
+        });
+    };
+    let nonce = wire::nonce();
+    conn.send(&ToCoordinator::Hello {
+        job: settings.job.clone(),
+        rank: settings.rank,
+        ranks: settings.ranks,
+        pid,
+        next_seq,
+        nonce: nonce.clone(),
+        proof: wire::member_proof(key, &settings.job, settings.rank, &challenge),
+    })?;
+    match conn.receive(patience)? {
+        ToMember::Welcome { proof }
+            if wire::same_proof(
+                &proof,
+                &wire::coordinator_proof(key, &settings.job, &nonce),
+            ) =>
+        {
+            Ok(conn)
+        }
+        ToMember::Refused { why } => Err(WireError::Refused {
+            peer: conn.peer.clone(),
+            why,
+        }),
+        _ => Err(WireError::NotProven {
+            peer: conn.peer.clone(),
+        }),
+    }
+}
