@@ -117,13 +117,34 @@ impl Job {
             .collect()
     }
 
-    /// Waits until `n` generations are complete on every tier for every rank.
-    fn wait_for_generations(&self, ranks: &mut [Rank], n: usize) {
-        wait_running(
-            ranks,
-            &format!("{n} generations complete on every tier"),
-            || (0..self.ranks()).all(|r| TIERS.iter().all(|t| self.records(r, t).len() >= n)),
-        );
+    /// Waits until `n` generations are complete on each of `tiers` for every rank.
+    fn wait_for_generations(&self, ranks: &mut [Rank], n: usize, tiers: &[&str]) {
+        let what = format!("{n} generations complete on {tiers:?}");
+        wait_running(ranks, &what, || {
+            (0..self.ranks()).all(|r| tiers.iter().all(|t| self.records(r, t).len() >= n))
+        });
+    }
+
+    /// When each image on disk was frozen (its manifest's `time_unix_ms`), by rank, tier
+    /// and generation: read before a restore, whose own checkpoints may retire them.
+    fn freeze_times(&self) -> FreezeTimes {
+        let mut times = FreezeTimes::new();
+        for rank in 0..self.ranks() {
+            for tier in TIERS {
+                for generation in image_seqs(&self.copies(rank, tier)) {
+                    let manifest = self.image(rank, tier, generation).join("manifest.json");
+                    let Ok(text) = std::fs::read(&manifest) else {
+                        continue; // retired meanwhile
+                    };
+                    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                    let time = v["time_unix_ms"]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("no time_unix_ms in {}", manifest.display()));
+                    times.insert((rank, tier.to_owned(), generation), time);
+                }
+            }
+        }
+        times
     }
 
     /// `restore --auto --rank RANK`, started; `pid` is the PID it restores.
@@ -149,6 +170,9 @@ impl Job {
             .collect()
     }
 }
+
+/// Freeze times of images by (rank, tier, generation), ms since the epoch.
+type FreezeTimes = std::collections::BTreeMap<(u32, String, u64), u64>;
 
 /// A rank's supervisor (`mlckpt run`) and its program's PID.
 struct Rank {
@@ -272,8 +296,8 @@ fn same_recovery_line(restored: &[Finished]) -> (Vec<String>, u64, Vec<String>) 
 }
 
 /// Each rank's output up to its image and after its restore is its uninterrupted output.
-/// The images of one generation are taken at one
-/// moment and the ranks step together, so they hold about the same step.
+/// The ranks step together, so the images of one generation hold about the same step
+/// (a rank that was frozen or starved may lag a few steps behind its schedule).
 fn assert_outputs(references: &[String], before: &[String], restored: &[Finished], pids: &[i32]) {
     let mut steps = Vec::new();
     for (rank, res) in restored.iter().enumerate() {
@@ -292,8 +316,28 @@ fn assert_outputs(references: &[String], before: &[String], restored: &[Finished
     eprintln!("steps held by each rank's image: {steps:?}");
     let spread = steps.iter().max().unwrap() - steps.iter().min().unwrap();
     assert!(
-        spread <= 3,
+        spread <= 10,
         "the images of one generation hold steps {steps:?}: not taken together"
+    );
+}
+
+/// The images of `generation` that the ranks restored from (rank R's on `tiers[R]`) were
+/// frozen within a short time of each other (`times` from [`Job::freeze_times`]).
+fn assert_frozen_together(times: &FreezeTimes, generation: u64, tiers: &[String]) {
+    let times: Vec<u64> = (0..)
+        .zip(tiers)
+        .map(|(rank, tier)| {
+            *times
+                .get(&(rank, tier.clone(), generation))
+                .unwrap_or_else(|| panic!("no image of rank {rank}, generation {generation} on {tier} before the restore"))
+        })
+        .collect();
+    let first = *times.iter().min().unwrap();
+    let after: Vec<u64> = times.iter().map(|t| t - first).collect();
+    eprintln!("generation {generation} frozen at +ms by rank: {after:?}");
+    assert!(
+        after.iter().all(|&t| t <= 100),
+        "the ranks' images of generation {generation} were frozen {after:?} ms apart"
     );
 }
 
@@ -311,7 +355,7 @@ fn run_then_lose_everything(name: &str) -> (Job, Vec<String>, Vec<String>, Vec<i
     job.configure(TIERED);
     let references = job.references(STEPS);
     let mut ranks = job.start(STEPS);
-    job.wait_for_generations(&mut ranks, 2);
+    job.wait_for_generations(&mut ranks, 2, &TIERS);
     let pids: Vec<i32> = ranks.iter().map(|r| r.pid).collect();
     let before = kill_all(ranks);
     (job, references, before, pids)
@@ -323,6 +367,7 @@ fn run_then_lose_everything(name: &str) -> (Job, Vec<String>, Vec<String>, Vec<i
 fn every_rank_restores_the_same_generation() {
     let (job, references, before, pids) = run_then_lose_everything("gen-same");
     let newest = *job.complete().last().expect("a complete generation");
+    let times = job.freeze_times();
     let restored = job.restore_all(&pids);
     let (lines, generation, tiers) = same_recovery_line(&restored);
     eprintln!("{lines:#?}");
@@ -334,6 +379,7 @@ fn every_rank_restores_the_same_generation() {
         tiers, ["local"; 4],
         "every rank's local copy is intact: {lines:?}"
     );
+    assert_frozen_together(&times, generation, &tiers);
     assert_outputs(&references, &before, &restored, &pids);
 }
 
@@ -356,8 +402,9 @@ fn a_damaged_rank_makes_every_rank_fall_back() {
         damaged.contains(&"local"),
         "rank 1 has no local image of {newest}"
     );
+    let times = job.freeze_times();
     let restored = job.restore_all(&pids);
-    let (lines, generation, _) = same_recovery_line(&restored);
+    let (lines, generation, tiers) = same_recovery_line(&restored);
     eprintln!("damaged rank 1's generation {newest} on {damaged:?}\n{lines:#?}");
     let skipped = format!("recovery line: generation {newest} skipped: rank 1 ");
     assert!(
@@ -368,6 +415,7 @@ fn a_damaged_rank_makes_every_rank_fall_back() {
         generation, previous,
         "the complete generation before {newest} is {previous}: {lines:?}"
     );
+    assert_frozen_together(&times, generation, &tiers);
     assert_outputs(&references, &before, &restored, &pids);
 }
 
@@ -376,12 +424,14 @@ fn a_damaged_rank_makes_every_rank_fall_back() {
 #[test]
 fn lost_node_storage_comes_back_from_partner_copies() {
     let job = Job::new("gen-node", 2);
-    job.configure(TIERED);
+    // No global interval: a generation newer than the newest partner copies could be on
+    // the global tier for one rank and not yet for another, and ranks 0 and 1 would come
+    // back from different tiers (right, but not what this test is about).
+    job.configure("[interval]\nlocal = 0.3\npartner = 0.6\n[coordination]\ntimeout = 5\n");
     let references = job.references(STEPS);
     let mut ranks = job.start(STEPS);
-    job.wait_for_generations(&mut ranks, 2);
-    // A generation on the partner tier, asked of rank 2 for the whole job, is the newest
-    // one with partner copies when the node goes.
+    job.wait_for_generations(&mut ranks, 2, &["local", "partner"]);
+    // A generation on the partner tier, asked of rank 2 for the whole job.
     let v = job.h.checkpoint_json(ranks[2].pid, &["--tier", "partner"]);
     let generation = v["generation"]["generation"]
         .as_u64()
@@ -412,6 +462,7 @@ fn lost_node_storage_comes_back_from_partner_copies() {
             Some((g, tiers?))
         })
         .expect("a complete generation every rank still holds");
+    let times = job.freeze_times();
     let restored = job.restore_all(&pids);
     let (lines, generation_chosen, tiers) = same_recovery_line(&restored);
     eprintln!("{lines:#?}");
@@ -428,9 +479,10 @@ fn lost_node_storage_comes_back_from_partner_copies() {
     assert_eq!(
         tiers,
         ["partner", "partner", "local", "local"],
-        "ranks 0 and 1 from partner copies of generation {generation} or newer: {lines:?}"
+        "ranks 0 and 1 from partner copies (generation {generation} or newer): {lines:?}"
     );
     assert!(generation_chosen >= generation, "{lines:?}");
+    assert_frozen_together(&times, generation_chosen, &tiers);
     assert_outputs(&references, &before, &restored, &pids);
 }
 
