@@ -49,8 +49,13 @@ impl Job {
     /// Test mode with NODES x `per_node` ranks, a global tier, `keep = 3`, then `rest`
     /// (`[interval]`, `[coordination]`, ...).
     fn configure(&self, rest: &str) {
+        self.configure_keeping(3, rest);
+    }
+
+    /// [`Job::configure`] with `keep` images per tier.
+    fn configure_keeping(&self, keep: u32, rest: &str) {
         self.h.set_config(&format!(
-            "global = '{}'\nkeep = 3\n[topology]\ntest_mode = true\nnodes = {NODES}\n\
+            "global = '{}'\nkeep = {keep}\n[topology]\ntest_mode = true\nnodes = {NODES}\n\
              ranks_per_node = {}\n{rest}",
             self.global_root().display(),
             self.per_node
@@ -556,6 +561,59 @@ fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
         let out = r.run.finish(CMD_TIMEOUT).expect_code(0).stdout;
         assert_continuation(&references[rank], &out, "", r.pid);
     }
+}
+
+/// Every generation that every rank copied to the partner tier completes there (each rank
+/// writes its record), also when the copies are done before the slowest rank committed the
+/// generation locally (small images copy fast); and `checkpoint --tier partner` sent to
+/// any rank returns once its generation is complete.
+#[test]
+fn every_partner_copy_completes_its_generation() {
+    const STEPS: u32 = 120;
+    let job = Job::new("gen-partner", 2);
+    // Full images only: a partner copy then holds no parents copied along, which are
+    // partner images of generations that were not asked for on the partner tier.
+    job.configure_keeping(
+        100,
+        "[interval]\nlocal = 0.2\npartner = 0.4\n[image]\nfull_every = 1\n\
+         [coordination]\ntimeout = 5\n",
+    );
+    let mut ranks = job.start(STEPS);
+    job.wait_for_generations(&mut ranks, 2, &["partner"]);
+    for i in 0..4 {
+        let rank = &ranks[1 + i % 3];
+        let pid = rank.pid.to_string();
+        let args = ["checkpoint", &pid, "--tier", "partner", "--json"];
+        let res = job.h.start(&args, None).finish(Duration::from_secs(15));
+        assert_eq!(
+            res.code,
+            0,
+            "checkpoint --tier partner of rank {}: its generation never completed on the \
+             partner tier (see `copied ckpt-G` and `generation G complete on the partner \
+             tier` in the ranks' logs)\n{}",
+            1 + i % 3,
+            res.describe()
+        );
+    }
+    // What every rank has copied by now has its record a moment later.
+    let copied: Vec<u64> = image_seqs(&job.copies(0, "partner"))
+        .into_iter()
+        .filter(|&g| (1..4).all(|r| job.image(r, "partner", g).is_dir()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let unrecorded: Vec<(u32, u64)> = (0..4)
+        .flat_map(|r| copied.iter().map(move |&g| (r, g)))
+        .filter(|&(r, g)| !job.records(r, "partner").contains(&g))
+        .collect();
+    for rank in &mut ranks {
+        rank.run.assert_running();
+    }
+    assert!(
+        unrecorded.is_empty(),
+        "generations {copied:?} were copied to the partner tier by every rank, but these \
+         (rank, generation) have no partner record: {unrecorded:?}"
+    );
+    kill_all(ranks);
 }
 
 /// `mode = "off"`: two ranks checkpointed on their own number their own images, write no
