@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -31,11 +31,19 @@ struct Job {
 }
 
 impl Job {
-    fn new(name: &str, per_node: u32) -> Job {
-        Job {
+    /// Test mode with NODES x `per_node` ranks, a global tier and `keep` images per tier,
+    /// then `rest` (`[interval]`, `[coordination]`, ...).
+    fn new(name: &str, per_node: u32, keep: u32, rest: &str) -> Job {
+        let job = Job {
             h: Harness::new(name),
             per_node,
-        }
+        };
+        job.h.set_config(&format!(
+            "global = '{}'\nkeep = {keep}\n[topology]\ntest_mode = true\nnodes = {NODES}\n\
+             ranks_per_node = {per_node}\n{rest}",
+            job.global_root().display(),
+        ));
+        job
     }
 
     fn ranks(&self) -> u32 {
@@ -44,22 +52,6 @@ impl Job {
 
     fn global_root(&self) -> PathBuf {
         self.h.dir.path().join("global")
-    }
-
-    /// Test mode with NODES x `per_node` ranks, a global tier, `keep = 3`, then `rest`
-    /// (`[interval]`, `[coordination]`, ...).
-    fn configure(&self, rest: &str) {
-        self.configure_keeping(3, rest);
-    }
-
-    /// [`Job::configure`] with `keep` images per tier.
-    fn configure_keeping(&self, keep: u32, rest: &str) {
-        self.h.set_config(&format!(
-            "global = '{}'\nkeep = {keep}\n[topology]\ntest_mode = true\nnodes = {NODES}\n\
-             ranks_per_node = {}\n{rest}",
-            self.global_root().display(),
-            self.per_node
-        ));
     }
 
     /// Where `rank`'s images on `tier` are: its node's local storage, the partner node's
@@ -78,7 +70,10 @@ impl Job {
 
     /// The generations with a record in `rank`'s directory on `tier`, ascending.
     fn records(&self, rank: u32, tier: &str) -> Vec<u64> {
-        generation_records(&self.copies(rank, tier))
+        // The file names are the record format's (generation-<G>.json).
+        mlckpt::tiers::generation::complete(&self.copies(rank, tier))
+            .into_iter()
+            .collect()
     }
 
     /// Every generation with a record anywhere (any rank, any tier): the complete ones.
@@ -214,24 +209,6 @@ fn now_ms() -> u128 {
         .as_millis()
 }
 
-/// The generations with a record (`generation-<G>.json`) in `dir`, ascending.
-fn generation_records(dir: &Path) -> Vec<u64> {
-    let mut found: Vec<u64> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("generation-")?
-                .strip_suffix(".json")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 /// A node loss: every supervisor and its job SIGKILLed at once (nothing gets to
 /// checkpoint); returns what each job printed, by rank.
 fn kill_all(ranks: Vec<Rank>) -> Vec<String> {
@@ -356,8 +333,7 @@ const STEPS: u32 = 140;
 /// 4 ranks run until two generations are complete on every tier, then the "node" is lost.
 /// Returns the job, the references, what each printed, and the PIDs.
 fn run_then_lose_everything(name: &str) -> (Job, Vec<String>, Vec<String>, Vec<i32>) {
-    let job = Job::new(name, 2);
-    job.configure(TIERED);
+    let job = Job::new(name, 2, 3, TIERED);
     let references = job.references(STEPS);
     let mut ranks = job.start(STEPS);
     job.wait_for_generations(&mut ranks, 2, &TIERS);
@@ -428,11 +404,11 @@ fn a_damaged_rank_makes_every_rank_fall_back() {
 /// ranks 2 and 3 from their own local copies, all the same generation.
 #[test]
 fn lost_node_storage_comes_back_from_partner_copies() {
-    let job = Job::new("gen-node", 2);
     // No global interval: a generation newer than the newest partner copies could be on
     // the global tier for one rank and not yet for another, and ranks 0 and 1 would come
     // back from different tiers (right, but not what this test is about).
-    job.configure("[interval]\nlocal = 0.3\npartner = 0.6\n[coordination]\ntimeout = 5\n");
+    let config = "[interval]\nlocal = 0.3\npartner = 0.6\n[coordination]\ntimeout = 5\n";
+    let job = Job::new("gen-node", 2, 3, config);
     let references = job.references(STEPS);
     let mut ranks = job.start(STEPS);
     job.wait_for_generations(&mut ranks, 2, &["local", "partner"]);
@@ -497,8 +473,8 @@ fn lost_node_storage_comes_back_from_partner_copies() {
 #[test]
 fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
     const STEPS: u32 = 200; // 10 s paced
-    let job = Job::new("gen-hung", 2);
-    job.configure("[interval]\nlocal = 0.3\n[coordination]\ntimeout = 1\n");
+    let config = "[interval]\nlocal = 0.3\n[coordination]\ntimeout = 1\n";
+    let job = Job::new("gen-hung", 2, 3, config);
     let references = job.references(STEPS);
     let mut ranks = job.start(STEPS);
     let newest_local = |job: &Job| -> u64 {
@@ -570,14 +546,11 @@ fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
 #[test]
 fn every_partner_copy_completes_its_generation() {
     const STEPS: u32 = 120;
-    let job = Job::new("gen-partner", 2);
     // Full images only: a partner copy then holds no parents copied along, which are
     // partner images of generations that were not asked for on the partner tier.
-    job.configure_keeping(
-        100,
-        "[interval]\nlocal = 0.2\npartner = 0.4\n[image]\nfull_every = 1\n\
-         [coordination]\ntimeout = 5\n",
-    );
+    let config = "[interval]\nlocal = 0.2\npartner = 0.4\n[image]\nfull_every = 1\n\
+                  [coordination]\ntimeout = 5\n";
+    let job = Job::new("gen-partner", 2, 100, config);
     let mut ranks = job.start(STEPS);
     job.wait_for_generations(&mut ranks, 2, &["partner"]);
     for i in 0..4 {
@@ -620,8 +593,12 @@ fn every_partner_copy_completes_its_generation() {
 /// generation records, and each restores alone.
 #[test]
 fn independent_ranks_opt_out() {
-    let job = Job::new("gen-off", 1);
-    job.configure("[coordination]\nmode = \"off\"\ntimeout = 5\n");
+    let job = Job::new(
+        "gen-off",
+        1,
+        3,
+        "[coordination]\nmode = \"off\"\ntimeout = 5\n",
+    );
     let references = job.references(STEPS);
     let mut ranks = job.start(STEPS);
     for rank in &mut ranks {
