@@ -4,7 +4,7 @@
 # and again (the simulation pattern), next to this machine's own limits measured in the
 # same run, then the ratios the performance targets are stated in.
 #   scripts/bench.sh [DIR]     DIR: where images go (default: a new dir under /var/tmp)
-#   ONLY=memory|tree|dirty|chain|objects|mpi scripts/bench.sh   only that section's rows
+#   ONLY=memory|tree|dirty|chain|objects|mpi|ranks scripts/bench.sh   only that section's rows
 # Needs root (ptrace, clone3 with a chosen PID, drop_caches).
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
@@ -19,6 +19,9 @@ if want dirty; then
 fi
 if want objects; then
     gcc -O2 -o "$WORK/objects_job" tests/programs/objects_job.c
+fi
+if want ranks; then
+    gcc -O2 -o "$WORK/rank_steps" tests/programs/rank_steps.c
 fi
 if want mpi; then
     mpicc -O2 -o "$WORK/ring" tests/programs/ring.c   # Open MPI: openmpi-bin, libopenmpi-dev
@@ -241,6 +244,64 @@ bench_mpi() {
         "${M[i_b]}" "${M[warm]}"
 }
 
+# A coordinated job in test mode: 2 simulated nodes x 2 ranks on this machine, each rank
+# rewriting every page of $1 MiB every 100 ms (rank_steps.c, the ranks stepping together).
+# GENS generations (default 5) asked of rank 0's job with `checkpoint --json`; per
+# generation: the spread of the ranks' freeze starts (skew), the time from the
+# coordinator's decision until every rank committed (commit), the longest freeze of a rank,
+# rank 0's own freeze and image bytes.
+bench_ranks() {   # $1 MiB per rank
+    local mib=$1 gens=${GENS:-5} r g v start pid0 pids=() sups=()
+    local skew=() commit=() frz_max=() frz0=() bytes=()
+    printf '[storage]\nlocal = "%s/store"\nkeep = 3\n[interval]\nlocal = 0\n[topology]\ntest_mode = true\nnodes = 2\nranks_per_node = 2\n[coordination]\ntimeout = 60\n' \
+        "$WORK" > "$WORK/ranks.toml"
+    rm -rf "$WORK/store"
+    start=$(( $(date +%s%3N) + 1000 ))
+    for r in 0 1 2 3; do
+        "$BIN" run --config "$WORK/ranks.toml" --job ranks --rank "$r" -- \
+            "$WORK/rank_steps" "$r" "$mib" 1000000 100 "$start" > "$WORK/rank$r.out" 2> "$WORK/rank$r.err" &
+        sups+=($!)
+    done
+    for r in 0 1 2 3; do
+        until [ "$(awk '$1 == "step" {n++} END {print n + 0}' "$WORK/rank$r.out")" -ge 2 ]; do
+            if ! kill -0 "${sups[$r]}" 2>/dev/null; then tail -5 "$WORK/rank$r.err" >&2; exit 1; fi
+            sleep 0.01
+        done
+        pids+=("$(head -1 "$WORK/rank$r.out" | cut -d' ' -f2)")
+    done
+    pid0=${pids[0]}
+    for g in $(seq "$gens"); do
+        v=$("$BIN" checkpoint "$pid0" --json)
+        read -r g s c f < <(python3 -c "
+import json, sys
+v = json.loads(sys.argv[1]); g = v.get('generation') or {}
+print(*(g.get(k, 'nan') for k in ('generation', 'skew_ms', 'commit_ms', 'freeze_ms_max')))" "$v")
+        skew+=("$s"); commit+=("$c"); frz_max+=("$f")
+        frz0+=("$(field "$v" freeze_ms)"); bytes+=("$(field "$v" bytes)")
+        printf "| %-10s | %7.1f | %9.0f | %10.1f | %9.1f | %11.0f | %6s |\n" \
+            "$g" "$s" "$c" "$f" "${frz0[-1]}" "${bytes[-1]}" "-"
+        sleep 0.3
+    done
+    kill -9 "${pids[@]}" 2>/dev/null || true
+    # Supervisors whose job is gone exit; one that does not within 10 s is killed.
+    running() {   # PIDs of $@ still running (an exited child of ours stays a zombie until waited)
+        local p; for p; do [ "$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null)" = Z ] || [ ! -e "/proc/$p" ] || echo "$p"; done
+    }
+    for r in $(seq 100); do
+        [ -n "$(running "${sups[@]}")" ] || break
+        sleep 0.1
+    done
+    for r in $(running "${sups[@]}"); do echo "supervisor $r did not exit, killed" >&2; kill -9 "$r"; done
+    wait "${sups[@]}" 2>/dev/null || true
+    machine_limits $(( 4 * mib ))
+    M[skew]=$(median "${skew[@]}"); M[commit]=$(median "${commit[@]}")
+    M[frz_max]=$(median "${frz_max[@]}"); M[frz0]=$(median "${frz0[@]}"); M[bytes]=$(median "${bytes[@]}")
+    printf "| %-10s | %7.1f | %9.0f | %10.1f | %9.1f | %11.0f | %6.0f |\n" \
+        "median" "${M[skew]}" "${M[commit]}" "${M[frz_max]}" "${M[frz0]}" "${M[bytes]}" "${M[dd]}"
+    RATIOS+=$(ratios "'%-20s  skew %5.1f ms | commit %5.0f ms, commit/dd(4 x $mib MiB) %.2f | freeze max %5.1f ms' % (
+    '4 ranks x $mib MiB', skew, commit, commit / dd, frz_max)")$'\n'
+}
+
 echo "mlckpt benchmark, $(uname -r), $(nproc) cores, images in $WORK; medians of $REPS runs"
 if want memory; then
     echo "| target       | freeze | ckpt ms | bytes      | i.frz  | incr ms| incr bytes| rest.ms| cold ms| RSS  | dd ms  | direct | cat ms | touch  |"
@@ -288,6 +349,12 @@ if want mpi; then
     bench_mpi
     echo
 fi
+if want ranks; then
+    echo "| generation | skew ms | commit ms | max frz ms | rank 0 ms | rank 0 bytes | dd ms  |"
+    echo "|------------|---------|-----------|------------|-----------|--------------|--------|"
+    bench_ranks 64
+    echo
+fi
 printf "%s" "$RATIOS"
 echo
 echo "freeze / ckpt ms / bytes: full checkpoint of the running target (freeze: ms it was stopped)."
@@ -298,4 +365,7 @@ echo "warm / dropped (includes verifying the image). RSS: supervisor peak, MiB. 
 echo "same size with fdatasync (page cache); direct: the same with O_DIRECT, 8 MiB blocks; cat: read"
 echo "it back, cache dropped; touch: first touch of as much new memory. tgt MiB: the target's"
 echo "VmRSS just before the full checkpoint (bytes/RSS: the full image's bytes over it)."
+echo "generation (ranks): 4 ranks in test mode, one generation per 'checkpoint --json' of rank 0;"
+echo "skew: spread of the ranks' freeze starts; commit: decision until every rank committed;"
+echo "max frz: longest freeze of a rank; dd: writing the 4 ranks' memory at once (4 x 64 MiB)."
 if [ -z "${1:-}" ]; then rm -rf "$WORK"; fi

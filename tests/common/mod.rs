@@ -1303,3 +1303,11 @@ pub fn line_with<'a>(res: &'a Finished, parts: &[&str]) -> &'a str {
             )
         })
 }
+
+impl Proc {
+    /// Fails the test, with what the process said, if it has exited (a wait for something
+    /// only a running process can bring about ends at once).
+    pub fn assert_running(&mut self) {
+        assert!(!self.exited(), "exited early\n{}", self.describe());
+    }
+}
