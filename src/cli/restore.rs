@@ -10,14 +10,14 @@ use anyhow::{Context, bail};
 use mlckpt::coordination::{self, member::Member, wire::Held};
 use mlckpt::image::format::TierKind;
 use mlckpt::image::{self, Image, PageCheck};
-use mlckpt::tiers::generation;
-use std::collections::{BTreeMap, BTreeSet};
 use mlckpt::supervisor::{self, JobContext, Lineage};
 use mlckpt::tiers::config::Config;
+use mlckpt::tiers::generation;
 use mlckpt::tiers::recovery::{self, Candidate, Verdict};
 use mlckpt::tracer::pages::ParentChoice;
 use mlckpt::tracer::precopy::Tracking;
 use mlckpt::tracer::restore::{RestoreError, RestoreOptions, Restored, restore as rebuild};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub struct Flags {
@@ -108,13 +108,7 @@ pub fn join(
         .into_iter()
         .filter(|&t| ctx.paths.has(t))
         .collect();
-    Ok(Member::join(
-        settings,
-        tiers,
-        ctx.next_seq(),
-        0,
-        restoring,
-    )?)
+    Ok(Member::join(settings, tiers, ctx.next_seq(), 0, restoring)?)
 }
 
 /// The recovery line of a coordinated job: every rank says which generations it holds,
@@ -151,7 +145,9 @@ fn restore_agreed(
     let chosen = candidates
         .iter()
         .find(|c| c.seq == g && c.tier == tier)
-        .with_context(|| format!("generation {g} on the {tier} tier vanished during the restore"))?;
+        .with_context(|| {
+            format!("generation {g} on the {tier} tier vanished during the restore")
+        })?;
     let (verdict, result) = try_candidate(chosen, &tracking_from(opts, &chosen.path, ctx));
     print_candidate(chosen, &verdict, matches!(result, Some(Ok(_))));
     match result {
@@ -372,7 +368,7 @@ pub enum Resumed {
     Restored(i32),
     /// Nothing to restore: the program starts afresh (in a coordinated job, with the
     /// connection the ranks agreed through).
-    Afresh(Option<Member>),
+    Afresh(Option<Box<Member>>),
 }
 
 /// `run --resume`: restores the newest valid image of the job and supervises it, as
@@ -420,7 +416,7 @@ pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Resu
             }
             None => {
                 mlckpt::info!("job {}: starting the program afresh on every rank", ctx.job);
-                Ok(Resumed::Afresh(Some(member)))
+                Ok(Resumed::Afresh(Some(Box::new(member))))
             }
         };
     }
@@ -430,8 +426,9 @@ pub fn resume(args: &JobArgs, ctx: &JobContext, config: &Config) -> anyhow::Resu
     mlckpt::tracer::access::Privileges::current().check_restore()?;
     let signals = prepare(ctx, false)?;
     match restore_newest(ctx, &opts)? {
-        Some((image, process)) => restored(&image, process, config, args, false, signals, None)
-            .map(Resumed::Restored),
+        Some((image, process)) => {
+            restored(&image, process, config, args, false, signals, None).map(Resumed::Restored)
+        }
         None => {
             mlckpt::info!("{}: starting the program afresh", no_valid_image(ctx));
             Ok(Resumed::Afresh(None))

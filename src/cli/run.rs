@@ -1,8 +1,8 @@
 //! `mlckpt run` and `mlckpt attach`.
 
+use super::restore::Resumed;
 use super::{JobArgs, job_name, load_config_for_writing, topology};
 use anyhow::Context;
-use super::restore::Resumed;
 use mlckpt::supervisor::{self, JobContext, Lineage};
 use mlckpt::tiers::reuse;
 use mlckpt::tracer::access::Privileges;
@@ -24,7 +24,7 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
     if resume {
         match super::restore::resume(args, &ctx, &config)? {
             Resumed::Restored(code) => return Ok(code),
-            Resumed::Afresh(joined) => member = joined,
+            Resumed::Afresh(joined) => member = joined.map(|m| *m),
         }
     }
     supervisor::check_runtime_dir()?;

@@ -238,6 +238,10 @@ struct Round {
     started: Instant,
     ready: BTreeSet<u32>,
     committed: BTreeMap<u32, Commit>,
+    /// A fast rank may finish its copy to the higher tier before the slowest rank has
+    /// committed locally; its word is kept until the generation is committed everywhere.
+    copied_early: BTreeSet<u32>,
+    copy_failed_early: Option<String>,
 }
 
 /// A committed generation whose copies to a higher tier are under way.
@@ -259,8 +263,15 @@ struct Agreement {
     /// Generations still to try, newest first, once every rank has said what it holds.
     candidates: Vec<u64>,
     lines: Vec<String>,
-    /// The generation being verified, and each rank's answer.
-    verifying: Option<(u64, Instant, BTreeMap<u32, (Option<TierKind>, Vec<String>)>)>,
+    verifying: Option<Verifying>,
+}
+
+/// The generation being verified, and each rank's answer: the tier its valid copy is on
+/// (none if no copy is valid) and what was wrong with the others.
+struct Verifying {
+    generation: u64,
+    started: Instant,
+    answers: BTreeMap<u32, (Option<TierKind>, Vec<String>)>,
 }
 
 struct Coordinator {
@@ -308,11 +319,9 @@ impl Coordinator {
 
     fn run(mut self, inbox: &Receiver<Event>) {
         loop {
-            let wait = self
-                .next_deadline()
-                .map_or(Duration::from_secs(60), |due| {
-                    due.saturating_duration_since(Instant::now())
-                });
+            let wait = self.next_deadline().map_or(Duration::from_secs(60), |due| {
+                due.saturating_duration_since(Instant::now())
+            });
             match inbox.recv_timeout(wait) {
                 Ok(event) => self.on_event(event),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -326,7 +335,7 @@ impl Coordinator {
         let schedule = self.schedule.as_ref().and_then(Schedule::next_deadline);
         let round = self.round.as_ref().map(|r| r.started + self.timeout);
         let agreement = self.agreement.as_ref().map(|a| match &a.verifying {
-            Some((_, since, _)) => *since + self.timeout,
+            Some(v) => v.started + self.timeout,
             None => a.started + self.timeout,
         });
         [schedule, round, agreement].into_iter().flatten().min()
@@ -421,14 +430,22 @@ impl Coordinator {
                     self.abandon(&format!("rank {rank} could not take its part: {why}"));
                 }
             }
-            ToCoordinator::Copied { generation, tier } => self.copied(generation, tier, rank),
+            ToCoordinator::Copied { generation, tier } => {
+                if let Some(round) = self.round_of(generation) {
+                    round.copied_early.insert(rank);
+                } else {
+                    self.copied(generation, tier, rank);
+                }
+            }
             ToCoordinator::CopyFailed {
                 generation,
                 tier,
                 why,
             } => {
-                if self.copies.remove(&(generation, tier)).is_some() {
-                    let why = format!("rank {rank}'s copy failed: {why}");
+                let why = format!("rank {rank}'s copy failed: {why}");
+                if let Some(round) = self.round_of(generation) {
+                    round.copy_failed_early.get_or_insert(why);
+                } else if self.copies.remove(&(generation, tier)).is_some() {
                     self.broadcast(&ToMember::NotComplete {
                         generation,
                         tier,
@@ -529,7 +546,10 @@ impl Coordinator {
             None
         };
         if let Some(why) = why {
-            crate::debug!("generation {generation} of job {} not taken: {why}", self.job);
+            crate::debug!(
+                "generation {generation} of job {} not taken: {why}",
+                self.job
+            );
             self.broadcast(&ToMember::Abandoned { generation, why });
             return;
         }
@@ -540,6 +560,8 @@ impl Coordinator {
             started: Instant::now(),
             ready: BTreeSet::new(),
             committed: BTreeMap::new(),
+            copied_early: BTreeSet::new(),
+            copy_failed_early: None,
         });
         self.broadcast(&ToMember::Checkpoint {
             generation,
@@ -570,11 +592,21 @@ impl Coordinator {
             summary: summary.clone(),
         });
         if round.tier != TierKind::Local {
-            let copies = Copies {
-                done: BTreeSet::new(),
-                summary,
-            };
-            self.copies.insert((round.generation, round.tier), copies);
+            let key = (round.generation, round.tier);
+            if let Some(why) = round.copy_failed_early {
+                self.broadcast(&ToMember::NotComplete {
+                    generation: round.generation,
+                    tier: round.tier,
+                    why,
+                });
+            } else {
+                let copies = Copies {
+                    done: round.copied_early,
+                    summary,
+                };
+                self.copies.insert(key, copies);
+                self.complete_copies_if_done(key);
+            }
         }
         self.next_pending();
     }
@@ -603,16 +635,21 @@ impl Coordinator {
 
     fn copied(&mut self, generation: u64, tier: TierKind, rank: u32) {
         let key = (generation, tier);
-        let Some(copies) = self.copies.get_mut(&key) else {
-            return;
-        };
-        copies.done.insert(rank);
-        if copies.done.len() == self.ranks as usize
-            && let Some(copies) = self.copies.remove(&key)
-        {
+        if let Some(copies) = self.copies.get_mut(&key) {
+            copies.done.insert(rank);
+            self.complete_copies_if_done(key);
+        }
+    }
+
+    fn complete_copies_if_done(&mut self, key: (u64, TierKind)) {
+        let done = self
+            .copies
+            .get(&key)
+            .is_some_and(|c| c.done.len() == self.ranks as usize);
+        if done && let Some(copies) = self.copies.remove(&key) {
             self.broadcast(&ToMember::Complete {
-                generation,
-                tier,
+                generation: key.0,
+                tier: key.1,
                 summary: copies.summary,
             });
         }
@@ -675,7 +712,11 @@ impl Coordinator {
             return;
         }
         let generation = agreement.candidates.remove(0);
-        agreement.verifying = Some((generation, Instant::now(), BTreeMap::new()));
+        agreement.verifying = Some(Verifying {
+            generation,
+            started: Instant::now(),
+            answers: BTreeMap::new(),
+        });
         self.broadcast(&ToMember::Verify { generation });
     }
 
@@ -690,7 +731,12 @@ impl Coordinator {
         let Some(agreement) = &mut self.agreement else {
             return;
         };
-        let Some((g, _, answers)) = &mut agreement.verifying else {
+        let Some(Verifying {
+            generation: g,
+            answers,
+            ..
+        }) = &mut agreement.verifying
+        else {
             return;
         };
         if *g != generation {
@@ -706,10 +752,7 @@ impl Coordinator {
             .iter()
             .filter(|(_, (tier, _))| tier.is_none())
             .map(|(rank, (_, problems))| {
-                format!(
-                    "rank {rank} has no valid copy ({})",
-                    problems.join("; ")
-                )
+                format!("rank {rank} has no valid copy ({})", problems.join("; "))
             })
             .collect();
         if bad.is_empty() {
@@ -718,7 +761,10 @@ impl Coordinator {
             let each: Vec<String> = answers
                 .iter()
                 .map(|(rank, (tier, _))| {
-                    format!("rank {rank}: {}", tier.map_or("-".into(), |t| t.to_string()))
+                    format!(
+                        "rank {rank}: {}",
+                        tier.map_or("-".into(), |t| t.to_string())
+                    )
                 })
                 .collect();
             lines.push(format!(
@@ -753,7 +799,11 @@ impl Coordinator {
                     have(&missing)
                 )
             }
-            Some((generation, since, answers)) if now >= *since + self.timeout => {
+            Some(Verifying {
+                generation,
+                started,
+                answers,
+            }) if now >= *started + self.timeout => {
                 let missing: Vec<u32> = (0..self.ranks)
                     .filter(|r| !answers.contains_key(r))
                     .collect();
@@ -769,7 +819,12 @@ impl Coordinator {
         self.choose(None, Vec::new(), lines);
     }
 
-    fn choose(&mut self, generation: Option<u64>, tiers: Vec<Option<TierKind>>, lines: Vec<String>) {
+    fn choose(
+        &mut self,
+        generation: Option<u64>,
+        tiers: Vec<Option<TierKind>>,
+        lines: Vec<String>,
+    ) {
         self.agreement = None;
         self.broadcast(&ToMember::Chosen {
             generation,
@@ -788,11 +843,7 @@ impl Coordinator {
 /// The generations worth verifying, newest first: complete ones every rank holds a copy
 /// of; and a line for each newer one passed over, saying why.
 fn candidates(holdings: &BTreeMap<u32, Vec<Held>>, ranks: u32) -> (Vec<u64>, Vec<String>) {
-    let all: BTreeSet<u64> = holdings
-        .values()
-        .flatten()
-        .map(|h| h.generation)
-        .collect();
+    let all: BTreeSet<u64> = holdings.values().flatten().map(|h| h.generation).collect();
     let complete: BTreeSet<u64> = holdings
         .values()
         .flatten()

@@ -289,10 +289,7 @@ fn handshake(
     })?;
     match conn.receive(patience)? {
         ToMember::Welcome { proof }
-            if wire::same_proof(
-                &proof,
-                &wire::coordinator_proof(key, &settings.job, &nonce),
-            ) =>
+            if wire::same_proof(&proof, &wire::coordinator_proof(key, &settings.job, &nonce)) =>
         {
             Ok(conn)
         }

@@ -145,9 +145,16 @@ mod tests {
     use crate::tiers::topology::Env;
     use std::path::Path;
 
-    fn settings_for(text: &str, rank: u32, env: &[(&str, &str)]) -> Result<Option<Settings>, CoordinationError> {
+    fn settings_for(
+        text: &str,
+        rank: u32,
+        env: &[(&str, &str)],
+    ) -> Result<Option<Settings>, CoordinationError> {
         let config = Config::parse(text, Path::new("/c/mlckpt.toml")).unwrap();
-        let env: Env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let topology = Topology::detect(Some(rank), &env, &config.topology).unwrap();
         settings(&config, "sim", &topology)
     }
@@ -178,7 +185,9 @@ mod tests {
             ("SLURM_NNODES", "2"),
             ("SLURM_JOB_NODELIST", "n[07-08]"),
         ];
-        let fixed = settings_for("[coordination]\nport = 7000\n", 1, &env).unwrap().unwrap();
+        let fixed = settings_for("[coordination]\nport = 7000\n", 1, &env)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             fixed.meeting,
             Meeting::Fixed {
@@ -186,8 +195,13 @@ mod tests {
                 port: 7000
             }
         );
-        let global = settings_for("[storage]\nglobal = '/g'\n", 1, &env).unwrap().unwrap();
-        assert_eq!(global.meeting, Meeting::File("/g/.sim.coordinator.json".into()));
+        let global = settings_for("[storage]\nglobal = '/g'\n", 1, &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            global.meeting,
+            Meeting::File("/g/.sim.coordinator.json".into())
+        );
         let e = settings_for("", 1, &env).unwrap_err();
         assert!(matches!(e, CoordinationError::NoMeetingPlace { .. }), "{e}");
     }

@@ -56,12 +56,11 @@ pub fn listen(settings: &Settings) -> Result<TcpListener, CoordinationError> {
         Meeting::Fixed { port, .. } => *port,
         Meeting::File(_) => 0,
     };
-    let listener = TcpListener::bind((bind_host, port)).map_err(|source| {
-        CoordinationError::Listen {
+    let listener =
+        TcpListener::bind((bind_host, port)).map_err(|source| CoordinationError::Listen {
             addr: format!("{bind_host}:{port}"),
             source,
-        }
-    })?;
+        })?;
     if let Meeting::File(path) = &settings.meeting {
         let port = listener
             .local_addr()

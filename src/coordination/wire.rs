@@ -51,24 +51,37 @@ pub enum ToCoordinator {
     },
     /// A checkpoint this rank was asked for (control socket, SIGUSR1, an intercepted
     /// signal): the coordinator makes it a generation of every rank.
-    Ask { tier: TierKind, stop: bool },
+    Ask {
+        tier: TierKind,
+        stop: bool,
+    },
     /// Pre-copy done: waiting at the barrier before the freeze.
-    Ready { generation: u64 },
+    Ready {
+        generation: u64,
+    },
     Committed {
         generation: u64,
         freeze_began_unix_us: u64,
         freeze_ms: f64,
         bytes: u64,
     },
-    Failed { generation: u64, why: String },
-    Copied { generation: u64, tier: TierKind },
+    Failed {
+        generation: u64,
+        why: String,
+    },
+    Copied {
+        generation: u64,
+        tier: TierKind,
+    },
     CopyFailed {
         generation: u64,
         tier: TierKind,
         why: String,
     },
     /// At a restore: the generations this rank holds a copy of.
-    Holdings { held: Vec<Held> },
+    Holdings {
+        held: Vec<Held>,
+    },
     /// At a restore: the tier whose copy of `generation` is intact, or why none is.
     Verified {
         generation: u64,
@@ -292,7 +305,11 @@ pub fn coordinator_proof(key: &ImageKey, job: &str, nonce: &str) -> String {
 
 /// Constant-time comparison of two proofs.
 pub fn same_proof(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]

@@ -44,8 +44,15 @@ pub struct Copier {
 
 impl Copier {
     /// A thread for every tier above local that `paths` can place images on, storing
-    /// pages with `compression`; copies wait while `gate` is held.
-    pub fn start(paths: &RankPaths, keep: u32, compression: Compression, gate: &Gate) -> Copier {
+    /// pages with `compression`; copies wait while `gate` is held. With `generations` (a
+    /// coordinated job) retention counts complete generations, not images.
+    pub fn start(
+        paths: &RankPaths,
+        keep: u32,
+        compression: Compression,
+        gate: &Gate,
+        generations: bool,
+    ) -> Copier {
         let workers = [TierKind::Partner, TierKind::Global]
             .into_iter()
             .filter_map(|tier| Some((tier, paths.destination(tier)?)))
@@ -54,7 +61,8 @@ impl Copier {
                 let queue = shared.clone();
                 let placer = Placer::new(dest, keep)
                     .with_gate(gate.clone())
-                    .with_compression(compression);
+                    .with_compression(compression)
+                    .with_generations(generations);
                 let thread = std::thread::Builder::new()
                     .name(format!("mlckpt-copy-{tier}"))
                     .spawn(move || work(tier, placer, &queue))

@@ -4,7 +4,7 @@
 //! the generation's record once every rank committed it on a tier.
 
 use super::context::GenerationPart;
-use super::{Supervisor, SuperviseError, error_chain, respond};
+use super::{SuperviseError, Supervisor, error_chain, respond};
 use crate::coordination::member::Member;
 use crate::coordination::wire::{Summary, ToCoordinator, ToMember};
 use crate::image::format::TierKind;
@@ -47,13 +47,20 @@ pub(super) struct Part {
 /// What handling one message of the coordinator came to, for a caller waiting on it.
 pub(super) enum Outcome {
     Nothing,
-    Started { generation: u64, tier: TierKind, stop: bool },
+    Started {
+        generation: u64,
+        tier: TierKind,
+        stop: bool,
+    },
     Complete {
         generation: u64,
         tier: TierKind,
         stats: Option<CheckpointStats>,
     },
-    Failed { generation: u64, why: String },
+    Failed {
+        generation: u64,
+        why: String,
+    },
 }
 
 impl Generations {
@@ -207,7 +214,8 @@ impl Supervisor<'_> {
                 tier,
                 why,
             } => {
-                let why = format!("generation {generation} is not complete on the {tier} tier: {why}");
+                let why =
+                    format!("generation {generation} is not complete on the {tier} tier: {why}");
                 crate::info!("{why}");
                 self.answer_waiting(generation, Some(tier), &Err(why.clone()));
                 Outcome::Failed { generation, why }
@@ -333,6 +341,16 @@ impl Supervisor<'_> {
                 error_chain(&e)
             );
         }
+        if tier == TierKind::Local {
+            // Only now may an older generation go: until this one was complete everywhere
+            // the older one was the recovery line.
+            let protect = self.copier.in_use();
+            super::context::report_retention(&crate::tiers::retention::prune_generations(
+                &self.ctx.paths.local,
+                self.ctx.config.storage.keep,
+                &protect,
+            ));
+        }
         crate::info!(
             "generation {generation} complete on the {tier} tier: {} ranks, freeze skew \
              {:.1} ms, committed by all in {:.1} ms",
@@ -391,8 +409,8 @@ impl Supervisor<'_> {
         let mut g = self.generations.borrow_mut();
         let (done, keep): (Vec<Waiting>, Vec<Waiting>) =
             std::mem::take(&mut g.waiting).into_iter().partition(|w| {
-                let ours = w.generation == Some(generation)
-                    || (w.generation.is_none() && result.is_err());
+                let ours =
+                    w.generation == Some(generation) || (w.generation.is_none() && result.is_err());
                 ours && tier.is_none_or(|t| t == w.tier)
             });
         g.waiting = keep;
@@ -439,7 +457,10 @@ impl Supervisor<'_> {
         let waiting = std::mem::take(&mut g.waiting);
         drop(g);
         for w in waiting {
-            respond(&w.stream, Err(format!("the job's coordinator is gone: {why}")));
+            respond(
+                &w.stream,
+                Err(format!("the job's coordinator is gone: {why}")),
+            );
         }
     }
 }
@@ -457,5 +478,5 @@ fn self_lost(g: &Generations) -> String {
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -166,6 +166,7 @@ pub fn supervise(
             ctx.config.storage.keep,
             ctx.config.image.compress,
             &gate,
+            member.is_some(),
         ),
         gate,
         // In a coordinated job the coordinator keeps the schedule, for every rank.

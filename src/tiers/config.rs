@@ -34,8 +34,7 @@ const DEFAULT_FULL_EVERY: u32 = 10;
 /// milliseconds at best, so anything shorter only keeps the job frozen; sub-second
 /// intervals remain for tests that need checkpoints back to back.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
-const SECTIONS: &str =
-    "[job], [storage], [interval], [image], [topology], [coordination], [security], [signals] \
+const SECTIONS: &str = "[job], [storage], [interval], [image], [topology], [coordination], [security], [signals] \
      and [slurm]";
 const PLACEHOLDERS: [&str; 3] = ["{src}", "{host}", "{dst}"];
 
@@ -1008,10 +1007,7 @@ pub fn interceptable_signal(name: &str) -> Result<i32, String> {
     }
 }
 
-fn coordination(
-    src: &Source<'_>,
-    raw: RawCoordination,
-) -> Result<CoordinationConfig, ConfigError> {
+fn coordination(src: &Source<'_>, raw: RawCoordination) -> Result<CoordinationConfig, ConfigError> {
     let port = match raw.port {
         None => 0,
         Some(raw) => {
