@@ -181,6 +181,42 @@ impl Supervisor<'_> {
         }
     }
 
+    /// The job has ended, possibly by this rank's part in a generation (`--kill`, a stop
+    /// signal): the generations it took part in still complete once the other ranks
+    /// commit, and their records and waiting clients are seen to before the supervisor
+    /// goes. Gives up when the coordinator does (its own timeouts come first).
+    pub(super) fn finish_generations(&self) {
+        loop {
+            let message = {
+                let mut g = self.generations.borrow_mut();
+                if g.waiting.is_empty() && g.parts.is_empty() {
+                    return;
+                }
+                let Some(member) = g.member.as_mut() else {
+                    break;
+                };
+                let patience = member.patience();
+                member.next_message_within(patience)
+            };
+            match message {
+                Ok(m) => {
+                    self.on_message(m);
+                }
+                Err(e) => {
+                    self.lose_coordinator(&error_chain(&e));
+                    break;
+                }
+            }
+        }
+        let waiting = std::mem::take(&mut self.generations.borrow_mut().waiting);
+        for w in waiting {
+            respond(
+                &w.stream,
+                Err("the job ended before its generation completed".to_string()),
+            );
+        }
+    }
+
     pub(super) fn coordinator_has_pending(&self) -> bool {
         let g = self.generations.borrow();
         g.member.as_ref().is_some_and(Member::has_pending)
@@ -217,6 +253,11 @@ impl Supervisor<'_> {
                 let why =
                     format!("generation {generation} is not complete on the {tier} tier: {why}");
                 crate::info!("{why}");
+                let mut g = self.generations.borrow_mut();
+                if g.parts.get(&generation).is_some_and(|p| p.tier == tier) {
+                    g.parts.remove(&generation);
+                }
+                drop(g);
                 self.answer_waiting(generation, Some(tier), &Err(why.clone()));
                 Outcome::Failed { generation, why }
             }

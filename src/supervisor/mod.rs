@@ -244,11 +244,13 @@ pub fn supervise(
             // The job's other processes, if any are left, run on unguarded.
             drop(sup.guard.get_mut().take());
             reap_orphans(pid);
-            // Nobody is answered any more: close the socket before waiting for copies.
+            // Nobody new is answered any more: close the socket before waiting for copies.
             drop((listener, cleanup));
             // Copies report to the coordinator through a handle of their own.
-            let member = sup.generations.get_mut().member.take();
+            // Copy threads run on meanwhile: a generation's copies complete it.
+            sup.finish_generations();
             sup.copier.finish();
+            let member = sup.generations.get_mut().member.take();
             if let Some(member) = member {
                 member.leave();
             }
