@@ -42,7 +42,7 @@ fn list(h: &Harness, json: bool) -> Finished {
     let config = h.config.to_str().unwrap();
     let mut args = vec!["list", "--config", config, "--job", &h.job];
     if json {
-        args.push("--json");
+        args.extend(["--json", "--generations"]);
     }
     h.mlckpt(&args).expect_code(0)
 }

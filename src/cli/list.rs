@@ -24,7 +24,7 @@ struct Row {
     valid: bool,
 }
 
-/// `list --job J --json`.
+/// `list --job J --json --generations`.
 #[derive(Serialize)]
 struct JobReport<'a> {
     #[serde(flatten)]
@@ -32,7 +32,9 @@ struct JobReport<'a> {
     images: &'a [Row],
 }
 
-pub fn list(args: &JobArgs, json: bool) -> anyhow::Result<i32> {
+/// `list`; the JSON output stays an array of images (scripts rely on its shape) unless
+/// `generations` asks for the job's generations as well.
+pub fn list(args: &JobArgs, json: bool, generations: bool) -> anyhow::Result<i32> {
     let config = load_config(args)?;
     let mut rows = Vec::new();
     // Every image of the job, with whether it verified: a copy whose manifest cannot even
@@ -62,7 +64,8 @@ pub fn list(args: &JobArgs, json: bool) -> anyhow::Result<i32> {
             copies.push((found, valid));
         }
     }
-    let generations = args.job.as_ref().map(|job| {
+    let wanted = !json || generations;
+    let generations = args.job.as_ref().filter(|_| wanted).map(|job| {
         let records = inventory::scan_records(&config);
         inventory::job_generations(job, &copies, &records)
     });

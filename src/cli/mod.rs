@@ -119,10 +119,14 @@ enum Command {
     /// recovery line
     List {
         /// One JSON array of images: path, tier, node, job, rank, seq, time_unix_ms, bytes,
-        /// processes, valid; with --job one object: job, ranks, recovery_line, generations,
-        /// images
+        /// processes, valid (with --generations one object: job, ranks, recovery_line,
+        /// generations, images)
         #[arg(long)]
         json: bool,
+        /// With --job --json: the job's generations and recovery line too (the text output
+        /// of --job always shows them)
+        #[arg(long, requires = "job")]
+        generations: bool,
         #[command(flatten)]
         job: JobArgs,
     },
@@ -201,7 +205,11 @@ pub fn main() -> ExitCode {
                 keep_files,
             },
         ),
-        Command::List { json, job } => list::list(&job, json),
+        Command::List {
+            json,
+            generations,
+            job,
+        } => list::list(&job, json, generations),
         Command::Verify { path, all, config } => verify::verify(path, all, config),
         Command::Forget {
             job,

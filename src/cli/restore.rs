@@ -122,7 +122,11 @@ fn restore_agreed(
     let candidates = recovery::candidates(&dirs);
     let complete: BTreeSet<u64> = dirs
         .iter()
-        .flat_map(|d| generation::complete(&d.dir))
+        .flat_map(|d| generation::valid_records(&d.dir))
+        // A record of an earlier run of the job name with another number of ranks speaks
+        // for a generation this job cannot restore.
+        .filter(|r| r.ranks == member.settings.ranks)
+        .map(|r| r.generation)
         .collect();
     let mut held: BTreeMap<u64, Held> = BTreeMap::new();
     for c in &candidates {

@@ -20,6 +20,9 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
     let ctx = JobContext::new(config.clone(), job, topology);
     // A tier that cannot work is a mistake to report before the program starts.
     ctx.check_intervals()?;
+    // The program must start with the mask mlckpt was given, read before anything here
+    // blocks the supervisor's signals (a coordinated --resume does, to agree).
+    let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
     let mut member = None;
     if resume {
         match super::restore::resume(args, &ctx, &config)? {
@@ -34,9 +37,7 @@ pub fn run(args: &JobArgs, argv: &[String], resume: bool) -> anyhow::Result<i32>
     if !resume {
         warn_about_earlier_images(&ctx);
     }
-    // Blocked before the child exists, so no signal can slip through between the two;
-    // the program itself must start with the mask mlckpt was given.
-    let original_mask = nix::sys::signal::SigSet::thread_get_mask()?;
+    // Blocked before the child exists, so no signal can slip through between the two.
     let signals = supervisor::block_supervisor_signals()?;
     // Joined before the program starts (a rank that cannot reach its coordinator would run
     // with no checkpoint ever possible), after the mask: its threads must not take the

@@ -250,11 +250,13 @@ struct Copies {
     summary: Summary,
 }
 
-/// A checkpoint asked for while another generation ran.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A checkpoint asked for: by the schedule, or by ranks (`askers`: rank and request id,
+/// each told which generation serves it).
+#[derive(Debug, Clone, PartialEq)]
 struct Ask {
     tier: TierKind,
     stop: bool,
+    askers: Vec<(u32, u64)>,
 }
 
 struct Agreement {
@@ -335,7 +337,7 @@ impl Coordinator {
         let schedule = self.schedule.as_ref().and_then(Schedule::next_deadline);
         let round = self.round.as_ref().map(|r| r.started + self.timeout);
         let agreement = self.agreement.as_ref().map(|a| match &a.verifying {
-            Some(v) => v.started + self.timeout,
+            Some(v) => v.started + self.verify_timeout(),
             None => a.started + self.timeout,
         });
         [schedule, round, agreement].into_iter().flatten().min()
@@ -399,7 +401,11 @@ impl Coordinator {
     fn on_message(&mut self, rank: u32, message: ToCoordinator) {
         match message {
             ToCoordinator::Hello { .. } => {}
-            ToCoordinator::Ask { tier, stop } => self.ask(Ask { tier, stop }),
+            ToCoordinator::Ask { tier, stop, id } => self.ask(Ask {
+                tier,
+                stop,
+                askers: vec![(rank, id)],
+            }),
             ToCoordinator::Ready { generation } => {
                 if let Some(round) = self.round_of(generation) {
                     round.ready.insert(rank);
@@ -502,22 +508,33 @@ impl Coordinator {
             Some(tier) if self.ending => {
                 crate::debug!("coordinator: {tier} checkpoint not taken, the job is ending");
             }
-            Some(tier) => self.ask(Ask { tier, stop: false }),
+            Some(tier) => self.ask(Ask {
+                tier,
+                stop: false,
+                askers: Vec::new(),
+            }),
             None => {}
         }
     }
 
-    /// Starts a generation, or keeps the request for when the running one ends (a request
-    /// the running one already satisfies is dropped).
+    /// Starts a generation, or keeps the request for when the running one ends; a request
+    /// the running one already satisfies is served by it. Askers hear which one it is.
     fn ask(&mut self, ask: Ask) {
         if let Some(round) = &self.round {
-            let covered = round.tier >= ask.tier && (round.stop || !ask.stop);
-            if !covered {
-                self.pending = Some(match self.pending {
-                    Some(p) => Ask {
-                        tier: p.tier.max(ask.tier),
-                        stop: p.stop || ask.stop,
-                    },
+            let (generation, covered) = (
+                round.generation,
+                round.tier >= ask.tier && (round.stop || !ask.stop),
+            );
+            if covered {
+                self.tell_askers(&ask.askers, generation);
+            } else {
+                self.pending = Some(match self.pending.take() {
+                    Some(mut p) => {
+                        p.tier = p.tier.max(ask.tier);
+                        p.stop |= ask.stop;
+                        p.askers.extend(ask.askers);
+                        p
+                    }
                     None => ask,
                 });
             }
@@ -525,6 +542,7 @@ impl Coordinator {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
+        self.tell_askers(&ask.askers, generation);
         let absent: Vec<u32> = (0..self.ranks)
             .filter(|r| !self.members.contains_key(r))
             .collect();
@@ -672,6 +690,14 @@ impl Coordinator {
         }
     }
 
+    fn tell_askers(&mut self, askers: &[(u32, u64)], generation: u64) {
+        for &(rank, id) in askers {
+            if let Some(member) = self.members.get_mut(&rank) {
+                let _ = member.writer.send(&ToMember::Asked { id, generation });
+            }
+        }
+    }
+
     fn broadcast(&mut self, message: &ToMember) {
         for member in self.members.values_mut() {
             // A rank whose connection broke is noticed by its reader thread.
@@ -708,7 +734,7 @@ impl Coordinator {
                  one of the {} ranks",
                 self.ranks
             ));
-            self.choose(None, Vec::new(), lines);
+            self.choose(None, Vec::new(), lines, None);
             return;
         }
         let generation = agreement.candidates.remove(0);
@@ -771,7 +797,7 @@ impl Coordinator {
                 "recovery line: generation {generation} for all {ranks} ranks ({})",
                 each.join(", ")
             ));
-            self.choose(Some(generation), tiers, lines);
+            self.choose(Some(generation), tiers, lines, None);
         } else {
             agreement.lines.push(format!(
                 "recovery line: generation {generation} skipped: {}",
@@ -779,6 +805,12 @@ impl Coordinator {
             ));
             self.verify_next();
         }
+    }
+
+    /// Checking a generation's copies reads whole images: it gets at least
+    /// [`super::VERIFY_AT_LEAST`], whatever the (shorter) timeout for everything else.
+    fn verify_timeout(&self) -> Duration {
+        self.timeout.max(super::VERIFY_AT_LEAST)
     }
 
     fn agreement_on_time(&mut self, now: Instant) {
@@ -803,20 +835,21 @@ impl Coordinator {
                 generation,
                 started,
                 answers,
-            }) if now >= *started + self.timeout => {
+            }) if now >= *started + self.verify_timeout() => {
                 let missing: Vec<u32> = (0..self.ranks)
                     .filter(|r| !answers.contains_key(r))
                     .collect();
                 format!(
-                    "{} did not finish checking generation {generation} within {secs} s",
-                    name_ranks(&missing)
+                    "{} did not finish checking generation {generation} within {} s",
+                    name_ranks(&missing),
+                    self.verify_timeout().as_secs_f64()
                 )
             }
             _ => return,
         };
         let mut lines = agreement.lines.clone();
         lines.push(format!("recovery line: none agreed: {why}"));
-        self.choose(None, Vec::new(), lines);
+        self.choose(None, Vec::new(), lines, Some(why));
     }
 
     fn choose(
@@ -824,12 +857,14 @@ impl Coordinator {
         generation: Option<u64>,
         tiers: Vec<Option<TierKind>>,
         lines: Vec<String>,
+        failed: Option<String>,
     ) {
         self.agreement = None;
         self.broadcast(&ToMember::Chosen {
             generation,
             tiers,
             lines,
+            failed,
         });
         if let Some(g) = generation {
             self.next_generation = self.next_generation.max(g + 1);

@@ -167,8 +167,10 @@ impl Member {
     ) -> Result<Agreed, CoordinationError> {
         self.send(&ToCoordinator::Holdings { held })?;
         let rank = self.settings.rank as usize;
+        // Another rank may take VERIFY_AT_LEAST checking its copies while this one waits.
+        let patience = super::VERIFY_AT_LEAST + self.patience();
         loop {
-            let message = self.conn.receive::<ToMember>(Some(self.patience()))?;
+            let message = self.conn.receive::<ToMember>(Some(patience))?;
             match message {
                 ToMember::Verify { generation } => {
                     let (tier, problems) = verify(generation);
@@ -179,9 +181,18 @@ impl Member {
                     })?;
                 }
                 ToMember::Chosen {
+                    lines,
+                    failed: Some(why),
+                    ..
+                } => {
+                    lines.iter().for_each(|l| crate::info!("{l}"));
+                    return Err(CoordinationError::NoAgreement { why });
+                }
+                ToMember::Chosen {
                     generation,
                     tiers,
                     lines,
+                    failed: None,
                 } => {
                     return Ok(Agreed {
                         generation,

@@ -20,6 +20,10 @@ use crate::tiers::topology::Topology;
 use rendezvous::Meeting;
 use std::time::Duration;
 
+/// The least time a rank gets to verify its copies of a generation at a restore (it reads
+/// and hashes whole images, gigabytes maybe); others wait for it that long.
+pub const VERIFY_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinationError {
     #[error(
@@ -58,6 +62,11 @@ pub enum CoordinationError {
         secs: f64,
         last: String,
     },
+    #[error(
+        "the ranks could not agree on a generation to restore: {why}; nothing was restored \
+         and the program was not started afresh (start every rank again)"
+    )]
+    NoAgreement { why: String },
     #[error(transparent)]
     Wire(#[from] wire::WireError),
     #[error("the ranks authenticate each other with the image key, which cannot be read")]

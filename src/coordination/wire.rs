@@ -54,6 +54,8 @@ pub enum ToCoordinator {
     Ask {
         tier: TierKind,
         stop: bool,
+        /// Echoed in [`ToMember::Asked`]: which generation serves this request.
+        id: u64,
     },
     /// Pre-copy done: waiting at the barrier before the freeze.
     Ready {
@@ -141,6 +143,13 @@ pub enum ToMember {
         generation: u64,
         why: String,
     },
+    /// The generation that serves this rank's request `id`: one started for it, the
+    /// running one (it covers the request), or, for a request kept while another ran, the
+    /// one started next. Sent before that generation's `Checkpoint` or `Abandoned`.
+    Asked {
+        id: u64,
+        generation: u64,
+    },
     /// At a restore: check your copies of `generation`.
     Verify {
         generation: u64,
@@ -150,6 +159,10 @@ pub enum ToMember {
         generation: Option<u64>,
         tiers: Vec<Option<TierKind>>,
         lines: Vec<String>,
+        /// The ranks could not agree (one did not join or answer in time): nobody
+        /// restores, and nobody starts afresh either.
+        #[serde(default)]
+        failed: Option<String>,
     },
 }
 
@@ -328,6 +341,7 @@ mod tests {
         assert!(!text.contains('\n'));
         assert_eq!(serde_json::from_str::<ToCoordinator>(&text).unwrap(), m);
         let c = ToMember::Chosen {
+            failed: None,
             generation: Some(3),
             tiers: vec![Some(TierKind::Partner), None],
             lines: vec!["x".into()],

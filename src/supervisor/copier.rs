@@ -77,8 +77,13 @@ impl Copier {
         Copier { workers }
     }
 
+    /// Whether copies to `tier` can be made.
+    pub fn has(&self, tier: TierKind) -> bool {
+        self.workers.iter().any(|w| w.tier == tier)
+    }
+
     /// Queues a copy of the committed image `src` to `tier`. Without a thread for `tier`
-    /// (callers check the tier first) `reply` is dropped.
+    /// (callers check [`Copier::has`] first) `reply` is dropped.
     pub fn submit(&self, tier: TierKind, src: &Path, reply: Option<Reply>) {
         let Some(worker) = self.workers.iter().find(|w| w.tier == tier) else {
             return;

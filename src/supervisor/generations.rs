@@ -21,8 +21,11 @@ pub(super) struct Generations {
     pub member: Option<Member>,
     /// Why the coordinator is gone, once it is: checkpoints fail with this.
     pub lost: Option<String>,
-    /// `mlckpt checkpoint` clients waiting for a generation (attached once one starts).
+    /// `mlckpt checkpoint` clients waiting for a generation (told which one by the
+    /// coordinator's answer to their request).
     pub waiting: Vec<Waiting>,
+    /// The id of this rank's next request to the coordinator.
+    pub next_ask: u64,
     /// This rank's images of generations not complete on every tier asked for yet.
     pub parts: BTreeMap<u64, Part>,
     /// The generation that stopped the job, once one did: a signal asking for a stop
@@ -35,6 +38,8 @@ pub(super) struct Waiting {
     pub tier: TierKind,
     pub stream: UnixStream,
     pub started: Instant,
+    /// The request's id, until the coordinator says which generation serves it.
+    pub ask: u64,
     pub generation: Option<u64>,
 }
 
@@ -47,10 +52,11 @@ pub(super) struct Part {
 /// What handling one message of the coordinator came to, for a caller waiting on it.
 pub(super) enum Outcome {
     Nothing,
-    Started {
+    Started,
+    /// The coordinator's answer to request `id`.
+    Asked {
+        id: u64,
         generation: u64,
-        tier: TierKind,
-        stop: bool,
     },
     Complete {
         generation: u64,
@@ -69,6 +75,7 @@ impl Generations {
             member,
             lost: None,
             waiting: Vec::new(),
+            next_ask: 1,
             parts: BTreeMap::new(),
             stopped_by: None,
         }
@@ -84,15 +91,15 @@ impl Supervisor<'_> {
     /// Asks the coordinator for a generation; `reply`: a client to answer once it is
     /// complete on `tier` (or failed).
     pub(super) fn ask_generation(&self, tier: TierKind, stop: bool, reply: Option<UnixStream>) {
-        let sent = self.send(&ToCoordinator::Ask { tier, stop });
-        match (sent, reply) {
-            (Ok(()), Some(stream)) => self.generations.borrow_mut().waiting.push(Waiting {
+        match (self.ask(tier, stop), reply) {
+            (Ok(ask), Some(stream)) => self.generations.borrow_mut().waiting.push(Waiting {
                 tier,
                 stream,
                 started: Instant::now(),
+                ask,
                 generation: None,
             }),
-            (Ok(()), None) => {}
+            (Ok(_), None) => {}
             (Err(why), Some(stream)) => respond(&stream, Err(why)),
             (Err(why), None) => crate::info!("checkpoint not taken: {why}"),
         }
@@ -108,8 +115,7 @@ impl Supervisor<'_> {
         if let Some(stats) = self.generations.borrow().stopped_by.clone() {
             return Ok(stats);
         }
-        self.send(&ToCoordinator::Ask { tier, stop })
-            .map_err(SuperviseError::Generation)?;
+        let ask = self.ask(tier, stop).map_err(SuperviseError::Generation)?;
         let mut mine = None;
         loop {
             let message = {
@@ -127,11 +133,7 @@ impl Supervisor<'_> {
                 }
             };
             match self.on_message(message) {
-                Outcome::Started {
-                    generation,
-                    tier: t,
-                    stop: s,
-                } if mine.is_none() && t >= tier && (s || !stop) => mine = Some(generation),
+                Outcome::Asked { id, generation } if id == ask => mine = Some(generation),
                 Outcome::Complete {
                     generation,
                     tier: TierKind::Local,
@@ -143,7 +145,7 @@ impl Supervisor<'_> {
                         ))
                     });
                 }
-                Outcome::Failed { generation, why } if mine.is_none_or(|m| m == generation) => {
+                Outcome::Failed { generation, why } if mine == Some(generation) => {
                     return Err(SuperviseError::Generation(format!(
                         "generation {generation} failed: {why}"
                     )));
@@ -151,6 +153,17 @@ impl Supervisor<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// Sends a request for a generation; returns its id.
+    fn ask(&self, tier: TierKind, stop: bool) -> Result<u64, String> {
+        let id = {
+            let mut g = self.generations.borrow_mut();
+            g.next_ask += 1;
+            g.next_ask - 1
+        };
+        self.send(&ToCoordinator::Ask { tier, stop, id })?;
+        Ok(id)
     }
 
     /// Takes every message the coordinator has sent (the poll loop saw its socket).
@@ -186,6 +199,10 @@ impl Supervisor<'_> {
     /// commit, and their records and waiting clients are seen to before the supervisor
     /// goes. Gives up when the coordinator does (its own timeouts come first).
     pub(super) fn finish_generations(&self) {
+        // First of all: no generation is to be asked of this rank any more.
+        if self.generations.borrow().member.is_some() {
+            let _ = self.send(&ToCoordinator::Finished);
+        }
         loop {
             let message = {
                 let mut g = self.generations.borrow_mut();
@@ -230,12 +247,15 @@ impl Supervisor<'_> {
                 stop,
             } => match self.take_part(generation, tier, stop) {
                 Some(why) => self.abandoned(generation, why),
-                None => Outcome::Started {
-                    generation,
-                    tier,
-                    stop,
-                },
+                None => Outcome::Started,
             },
+            ToMember::Asked { id, generation } => {
+                let mut g = self.generations.borrow_mut();
+                for w in g.waiting.iter_mut().filter(|w| w.ask == id) {
+                    w.generation = Some(generation);
+                }
+                Outcome::Asked { id, generation }
+            }
             ToMember::Complete {
                 generation,
                 tier,
@@ -280,14 +300,6 @@ impl Supervisor<'_> {
     /// This rank's part of `generation`: an image numbered by it, frozen at the barrier,
     /// then the copy to `tier`. Returns why the generation was called off at the barrier.
     fn take_part(&self, generation: u64, tier: TierKind, stop: bool) -> Option<String> {
-        {
-            let mut g = self.generations.borrow_mut();
-            for w in g.waiting.iter_mut().filter(|w| w.generation.is_none()) {
-                if w.tier <= tier {
-                    w.generation = Some(generation);
-                }
-            }
-        }
         let barrier = || {
             let mut g = self.generations.borrow_mut();
             match g.member.as_mut() {
@@ -328,7 +340,17 @@ impl Supervisor<'_> {
             self.stopped.set(true);
             self.generations.borrow_mut().stopped_by = Some(stats.clone());
         }
-        if tier != TierKind::Local {
+        if tier != TierKind::Local && !self.copier.has(tier) {
+            let why = format!(
+                "rank {} has no {tier} tier (its configuration differs from rank 0's)",
+                self.ctx.rank()
+            );
+            let _ = self.send(&ToCoordinator::CopyFailed {
+                generation,
+                tier,
+                why,
+            });
+        } else if tier != TierKind::Local {
             let reporter = self
                 .generations
                 .borrow()
@@ -439,8 +461,7 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Answers the clients waiting for `generation` on `tier` (any tier: `None`), and on a
-    /// failure also those no generation was started for yet.
+    /// Answers the clients waiting for `generation` on `tier` (any tier: `None`).
     fn answer_waiting(
         &self,
         generation: u64,
@@ -448,12 +469,9 @@ impl Supervisor<'_> {
         result: &Result<CheckpointStats, String>,
     ) {
         let mut g = self.generations.borrow_mut();
-        let (done, keep): (Vec<Waiting>, Vec<Waiting>) =
-            std::mem::take(&mut g.waiting).into_iter().partition(|w| {
-                let ours =
-                    w.generation == Some(generation) || (w.generation.is_none() && result.is_err());
-                ours && tier.is_none_or(|t| t == w.tier)
-            });
+        let (done, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut g.waiting)
+            .into_iter()
+            .partition(|w| w.generation == Some(generation) && tier.is_none_or(|t| t == w.tier));
         g.waiting = keep;
         drop(g);
         for w in done {
