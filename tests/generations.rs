@@ -3,7 +3,10 @@
 //! killed at once) every rank restores the same generation, the newest complete one; a
 //! damaged rank, or a node's lost storage, moves every rank to the generation all of them
 //! still hold; a hung rank fails the generations it holds up while the job runs on; and
-//! `[coordination] mode = "off"` keeps ranks independent as before.
+//! `[coordination] mode = "off"` keeps ranks independent as before. Every rank under
+//! `run --resume` (a job script's command): the first start runs the programs afresh with
+//! nothing blocked, a relaunch after a node loss resumes one generation on every rank, and
+//! a rank that never joins is an error on the others, not a fresh start.
 
 mod common;
 
