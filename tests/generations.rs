@@ -3,13 +3,16 @@
 //! killed at once) every rank restores the same generation, the newest complete one; a
 //! damaged rank, or a node's lost storage, moves every rank to the generation all of them
 //! still hold; a hung rank fails the generations it holds up while the job runs on; and
-//! `[coordination] mode = "off"` keeps ranks independent as before.
+//! `[coordination] mode = "off"` keeps ranks independent as before. Every rank under
+//! `run --resume` (a job script's command): the first start runs the programs afresh with
+//! nothing blocked, a relaunch after a node loss resumes one generation on every rank, and
+//! a rank that never joins is an error on the others, not a fresh start.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -38,12 +41,18 @@ impl Job {
             h: Harness::new(name),
             per_node,
         };
-        job.h.set_config(&format!(
-            "global = '{}'\nkeep = {keep}\n[topology]\ntest_mode = true\nnodes = {NODES}\n\
-             ranks_per_node = {per_node}\n{rest}",
-            job.global_root().display(),
-        ));
+        job.configure(keep, rest);
         job
+    }
+
+    /// Rewrites the config as [`Job::new`] writes it (the same topology and storage).
+    fn configure(&self, keep: u32, rest: &str) {
+        self.h.set_config(&format!(
+            "global = '{}'\nkeep = {keep}\n[topology]\ntest_mode = true\nnodes = {NODES}\n\
+             ranks_per_node = {}\n{rest}",
+            self.global_root().display(),
+            self.per_node,
+        ));
     }
 
     fn ranks(&self) -> u32 {
@@ -103,17 +112,54 @@ impl Job {
     /// `mlckpt run --rank R` of every rank, started together; their steps are paced from a
     /// moment shortly after, the same for every rank.
     fn start(&self, steps: u32) -> Vec<Rank> {
-        let start = now_ms() + 500;
-        let mut runs: Vec<Proc> = (0..self.ranks())
-            .map(|r| {
-                let prog = rank_prog(r, steps, PERIOD_MS, Some(start));
-                self.h.run_with(&["--rank", &r.to_string()], &[], &prog)
-            })
-            .collect();
+        self.start_with(steps, &[])
+    }
+
+    /// [`Job::start`] with `extra` options of `run` (`--resume`).
+    fn start_with(&self, steps: u32, extra: &[&str]) -> Vec<Rank> {
+        let mut runs = self.launch(0..self.ranks(), extra, steps);
         let pids: Vec<i32> = runs.iter_mut().map(Proc::target_pid).collect();
         runs.into_iter()
             .zip(pids)
             .map(|(run, pid)| Rank { run, pid })
+            .collect()
+    }
+
+    /// `mlckpt run --rank R EXTRA -- rank_steps ...` of each of `ranks`, started together
+    /// and paced from a moment shortly after, as a job script starts every rank.
+    fn launch(&self, ranks: std::ops::Range<u32>, extra: &[&str], steps: u32) -> Vec<Proc> {
+        let start = now_ms() + 500;
+        self.launch_prog(ranks, extra, |r| {
+            rank_prog(r, steps, PERIOD_MS, Some(start))
+        })
+    }
+
+    /// `mlckpt run --rank R EXTRA -- PROG` of each of `ranks`, `prog(R)` its program.
+    fn launch_prog(
+        &self,
+        ranks: std::ops::Range<u32>,
+        extra: &[&str],
+        prog: impl Fn(u32) -> Prog,
+    ) -> Vec<Proc> {
+        ranks
+            .map(|r| {
+                let rank = r.to_string();
+                let mut args = vec!["--rank", rank.as_str()];
+                args.extend(extra);
+                self.h.run_with(&args, &[], &prog(r))
+            })
+            .collect()
+    }
+
+    /// Every rank relaunched with `run --resume` after a node loss, as the same job script
+    /// submitted again, each run to a successful end; `pids` are the PIDs they restore.
+    fn resume_all(&self, pids: &[i32], steps: u32) -> Vec<Finished> {
+        let mut runs = self.launch(0..self.ranks(), &["--resume"], steps);
+        for (run, &pid) in runs.iter_mut().zip(pids) {
+            run.set_target(pid);
+        }
+        runs.into_iter()
+            .map(|r| r.finish(CMD_TIMEOUT).expect_code(0))
             .collect()
     }
 
@@ -333,9 +379,17 @@ const STEPS: u32 = 140;
 /// 4 ranks run until two generations are complete on every tier, then the "node" is lost.
 /// Returns the job, the references, what each printed, and the PIDs.
 fn run_then_lose_everything(name: &str) -> (Job, Vec<String>, Vec<String>, Vec<i32>) {
+    run_with_then_lose_everything(name, &[])
+}
+
+/// [`run_then_lose_everything`] with `extra` options of every rank's `run` (`--resume`).
+fn run_with_then_lose_everything(
+    name: &str,
+    extra: &[&str],
+) -> (Job, Vec<String>, Vec<String>, Vec<i32>) {
     let job = Job::new(name, 2, 3, TIERED);
     let references = job.references(STEPS);
-    let mut ranks = job.start(STEPS);
+    let mut ranks = job.start_with(STEPS, extra);
     job.wait_for_generations(&mut ranks, 2, &TIERS);
     let pids: Vec<i32> = ranks.iter().map(|r| r.pid).collect();
     let before = kill_all(ranks);
@@ -347,9 +401,22 @@ fn run_then_lose_everything(name: &str) -> (Job, Vec<String>, Vec<String>, Vec<i
 #[test]
 fn every_rank_restores_the_same_generation() {
     let (job, references, before, pids) = run_then_lose_everything("gen-same");
+    assert_back_from_newest(&job, &references, &before, &pids, Job::restore_all);
+}
+
+/// After a node loss with every copy intact, `back` (every rank's restore, each run to its
+/// end) brings every rank back from the newest complete generation, all from their local
+/// copies frozen together, and each goes on exactly where its image was taken.
+fn assert_back_from_newest(
+    job: &Job,
+    references: &[String],
+    before: &[String],
+    pids: &[i32],
+    back: impl FnOnce(&Job, &[i32]) -> Vec<Finished>,
+) {
     let newest = *job.complete().last().expect("a complete generation");
     let times = job.freeze_times();
-    let restored = job.restore_all(&pids);
+    let restored = back(job, pids);
     let (lines, generation, tiers) = same_recovery_line(&restored);
     eprintln!("{lines:#?}");
     assert_eq!(
@@ -361,7 +428,7 @@ fn every_rank_restores_the_same_generation() {
         "every rank's local copy is intact: {lines:?}"
     );
     assert_frozen_together(&times, generation, &tiers);
-    assert_outputs(&references, &before, &restored, &pids);
+    assert_outputs(references, before, &restored, pids);
 }
 
 /// Rank 1's copies of the newest complete generation are damaged on every tier: no rank
@@ -518,8 +585,9 @@ fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
         "generations completed while rank 3 was stopped: {stopped_at} -> {during}"
     );
     assert!(
-        said.iter().any(|l| l.contains("rank 3")),
-        "no rank said that rank 3 failed a generation while it was stopped:\n{}",
+        said.iter().any(|l| names_late_rank(l, 3)),
+        "no rank said `rank 3 did not reach the freeze|commit within 1 s` (the \
+         coordinator's timeout) while rank 3 was stopped:\n{}",
         said.join("\n")
     );
     for rank in 0..3 {
@@ -537,6 +605,22 @@ fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
         let out = r.run.finish(CMD_TIMEOUT).expect_code(0).stdout;
         assert_continuation(&references[rank], &out, "", r.pid);
     }
+}
+
+/// Whether `line` is the coordinator's timeout message `RANKS did not STEP within T s`
+/// (`rank 3 did not reach the freeze within 1 s ...`) and RANKS include `rank`.
+fn names_late_rank(line: &str, rank: u32) -> bool {
+    let Some((before, after)) = line.split_once(" did not ") else {
+        return false;
+    };
+    let Some(at) = before.rfind("rank") else {
+        return false;
+    };
+    let named = before[at..]
+        .trim_start_matches("ranks ")
+        .trim_start_matches("rank ");
+    let rank = rank.to_string();
+    after.contains(" within ") && named.split(", ").any(|r| r == rank)
 }
 
 /// Every generation that every rank copied to the partner tier completes there (each rank
@@ -573,19 +657,33 @@ fn every_partner_copy_completes_its_generation() {
         .into_iter()
         .filter(|&g| (1..4).all(|r| job.image(r, "partner", g).is_dir()))
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
-    let unrecorded: Vec<(u32, u64)> = (0..4)
-        .flat_map(|r| copied.iter().map(move |&g| (r, g)))
-        .filter(|&(r, g)| !job.records(r, "partner").contains(&g))
-        .collect();
+    let unrecorded = || -> Vec<(u32, u64)> {
+        (0..4)
+            .flat_map(|r| copied.iter().map(move |&g| (r, g)))
+            .filter(|&(r, g)| !job.records(r, "partner").contains(&g))
+            .collect()
+    };
+    let patience = Duration::from_secs(10);
+    let deadline = Instant::now() + patience;
+    loop {
+        let missing = unrecorded();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generations {copied:?} were copied to the partner tier by every rank, but \
+             {patience:?} later these (rank, generation) still have no partner record: \
+             {missing:?}"
+        );
+        for rank in &mut ranks {
+            rank.run.assert_running();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for rank in &mut ranks {
         rank.run.assert_running();
     }
-    assert!(
-        unrecorded.is_empty(),
-        "generations {copied:?} were copied to the partner tier by every rank, but these \
-         (rank, generation) have no partner record: {unrecorded:?}"
-    );
     kill_all(ranks);
 }
 
@@ -661,4 +759,126 @@ fn independent_ranks_opt_out() {
             pids[rank],
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `run --resume` of every rank, as a job script submitted again runs it
+
+/// The signals set in a `SigBlk:` mask of /proc/PID/status (hex), by name.
+fn blocked_signals(mask: &str) -> Vec<String> {
+    let Ok(bits) = u64::from_str_radix(mask, 16) else {
+        return vec![format!("(not a mask: {mask:?})")];
+    };
+    (0..64)
+        .filter(|bit| bits & (1 << bit) != 0)
+        .map(|bit| match Signal::try_from(bit + 1) {
+            Ok(sig) => sig.as_str().to_owned(),
+            Err(_) => format!("signal {}", bit + 1),
+        })
+        .collect()
+}
+
+/// A coordinated job's first start under `run --resume`: no rank has an image, so all of
+/// them agree to start afresh, and every program starts with the signal mask a plain start
+/// gives it, nothing blocked (whatever a supervisor blocked for itself meanwhile).
+#[test]
+fn a_coordinated_first_start_runs_with_no_signals_blocked() {
+    let job = Job::new("gen-fresh-mask", 2, 3, "[coordination]\ntimeout = 5\n");
+    let mut runs = job.launch_prog(0..job.ranks(), &["--resume"], |_| {
+        Prog::c("sigmask_steps", &["5", "20"])
+    });
+    runs.iter_mut().for_each(|r| {
+        r.target_pid();
+    });
+    for (rank, run) in runs.into_iter().enumerate() {
+        let res = run.finish(CMD_TIMEOUT).expect_code(0);
+        line_with(&res, &["starting the program afresh on every rank"]);
+        let out: Vec<&str> = res.stdout.lines().collect();
+        assert!(
+            out.first().is_some_and(|l| l.starts_with("pid ")) && out.last() == Some(&"done"),
+            "rank {rank}'s program did not run from its start to its end\n{}",
+            res.describe()
+        );
+        let mask = out
+            .iter()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("rank {rank} printed no SigBlk line\n{}", res.describe()));
+        assert_eq!(
+            mask,
+            "0000000000000000",
+            "rank {rank}'s program started with signals blocked: {:?} (a supervisor's own \
+             mask leaked into the program it started)",
+            blocked_signals(mask)
+        );
+    }
+}
+
+/// After a node loss the same `run --resume` command on every rank (the job script
+/// submitted again) restores the newest complete generation, all the same one, and each
+/// program goes on exactly where its image was taken.
+#[test]
+fn every_rank_resumes_the_same_generation_with_run_resume() {
+    let (job, references, before, pids) =
+        run_with_then_lose_everything("gen-resume", &["--resume"]);
+    assert_back_from_newest(&job, &references, &before, &pids, |job, pids| {
+        job.resume_all(pids, STEPS)
+    });
+}
+
+/// Complete generations are on disk but rank 3 never comes back: ranks 0-2 under
+/// `run --resume` wait `[coordination] timeout`, then fail naming rank 3. None of them
+/// starts its program afresh (that would throw away the job's progress and leave the ranks
+/// at different points), and the generations stay for a relaunch of every rank.
+#[test]
+fn a_rank_missing_at_resume_is_an_error_not_a_fresh_start() {
+    let job = Job::new(
+        "gen-missing",
+        2,
+        3,
+        "[interval]\nlocal = 0.3\n[coordination]\ntimeout = 5\n",
+    );
+    let mut ranks = job.start_with(STEPS, &["--resume"]);
+    job.wait_for_generations(&mut ranks, 2, &["local"]);
+    kill_all(ranks);
+    let complete = job.complete();
+    job.configure(3, "[interval]\nlocal = 0.3\n[coordination]\ntimeout = 3\n");
+
+    let started = Instant::now();
+    let ended: Vec<Finished> = job
+        .launch(0..3, &["--resume"], STEPS)
+        .into_iter()
+        .map(|r| r.finish(CMD_TIMEOUT))
+        .collect();
+    eprintln!(
+        "ranks 0-2 without rank 3 ended after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (rank, res) in ended.iter().enumerate() {
+        assert!(
+            res.stdout.is_empty(),
+            "rank {rank} ran its program (afresh, or restored alone) although complete \
+             generations {complete:?} are on disk and rank 3 never joined\n{}",
+            res.describe()
+        );
+        assert_ne!(
+            res.code,
+            0,
+            "rank {rank} succeeded without rank 3\n{}",
+            res.describe()
+        );
+        assert!(
+            // Any line: an error's causes may follow it on lines of their own.
+            res.stderr
+                .lines()
+                .any(|l| l.contains("rank 3") && l.contains("not joined")),
+            "rank {rank} did not say that rank 3 has not joined\n{}",
+            res.describe()
+        );
+    }
+    assert_eq!(
+        job.complete(),
+        complete,
+        "the failed resume changed which generations are complete"
+    );
 }
