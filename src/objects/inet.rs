@@ -710,6 +710,14 @@ pub fn bound_socket(
     options
         .apply_before_bind(s.as_fd(), ipv6)
         .map_err(|e| ("options", e))?;
+    if protocol == Protocol::Tcp {
+        // The job's old connections on this port may linger in TIME_WAIT (it was killed
+        // without mlckpt, or crashed): they must not keep its listener from coming back.
+        // Another listener on the address still makes bind fail. `apply` below sets the
+        // job's own value again.
+        so::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+            .map_err(|e| ("options", e))?;
+    }
     if let Some(a) = local {
         crate::tracer::sock_syscalls::bind(s.as_fd(), a, ipv6).map_err(|e| ("bind", e))?;
     }
