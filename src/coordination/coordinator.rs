@@ -968,3 +968,7 @@ mod tests {
         assert_eq!(have(&[1, 2]), "ranks 1, 2 have");
     }
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod state_tests;
