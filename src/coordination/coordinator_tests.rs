@@ -128,6 +128,14 @@ impl Job {
         self.says(rank, ToCoordinator::Ask { tier, stop, id });
     }
 
+    /// `(rank, tier, stop, id)`: the rank asks, hears that `generation` serves it, then
+    /// every rank is told to take it.
+    fn starts(&mut self, (rank, tier, stop, id): (u32, TierKind, bool, u64), generation: u64) {
+        self.asks(rank, tier, stop, id);
+        self.expect(rank, &[asked(id, generation)]);
+        self.expect_all(&[checkpoint(generation, tier, stop)]);
+    }
+
     /// Every rank is ready and commits `generation`, rank `r` with its freeze at
     /// `1_000_000 + r` ms after the epoch, lasting `r + 1` ms.
     fn take(&mut self, generation: u64) {
@@ -293,18 +301,14 @@ fn an_ask_becomes_a_generation_every_rank_takes_and_completes() {
         summary,
     }]);
     // The next one is numbered after it.
-    job.asks(0, Partner, false, 8);
-    job.expect(0, &[asked(8, 7), checkpoint(7, Partner, false)]);
-    job.expect(1, &[checkpoint(7, Partner, false)]);
+    job.starts((0, Partner, false, 8), 7);
     job.end();
 }
 
 #[test]
 fn an_ask_the_running_generation_covers_is_served_by_it() {
     let mut job = Job::joined(2, 1);
-    job.asks(0, Partner, true, 1);
-    job.expect(0, &[asked(1, 1), checkpoint(1, Partner, true)]);
-    job.expect(1, &[checkpoint(1, Partner, true)]);
+    job.starts((0, Partner, true, 1), 1);
     // A lower tier, the same tier, no stop or a stop: the running one does all of that.
     job.asks(1, Local, false, 2);
     job.asks(1, Partner, true, 3);
@@ -322,9 +326,7 @@ fn an_ask_the_running_generation_covers_is_served_by_it() {
 #[test]
 fn an_ask_the_running_generation_does_not_cover_waits_for_its_end() {
     let mut job = Job::joined(2, 1);
-    job.asks(0, Local, false, 1);
-    job.expect(0, &[asked(1, 1), checkpoint(1, Local, false)]);
-    job.expect(1, &[checkpoint(1, Local, false)]);
+    job.starts((0, Local, false, 1), 1);
     // A higher tier, a stop: kept and merged, nobody hears of them yet.
     job.asks(1, Global, false, 2);
     job.asks(0, Local, true, 3);
@@ -374,9 +376,7 @@ fn an_ask_kept_while_a_generation_fails_is_started_after_it() {
 #[test]
 fn words_on_another_generation_are_ignored() {
     let mut job = Job::joined(2, 5);
-    job.asks(0, Partner, false, 1);
-    job.expect(0, &[asked(1, 5), checkpoint(5, Partner, false)]);
-    job.expect(1, &[checkpoint(5, Partner, false)]);
+    job.starts((0, Partner, false, 1), 5);
     for other in [4, 6, 99] {
         job.all_say(|| ToCoordinator::Ready { generation: other });
         job.all_say(|| committed(other, 1));
@@ -418,9 +418,7 @@ fn words_on_another_generation_are_ignored() {
 #[test]
 fn a_generation_past_its_timeout_is_abandoned_naming_the_late_ranks() {
     let mut job = Job::joined(3, 1);
-    job.asks(2, Local, false, 1);
-    job.expect(2, &[asked(1, 1)]);
-    job.expect_all(&[checkpoint(1, Local, false)]);
+    job.starts((2, Local, false, 1), 1);
     job.says(0, ToCoordinator::Ready { generation: 1 });
     job.coordinator.on_time(Instant::now() + TIMEOUT / 2);
     job.coordinator
@@ -433,9 +431,7 @@ fn a_generation_past_its_timeout_is_abandoned_naming_the_late_ranks() {
     job.all_say(|| ToCoordinator::Ready { generation: 1 });
 
     // All reached the freeze; rank 1 never commits. A request kept meanwhile goes next.
-    job.asks(0, Local, false, 2);
-    job.expect(0, &[asked(2, 2)]);
-    job.expect_all(&[checkpoint(2, Local, false)]);
+    job.starts((0, Local, false, 2), 2);
     job.asks(1, Global, false, 3);
     job.all_say(|| ToCoordinator::Ready { generation: 2 });
     job.expect_all(&[freeze(2)]);
@@ -456,15 +452,11 @@ fn a_generation_past_its_timeout_is_abandoned_naming_the_late_ranks() {
 #[test]
 fn a_rank_leaving_mid_generation_fails_it_for_everyone() {
     let mut job = Job::joined(3, 1);
-    job.asks(0, Local, false, 1);
-    job.expect(0, &[asked(1, 1)]);
-    job.expect_all(&[checkpoint(1, Local, false)]);
+    job.starts((0, Local, false, 1), 1);
     job.take(1);
     job.expect_all(&[freeze(1), complete(1, Local, 3)]);
 
-    job.asks(0, Local, false, 2);
-    job.expect(0, &[asked(2, 2)]);
-    job.expect_all(&[checkpoint(2, Local, false)]);
+    job.starts((0, Local, false, 2), 2);
     job.all_say(|| ToCoordinator::Ready { generation: 2 });
     job.expect_all(&[freeze(2)]);
     job.says(0, committed(2, 1));
@@ -493,9 +485,7 @@ fn a_rank_leaving_mid_generation_fails_it_for_everyone() {
         conn: stale,
         why: "late".into(),
     });
-    job.asks(2, Local, false, 4);
-    job.expect(2, &[asked(4, 4)]);
-    job.expect_all(&[checkpoint(4, Local, false)]);
+    job.starts((2, Local, false, 4), 4);
     job.take(4);
     job.expect_all(&[freeze(4), complete(4, Local, 3)]);
     job.end();
@@ -504,9 +494,7 @@ fn a_rank_leaving_mid_generation_fails_it_for_everyone() {
 #[test]
 fn a_copy_reported_before_the_slowest_rank_commits_counts() {
     let mut job = Job::joined(2, 1);
-    job.asks(0, Partner, false, 1);
-    job.expect(0, &[asked(1, 1)]);
-    job.expect_all(&[checkpoint(1, Partner, false)]);
+    job.starts((0, Partner, false, 1), 1);
     job.all_say(|| ToCoordinator::Ready { generation: 1 });
     job.expect_all(&[freeze(1)]);
     job.says(0, committed(1, 1_000_000_000));
@@ -522,9 +510,7 @@ fn a_copy_reported_before_the_slowest_rank_commits_counts() {
 fn a_failed_copy_leaves_the_generation_incomplete_on_that_tier() {
     let mut job = Job::joined(2, 1);
     // After the commit.
-    job.asks(0, Partner, false, 1);
-    job.expect(0, &[asked(1, 1)]);
-    job.expect_all(&[checkpoint(1, Partner, false)]);
+    job.starts((0, Partner, false, 1), 1);
     job.take(1);
     job.expect_all(&[freeze(1), complete(1, Local, 2)]);
     job.says(0, copied(1, Partner));
@@ -544,9 +530,7 @@ fn a_failed_copy_leaves_the_generation_incomplete_on_that_tier() {
     job.says(1, copied(1, Partner));
 
     // Before the slowest rank's commit: the first failure is the one named.
-    job.asks(1, Global, false, 2);
-    job.expect(1, &[asked(2, 2)]);
-    job.expect_all(&[checkpoint(2, Global, false)]);
+    job.starts((1, Global, false, 2), 2);
     job.all_say(|| ToCoordinator::Ready { generation: 2 });
     job.expect_all(&[freeze(2)]);
     job.says(0, committed(2, 1_000_000_000));
@@ -573,9 +557,7 @@ fn a_failed_copy_leaves_the_generation_incomplete_on_that_tier() {
 fn a_rank_leaving_fails_the_copies_it_has_not_finished() {
     let mut job = Job::joined(3, 1);
     for (id, generation) in [(1, 1), (2, 2)] {
-        job.asks(1, Partner, false, id);
-        job.expect(1, &[asked(id, generation)]);
-        job.expect_all(&[checkpoint(generation, Partner, false)]);
+        job.starts((1, Partner, false, id), generation);
         job.take(generation);
         job.expect_all(&[freeze(generation), complete(generation, Local, 3)]);
     }
@@ -598,9 +580,7 @@ fn a_rank_leaving_fails_the_copies_it_has_not_finished() {
 #[test]
 fn a_rank_whose_job_ends_after_its_part_still_completes_the_generation() {
     let mut job = Job::joined(2, 1);
-    job.asks(0, Partner, true, 1);
-    job.expect(0, &[asked(1, 1)]);
-    job.expect_all(&[checkpoint(1, Partner, true)]);
+    job.starts((0, Partner, true, 1), 1);
     job.all_say(|| ToCoordinator::Ready { generation: 1 });
     job.expect_all(&[freeze(1)]);
     // Rank 0 stopped its program with its part: it says so, and waits for the others.
@@ -736,9 +716,7 @@ fn the_recovery_line_is_the_newest_generation_every_rank_holds_intact() {
     // the one restored.
     job.coordinator
         .on_time(Instant::now() + super::super::VERIFY_AT_LEAST * 2);
-    job.asks(1, Local, false, 9);
-    job.expect(1, &[asked(9, 4)]);
-    job.expect_all(&[checkpoint(4, Local, false)]);
+    job.starts((1, Local, false, 9), 4);
     job.end();
 }
 
