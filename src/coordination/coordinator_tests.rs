@@ -815,3 +815,54 @@ fn verifying_gets_at_least_its_own_time() {
         job.end();
     }
 }
+
+#[test]
+fn a_rank_leaving_during_the_agreement_fails_it_at_once() {
+    // Before every rank said what it holds.
+    let mut job = restoring(2, TIMEOUT);
+    job.says(
+        0,
+        ToCoordinator::Holdings {
+            held: vec![held(1, &[Local], true)],
+        },
+    );
+    job.leave(1, "closed");
+    let why = "rank 1's supervisor left (closed)";
+    job.expect_all(&[ToMember::Chosen {
+        generation: None,
+        tiers: Vec::new(),
+        lines: vec![format!("recovery line: none agreed: {why}")],
+        failed: Some(why.into()),
+    }]);
+    job.coordinator
+        .on_time(Instant::now() + TIMEOUT + Duration::from_millis(1));
+    job.end();
+
+    // While verifying, after a generation was passed over.
+    let mut job = restoring(3, TIMEOUT);
+    job.all_say(|| ToCoordinator::Holdings {
+        held: vec![held(2, &[Local], true), held(3, &[Local], true)],
+    });
+    job.expect_all(&[ToMember::Verify { generation: 3 }]);
+    job.all_say(|| verified(3, None, &["local: missing"]));
+    job.expect_all(&[ToMember::Verify { generation: 2 }]);
+    job.says(0, verified(2, Some(Local), &[]));
+    job.leave(2, "connection reset by peer");
+    let why = "rank 2's supervisor left (connection reset by peer)";
+    job.expect_all(&[ToMember::Chosen {
+        generation: None,
+        tiers: Vec::new(),
+        lines: vec![
+            "recovery line: generation 3 skipped: rank 0 has no valid copy (local: missing); \
+             rank 1 has no valid copy (local: missing); rank 2 has no valid copy (local: \
+             missing)"
+                .into(),
+            format!("recovery line: none agreed: {why}"),
+        ],
+        failed: Some(why.into()),
+    }]);
+    job.says(1, verified(2, Some(Local), &[]));
+    job.coordinator
+        .on_time(Instant::now() + super::super::VERIFY_AT_LEAST + Duration::from_millis(1));
+    job.end();
+}
