@@ -651,6 +651,18 @@ fn held(generation: u64, tiers: &[TierKind], complete: bool) -> Held {
     }
 }
 
+/// The agreement failed for `why`, after the lines of the generations `skipped`.
+fn none_agreed(skipped: &[&str], why: &str) -> ToMember {
+    let mut lines: Vec<String> = skipped.iter().map(|l| l.to_string()).collect();
+    lines.push(format!("recovery line: none agreed: {why}"));
+    ToMember::Chosen {
+        generation: None,
+        tiers: Vec::new(),
+        lines,
+        failed: Some(why.into()),
+    }
+}
+
 fn verified(generation: u64, tier: Option<TierKind>, problems: &[&str]) -> ToCoordinator {
     ToCoordinator::Verified {
         generation,
@@ -769,12 +781,7 @@ fn a_rank_missing_at_the_restore_fails_the_agreement() {
         .on_time(Instant::now() + TIMEOUT + Duration::from_millis(1));
     let why = "ranks 1, 2 have not joined the restore within 30 s (every rank must run \
                `restore --auto` or `run --resume`)";
-    job.expect_all(&[ToMember::Chosen {
-        generation: None,
-        tiers: Vec::new(),
-        lines: vec![format!("recovery line: none agreed: {why}")],
-        failed: Some(why.into()),
-    }]);
+    job.expect_all(&[none_agreed(&[], why)]);
     // Said once: the agreement is over.
     job.coordinator
         .on_time(Instant::now() + TIMEOUT * 3 + Duration::from_millis(1));
@@ -801,17 +808,13 @@ fn verifying_gets_at_least_its_own_time() {
             "rank 0 did not finish checking generation 6 within {} s",
             limit.as_secs()
         );
-        job.expect_all(&[ToMember::Chosen {
-            generation: None,
-            tiers: Vec::new(),
-            lines: vec![
+        job.expect_all(&[none_agreed(
+            &[
                 "recovery line: generation 7 skipped: not complete (no rank has its record: \
-                 it failed or was cut short)"
-                    .into(),
-                format!("recovery line: none agreed: {why}"),
+               it failed or was cut short)",
             ],
-            failed: Some(why),
-        }]);
+            &why,
+        )]);
         job.end();
     }
 }
@@ -828,12 +831,7 @@ fn a_rank_leaving_during_the_agreement_fails_it_at_once() {
     );
     job.leave(1, "closed");
     let why = "rank 1's supervisor left (closed)";
-    job.expect_all(&[ToMember::Chosen {
-        generation: None,
-        tiers: Vec::new(),
-        lines: vec![format!("recovery line: none agreed: {why}")],
-        failed: Some(why.into()),
-    }]);
+    job.expect_all(&[none_agreed(&[], why)]);
     job.coordinator
         .on_time(Instant::now() + TIMEOUT + Duration::from_millis(1));
     job.end();
@@ -849,18 +847,14 @@ fn a_rank_leaving_during_the_agreement_fails_it_at_once() {
     job.says(0, verified(2, Some(Local), &[]));
     job.leave(2, "connection reset by peer");
     let why = "rank 2's supervisor left (connection reset by peer)";
-    job.expect_all(&[ToMember::Chosen {
-        generation: None,
-        tiers: Vec::new(),
-        lines: vec![
+    job.expect_all(&[none_agreed(
+        &[
             "recovery line: generation 3 skipped: rank 0 has no valid copy (local: missing); \
              rank 1 has no valid copy (local: missing); rank 2 has no valid copy (local: \
-             missing)"
-                .into(),
-            format!("recovery line: none agreed: {why}"),
+             missing)",
         ],
-        failed: Some(why.into()),
-    }]);
+        why,
+    )]);
     job.says(1, verified(2, Some(Local), &[]));
     job.coordinator
         .on_time(Instant::now() + super::super::VERIFY_AT_LEAST + Duration::from_millis(1));
