@@ -375,6 +375,9 @@ impl Coordinator {
                         self.abandon(&why);
                     }
                     self.fail_copies_of(rank, &why);
+                    // Its answers would never come: the others would wait for the
+                    // timeout (VERIFY_AT_LEAST while verifying), told it was late.
+                    self.disagree(why);
                 }
             }
             Event::Message {
@@ -847,7 +850,15 @@ impl Coordinator {
             }
             _ => return,
         };
-        let mut lines = agreement.lines.clone();
+        self.disagree(why);
+    }
+
+    /// The agreement fails for every rank: nobody restores, nobody starts afresh.
+    fn disagree(&mut self, why: String) {
+        let Some(agreement) = &mut self.agreement else {
+            return;
+        };
+        let mut lines = std::mem::take(&mut agreement.lines);
         lines.push(format!("recovery line: none agreed: {why}"));
         self.choose(None, Vec::new(), lines, Some(why));
     }
@@ -968,3 +979,7 @@ mod tests {
         assert_eq!(have(&[1, 2]), "ranks 1, 2 have");
     }
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod state_tests;
