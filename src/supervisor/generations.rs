@@ -52,7 +52,6 @@ pub(super) struct Part {
 /// What handling one message of the coordinator came to, for a caller waiting on it.
 pub(super) enum Outcome {
     Nothing,
-    Started,
     /// The coordinator's answer to request `id`.
     Asked {
         id: u64,
@@ -247,7 +246,7 @@ impl Supervisor<'_> {
                 stop,
             } => match self.take_part(generation, tier, stop) {
                 Some(why) => self.abandoned(generation, why),
-                None => Outcome::Started,
+                None => Outcome::Nothing,
             },
             ToMember::Asked { id, generation } => {
                 let mut g = self.generations.borrow_mut();
