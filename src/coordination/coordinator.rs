@@ -33,18 +33,37 @@ impl CoordinatorHandle {
     /// Waits until no rank is connected any more: rank 0's job may end before the others,
     /// whose generations still need the coordinator.
     pub fn wait_for_members_to_leave(&self) {
-        let (count, changed) = &*self.members;
-        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
-        if *n > 0 {
+        let n = *self.members.0.lock().unwrap_or_else(|e| e.into_inner());
+        if n > 0 {
             crate::info!(
-                "rank 0's job has ended; its coordinator serves the {} other rank(s) until \
-                 they end",
-                *n
+                "rank 0's job has ended; its coordinator serves the {n} other rank(s) until \
+                 they end"
             );
         }
-        while *n > 0 {
-            n = changed.wait(n).unwrap_or_else(|e| e.into_inner());
+        self.wait_until_connected_at_most(0, None);
+    }
+
+    /// Waits until at most `left` ranks are connected, or `deadline` passes: whether they
+    /// are. Rank 0 uses it before it exits on a failed agreement, so that the other ranks
+    /// read the coordinator's verdict before its process, and their connections, are gone.
+    pub fn wait_until_connected_at_most(&self, left: usize, deadline: Option<Instant>) -> bool {
+        let (count, changed) = &*self.members;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > left {
+            n = match deadline {
+                None => changed.wait(n).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let Some(rest) = d.checked_duration_since(Instant::now()) else {
+                        return false;
+                    };
+                    changed
+                        .wait_timeout(n, rest)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
+        true
     }
 }
 
