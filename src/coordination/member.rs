@@ -313,3 +313,92 @@ fn handshake(
         _ => Err(not_proven(&conn)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiers::config::Config;
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener};
+
+    /// A coordinator of a job of 2 ranks, started as rank 0's would be, and its address.
+    fn coordinator(key: &ImageKey) -> (Settings, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = Settings {
+            job: "sim".into(),
+            rank: 1,
+            ranks: 2,
+            timeout: Duration::from_secs(5),
+            meeting: rendezvous::Meeting::Fixed {
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+            },
+            same_machine: true,
+            config: Config::parse("", std::path::Path::new("/c/mlckpt.toml")).unwrap(),
+        };
+        let handle =
+            coordinator::start(&settings, listener, key.clone(), BTreeSet::new(), false).unwrap();
+        // The threads serve until the test ends.
+        std::mem::forget(handle);
+        (settings, addr)
+    }
+
+    fn join_as(settings: &Settings, key: &ImageKey, addr: SocketAddr) -> Result<Conn, WireError> {
+        let stream = TcpStream::connect(addr).unwrap();
+        handshake(stream, addr.to_string(), settings, key, 1, 0)
+    }
+
+    fn refusal(joined: Result<Conn, WireError>) -> WireError {
+        match joined {
+            Ok(_) => panic!("joined"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_rank_connects_once_at_a_time() {
+        let key = ImageKey::for_tests(3);
+        let (settings, addr) = coordinator(&key);
+        let first = join_as(&settings, &key, addr).unwrap();
+        let e = refusal(join_as(&settings, &key, addr));
+        assert!(
+            e.to_string()
+                .contains("rank 1 is already connected (a stale supervisor of the same job?)"),
+            "{e}"
+        );
+        let e = refusal(join_as(&settings, &ImageKey::for_tests(4), addr));
+        assert!(matches!(e, WireError::Refused { .. }), "{e}");
+        // Once the first has gone, the rank may join again.
+        drop(first);
+        let began = Instant::now();
+        while let Err(e) = join_as(&settings, &key, addr) {
+            assert!(began.elapsed() < Duration::from_secs(5), "{e}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn connections_that_never_prove_anything_are_bounded() {
+        let key = ImageKey::for_tests(3);
+        let (_settings, addr) = coordinator(&key);
+        let silent: Vec<TcpStream> = (0..64)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                // Each gets its challenge: it is being served.
+                s.read_exact(&mut [0u8; 1]).unwrap();
+                s
+            })
+            .collect();
+        let mut more = TcpStream::connect(addr).unwrap();
+        more.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        more.read_to_end(&mut got).unwrap();
+        assert!(
+            got.is_empty(),
+            "served: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        drop(silent);
+    }
+}
