@@ -11,18 +11,22 @@
 //! thread, which alone holds the state: the protocol's steps read as a plain event loop.
 
 use super::Settings;
-use super::wire::{self, Conn, Held, Summary, ToCoordinator, ToMember, Writer};
+use super::wire::{self, Conn, Held, Side, Summary, ToCoordinator, ToMember, Transcript, Writer};
 use crate::image::auth::ImageKey;
 use crate::image::format::TierKind;
 use crate::tiers::schedule::Schedule;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a connecting peer has to complete the handshake.
+/// How long a connecting peer has to complete the handshake, all of it.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Connections still in their handshake; more are closed at once, so that a flood of
+/// connections that never prove anything cannot use up rank 0's threads.
+const MAX_UNPROVEN: usize = 64;
 
 /// Rank 0's handle on its coordinator thread.
 pub struct CoordinatorHandle {
@@ -84,6 +88,8 @@ pub fn start(
         key,
         events,
         members: members.clone(),
+        unproven: AtomicUsize::new(0),
+        connected: Mutex::new(BTreeSet::new()),
     };
     std::thread::Builder::new()
         .name("mlckpt-coord-accept".into())
@@ -122,6 +128,32 @@ struct Acceptor {
     key: ImageKey,
     events: Sender<Event>,
     members: Arc<(Mutex<usize>, Condvar)>,
+    /// Connections in their handshake.
+    unproven: AtomicUsize,
+    /// The ranks with a connection that passed the handshake.
+    connected: Mutex<BTreeSet<u32>>,
+}
+
+/// A rank's claim on its place among the connected ranks, given up when dropped.
+struct Claim<'a> {
+    connected: &'a Mutex<BTreeSet<u32>>,
+    rank: u32,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut connected = self.connected.lock().unwrap_or_else(|e| e.into_inner());
+        connected.remove(&self.rank);
+    }
+}
+
+/// A connection counted among those in their handshake until dropped.
+struct Unproven<'a>(&'a AtomicUsize);
+
+impl Drop for Unproven<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Acceptor {
@@ -132,18 +164,30 @@ impl Acceptor {
             let peer = stream
                 .peer_addr()
                 .map_or_else(|_| "a peer".into(), |a| a.to_string());
+            if shared.unproven.fetch_add(1, Ordering::SeqCst) >= MAX_UNPROVEN {
+                shared.unproven.fetch_sub(1, Ordering::SeqCst);
+                crate::debug!(
+                    "coordinator: {peer} closed: {MAX_UNPROVEN} connections already in \
+                     their handshake"
+                );
+                continue;
+            }
             let me = shared.clone();
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("mlckpt-coord-conn".into())
                 .spawn(move || me.serve(stream, peer, id));
+            if spawned.is_err() {
+                shared.unproven.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
     fn serve(&self, stream: std::net::TcpStream, peer: String, conn_id: u64) {
+        let unproven = Unproven(&self.unproven);
         let Ok(mut conn) = Conn::new(stream, peer) else {
             return;
         };
-        let (rank, next_seq) = match self.handshake(&mut conn) {
+        let (claim, next_seq) = match self.handshake(&mut conn) {
             Ok(joined) => joined,
             Err(why) => {
                 crate::debug!("coordinator: {} turned away: {why}", conn.peer);
@@ -151,7 +195,8 @@ impl Acceptor {
                 return;
             }
         };
-        let Ok(writer) = conn.writer() else { return };
+        drop(unproven);
+        let (rank, writer) = (claim.rank, conn.writer());
         self.count(1);
         let joined = Event::Joined {
             rank,
@@ -183,36 +228,52 @@ impl Acceptor {
             conn: conn_id,
             why,
         });
+        // Only now may another connection take the rank: its Joined comes after this Left.
+        drop(claim);
         self.count(-1);
     }
 
-    /// Challenge, proof, proof back: returns the rank and its next free image number.
-    fn handshake(&self, conn: &mut Conn) -> Result<(u32, u64), String> {
-        let challenge = wire::nonce();
+    /// Challenge, proof, proof back, all within [`HANDSHAKE`]; then the connection is
+    /// authenticated. Returns the rank's claim and its next free image number.
+    fn handshake(&self, conn: &mut Conn) -> Result<(Claim<'_>, u64), String> {
+        let deadline = Instant::now() + HANDSHAKE;
+        let challenge = wire::nonce().map_err(|e| crate::error_chain(&e))?;
         conn.send(&ToMember::Challenge {
             nonce: challenge.clone(),
         })
         .map_err(|e| e.to_string())?;
         let hello = conn
-            .receive::<ToCoordinator>(Some(HANDSHAKE))
+            .receive_by::<ToCoordinator>(Some(deadline))
             .map_err(|e| e.to_string())?;
         let ToCoordinator::Hello {
             job,
             rank,
             ranks,
+            pid,
             next_seq,
             nonce,
             proof,
-            ..
         } = hello
         else {
             return Err("the first message was not a hello".into());
         };
-        let expected = wire::member_proof(&self.key, &job, rank, &challenge);
-        if !wire::same_proof(&proof, &expected) {
+        if !wire::is_nonce(&nonce) {
+            return Err("its nonce is not 32 hex digits".into());
+        }
+        let transcript = Transcript {
+            job,
+            rank,
+            ranks,
+            pid,
+            next_seq,
+            challenge,
+            nonce,
+        };
+        if !wire::same_proof(&proof, &transcript.member_proof(&self.key)) {
             return Err("its proof of the image key is wrong".into());
         }
-        if job != self.job {
+        if transcript.job != self.job {
+            let job = &transcript.job;
             return Err(format!("it belongs to job {job}, this is job {}", self.job));
         }
         if ranks != self.ranks || rank >= self.ranks {
@@ -222,10 +283,24 @@ impl Acceptor {
                 self.ranks
             ));
         }
-        let proof = wire::coordinator_proof(&self.key, &self.job, &nonce);
+        let claim = self.claim(rank).ok_or_else(|| {
+            format!("rank {rank} is already connected (a stale supervisor of the same job?)")
+        })?;
+        let proof = transcript.coordinator_proof(&self.key);
         conn.send(&ToMember::Welcome { proof })
             .map_err(|e| e.to_string())?;
-        Ok((rank, next_seq))
+        conn.authenticate(&self.key, &transcript, Side::Coordinator);
+        Ok((claim, next_seq))
+    }
+
+    /// `rank`'s place among the connected ranks, unless another connection holds it.
+    fn claim(&self, rank: u32) -> Option<Claim<'_>> {
+        let mut connected = self.connected.lock().unwrap_or_else(|e| e.into_inner());
+        // Built only when inserted: a claim dropped would give up the other connection's.
+        connected.insert(rank).then(|| Claim {
+            connected: &self.connected,
+            rank,
+        })
     }
 
     fn count(&self, delta: isize) {

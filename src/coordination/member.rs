@@ -3,18 +3,19 @@
 
 use super::coordinator::{self, CoordinatorHandle};
 use super::rendezvous;
-use super::wire::{self, Conn, Held, ToCoordinator, ToMember, WireError, Writer};
+use super::wire::{self, Conn, Held, Side, ToCoordinator, ToMember, Transcript, WireError, Writer};
 use super::{CoordinationError, Settings};
 use crate::image::auth::ImageKey;
 use crate::image::format::TierKind;
 use std::collections::{BTreeSet, VecDeque};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Between attempts to reach a coordinator that is not there yet.
 const RETRY: Duration = Duration::from_millis(100);
 const CONNECT: Duration = Duration::from_secs(2);
+/// How long the coordinator has to complete the handshake, all of it.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// One rank's connection to its job's coordinator.
 pub struct Member {
@@ -28,14 +29,13 @@ pub struct Member {
     backlog: VecDeque<ToMember>,
 }
 
-/// Sends to the coordinator from any thread.
+/// Sends to the coordinator from any thread, numbering its lines with the member's.
 #[derive(Clone)]
-pub struct Reporter(Arc<Mutex<Writer>>);
+pub struct Reporter(Writer);
 
 impl Reporter {
     pub fn send(&self, message: &ToCoordinator) {
-        let mut writer = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = writer.send(message) {
+        if let Err(e) = self.0.send(message) {
             crate::debug!("to the coordinator: {e}");
         }
     }
@@ -95,7 +95,7 @@ impl Member {
             }
             std::thread::sleep(RETRY);
         };
-        let reporter = Reporter(Arc::new(Mutex::new(conn.writer()?)));
+        let reporter = Reporter(conn.writer());
         crate::info!(
             "rank {} of {} joined the coordinator of job {} ({})",
             settings.rank,
@@ -226,7 +226,10 @@ impl Member {
     /// Longer than the coordinator's own timeouts: it answers before this runs out unless
     /// it is gone.
     pub fn patience(&self) -> Duration {
-        self.settings.timeout * 2 + Duration::from_secs(5)
+        self.settings
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(5))
     }
 
     /// Reads messages until `pick` takes one (others are kept back for later), or `None`
@@ -259,8 +262,7 @@ impl Member {
 
 /// One attempt: the coordinator's address, a connection, the handshake.
 fn try_join(settings: &Settings, key: &ImageKey, next_seq: u64, pid: i32) -> Result<Conn, String> {
-    let addrs = rendezvous::find(&settings.meeting)
-        .ok_or_else(|| format!("no coordinator address at {}", settings.meeting.describe()))?;
+    let addrs = rendezvous::find(&settings.meeting).map_err(|e| crate::error_chain(&e))?;
     let mut last = "no address".to_string();
     for addr in addrs {
         let stream = match TcpStream::connect_timeout(&addr, CONNECT) {
@@ -287,34 +289,132 @@ fn handshake(
     pid: i32,
 ) -> Result<Conn, WireError> {
     let mut conn = Conn::new(stream, peer)?;
-    let patience = Some(Duration::from_secs(10));
-    let ToMember::Challenge { nonce: challenge } = conn.receive(patience)? else {
-        return Err(WireError::NotProven {
-            peer: conn.peer.clone(),
-        });
+    let deadline = Instant::now() + HANDSHAKE;
+    let not_proven = |conn: &Conn| WireError::NotProven {
+        peer: conn.peer.clone(),
     };
-    let nonce = wire::nonce();
+    let challenge = match conn.receive_by(Some(deadline))? {
+        ToMember::Challenge { nonce } if wire::is_nonce(&nonce) => nonce,
+        _ => return Err(not_proven(&conn)),
+    };
+    let transcript = Transcript {
+        job: settings.job.clone(),
+        rank: settings.rank,
+        ranks: settings.ranks,
+        pid,
+        next_seq,
+        challenge,
+        nonce: wire::nonce()?,
+    };
     conn.send(&ToCoordinator::Hello {
         job: settings.job.clone(),
         rank: settings.rank,
         ranks: settings.ranks,
         pid,
         next_seq,
-        nonce: nonce.clone(),
-        proof: wire::member_proof(key, &settings.job, settings.rank, &challenge),
+        nonce: transcript.nonce.clone(),
+        proof: transcript.member_proof(key),
     })?;
-    match conn.receive(patience)? {
+    match conn.receive_by(Some(deadline))? {
         ToMember::Welcome { proof }
-            if wire::same_proof(&proof, &wire::coordinator_proof(key, &settings.job, &nonce)) =>
+            if wire::same_proof(&proof, &transcript.coordinator_proof(key)) =>
         {
+            conn.authenticate(key, &transcript, Side::Member);
             Ok(conn)
         }
         ToMember::Refused { why } => Err(WireError::Refused {
             peer: conn.peer.clone(),
             why,
         }),
-        _ => Err(WireError::NotProven {
-            peer: conn.peer.clone(),
-        }),
+        _ => Err(not_proven(&conn)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiers::config::Config;
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener};
+
+    /// A coordinator of a job of 2 ranks, started as rank 0's would be, and its address.
+    fn coordinator(key: &ImageKey) -> (Settings, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = Settings {
+            job: "sim".into(),
+            rank: 1,
+            ranks: 2,
+            timeout: Duration::from_secs(5),
+            meeting: rendezvous::Meeting::Fixed {
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+            },
+            same_machine: true,
+            config: Config::parse("", std::path::Path::new("/c/mlckpt.toml")).unwrap(),
+        };
+        let handle =
+            coordinator::start(&settings, listener, key.clone(), BTreeSet::new(), false).unwrap();
+        // The threads serve until the test ends.
+        std::mem::forget(handle);
+        (settings, addr)
+    }
+
+    fn join_as(settings: &Settings, key: &ImageKey, addr: SocketAddr) -> Result<Conn, WireError> {
+        let stream = TcpStream::connect(addr).unwrap();
+        handshake(stream, addr.to_string(), settings, key, 1, 0)
+    }
+
+    fn refusal(joined: Result<Conn, WireError>) -> WireError {
+        match joined {
+            Ok(_) => panic!("joined"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_rank_connects_once_at_a_time() {
+        let key = ImageKey::for_tests(3);
+        let (settings, addr) = coordinator(&key);
+        let first = join_as(&settings, &key, addr).unwrap();
+        let e = refusal(join_as(&settings, &key, addr));
+        assert!(
+            e.to_string()
+                .contains("rank 1 is already connected (a stale supervisor of the same job?)"),
+            "{e}"
+        );
+        let e = refusal(join_as(&settings, &ImageKey::for_tests(4), addr));
+        assert!(matches!(e, WireError::Refused { .. }), "{e}");
+        // Once the first has gone, the rank may join again.
+        drop(first);
+        let began = Instant::now();
+        while let Err(e) = join_as(&settings, &key, addr) {
+            assert!(began.elapsed() < Duration::from_secs(5), "{e}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn connections_that_never_prove_anything_are_bounded() {
+        let key = ImageKey::for_tests(3);
+        let (_settings, addr) = coordinator(&key);
+        let silent: Vec<TcpStream> = (0..64)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                // Each gets its challenge: it is being served.
+                s.read_exact(&mut [0u8; 1]).unwrap();
+                s
+            })
+            .collect();
+        let mut more = TcpStream::connect(addr).unwrap();
+        more.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        more.read_to_end(&mut got).unwrap();
+        assert!(
+            got.is_empty(),
+            "served: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        drop(silent);
     }
 }

@@ -217,6 +217,16 @@ impl ImageKey {
         hasher.finalize().to_hex().to_string()
     }
 
+    /// A fixed key, for tests that must not read or create a user's key file.
+    #[cfg(test)]
+    pub(crate) fn for_tests(byte: u8) -> ImageKey {
+        ImageKey {
+            key: [byte; KEY_BYTES],
+            uid: effective_uid(),
+            path: "/test/image.key".into(),
+        }
+    }
+
     /// The AUTH file's text for an image whose CHECKSUMS is `checksums`.
     pub fn seal(&self, checksums: &[u8]) -> String {
         let mac = blake3::keyed_hash(&self.key, checksums);

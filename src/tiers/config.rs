@@ -101,6 +101,9 @@ pub enum CoordinationMode {
 
 /// `[coordination] timeout` when not set.
 pub const DEFAULT_COORDINATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `[coordination] timeout`: a day. Longer is a typo, and deadlines computed
+/// from it must stay far from the limits of a clock.
+pub const MAX_COORDINATION_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// `[signals]`: the signal guard of a supervised job (`docs/signals.md`).
 #[derive(Debug, Clone, PartialEq)]
@@ -1018,6 +1021,16 @@ fn coordination(src: &Source<'_>, raw: RawCoordination) -> Result<CoordinationCo
             })?
         }
     };
+    if let Some(timeout) = &raw.timeout
+        && timeout.get_ref().0 > MAX_COORDINATION_TIMEOUT.as_secs_f64()
+    {
+        let why = format!(
+            "must be at most {} seconds (a day), got {}",
+            MAX_COORDINATION_TIMEOUT.as_secs(),
+            timeout.get_ref().0
+        );
+        return Err(src.invalid(timeout.span(), "coordination.timeout", why));
+    }
     let timeout = seconds(
         src,
         raw.timeout,
@@ -1234,6 +1247,20 @@ mod tests {
     fn with_source(mut config: Config) -> Config {
         config.source = Some(PathBuf::from(ORIGIN));
         config
+    }
+
+    #[test]
+    fn coordination_timeout_is_at_most_a_day() {
+        let day = parse("[coordination]\ntimeout = 86400\n");
+        assert_eq!(day.coordination.timeout, MAX_COORDINATION_TIMEOUT);
+        for text in [
+            "[coordination]\ntimeout = 86401\n",
+            "[coordination]\ntimeout = 1e30\n",
+        ] {
+            let message = err(text);
+            assert_at(&message, 2, "coordination.timeout");
+            assert!(message.contains("at most 86400 seconds"), "{message}");
+        }
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub fn read(rank_dir: &Path, generation: u64) -> Result<Option<GenerationRecord>
 }
 
 /// Opens without following a symlink and without waiting on a FIFO's writer.
-fn open_record(path: &Path) -> io::Result<File> {
+pub(crate) fn open_record(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
