@@ -75,10 +75,7 @@ impl Job {
         let (far, _) = listener.accept().unwrap();
         // Only the coordinator's writer keeps its end open: once the coordinator is gone,
         // the rank reads the end of the stream after the last message.
-        let writer = Conn::new(far, format!("rank {rank}"))
-            .unwrap()
-            .writer()
-            .unwrap();
+        let writer = Conn::new(far, format!("rank {rank}")).unwrap().writer();
         let conn_id = self.next_conn;
         self.next_conn += 1;
         self.coordinator.on_event(Event::Joined {
