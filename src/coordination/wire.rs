@@ -48,6 +48,10 @@ const KEEPALIVE_INTERVAL_SECS: u32 = 10;
 const KEEPALIVE_PROBES: u32 = 3;
 /// Probes are not sent while sent data waits for its acknowledgement: this bounds that wait.
 const UNACKNOWLEDGED_MS: u32 = 60_000;
+/// How long one line may take to leave. Lines are short and both sides read all the time:
+/// a peer whose kernel stops taking them (a stopped or wedged supervisor) must not hold up
+/// the sender, which is the coordinator's one deciding thread.
+const SEND_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -365,6 +369,7 @@ impl Conn {
         };
         let _ = stream.set_nodelay(true);
         keep_alive(&stream).map_err(|e| io(e.into()))?;
+        stream.set_write_timeout(Some(SEND_PATIENCE)).map_err(io)?;
         let writer = Writer {
             sending: Arc::new(Mutex::new(Sending {
                 stream: stream.try_clone().map_err(io)?,
@@ -544,13 +549,15 @@ impl Writer {
                 line
             }
         };
-        sending
-            .stream
-            .write_all(&line)
-            .map_err(|source| WireError::Io {
+        sending.stream.write_all(&line).map_err(|source| {
+            // Part of a line may have left: nothing more can be said on this connection.
+            // Closing it wakes its reader, which reports the peer gone.
+            let _ = sending.stream.shutdown(std::net::Shutdown::Both);
+            WireError::Io {
                 peer: self.peer.clone(),
                 source,
-            })
+            }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sending> {
@@ -806,6 +813,48 @@ mod tests {
         );
         drop(conn);
         trickle.join().unwrap();
+    }
+
+    /// A peer that stops reading: the sender's lines fail once its kernel takes no more
+    /// (after `SEND_PATIENCE`, shortened here), and the connection is closed, so its
+    /// reader learns the peer is gone instead of waiting on it.
+    #[test]
+    fn a_peer_that_reads_nothing_fails_the_sender_and_closes_the_connection() {
+        let (mut client, mut conn) = raw_pair();
+        conn.reader
+            .get_ref()
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let writer = conn.writer();
+        let big = ToMember::Chosen {
+            failed: None,
+            generation: None,
+            tiers: Vec::new(),
+            lines: vec!["x".repeat(256 * 1024)],
+        };
+        let began = Instant::now();
+        let failed = (0..1000).find_map(|_| writer.send(&big).err());
+        assert!(
+            matches!(failed, Some(WireError::Io { .. })),
+            "{failed:?} after {:?}",
+            began.elapsed()
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            began.elapsed()
+        );
+        let e = conn
+            .receive::<ToCoordinator>(Some(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(matches!(e, WireError::Closed { .. }), "{e}");
+        // The peer reads what had left, then the end of the stream.
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(!rest.is_empty());
     }
 
     #[test]
