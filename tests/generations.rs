@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -605,6 +605,103 @@ fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
         let out = r.run.finish(CMD_TIMEOUT).expect_code(0).stdout;
         assert_continuation(&references[rank], &out, "", r.pid);
     }
+}
+
+/// Rank 3 can no longer write its images (its node's storage is full: a 256 KiB tmpfs
+/// mounted over its directory) while ranks 0-2 write theirs: generations fail, often once
+/// ranks 0-2 committed their part, with a message naming rank 3. The job runs on, and ranks 0-2 do
+/// not pile up the images of generations that can never be complete: the newest image and
+/// the increments it builds on stay (`full_every = 2`: at most 2 beside the complete
+/// generation kept), the rest go as each generation fails.
+#[test]
+fn a_rank_that_cannot_write_fails_every_generation_without_filling_storage() {
+    const FAILED: usize = 5;
+    let config = "[interval]\nlocal = 0.3\n[image]\nfull_every = 2\n[coordination]\ntimeout = 5\n";
+    let job = Job::new("gen-unwritable", 2, 1, config);
+    let mut ranks = job.start(2000);
+    wait_running(&mut ranks, "a complete generation", || {
+        (0..4).all(|r| !job.records(r, "local").is_empty())
+    });
+    let full = job.copies(3, "local");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "mlckpt-test-full"])
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "cannot mount a small tmpfs on {}",
+        full.display()
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(full);
+    let complete = job.records(0, "local");
+
+    let failures = |rank: &Rank| -> usize {
+        rank.run
+            .stderr()
+            .lines()
+            .filter_map(mlckpt_line)
+            .filter(|l| l.contains("generation") && l.contains(" failed: "))
+            .count()
+    };
+    let mut most_kept = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while failures(&ranks[0]) < FAILED {
+        ranks.iter_mut().for_each(|r| r.run.assert_running());
+        let without_record = images_in(&job.copies(0, "local"))
+            .into_iter()
+            .filter(|g| !job.records(0, "local").contains(g))
+            .count();
+        most_kept = most_kept.max(without_record);
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {FAILED} failed generations in 90 s:\n{}",
+            ranks[0].run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said = ranks[0].run.stderr();
+    let kept = images_in(&job.copies(0, "local"));
+    let lines = ranks[0].run.line_count();
+    kill_all(ranks);
+    eprintln!("rank 0 said:\n{said}\nkept {kept:?}, complete {complete:?}");
+    let failed: Vec<&str> = said.lines().filter(|l| l.contains(" failed: ")).collect();
+    assert!(
+        failed.iter().all(|l| l.contains("rank 3")),
+        "a failure does not name rank 3:\n{said}"
+    );
+    assert!(lines > 20, "rank 0 did not run on ({lines} lines)");
+    assert_eq!(job.records(0, "local"), complete, "a generation completed");
+    assert!(
+        most_kept <= 2,
+        "rank 0 kept up to {most_kept} images of failed generations at once (now {kept:?})"
+    );
+}
+
+/// The generations of the committed images in `rank_dir`, ascending (none before the
+/// directory exists).
+fn images_in(rank_dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(rank_dir) else {
+        return Vec::new(); // before the first image
+    };
+    let mut seqs: Vec<u64> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            mlckpt::image::store::parse_image_dir_name(name.to_str()?)
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
 }
 
 /// Whether `line` is the coordinator's timeout message `RANKS did not STEP within T s`

@@ -11,7 +11,7 @@ use crate::image::format::TierKind;
 use crate::tiers::generation::{self, GenerationRecord};
 use crate::tiers::layout::Destination;
 use crate::tracer::dump::{CheckpointStats, DumpError, GenerationStats};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +32,9 @@ pub(super) struct Generations {
     /// that comes after it (a step signal reaches every rank, one rank's asks first) is
     /// already served.
     pub stopped_by: Option<CheckpointStats>,
+    /// Generations this rank heard failed: they will never be complete, and retention
+    /// keeps their images only as parents.
+    pub failed: BTreeSet<u64>,
 }
 
 pub(super) struct Waiting {
@@ -77,6 +80,7 @@ impl Generations {
             next_ask: 1,
             parts: BTreeMap::new(),
             stopped_by: None,
+            failed: BTreeSet::new(),
         }
     }
 }
@@ -290,10 +294,29 @@ impl Supervisor<'_> {
 
     fn abandoned(&self, generation: u64, why: String) -> Outcome {
         crate::info!("generation {generation} failed: {why}");
-        self.generations.borrow_mut().parts.remove(&generation);
+        {
+            let mut g = self.generations.borrow_mut();
+            g.parts.remove(&generation);
+            g.failed.insert(generation);
+        }
+        // While generations keep failing (a rank hung), this rank still writes an image
+        // every interval: the failed ones go as soon as nothing needs them.
+        self.prune_local();
         let failed = Err(format!("generation {generation} failed: {why}"));
         self.answer_waiting(generation, None, &failed);
         Outcome::Failed { generation, why }
+    }
+
+    /// Retention by generation in this rank's local directory.
+    fn prune_local(&self) {
+        let protect = self.copier.in_use();
+        let failed = self.generations.borrow().failed.clone();
+        super::context::report_retention(&crate::tiers::retention::prune_generations(
+            &self.ctx.paths.local,
+            self.ctx.config.storage.keep,
+            &failed,
+            &protect,
+        ));
     }
 
     /// This rank's part of `generation`: an image numbered by it, frozen at the barrier,
@@ -406,12 +429,7 @@ impl Supervisor<'_> {
         if tier == TierKind::Local {
             // Only now may an older generation go: until this one was complete everywhere
             // the older one was the recovery line.
-            let protect = self.copier.in_use();
-            super::context::report_retention(&crate::tiers::retention::prune_generations(
-                &self.ctx.paths.local,
-                self.ctx.config.storage.keep,
-                &protect,
-            ));
+            self.prune_local();
         }
         crate::info!(
             "generation {generation} complete on the {tier} tier: {} ranks, freeze skew \

@@ -203,7 +203,7 @@ impl Placer {
                 let (path, size) = copy_image(src, dir, &self.gate, self.compression)?;
                 let protect = BTreeSet::from([path.clone()]);
                 let pruned = if self.generations {
-                    retention::prune_generations(dir, self.keep, &protect)
+                    retention::prune_generations(dir, self.keep, &BTreeSet::new(), &protect)
                 } else {
                     retention::prune(dir, self.keep, seq, &protect)
                 };

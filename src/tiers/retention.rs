@@ -83,13 +83,16 @@ pub struct GenerationPlan {
 /// Retention by generation, for the images of one rank directory and the generations
 /// with a record there (`complete`). Kept: the `keep` newest complete generations that
 /// have their image here, every image newer than the newest of those (a generation in
-/// flight, not complete yet), `protected`, and the parents of all these. Deleted: the
-/// rest (old complete generations, and generations older than the newest complete one
-/// that never completed). Without a complete generation no image is deleted: which
-/// generation recovery needs is not known yet. Pure.
+/// flight, not complete yet) unless it is known to have `failed`, the newest image (the
+/// parent of this rank's next increment), `protected`, and the parents of all these.
+/// Deleted: the rest (old complete generations, generations older than the newest
+/// complete one that never completed, failed ones nothing needs). Without a complete
+/// generation only failed ones can go: which generation recovery needs is not known yet.
+/// Pure.
 pub fn plan_generations(
     images: &[Stored],
     complete: &BTreeSet<u64>,
+    failed: &BTreeSet<u64>,
     keep: u32,
     protected: &BTreeSet<PathBuf>,
 ) -> GenerationPlan {
@@ -100,15 +103,18 @@ pub fn plan_generations(
         .copied()
         .filter(|s| complete.contains(&s.seq))
         .collect();
-    let doomed = match complete_here.first() {
-        None => Vec::new(),
-        Some(newest) => {
-            let in_flight = by_age.iter().take_while(|s| s.seq > newest.seq);
-            let kept = complete_here.iter().take(keep_count(keep));
-            let kept = in_flight.chain(kept).map(|s| s.path.as_path());
-            deletable(&by_age, kept, protected)
-        }
-    };
+    let newest_complete = complete_here.first().map_or(0, |s| s.seq);
+    // A generation that failed can never be complete: it is kept only as a parent.
+    let in_flight = by_age
+        .iter()
+        .take_while(|s| s.seq > newest_complete)
+        .filter(|s| !failed.contains(&s.seq));
+    let kept = complete_here.iter().take(keep_count(keep));
+    let kept = in_flight
+        .chain(kept)
+        .chain(by_age.first())
+        .map(|s| s.path.as_path());
+    let doomed = deletable(&by_age, kept, protected);
     let remaining: BTreeSet<u64> = images
         .iter()
         .filter(|s| !doomed.contains(&s.path))
@@ -145,17 +151,18 @@ pub fn prune(
 }
 
 /// Applies [`plan_generations`] to `rank_dir` (its records say which generations are
-/// complete), then removes partial images older than its newest image (the one writer of
+/// complete; `failed`: the generations this rank knows failed), then removes partial images older than its newest image (the one writer of
 /// this directory commits in order, so a partial behind it was left by a writer that
 /// died). Returns the images deleted.
 pub fn prune_generations(
     rank_dir: &Path,
     keep: u32,
+    failed: &BTreeSet<u64>,
     protected: &BTreeSet<PathBuf>,
 ) -> Result<Vec<PathBuf>, PlaceError> {
     let images = stored_images(rank_dir)?;
     let complete = generation::complete(rank_dir);
-    let doomed = plan_generations(&images, &complete, keep, protected);
+    let doomed = plan_generations(&images, &complete, failed, keep, protected);
     for path in &doomed.images {
         remove_image(path)?;
     }
@@ -389,7 +396,13 @@ mod tests {
         for &(what, images, complete, keep, protected, deleted, records) in cases {
             let images: Vec<Stored> = images.iter().map(|&(s, d)| stored(s, d)).collect();
             let complete: BTreeSet<u64> = complete.iter().copied().collect();
-            let got = plan_generations(&images, &complete, keep, &protect(protected));
+            let got = plan_generations(
+                &images,
+                &complete,
+                &BTreeSet::new(),
+                keep,
+                &protect(protected),
+            );
             assert_eq!(seqs(got.images), deleted, "{what}: images");
             assert_eq!(got.records, records, "{what}: records");
         }
@@ -406,7 +419,7 @@ mod tests {
             if g % 2 == 0 {
                 complete.insert(g - 1);
             }
-            let plan = plan_generations(&images, &complete, 1, &BTreeSet::new());
+            let plan = plan_generations(&images, &complete, &BTreeSet::new(), 1, &BTreeSet::new());
             if let Some(newest) = complete.last() {
                 assert!(
                     !seqs(plan.images.clone()).contains(newest),
@@ -418,13 +431,54 @@ mod tests {
         assert_eq!(images.iter().map(|s| s.seq).collect::<Vec<_>>(), [5, 6]);
     }
 
+    /// A rank whose generations keep failing (another rank hung) goes on writing an image
+    /// every interval: failed ones go once no image kept needs them, so its storage stays
+    /// bounded by its chain of increments (`full_every`), not by how long the failures last.
+    #[test]
+    fn failed_generations_go_once_nothing_needs_them() {
+        let set = |s: &[u64]| s.iter().copied().collect::<BTreeSet<u64>>();
+        let none: BTreeSet<PathBuf> = BTreeSet::new();
+        // 1 complete; 2..=7 failed; 5 is a full image, 6 and 7 increments on it.
+        let images = [
+            stored(1, &[]),
+            stored(2, &[1]),
+            stored(3, &[1, 2]),
+            stored(4, &[1, 2, 3]),
+            stored(5, &[]),
+            stored(6, &[5]),
+            stored(7, &[5, 6]),
+        ];
+        let failed = set(&[2, 3, 4, 5, 6, 7]);
+        let plan = plan_generations(&images, &set(&[1]), &failed, 1, &none);
+        assert_eq!(
+            seqs(plan.images),
+            [2, 3, 4],
+            "the newest (7) and its parents stay"
+        );
+        // Unknown outcome (no failure heard of, e.g. after a restart): all kept, as before.
+        let plan = plan_generations(&images, &set(&[1]), &set(&[]), 1, &none);
+        assert!(plan.images.is_empty());
+        // No complete generation at all: failed ones still go, the rest is kept.
+        let plan = plan_generations(&images[1..], &set(&[]), &set(&[2, 3, 4]), 1, &none);
+        assert_eq!(seqs(plan.images), [2, 3, 4]);
+        // A generation in flight after the failures keeps its failed parents.
+        let plan = plan_generations(&images[..4], &set(&[1]), &set(&[2, 3]), 1, &none);
+        assert!(plan.images.is_empty(), "{:?}", plan.images);
+        // A complete generation newer than the failed ones: they go, with older complete ones.
+        let mut more = images.to_vec();
+        more.push(stored(8, &[5, 6, 7]));
+        let plan = plan_generations(&more, &set(&[1, 8]), &failed, 1, &none);
+        assert_eq!(seqs(plan.images), [1, 2, 3, 4]);
+        assert_eq!(plan.records, [1]);
+    }
+
     #[test]
     fn prune_generations_deletes_images_records_and_stale_partials() {
         let dir = rank_dir_with(&["ckpt-000004"]);
         for g in [1, 3] {
             mark_complete(dir.path(), g);
         }
-        let gone = prune_generations(dir.path(), 1, &BTreeSet::new()).unwrap();
+        let gone = prune_generations(dir.path(), 1, &BTreeSet::new(), &BTreeSet::new()).unwrap();
         assert_eq!(
             gone,
             [1, 2].map(|s| dir.path().join(store::image_dir_name(s)))
