@@ -650,6 +650,43 @@ fn requeue_of_a_running_job_checkpoints_and_resumes() {
     requeue_and_resume("slurm-requeue-running", true);
 }
 
+/// Preemption, as on a cluster with a preemptible partition: a job of the higher-priority
+/// partition `urgent` needs the whole node, so SLURM requeues the running job of `test`
+/// (TERM to every process, KILL `KillWait` s later). mlckpt checkpoints on the TERM; the
+/// urgent job runs; the preempted job starts again under its own id once the node is free
+/// and resumes from that image; its one output file holds the whole run exactly once.
+#[test]
+fn preempted_job_checkpoints_and_resumes_when_requeued() {
+    let Some((_turn, cluster)) = cluster() else {
+        return;
+    };
+    let mut work = Work::new("slurm-preempt", cluster);
+    let prog = prog(8);
+    let reference = work.h.plain(&prog);
+    let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
+    let id = work.sbatch(&["--requeue", "--open-mode=append"], &script);
+    let out = format!("{id}.out");
+    work.wait_ticks(id, &out, TICKS_BEFORE_STOP);
+
+    let urgent_script = work.script("urgent.sh", "echo urgent ran; sleep 1");
+    let urgent = work.sbatch(&["--partition=urgent", "--exclusive"], &urgent_script);
+    let urgent_info = cluster.wait_end(urgent, 0, JOB_TIMEOUT);
+    assert_eq!(urgent_info.state, "COMPLETED", "{}", urgent_info.raw);
+    assert!(
+        work.output(&format!("{urgent}.out")).contains("urgent ran"),
+        "{}",
+        urgent_info.raw
+    );
+    let info = cluster.wait_end(id, 1, JOB_TIMEOUT);
+    let image = work.rank_dir(0).join("ckpt-000001");
+    expect_checkpoint_on_term(&work, &out, &image);
+    expect_end(&work, &info, "COMPLETED", "0:0", &out);
+    expect_restored(&work, &out, &image);
+    let whole = work.output(&out);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_continuation(&reference, &program_lines(&whole), "", first_pid(&whole));
+}
+
 /// `--time=1 --signal=B:TERM@58`: SLURM's time-limit warning reaches mlckpt (the exec'ed
 /// batch shell), which checkpoints and ends the job with exit code 3 well before the limit;
 /// the image verifies. (Resuming it is what the tests above check; here the program runs

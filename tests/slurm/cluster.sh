@@ -24,6 +24,8 @@
 #   before it may start again; sched_interval=1,bf_interval=1 so it then starts at once.
 # - MinJobAge=300: `scontrol show job` still shows a finished job's state and ExitCode.
 # - JobRequeue=1: batch jobs may be requeued (`scontrol requeue`, node failure).
+# - PreemptType=preempt/partition_prio, PreemptMode=REQUEUE: a job of partition `urgent`
+#   preempts (requeues) the jobs of `test` it needs the node of.
 set -euo pipefail
 
 usage() {
@@ -184,7 +186,13 @@ MessageTimeout=10
 SlurmctldTimeout=30
 SlurmdTimeout=60
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# Preemption by partition: a job of urgent (higher PriorityTier) that needs the node
+# requeues the jobs of test running there (TERM, KILL KillWait s later), as a site's
+# preemptible partition does.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1
+PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=2 PreemptMode=OFF
 EOF
     export SLURM_CONF=$dir/slurm.conf
         slurmctld -f "$SLURM_CONF" -c </dev/null >>"$dir/log/slurmctld.out" 2>&1 ||
