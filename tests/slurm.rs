@@ -29,8 +29,9 @@ use common::*;
 /// Longest wait for a job to reach a state (its run is a few seconds; a requeued job is
 /// eligible again `cred_expire` = 5 s later).
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-/// A time limit's signal comes from slurmctld's periodic check, every 30 s.
-const TIME_LIMIT_TIMEOUT: Duration = Duration::from_secs(75);
+/// A time limit (or its warning signal) comes from slurmctld's periodic check, every 30 s:
+/// a one-minute limit is met 60-90 s after the start, then the checkpoint.
+const TIME_LIMIT_TIMEOUT: Duration = Duration::from_secs(110);
 const POLL: Duration = Duration::from_millis(50);
 /// Ticks printed before a job is stopped (about 0.6 s into its 4.5 s).
 const TICKS_BEFORE_STOP: usize = 20;
@@ -77,8 +78,7 @@ fn cluster() -> Option<(MutexGuard<'static, ()>, &'static Cluster)> {
     Some((turn, cluster))
 }
 
-/// The cluster without a turn: for a test whose job only waits for SLURM (it takes one
-/// CPU of two; every other test's jobs take at most one at a time).
+/// The cluster, started by the first caller.
 fn cluster_started() -> Option<&'static Cluster> {
     require_root();
     let missing: Vec<&str> = ["munged", "slurmctld", "slurmd", "sbatch", "scontrol"]
@@ -693,16 +693,35 @@ fn preempted_job_checkpoints_and_resumes_when_requeued() {
 /// long enough to be sure to meet the signal, up to 30 s after the warning is due.)
 #[test]
 fn time_limit_signal_checkpoints_before_the_limit() {
-    let Some(cluster) = cluster_started() else {
+    time_limit_checkpoints("slurm-timelimit", Some("--signal=B:TERM@58"), "FAILED");
+}
+
+/// `--time=1` and no `--signal`: at the limit SLURM sends TERM to every process of the job
+/// and KILL `KillWait` s later; the checkpoint fits in between, the job ends TIMEOUT with
+/// mlckpt's exit code 3, and the image verifies.
+#[test]
+fn time_limit_without_signal_checkpoints_within_kill_wait() {
+    time_limit_checkpoints("slurm-timelimit-plain", None, "TIMEOUT");
+}
+
+/// A job with a one-minute limit (and `signal`, if any) whose program outlives it: it ends
+/// `state` with ExitCode 3:0, after the checkpoint on TERM, and the image verifies.
+fn time_limit_checkpoints(name: &str, signal: Option<&str>, state: &str) {
+    // Its own turn: a preemption test's job takes the whole node, and would preempt this
+    // job as well.
+    let Some((_turn, cluster)) = cluster() else {
         return;
     };
-    let mut work = Work::new("slurm-timelimit", cluster);
-    let prog = Prog::c("memory", &["8", "3000"]);
+    let mut work = Work::new(name, cluster);
+    // 5000 ticks of 30 ms: past the limit and slurmctld's next check of it.
+    let prog = Prog::c("memory", &["8", "5000"]);
     let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
-    let id = work.sbatch(&["--time=1", "--signal=B:TERM@58"], &script);
+    let mut options = vec!["--time=1"];
+    options.extend(signal);
+    let id = work.sbatch(&options, &script);
     let out = format!("{id}.out");
     let info = cluster.wait_end(id, 0, TIME_LIMIT_TIMEOUT);
-    expect_end(&work, &info, "FAILED", "3:0", &out);
+    expect_end(&work, &info, state, "3:0", &out);
     let image = work.rank_dir(0).join("ckpt-000001");
     expect_checkpoint_on_term(&work, &out, &image);
     let image_arg = image.to_string_lossy();
