@@ -608,15 +608,19 @@ fn a_hung_rank_fails_the_generation_and_the_job_runs_on() {
 }
 
 /// Rank 3 can no longer write its images (its node's storage is full: a 256 KiB tmpfs
-/// mounted over its directory) while ranks 0-2 write theirs: generations fail, often once
+/// mounted over its directory) while ranks 0-2 write theirs: every generation fails once
 /// ranks 0-2 committed their part, with a message naming rank 3. The job runs on, and ranks 0-2 do
 /// not pile up the images of generations that can never be complete: the newest image and
-/// the increments it builds on stay (`full_every = 2`: at most 2 beside the complete
-/// generation kept), the rest go as each generation fails.
+/// the increments it builds on stay, with the image of the generation in flight
+/// (`full_every = 2`: at most 3 beside the complete generation kept; without this, one per
+/// failed generation), the rest go as each generation fails.
 #[test]
 fn a_rank_that_cannot_write_fails_every_generation_without_filling_storage() {
-    const FAILED: usize = 5;
-    let config = "[interval]\nlocal = 0.3\n[image]\nfull_every = 2\n[coordination]\ntimeout = 5\n";
+    const FAILED: usize = 8;
+    // No write tracking, so no pre-copy: rank 3 fails writing after the freeze, once ranks
+    // 0-2 have committed theirs, every time.
+    let config = "[interval]\nlocal = 0.3\n[image]\nfull_every = 2\nwrite_tracking = false\n\
+                  [coordination]\ntimeout = 5\n";
     let job = Job::new("gen-unwritable", 2, 1, config);
     let mut ranks = job.start(2000);
     wait_running(&mut ranks, "a complete generation", || {
@@ -682,7 +686,7 @@ fn a_rank_that_cannot_write_fails_every_generation_without_filling_storage() {
     assert!(lines > 20, "rank 0 did not run on ({lines} lines)");
     assert_eq!(job.records(0, "local"), complete, "a generation completed");
     assert!(
-        most_kept <= 2,
+        most_kept <= 3,
         "rank 0 kept up to {most_kept} images of failed generations at once (now {kept:?})"
     );
 }

@@ -399,6 +399,10 @@ impl Supervisor<'_> {
             .borrow_mut()
             .parts
             .insert(generation, Part { tier, stats });
+        if !self.generations.borrow().failed.is_empty() {
+            // A full image just committed frees the failed ones before it.
+            self.prune_local();
+        }
         None
     }
 
