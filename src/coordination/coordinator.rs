@@ -796,7 +796,11 @@ impl Coordinator {
     }
 
     fn broadcast(&mut self, message: &ToMember) {
-        for member in self.members.values_mut() {
+        // Rank 0 last: it is this process, and a verdict it acts on (a restore, an exit)
+        // must not overtake the other ranks' copies.
+        let (own, others): (Vec<_>, Vec<_>) =
+            self.members.iter_mut().partition(|(rank, _)| **rank == 0);
+        for (_, member) in others.into_iter().chain(own) {
             // A rank whose connection broke is noticed by its reader thread.
             let _ = member.writer.send(message);
         }
