@@ -255,6 +255,20 @@ fn restored(
         image.manifest.seq
     );
     if detach {
+        if let Some(member) = member {
+            mlckpt::warn!(
+                "rank {} of job {} runs unsupervised (--detach): it takes no part in the job's \
+                 coordinated checkpoints from now on{}; restore every rank without --detach \
+                 to keep them",
+                member.settings.rank,
+                member.settings.job,
+                if member.settings.rank == 0 {
+                    ", and the other ranks lose their coordinator"
+                } else {
+                    ""
+                }
+            );
+        }
         return Ok(0);
     }
     let ctx = supervision_context(image, config, args)?;
