@@ -504,7 +504,31 @@ pub struct SocketOptions {
     /// `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT` (TCP only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_timing: Option<[i32; 3]>,
+    /// `TCP_CORK` (TCP only).
+    #[serde(default)]
+    pub cork: bool,
+    /// `TCP_DEFER_ACCEPT` in seconds as the kernel reports it, when set (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer_accept: Option<i32>,
+    /// `TCP_FASTOPEN`: a listener's queue of fast-open requests, when set (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastopen_queue: Option<i32>,
+    /// `TCP_USER_TIMEOUT` in ms, when set (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_timeout_ms: Option<i32>,
+    /// `TCP_CONGESTION`, when it is not the system's default (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub congestion: Option<String>,
+    /// `IP_TOS` (IPv4) or `IPV6_TCLASS` (IPv6), when not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tos: Option<i32>,
+    /// `IP_TTL` of an IPv4 socket, when not the system's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i32>,
 }
+
+/// `TCP_CA_NAME_MAX` (include/net/tcp.h): the longest congestion control name, with its NUL.
+const CONGESTION_NAME_MAX: usize = 16;
 
 /// Upper bound of a buffer size or queue read back from an image (the kernel's own limit
 /// is `INT_MAX`; a queue this big would not be checkpointed).
@@ -522,6 +546,13 @@ impl SocketOptions {
         let buffer = |name, default: Option<u32>| -> Result<Option<u32>, Errno> {
             let v = u32::try_from(so::get_int(fd, sol, name)?).unwrap_or(0);
             Ok((Some(v) != default).then_some(v))
+        };
+        // A TCP int option that is off (0) unless the program set it.
+        let tcp_set = |name| -> Result<Option<i32>, Errno> {
+            if !tcp {
+                return Ok(None);
+            }
+            Ok(Some(so::get_int(fd, libc::IPPROTO_TCP, name)?).filter(|&v| v != 0))
         };
         Ok(SocketOptions {
             reuse_address: flag(sol, libc::SO_REUSEADDR)?,
@@ -543,6 +574,21 @@ impl SocketOptions {
             } else {
                 None
             },
+            cork: tcp && flag(libc::IPPROTO_TCP, libc::TCP_CORK)?,
+            defer_accept: tcp_set(libc::TCP_DEFER_ACCEPT)?,
+            fastopen_queue: tcp_set(libc::TCP_FASTOPEN)?,
+            user_timeout_ms: tcp_set(libc::TCP_USER_TIMEOUT)?,
+            congestion: if tcp { congestion(fd)? } else { None },
+            tos: {
+                let (level, name) = tos_option(ipv6);
+                Some(so::get_int(fd, level, name)?).filter(|&v| v != 0)
+            },
+            ttl: if ipv6 {
+                None
+            } else {
+                let ttl = so::get_int(fd, libc::IPPROTO_IP, libc::IP_TTL)?;
+                (Some(ttl) != sysctl_int("/proc/sys/net/ipv4/ip_default_ttl")).then_some(ttl)
+            },
         })
     }
 
@@ -561,6 +607,22 @@ impl SocketOptions {
         }
         if self.linger.is_some_and(|s| s < 0) {
             return Some("a negative linger time".into());
+        }
+        let negative = [self.defer_accept, self.fastopen_queue, self.user_timeout_ms];
+        if negative.iter().flatten().any(|&v| v < 0) {
+            return Some("a negative TCP option".into());
+        }
+        if self.tos.is_some_and(|t| !(0..=255).contains(&t))
+            || self.ttl.is_some_and(|t| !(1..=255).contains(&t))
+        {
+            return Some("a TOS or TTL out of range".into());
+        }
+        if let Some(name) = &self.congestion
+            && (name.is_empty()
+                || name.len() >= CONGESTION_NAME_MAX
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Some(format!("a congestion control named {name:?}"));
         }
         None
     }
@@ -615,9 +677,58 @@ impl SocketOptions {
                 so::set_int(fd, tcp, libc::TCP_KEEPINTVL, interval)?;
                 so::set_int(fd, tcp, libc::TCP_KEEPCNT, count)?;
             }
+            if self.cork {
+                so::set_int(fd, tcp, libc::TCP_CORK, 1)?;
+            }
+            for (value, name) in [
+                (self.defer_accept, libc::TCP_DEFER_ACCEPT),
+                (self.fastopen_queue, libc::TCP_FASTOPEN),
+                (self.user_timeout_ms, libc::TCP_USER_TIMEOUT),
+            ] {
+                if let Some(v) = value {
+                    so::set_int(fd, tcp, name, v)?;
+                }
+            }
+            if let Some(name) = &self.congestion {
+                // ENOENT: the algorithm is not available on this host (a module not loaded).
+                so::set_bytes(fd, tcp, libc::TCP_CONGESTION, name.as_bytes())?;
+            }
+        }
+        let ipv6 = so::get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)? == libc::AF_INET6;
+        if let Some(tos) = self.tos {
+            let (level, name) = tos_option(ipv6);
+            so::set_int(fd, level, name, tos)?;
+        }
+        if let Some(ttl) = self.ttl {
+            so::set_int(fd, libc::IPPROTO_IP, libc::IP_TTL, ttl)?;
         }
         Ok(())
     }
+}
+
+/// `TCP_CONGESTION` of a TCP socket, unless it is the system's default
+/// (`net.ipv4.tcp_congestion_control`).
+fn congestion(fd: BorrowedFd) -> Result<Option<String>, Errno> {
+    let mut name = [0u8; CONGESTION_NAME_MAX];
+    let n = so::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, &mut name)?;
+    let name = &name[..n.min(CONGESTION_NAME_MAX)];
+    let name = String::from_utf8_lossy(name.split(|&b| b == 0).next().unwrap_or_default());
+    let default =
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
+    Ok((name != default.trim()).then(|| name.into_owned()))
+}
+
+/// The type-of-service option: `IP_TOS`, or IPv6's traffic class.
+fn tos_option(ipv6: bool) -> (i32, i32) {
+    if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TOS)
+    }
+}
+
+fn sysctl_int(path: &str) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The buffer sizes a new socket of `protocol` gets (as `SO_SNDBUF`/`SO_RCVBUF` report
