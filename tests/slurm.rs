@@ -613,24 +613,39 @@ fn requeue_and_resume(name: &str, while_running: bool) {
     let Some((_turn, cluster)) = cluster() else {
         return;
     };
-    let mut work = Work::new(name, cluster);
-    let prog = prog(8);
-    let reference = work.h.plain(&prog);
-    let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
-    let id = work.sbatch(&["--requeue", "--open-mode=append"], &script);
+    let (work, id, reference) = start_requeueable(name, cluster);
     let out = format!("{id}.out");
-    let image = work.rank_dir(0).join("ckpt-000001");
-    work.wait_ticks(id, &out, TICKS_BEFORE_STOP);
     if !while_running {
         work.scancel(&["--batch", "--signal=TERM", &id.to_string()]);
         let info = cluster.wait_end(id, 0, JOB_TIMEOUT);
         expect_end(&work, &info, "FAILED", "3:0", &out);
     }
     cluster.client("scontrol", &["requeue", &id.to_string()]);
-    let info = cluster.wait_end(id, 1, JOB_TIMEOUT);
-    expect_checkpoint_on_term(&work, &out, &image);
-    expect_end(&work, &info, "COMPLETED", "0:0", &out);
-    expect_restored(&work, &out, &image);
+    expect_requeued_run_resumed(&work, id, reference);
+}
+
+/// The documented job script, submitted with `--requeue --open-mode=append`, once it has
+/// printed some ticks; and the same program run uninterrupted beside it.
+fn start_requeueable(name: &str, cluster: &'static Cluster) -> (Work, u32, Proc) {
+    let mut work = Work::new(name, cluster);
+    let prog = prog(8);
+    let reference = work.h.plain(&prog);
+    let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
+    let id = work.sbatch(&["--requeue", "--open-mode=append"], &script);
+    work.wait_ticks(id, &format!("{id}.out"), TICKS_BEFORE_STOP);
+    (work, id, reference)
+}
+
+/// Job `id`, stopped by a TERM and requeued, ran again: it checkpointed on the TERM, the
+/// rerun restored that image and completed, and its one output file (`--open-mode=append`)
+/// holds the whole run exactly once, as `reference` printed it uninterrupted.
+fn expect_requeued_run_resumed(work: &Work, id: u32, reference: Proc) {
+    let out = format!("{id}.out");
+    let info = work.cluster.wait_end(id, 1, JOB_TIMEOUT);
+    let image = work.rank_dir(0).join("ckpt-000001");
+    expect_checkpoint_on_term(work, &out, &image);
+    expect_end(work, &info, "COMPLETED", "0:0", &out);
+    expect_restored(work, &out, &image);
     let whole = work.output(&out);
     let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
     assert_continuation(&reference, &program_lines(&whole), "", first_pid(&whole));
@@ -660,14 +675,7 @@ fn preempted_job_checkpoints_and_resumes_when_requeued() {
     let Some((_turn, cluster)) = cluster() else {
         return;
     };
-    let mut work = Work::new("slurm-preempt", cluster);
-    let prog = prog(8);
-    let reference = work.h.plain(&prog);
-    let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
-    let id = work.sbatch(&["--requeue", "--open-mode=append"], &script);
-    let out = format!("{id}.out");
-    work.wait_ticks(id, &out, TICKS_BEFORE_STOP);
-
+    let (mut work, id, reference) = start_requeueable("slurm-preempt", cluster);
     let urgent_script = work.script("urgent.sh", "echo urgent ran; sleep 1");
     let urgent = work.sbatch(&["--partition=urgent", "--exclusive"], &urgent_script);
     let urgent_info = cluster.wait_end(urgent, 0, JOB_TIMEOUT);
@@ -677,14 +685,7 @@ fn preempted_job_checkpoints_and_resumes_when_requeued() {
         "{}",
         urgent_info.raw
     );
-    let info = cluster.wait_end(id, 1, JOB_TIMEOUT);
-    let image = work.rank_dir(0).join("ckpt-000001");
-    expect_checkpoint_on_term(&work, &out, &image);
-    expect_end(&work, &info, "COMPLETED", "0:0", &out);
-    expect_restored(&work, &out, &image);
-    let whole = work.output(&out);
-    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
-    assert_continuation(&reference, &program_lines(&whole), "", first_pid(&whole));
+    expect_requeued_run_resumed(&work, id, reference);
 }
 
 /// `--time=1 --signal=B:TERM@58`: SLURM's time-limit warning reaches mlckpt (the exec'ed
