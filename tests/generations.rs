@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -661,7 +661,7 @@ fn a_rank_that_cannot_write_fails_every_generation_without_filling_storage() {
     let deadline = Instant::now() + Duration::from_secs(90);
     while failures(&ranks[0]) < FAILED {
         ranks.iter_mut().for_each(|r| r.run.assert_running());
-        let without_record = images_in(&job.copies(0, "local"))
+        let without_record = image_seqs(&job.copies(0, "local"))
             .into_iter()
             .filter(|g| !job.records(0, "local").contains(g))
             .count();
@@ -674,7 +674,7 @@ fn a_rank_that_cannot_write_fails_every_generation_without_filling_storage() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let said = ranks[0].run.stderr();
-    let kept = images_in(&job.copies(0, "local"));
+    let kept = image_seqs(&job.copies(0, "local"));
     let lines = ranks[0].run.line_count();
     kill_all(ranks);
     eprintln!("rank 0 said:\n{said}\nkept {kept:?}, complete {complete:?}");
@@ -689,23 +689,6 @@ fn a_rank_that_cannot_write_fails_every_generation_without_filling_storage() {
         most_kept <= 3,
         "rank 0 kept up to {most_kept} images of failed generations at once (now {kept:?})"
     );
-}
-
-/// The generations of the committed images in `rank_dir`, ascending (none before the
-/// directory exists).
-fn images_in(rank_dir: &Path) -> Vec<u64> {
-    let Ok(entries) = std::fs::read_dir(rank_dir) else {
-        return Vec::new(); // before the first image
-    };
-    let mut seqs: Vec<u64> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            mlckpt::image::store::parse_image_dir_name(name.to_str()?)
-        })
-        .collect();
-    seqs.sort_unstable();
-    seqs
 }
 
 /// Whether `line` is the coordinator's timeout message `RANKS did not STEP within T s`

@@ -188,7 +188,7 @@ impl Member {
                     lines.iter().for_each(|l| crate::info!("{l}"));
                     if let Some(c) = &self.coordinator {
                         // This rank's own connection is the one left.
-                        let deadline = std::time::Instant::now() + self.patience();
+                        let deadline = Instant::now() + self.patience();
                         c.wait_until_connected_at_most(1, Some(deadline));
                     }
                     return Err(CoordinationError::NoAgreement { why });

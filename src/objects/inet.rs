@@ -587,7 +587,8 @@ impl SocketOptions {
                 None
             } else {
                 let ttl = so::get_int(fd, libc::IPPROTO_IP, libc::IP_TTL)?;
-                (Some(ttl) != sysctl_int("/proc/sys/net/ipv4/ip_default_ttl")).then_some(ttl)
+                let default = sysctl_field("/proc/sys/net/ipv4/ip_default_ttl", 0);
+                (Some(ttl) != default).then_some(ttl)
             },
         })
     }
@@ -713,9 +714,8 @@ fn congestion(fd: BorrowedFd) -> Result<Option<String>, Errno> {
     let n = so::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, &mut name)?;
     let name = &name[..n.min(CONGESTION_NAME_MAX)];
     let name = String::from_utf8_lossy(name.split(|&b| b == 0).next().unwrap_or_default());
-    let default =
-        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
-    Ok((name != default.trim()).then(|| name.into_owned()))
+    let default: Option<String> = sysctl_field("/proc/sys/net/ipv4/tcp_congestion_control", 0);
+    Ok((Some(name.as_ref()) != default.as_deref()).then(|| name.into_owned()))
 }
 
 /// The type-of-service option: `IP_TOS`, or IPv6's traffic class.
@@ -727,21 +727,20 @@ fn tos_option(ipv6: bool) -> (i32, i32) {
     }
 }
 
-fn sysctl_int(path: &str) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// Field `field` (from 0, split at white space) of the sysctl file `path`.
+fn sysctl_field<T: std::str::FromStr>(path: &str, field: usize) -> Option<T> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .nth(field)?
+        .parse()
+        .ok()
 }
 
 /// The buffer sizes a new socket of `protocol` gets (as `SO_SNDBUF`/`SO_RCVBUF` report
 /// them): TCP's from `tcp_wmem`/`tcp_rmem`, UDP's from `wmem_default`/`rmem_default`.
 fn default_buffers(protocol: Protocol) -> (Option<u32>, Option<u32>) {
-    let read = |path: &str, field: usize| {
-        std::fs::read_to_string(path)
-            .ok()?
-            .split_whitespace()
-            .nth(field)?
-            .parse()
-            .ok()
-    };
+    let read = sysctl_field::<u32>;
     match protocol {
         Protocol::Tcp => (
             read("/proc/sys/net/ipv4/tcp_wmem", 1),

@@ -151,9 +151,9 @@ pub fn prune(
 }
 
 /// Applies [`plan_generations`] to `rank_dir` (its records say which generations are
-/// complete; `failed`: the generations this rank knows failed), then removes partial images older than its newest image (the one writer of
-/// this directory commits in order, so a partial behind it was left by a writer that
-/// died). Returns the images deleted.
+/// complete; `failed`: the generations this rank knows failed), then removes partial
+/// images older than its newest image (the one writer of this directory commits in order,
+/// so a partial behind it was left by a writer that died). Returns the images deleted.
 pub fn prune_generations(
     rank_dir: &Path,
     keep: u32,
