@@ -124,6 +124,36 @@ fn unsupported_objects_are_all_listed_and_the_job_runs_on() {
     assert_continuation(&reference.stdout, &run.stdout, "", pid);
 }
 
+/// `mlckpt checkpoint` of a member of a supervised job (not its root) is refused with the
+/// command that checkpoints the whole job, and the job runs on untouched.
+#[test]
+fn a_member_of_a_supervised_job_names_the_root_to_checkpoint() {
+    let h = Harness::new("tree-member");
+    let prog = Prog::c("tree_memory", &["2", "4", "60"]);
+    let reference = h.plain(&prog);
+    let mut run = h.run(&prog);
+    run.wait_for_ticks(5);
+    let pid = run.target_pid();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let member: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("the job has a child")
+        .parse()
+        .unwrap();
+    let res = h.checkpoint_refused(member);
+    assert!(
+        res.output().contains(&format!(
+            "checkpoint the whole job with `mlckpt checkpoint {pid}`"
+        )),
+        "the root should be named\n{}",
+        res.describe()
+    );
+    let run = run.finish(CMD_TIMEOUT).expect_code(0);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0);
+    assert_continuation(&reference.stdout, &run.stdout, "", pid);
+}
+
 /// The members of a job are write-tracked like its root: after a full image, checkpoints
 /// of a running tree store only the pages each process wrote, the rest comes from the
 /// images before; a tree restored from the last of such a chain goes on exactly.

@@ -67,7 +67,9 @@ fn job_owning_a_pty_pair_comes_back_with_its_settings() {
         argv: vec![
             script_bin(),
             "-qc".into(),
-            format!("{program} 40"),
+            // `exec`: whatever $SHELL is (dash forks a last command), the program is
+            // script's child and leads the pty's session.
+            format!("exec {program} 40"),
             "/dev/null".into(),
         ],
         feed: None,

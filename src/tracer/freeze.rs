@@ -411,15 +411,46 @@ fn holder(pid: Pid, tid: Pid) -> String {
             let comm = std::fs::read_to_string(format!("/proc/{tracer}/comm"))
                 .map(|c| c.trim().to_string())
                 .unwrap_or_else(|_| "?".into());
-            format!(
-                "it is traced by thread {tracer} ({comm}): a debugger, strace or another \
-                 mlckpt; checkpoint it through that mlckpt, or detach the other tracer"
-            )
+            match job_root_under(pid, tracer) {
+                Some(root) if comm == "mlckpt" && root != pid => format!(
+                    "it belongs to a job supervised by mlckpt (thread {tracer}), whose root \
+                     is process {root}: checkpoint the whole job with `mlckpt checkpoint {root}`"
+                ),
+                _ => format!(
+                    "it is traced by thread {tracer} ({comm}): a debugger, strace or another \
+                     mlckpt; checkpoint it through that mlckpt, or detach the other tracer"
+                ),
+            }
         }
         None => "another tracer (gdb, strace, a second mlckpt) may hold it, or \
                  /proc/sys/kernel/yama/ptrace_scope forbids it"
             .to_string(),
     }
+}
+
+/// The ancestor of `pid` (itself included) whose parent is the process of thread
+/// `tracer`: the root of the job a supervisor traces, if `pid` is in it.
+fn job_root_under(pid: Pid, tracer: Pid) -> Option<Pid> {
+    let status = std::fs::read_to_string(format!("/proc/{tracer}/status")).ok()?;
+    let tgid: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut at = pid;
+    // Bounded: a parent chain is short, and a reparenting race must not loop forever.
+    for _ in 0..64 {
+        let parent = parent_of(at)?;
+        if parent.as_raw() == tgid {
+            return Some(at);
+        }
+        if parent.as_raw() <= 1 {
+            return None;
+        }
+        at = parent;
+    }
+    None
 }
 
 /// A thread's state letter from `/proc/PID/task/TID/stat` (R, S, D, T, Z ...).
