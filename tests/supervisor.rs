@@ -495,3 +495,18 @@ fn a_quiet_run_still_writes_its_log_file() {
         "a line of the log file is not one of mlckpt's:\n{text}"
     );
 }
+
+/// The guard keeps the job traced, yet a parent hears of its children's exits as it would
+/// untraced: once a child's pidfd is readable its exit is there to collect (WNOHANG), before
+/// the checkpoint, and after the restore. Before the guard let go of exiting threads, 96
+/// of 100 exits were not there yet.
+#[test]
+fn a_parent_collects_each_exit_its_pidfd_announces() {
+    let h = Harness::new("pidfd-exit");
+    let out = h.checkpoint_kill_restore(&Prog::c("child_exit_wait", &["60"]), 20);
+    assert!(
+        out.after.contains("done late=0"),
+        "every exit should be there when announced:\n{}",
+        out.after
+    );
+}

@@ -302,6 +302,12 @@ impl Guard {
                 self.traced.remove(&tid.as_raw());
                 return drop(ptrace::detach(tid, None));
             }
+            // Ending: let go, so that its parent hears of its exit as it would untraced
+            // (at once, with the pidfd readable only once the exit can be collected).
+            Stop::Event(libc::PTRACE_EVENT_EXIT) => {
+                self.traced.remove(&tid.as_raw());
+                return drop(ptrace::detach(tid, None));
+            }
             Stop::Event(event) => {
                 if matches!(
                     event,

@@ -106,18 +106,23 @@ pub fn restore_options() -> Options {
 /// between checkpoints: the checkpoint's own, less seccomp suspension (the job's filters
 /// must keep working while it runs; a checkpoint sets it for its duration with
 /// [`set_options`]), plus every way a process or thread is born, so that the job's new
-/// members are traced from their first instruction.
+/// members are traced from their first instruction. The exit stop lets the guard go of a
+/// thread before its exit is reported: a traced thread's exit goes to its tracer first,
+/// and its parent could not collect it when its pidfd says it may.
 pub fn guard_options() -> Options {
     Options::PTRACE_O_TRACESYSGOOD
         | Options::PTRACE_O_TRACECLONE
         | Options::PTRACE_O_TRACEFORK
         | Options::PTRACE_O_TRACEVFORK
         | Options::PTRACE_O_TRACEEXEC
+        | Options::PTRACE_O_TRACEEXIT
 }
 
-/// [`guard_options`] with what a checkpoint needs on top (seccomp suspension when allowed).
+/// [`guard_options`] with what a checkpoint needs on top (seccomp suspension when allowed),
+/// less the exit stop: a checkpoint's waits (a `--kill`, the end of a snapshot process,
+/// which inherits the options) expect a thread that ends to simply end.
 pub fn guard_checkpoint_options() -> Options {
-    guard_options() | checkpoint_options()
+    (guard_options() - Options::PTRACE_O_TRACEEXIT) | checkpoint_options()
 }
 
 pub fn set_options(tid: Pid, options: Options) -> Result<()> {
@@ -286,12 +291,15 @@ pub fn wait_exit(tid: Pid, patience: std::time::Duration) -> Result<bool> {
         match sys::wait_status(tid, libc::__WALL | libc::WNOHANG) {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(map_err(tid, "wait for exit", e)),
-            Ok(Some(status)) => {
-                if let Some(stop @ (Stop::Exited(_) | Stop::Killed(_))) = decode_status(status) {
+            Ok(Some(status)) => match decode_status(status) {
+                Some(stop @ (Stop::Exited(_) | Stop::Killed(_))) => {
                     remember_exit(tid, stop);
                     return Ok(true);
                 }
-            }
+                // A stop on its way out (its exit stop): on with it, or it never ends.
+                Some(_) => drop(cont(tid, None)),
+                None => {}
+            },
             Ok(None) if std::time::Instant::now() >= deadline => return Ok(false),
             Ok(None) => std::thread::sleep(std::time::Duration::from_millis(1)),
         }

@@ -128,10 +128,13 @@ impl Drop for Reaper {
 /// that wait releases it; otherwise its parent `reaped_by`, the target, must reap it.
 fn kill_and_reap(pid: Pid, reaped_by: Option<Pid>) -> std::time::Duration {
     let _ = kill(pid, Signal::SIGKILL);
-    while !matches!(
-        ptrace::wait_stop(pid, "snapshot end"),
-        Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
-    ) {}
+    loop {
+        match ptrace::wait_stop(pid, "snapshot end") {
+            Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => break,
+            // A stop on its way out: on with it, or it never ends.
+            Ok(_) => drop(ptrace::cont(pid, None)),
+        }
+    }
     let Some(parent) = reaped_by else {
         return std::time::Duration::ZERO;
     };
