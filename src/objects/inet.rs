@@ -522,7 +522,7 @@ pub struct SocketOptions {
     /// `IP_TOS` (IPv4) or `IPV6_TCLASS` (IPv6), when not 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tos: Option<i32>,
-    /// `IP_TTL` of an IPv4 socket, when not the system's default.
+    /// `IP_TTL` (IPv4) or `IPV6_UNICAST_HOPS` (IPv6), when not the system's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<i32>,
 }
@@ -583,12 +583,10 @@ impl SocketOptions {
                 let (level, name) = tos_option(ipv6);
                 Some(so::get_int(fd, level, name)?).filter(|&v| v != 0)
             },
-            ttl: if ipv6 {
-                None
-            } else {
-                let ttl = so::get_int(fd, libc::IPPROTO_IP, libc::IP_TTL)?;
-                let default = sysctl_field("/proc/sys/net/ipv4/ip_default_ttl", 0);
-                (Some(ttl) != default).then_some(ttl)
+            ttl: {
+                let (level, name, default) = ttl_option(ipv6);
+                let ttl = so::get_int(fd, level, name)?;
+                (Some(ttl) != sysctl_field(default, 0)).then_some(ttl)
             },
         })
     }
@@ -701,7 +699,8 @@ impl SocketOptions {
             so::set_int(fd, level, name, tos)?;
         }
         if let Some(ttl) = self.ttl {
-            so::set_int(fd, libc::IPPROTO_IP, libc::IP_TTL, ttl)?;
+            let (level, name, _) = ttl_option(ipv6);
+            so::set_int(fd, level, name, ttl)?;
         }
         Ok(())
     }
@@ -716,6 +715,23 @@ fn congestion(fd: BorrowedFd) -> Result<Option<String>, Errno> {
     let name = String::from_utf8_lossy(name.split(|&b| b == 0).next().unwrap_or_default());
     let default: Option<String> = sysctl_field("/proc/sys/net/ipv4/tcp_congestion_control", 0);
     Ok((Some(name.as_ref()) != default.as_deref()).then(|| name.into_owned()))
+}
+
+/// The hop limit option of unicast packets, and the sysctl file of its default.
+fn ttl_option(ipv6: bool) -> (i32, i32, &'static str) {
+    if ipv6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_UNICAST_HOPS,
+            "/proc/sys/net/ipv6/conf/all/hop_limit",
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_TTL,
+            "/proc/sys/net/ipv4/ip_default_ttl",
+        )
+    }
 }
 
 /// The type-of-service option: `IP_TOS`, or IPv6's traffic class.

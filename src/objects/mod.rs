@@ -19,6 +19,7 @@ pub mod file;
 pub mod inet;
 pub mod inotify;
 pub mod locks;
+pub mod multicast;
 pub mod netlink;
 pub mod pidfd;
 pub mod pipe;

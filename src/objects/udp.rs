@@ -5,9 +5,11 @@
 //! address, through a raw socket that writes the IP and UDP headers itself (the sender's
 //! port may belong to another socket of the job, bound already): the process reads the
 //! same datagrams from the same senders. A raw socket needs `CAP_NET_RAW`: a restore
-//! without it refuses a socket with queued datagrams.
+//! without it refuses a socket with queued datagrams. Multicast groups and sending
+//! options: [`super::multicast`].
 
 use super::inet::{self, Protocol, SocketOptions};
+use super::multicast::Multicast;
 use super::{ObjectError, OpenFd};
 use crate::tracer::sock_syscalls as so;
 use nix::errno::Errno;
@@ -25,6 +27,8 @@ pub struct UdpSocket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<SocketAddr>,
     pub options: SocketOptions,
+    #[serde(default, skip_serializing_if = "Multicast::is_unset")]
+    pub multicast: Multicast,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queued: Vec<Datagram>,
 }
@@ -49,6 +53,8 @@ pub fn capture(fd: &OpenFd, e: &inet::InetEntry) -> Result<UdpSocket, ObjectErro
     let copy = fd.copy_here("the socket")?;
     let options = SocketOptions::capture(copy.as_fd(), Protocol::Udp, e.ipv6)
         .map_err(fd.capture_failed("its options"))?;
+    let multicast = Multicast::capture(copy.as_fd(), e.ipv6)
+        .map_err(fd.capture_failed("its multicast groups"))?;
     let connected = e.state == inet::TCP_ESTABLISHED;
     let bound = e.local.port() != 0;
     let queued = peek_queue(copy.as_fd()).map_err(fd.capture_failed("its queued datagrams"))?;
@@ -58,6 +64,7 @@ pub fn capture(fd: &OpenFd, e: &inet::InetEntry) -> Result<UdpSocket, ObjectErro
         local: bound.then_some(e.local),
         remote: connected.then_some(e.remote),
         options,
+        multicast,
         queued,
     })
 }
@@ -108,7 +115,9 @@ impl UdpSocket {
         if self.queued.iter().any(|d| d.from.port() == 0) {
             return Some("a datagram from port 0".into());
         }
-        self.options.problem()
+        self.options
+            .problem()
+            .or_else(|| self.multicast.problem(self.ipv6))
     }
 
     pub fn open(&self) -> Result<OwnedFd, ObjectError> {
@@ -121,6 +130,12 @@ impl UdpSocket {
         let s = inet::bound_socket(Protocol::Udp, self.ipv6, &self.options, self.local)
             .map_err(|(step, e)| fail(step)(e))?;
         let fd = s.as_fd();
+        self.multicast
+            .apply(fd, self.ipv6)
+            .map_err(|(step, e)| ObjectError::Recreate {
+                what: format!("{what} ({step})"),
+                source: e.into(),
+            })?;
         if !self.queued.is_empty() {
             // Before connect, which would filter out other senders.
             self.requeue(fd)
@@ -277,6 +292,7 @@ mod tests {
                 local: Some(target),
                 remote: None,
                 options: SocketOptions::default(),
+                multicast: Multicast::default(),
                 queued,
             };
             let s = std::net::UdpSocket::from(restored.open().unwrap());

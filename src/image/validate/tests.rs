@@ -753,6 +753,7 @@ fn hostile_tcp_and_udp_objects() {
             local: Some("127.0.0.1:6000".parse().unwrap()),
             remote: None,
             options: crate::objects::inet::SocketOptions::default(),
+            multicast: Default::default(),
             queued: vec![Datagram {
                 from: "127.0.0.1:0".parse().unwrap(),
                 data: Vec::new(),
