@@ -396,15 +396,41 @@ enum Stop {
     EveryProcessTerm,
     /// `scancel`: TERM to every process, KILL `KillWait` s later; the job is CANCELLED.
     Cancel,
+    /// Preemption that cancels: the job runs in partition `cancelable` (PreemptMode=CANCEL,
+    /// GraceTime=10) and a job of `urgent` needs the whole node. The grace time's first
+    /// TERM goes to the job's steps only (a batch job without `srun` has none); at its end
+    /// TERM goes to every process, KILL `KillWait` s later; the job is PREEMPTED.
+    PreemptCancel,
 }
 
 impl Stop {
-    fn send(&self, work: &Work, id: u32) {
+    /// Ticks of 30 ms the program runs uninterrupted: past the moment the stop takes effect
+    /// (the grace time, for a preemption).
+    fn ticks(&self) -> u32 {
+        match self {
+            Stop::PreemptCancel => 1000,
+            _ => 150,
+        }
+    }
+
+    /// `sbatch` options of the job to stop.
+    fn submit_options(&self) -> &'static [&'static str] {
+        match self {
+            Stop::PreemptCancel => &["--partition=cancelable"],
+            _ => &[],
+        }
+    }
+
+    fn send(&self, work: &mut Work, id: u32) {
         let id = id.to_string();
         match self {
             Stop::BatchTerm => work.scancel(&["--batch", "--signal=TERM", &id]),
             Stop::EveryProcessTerm => work.scancel(&["--full", "--signal=TERM", &id]),
             Stop::Cancel => work.scancel(&[&id]),
+            Stop::PreemptCancel => {
+                let urgent = work.script("urgent.sh", "echo urgent ran; sleep 1");
+                work.sbatch(&["--partition=urgent", "--exclusive"], &urgent);
+            }
         }
     }
 
@@ -413,6 +439,7 @@ impl Stop {
         match self {
             Stop::BatchTerm | Stop::EveryProcessTerm => "FAILED",
             Stop::Cancel => "CANCELLED",
+            Stop::PreemptCancel => "PREEMPTED",
         }
     }
 }
@@ -427,7 +454,7 @@ fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
         return;
     };
     let mut work = Work::new(name, cluster);
-    let prog = prog(8);
+    let prog = Prog::c("memory", &["8", &stop.ticks().to_string()]);
     let reference = work.h.plain(&prog);
     let run = work.mlckpt_run(&prog);
     let body = if exec {
@@ -438,7 +465,7 @@ fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
     };
     let script = work.script("job.sh", &body);
 
-    let first = work.sbatch(&[], &script);
+    let first = work.sbatch(stop.submit_options(), &script);
     let first_out = format!("{first}.out");
     // The follow-up, queued at once: it starts when the first ends other than successfully.
     let after_first = format!("--dependency=afternotok:{first}");
@@ -447,7 +474,7 @@ fn stop_and_resubmit(name: &str, exec: bool, stop: Stop) {
     work.wait_ticks(first, &first_out, TICKS_BEFORE_STOP);
     let info = cluster.job(second);
     assert_eq!(info.state, "PENDING", "{}", info.raw);
-    stop.send(&work, first);
+    stop.send(&mut work, first);
     let info = cluster.wait_end(first, 0, JOB_TIMEOUT);
     expect_end(&work, &info, stop.end_state(), "3:0", &first_out);
     let image = work.rank_dir(0).join("ckpt-000001");
@@ -686,6 +713,14 @@ fn preempted_job_checkpoints_and_resumes_when_requeued() {
         urgent_info.raw
     );
     expect_requeued_run_resumed(&work, id, reference);
+}
+
+/// Preemption with `PreemptMode=CANCEL` and a `GraceTime`: the job is cancelled, not
+/// requeued; mlckpt checkpoints on the TERM at the end of the grace time, the job ends
+/// PREEMPTED with exit code 3, and the resubmitted script resumes from that image.
+#[test]
+fn job_preempted_by_cancel_checkpoints_and_its_resubmission_resumes() {
+    stop_and_resubmit("slurm-preempt-cancel", true, Stop::PreemptCancel);
 }
 
 /// `--time=1 --signal=B:TERM@58`: SLURM's time-limit warning reaches mlckpt (the exec'ed

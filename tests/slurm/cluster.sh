@@ -25,7 +25,8 @@
 # - MinJobAge=300: `scontrol show job` still shows a finished job's state and ExitCode.
 # - JobRequeue=1: batch jobs may be requeued (`scontrol requeue`, node failure).
 # - PreemptType=preempt/partition_prio, PreemptMode=REQUEUE: a job of partition `urgent`
-#   preempts (requeues) the jobs of `test` it needs the node of.
+#   preempts (requeues) the jobs of `test` it needs the node of, and cancels those of
+#   `cancelable` (PreemptMode=CANCEL) after a GraceTime of 10 s.
 set -euo pipefail
 
 usage() {
@@ -192,6 +193,7 @@ NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1
+PartitionName=cancelable Nodes=$host MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=CANCEL GraceTime=10
 PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=2 PreemptMode=OFF
 EOF
     export SLURM_CONF=$dir/slurm.conf
