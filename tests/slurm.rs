@@ -201,6 +201,23 @@ impl Cluster {
         }
     }
 
+    /// `cluster.sh ACTION DIR` (`crash-node`, `restart-node`), which must succeed.
+    fn node(&self, action: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(action)
+            .arg(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "cluster.sh {action} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+
     /// The end of every daemon log, for a failure message.
     fn logs(&self) -> String {
         let mut text = String::new();
@@ -721,6 +738,64 @@ fn preempted_job_checkpoints_and_resumes_when_requeued() {
 #[test]
 fn job_preempted_by_cancel_checkpoints_and_its_resubmission_resumes() {
     stop_and_resubmit("slurm-preempt-cancel", true, Stop::PreemptCancel);
+}
+
+/// A node failure: everything on the node dies at once, without a signal (slurmd, its step
+/// daemons, mlckpt, the program), and the node's local storage is lost. SLURM requeues the
+/// job (`--requeue`) when the node is DOWN; once the node is back the rerun resumes from the
+/// newest interval checkpoint copied to the global tier, in the same PID, and the program's
+/// output from that image on is what an uninterrupted run prints.
+#[test]
+fn node_failure_requeues_the_job_and_it_resumes_from_the_global_tier() {
+    let Some((_turn, cluster)) = cluster() else {
+        return;
+    };
+    let mut work = Work::new("slurm-node-failure", cluster);
+    let global = work.h.run_dir().with_file_name("global");
+    work.h.set_config(&format!(
+        "global = '{}'\n[interval]\nlocal = 1\nglobal = 2\n",
+        global.display()
+    ));
+    let prog = Prog::c("memory", &["8", "500"]);
+    let reference = work.h.plain(&prog);
+    let script = work.script("job.sh", &format!("exec {}", work.mlckpt_run(&prog)));
+    let id = work.sbatch(&["--requeue", "--open-mode=append"], &script);
+    let out = format!("{id}.out");
+    let global_rank = global.join(&work.h.job).join("rank0");
+    let copied = || {
+        std::fs::read_dir(&global_rank).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))
+        })
+    };
+    work.wait_ticks(id, &out, TICKS_BEFORE_STOP);
+    wait_until("a global copy of an interval checkpoint", copied);
+
+    cluster.node("crash-node");
+    std::fs::remove_dir_all(work.h.store.join(&work.h.job)).unwrap();
+    let before = program_lines(&work.output(&out));
+    cluster.node("restart-node");
+    let info = cluster.wait_end(id, 1, JOB_TIMEOUT);
+    expect_end(&work, &info, "COMPLETED", "0:0", &out);
+
+    let whole = work.output(&out);
+    let restored = whole
+        .lines()
+        .filter_map(mlckpt_line)
+        .find(|l| l.starts_with("mlckpt: restored "))
+        .unwrap_or_else(|| panic!("the rerun restored nothing:\n{whole}"));
+    assert!(
+        restored.contains(&global_rank.to_string_lossy().into_owned()),
+        "the rerun should restore the global copy: {restored}"
+    );
+    let rerun = whole
+        .split_once(restored)
+        .and_then(|(_, after)| after.split_once('\n'))
+        .map(|(_, after)| program_lines(after))
+        .unwrap_or_default();
+    let pid = first_pid(&before);
+    let reference = reference.finish(CMD_TIMEOUT).expect_code(0).stdout;
+    assert_resumed(&reference, &before, &rerun, 0..usize::MAX, pid, pid);
 }
 
 /// `--time=1 --signal=B:TERM@58`: SLURM's time-limit warning reaches mlckpt (the exec'ed

@@ -4,6 +4,9 @@
 #   cluster.sh start DIR [--stop-on-eof]   start it; state, logs and slurm.conf under DIR
 #   cluster.sh stop DIR                    stop its daemons (by their pid files), keep DIR
 #   cluster.sh env DIR                     print `export SLURM_CONF=...` for a shell
+#   cluster.sh crash-node DIR              the node dies: KILL to slurmd, its step daemons
+#                                          and every job process, then the node is DOWN
+#   cluster.sh restart-node DIR            the node comes back: slurmd again, until idle
 #
 # It never touches a real installation: its own munge key and socket, its own slurm.conf
 # (clients find it through SLURM_CONF, the daemons through -f), its own ports, spool and
@@ -58,8 +61,12 @@ stop() {
         kill -KILL "$pid" 2>/dev/null || true
         rm -f "$pidfile"
     done
-    # Step daemons outlive slurmd by design: ours (their environment names our slurm.conf)
-    # are killed with every process below them.
+    kill_step_daemons
+}
+
+# Step daemons outlive slurmd by design: ours (their environment names our slurm.conf) are
+# killed with every process below them.
+kill_step_daemons() {
     local p
     for p in /proc/[0-9]*; do
         [ "$(cat "$p/comm" 2>/dev/null)" = slurmstepd ] || continue
@@ -67,6 +74,39 @@ stop() {
             kill_tree "${p#/proc/}"
         fi
     done
+}
+
+# The node's name, from slurm.conf.
+node_name() {
+    sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$dir/slurm.conf"
+}
+
+# Starts slurmd and waits until the node is idle.
+start_node() {
+    local host=$1
+    slurmd -f "$SLURM_CONF" -N "$host" </dev/null >>"$dir/log/slurmd.out" 2>&1 ||
+        fail "slurmd did not start"
+    local state=""
+    for _ in $(seq 300); do
+        state=$(sinfo -h -n "$host" -o %T 2>/dev/null || true)
+        case $state in
+        idle) break ;;
+        down* | drain*) scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true ;;
+        esac
+        sleep 0.05
+    done
+    [ "$state" = idle ] || fail "node $host is not idle after 15 s (sinfo says: ${state:-nothing})"
+}
+
+# A node failure as slurmctld sees it: no signal reaches the job, everything on the node
+# is gone at once; the node is then marked DOWN (slurmctld would after SlurmdTimeout),
+# which requeues its jobs that allow it.
+crash_node() {
+    export SLURM_CONF=$dir/slurm.conf
+    [ -s "$dir/run/slurmd.pid" ] && kill -KILL "$(cat "$dir/run/slurmd.pid")" 2>/dev/null
+    rm -f "$dir/run/slurmd.pid"
+    kill_step_daemons
+    scontrol update NodeName="$(node_name)" State=DOWN Reason=crash-node
 }
 
 # Whether PID runs: a zombie does not (a daemon's parent is gone, and whoever inherits it
@@ -199,19 +239,7 @@ EOF
     export SLURM_CONF=$dir/slurm.conf
         slurmctld -f "$SLURM_CONF" -c </dev/null >>"$dir/log/slurmctld.out" 2>&1 ||
         fail "slurmctld did not start"
-    slurmd -f "$SLURM_CONF" -N "$host" </dev/null >>"$dir/log/slurmd.out" 2>&1 ||
-        fail "slurmd did not start"
-
-    local state=""
-    for _ in $(seq 300); do
-        state=$(sinfo -h -n "$host" -o %T 2>/dev/null || true)
-        case $state in
-        idle) break ;;
-        down* | drain*) scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true ;;
-        esac
-        sleep 0.05
-    done
-    [ "$state" = idle ] || fail "node $host is not idle after 15 s (sinfo says: ${state:-nothing})"
+    start_node "$host"
 
     if [ "$stop_on_eof" = yes ]; then
         # The watcher holds the caller's pipe (as fd 3: an asynchronous command's standard
@@ -237,5 +265,10 @@ start)
     ;;
 stop) stop ;;
 env) echo "export SLURM_CONF=$dir/slurm.conf" ;;
+crash-node) crash_node ;;
+restart-node)
+    export SLURM_CONF=$dir/slurm.conf
+    start_node "$(node_name)"
+    ;;
 *) usage ;;
 esac
