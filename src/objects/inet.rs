@@ -612,7 +612,7 @@ impl SocketOptions {
             return Some("a negative TCP option".into());
         }
         if self.tos.is_some_and(|t| !(0..=255).contains(&t))
-            || self.ttl.is_some_and(|t| !(1..=255).contains(&t))
+            || self.ttl.is_some_and(|t| !(0..=255).contains(&t))
         {
             return Some("a TOS or TTL out of range".into());
         }

@@ -10,7 +10,8 @@
 //! name, and its filter set.
 //!
 //! Not kept: an IPv4 outgoing interface chosen by index alone (`ip_mreqn` with no
-//! address), which the kernel does not report.
+//! address), which the kernel does not report; on an IPv6 socket, the IPv4-level sending
+//! options (TTL, loop, interface) of its IPv4-mapped traffic.
 
 use crate::tracer::sock_syscalls as so;
 use nix::errno::Errno;
@@ -29,6 +30,10 @@ pub struct Multicast {
     /// `IP_MULTICAST_LOOP` / `IPV6_MULTICAST_LOOP` turned off.
     #[serde(default)]
     pub no_loop: bool,
+    /// `IP_MULTICAST_ALL` / `IPV6_MULTICAST_ALL` turned off: only the socket's own groups
+    /// reach it, not every group joined on the host.
+    #[serde(default)]
+    pub own_groups_only: bool,
     /// IPv4: the local address of `IP_MULTICAST_IF`, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_address: Option<Ipv4Addr>,
@@ -63,8 +68,11 @@ const FMODE_OFFSET: usize = GROUP_OFFSET + SOCKADDR_STORAGE;
 const NUMSRC_OFFSET: usize = FMODE_OFFSET + 4;
 const SOURCES_OFFSET: usize = NUMSRC_OFFSET + 4;
 const GROUP_REQ_SIZE: usize = GROUP_OFFSET + SOCKADDR_STORAGE;
+const GROUP_SOURCE_REQ_SIZE: usize = GROUP_REQ_SIZE + SOCKADDR_STORAGE;
 const MCAST_EXCLUDE: u32 = 0;
 const MCAST_INCLUDE: u32 = 1;
+/// linux/in6.h (not in the libc crate).
+const IPV6_MULTICAST_ALL: i32 = 29;
 
 impl Multicast {
     pub fn is_unset(&self) -> bool {
@@ -75,7 +83,7 @@ impl Multicast {
     /// too, at the IPv4 level).
     pub fn capture(fd: BorrowedFd, ipv6: bool) -> Result<Multicast, Errno> {
         let mut memberships = Vec::new();
-        for (interface, index, group) in host_groups() {
+        for (interface, index, group) in host_groups()? {
             if group.is_ipv6() && !ipv6 {
                 continue;
             }
@@ -92,9 +100,10 @@ impl Multicast {
                 });
             }
         }
-        let (level, hops_name, loop_name) = send_options(ipv6);
+        let (level, hops_name, loop_name, all_name) = send_options(ipv6);
         let hops = so::get_int(fd, level, hops_name)?;
         let looped = so::get_int(fd, level, loop_name)?;
+        let all = so::get_int(fd, level, all_name)?;
         let (send_address, send_interface) = if ipv6 {
             let index = so::get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF)?;
             let name = u32::try_from(index)
@@ -114,6 +123,7 @@ impl Multicast {
             memberships,
             hops: (hops != 1).then_some(hops),
             no_loop: looped == 0,
+            own_groups_only: all == 0,
             send_address,
             send_interface,
         })
@@ -131,11 +141,28 @@ impl Multicast {
                     m.group
                 ));
             }
+            if m.include && m.sources.is_empty() {
+                return Some(format!(
+                    "a source-specific membership of {} with no source",
+                    m.group
+                ));
+            }
             if m.sources.len() > MAX_SOURCES
                 || m.sources.iter().any(|s| s.is_ipv6() != m.group.is_ipv6())
             {
                 return Some(format!("a source filter of group {} out of range", m.group));
             }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(m) = self
+            .memberships
+            .iter()
+            .find(|m| !seen.insert((m.group, &m.interface)))
+        {
+            return Some(format!("group {} joined twice on {}", m.group, m.interface));
+        }
+        if (ipv6 && self.send_address.is_some()) || (!ipv6 && self.send_interface.is_some()) {
+            return Some("a multicast interface option of the other address family".into());
         }
         let names = self.memberships.iter().map(|m| &m.interface);
         if let Some(name) = names
@@ -152,7 +179,7 @@ impl Multicast {
 
     /// Sets it all on the new socket `fd`; on failure, what failed and why.
     pub fn apply(&self, fd: BorrowedFd, ipv6: bool) -> Result<(), (String, Errno)> {
-        let (level, hops_name, loop_name) = send_options(ipv6);
+        let (level, hops_name, loop_name, all_name) = send_options(ipv6);
         let option = |what: &str| {
             let what = format!("multicast {what}");
             move |e| (what, e)
@@ -162,6 +189,9 @@ impl Multicast {
         }
         if self.no_loop {
             so::set_int(fd, level, loop_name, 0).map_err(option("loop"))?;
+        }
+        if self.own_groups_only {
+            so::set_int(fd, level, all_name, 0).map_err(option("all groups"))?;
         }
         if let Some(address) = self.send_address {
             so::set_bytes(
@@ -194,11 +224,25 @@ impl Multicast {
 
 fn join(fd: BorrowedFd, index: u32, m: &Membership) -> Result<(), Errno> {
     let level = level_of(m.group);
-    let mut request = [0u8; GROUP_REQ_SIZE];
+    // Source-specific: joined with its first source, so that no other source gets in
+    // before the whole filter is set.
+    let first_source = m.sources.first().filter(|_| m.include);
+    let mut request = [0u8; GROUP_SOURCE_REQ_SIZE];
     request[..4].copy_from_slice(&index.to_ne_bytes());
-    request[GROUP_OFFSET..].copy_from_slice(&sockaddr(m.group));
-    so::set_bytes(fd, level, libc::MCAST_JOIN_GROUP, &request)?;
-    if m.include || !m.sources.is_empty() {
+    request[GROUP_OFFSET..GROUP_REQ_SIZE].copy_from_slice(&sockaddr(m.group));
+    match first_source {
+        Some(&source) => {
+            request[GROUP_REQ_SIZE..].copy_from_slice(&sockaddr(source));
+            so::set_bytes(fd, level, libc::MCAST_JOIN_SOURCE_GROUP, &request)?;
+        }
+        None => so::set_bytes(
+            fd,
+            level,
+            libc::MCAST_JOIN_GROUP,
+            &request[..GROUP_REQ_SIZE],
+        )?,
+    }
+    if m.sources.len() > usize::from(first_source.is_some()) {
         let mode = if m.include {
             MCAST_INCLUDE
         } else {
@@ -299,29 +343,37 @@ fn level_of(group: IpAddr) -> i32 {
     }
 }
 
-/// The level and names of the hops and loop options for a socket of this family.
-fn send_options(ipv6: bool) -> (i32, i32, i32) {
+/// The level and names of the hops, loop and all-groups options for a socket of this
+/// family.
+fn send_options(ipv6: bool) -> (i32, i32, i32, i32) {
     if ipv6 {
         (
             libc::IPPROTO_IPV6,
             libc::IPV6_MULTICAST_HOPS,
             libc::IPV6_MULTICAST_LOOP,
+            IPV6_MULTICAST_ALL,
         )
     } else {
         (
             libc::IPPROTO_IP,
             libc::IP_MULTICAST_TTL,
             libc::IP_MULTICAST_LOOP,
+            libc::IP_MULTICAST_ALL,
         )
     }
 }
 
-/// Every group joined on this host: (interface name, its index, group).
-fn host_groups() -> Vec<(String, u32, IpAddr)> {
-    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
-    let mut groups = parse_igmp(&read("/proc/net/igmp"));
-    groups.extend(parse_igmp6(&read("/proc/net/igmp6")));
-    groups
+/// Every group joined on this host: (interface name, its index, group). A file that is not
+/// there (a kernel without IPv6) lists none; one that cannot be read fails the capture.
+fn host_groups() -> Result<Vec<(String, u32, IpAddr)>, Errno> {
+    let read = |path| match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+    };
+    let mut groups = parse_igmp(&read("/proc/net/igmp")?);
+    groups.extend(parse_igmp6(&read("/proc/net/igmp6")?));
+    Ok(groups)
 }
 
 /// `/proc/net/igmp`: a line per interface (`1\tlo        :     2      V3`), then its groups
@@ -439,6 +491,23 @@ mod tests {
             ..Multicast::default()
         };
         assert!(hops.problem(false).is_some());
+        let mut specific = member("232.1.1.1", "lo");
+        specific.include = true;
+        assert!(
+            with(specific).problem(false).is_some(),
+            "include with no source"
+        );
+        let twice = Multicast {
+            memberships: vec![member("239.1.1.1", "lo"), member("239.1.1.1", "lo")],
+            ..Multicast::default()
+        };
+        assert!(twice.problem(false).is_some());
+        let v6_interface_on_v4 = Multicast {
+            send_interface: Some("lo".into()),
+            ..Multicast::default()
+        };
+        assert!(v6_interface_on_v4.problem(false).is_some());
+        assert_eq!(v6_interface_on_v4.problem(true), None);
     }
 
     #[test]

@@ -130,17 +130,18 @@ impl UdpSocket {
         let s = inet::bound_socket(Protocol::Udp, self.ipv6, &self.options, self.local)
             .map_err(|(step, e)| fail(step)(e))?;
         let fd = s.as_fd();
+        if !self.queued.is_empty() {
+            // Before connect, which would filter out other senders, and before the groups
+            // are joined, whose traffic would come in between.
+            self.requeue(fd)
+                .map_err(fail("queue its datagrams again"))?;
+        }
         self.multicast
             .apply(fd, self.ipv6)
             .map_err(|(step, e)| ObjectError::Recreate {
                 what: format!("{what} ({step})"),
                 source: e.into(),
             })?;
-        if !self.queued.is_empty() {
-            // Before connect, which would filter out other senders.
-            self.requeue(fd)
-                .map_err(fail("queue its datagrams again"))?;
-        }
         if let Some(a) = self.remote {
             so::connect(fd, a, self.ipv6).map_err(fail("connect"))?;
         }

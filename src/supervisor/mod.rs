@@ -322,6 +322,10 @@ impl Supervisor<'_> {
         kill: bool,
         part: Option<&context::GenerationPart>,
     ) -> Result<CheckpointStats, SuperviseError> {
+        if let Some(guard) = self.guard.borrow_mut().as_mut() {
+            // Threads stopped at their exit are let go first, rather than met by the freeze.
+            guard.collect();
+        }
         let held = self.gate.hold();
         let mut lineage = self.lineage.borrow_mut();
         let stats = self.ctx.checkpoint_local(

@@ -102,6 +102,15 @@ pub fn list_threads(pid: Pid) -> Result<Vec<Pid>, FreezeError> {
     Ok(tids)
 }
 
+/// How a thread's wait for its interrupt stop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Interrupted {
+    /// Stopped (or gone: its exit was collected).
+    Stopped,
+    /// Met at its exit stop and let go: still listed a moment, never to be seized again.
+    LetGoAtExit,
+}
+
 impl Frozen {
     /// Seizes and interrupts every thread, listing `/proc/PID/task` again until no new
     /// thread appears: threads may be born while the first ones are being stopped.
@@ -127,7 +136,9 @@ impl Frozen {
             }
             let seized = frozen.seize_all(&fresh, &mut exited)?;
             for tid in seized {
-                frozen.wait_interrupted(tid)?;
+                if frozen.wait_interrupted(tid)? == Interrupted::LetGoAtExit {
+                    exited.insert(tid);
+                }
             }
         }
         if !frozen.threads.contains_key(&pid.as_raw()) {
@@ -202,7 +213,7 @@ impl Frozen {
     ///
     /// A signal the signal guard intercepts is not delivered but recorded for it: the job
     /// must not act on it before the checkpoint it asks for.
-    fn wait_interrupted(&mut self, tid: Pid) -> Result<(), FreezeError> {
+    fn wait_interrupted(&mut self, tid: Pid) -> Result<Interrupted, FreezeError> {
         loop {
             let mut deliver = None;
             match ptrace::wait_stop_signal(tid, "freeze")? {
@@ -210,11 +221,21 @@ impl Frozen {
                     if let Some(t) = self.threads.get_mut(&tid.as_raw()) {
                         t.group_stop = super::guard::is_stop_signal(stop_signal);
                     }
-                    return self.quieten(tid);
+                    return self.quieten(tid).map(|()| Interrupted::Stopped);
                 }
                 (Stop::Exited(_) | Stop::Killed(_), _) => {
                     self.threads.remove(&tid.as_raw());
-                    return Ok(());
+                    return Ok(Interrupted::Stopped);
+                }
+                // A guarded thread on its way out, stopped at its exit: let go, as the
+                // guard would. Held there, it would keep its leader from ever being
+                // reported, and a wait for the leader would never end.
+                (Stop::Event(libc::PTRACE_EVENT_EXIT), _) => {
+                    self.threads.remove(&tid.as_raw());
+                    return match ptrace::detach(tid, None) {
+                        Ok(()) | Err(PtraceError::Gone { .. }) => Ok(Interrupted::LetGoAtExit),
+                        Err(e) => Err(e.into()),
+                    };
                 }
                 (Stop::Signal(sig), _) if super::guard::intercepts(sig) => {
                     super::guard::catch(tid, sig);
@@ -462,6 +483,21 @@ fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
 /// Whether thread `tid` of `pid` is exiting or gone (a zombie, dead, or no longer listed).
 fn exiting(pid: Pid, tid: Pid) -> bool {
     matches!(thread_state(pid, tid), None | Some('Z' | 'X'))
+}
+
+/// Whether thread `tid` of `pid` has begun its exit (`PF_EXITING` in the flags of its
+/// `stat`), even if it is not a zombie yet; or is gone.
+pub(crate) fn ending(pid: Pid, tid: Pid) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    // After the command: state, ppid, pgrp, session, tty, tpgid, flags.
+    let flags = stat
+        .rfind(')')
+        .and_then(|at| stat[at + 1..].split_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok());
+    flags.is_some_and(|f| f & PF_EXITING != 0)
 }
 
 /// The tracer of thread `tid` of `pid`, from its `TracerPid`: the tracing *thread*'s ID

@@ -15,7 +15,7 @@
 //! Everything runs on the supervisor's thread (ptrace requests must come from the tracer
 //! thread), so the state a checkpoint shares with the guard is thread-local.
 
-use super::freeze::{list_threads, tracer_of};
+use super::freeze::{ending, list_threads, tracer_of};
 use super::ptrace::{self, PtraceError, SignalNumber, Stop};
 use super::{sys, tree};
 use nix::unistd::Pid;
@@ -201,7 +201,12 @@ impl Guard {
                     continue;
                 }
                 for tid in list_threads(pid).unwrap_or_default() {
-                    if !self.traced.contains(&tid.as_raw()) && self.trace(pid, tid) {
+                    // One let go at its exit stop is still listed for a moment: traced
+                    // again, its exit would go to us first after all.
+                    if !self.traced.contains(&tid.as_raw())
+                        && !ending(pid, tid)
+                        && self.trace(pid, tid)
+                    {
                         fresh += 1;
                     }
                 }
@@ -465,5 +470,85 @@ mod tests {
     fn only_job_control_signals_are_group_stops() {
         assert!(is_stop_signal(libc::SIGTSTP));
         assert!(!is_stop_signal(libc::SIGTRAP));
+    }
+}
+
+/// A checkpoint that meets the job's threads stopped at their exit (the guard has not
+/// collected them yet) lets them go and fails cleanly, instead of waiting forever for a
+/// leader that cannot be reported while its other thread is held.
+#[cfg(test)]
+mod exit_stop_tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const PROGRAM: &str = "import os, threading, time\n\
+                           threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n\
+                           time.sleep(0.5)\n\
+                           os._exit(0)\n";
+
+    #[test]
+    fn a_checkpoint_lets_go_of_threads_stopped_at_their_exit() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", PROGRAM])
+            .spawn()
+        else {
+            eprintln!("note: no python3; skipped");
+            return;
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while list_threads(pid).map_or(0, |t| t.len()) < 2 {
+            assert!(Instant::now() < deadline, "python started no thread");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let guard = Guard::start(pid, &[], true);
+        // The leader ends and stops at its exit, the other thread (killed by the group
+        // exit) ends too; nothing collects either.
+        let stopped = || {
+            let state = |t: i32| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit(')')
+                            .next()?
+                            .split_whitespace()
+                            .next()?
+                            .chars()
+                            .next()
+                    })
+            };
+            let tids = list_threads(pid).unwrap_or_default();
+            // (PF_EXITING comes after the exit stop: the state tells.)
+            state(pid.as_raw()) == Some('t')
+                && tids.len() == 2
+                && tids
+                    .iter()
+                    .all(|t| matches!(state(t.as_raw()), Some('t' | 'Z')))
+        };
+        while !stopped() {
+            assert!(
+                Instant::now() < deadline,
+                "the threads did not stop at their exit"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let watched = Arc::clone(&done);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            if !watched.load(Ordering::SeqCst) {
+                eprintln!("the freeze of a process stopped at its exit hangs");
+                std::process::abort();
+            }
+        });
+        let frozen = super::super::freeze::Frozen::freeze(pid);
+        done.store(true, Ordering::SeqCst);
+        assert!(frozen.is_err(), "an exiting process was frozen");
+        drop(guard);
+        child.wait().unwrap();
     }
 }

@@ -1,7 +1,8 @@
 /*
  * udp_multicast - multicast state of UDP sockets, on the loopback interface: an IPv4 socket
  * that joined an any-source group (239.7.7.7) and a source-specific one (232.7.7.7 from
- * 127.0.0.1 only), another that joined 239.8.8.8 blocking one source, a sender with its
+ * 127.0.0.1 only), another that joined 239.8.8.8 blocking one source and receives only its
+ * own groups (IP_MULTICAST_ALL off), a sender with its
  * outgoing interface chosen by address and a TTL of 5, a socket with loopback off and TTL 0,
  * and an IPv6 socket that joined ff15::7:7 with hops 3, loopback off, its outgoing interface
  * and a unicast hop limit of 7. After restore every membership and filter reads back as it
@@ -133,6 +134,7 @@ int main(void)
         setsockopt(r, IPPROTO_IP, MCAST_JOIN_SOURCE_GROUP, &specific, sizeof specific) ||
         setsockopt(x, IPPROTO_IP, IP_ADD_MEMBERSHIP, &blocked_group, sizeof blocked_group) ||
         setsockopt(x, IPPROTO_IP, IP_BLOCK_SOURCE, &blocked, sizeof blocked) ||
+        setsockopt(x, IPPROTO_IP, IP_MULTICAST_ALL, &zero, sizeof zero) ||
         setsockopt(s, IPPROTO_IP, IP_MULTICAST_IF, &send_from, sizeof send_from) ||
         setsockopt(s, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl) ||
         setsockopt(q, IPPROTO_IP, IP_MULTICAST_LOOP, &zero, sizeof zero) ||
@@ -157,6 +159,8 @@ int main(void)
     getsockopt(s, IPPROTO_IP, IP_MULTICAST_IF, &now_from, &len);
     if (now_from.s_addr != send_from.s_addr || int_opt(s, IPPROTO_IP, IP_MULTICAST_TTL) != ttl)
         FAILED("sender's IP_MULTICAST_IF or IP_MULTICAST_TTL lost");
+    if (int_opt(x, IPPROTO_IP, IP_MULTICAST_ALL) != 0 || int_opt(r, IPPROTO_IP, IP_MULTICAST_ALL) != 1)
+        FAILED("IP_MULTICAST_ALL changed");
     if (int_opt(q, IPPROTO_IP, IP_MULTICAST_LOOP) != 0 ||
         int_opt(q, IPPROTO_IP, IP_MULTICAST_TTL) != 0)
         FAILED("IP_MULTICAST_LOOP off / TTL 0 lost");
