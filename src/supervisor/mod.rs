@@ -22,6 +22,7 @@ use crate::tiers::placement::{Gate, PlaceError};
 use crate::tiers::schedule::Schedule;
 use crate::tracer::access::TargetError;
 use crate::tracer::dump::{CheckpointStats, DumpError};
+use crate::tracer::freeze::FreezeError;
 use crate::tracer::ptrace::{self, SignalNumber, Stop};
 use crate::tracer::sys;
 use context::placed;
@@ -571,6 +572,10 @@ fn report(result: Result<CheckpointStats, SuperviseError>, what: &str) {
         Err(SuperviseError::Dump(DumpError::Target(
             e @ (TargetError::Exited { .. } | TargetError::Gone { .. }),
         ))) => crate::info!("{what} skipped: {e}"),
+        // Or met at its exit by the freeze.
+        Err(SuperviseError::Dump(DumpError::Freeze(e @ FreezeError::NoProcess { .. }))) => {
+            crate::info!("{what} skipped: {e}")
+        }
         // The job keeps running: a failed checkpoint must not take it down.
         Err(e) => crate::info!("{what} failed: {}", error_chain(&e)),
     }
