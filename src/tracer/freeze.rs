@@ -474,10 +474,17 @@ fn job_root_under(pid: Pid, tracer: Pid) -> Option<Pid> {
     None
 }
 
-/// A thread's state letter from `/proc/PID/task/TID/stat` (R, S, D, T, Z ...).
-fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
+/// The fields of `/proc/PID/task/TID/stat` after the command: state, ppid, pgrp, session,
+/// tty, tpgid, flags ...
+fn thread_stat(pid: Pid, tid: Pid) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    let after = &stat[stat.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(str::to_owned).collect())
+}
+
+/// A thread's state letter (R, S, D, T, t, Z ...).
+pub(crate) fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
+    thread_stat(pid, tid)?.first()?.chars().next()
 }
 
 /// Whether thread `tid` of `pid` is exiting or gone (a zombie, dead, or no longer listed).
@@ -489,14 +496,10 @@ fn exiting(pid: Pid, tid: Pid) -> bool {
 /// `stat`), even if it is not a zombie yet; or is gone.
 pub(crate) fn ending(pid: Pid, tid: Pid) -> bool {
     const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+    let Some(fields) = thread_stat(pid, tid) else {
         return true;
     };
-    // After the command: state, ppid, pgrp, session, tty, tpgid, flags.
-    let flags = stat
-        .rfind(')')
-        .and_then(|at| stat[at + 1..].split_whitespace().nth(6))
-        .and_then(|f| f.parse::<u64>().ok());
+    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
     flags.is_some_and(|f| f & PF_EXITING != 0)
 }
 

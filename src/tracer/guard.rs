@@ -509,25 +509,12 @@ mod exit_stop_tests {
         // The leader ends and stops at its exit, the other thread (killed by the group
         // exit) ends too; nothing collects either.
         let stopped = || {
-            let state = |t: i32| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        s.rsplit(')')
-                            .next()?
-                            .split_whitespace()
-                            .next()?
-                            .chars()
-                            .next()
-                    })
-            };
+            let state = |t: Pid| super::super::freeze::thread_state(pid, t);
             let tids = list_threads(pid).unwrap_or_default();
             // (PF_EXITING comes after the exit stop: the state tells.)
-            state(pid.as_raw()) == Some('t')
+            state(pid) == Some('t')
                 && tids.len() == 2
-                && tids
-                    .iter()
-                    .all(|t| matches!(state(t.as_raw()), Some('t' | 'Z')))
+                && tids.iter().all(|&t| matches!(state(t), Some('t' | 'Z')))
         };
         while !stopped() {
             assert!(
