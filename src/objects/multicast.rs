@@ -300,7 +300,9 @@ fn group_filter(index: u32, group: IpAddr, sources: usize) -> Vec<u8> {
     buf
 }
 
-/// `ip` as a `sockaddr_storage` (port 0).
+/// `ip` as the bytes of a `sockaddr_storage` (port 0). Not `sock_syscalls`' typed
+/// conversion: these addresses sit inside byte buffers (`group_filter`, `group_req`), and
+/// copying a typed `sockaddr_storage` into one would read its padding, which needs `unsafe`.
 fn sockaddr(ip: IpAddr) -> [u8; SOCKADDR_STORAGE] {
     let mut ss = [0u8; SOCKADDR_STORAGE];
     match ip {
